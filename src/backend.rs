@@ -1,0 +1,167 @@
+//! Where an op runs: the CPU with a given parallelism, later also a GPU.
+//!
+//! Parallelism is a value passed to each call, never a global setting, so two callers in one process can run
+//! the same op sequentially and in parallel side by side. Reductions are chunked by the `Par` value alone,
+//! which makes every result deterministic for a given `Par` (and the same across runs on one machine).
+
+/// CPU parallelism of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Par {
+    /// One thread, no rayon.
+    #[default]
+    Seq,
+    /// Split the work into this many chunks on rayon's global pool; `0` means one chunk per rayon thread.
+    /// Without the `rayon` feature this runs the same chunks one after the other (same numbers).
+    Rayon(usize),
+}
+
+impl Par {
+    /// `Par::Rayon(0)`: as many chunks as rayon has threads.
+    pub fn rayon() -> Self {
+        Par::Rayon(0)
+    }
+
+    /// Number of chunks a parallel loop is split into (1 for `Seq`).
+    pub fn chunks(self) -> usize {
+        match self {
+            Par::Seq => 1,
+            Par::Rayon(0) => available_threads(),
+            Par::Rayon(n) => n,
+        }
+    }
+
+    /// Short name for benchmark ids and test labels: `cpu_seq` or `cpu_rayon`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Par::Seq => "cpu_seq",
+            Par::Rayon(_) => "cpu_rayon",
+        }
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn available_threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+#[cfg(not(feature = "rayon"))]
+fn available_threads() -> usize {
+    1
+}
+
+/// The device an op runs on.
+///
+/// Only the CPU exists today; the GPU variant arrives with the `gpu` feature's implementation. The enum is
+/// `#[non_exhaustive]` so adding it is not a breaking change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The CPU path (SIMD kernels, parallel as the `Par` says).
+    Cpu(Par),
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend::Cpu(Par::rayon())
+    }
+}
+
+impl Backend {
+    /// Name used in test labels and benchmark ids.
+    pub fn name(&self) -> String {
+        match self {
+            Backend::Cpu(p) => p.name().to_string(),
+        }
+    }
+
+    /// The CPU parallelism of this backend.
+    pub fn par(&self) -> Par {
+        match self {
+            Backend::Cpu(p) => *p,
+        }
+    }
+
+    /// Every backend available in this build, for parity tests: sequential and parallel CPU.
+    pub fn all_available() -> Vec<Backend> {
+        vec![Backend::Cpu(Par::Seq), Backend::Cpu(Par::Rayon(3))]
+    }
+}
+
+/// Run `f(chunk_index, range)` over `n` items split into contiguous chunks by `par`, collecting the results
+/// in chunk order (deterministic for a given `par`).
+pub(crate) fn map_chunks<T, G>(par: Par, n: usize, f: G) -> Vec<T>
+where
+    T: Send,
+    G: Fn(usize, std::ops::Range<usize>) -> T + Sync + Send,
+{
+    let chunks = par.chunks().clamp(1, n.max(1));
+    let bounds: Vec<std::ops::Range<usize>> = (0..chunks)
+        .map(|c| (c * n / chunks)..((c + 1) * n / chunks))
+        .collect();
+    match par {
+        Par::Seq => bounds
+            .into_iter()
+            .enumerate()
+            .map(|(c, r)| f(c, r))
+            .collect(),
+        Par::Rayon(_) => run_parallel(bounds, &f),
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn run_parallel<T: Send, G>(bounds: Vec<std::ops::Range<usize>>, f: &G) -> Vec<T>
+where
+    G: Fn(usize, std::ops::Range<usize>) -> T + Sync + Send,
+{
+    use rayon::prelude::*;
+    bounds
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, r)| f(c, r))
+        .collect()
+}
+
+#[cfg(not(feature = "rayon"))]
+fn run_parallel<T: Send, G>(bounds: Vec<std::ops::Range<usize>>, f: &G) -> Vec<T>
+where
+    G: Fn(usize, std::ops::Range<usize>) -> T + Sync + Send,
+{
+    bounds
+        .into_iter()
+        .enumerate()
+        .map(|(c, r)| f(c, r))
+        .collect()
+}
+
+/// Apply `f` to each item of `items` in parallel when `par` says so (order of results kept).
+pub(crate) fn map_items<I: Sync, T: Send, G>(par: Par, items: &[I], f: G) -> Vec<T>
+where
+    G: Fn(&I) -> T + Sync + Send,
+{
+    map_chunks(par, items.len(), |_, r| {
+        items[r].iter().map(&f).collect::<Vec<T>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_item_once_in_order() {
+        for par in [Par::Seq, Par::Rayon(1), Par::Rayon(3), Par::Rayon(7)] {
+            let got: Vec<usize> = map_chunks(par, 10, |_, r| r.collect::<Vec<_>>())
+                .into_iter()
+                .flatten()
+                .collect();
+            assert_eq!(got, (0..10).collect::<Vec<_>>(), "{par:?}");
+        }
+        assert_eq!(
+            map_items(Par::Rayon(4), &[1, 2, 3], |x| x * 10),
+            vec![10, 20, 30]
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The crate's one error type.
+//!
+//! Every variant names the operation that refused its input (`op`) and carries the offending values, so a
+//! message read in a log is enough to find the bad argument without a debugger.
+
+/// Errors returned by every fallible function of the crate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two inputs whose shapes must agree do not.
+    #[error("{op}: shape mismatch: {what} (expected {expected}, got {got})")]
+    Shape {
+        /// Operation that checked the shape.
+        op: &'static str,
+        /// Which argument or relation is wrong.
+        what: String,
+        /// The expected shape, as text.
+        expected: String,
+        /// The shape that was passed, as text.
+        got: String,
+    },
+    /// An input has no elements where at least one is needed.
+    #[error("{op}: {what} is empty")]
+    Empty {
+        /// Operation that refused the input.
+        op: &'static str,
+        /// Which argument is empty.
+        what: String,
+    },
+    /// An input holds NaN or an infinity.
+    #[error("{op}: {what} has a non-finite value {value} at index {index}")]
+    NonFinite {
+        /// Operation that refused the input.
+        op: &'static str,
+        /// Which argument holds the value.
+        what: String,
+        /// Flat index (or row, for per-row checks) of the first bad value.
+        index: usize,
+        /// The bad value, printed.
+        value: String,
+    },
+    /// A marginal (weight vector) is invalid: negative or zero entries, or masses that do not match.
+    #[error("{op}: bad marginals: {reason}")]
+    Marginals {
+        /// Operation that refused the marginals.
+        op: &'static str,
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// A scalar parameter or configuration field is out of its domain.
+    #[error("{op}: invalid parameter `{name}` = {value}: {reason}")]
+    Param {
+        /// Operation (or config type) that validated the parameter.
+        op: &'static str,
+        /// Field or argument name.
+        name: &'static str,
+        /// The value that was passed, printed.
+        value: String,
+        /// The accepted domain.
+        reason: String,
+    },
+    /// A cost matrix holds a negative entry where costs must be non-negative.
+    #[error("{op}: {what} has a negative value {value} at index {index}")]
+    Negative {
+        /// Operation that refused the input.
+        op: &'static str,
+        /// Which argument.
+        what: String,
+        /// Flat index of the first bad value.
+        index: usize,
+        /// The bad value, printed.
+        value: String,
+    },
+    /// An iterative linear solve (for implicit differentiation) did not reach its tolerance.
+    #[error("{op}: linear solve did not converge: residual {residual} after {iterations} iterations (tolerance {tolerance})")]
+    NotConverged {
+        /// Operation that ran the solve.
+        op: &'static str,
+        /// Relative residual reached.
+        residual: f64,
+        /// Iterations run.
+        iterations: usize,
+        /// Requested tolerance.
+        tolerance: f64,
+    },
+    /// A feature needed by the call was not compiled in.
+    #[error("{op}: needs the cargo feature `{feature}`")]
+    FeatureDisabled {
+        /// Operation that needs the feature.
+        op: &'static str,
+        /// The cargo feature to enable.
+        feature: &'static str,
+    },
+    /// A numerical routine from an external library failed.
+    #[error("{op}: numerical failure: {reason}")]
+    Numerical {
+        /// Operation that failed.
+        op: &'static str,
+        /// Library message.
+        reason: String,
+    },
+}
+
+/// Shorthand for `std::result::Result<T, recgoat_core::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn shape(
+        op: &'static str,
+        what: impl Into<String>,
+        expected: impl std::fmt::Debug,
+        got: impl std::fmt::Debug,
+    ) -> Self {
+        Error::Shape {
+            op,
+            what: what.into(),
+            expected: format!("{expected:?}"),
+            got: format!("{got:?}"),
+        }
+    }
+
+    pub(crate) fn param(
+        op: &'static str,
+        name: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Param {
+            op,
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

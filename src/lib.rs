@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod simd;
+pub mod testing;
+pub mod transport;
+
+pub use backend::{Backend, Par};
+pub use error::{Error, Result};
+pub use simd::Real;

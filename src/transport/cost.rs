@@ -1,0 +1,431 @@
+//! Cost matrices: dense or computed on the fly from point clouds, and RecGOAT's dimension-level cost.
+
+use crate::backend::{map_chunks, Par};
+use crate::error::{Error, Result};
+use crate::simd::{positive_finite, Real};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
+
+/// The ground cost of a transport problem, seen by the solvers only through row blocks and single columns.
+///
+/// `Dense` holds an `n x m` matrix. `SqEuclidean` holds two point clouds and computes
+/// `C_ij = |x_i - y_j|^2` in row blocks of a few hundred kilobytes (a small GEMM per block), so the solver
+/// never allocates `n x m` values: this is the "online" mode for large clouds. It trades memory for
+/// `O(n m d)` flops per iteration instead of `O(n m)` loads.
+#[derive(Debug, Clone)]
+pub enum Geometry<'a, F: Real> {
+    /// A dense cost matrix (row-major; a view in another layout is copied once).
+    Dense(CowArray<'a, F, Ix2>),
+    /// Squared Euclidean cost between the rows of `x` (n x d) and of `y` (m x d), never materialised.
+    SqEuclidean(PointCloud<'a, F>),
+}
+
+/// Two point clouds with their squared row norms, for the online squared Euclidean cost.
+#[derive(Debug, Clone)]
+pub struct PointCloud<'a, F: Real> {
+    /// Source points, n x d.
+    pub x: ArrayView2<'a, F>,
+    /// Target points, m x d.
+    pub y: ArrayView2<'a, F>,
+    xn: Array1<F>,
+    yn: Array1<F>,
+}
+
+/// How many bytes of cost a row block of the online geometry may hold (fits in L2 with room to spare).
+const BLOCK_BYTES: usize = 1 << 19;
+
+impl<'a, F: Real> Geometry<'a, F> {
+    /// A dense cost matrix.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for a matrix with no rows or columns, [`Error::NonFinite`] for NaN/Inf entries,
+    /// [`Error::Negative`] for negative entries.
+    ///
+    /// # Complexity
+    /// One `O(n m)` validation pass; no copy when `cost` is in standard (row-major) layout.
+    pub fn dense(cost: ArrayView2<'a, F>) -> Result<Self> {
+        const OP: &str = "Geometry::dense";
+        if cost.is_empty() {
+            return Err(Error::Empty {
+                op: OP,
+                what: format!("cost matrix of shape {:?}", cost.dim()),
+            });
+        }
+        for (k, &v) in cost.iter().enumerate() {
+            if !v.is_finite() {
+                return Err(Error::NonFinite {
+                    op: OP,
+                    what: "cost".into(),
+                    index: k,
+                    value: v.to_string(),
+                });
+            }
+            if v < F::zero() {
+                return Err(Error::Negative {
+                    op: OP,
+                    what: "cost".into(),
+                    index: k,
+                    value: v.to_string(),
+                });
+            }
+        }
+        if cost.is_standard_layout() {
+            Ok(Geometry::Dense(CowArray::from(cost)))
+        } else {
+            Ok(Geometry::Dense(CowArray::from(
+                cost.as_standard_layout().into_owned(),
+            )))
+        }
+    }
+
+    /// The squared Euclidean cost `|x_i - y_j|^2` between two point clouds, computed on the fly.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for clouds without points or with zero dimensions, [`Error::Shape`] when the
+    /// dimensions differ, [`Error::NonFinite`] for NaN/Inf coordinates.
+    ///
+    /// # Example
+    /// ```
+    /// use ndarray::array;
+    /// use recgoat_core::transport::Geometry;
+    /// let x = array![[0.0f64, 0.0], [1.0, 0.0]];
+    /// let y = array![[0.0f64, 2.0]];
+    /// let g = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+    /// assert_eq!(g.to_dense(), array![[4.0], [5.0]]);
+    /// ```
+    pub fn sq_euclidean(x: ArrayView2<'a, F>, y: ArrayView2<'a, F>) -> Result<Self> {
+        const OP: &str = "Geometry::sq_euclidean";
+        check_cloud(OP, "x", x)?;
+        check_cloud(OP, "y", y)?;
+        if x.ncols() != y.ncols() {
+            return Err(Error::shape(
+                OP,
+                "point dimension of y vs x",
+                x.ncols(),
+                y.ncols(),
+            ));
+        }
+        let xn = x.rows().into_iter().map(|r| r.dot(&r)).collect();
+        let yn = y.rows().into_iter().map(|r| r.dot(&r)).collect();
+        Ok(Geometry::SqEuclidean(PointCloud { x, y, xn, yn }))
+    }
+
+    /// Number of rows (source points).
+    pub fn n(&self) -> usize {
+        match self {
+            Geometry::Dense(c) => c.nrows(),
+            Geometry::SqEuclidean(p) => p.x.nrows(),
+        }
+    }
+
+    /// Number of columns (target points).
+    pub fn m(&self) -> usize {
+        match self {
+            Geometry::Dense(c) => c.ncols(),
+            Geometry::SqEuclidean(p) => p.y.nrows(),
+        }
+    }
+
+    /// Rows per block the solvers should ask for: the whole range for dense costs, a block of at most
+    /// [`BLOCK_BYTES`] for online costs.
+    pub(crate) fn block_rows(&self) -> usize {
+        match self {
+            Geometry::Dense(_) => usize::MAX,
+            Geometry::SqEuclidean(_) => {
+                (BLOCK_BYTES / (self.m() * std::mem::size_of::<F>())).clamp(1, 256)
+            }
+        }
+    }
+
+    /// Calls `visit(i, cost_row_i)` for every row `i` in `rows`, in order.
+    ///
+    /// `scratch` is reused between calls to hold computed blocks (online mode).
+    pub(crate) fn for_rows(
+        &self,
+        rows: std::ops::Range<usize>,
+        scratch: &mut Vec<F>,
+        mut visit: impl FnMut(usize, &[F]),
+    ) {
+        match self {
+            Geometry::Dense(c) => {
+                let flat = c
+                    .as_slice()
+                    .expect("dense geometry is stored in standard layout");
+                let m = c.ncols();
+                for i in rows {
+                    visit(i, &flat[i * m..(i + 1) * m]);
+                }
+            }
+            Geometry::SqEuclidean(p) => {
+                let m = p.y.nrows();
+                let br = self.block_rows();
+                let mut start = rows.start;
+                while start < rows.end {
+                    let end = (start + br).min(rows.end);
+                    scratch.resize((end - start) * m, F::zero());
+                    let mut block =
+                        ndarray::ArrayViewMut2::from_shape((end - start, m), &mut scratch[..])
+                            .expect("scratch sized to the block");
+                    ndarray::linalg::general_mat_mul(
+                        F::c(-2.0),
+                        &p.x.slice(s![start..end, ..]),
+                        &p.y.t(),
+                        F::zero(),
+                        &mut block,
+                    );
+                    for (r, mut row) in block.rows_mut().into_iter().enumerate() {
+                        let xi = p.xn[start + r];
+                        for (v, &yj) in row.iter_mut().zip(p.yn.iter()) {
+                            // rounding can make the expanded form slightly negative for coincident points
+                            *v = (*v + xi + yj).max(F::zero());
+                        }
+                    }
+                    for (r, row) in scratch.chunks_exact(m).enumerate() {
+                        visit(start + r, row);
+                    }
+                    start = end;
+                }
+            }
+        }
+    }
+
+    /// Writes column `j` of the cost into `out` (length n).
+    pub(crate) fn column(&self, j: usize, out: &mut [F]) {
+        match self {
+            Geometry::Dense(c) => {
+                for (o, &v) in out.iter_mut().zip(c.column(j)) {
+                    *o = v;
+                }
+            }
+            Geometry::SqEuclidean(p) => {
+                let yj = p.y.row(j);
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = (p.xn[i] + p.yn[j] - F::c(2.0) * p.x.row(i).dot(&yj)).max(F::zero());
+                }
+            }
+        }
+    }
+
+    /// The cost as a dense `n x m` matrix (allocates; for tests, plans and small problems).
+    pub fn to_dense(&self) -> Array2<F> {
+        match self {
+            Geometry::Dense(c) => c.to_owned(),
+            Geometry::SqEuclidean(_) => {
+                let (n, m) = (self.n(), self.m());
+                let mut out = Array2::zeros((n, m));
+                let mut scratch = Vec::new();
+                self.for_rows(0..n, &mut scratch, |i, row| {
+                    out.row_mut(i).assign(&ArrayView1::from(row))
+                });
+                out
+            }
+        }
+    }
+
+    /// A summary statistic of the cost entries, used to set eps relative to the cost.
+    ///
+    /// `Mean` and `Max` are exact. `Median` is exact for dense costs; for point clouds with more than
+    /// 2^20 pairs it is the median of the pairs of every k-th row (a deterministic subsample of about
+    /// 2^20 entries), so no `n x m` buffer is allocated.
+    pub fn statistic(&self, which: super::EpsScale, par: Par) -> F {
+        use super::EpsScale;
+        let (n, m) = (self.n(), self.m());
+        match which {
+            EpsScale::Mean => {
+                let sums = map_chunks(par, n, |_, r| {
+                    let mut scratch = Vec::new();
+                    let mut acc = 0.0f64;
+                    self.for_rows(r, &mut scratch, |_, row| {
+                        acc += row.iter().map(|v| v.to_f64().unwrap_or(0.0)).sum::<f64>()
+                    });
+                    acc
+                });
+                F::c(sums.iter().sum::<f64>() / (n as f64 * m as f64))
+            }
+            EpsScale::Max => map_chunks(par, n, |_, r| {
+                let mut scratch = Vec::new();
+                let mut mx = F::zero();
+                self.for_rows(r, &mut scratch, |_, row| {
+                    mx = row.iter().fold(mx, |a, &b| a.max(b))
+                });
+                mx
+            })
+            .into_iter()
+            .fold(F::zero(), F::max),
+            EpsScale::Median => {
+                let step = ((n * m) >> 20).max(1).min(n);
+                let mut vals: Vec<F> = Vec::with_capacity((n / step + 1) * m);
+                let mut scratch = Vec::new();
+                for i in (0..n).step_by(step) {
+                    self.for_rows(i..i + 1, &mut scratch, |_, row| vals.extend_from_slice(row));
+                }
+                let k = vals.len() / 2;
+                let (_, med, _) = vals
+                    .select_nth_unstable_by(k, |a, b| a.partial_cmp(b).expect("costs are finite"));
+                *med
+            }
+        }
+    }
+}
+
+fn check_cloud<F: Real>(op: &'static str, what: &str, x: ArrayView2<'_, F>) -> Result<()> {
+    if x.is_empty() {
+        return Err(Error::Empty {
+            op,
+            what: format!("point cloud {what} of shape {:?}", x.dim()),
+        });
+    }
+    check_finite(op, what, x.iter().copied())
+}
+
+pub(crate) fn check_finite<F: Real>(
+    op: &'static str,
+    what: &str,
+    it: impl Iterator<Item = F>,
+) -> Result<()> {
+    for (k, v) in it.enumerate() {
+        if !v.is_finite() {
+            return Err(Error::NonFinite {
+                op,
+                what: what.into(),
+                index: k,
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Dense squared Euclidean cost matrix `C_ij = |x_i - y_j|^2` (clamped at 0 against rounding).
+///
+/// # Errors
+/// As [`Geometry::sq_euclidean`].
+///
+/// # Complexity
+/// `O(n m d)` time through one GEMM, `O(n m)` memory.
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// let c = recgoat_core::transport::sq_euclidean_cost(array![[0.0f32], [3.0]].view(), array![[1.0f32]].view()).unwrap();
+/// assert_eq!(c, array![[1.0], [4.0]]);
+/// ```
+pub fn sq_euclidean_cost<F: Real>(x: ArrayView2<'_, F>, y: ArrayView2<'_, F>) -> Result<Array2<F>> {
+    Ok(Geometry::sq_euclidean(x, y)?.to_dense())
+}
+
+/// RecGOAT's cost between embedding *dimensions* (RECGOAT.md section 3):
+/// `C_ab = s * mean_i (M_ia - Z_ib)^2` for `a, b` in `0..d`.
+///
+/// Computed as `s * (mean_i M_ia^2 + mean_i Z_ib^2 - 2 (M^T Z)_ab / I)`, clamped at 0 against rounding,
+/// never forming the `I x d x d` tensor of the released code.
+///
+/// # Arguments
+/// * `m`, `z` - `I x d` modality and collaborative embeddings of the same items.
+/// * `scale` - `s` (the released code uses 100).
+///
+/// # Errors
+/// [`Error::Shape`] when `m` and `z` differ in shape, [`Error::Empty`] for no rows or columns,
+/// [`Error::NonFinite`] for NaN/Inf entries or scale, [`Error::Param`] for `scale <= 0`.
+///
+/// # Complexity
+/// `O(I d^2)` time (one GEMM), `O(d^2)` memory.
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// let m = array![[1.0f64, 0.0], [3.0, 2.0]];
+/// let c = recgoat_core::transport::dimension_cost(m.view(), m.view(), 1.0).unwrap();
+/// // C_01 = mean((1-0)^2, (3-2)^2) = 1, and the diagonal is 0
+/// assert!((c[[0, 1]] - 1.0).abs() < 1e-12 && c[[0, 0]].abs() < 1e-12);
+/// ```
+pub fn dimension_cost<F: Real>(
+    m: ArrayView2<'_, F>,
+    z: ArrayView2<'_, F>,
+    scale: F,
+) -> Result<Array2<F>> {
+    const OP: &str = "dimension_cost";
+    check_dimension_inputs(OP, m, z)?;
+    if !positive_finite(scale) {
+        return Err(Error::param(OP, "scale", scale, "must be finite and > 0"));
+    }
+    Ok(dimension_cost_unchecked(m, z, scale))
+}
+
+pub(crate) fn check_dimension_inputs<F: Real>(
+    op: &'static str,
+    m: ArrayView2<'_, F>,
+    z: ArrayView2<'_, F>,
+) -> Result<()> {
+    if m.dim() != z.dim() {
+        return Err(Error::shape(
+            op,
+            "collaborative embedding z vs modality embedding m",
+            m.dim(),
+            z.dim(),
+        ));
+    }
+    if m.is_empty() {
+        return Err(Error::Empty {
+            op,
+            what: format!("embeddings of shape {:?}", m.dim()),
+        });
+    }
+    check_finite(op, "m", m.iter().copied())?;
+    check_finite(op, "z", z.iter().copied())
+}
+
+pub(crate) fn dimension_cost_unchecked<F: Real>(
+    m: ArrayView2<'_, F>,
+    z: ArrayView2<'_, F>,
+    scale: F,
+) -> Array2<F> {
+    let inv = F::one() / F::from_usize(m.nrows()).expect("row count fits");
+    let msq = m.map(|v| *v * *v).sum_axis(Axis(0)) * inv;
+    let zsq = z.map(|v| *v * *v).sum_axis(Axis(0)) * inv;
+    let mut c = m.t().dot(&z);
+    let two = F::c(2.0) * inv;
+    for ((a, b), v) in c.indexed_iter_mut() {
+        *v = ((msq[a] + zsq[b] - two * *v) * scale).max(F::zero());
+    }
+    c
+}
+
+/// Gradient of a loss through [`dimension_cost`]: given `dL/dC` (d x d), returns `(dL/dM, dL/dZ)`.
+///
+/// `dL/dM = (2 s / I) (M * rowsum(dC) - Z dC^T)` and `dL/dZ = (2 s / I) (Z * colsum(dC) - M dC)`.
+/// (The clamp at 0 is treated as inactive: it only fires on rounding-level negatives.)
+///
+/// # Errors
+/// As [`dimension_cost`], plus [`Error::Shape`] when `grad_cost` is not d x d.
+pub fn dimension_cost_backward<F: Real>(
+    m: ArrayView2<'_, F>,
+    z: ArrayView2<'_, F>,
+    scale: F,
+    grad_cost: ArrayView2<'_, F>,
+) -> Result<(Array2<F>, Array2<F>)> {
+    const OP: &str = "dimension_cost_backward";
+    check_dimension_inputs(OP, m, z)?;
+    let d = m.ncols();
+    if grad_cost.dim() != (d, d) {
+        return Err(Error::shape(OP, "grad_cost", (d, d), grad_cost.dim()));
+    }
+    Ok(dimension_cost_backward_unchecked(m, z, scale, grad_cost))
+}
+
+pub(crate) fn dimension_cost_backward_unchecked<F: Real>(
+    m: ArrayView2<'_, F>,
+    z: ArrayView2<'_, F>,
+    scale: F,
+    gc: ArrayView2<'_, F>,
+) -> (Array2<F>, Array2<F>) {
+    let k = F::c(2.0) * scale / F::from_usize(m.nrows()).expect("row count fits");
+    let rows = gc.sum_axis(Axis(1));
+    let cols = gc.sum_axis(Axis(0));
+    let mut gm = z.dot(&gc.t());
+    gm.zip_mut_with(&m, |g, _| *g = -*g);
+    gm += &(&m * &rows.view().insert_axis(Axis(0)));
+    let mut gz = m.dot(&gc);
+    gz.zip_mut_with(&z, |g, _| *g = -*g);
+    gz += &(&z * &cols.view().insert_axis(Axis(0)));
+    (gm * k, gz * k)
+}

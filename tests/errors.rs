@@ -1,0 +1,223 @@
+//! Bad input gives a clear `Error` naming what is wrong, never a panic.
+
+use ndarray::{array, Array1, Array2};
+use recgoat_core::transport::*;
+use recgoat_core::{Backend, Error};
+
+fn be() -> Backend {
+    Backend::default()
+}
+
+fn cfg() -> SinkhornConfig<f64> {
+    SinkhornConfig::new(Epsilon::Absolute(0.1))
+}
+
+fn solve(
+    c: &Array2<f64>,
+    a: &Array1<f64>,
+    b: &Array1<f64>,
+    cfg: &SinkhornConfig<f64>,
+) -> Result<SinkhornOutput<f64>, Error> {
+    sinkhorn(&Geometry::dense(c.view())?, a.view(), b.view(), cfg, &be())
+}
+
+#[test]
+fn shapes_that_do_not_match() {
+    let c = Array2::<f64>::ones((3, 2));
+    let e = solve(&c, &array![0.5, 0.5], &array![0.5, 0.5], &cfg()).unwrap_err();
+    assert!(
+        matches!(e, Error::Shape { .. }) && e.to_string().contains("a (row weights)"),
+        "{e}"
+    );
+    let e = solve(&c, &Array1::from_elem(3, 1.0 / 3.0), &array![1.0], &cfg()).unwrap_err();
+    assert!(e.to_string().contains("b (column weights)"), "{e}");
+    let e = Geometry::sq_euclidean(
+        Array2::<f64>::ones((2, 3)).view(),
+        Array2::<f64>::ones((2, 4)).view(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = dimension_cost(
+        Array2::<f64>::ones((4, 3)).view(),
+        Array2::<f64>::ones((5, 3)).view(),
+        1.0,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+#[test]
+fn negative_zero_or_non_finite_weights() {
+    let c = Array2::<f64>::ones((2, 2));
+    let ok = array![0.5, 0.5];
+    for (bad, needle) in [
+        (array![1.5, -0.5], "a[1] = -0.5"),
+        (array![1.0, 0.0], "a[1] = 0"),
+        (array![f64::NAN, 0.5], "non-finite"),
+        (array![f64::INFINITY, 0.5], "non-finite"),
+    ] {
+        let e = solve(&c, &bad, &ok, &cfg()).unwrap_err();
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    }
+}
+
+#[test]
+fn negative_or_non_finite_costs() {
+    let e = Geometry::dense(array![[0.0, -1.0], [1.0, 0.0]].view()).unwrap_err();
+    assert!(matches!(e, Error::Negative { index: 1, .. }), "{e}");
+    let e = Geometry::dense(array![[0.0, 1.0], [f64::NAN, 0.0]].view()).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { index: 2, .. }), "{e}");
+    let e = Geometry::sq_euclidean(
+        array![[0.0, f64::INFINITY]].view(),
+        array![[1.0, 1.0]].view(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+}
+
+#[test]
+fn balanced_marginals_of_different_mass() {
+    let c = Array2::<f64>::ones((2, 2));
+    let e = solve(&c, &array![0.5, 0.5], &array![0.5, 0.7], &cfg()).unwrap_err();
+    assert!(
+        matches!(e, Error::Marginals { .. }) && e.to_string().contains("equal masses"),
+        "{e}"
+    );
+    // fine once a side is penalised
+    let ub = cfg().with_marginals(Marginal::Balanced, Marginal::Kl(1.0));
+    assert!(solve(&c, &array![0.5, 0.5], &array![0.5, 0.7], &ub).is_ok());
+}
+
+#[test]
+fn eps_and_other_parameters_out_of_domain() {
+    let c = Array2::<f64>::ones((2, 2));
+    let w = array![0.5, 0.5];
+    let cases: Vec<(SinkhornConfig<f64>, &str)> = vec![
+        (SinkhornConfig::new(Epsilon::Absolute(0.0)), "eps"),
+        (SinkhornConfig::new(Epsilon::Absolute(-1.0)), "eps"),
+        (SinkhornConfig::new(Epsilon::Absolute(f64::NAN)), "eps"),
+        (
+            SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.0)),
+            "eps",
+        ),
+        (cfg().with_tol(0.0, ErrorNorm::L1), "tol"),
+        (cfg().with_iters(0, 1), "max_iter"),
+        (cfg().with_iters(10, 0), "check_every"),
+        (
+            cfg().with_marginals(Marginal::Kl(0.0), Marginal::Balanced),
+            "marginal_a",
+        ),
+        (
+            cfg().with_marginals(Marginal::Balanced, Marginal::Tau(1.0)),
+            "marginal_b",
+        ),
+        (
+            cfg().with_schedule(EpsSchedule::Geometric {
+                start: Epsilon::Absolute(1.0),
+                decay: 1.5,
+                stage_iters: 5,
+            }),
+            "schedule.decay",
+        ),
+    ];
+    for (bad, field) in cases {
+        let e = solve(&c, &w, &w, &bad).unwrap_err();
+        assert!(
+            matches!(e, Error::Param { name, .. } if name == field),
+            "{field}: {e}"
+        );
+    }
+    // a relative eps on an all-zero cost resolves to 0: say so
+    let zero = Array2::<f64>::zeros((2, 2));
+    let e = solve(
+        &zero,
+        &w,
+        &w,
+        &SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.1)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("Epsilon::Absolute"), "{e}");
+    let e = dimension_cost(
+        Array2::<f64>::ones((2, 2)).view(),
+        Array2::<f64>::ones((2, 2)).view(),
+        0.0,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Param { name: "scale", .. }), "{e}");
+}
+
+#[test]
+fn zero_size_inputs() {
+    let e = Geometry::dense(Array2::<f64>::zeros((0, 3)).view()).unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }), "{e}");
+    let e = Geometry::sq_euclidean(
+        Array2::<f64>::zeros((3, 0)).view(),
+        Array2::<f64>::zeros((3, 0)).view(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }), "{e}");
+    let e = dimension_cost(
+        Array2::<f64>::zeros((0, 2)).view(),
+        Array2::<f64>::zeros((0, 2)).view(),
+        1.0,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }), "{e}");
+}
+
+#[test]
+fn gradient_inputs_are_checked() {
+    let c = array![[0.0, 1.0], [1.0, 0.0]];
+    let w = array![0.5, 0.5];
+    let out = solve(&c, &w, &w, &cfg()).unwrap();
+    let geom = Geometry::dense(c.view()).unwrap();
+    let e = implicit_plan_vjp(
+        &geom,
+        w.view(),
+        w.view(),
+        &out,
+        Array2::<f64>::ones((3, 2)).view(),
+        &ImplicitConfig::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("grad_plan"), "{e}");
+    let e = implicit_plan_vjp(
+        &geom,
+        w.view(),
+        w.view(),
+        &out,
+        array![[f64::NAN, 0.0], [0.0, 0.0]].view(),
+        &ImplicitConfig::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    let e =
+        point_cloud_gradients(&geom, &out, w.view(), w.view(), recgoat_core::Par::Seq).unwrap_err();
+    assert!(e.to_string().contains("sq_euclidean"), "{e}");
+    let e = envelope(&out, array![1.0].view(), w.view()).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = UnrolledOutput::new(c.view(), w.view(), w.view(), 0.1, (None, None), 0).unwrap_err();
+    assert!(matches!(e, Error::Param { name: "iters", .. }), "{e}");
+    let oat = AdaptiveTransport::new(AdaptiveTransportConfig::<f64>::default()).unwrap();
+    let m = Array2::<f64>::ones((4, 3));
+    let e = oat
+        .forward(
+            m.view(),
+            m.view(),
+            Array2::<f64>::zeros((2, 2)).view(),
+            &be(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("delta"), "{e}");
+    let bad = AdaptiveTransportConfig::<f64> {
+        cost_scale: -1.0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        AdaptiveTransport::new(bad).unwrap_err(),
+        Error::Param {
+            name: "cost_scale",
+            ..
+        }
+    ));
+}

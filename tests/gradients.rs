@@ -1,0 +1,457 @@
+//! Central-difference checks (f64, seeded random directions) of every hand-written gradient, plus the
+//! analytic identity dV/dC = plan.
+
+use ndarray::{Array1, Array2};
+use recgoat_core::testing::{
+    central_difference, naive_sq_euclidean, randn, rng, simplex, Tolerance,
+};
+use recgoat_core::transport::*;
+use recgoat_core::Backend;
+
+const H: f64 = 1e-5;
+
+fn be() -> Backend {
+    Backend::default()
+}
+
+fn tight(eps: f64) -> SinkhornConfig<f64> {
+    SinkhornConfig::new(Epsilon::Absolute(eps))
+        .with_tol(1e-14, ErrorNorm::L1)
+        .with_iters(20000, 1)
+}
+
+fn kl(rho: Option<f64>) -> Marginal<f64> {
+    rho.map_or(Marginal::Balanced, Marginal::Kl)
+}
+
+fn value(
+    c: &Array2<f64>,
+    a: &Array1<f64>,
+    b: &Array1<f64>,
+    cfg: &SinkhornConfig<f64>,
+) -> SinkhornOutput<f64> {
+    sinkhorn(
+        &Geometry::dense(c.view()).unwrap(),
+        a.view(),
+        b.view(),
+        cfg,
+        &be(),
+    )
+    .unwrap()
+}
+
+/// A zero-sum direction (keeps balanced masses equal).
+fn zero_sum(r: &mut recgoat_core::testing::TestRng, n: usize) -> Array1<f64> {
+    let d: Array1<f64> = randn(r, n);
+    let mean = d.mean().unwrap();
+    d - mean
+}
+
+fn setup(
+    seed: u64,
+    n: usize,
+    m: usize,
+) -> (
+    Array2<f64>,
+    Array2<f64>,
+    Array2<f64>,
+    Array1<f64>,
+    Array1<f64>,
+) {
+    let mut r = rng(seed);
+    let x: Array2<f64> = randn(&mut r, (n, 2));
+    let y: Array2<f64> = randn(&mut r, (m, 2));
+    let c = naive_sq_euclidean(&x, &y);
+    (x, y, c, simplex(&mut r, n), simplex(&mut r, m))
+}
+
+#[test]
+fn value_gradient_in_the_cost_is_the_plan() {
+    for (seed, rho) in [(1u64, (None, None)), (2, (Some(0.7), Some(0.4)))] {
+        let (_, _, c, a, b) = setup(seed, 6, 8);
+        let cfg = tight(0.3)
+            .with_marginals(kl(rho.0), kl(rho.1))
+            .with_plan(true);
+        let out = value(&c, &a, &b, &cfg);
+        let plan = out.plan.clone().unwrap();
+        let dir: Array2<f64> = randn(&mut rng(seed + 10), c.dim());
+        let fd = central_difference(|t| value(&(&c + &(&dir * t)), &a, &b, &cfg).value, H);
+        Tolerance::F64_SOLVE.assert_scalar("<dV/dC, dir>", (&plan * &dir).sum(), fd);
+    }
+}
+
+#[test]
+fn value_gradient_in_the_weights_is_the_envelope() {
+    for (seed, rho) in [
+        (3u64, (None, None)),
+        (4, (Some(0.5), Some(1.5))),
+        (5, (None, Some(0.8))),
+    ] {
+        let (_, _, c, a, b) = setup(seed, 7, 5);
+        let cfg = tight(0.25).with_marginals(kl(rho.0), kl(rho.1));
+        let out = value(&c, &a, &b, &cfg);
+        let g = envelope(&out, a.view(), b.view()).unwrap();
+        let mut r = rng(seed + 20);
+        let balanced = rho.0.is_none() && rho.1.is_none();
+        let (da, db) = if balanced {
+            (zero_sum(&mut r, 7), zero_sum(&mut r, 5))
+        } else {
+            (randn(&mut r, 7), randn(&mut r, 5))
+        };
+        let fd = central_difference(
+            |t| value(&c, &(&a + &(&da * t)), &(&b + &(&db * t)), &cfg).value,
+            H,
+        );
+        Tolerance::F64_SOLVE.assert_scalar(
+            &format!("{rho:?} <dV/d(a,b), dir>"),
+            g.grad_a.dot(&da) + g.grad_b.dot(&db),
+            fd,
+        );
+    }
+}
+
+#[test]
+fn value_gradient_in_the_points() {
+    let (x, y, _, a, b) = setup(6, 9, 7);
+    let cfg = tight(0.4);
+    let solve = |x: &Array2<f64>, y: &Array2<f64>| {
+        sinkhorn(
+            &Geometry::sq_euclidean(x.view(), y.view()).unwrap(),
+            a.view(),
+            b.view(),
+            &cfg,
+            &be(),
+        )
+        .unwrap()
+    };
+    let out = solve(&x, &y);
+    let (gx, gy) = point_cloud_gradients(
+        &Geometry::sq_euclidean(x.view(), y.view()).unwrap(),
+        &out,
+        a.view(),
+        b.view(),
+        be().par(),
+    )
+    .unwrap();
+    let mut r = rng(60);
+    let (dx, dy): (Array2<f64>, Array2<f64>) = (randn(&mut r, x.dim()), randn(&mut r, y.dim()));
+    let fd = central_difference(|t| solve(&(&x + &(&dx * t)), &(&y + &(&dy * t))).value, H);
+    Tolerance::F64_SOLVE.assert_scalar(
+        "<dV/d(x,y), dir>",
+        (&gx * &dx).sum() + (&gy * &dy).sum(),
+        fd,
+    );
+}
+
+/// L(P) = <G, P> for a fixed random G.
+fn plan_loss(
+    c: &Array2<f64>,
+    a: &Array1<f64>,
+    b: &Array1<f64>,
+    cfg: &SinkhornConfig<f64>,
+    g: &Array2<f64>,
+) -> f64 {
+    let cfg = cfg.clone().with_plan(true);
+    (value(c, a, b, &cfg).plan.unwrap() * g).sum()
+}
+
+fn implicit_case(solver: LinearSolver) {
+    for (seed, rho) in [(7u64, (None, None)), (8, (Some(0.6), Some(0.9)))] {
+        let (_, _, c, a, b) = setup(seed, 6, 7);
+        let cfg = tight(0.3).with_marginals(kl(rho.0), kl(rho.1));
+        let out = value(&c, &a, &b, &cfg);
+        let mut r = rng(seed + 30);
+        let gp: Array2<f64> = randn(&mut r, c.dim());
+        let ic = ImplicitConfig {
+            solver,
+            tol: 1e-12,
+            ridge: 1e-14,
+            ..Default::default()
+        };
+        let grads = implicit_plan_vjp(
+            &Geometry::dense(c.view()).unwrap(),
+            a.view(),
+            b.view(),
+            &out,
+            gp.view(),
+            &ic,
+        )
+        .unwrap();
+        let dc: Array2<f64> = randn(&mut r, c.dim());
+        let fd = central_difference(|t| plan_loss(&(&c + &(&dc * t)), &a, &b, &cfg, &gp), H);
+        Tolerance::F64_SOLVE.assert_scalar(
+            &format!("{solver:?} {rho:?} dL/dC"),
+            (&grads.grad_cost * &dc).sum(),
+            fd,
+        );
+        let balanced = rho.0.is_none();
+        let (da, db) = if balanced {
+            (zero_sum(&mut r, 6), zero_sum(&mut r, 7))
+        } else {
+            (randn(&mut r, 6), randn(&mut r, 7))
+        };
+        let fd = central_difference(
+            |t| plan_loss(&c, &(&a + &(&da * t)), &(&b + &(&db * t)), &cfg, &gp),
+            H,
+        );
+        Tolerance::F64_SOLVE.assert_scalar(
+            &format!("{solver:?} {rho:?} dL/d(a,b)"),
+            grads.grad_a.dot(&da) + grads.grad_b.dot(&db),
+            fd,
+        );
+    }
+}
+
+#[test]
+fn implicit_plan_gradient_by_conjugate_gradient() {
+    implicit_case(LinearSolver::ConjugateGradient);
+}
+
+#[cfg(feature = "linalg")]
+#[test]
+fn implicit_plan_gradient_by_dense_solve() {
+    implicit_case(LinearSolver::Dense);
+}
+
+#[cfg(not(feature = "linalg"))]
+#[test]
+fn dense_solve_without_linalg_is_a_clear_error() {
+    let (_, _, c, a, b) = setup(9, 3, 3);
+    let out = value(&c, &a, &b, &tight(0.5));
+    let gp = Array2::<f64>::ones((3, 3));
+    let ic = ImplicitConfig {
+        solver: LinearSolver::Dense,
+        ..Default::default()
+    };
+    let err = implicit_plan_vjp(
+        &Geometry::dense(c.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &out,
+        gp.view(),
+        &ic,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            recgoat_core::Error::FeatureDisabled {
+                feature: "linalg",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn unrolled_plan_gradient_is_exact_for_the_iterations_run() {
+    for (seed, rho, iters) in [
+        (10u64, (None, None), 1usize),
+        (11, (None, None), 12),
+        (12, (Some(0.5), Some(1.0)), 8),
+    ] {
+        let (_, _, c, a, b) = setup(seed, 5, 6);
+        let eps = 0.2;
+        let run = |c: &Array2<f64>, a: &Array1<f64>, b: &Array1<f64>| {
+            UnrolledOutput::new(c.view(), a.view(), b.view(), eps, rho, iters).unwrap()
+        };
+        let mut r = rng(seed + 40);
+        let gp: Array2<f64> = randn(&mut r, c.dim());
+        let grads = unrolled_plan_vjp(&run(&c, &a, &b), gp.view()).unwrap();
+        let dc: Array2<f64> = randn(&mut r, c.dim());
+        let fd = central_difference(|t| (run(&(&c + &(&dc * t)), &a, &b).plan * &gp).sum(), H);
+        Tolerance::F64_SOLVE.assert_scalar(
+            &format!("iters={iters} dL/dC"),
+            (&grads.grad_cost * &dc).sum(),
+            fd,
+        );
+        let balanced = rho.0.is_none();
+        let (da, db) = if balanced {
+            (zero_sum(&mut r, 5), zero_sum(&mut r, 6))
+        } else {
+            (randn(&mut r, 5), randn(&mut r, 6))
+        };
+        let fd = central_difference(
+            |t| (run(&c, &(&a + &(&da * t)), &(&b + &(&db * t))).plan * &gp).sum(),
+            H,
+        );
+        Tolerance::F64_SOLVE.assert_scalar(
+            &format!("iters={iters} dL/d(a,b)"),
+            grads.grad_a.dot(&da) + grads.grad_b.dot(&db),
+            fd,
+        );
+    }
+}
+
+#[test]
+fn unrolled_gradient_approaches_implicit_as_iterations_grow() {
+    let (_, _, c, a, b) = setup(13, 6, 6);
+    let gp: Array2<f64> = randn(&mut rng(77), c.dim());
+    let out = value(&c, &a, &b, &tight(0.5));
+    let imp = implicit_plan_vjp(
+        &Geometry::dense(c.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &out,
+        gp.view(),
+        &ImplicitConfig::default(),
+    )
+    .unwrap();
+    let unr = unrolled_plan_vjp(
+        &UnrolledOutput::new(c.view(), a.view(), b.view(), 0.5, (None, None), 300).unwrap(),
+        gp.view(),
+    )
+    .unwrap();
+    Tolerance::new(1e-6, 1e-8).assert_close(
+        "dL/dC unrolled(300) vs implicit",
+        &unr.grad_cost.view(),
+        &imp.grad_cost.view(),
+    );
+}
+
+#[test]
+fn divergence_gradients() {
+    let (x, y, _, a, b) = setup(14, 6, 5);
+    let cfg = tight(0.5);
+    let div = |x: &Array2<f64>, y: &Array2<f64>, a: &Array1<f64>, b: &Array1<f64>| {
+        sinkhorn_divergence(x.view(), y.view(), a.view(), b.view(), &cfg, &be()).unwrap()
+    };
+    let out = div(&x, &y, &a, &b);
+    assert!(out.converged && out.value > 0.0);
+    let mut r = rng(140);
+    let (dx, dy): (Array2<f64>, Array2<f64>) = (randn(&mut r, x.dim()), randn(&mut r, y.dim()));
+    let (da, db) = (zero_sum(&mut r, 6), zero_sum(&mut r, 5));
+    let fd = central_difference(
+        |t| div(&(&x + &(&dx * t)), &(&y + &(&dy * t)), &a, &b).value,
+        H,
+    );
+    Tolerance::F64_SOLVE.assert_scalar(
+        "dS/d(x,y)",
+        (&out.grad_x * &dx).sum() + (&out.grad_y * &dy).sum(),
+        fd,
+    );
+    let fd = central_difference(
+        |t| div(&x, &y, &(&a + &(&da * t)), &(&b + &(&db * t))).value,
+        H,
+    );
+    Tolerance::F64_SOLVE.assert_scalar("dS/d(a,b)", out.grad_a.dot(&da) + out.grad_b.dot(&db), fd);
+}
+
+#[test]
+fn dimension_cost_backward_matches_central_differences() {
+    let mut r = rng(15);
+    let (m, z): (Array2<f64>, Array2<f64>) = (randn(&mut r, (11, 4)), randn(&mut r, (11, 4)));
+    let gc: Array2<f64> = randn(&mut r, (4, 4));
+    let (gm, gz) = dimension_cost_backward(m.view(), z.view(), 3.0, gc.view()).unwrap();
+    let (dm, dz): (Array2<f64>, Array2<f64>) = (randn(&mut r, m.dim()), randn(&mut r, z.dim()));
+    let fd = central_difference(
+        |t| {
+            (dimension_cost((&m + &(&dm * t)).view(), (&z + &(&dz * t)).view(), 3.0).unwrap() * &gc)
+                .sum()
+        },
+        H,
+    );
+    Tolerance::F64_SOLVE.assert_scalar("dC/d(M,Z)", (&gm * &dm).sum() + (&gz * &dz).sum(), fd);
+}
+
+fn oat_loss(
+    oat: &AdaptiveTransport<f64>,
+    m: &Array2<f64>,
+    z: &Array2<f64>,
+    delta: &Array2<f64>,
+    go: &Array2<f64>,
+    wv: f64,
+) -> f64 {
+    let (out, cache) = oat
+        .forward(m.view(), z.view(), delta.view(), &be())
+        .unwrap();
+    (&out * go).sum() + wv * cache.value()
+}
+
+#[test]
+fn adaptive_transport_gradients_in_every_mode() {
+    let mut r = rng(16);
+    let (m, z): (Array2<f64>, Array2<f64>) = (randn(&mut r, (20, 5)), randn(&mut r, (20, 5)));
+    let delta: Array2<f64> = randn(&mut r, (5, 5)) * 0.1;
+    let go: Array2<f64> = randn(&mut r, (20, 5));
+    let modes = [
+        PlanGradient::Implicit(ImplicitConfig {
+            tol: 1e-12,
+            ..Default::default()
+        }),
+        PlanGradient::Unrolled { iters: 30 },
+    ];
+    for mode in modes {
+        for wv in [0.0, 0.7] {
+            let mut cfg = AdaptiveTransportConfig::<f64> {
+                gradient: mode,
+                cost_scale: 2.0,
+                ..Default::default()
+            };
+            cfg.sinkhorn = cfg
+                .sinkhorn
+                .with_tol(1e-13, ErrorNorm::L1)
+                .with_iters(20000, 1);
+            cfg.sinkhorn.eps = Epsilon::Absolute(0.5);
+            let oat = AdaptiveTransport::new(cfg).unwrap();
+            let (_, cache) = oat
+                .forward(m.view(), z.view(), delta.view(), &be())
+                .unwrap();
+            let g = oat.backward(&cache, Some(go.view()), wv).unwrap();
+            let (dm, dz, dd): (Array2<f64>, Array2<f64>, Array2<f64>) = (
+                randn(&mut r, m.dim()),
+                randn(&mut r, z.dim()),
+                randn(&mut r, (5, 5)),
+            );
+            let fd = central_difference(
+                |t| {
+                    oat_loss(
+                        &oat,
+                        &(&m + &(&dm * t)),
+                        &(&z + &(&dz * t)),
+                        &(&delta + &(&dd * t)),
+                        &go,
+                        wv,
+                    )
+                },
+                H,
+            );
+            let analytic =
+                (&g.grad_m * &dm).sum() + (&g.grad_z * &dz).sum() + (&g.grad_delta * &dd).sum();
+            Tolerance::F64_SOLVE.assert_scalar(&format!("{mode:?} wv={wv}"), analytic, fd);
+        }
+    }
+}
+
+#[test]
+fn detached_adaptive_transport_treats_the_plan_as_constant() {
+    let mut r = rng(17);
+    let (m, z): (Array2<f64>, Array2<f64>) = (randn(&mut r, (12, 4)), randn(&mut r, (12, 4)));
+    let delta = Array2::<f64>::eye(4) * 0.1;
+    let go: Array2<f64> = randn(&mut r, (12, 4));
+    let oat = AdaptiveTransport::new(AdaptiveTransportConfig {
+        gradient: PlanGradient::Detached,
+        ..Default::default()
+    })
+    .unwrap();
+    let (_, cache) = oat
+        .forward(m.view(), z.view(), delta.view(), &be())
+        .unwrap();
+    let g = oat.backward(&cache, Some(go.view()), 0.0).unwrap();
+    let map = cache.plan() * 4.0 + &delta;
+    Tolerance::F64_EXACT.assert_close(
+        "grad_m = G map^T",
+        &g.grad_m.view(),
+        &go.dot(&map.t()).view(),
+    );
+    Tolerance::F64_EXACT.assert_close(
+        "grad_delta = M^T G",
+        &g.grad_delta.view(),
+        &m.t().dot(&go).view(),
+    );
+    assert!(
+        g.grad_z.iter().all(|&v| v == 0.0),
+        "no path reaches Z when T is detached"
+    );
+}

@@ -1,0 +1,350 @@
+//! Every fast path against the slow f64 reference, on every available backend.
+
+use ndarray::{Array1, Array2, Axis};
+use recgoat_core::testing::{naive_sq_euclidean, randn, rng, simplex, uniform, Tolerance};
+use recgoat_core::transport::{self, reference, *};
+use recgoat_core::{Backend, Par};
+
+/// Expands one test body per backend (`fn case(be: &Backend)`), labelled by the backend name.
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn cpu_seq() { super::$name(&recgoat_core::Backend::Cpu(recgoat_core::Par::Seq)) }
+            #[test]
+            fn cpu_rayon() { super::$name(&recgoat_core::Backend::Cpu(recgoat_core::Par::Rayon(3))) }
+        }
+    )*};
+}
+
+per_backend!(
+    log_iterations_match_reference,
+    unbalanced_iterations_match_reference,
+    online_geometry_matches_dense,
+    converged_value_is_the_primal_objective,
+    scaling_domain_matches_log_domain,
+    eps_schedule_reaches_the_same_solution,
+    f32_matches_f64,
+    batch_equals_single_solves,
+    plan_and_marginals_are_consistent,
+);
+
+fn problem(
+    seed: u64,
+    n: usize,
+    m: usize,
+) -> (
+    Array2<f64>,
+    Array2<f64>,
+    Array2<f64>,
+    Array1<f64>,
+    Array1<f64>,
+) {
+    let mut r = rng(seed);
+    let x: Array2<f64> = randn(&mut r, (n, 3));
+    let y: Array2<f64> = randn(&mut r, (m, 3));
+    let c = naive_sq_euclidean(&x, &y);
+    (x, y, c, simplex(&mut r, n), simplex(&mut r, m))
+}
+
+/// A config that runs exactly `iters` iterations (the tolerance cannot be met).
+fn fixed_iters(eps: f64, iters: usize) -> SinkhornConfig<f64> {
+    SinkhornConfig::new(Epsilon::Absolute(eps))
+        .with_tol(1e-300, ErrorNorm::L1)
+        .with_iters(iters, 1)
+}
+
+fn log_iterations_match_reference(be: &Backend) {
+    // rectangular, different masses per point, and an eps small enough that absorption matters
+    for &(n, m, eps, iters) in &[
+        (7usize, 5usize, 0.5, 3usize),
+        (13, 19, 0.05, 40),
+        (1, 4, 0.2, 5),
+    ] {
+        let (_, _, c, a, b) = problem(n as u64, n, m);
+        let out = sinkhorn(
+            &Geometry::dense(c.view()).unwrap(),
+            a.view(),
+            b.view(),
+            &fixed_iters(eps, iters),
+            be,
+        )
+        .unwrap();
+        // a single source row is solved exactly by one iteration (error exactly 0), others run to the cap
+        let expected_iters = if n == 1 { 1 } else { iters };
+        assert_eq!(
+            out.iterations, expected_iters,
+            "n={n}: {:?}",
+            out.error_history
+        );
+        let (f, g) = reference::sinkhorn_log(&c, &a, &b, eps, (None, None), out.iterations);
+        let tol = Tolerance::new(1e-9, 1e-11);
+        tol.assert_close("f", &out.f.view(), &f.view());
+        tol.assert_close("g", &out.g.view(), &g.view());
+    }
+}
+
+fn unbalanced_iterations_match_reference(be: &Backend) {
+    let (_, _, c, a, b) = problem(3, 9, 6);
+    let b = b * 1.7; // masses differ
+    for rho in [(Some(0.3), Some(2.0)), (None, Some(0.5)), (Some(1.0), None)] {
+        if rho.0.is_none() && rho.1.is_none() {
+            continue;
+        }
+        let mut cfg = fixed_iters(0.1, 25);
+        cfg.marginal_a = rho.0.map_or(Marginal::Balanced, Marginal::Kl);
+        cfg.marginal_b = rho.1.map_or(Marginal::Balanced, Marginal::Kl);
+        let out = sinkhorn(
+            &Geometry::dense(c.view()).unwrap(),
+            a.view(),
+            b.view(),
+            &cfg,
+            be,
+        )
+        .unwrap();
+        let (f, g) = reference::sinkhorn_log(&c, &a, &b, 0.1, rho, 25);
+        let tol = Tolerance::new(1e-9, 1e-11);
+        tol.assert_close("f", &out.f.view(), &f.view());
+        tol.assert_close("g", &out.g.view(), &g.view());
+    }
+    // Tau(t) is Kl(eps t / (1 - t))
+    let mut by_tau = fixed_iters(0.1, 10);
+    by_tau.marginal_a = Marginal::Tau(0.75);
+    by_tau.marginal_b = Marginal::Tau(0.75);
+    let out = sinkhorn(
+        &Geometry::dense(c.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &by_tau,
+        be,
+    )
+    .unwrap();
+    let (f, _) = reference::sinkhorn_log(&c, &a, &b, 0.1, (Some(0.3), Some(0.3)), 10);
+    Tolerance::new(1e-9, 1e-11).assert_close("f (tau)", &out.f.view(), &f.view());
+}
+
+fn online_geometry_matches_dense(be: &Backend) {
+    // m large enough that the online geometry splits rows into several blocks
+    let (x, y, c, a, b) = problem(11, 40, 3000);
+    let cfg = fixed_iters(0.3, 6);
+    let dense = sinkhorn(
+        &Geometry::dense(c.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &cfg,
+        be,
+    )
+    .unwrap();
+    let online = sinkhorn(
+        &Geometry::sq_euclidean(x.view(), y.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &cfg,
+        be,
+    )
+    .unwrap();
+    let tol = Tolerance::new(1e-8, 1e-10);
+    tol.assert_close("f", &online.f.view(), &dense.f.view());
+    tol.assert_close("g", &online.g.view(), &dense.g.view());
+    tol.assert_scalar("cost", online.transport_cost, dense.transport_cost);
+    let geom = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+    tol.assert_close("to_dense", &geom.to_dense().view(), &c.view());
+    for s in [EpsScale::Mean, EpsScale::Max, EpsScale::Median] {
+        let on = geom.statistic(s, be.par());
+        let de = Geometry::dense(c.view()).unwrap().statistic(s, be.par());
+        tol.assert_scalar(&format!("{s:?}"), on, de);
+    }
+}
+
+fn converged_value_is_the_primal_objective(be: &Backend) {
+    let (_, _, c, a, b) = problem(5, 8, 11);
+    for rho in [(None, None), (Some(0.5), Some(0.8))] {
+        let cfg = SinkhornConfig::new(Epsilon::Absolute(0.2))
+            .with_tol(1e-13, ErrorNorm::L1)
+            .with_iters(5000, 1)
+            .with_marginals(
+                rho.0.map_or(Marginal::Balanced, Marginal::Kl),
+                rho.1.map_or(Marginal::Balanced, Marginal::Kl),
+            )
+            .with_plan(true);
+        let out = sinkhorn(
+            &Geometry::dense(c.view()).unwrap(),
+            a.view(),
+            b.view(),
+            &cfg,
+            be,
+        )
+        .unwrap();
+        assert!(out.converged, "{rho:?}: {:?}", out.termination);
+        let p = out.plan.as_ref().unwrap();
+        let primal = reference::primal(&c, &a, &b, p, 0.2, rho);
+        // strong duality at the optimum
+        Tolerance::new(1e-9, 1e-12).assert_scalar("dual value vs primal", out.value, primal);
+        let cost: f64 = (p * &c).sum();
+        Tolerance::new(1e-12, 1e-14).assert_scalar("transport cost", out.transport_cost, cost);
+    }
+}
+
+fn scaling_domain_matches_log_domain(be: &Backend) {
+    let (_, _, c, a, b) = problem(8, 12, 9);
+    let cfg = SinkhornConfig::new(Epsilon::Absolute(0.5))
+        .with_tol(1e-12, ErrorNorm::L2)
+        .with_iters(3000, 1);
+    let geom = Geometry::dense(c.view()).unwrap();
+    let log = sinkhorn(&geom, a.view(), b.view(), &cfg, be).unwrap();
+    let sc = sinkhorn(
+        &geom,
+        a.view(),
+        b.view(),
+        &cfg.clone().with_domain(Domain::Scaling),
+        be,
+    )
+    .unwrap();
+    assert!(log.converged && sc.converged);
+    let tol = Tolerance::new(1e-7, 1e-9);
+    // potentials are unique up to (f + t, g - t): compare f + g pairs through the plan and value
+    tol.assert_scalar("value", sc.value, log.value);
+    tol.assert_close("row sums", &sc.row_sums.view(), &log.row_sums.view());
+    let shift = sc.f[0] - log.f[0];
+    tol.assert_close("f", &(&sc.f - shift).view(), &log.f.view());
+    tol.assert_close("g", &(&sc.g + shift).view(), &log.g.view());
+}
+
+fn eps_schedule_reaches_the_same_solution(be: &Backend) {
+    let (_, _, c, a, b) = problem(9, 15, 15);
+    let geom = Geometry::dense(c.view()).unwrap();
+    let target = Epsilon::relative(EpsScale::Mean, 0.01);
+    let base = SinkhornConfig::new(target)
+        .with_tol(1e-10, ErrorNorm::L1)
+        .with_iters(20000, 5);
+    let direct = sinkhorn(&geom, a.view(), b.view(), &base, be).unwrap();
+    let scaled = base.clone().with_schedule(EpsSchedule::Geometric {
+        start: Epsilon::relative(EpsScale::Max, 1.0),
+        decay: 0.5,
+        stage_iters: 50,
+    });
+    let sched = sinkhorn(&geom, a.view(), b.view(), &scaled, be).unwrap();
+    assert!(direct.converged && sched.converged);
+    assert!(
+        sched.total_iterations > sched.iterations,
+        "intermediate stages ran"
+    );
+    assert!(
+        sched.iterations < direct.iterations,
+        "warm start saves final-stage iterations"
+    );
+    Tolerance::new(1e-6, 1e-9).assert_scalar("value", sched.value, direct.value);
+    Tolerance::new(1e-6, 1e-9).assert_scalar("eps", sched.eps, direct.eps);
+}
+
+fn f32_matches_f64(be: &Backend) {
+    let (x, y, c, a, b) = problem(12, 30, 25);
+    let cfg64 = SinkhornConfig::new(Epsilon::Absolute(0.1))
+        .with_tol(1e-9, ErrorNorm::L1)
+        .with_iters(2000, 5);
+    let out64 = sinkhorn(
+        &Geometry::dense(c.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &cfg64,
+        be,
+    )
+    .unwrap();
+    let (x32, y32) = (x.mapv(|v| v as f32), y.mapv(|v| v as f32));
+    let (a32, b32) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+    let cfg32 = SinkhornConfig::new(Epsilon::Absolute(0.1f32))
+        .with_tol(1e-5, ErrorNorm::L1)
+        .with_iters(2000, 5);
+    let out32 = sinkhorn(
+        &Geometry::sq_euclidean(x32.view(), y32.view()).unwrap(),
+        a32.view(),
+        b32.view(),
+        &cfg32,
+        be,
+    )
+    .unwrap();
+    assert!(out64.converged && out32.converged);
+    Tolerance::new(1e-3, 1e-4).assert_scalar("value", out32.value as f64, out64.value);
+    let shift = out32.f[0] as f64 - out64.f[0];
+    Tolerance::new(1e-3, 2e-3).assert_close(
+        "f",
+        &(out32.f.mapv(|v| v as f64) - shift).view(),
+        &out64.f.view(),
+    );
+}
+
+fn batch_equals_single_solves(be: &Backend) {
+    let sizes = [(4usize, 6usize), (9, 3), (5, 5), (12, 2)];
+    let data: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &(n, m))| problem(100 + k as u64, n, m))
+        .collect();
+    let cfg = SinkhornConfig::new(Epsilon::relative(EpsScale::Median, 0.2))
+        .with_tol(1e-11, ErrorNorm::L1);
+    let batch: Vec<BatchProblem<'_, f64>> = data
+        .iter()
+        .map(|(_, _, c, a, b)| BatchProblem {
+            geom: Geometry::dense(c.view()).unwrap(),
+            a: a.view(),
+            b: b.view(),
+        })
+        .collect();
+    let outs = sinkhorn_batch(&batch, &cfg, be);
+    for ((_, _, c, a, b), out) in data.iter().zip(outs) {
+        let out = out.unwrap();
+        let single = sinkhorn(
+            &Geometry::dense(c.view()).unwrap(),
+            a.view(),
+            b.view(),
+            &cfg,
+            &Backend::Cpu(Par::Seq),
+        )
+        .unwrap();
+        assert_eq!(
+            out.f, single.f,
+            "batch is bit-identical to a sequential solve"
+        );
+        assert_eq!(out.value, single.value);
+    }
+}
+
+fn plan_and_marginals_are_consistent(be: &Backend) {
+    let (_, _, c, a, b) = problem(21, 10, 14);
+    let geom = Geometry::dense(c.view()).unwrap();
+    let cfg = SinkhornConfig::new(Epsilon::Absolute(0.2))
+        .with_tol(1e-10, ErrorNorm::LInf)
+        .with_plan(true);
+    let out = sinkhorn(&geom, a.view(), b.view(), &cfg, be).unwrap();
+    let p = out.plan.clone().unwrap();
+    let tol = Tolerance::new(0.0, 1e-10);
+    tol.assert_close("rows", &p.sum_axis(Axis(1)).view(), &a.view());
+    tol.assert_close("cols", &p.sum_axis(Axis(0)).view(), &b.view());
+    Tolerance::F64_EXACT.assert_close(
+        "plan_for",
+        &out.plan_for(&geom, a.view(), b.view()).unwrap().view(),
+        &p.view(),
+    );
+    let refp = reference::plan(&c, &a, &b, &out.f, &out.g, out.eps);
+    Tolerance::new(1e-12, 1e-15).assert_close("plan vs reference formula", &p.view(), &refp.view());
+    assert!(out.marginal_error <= 1e-10 && out.converged);
+    assert!(out.error_history.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+#[test]
+fn dimension_cost_matches_the_naive_tensor() {
+    let mut r = rng(4);
+    let m: Array2<f64> = randn(&mut r, (17, 5));
+    let z: Array2<f64> = uniform(&mut r, (17, 5), -2.0, 2.0);
+    let c = transport::dimension_cost(m.view(), z.view(), 100.0).unwrap();
+    let naive = Array2::from_shape_fn((5, 5), |(a, b)| {
+        100.0
+            * (0..17)
+                .map(|i| (m[[i, a]] - z[[i, b]]).powi(2))
+                .sum::<f64>()
+            / 17.0
+    });
+    Tolerance::F64_EXACT
+        .for_reduction(17)
+        .assert_close("dimension cost", &c.view(), &naive.view());
+}

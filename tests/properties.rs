@@ -1,0 +1,238 @@
+//! Mathematical properties of the solvers: the unregularised limit, invariances, f32 robustness, proptest.
+
+use ndarray::{Array1, Array2, Axis};
+use proptest::prelude::*;
+use recgoat_core::testing::{naive_sq_euclidean, randn, rng, simplex, uniform, Tolerance};
+use recgoat_core::transport::{reference, *};
+use recgoat_core::{Backend, Par};
+
+fn be() -> Backend {
+    Backend::Cpu(Par::Seq)
+}
+
+#[test]
+fn small_eps_approaches_brute_force_exact_ot() {
+    // uniform weights, n = m <= 6: the exact optimum is a permutation (Birkhoff)
+    for (seed, n) in [(1u64, 3usize), (2, 5), (3, 6)] {
+        let c: Array2<f64> = uniform(&mut rng(seed), (n, n), 0.0, 1.0);
+        let w = Array1::from_elem(n, 1.0 / n as f64);
+        let exact = reference::exact_uniform_ot(&c);
+        let mut gaps = Vec::new();
+        for eps in [1e-1, 1e-2, 1e-3] {
+            let cfg = SinkhornConfig::new(Epsilon::Absolute(eps))
+                .with_tol(1e-7, ErrorNorm::L1)
+                .with_iters(50_000, 10)
+                .with_schedule(EpsSchedule::Geometric {
+                    start: Epsilon::Absolute(1.0),
+                    decay: 0.5,
+                    stage_iters: 200,
+                });
+            let out = sinkhorn(
+                &Geometry::dense(c.view()).unwrap(),
+                w.view(),
+                w.view(),
+                &cfg,
+                &be(),
+            )
+            .unwrap();
+            // near-ties between assignments make Sinkhorn contract very slowly at moderate eps (the reference
+            // iteration from zero is still at 3e-5 after 20k iterations on seed 2), so ask for 1e-6, not convergence
+            assert!(
+                out.marginal_error <= 1e-6,
+                "n={n} eps={eps}: {:e}",
+                out.marginal_error
+            );
+            // <P, C> can never beat the exact optimum, and the entropic bias is O(eps log n)
+            assert!(
+                out.transport_cost >= exact - 1e-12,
+                "n={n} eps={eps}: {} < {exact}",
+                out.transport_cost
+            );
+            assert!(
+                out.transport_cost - exact <= 2.0 * eps * (n as f64).ln() + 1e-9,
+                "n={n} eps={eps}"
+            );
+            gaps.push(out.transport_cost - exact);
+        }
+        assert!(
+            gaps[2] <= gaps[0] + 1e-12,
+            "the gap shrinks with eps: {gaps:?}"
+        );
+        assert!(
+            gaps[2] < 1e-3,
+            "n={n}: eps = 1e-3 is within 1e-3 of exact OT: {gaps:?}"
+        );
+    }
+}
+
+#[test]
+fn plan_is_invariant_to_row_and_column_shifts_of_the_cost() {
+    let mut r = rng(4);
+    let c: Array2<f64> = uniform(&mut r, (8, 6), 0.0, 2.0);
+    let (a, b) = (simplex::<f64>(&mut r, 8), simplex::<f64>(&mut r, 6));
+    let (u, v): (Array1<f64>, Array1<f64>) =
+        (uniform(&mut r, 8, 0.0, 3.0), uniform(&mut r, 6, 0.0, 3.0));
+    let shifted = &c + &u.view().insert_axis(Axis(1)) + &v.view().insert_axis(Axis(0));
+    let cfg = SinkhornConfig::new(Epsilon::Absolute(0.1))
+        .with_tol(1e-13, ErrorNorm::L1)
+        .with_iters(50000, 1)
+        .with_plan(true);
+    let p1 = sinkhorn(
+        &Geometry::dense(c.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &cfg,
+        &be(),
+    )
+    .unwrap()
+    .plan
+    .unwrap();
+    let p2 = sinkhorn(
+        &Geometry::dense(shifted.view()).unwrap(),
+        a.view(),
+        b.view(),
+        &cfg,
+        &be(),
+    )
+    .unwrap()
+    .plan
+    .unwrap();
+    Tolerance::new(1e-8, 1e-12).assert_close(
+        "plan(C + u 1^T + 1 v^T) = plan(C)",
+        &p2.view(),
+        &p1.view(),
+    );
+}
+
+#[test]
+fn f32_log_domain_stays_finite_for_eps_from_1e_4_to_10_times_the_median() {
+    let mut r = rng(5);
+    let x: Array2<f32> = randn(&mut r, (48, 8));
+    let y: Array2<f32> = randn::<f32, _, _>(&mut r, (40, 8)) * 2.0;
+    let (a, b) = (simplex::<f32>(&mut r, 48), simplex::<f32>(&mut r, 40));
+    for geom in [
+        Geometry::sq_euclidean(x.view(), y.view()).unwrap(),
+        Geometry::Dense(naive_sq_euclidean(&x, &y).into()),
+    ] {
+        for factor in [1e-4f32, 1e-3, 1e-2, 1e-1, 1.0, 10.0] {
+            for schedule in [
+                EpsSchedule::Constant,
+                EpsSchedule::Geometric {
+                    start: Epsilon::relative(EpsScale::Max, 1.0),
+                    decay: 0.3,
+                    stage_iters: 20,
+                },
+            ] {
+                let cfg = SinkhornConfig::new(Epsilon::relative(EpsScale::Median, factor))
+                    .with_tol(1e-5, ErrorNorm::L1)
+                    .with_iters(300, 10)
+                    .with_schedule(schedule);
+                let out = sinkhorn(&geom, a.view(), b.view(), &cfg, &be()).unwrap();
+                let label = format!("eps = {factor} x median, {schedule:?}");
+                assert!(
+                    out.f.iter().chain(out.g.iter()).all(|v| v.is_finite()),
+                    "{label}: potentials"
+                );
+                assert!(
+                    out.value.is_finite() && out.transport_cost.is_finite(),
+                    "{label}: value {}",
+                    out.value
+                );
+                assert!(out.marginal_error.is_finite(), "{label}: error");
+                assert!(
+                    out.row_sums.iter().all(|v| v.is_finite() && *v >= 0.0),
+                    "{label}: row sums"
+                );
+                // 300 iterations suffice from 0.1 x median up; smaller eps only has to stay finite here
+                if factor >= 1e-1 {
+                    assert!(out.converged, "{label}: {:?}", out.error_history.last());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scaling_domain_breaks_down_where_log_domain_does_not_and_says_so() {
+    let mut r = rng(6);
+    let x: Array2<f32> = randn(&mut r, (30, 4));
+    let y: Array2<f32> = randn::<f32, _, _>(&mut r, (30, 4)) + 3.0;
+    let w = Array1::from_elem(30, 1.0f32 / 30.0);
+    let geom = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+    let cfg = SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.01f32)).with_iters(200, 1);
+    let sc = sinkhorn(
+        &geom,
+        w.view(),
+        w.view(),
+        &cfg.clone().with_domain(Domain::Scaling),
+        &be(),
+    )
+    .unwrap();
+    assert!(!sc.converged);
+    assert!(
+        matches!(sc.termination, Termination::NonFinite { .. }),
+        "{:?}",
+        sc.termination
+    );
+    let lg = sinkhorn(&geom, w.view(), w.view(), &cfg, &be()).unwrap();
+    assert!(lg.f.iter().all(|v| v.is_finite()) && lg.value.is_finite());
+}
+
+#[test]
+fn divergence_is_zero_on_identical_clouds_and_symmetric() {
+    let mut r = rng(7);
+    let x: Array2<f64> = randn(&mut r, (10, 3));
+    let y: Array2<f64> = randn(&mut r, (8, 3));
+    let (a, b) = (simplex::<f64>(&mut r, 10), simplex::<f64>(&mut r, 8));
+    let cfg = SinkhornConfig::new(Epsilon::Absolute(0.3))
+        .with_tol(1e-12, ErrorNorm::L1)
+        .with_iters(20000, 1);
+    let same = sinkhorn_divergence(x.view(), x.view(), a.view(), a.view(), &cfg, &be()).unwrap();
+    assert!(same.value.abs() < 1e-10, "{}", same.value);
+    let xy = sinkhorn_divergence(x.view(), y.view(), a.view(), b.view(), &cfg, &be()).unwrap();
+    let yx = sinkhorn_divergence(y.view(), x.view(), b.view(), a.view(), &cfg, &be()).unwrap();
+    Tolerance::new(1e-9, 1e-12).assert_scalar("S(a,b) = S(b,a)", xy.value, yx.value);
+    assert!(xy.value > 0.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// On random problems: converged outputs meet their marginals, the plan is non-negative, and
+    /// `OT_eps >= <P, C> - eps KL-bound` holds through weak duality (value <= primal).
+    #[test]
+    fn random_problems_meet_marginals(seed in 0u64..10_000, n in 1usize..9, m in 1usize..9, log_eps in -2.0f64..1.0) {
+        let mut r = rng(seed);
+        let c: Array2<f64> = uniform(&mut r, (n, m), 0.0, 1.0);
+        let (a, b) = (simplex::<f64>(&mut r, n), simplex::<f64>(&mut r, m));
+        let eps = 10f64.powf(log_eps);
+        let cfg = SinkhornConfig::new(Epsilon::Absolute(eps)).with_tol(1e-9, ErrorNorm::L1).with_iters(100_000, 5).with_plan(true);
+        let out = sinkhorn(&Geometry::dense(c.view()).unwrap(), a.view(), b.view(), &cfg, &be()).unwrap();
+        prop_assert!(out.converged);
+        let p = out.plan.unwrap();
+        prop_assert!(p.iter().all(|&v| v >= 0.0));
+        let err = (p.sum_axis(Axis(1)) - &a).mapv(f64::abs).sum() + (p.sum_axis(Axis(0)) - &b).mapv(f64::abs).sum();
+        prop_assert!(err <= 2e-9, "marginal error {}", err);
+        let primal = reference::primal(&c, &a, &b, &p, eps, (None, None));
+        prop_assert!(out.value <= primal + 1e-9 * primal.abs().max(1.0), "weak duality: {} > {}", out.value, primal);
+    }
+
+    /// Relabelling the rows and columns of a problem relabels its potentials.
+    #[test]
+    fn potentials_follow_a_relabelling(seed in 0u64..10_000, n in 2usize..7) {
+        let mut r = rng(seed);
+        let c: Array2<f64> = uniform(&mut r, (n, n), 0.0, 1.0);
+        let (a, b) = (simplex::<f64>(&mut r, n), simplex::<f64>(&mut r, n));
+        let perm: Vec<usize> = (0..n).rev().collect();
+        let cp = Array2::from_shape_fn((n, n), |(i, j)| c[[perm[i], perm[j]]]);
+        let (ap, bp) = (Array1::from_shape_fn(n, |i| a[perm[i]]), Array1::from_shape_fn(n, |j| b[perm[j]]));
+        let cfg = SinkhornConfig::new(Epsilon::Absolute(0.2)).with_tol(1e-11, ErrorNorm::L1).with_iters(100_000, 1);
+        let o1 = sinkhorn(&Geometry::dense(c.view()).unwrap(), a.view(), b.view(), &cfg, &be()).unwrap();
+        let o2 = sinkhorn(&Geometry::dense(cp.view()).unwrap(), ap.view(), bp.view(), &cfg, &be()).unwrap();
+        prop_assert!((o1.value - o2.value).abs() < 1e-9);
+        let shift = o2.f[0] - o1.f[perm[0]];
+        for i in 0..n {
+            prop_assert!((o2.f[i] - shift - o1.f[perm[i]]).abs() < 1e-7);
+        }
+    }
+}
