@@ -16,6 +16,7 @@ pub trait Real:
     + Sum
     + Debug
     + Display
+    + std::fmt::LowerExp
     + Default
     + Send
     + Sync
@@ -254,8 +255,11 @@ mod tests {
                     // below the f32 normal range the fast kernel flushes to 0 and the scalar one may be subnormal
                     assert!(a == 0.0 && b < 1.2e-38, "n={n} j={j} x={x}: {a} vs {b}");
                 } else {
+                    // 4 ulps for the two exp implementations, plus exp's condition number |x| times the
+                    // argument's rounding (the SIMD path fuses `beta - c s` into one FMA, the scalar one rounds twice)
+                    let tol = (4.0 + 2.0 * x.abs()) * f32::EPSILON * b;
                     assert!(
-                        (a - b).abs() <= 4.0 * f32::EPSILON * b,
+                        (a - b).abs() <= tol,
                         "n={n} j={j} x={x}: fast {a} scalar {b}"
                     );
                 }

@@ -8,6 +8,15 @@ use recgoat_core::testing::{
 use recgoat_core::transport::*;
 use recgoat_core::Backend;
 
+/// Points x, y, their cost, and the weights a, b.
+type Problem = (
+    Array2<f64>,
+    Array2<f64>,
+    Array2<f64>,
+    Array1<f64>,
+    Array1<f64>,
+);
+
 const H: f64 = 1e-5;
 
 fn be() -> Backend {
@@ -47,17 +56,7 @@ fn zero_sum(r: &mut recgoat_core::testing::TestRng, n: usize) -> Array1<f64> {
     d - mean
 }
 
-fn setup(
-    seed: u64,
-    n: usize,
-    m: usize,
-) -> (
-    Array2<f64>,
-    Array2<f64>,
-    Array2<f64>,
-    Array1<f64>,
-    Array1<f64>,
-) {
+fn setup(seed: u64, n: usize, m: usize) -> Problem {
     let mut r = rng(seed);
     let x: Array2<f64> = randn(&mut r, (n, 2));
     let y: Array2<f64> = randn(&mut r, (m, 2));

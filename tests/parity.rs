@@ -29,17 +29,16 @@ per_backend!(
     plan_and_marginals_are_consistent,
 );
 
-fn problem(
-    seed: u64,
-    n: usize,
-    m: usize,
-) -> (
+/// Points x, y, their cost, and the weights a, b.
+type Problem = (
     Array2<f64>,
     Array2<f64>,
     Array2<f64>,
     Array1<f64>,
     Array1<f64>,
-) {
+);
+
+fn problem(seed: u64, n: usize, m: usize) -> Problem {
     let mut r = rng(seed);
     let x: Array2<f64> = randn(&mut r, (n, 3));
     let y: Array2<f64> = randn(&mut r, (m, 3));

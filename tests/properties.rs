@@ -72,7 +72,7 @@ fn plan_is_invariant_to_row_and_column_shifts_of_the_cost() {
     let (a, b) = (simplex::<f64>(&mut r, 8), simplex::<f64>(&mut r, 6));
     let (u, v): (Array1<f64>, Array1<f64>) =
         (uniform(&mut r, 8, 0.0, 3.0), uniform(&mut r, 6, 0.0, 3.0));
-    let shifted = &c + &u.view().insert_axis(Axis(1)) + &v.view().insert_axis(Axis(0));
+    let shifted = &c + &u.view().insert_axis(Axis(1)) + v.view().insert_axis(Axis(0));
     let cfg = SinkhornConfig::new(Epsilon::Absolute(0.1))
         .with_tol(1e-13, ErrorNorm::L1)
         .with_iters(50000, 1)
@@ -231,8 +231,8 @@ proptest! {
         let o2 = sinkhorn(&Geometry::dense(cp.view()).unwrap(), ap.view(), bp.view(), &cfg, &be()).unwrap();
         prop_assert!((o1.value - o2.value).abs() < 1e-9);
         let shift = o2.f[0] - o1.f[perm[0]];
-        for i in 0..n {
-            prop_assert!((o2.f[i] - shift - o1.f[perm[i]]).abs() < 1e-7);
+        for (i, &pi) in perm.iter().enumerate() {
+            prop_assert!((o2.f[i] - shift - o1.f[pi]).abs() < 1e-7);
         }
     }
 }

@@ -384,7 +384,9 @@ pub struct SinkhornOutput<F> {
     pub row_sums: Array1<F>,
     /// Column sums of the plan, `P^T 1`.
     pub col_sums: Array1<F>,
-    /// Final marginal error (both sides, in the configured norm).
+    /// Final marginal error, measured afresh on the returned potentials: row side plus column side, in the
+    /// configured norm. The stopping test uses the row side alone (the column side is exactly zero after a
+    /// g-update), so in f32 this can exceed `tol` by the column sums' rounding (about `m` ulps of `b`).
     pub marginal_error: F,
     /// `(iteration, error)` at every check of the final stage.
     pub error_history: Vec<(usize, F)>,
@@ -392,7 +394,7 @@ pub struct SinkhornOutput<F> {
     pub iterations: usize,
     /// Iterations over all stages.
     pub total_iterations: usize,
-    /// Whether `marginal_error <= tol`.
+    /// Whether the stopping test (row-side marginal error `<= tol` at a check) was met.
     pub converged: bool,
     /// Why the solver stopped.
     pub termination: Termination,
