@@ -47,6 +47,32 @@ pub fn simplex<F: Real>(rng: &mut TestRng, n: usize) -> Array1<F> {
     w / s
 }
 
+/// A random transport problem between two point clouds (see [`cloud_problem`]).
+#[derive(Debug, Clone)]
+pub struct CloudProblem<F> {
+    /// Source points, n x dim, standard normal.
+    pub x: Array2<F>,
+    /// Target points, m x dim, standard normal.
+    pub y: Array2<F>,
+    /// Their squared Euclidean cost, computed naively.
+    pub cost: Array2<F>,
+    /// Source weights from [`simplex`].
+    pub a: Array1<F>,
+    /// Target weights from [`simplex`].
+    pub b: Array1<F>,
+}
+
+/// A seeded random transport problem: two standard normal clouds of `n` and `m` points in `dim`
+/// dimensions, their squared Euclidean cost and non-uniform weights of mass 1.
+pub fn cloud_problem<F: Real>(seed: u64, n: usize, m: usize, dim: usize) -> CloudProblem<F> {
+    let mut r = rng(seed);
+    let x: Array2<F> = randn(&mut r, (n, dim));
+    let y: Array2<F> = randn(&mut r, (m, dim));
+    let cost = naive_sq_euclidean(&x, &y);
+    let (a, b) = (simplex(&mut r, n), simplex(&mut r, m));
+    CloudProblem { x, y, cost, a, b }
+}
+
 /// Squared Euclidean cost between two point clouds, computed naively in the element type (test reference).
 pub fn naive_sq_euclidean<F: Real>(x: &Array2<F>, y: &Array2<F>) -> Array2<F> {
     Array2::from_shape_fn((x.nrows(), y.nrows()), |(i, j)| {

@@ -3,19 +3,10 @@
 
 use ndarray::{Array1, Array2};
 use recgoat_core::testing::{
-    central_difference, naive_sq_euclidean, randn, rng, simplex, Tolerance,
+    central_difference, cloud_problem, randn, rng, CloudProblem, Tolerance,
 };
 use recgoat_core::transport::*;
 use recgoat_core::Backend;
-
-/// Points x, y, their cost, and the weights a, b.
-type Problem = (
-    Array2<f64>,
-    Array2<f64>,
-    Array2<f64>,
-    Array1<f64>,
-    Array1<f64>,
-);
 
 const H: f64 = 1e-5;
 
@@ -56,18 +47,14 @@ fn zero_sum(r: &mut recgoat_core::testing::TestRng, n: usize) -> Array1<f64> {
     d - mean
 }
 
-fn setup(seed: u64, n: usize, m: usize) -> Problem {
-    let mut r = rng(seed);
-    let x: Array2<f64> = randn(&mut r, (n, 2));
-    let y: Array2<f64> = randn(&mut r, (m, 2));
-    let c = naive_sq_euclidean(&x, &y);
-    (x, y, c, simplex(&mut r, n), simplex(&mut r, m))
+fn setup(seed: u64, n: usize, m: usize) -> CloudProblem<f64> {
+    cloud_problem(seed, n, m, 2)
 }
 
 #[test]
 fn value_gradient_in_the_cost_is_the_plan() {
     for (seed, rho) in [(1u64, (None, None)), (2, (Some(0.7), Some(0.4)))] {
-        let (_, _, c, a, b) = setup(seed, 6, 8);
+        let CloudProblem { cost: c, a, b, .. } = setup(seed, 6, 8);
         let cfg = tight(0.3)
             .with_marginals(kl(rho.0), kl(rho.1))
             .with_plan(true);
@@ -86,7 +73,7 @@ fn value_gradient_in_the_weights_is_the_envelope() {
         (4, (Some(0.5), Some(1.5))),
         (5, (None, Some(0.8))),
     ] {
-        let (_, _, c, a, b) = setup(seed, 7, 5);
+        let CloudProblem { cost: c, a, b, .. } = setup(seed, 7, 5);
         let cfg = tight(0.25).with_marginals(kl(rho.0), kl(rho.1));
         let out = value(&c, &a, &b, &cfg);
         let g = envelope(&out, a.view(), b.view()).unwrap();
@@ -111,7 +98,7 @@ fn value_gradient_in_the_weights_is_the_envelope() {
 
 #[test]
 fn value_gradient_in_the_points() {
-    let (x, y, _, a, b) = setup(6, 9, 7);
+    let CloudProblem { x, y, a, b, .. } = setup(6, 9, 7);
     let cfg = tight(0.4);
     let solve = |x: &Array2<f64>, y: &Array2<f64>| {
         sinkhorn(
@@ -156,7 +143,7 @@ fn plan_loss(
 
 fn implicit_case(solver: LinearSolver) {
     for (seed, rho) in [(7u64, (None, None)), (8, (Some(0.6), Some(0.9)))] {
-        let (_, _, c, a, b) = setup(seed, 6, 7);
+        let CloudProblem { cost: c, a, b, .. } = setup(seed, 6, 7);
         let cfg = tight(0.3).with_marginals(kl(rho.0), kl(rho.1));
         let out = value(&c, &a, &b, &cfg);
         let mut r = rng(seed + 30);
@@ -215,7 +202,7 @@ fn implicit_plan_gradient_by_dense_solve() {
 #[cfg(not(feature = "linalg"))]
 #[test]
 fn dense_solve_without_linalg_is_a_clear_error() {
-    let (_, _, c, a, b) = setup(9, 3, 3);
+    let CloudProblem { cost: c, a, b, .. } = setup(9, 3, 3);
     let out = value(&c, &a, &b, &tight(0.5));
     let gp = Array2::<f64>::ones((3, 3));
     let ic = ImplicitConfig {
@@ -250,7 +237,7 @@ fn unrolled_plan_gradient_is_exact_for_the_iterations_run() {
         (11, (None, None), 12),
         (12, (Some(0.5), Some(1.0)), 8),
     ] {
-        let (_, _, c, a, b) = setup(seed, 5, 6);
+        let CloudProblem { cost: c, a, b, .. } = setup(seed, 5, 6);
         let eps = 0.2;
         let run = |c: &Array2<f64>, a: &Array1<f64>, b: &Array1<f64>| {
             UnrolledOutput::new(c.view(), a.view(), b.view(), eps, rho, iters).unwrap()
@@ -285,7 +272,7 @@ fn unrolled_plan_gradient_is_exact_for_the_iterations_run() {
 
 #[test]
 fn unrolled_gradient_approaches_implicit_as_iterations_grow() {
-    let (_, _, c, a, b) = setup(13, 6, 6);
+    let CloudProblem { cost: c, a, b, .. } = setup(13, 6, 6);
     let gp: Array2<f64> = randn(&mut rng(77), c.dim());
     let out = value(&c, &a, &b, &tight(0.5));
     let imp = implicit_plan_vjp(
@@ -311,7 +298,7 @@ fn unrolled_gradient_approaches_implicit_as_iterations_grow() {
 
 #[test]
 fn divergence_gradients() {
-    let (x, y, _, a, b) = setup(14, 6, 5);
+    let CloudProblem { x, y, a, b, .. } = setup(14, 6, 5);
     let cfg = tight(0.5);
     let div = |x: &Array2<f64>, y: &Array2<f64>, a: &Array1<f64>, b: &Array1<f64>| {
         sinkhorn_divergence(x.view(), y.view(), a.view(), b.view(), &cfg, &be()).unwrap()

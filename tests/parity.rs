@@ -1,7 +1,7 @@
 //! Every fast path against the slow f64 reference, on every available backend.
 
-use ndarray::{Array1, Array2, Axis};
-use recgoat_core::testing::{naive_sq_euclidean, randn, rng, simplex, uniform, Tolerance};
+use ndarray::{Array2, Axis};
+use recgoat_core::testing::{cloud_problem, randn, rng, uniform, CloudProblem, Tolerance};
 use recgoat_core::transport::{self, reference, *};
 use recgoat_core::{Backend, Par};
 
@@ -29,21 +29,8 @@ per_backend!(
     plan_and_marginals_are_consistent,
 );
 
-/// Points x, y, their cost, and the weights a, b.
-type Problem = (
-    Array2<f64>,
-    Array2<f64>,
-    Array2<f64>,
-    Array1<f64>,
-    Array1<f64>,
-);
-
-fn problem(seed: u64, n: usize, m: usize) -> Problem {
-    let mut r = rng(seed);
-    let x: Array2<f64> = randn(&mut r, (n, 3));
-    let y: Array2<f64> = randn(&mut r, (m, 3));
-    let c = naive_sq_euclidean(&x, &y);
-    (x, y, c, simplex(&mut r, n), simplex(&mut r, m))
+fn problem(seed: u64, n: usize, m: usize) -> CloudProblem<f64> {
+    cloud_problem(seed, n, m, 3)
 }
 
 /// A config that runs exactly `iters` iterations (the tolerance cannot be met).
@@ -60,7 +47,7 @@ fn log_iterations_match_reference(be: &Backend) {
         (13, 19, 0.05, 40),
         (1, 4, 0.2, 5),
     ] {
-        let (_, _, c, a, b) = problem(n as u64, n, m);
+        let CloudProblem { cost: c, a, b, .. } = problem(n as u64, n, m);
         let out = sinkhorn(
             &Geometry::dense(c.view()).unwrap(),
             a.view(),
@@ -84,7 +71,7 @@ fn log_iterations_match_reference(be: &Backend) {
 }
 
 fn unbalanced_iterations_match_reference(be: &Backend) {
-    let (_, _, c, a, b) = problem(3, 9, 6);
+    let CloudProblem { cost: c, a, b, .. } = problem(3, 9, 6);
     let b = b * 1.7; // masses differ
     for rho in [(Some(0.3), Some(2.0)), (None, Some(0.5)), (Some(1.0), None)] {
         if rho.0.is_none() && rho.1.is_none() {
@@ -124,7 +111,14 @@ fn unbalanced_iterations_match_reference(be: &Backend) {
 
 fn online_geometry_matches_dense(be: &Backend) {
     // m large enough that the online geometry splits rows into several blocks
-    let (x, y, c, a, b) = problem(11, 40, 3000);
+    let CloudProblem {
+        x,
+        y,
+        cost: c,
+        a,
+        b,
+        ..
+    } = problem(11, 40, 3000);
     let cfg = fixed_iters(0.3, 6);
     let dense = sinkhorn(
         &Geometry::dense(c.view()).unwrap(),
@@ -156,7 +150,7 @@ fn online_geometry_matches_dense(be: &Backend) {
 }
 
 fn converged_value_is_the_primal_objective(be: &Backend) {
-    let (_, _, c, a, b) = problem(5, 8, 11);
+    let CloudProblem { cost: c, a, b, .. } = problem(5, 8, 11);
     for rho in [(None, None), (Some(0.5), Some(0.8))] {
         let cfg = SinkhornConfig::new(Epsilon::Absolute(0.2))
             .with_tol(1e-13, ErrorNorm::L1)
@@ -185,7 +179,7 @@ fn converged_value_is_the_primal_objective(be: &Backend) {
 }
 
 fn scaling_domain_matches_log_domain(be: &Backend) {
-    let (_, _, c, a, b) = problem(8, 12, 9);
+    let CloudProblem { cost: c, a, b, .. } = problem(8, 12, 9);
     let cfg = SinkhornConfig::new(Epsilon::Absolute(0.5))
         .with_tol(1e-12, ErrorNorm::L2)
         .with_iters(3000, 1);
@@ -210,7 +204,7 @@ fn scaling_domain_matches_log_domain(be: &Backend) {
 }
 
 fn eps_schedule_reaches_the_same_solution(be: &Backend) {
-    let (_, _, c, a, b) = problem(9, 15, 15);
+    let CloudProblem { cost: c, a, b, .. } = problem(9, 15, 15);
     let geom = Geometry::dense(c.view()).unwrap();
     let target = Epsilon::relative(EpsScale::Mean, 0.01);
     let base = SinkhornConfig::new(target)
@@ -237,7 +231,14 @@ fn eps_schedule_reaches_the_same_solution(be: &Backend) {
 }
 
 fn f32_matches_f64(be: &Backend) {
-    let (x, y, c, a, b) = problem(12, 30, 25);
+    let CloudProblem {
+        x,
+        y,
+        cost: c,
+        a,
+        b,
+        ..
+    } = problem(12, 30, 25);
     let cfg64 = SinkhornConfig::new(Epsilon::Absolute(0.1))
         .with_tol(1e-9, ErrorNorm::L1)
         .with_iters(2000, 5);
@@ -283,14 +284,14 @@ fn batch_equals_single_solves(be: &Backend) {
         .with_tol(1e-11, ErrorNorm::L1);
     let batch: Vec<BatchProblem<'_, f64>> = data
         .iter()
-        .map(|(_, _, c, a, b)| BatchProblem {
+        .map(|CloudProblem { cost: c, a, b, .. }| BatchProblem {
             geom: Geometry::dense(c.view()).unwrap(),
             a: a.view(),
             b: b.view(),
         })
         .collect();
     let outs = sinkhorn_batch(&batch, &cfg, be);
-    for ((_, _, c, a, b), out) in data.iter().zip(outs) {
+    for (CloudProblem { cost: c, a, b, .. }, out) in data.iter().zip(outs) {
         let out = out.unwrap();
         let single = sinkhorn(
             &Geometry::dense(c.view()).unwrap(),
@@ -309,7 +310,7 @@ fn batch_equals_single_solves(be: &Backend) {
 }
 
 fn plan_and_marginals_are_consistent(be: &Backend) {
-    let (_, _, c, a, b) = problem(21, 10, 14);
+    let CloudProblem { cost: c, a, b, .. } = problem(21, 10, 14);
     let geom = Geometry::dense(c.view()).unwrap();
     let cfg = SinkhornConfig::new(Epsilon::Absolute(0.2))
         .with_tol(1e-10, ErrorNorm::LInf)
