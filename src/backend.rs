@@ -133,6 +133,64 @@ where
         .collect()
 }
 
+/// The contiguous row ranges `par` splits `n` rows into (the same as [`map_chunks`] uses).
+pub(crate) fn chunk_bounds(par: Par, n: usize) -> Vec<std::ops::Range<usize>> {
+    let chunks = par.chunks().clamp(1, n.max(1));
+    (0..chunks)
+        .map(|c| (c * n / chunks)..((c + 1) * n / chunks))
+        .collect()
+}
+
+/// Runs `f` on every item, in parallel when `par` says so.
+pub(crate) fn run_each<T: Send, G>(par: Par, items: Vec<T>, f: G)
+where
+    G: Fn(T) + Sync + Send,
+{
+    match par {
+        Par::Seq => items.into_iter().for_each(f),
+        Par::Rayon(_) => run_each_parallel(items, &f),
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn run_each_parallel<T: Send, G: Fn(T) + Sync + Send>(items: Vec<T>, f: &G) {
+    use rayon::prelude::*;
+    items.into_par_iter().for_each(f);
+}
+
+#[cfg(not(feature = "rayon"))]
+fn run_each_parallel<T: Send, G: Fn(T) + Sync + Send>(items: Vec<T>, f: &G) {
+    items.into_iter().for_each(f);
+}
+
+/// Splits `data` into consecutive mutable pieces of the given lengths.
+pub(crate) fn split_lengths<T>(
+    mut data: &mut [T],
+    lengths: impl Iterator<Item = usize>,
+) -> Vec<&mut [T]> {
+    let mut out = Vec::new();
+    for len in lengths {
+        let (head, tail) = std::mem::take(&mut data).split_at_mut(len);
+        out.push(head);
+        data = tail;
+    }
+    out
+}
+
+/// Splits `data` (rows of `row_len` values) into the row chunks of [`chunk_bounds`] and runs
+/// `f(row_range, chunk)` on each, in parallel when `par` says so.
+pub(crate) fn for_row_chunks<T: Send, G>(par: Par, data: &mut [T], row_len: usize, f: G)
+where
+    G: Fn(std::ops::Range<usize>, &mut [T]) + Sync + Send,
+{
+    let n = data.len().checked_div(row_len).unwrap_or(0);
+    let bounds = chunk_bounds(par, n);
+    let parts = split_lengths(data, bounds.iter().map(|r| r.len() * row_len));
+    run_each(par, bounds.into_iter().zip(parts).collect(), |(r, d)| {
+        f(r, d)
+    });
+}
+
 /// Apply `f` to each item of `items` in parallel when `par` says so (order of results kept).
 pub(crate) fn map_items<I: Sync, T: Send, G>(par: Par, items: &[I], f: G) -> Vec<T>
 where

@@ -83,6 +83,15 @@ pub enum Error {
         /// Requested tolerance.
         tolerance: f64,
     },
+    /// A graph is malformed or does not fit the operation (index out of range, unsorted row, missing self
+    /// loops, ...).
+    #[error("{op}: bad graph: {reason}")]
+    Graph {
+        /// Operation that refused the graph.
+        op: &'static str,
+        /// What is wrong, with the offending values.
+        reason: String,
+    },
     /// A feature needed by the call was not compiled in.
     #[error("{op}: needs the cargo feature `{feature}`")]
     FeatureDisabled {
@@ -132,4 +141,23 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// Checks that every value is finite; the error names the first bad flat index and value.
+pub(crate) fn check_finite<F: num_traits::Float + std::fmt::Display>(
+    op: &'static str,
+    what: &str,
+    it: impl Iterator<Item = F>,
+) -> Result<()> {
+    for (k, v) in it.enumerate() {
+        if !v.is_finite() {
+            return Err(Error::NonFinite {
+                op,
+                what: what.into(),
+                index: k,
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod backend;
 pub mod error;
+pub mod graph;
 pub mod simd;
 pub mod testing;
 pub mod transport;

@@ -221,3 +221,195 @@ fn gradient_inputs_are_checked() {
         }
     ));
 }
+
+// ---------------------------------------------------------------- graphs and graph attention
+
+mod graphs {
+    use ndarray::Array2;
+    use recgoat_core::attention::*;
+    use recgoat_core::graph::*;
+    use recgoat_core::{Error, Par};
+
+    fn msg<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn malformed_graphs() {
+        assert!(
+            msg(CsrGraph::<f32>::new(2, 2, vec![0, 1, 2], vec![0, 5], None))
+                .contains("index 5 out of range")
+        );
+        assert!(
+            msg(CsrGraph::<f32>::new(1, 3, vec![0, 2], vec![2, 1], None))
+                .contains("not strictly increasing")
+        );
+        assert!(
+            msg(CsrGraph::<f32>::new(1, 3, vec![0, 2], vec![1, 1], None))
+                .contains("not strictly increasing")
+        );
+        assert!(msg(CsrGraph::<f32>::new(
+            3,
+            2,
+            vec![0, 2, 1, 2],
+            vec![0, 1],
+            None
+        ))
+        .contains("decreases"));
+        assert!(
+            msg(CsrGraph::<f32>::new(2, 2, vec![0, 1], vec![0], None)).contains("indptr length")
+        );
+        assert!(msg(CsrGraph::<f32>::new(
+            1,
+            2,
+            vec![0, 1],
+            vec![0],
+            Some(vec![f32::NAN])
+        ))
+        .contains("non-finite"));
+        assert!(msg(CsrGraph::<f32>::from_edges(2, 2, &[(0, 2)], None)).contains("out of range"));
+        assert!(msg(bipartite_user_item::<f32>(2, 2, &[(0, 3)])).contains("item 3"));
+        assert!(msg(CsrGraph::<f32>::from_edges(2, 3, &[], None)
+            .unwrap()
+            .with_self_loops())
+        .contains("square"));
+    }
+
+    #[test]
+    fn bad_dense_inputs() {
+        let g = CsrGraph::<f32>::from_edges(3, 3, &[(0, 1), (1, 2), (2, 0)], None).unwrap();
+        assert!(matches!(
+            spmm(&g, Array2::<f32>::zeros((4, 2)).view(), Par::Seq).unwrap_err(),
+            Error::Shape { .. }
+        ));
+        let mut x = Array2::<f32>::zeros((3, 2));
+        x[[1, 1]] = f32::INFINITY;
+        assert!(matches!(
+            spmm(&g, x.view(), Par::Seq).unwrap_err(),
+            Error::NonFinite { index: 3, .. }
+        ));
+        assert!(msg(lightgcn_forward(
+            &g,
+            Array2::<f32>::zeros((3, 2)).view(),
+            0,
+            Par::Seq
+        ))
+        .contains("layers"));
+        let f = Array2::<f32>::ones((4, 3));
+        assert!(matches!(
+            knn_graph(f.view(), &KnnConfig::new(4), Par::Seq).unwrap_err(),
+            Error::Param { name: "k", .. }
+        ));
+        assert!(matches!(
+            knn_graph(
+                Array2::<f32>::zeros((0, 3)).view(),
+                &KnnConfig::new(1),
+                Par::Seq
+            )
+            .unwrap_err(),
+            Error::Empty { .. }
+        ));
+    }
+
+    #[test]
+    fn bad_attention_inputs() {
+        assert!(matches!(
+            GatConfig::<f32>::new(4, 10, 3).unwrap_err(),
+            Error::Param { name: "heads", .. }
+        ));
+        let cfg = GatConfig::<f32>::new(2, 4, 2).unwrap();
+        assert!(matches!(
+            GatLayer::new(GatConfig {
+                attn_drop: 1.0,
+                ..cfg
+            })
+            .unwrap_err(),
+            Error::Param {
+                name: "attn_drop",
+                ..
+            }
+        ));
+        let layer = GatLayer::new(cfg).unwrap();
+        let p = GatParams::init(&cfg, &mut recgoat_core::testing::rng(0));
+        let g = CsrGraph::<f32>::from_edges(3, 3, &[(0, 1), (1, 2)], None).unwrap();
+        // feature rows that do not match the graph, and a wrong input width
+        assert!(msg(layer.forward(
+            &p,
+            &g,
+            Array2::<f32>::zeros((4, 2)).view(),
+            Mode::Eval,
+            Par::Seq
+        ))
+        .contains("x (nodes x in_dim)"));
+        assert!(msg(layer.forward(
+            &p,
+            &g,
+            Array2::<f32>::zeros((3, 3)).view(),
+            Mode::Eval,
+            Par::Seq
+        ))
+        .contains("x (nodes x in_dim)"));
+        let mut x = Array2::<f32>::zeros((3, 2));
+        x[[2, 0]] = f32::NAN;
+        assert!(matches!(
+            layer
+                .forward(&p, &g, x.view(), Mode::Eval, Par::Seq)
+                .unwrap_err(),
+            Error::NonFinite { .. }
+        ));
+        // node 2 has no incoming edge and self loops are off
+        let no_loops = GatLayer::new(GatConfig {
+            add_self_loops: false,
+            ..cfg
+        })
+        .unwrap();
+        let e = msg(no_loops.forward(
+            &p,
+            &g,
+            Array2::<f32>::zeros((3, 2)).view(),
+            Mode::Eval,
+            Par::Seq,
+        ));
+        assert!(e.contains("node 2") && e.contains("zero in-degree"), "{e}");
+        // parameters of the wrong shape, and a backward with a wrong gradient shape
+        let bad = GatParams {
+            w: Array2::zeros((3, 4)),
+            ..p.clone()
+        };
+        assert!(msg(layer.forward(
+            &bad,
+            &g,
+            Array2::<f32>::zeros((3, 2)).view(),
+            Mode::Eval,
+            Par::Seq
+        ))
+        .contains("w"));
+        let (_, cache) = layer
+            .forward(
+                &p,
+                &g,
+                Array2::<f32>::zeros((3, 2)).view(),
+                Mode::Eval,
+                Par::Seq,
+            )
+            .unwrap();
+        assert!(msg(layer.backward(
+            &p,
+            &g,
+            &cache,
+            Array2::<f32>::zeros((3, 5)).view(),
+            Par::Seq
+        ))
+        .contains("grad_out"));
+        let other =
+            CsrGraph::<f32>::from_edges(3, 3, &[(0, 1), (1, 2), (2, 1), (0, 2)], None).unwrap();
+        assert!(msg(layer.backward(
+            &p,
+            &other,
+            &cache,
+            Array2::<f32>::zeros((3, 4)).view(),
+            Par::Seq
+        ))
+        .contains("not the graph of the forward pass"));
+    }
+}

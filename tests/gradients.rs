@@ -441,3 +441,187 @@ fn detached_adaptive_transport_treats_the_plan_as_constant() {
         "no path reaches Z when T is detached"
     );
 }
+
+// ---------------------------------------------------------------- graphs and graph attention
+
+mod graphs {
+    use super::H;
+    use ndarray::Array2;
+    use recgoat_core::attention::*;
+    use recgoat_core::graph::*;
+    use recgoat_core::testing::{central_difference, randn, rng, Tolerance};
+    use recgoat_core::Par;
+
+    fn ring_graph(n: usize) -> CsrGraph<f64> {
+        let mut edges = Vec::new();
+        for i in 0..n {
+            edges.push((i, (i + 1) % n));
+            edges.push((i, (i + 3) % n));
+            edges.push(((i + 2) % n, i));
+        }
+        CsrGraph::from_edges(n, n, &edges, None).unwrap()
+    }
+
+    #[test]
+    fn lightgcn_backward_matches_central_differences() {
+        let pairs: Vec<(usize, usize)> = (0..25).map(|k| ((k * 3) % 7, (k * 5) % 9)).collect();
+        let a = bipartite_user_item::<f64>(7, 9, &pairs)
+            .unwrap()
+            .sym_normalized()
+            .unwrap();
+        let mut r = rng(20);
+        let e0: Array2<f64> = randn(&mut r, (16, 4));
+        let go: Array2<f64> = randn(&mut r, (16, 4));
+        let dir: Array2<f64> = randn(&mut r, (16, 4));
+        let g = lightgcn_backward(&a, go.view(), 3, Par::Seq).unwrap();
+        let fd = central_difference(
+            |t| {
+                (lightgcn_forward(&a, (&e0 + &(&dir * t)).view(), 3, Par::Seq).unwrap() * &go).sum()
+            },
+            H,
+        );
+        Tolerance::F64_SOLVE.assert_scalar("dE0", (&g * &dir).sum(), fd);
+    }
+
+    /// Loss `<G, out>` of a layer, as a function of (x, params).
+    fn loss(
+        layer: &GatLayer<f64>,
+        p: &GatParams<f64>,
+        g: &CsrGraph<f64>,
+        x: &Array2<f64>,
+        go: &Array2<f64>,
+        mode: Mode,
+    ) -> f64 {
+        (layer.forward(p, g, x.view(), mode, Par::Seq).unwrap().0 * go).sum()
+    }
+
+    fn step(p: &GatParams<f64>, d: &GatParams<f64>, t: f64) -> GatParams<f64> {
+        GatParams {
+            w: &p.w + &(&d.w * t),
+            a_src: &p.a_src + &(&d.a_src * t),
+            a_dst: p
+                .a_dst
+                .as_ref()
+                .map(|a| a + &(d.a_dst.as_ref().unwrap() * t)),
+            bias: p.bias.as_ref().map(|b| b + &(d.bias.as_ref().unwrap() * t)),
+            w_res: p
+                .w_res
+                .as_ref()
+                .map(|w| w + &(d.w_res.as_ref().unwrap() * t)),
+        }
+    }
+
+    fn inner(a: &GatGrads<f64>, d: &GatParams<f64>) -> f64 {
+        (&a.grad_w * &d.w).sum()
+            + (&a.grad_a_src * &d.a_src).sum()
+            + a.grad_a_dst
+                .as_ref()
+                .map_or(0.0, |g| (g * d.a_dst.as_ref().unwrap()).sum())
+            + a.grad_bias
+                .as_ref()
+                .map_or(0.0, |g| (g * d.bias.as_ref().unwrap()).sum())
+            + a.grad_w_res
+                .as_ref()
+                .map_or(0.0, |g| (g * d.w_res.as_ref().unwrap()).sum())
+    }
+
+    #[test]
+    fn gat_gradients_match_central_differences_for_every_parameter_and_variant() {
+        let g = ring_graph(10);
+        let mut variants = super::super_variants();
+        variants.push((
+            "dropout",
+            GatConfig {
+                feat_drop: 0.25,
+                attn_drop: 0.3,
+                ..GatConfig::<f64>::new(5, 6, 3).unwrap()
+            },
+        ));
+        variants.push((
+            "gatv2 dropout",
+            GatConfig {
+                feat_drop: 0.2,
+                attn_drop: 0.2,
+                scoring: Scoring::GatV2,
+                ..GatConfig::<f64>::new(5, 6, 3).unwrap()
+            },
+        ));
+        for (k, (name, cfg)) in variants.into_iter().enumerate() {
+            let layer = GatLayer::new(cfg).unwrap();
+            let mut r = rng(30 + k as u64);
+            let p = GatParams::init(&cfg, &mut r);
+            let d = GatParams::init(&cfg, &mut r);
+            let d = GatParams {
+                bias: d.bias.map(|b| b.mapv(|_| 0.7)),
+                ..d
+            };
+            let x: Array2<f64> = randn(&mut r, (10, cfg.in_dim));
+            let dx: Array2<f64> = randn(&mut r, (10, cfg.in_dim));
+            let mode = Mode::Train { seed: 5 };
+            let (out, cache) = layer.forward(&p, &g, x.view(), mode, Par::Seq).unwrap();
+            let go: Array2<f64> = randn(&mut r, out.dim());
+            let grads = layer.backward(&p, &g, &cache, go.view(), Par::Seq).unwrap();
+            let fd = central_difference(|t| loss(&layer, &step(&p, &d, t), &g, &x, &go, mode), H);
+            Tolerance::F64_SOLVE.assert_scalar(&format!("{name}: params"), inner(&grads, &d), fd);
+            let fd = central_difference(|t| loss(&layer, &p, &g, &(&x + &(&dx * t)), &go, mode), H);
+            Tolerance::F64_SOLVE.assert_scalar(
+                &format!("{name}: x"),
+                (&grads.grad_x * &dx).sum(),
+                fd,
+            );
+        }
+    }
+}
+
+fn super_variants() -> Vec<(&'static str, recgoat_core::attention::GatConfig<f64>)> {
+    use recgoat_core::attention::{GatConfig, Scoring};
+    let base = GatConfig::<f64>::new(5, 6, 3).unwrap();
+    vec![
+        ("gatconv concat", base),
+        (
+            "gatconv mean",
+            GatConfig {
+                concat: false,
+                ..base
+            },
+        ),
+        (
+            "gatv2 concat",
+            GatConfig {
+                scoring: Scoring::GatV2,
+                ..base
+            },
+        ),
+        (
+            "gatv2 mean",
+            GatConfig {
+                scoring: Scoring::GatV2,
+                concat: false,
+                ..base
+            },
+        ),
+        (
+            "residual projection, no bias",
+            GatConfig {
+                residual: true,
+                bias: false,
+                ..base
+            },
+        ),
+        (
+            "residual identity",
+            GatConfig {
+                residual: true,
+                in_dim: 6,
+                ..base
+            },
+        ),
+        (
+            "slope 0",
+            GatConfig {
+                negative_slope: 0.0,
+                ..base
+            },
+        ),
+    ]
+}

@@ -348,3 +348,246 @@ fn dimension_cost_matches_the_naive_tensor() {
         .for_reduction(17)
         .assert_close("dimension cost", &c.view(), &naive.view());
 }
+
+// ---------------------------------------------------------------- graphs, LightGCN, graph attention
+
+mod graphs {
+    use ndarray::{Array1, Array2};
+    use recgoat_core::attention::*;
+    use recgoat_core::graph::*;
+    use recgoat_core::testing::{randn, rng, uniform, Tolerance};
+    use recgoat_core::Backend;
+    use std::collections::BTreeSet;
+
+    per_backend!(
+        spmm_matches_dense,
+        lightgcn_matches_dense_powers,
+        knn_matches_brute_force,
+        gat_matches_dense_reference,
+        gat_training_mode_is_deterministic_across_backends,
+    );
+
+    /// A random directed graph with `n` nodes, about `deg` in-edges each, optional weights.
+    pub fn random_graph(
+        seed: u64,
+        n: usize,
+        m: usize,
+        deg: usize,
+        weighted: bool,
+    ) -> CsrGraph<f64> {
+        use rand::Rng;
+        let mut r = rng(seed);
+        let mut edges = Vec::new();
+        for i in 0..n {
+            for _ in 0..deg {
+                edges.push((i, r.gen_range(0..m)));
+            }
+        }
+        let w: Vec<f64> = (0..edges.len()).map(|_| r.gen_range(0.1..2.0)).collect();
+        CsrGraph::from_edges(n, m, &edges, weighted.then_some(&w[..])).unwrap()
+    }
+
+    fn spmm_matches_dense(be: &Backend) {
+        for weighted in [false, true] {
+            let a = random_graph(1, 23, 17, 4, weighted);
+            let x: Array2<f64> = randn(&mut rng(2), (17, 9));
+            let y = spmm(&a, x.view(), be.par()).unwrap();
+            Tolerance::F64_EXACT.assert_close("spmm", &y.view(), &spmm_reference(&a, &x).view());
+            let gy: Array2<f64> = randn(&mut rng(3), (23, 9));
+            let gx = spmm_backward(&a, gy.view(), be.par()).unwrap();
+            Tolerance::F64_EXACT.assert_close(
+                "spmm_backward",
+                &gx.view(),
+                &a.to_dense().t().dot(&gy).view(),
+            );
+            // f32 path (AVX2 axpy) against f64
+            let a32 = CsrGraph::<f32>::new(
+                23,
+                17,
+                a.indptr().to_vec(),
+                a.indices().to_vec(),
+                a.weights().map(|w| w.iter().map(|&v| v as f32).collect()),
+            )
+            .unwrap();
+            let y32 = spmm(&a32, x.mapv(|v| v as f32).view(), be.par()).unwrap();
+            Tolerance::F32.assert_close("spmm f32", &y32.mapv(f64::from).view(), &y.view());
+        }
+    }
+
+    fn lightgcn_matches_dense_powers(be: &Backend) {
+        let pairs: Vec<(usize, usize)> = (0..40).map(|k| ((k * 7) % 11, (k * 5) % 13)).collect();
+        let a = bipartite_user_item::<f64>(11, 13, &pairs)
+            .unwrap()
+            .sym_normalized()
+            .unwrap();
+        let e0: Array2<f64> = randn(&mut rng(4), (24, 6));
+        let dense = a.to_dense();
+        let mut want = e0.clone();
+        let mut cur = e0.clone();
+        for _ in 0..3 {
+            cur = dense.dot(&cur);
+            want += &cur;
+        }
+        want /= 4.0;
+        let got = lightgcn_forward(&a, e0.view(), 3, be.par()).unwrap();
+        Tolerance::F64_EXACT.assert_close("lightgcn", &got.view(), &want.view());
+        let go: Array2<f64> = randn(&mut rng(5), (24, 6));
+        let mut want_b = go.clone();
+        let mut cur = go.clone();
+        for _ in 0..3 {
+            cur = dense.t().dot(&cur);
+            want_b += &cur;
+        }
+        want_b /= 4.0;
+        let got_b = lightgcn_backward(&a, go.view(), 3, be.par()).unwrap();
+        Tolerance::F64_EXACT.assert_close("lightgcn backward", &got_b.view(), &want_b.view());
+    }
+
+    /// Brute force: all cosine similarities, sorted by (similarity desc, index asc).
+    pub fn brute_knn(x: &Array2<f64>, k: usize) -> Vec<BTreeSet<usize>> {
+        let n = x.nrows();
+        let norms: Array1<f64> = x.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
+        (0..n)
+            .map(|i| {
+                let mut c: Vec<(f64, usize)> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| (x.row(i).dot(&x.row(j)) / (norms[i] * norms[j]), j))
+                    .collect();
+                c.sort_by(|p, q| q.0.partial_cmp(&p.0).unwrap().then(p.1.cmp(&q.1)));
+                c[..k].iter().map(|p| p.1).collect()
+            })
+            .collect()
+    }
+
+    fn knn_matches_brute_force(be: &Backend) {
+        let x: Array2<f64> = uniform(&mut rng(6), (57, 8), -1.0, 1.0);
+        let want = brute_knn(&x, 5);
+        let mut cfg = KnnConfig::new(5);
+        cfg.block_rows = 7; // several blocks per chunk
+        cfg.symmetric = false;
+        let g = knn_graph(x.view(), &cfg, be.par()).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            let got: BTreeSet<usize> = g.row(i).iter().map(|&j| j as usize).collect();
+            assert_eq!(&got, w, "row {i}");
+        }
+        cfg.symmetric = true;
+        cfg.self_loops = true;
+        let s = knn_graph(x.view(), &cfg, be.par()).unwrap();
+        for i in 0..57 {
+            let mut expect: BTreeSet<usize> = want[i].clone();
+            expect.extend((0..57).filter(|&j| want[j].contains(&i)));
+            expect.insert(i);
+            let got: BTreeSet<usize> = s.row(i).iter().map(|&j| j as usize).collect();
+            assert_eq!(got, expect, "symmetrised row {i}");
+        }
+    }
+
+    pub fn gat_variants() -> Vec<(&'static str, GatConfig<f64>)> {
+        let base = GatConfig::<f64>::new(5, 6, 3).unwrap();
+        vec![
+            ("gatconv concat", base),
+            (
+                "gatconv mean",
+                GatConfig {
+                    concat: false,
+                    ..base
+                },
+            ),
+            (
+                "gatv2 concat",
+                GatConfig {
+                    scoring: Scoring::GatV2,
+                    ..base
+                },
+            ),
+            (
+                "residual projection, no bias",
+                GatConfig {
+                    residual: true,
+                    bias: false,
+                    ..base
+                },
+            ),
+            (
+                "residual identity",
+                GatConfig {
+                    residual: true,
+                    in_dim: 6,
+                    ..base
+                },
+            ),
+            (
+                "gatv2 mean residual",
+                GatConfig {
+                    scoring: Scoring::GatV2,
+                    concat: false,
+                    residual: true,
+                    ..base
+                },
+            ),
+        ]
+    }
+
+    fn gat_matches_dense_reference(be: &Backend) {
+        let g = random_graph(7, 12, 12, 3, false);
+        for (name, cfg) in gat_variants() {
+            let layer = GatLayer::new(cfg).unwrap();
+            let params = GatParams::init(&cfg, &mut rng(8));
+            let x: Array2<f64> = randn(&mut rng(9), (12, cfg.in_dim));
+            let (out, cache) = layer
+                .forward(&params, &g, x.view(), Mode::Eval, be.par())
+                .unwrap();
+            let want = reference_forward(&cfg, &params, &g.with_self_loops().unwrap(), &x);
+            Tolerance::F64_EXACT.assert_close(name, &out.view(), &want.view());
+            assert_eq!(
+                cache.attention().len(),
+                g.with_self_loops().unwrap().nnz() * cfg.heads
+            );
+        }
+    }
+
+    fn gat_training_mode_is_deterministic_across_backends(be: &Backend) {
+        let g = random_graph(10, 30, 30, 4, false);
+        let cfg = GatConfig {
+            feat_drop: 0.3,
+            attn_drop: 0.2,
+            ..GatConfig::<f64>::new(4, 8, 2).unwrap()
+        };
+        let layer = GatLayer::new(cfg).unwrap();
+        let params = GatParams::init(&cfg, &mut rng(11));
+        let x: Array2<f64> = randn(&mut rng(12), (30, 4));
+        let mode = Mode::Train { seed: 99 };
+        let (o1, c1) = layer
+            .forward(&params, &g, x.view(), mode, be.par())
+            .unwrap();
+        let (o2, _) = layer
+            .forward(&params, &g, x.view(), mode, recgoat_core::Par::Seq)
+            .unwrap();
+        assert_eq!(o1, o2, "same seed, same output on every backend");
+        let (o3, _) = layer
+            .forward(&params, &g, x.view(), Mode::Train { seed: 100 }, be.par())
+            .unwrap();
+        assert_ne!(o1, o3, "another seed draws other masks");
+        let (oe, _) = layer
+            .forward(&params, &g, x.view(), Mode::Eval, be.par())
+            .unwrap();
+        assert_ne!(o1, oe, "dropout is off in eval mode");
+        let go: Array2<f64> = randn(&mut rng(13), o1.dim());
+        let gr1 = layer
+            .backward(&params, &g, &c1, go.view(), be.par())
+            .unwrap();
+        let gr2 = layer
+            .backward(&params, &g, &c1, go.view(), recgoat_core::Par::Seq)
+            .unwrap();
+        Tolerance::F64_EXACT.assert_close(
+            "grad_w across backends",
+            &gr1.grad_w.view(),
+            &gr2.grad_w.view(),
+        );
+        Tolerance::F64_EXACT.assert_close(
+            "grad_x across backends",
+            &gr1.grad_x.view(),
+            &gr2.grad_x.view(),
+        );
+    }
+}

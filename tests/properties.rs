@@ -236,3 +236,126 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------- graphs and graph attention
+
+mod graphs {
+    use ndarray::{Array1, Array2};
+    use proptest::prelude::*;
+    use recgoat_core::attention::*;
+    use recgoat_core::graph::*;
+    use recgoat_core::testing::{randn, rng, Tolerance};
+    use recgoat_core::Par;
+
+    fn graph_from(n: usize, edges: &[(usize, usize)]) -> CsrGraph<f64> {
+        CsrGraph::from_edges(n, n, edges, None).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Attention weights of each node (and head) sum to 1 over its incoming edges, and are positive.
+        #[test]
+        fn attention_of_each_node_sums_to_one(seed in 0u64..10_000, n in 1usize..15, raw in proptest::collection::vec((0usize..15, 0usize..15), 0..60), v2 in any::<bool>()) {
+            let edges: Vec<(usize, usize)> = raw.into_iter().map(|(i, j)| (i % n, j % n)).collect();
+            let g = graph_from(n, &edges);
+            let cfg = GatConfig { scoring: if v2 { Scoring::GatV2 } else { Scoring::GatConv }, ..GatConfig::<f64>::new(3, 4, 2).unwrap() };
+            let layer = GatLayer::new(cfg).unwrap();
+            let p = GatParams::init(&cfg, &mut rng(seed));
+            let x: Array2<f64> = randn(&mut rng(seed + 1), (n, 3));
+            let (_, cache) = layer.forward(&p, &g, x.view(), Mode::Eval, Par::Seq).unwrap();
+            let looped = g.with_self_loops().unwrap();
+            let a = cache.attention();
+            for i in 0..n {
+                for h in 0..2 {
+                    let s: f64 = looped.row_range(i).map(|e| a[e * 2 + h]).sum();
+                    prop_assert!((s - 1.0).abs() < 1e-12, "node {} head {}: {}", i, h, s);
+                    prop_assert!(looped.row_range(i).all(|e| a[e * 2 + h] > 0.0));
+                }
+            }
+        }
+
+        /// Relabelling the nodes relabels the output rows (permutation equivariance).
+        #[test]
+        fn gat_output_is_equivariant_under_relabelling(seed in 0u64..10_000, n in 2usize..12, shift in 1usize..11) {
+            let edges: Vec<(usize, usize)> = (0..n).flat_map(|i| [(i, (i + 1) % n), ((i * 3 + 1) % n, i)]).collect();
+            let g = graph_from(n, &edges);
+            let perm: Vec<usize> = (0..n).map(|i| (i * (2 * shift + 1) + shift) % n).collect();
+            prop_assume!({ let mut s = perm.clone(); s.sort(); s.dedup(); s.len() == n });
+            let gp = g.permuted(&perm).unwrap();
+            let cfg = GatConfig { residual: true, ..GatConfig::<f64>::new(3, 4, 2).unwrap() };
+            let layer = GatLayer::new(cfg).unwrap();
+            let p = GatParams::init(&cfg, &mut rng(seed));
+            let x: Array2<f64> = randn(&mut rng(seed + 1), (n, 3));
+            let mut xp = Array2::zeros((n, 3));
+            for (i, &pi) in perm.iter().enumerate() {
+                xp.row_mut(pi).assign(&x.row(i));
+            }
+            let (o, _) = layer.forward(&p, &g, x.view(), Mode::Eval, Par::Seq).unwrap();
+            let (op, _) = layer.forward(&p, &gp, xp.view(), Mode::Eval, Par::Seq).unwrap();
+            for (i, &pi) in perm.iter().enumerate() {
+                for k in 0..4 {
+                    prop_assert!((o[[i, k]] - op[[pi, k]]).abs() < 1e-12);
+                }
+            }
+        }
+
+        /// The blocked kNN graph equals brute force for any block size and k.
+        #[test]
+        fn knn_equals_brute_force(seed in 0u64..10_000, n in 2usize..30, k in 1usize..6, block in 1usize..9) {
+            prop_assume!(k < n);
+            let x: Array2<f64> = randn(&mut rng(seed), (n, 4));
+            let cfg = KnnConfig { k, block_rows: block, symmetric: false, self_loops: false };
+            let g = knn_graph(x.view(), &cfg, Par::Rayon(3)).unwrap();
+            let norms: Array1<f64> = x.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
+            for i in 0..n {
+                let mut c: Vec<(f64, usize)> = (0..n).filter(|&j| j != i).map(|j| (x.row(i).dot(&x.row(j)) / (norms[i] * norms[j]), j)).collect();
+                c.sort_by(|p, q| q.0.partial_cmp(&p.0).unwrap().then(p.1.cmp(&q.1)));
+                let mut want: Vec<u32> = c[..k].iter().map(|p| p.1 as u32).collect();
+                want.sort();
+                prop_assert_eq!(g.row(i), &want[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn csr_round_trips_and_normalisation() {
+        let g = CsrGraph::<f64>::from_edges(
+            4,
+            3,
+            &[(0, 2), (0, 0), (3, 1), (0, 2), (2, 1)],
+            Some(&[1.0, 2.0, 3.0, 4.0, 5.0]),
+        )
+        .unwrap();
+        assert_eq!(g.row(0), &[0, 2]);
+        assert_eq!(
+            g.weights().unwrap(),
+            &[2.0, 5.0, 5.0, 3.0],
+            "duplicate (0, 2) summed"
+        );
+        let back = CsrGraph::from_csmat(&g.to_csmat()).unwrap();
+        assert_eq!(back, g);
+        let tt = &g.transposed().graph.transposed().graph;
+        assert_eq!(tt, &g, "transpose twice is the identity");
+        assert_eq!(g.transposed().graph.to_dense(), g.to_dense().t());
+        // symmetric normalisation on a symmetric graph: D^-1/2 A D^-1/2, isolated node 3 stays 0
+        let s = CsrGraph::<f64>::from_edges(4, 4, &[(0, 1), (1, 0), (1, 2), (2, 1)], None)
+            .unwrap()
+            .sym_normalized()
+            .unwrap();
+        let want = ndarray::array![
+            [0.0, 0.5f64.sqrt(), 0.0, 0.0],
+            [0.5f64.sqrt(), 0.0, 0.5f64.sqrt(), 0.0],
+            [0.0, 0.5f64.sqrt(), 0.0, 0.0],
+            [0.0; 4]
+        ];
+        Tolerance::F64_EXACT.assert_close("sym normalised", &s.to_dense().view(), &want.view());
+        let l = s.with_self_loops().unwrap();
+        assert!(l.has_all_self_loops() && l.nnz() == s.nnz() + 4);
+        assert_eq!(
+            l.with_self_loops().unwrap(),
+            l,
+            "adding self loops twice changes nothing"
+        );
+    }
+}

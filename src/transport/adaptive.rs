@@ -2,13 +2,12 @@
 //! a transport plan between embedding dimensions plus a learnable correction.
 
 use super::cost::{
-    check_dimension_inputs, check_finite, dimension_cost_backward_unchecked,
-    dimension_cost_unchecked,
+    check_dimension_inputs, dimension_cost_backward_unchecked, dimension_cost_unchecked,
 };
 use super::grad::{implicit_plan_vjp, unrolled_plan_vjp, ImplicitConfig, UnrolledOutput};
 use super::{sinkhorn, Epsilon, Geometry, Marginal, SinkhornConfig, SinkhornOutput};
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{check_finite, Error, Result};
 use crate::simd::{positive_finite, Real};
 use ndarray::{Array1, Array2, ArrayView2};
 

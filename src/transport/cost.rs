@@ -1,7 +1,7 @@
 //! Cost matrices: dense or computed on the fly from point clouds, and RecGOAT's dimension-level cost.
 
 use crate::backend::{map_chunks, Par};
-use crate::error::{Error, Result};
+use crate::error::{check_finite, Error, Result};
 use crate::simd::{positive_finite, Real};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
 
@@ -275,24 +275,6 @@ fn check_cloud<F: Real>(op: &'static str, what: &str, x: ArrayView2<'_, F>) -> R
         });
     }
     check_finite(op, what, x.iter().copied())
-}
-
-pub(crate) fn check_finite<F: Real>(
-    op: &'static str,
-    what: &str,
-    it: impl Iterator<Item = F>,
-) -> Result<()> {
-    for (k, v) in it.enumerate() {
-        if !v.is_finite() {
-            return Err(Error::NonFinite {
-                op,
-                what: what.into(),
-                index: k,
-                value: v.to_string(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Dense squared Euclidean cost matrix `C_ij = |x_i - y_j|^2` (clamped at 0 against rounding).

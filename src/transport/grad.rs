@@ -1,10 +1,9 @@
 //! Hand-written gradients of the Sinkhorn family: envelope (value), implicit and unrolled (plan).
 
-use super::cost::check_finite;
 use super::cpu::measure;
 use super::{Geometry, SinkhornOutput};
 use crate::backend::{map_chunks, Par};
-use crate::error::{Error, Result};
+use crate::error::{check_finite, Error, Result};
 use crate::simd::{axpy, positive_finite, Real};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
