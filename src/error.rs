@@ -161,3 +161,31 @@ pub(crate) fn check_finite<F: num_traits::Float + std::fmt::Display>(
     }
     Ok(())
 }
+
+/// [`check_finite`] for a contiguous slice: a vectorised all-finite test first, the scan for the first bad
+/// index only when it fails.
+pub(crate) fn check_finite_slice<F: num_traits::Float + std::fmt::Display>(
+    op: &'static str,
+    what: &str,
+    xs: &[F],
+) -> Result<()> {
+    if crate::simd::all_finite(xs) {
+        return Ok(());
+    }
+    check_finite(op, what, xs.iter().copied())
+}
+
+/// [`check_finite`] for an array view (fast when it is contiguous).
+pub(crate) fn check_finite_array<
+    F: num_traits::Float + std::fmt::Display,
+    D: ndarray::Dimension,
+>(
+    op: &'static str,
+    what: &str,
+    x: &ndarray::ArrayView<'_, F, D>,
+) -> Result<()> {
+    match x.as_slice() {
+        Some(s) => check_finite_slice(op, what, s),
+        None => check_finite(op, what, x.iter().copied()),
+    }
+}

@@ -87,6 +87,72 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// Whether every value is finite, in a form that vectorises: `v * 0` is 0 for finite `v` and NaN for
+/// NaN/Inf, so one sum over 16 lanes decides.
+pub fn all_finite<F: Float>(xs: &[F]) -> bool {
+    let mut acc = [F::zero(); 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a = *a + v * F::zero();
+        }
+    }
+    let mut s = acc.iter().fold(F::zero(), |s, &a| s + a);
+    for &v in tail {
+        s = s + v * F::zero();
+    }
+    s == F::zero()
+}
+
+/// Defines `$name`, which runs the `#[inline(always)]` kernel `$kernel` compiled for AVX2+FMA when the CPU
+/// has them (through a `#[target_feature]` twin `$avx` that the kernel inlines into), else as compiled for
+/// the baseline. The kernel's plain loops then vectorise 8-wide on AVX2 machines.
+macro_rules! avx2_dispatch {
+    ($name:ident, $avx:ident, $kernel:ident, <$T:ident>, ($($arg:ident : $ty:ty),* $(,)?)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx<$T: crate::simd::Real>($($arg: $ty),*) {
+            $kernel($($arg),*)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn $name<$T: crate::simd::Real>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if crate::simd::has_avx2_fma() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    return unsafe { $avx($($arg),*) };
+                }
+            }
+            $kernel($($arg),*)
+        }
+    };
+}
+pub(crate) use avx2_dispatch;
+
+/// Asks the CPU to bring the `bytes` from the start of `xs` into L1 (a hint; nothing happens off x86_64).
+/// For kernels whose next random accesses are known ahead (CSR neighbour lists). Lines past the end of
+/// `xs` may be requested too: a prefetch never faults, and the addresses are formed with `wrapping_add`.
+#[inline(always)]
+pub(crate) fn prefetch<T>(xs: &[T], bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = xs.as_ptr() as *const i8;
+        for line in 0..bytes.div_ceil(64) {
+            // SAFETY: prefetching is a hint that never faults, whatever the address.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    p.wrapping_add(line * 64),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (xs, bytes);
+}
+
 /// `x > 0` and finite (false for NaN): the domain check of every positive parameter.
 #[inline]
 pub fn positive_finite<F: Float>(x: F) -> bool {
@@ -305,6 +371,21 @@ mod tests {
                 (s_fast - s_slow).abs() <= 1e-5 * s_slow.abs() + 1e-30,
                 "n={n}: {s_fast} vs {s_slow}"
             );
+        }
+    }
+
+    #[test]
+    fn all_finite_finds_nan_and_infinities_anywhere() {
+        for n in [0usize, 1, 15, 16, 17, 40] {
+            let mut xs = vec![1.5f32; n];
+            assert!(all_finite(&xs));
+            for k in 0..n {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    xs[k] = bad;
+                    assert!(!all_finite(&xs), "n={n} k={k} {bad}");
+                    xs[k] = -3.0e38;
+                }
+            }
         }
     }
 

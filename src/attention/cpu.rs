@@ -1,15 +1,17 @@
 //! CPU kernels of the graph attention layer: destination-major forward, two-pass backward.
+//!
+//! Every per-edge loop runs over the `H C` features of an edge at once, with per-head scalars (attention
+//! coefficients, logit gradients) expanded to `H C` first: the loops are contiguous and vectorise whatever
+//! the head size. The per-chunk kernels are compiled for AVX2+FMA where the CPU has them, and prefetch the
+//! rows of the neighbours a few edges ahead (the CSR knows them), since the random neighbour gathers, not
+//! the arithmetic, bound these loops.
 
 use super::{leaky, leaky_grad, GatCache, GatConfig, GatGrads, GatParams, Mode, Scoring};
 use crate::backend::{chunk_bounds, run_each, split_lengths, Par};
 use crate::graph::CsrGraph;
-use crate::simd::Real;
+use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::{Rng, SeedableRng};
-
-fn dot<F: Real>(a: &[F], b: &[F]) -> F {
-    a.iter().zip(b).fold(F::zero(), |s, (&x, &y)| s + x * y)
-}
 
 /// Dropout scales: 0 with probability `p`, else `1 / (1 - p)`.
 fn dropout_scales<F: Real>(rng: &mut rand_chacha::ChaCha8Rng, len: usize, p: F) -> Vec<F> {
@@ -26,32 +28,52 @@ fn dropout_scales<F: Real>(rng: &mut rand_chacha::ChaCha8Rng, len: usize, p: F) 
         .collect()
 }
 
-/// Per-edge, per-head logit.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn logit<F: Real>(
-    cfg: &GatConfig<F>,
-    p: &GatParams<F>,
-    g: &[F],
-    el: &[F],
-    er: &[F],
-    i: usize,
-    j: usize,
-    h: usize,
-) -> F {
-    let (hn, c, hc) = (cfg.heads, cfg.head_dim, cfg.heads * cfg.head_dim);
-    match cfg.scoring {
-        Scoring::GatConv => leaky(el[j * hn + h] + er[i * hn + h], cfg.negative_slope),
-        Scoring::GatV2 => {
-            let a = p.a_src.row(h);
-            let (gj, gi) = (
-                &g[j * hc + h * c..j * hc + (h + 1) * c],
-                &g[i * hc + h * c..i * hc + (h + 1) * c],
-            );
-            (0..c).fold(F::zero(), |s, k| {
-                s + a[k] * leaky(gj[k] + gi[k], cfg.negative_slope)
-            })
+/// `out[h C + c] = v[h]`.
+#[inline(always)]
+fn expand<F: Real>(v: &[F], c: usize, out: &mut [F]) {
+    for (o, &x) in out.chunks_exact_mut(c).zip(v) {
+        o.iter_mut().for_each(|y| *y = x);
+    }
+}
+
+/// `out[h] = sum_c prod[h C + c]`, pairwise for C = 8 (a tree of depth 3, not a chain of 8 dependent adds).
+#[inline(always)]
+fn head_sums<F: Real>(prod: &[F], c: usize, out: &mut [F]) {
+    if c == 8 {
+        for (o, p) in out.iter_mut().zip(prod.chunks_exact(8)) {
+            *o = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
         }
+        return;
+    }
+    for (o, p) in out.iter_mut().zip(prod.chunks_exact(c)) {
+        *o = p.iter().fold(F::zero(), |s, &x| s + x);
+    }
+}
+
+/// Read-only inputs shared by the kernels.
+struct Ctx<'a, F> {
+    cfg: &'a GatConfig<F>,
+    graph: &'a CsrGraph<F>,
+    g: &'a [F],
+    el: &'a [F],
+    er: &'a [F],
+    a_flat: &'a [F],
+    attn_mask: Option<&'a [F]>,
+}
+
+impl<F: Real> Ctx<'_, F> {
+    #[inline(always)]
+    fn hc(&self) -> usize {
+        self.cfg.heads * self.cfg.head_dim
+    }
+    #[inline(always)]
+    fn row(&self, j: usize) -> &[F] {
+        &self.g[j * self.hc()..(j + 1) * self.hc()]
+    }
+    #[inline(always)]
+    fn mask(&self, e: usize, h: usize) -> F {
+        self.attn_mask
+            .map_or(F::one(), |m| m[e * self.cfg.heads + h])
     }
 }
 
@@ -65,7 +87,6 @@ pub(super) fn forward<F: Real>(
 ) -> (Array2<F>, GatCache<F>) {
     let n = x.nrows();
     let (hn, c) = (cfg.heads, cfg.head_dim);
-    let hc = hn * c;
     let (feat_mask, attn_mask) = match mode {
         Mode::Train { seed } => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -84,18 +105,27 @@ pub(super) fn forward<F: Real>(
         None => x.to_owned(),
     };
     let g = x_drop.dot(&p.w);
-    let (el, er) = match (cfg.scoring, &p.a_dst) {
-        (Scoring::GatConv, Some(a_dst)) => {
-            let score = |a: &Array2<F>| {
-                Array2::from_shape_fn((n, hn), |(i, h)| {
-                    dot(
-                        &g.row(i).as_slice().expect("row-major")[h * c..(h + 1) * c],
-                        a.row(h).as_slice().expect("row-major"),
-                    )
-                })
-            };
-            (score(&p.a_src), score(a_dst))
+    let node_scores = |a: &Array2<F>| -> Array2<F> {
+        let (gs, af) = (
+            g.as_slice().expect("row-major"),
+            a.as_slice().expect("row-major"),
+        );
+        let mut prod = vec![F::zero(); hn * c];
+        let mut out = Array2::<F>::zeros((n, hn));
+        for (i, mut o) in out.rows_mut().into_iter().enumerate() {
+            for ((pk, &gk), &ak) in prod
+                .iter_mut()
+                .zip(&gs[i * hn * c..(i + 1) * hn * c])
+                .zip(af)
+            {
+                *pk = gk * ak;
+            }
+            head_sums(&prod, c, o.as_slice_mut().expect("row-major"));
         }
+        out
+    };
+    let (el, er) = match (cfg.scoring, &p.a_dst) {
+        (Scoring::GatConv, Some(a_dst)) => (node_scores(&p.a_src), node_scores(a_dst)),
         _ => (Array2::zeros((0, 0)), Array2::zeros((0, 0))),
     };
     let out_w = cfg.out_dim();
@@ -111,60 +141,24 @@ pub(super) fn forward<F: Real>(
         &mut alpha,
         bounds.iter().map(|r| (ip[r.end] - ip[r.start]) * hn),
     );
-    let (gs, els, ers) = (
-        g.as_slice().expect("fresh"),
-        el.as_slice().unwrap_or(&[]),
-        er.as_slice().unwrap_or(&[]),
-    );
+    let a_flat = p
+        .a_src
+        .as_standard_layout()
+        .to_owned()
+        .into_raw_vec_and_offset()
+        .0;
+    let ctx = Ctx {
+        cfg,
+        graph,
+        g: g.as_slice().expect("fresh"),
+        el: el.as_slice().unwrap_or(&[]),
+        er: er.as_slice().unwrap_or(&[]),
+        a_flat: &a_flat,
+        attn_mask: attn_mask.as_deref(),
+    };
     let items: Vec<_> = bounds.into_iter().zip(out_parts).zip(alpha_parts).collect();
     run_each(par, items, |((rows, out_c), alpha_c)| {
-        let e0 = ip[rows.start];
-        let mut acc = vec![F::zero(); hc];
-        for i in rows.clone() {
-            let range = graph.row_range(i);
-            for e in range.clone() {
-                let j = graph.indices()[e] as usize;
-                for h in 0..hn {
-                    alpha_c[(e - e0) * hn + h] = logit(cfg, p, gs, els, ers, i, j, h);
-                }
-            }
-            for h in 0..hn {
-                let slot = |e: usize| (e - e0) * hn + h;
-                let mx = range
-                    .clone()
-                    .fold(F::neg_infinity(), |m, e| m.max(alpha_c[slot(e)]));
-                let mut z = F::zero();
-                for e in range.clone() {
-                    let v = (alpha_c[slot(e)] - mx).exp();
-                    alpha_c[slot(e)] = v;
-                    z += v;
-                }
-                for e in range.clone() {
-                    alpha_c[slot(e)] /= z;
-                }
-            }
-            acc.iter_mut().for_each(|v| *v = F::zero());
-            for e in range {
-                let j = graph.indices()[e] as usize;
-                for h in 0..hn {
-                    let m = attn_mask.as_ref().map_or(F::one(), |am| am[e * hn + h]);
-                    F::axpy(
-                        alpha_c[(e - e0) * hn + h] * m,
-                        &gs[j * hc + h * c..j * hc + (h + 1) * c],
-                        &mut acc[h * c..(h + 1) * c],
-                    );
-                }
-            }
-            let orow = &mut out_c[(i - rows.start) * out_w..(i - rows.start + 1) * out_w];
-            if cfg.concat {
-                orow.copy_from_slice(&acc);
-            } else {
-                let inv = F::one() / F::from_usize(hn).expect("heads fit");
-                for (k, o) in orow.iter_mut().enumerate() {
-                    *o = (0..hn).fold(F::zero(), |s, h| s + acc[h * c + k]) * inv;
-                }
-            }
-        }
+        forward_rows_dispatch(&ctx, rows, out_c, alpha_c)
     });
     if cfg.residual {
         match &p.w_res {
@@ -189,6 +183,117 @@ pub(super) fn forward<F: Real>(
     (out, cache)
 }
 
+/// How many edges ahead the kernels prefetch neighbour data.
+const PREFETCH: usize = 4;
+
+avx2_dispatch!(forward_rows_dispatch, forward_rows_avx2, forward_rows, <F>, (ctx: &Ctx<'_, F>, rows: std::ops::Range<usize>, out_c: &mut [F], alpha_c: &mut [F]));
+
+#[inline(always)]
+fn forward_rows<F: Real>(
+    ctx: &Ctx<'_, F>,
+    rows: std::ops::Range<usize>,
+    out_c: &mut [F],
+    alpha_c: &mut [F],
+) {
+    let (cfg, graph) = (ctx.cfg, ctx.graph);
+    let (hn, c, hc) = (cfg.heads, cfg.head_dim, ctx.hc());
+    let slope = cfg.negative_slope;
+    let out_w = cfg.out_dim();
+    let e0 = graph.indptr()[rows.start];
+    let fsz = std::mem::size_of::<F>();
+    let (mut tiled, mut ex) = (Vec::new(), Vec::new());
+    let mut acc = vec![F::zero(); hc];
+    let mut prod = vec![F::zero(); hc];
+    let (mut mx, mut z) = (vec![F::zero(); hn], vec![F::zero(); hn]);
+    for i in rows.clone() {
+        let range = graph.row_range(i);
+        let deg = range.len();
+        let edges = &graph.indices()[range.clone()];
+        // edge-major: the H logits of an edge are contiguous, and become its attention in place
+        let att = &mut alpha_c[(range.start - e0) * hn..(range.end - e0) * hn];
+        for (k, (&j, dst)) in edges.iter().zip(att.chunks_exact_mut(hn)).enumerate() {
+            let j = j as usize;
+            if let Some(&ahead) = graph.indices().get(range.start + k + PREFETCH) {
+                prefetch(ctx.row(ahead as usize), hc * fsz);
+                if !ctx.el.is_empty() {
+                    prefetch(&ctx.el[ahead as usize * hn..], hn * fsz);
+                }
+            }
+            match cfg.scoring {
+                Scoring::GatConv => {
+                    let (el_j, er_i) =
+                        (&ctx.el[j * hn..(j + 1) * hn], &ctx.er[i * hn..(i + 1) * hn]);
+                    for ((d, &l), &r) in dst.iter_mut().zip(el_j).zip(er_i) {
+                        *d = leaky(l + r, slope);
+                    }
+                }
+                Scoring::GatV2 => {
+                    for ((pq, &aq), (&gj, &gi)) in prod
+                        .iter_mut()
+                        .zip(ctx.a_flat)
+                        .zip(ctx.row(j).iter().zip(ctx.row(i)))
+                    {
+                        *pq = aq * leaky(gj + gi, slope);
+                    }
+                    head_sums(&prod, c, dst);
+                }
+            }
+        }
+        // softmax over the row's edges, all heads at once
+        mx.iter_mut().for_each(|m| *m = F::neg_infinity());
+        for chunk in att.chunks_exact(hn) {
+            for (m, &v) in mx.iter_mut().zip(chunk) {
+                *m = m.max(v);
+            }
+        }
+        tiled.resize(deg * hn, F::zero());
+        ex.resize(deg * hn, F::zero());
+        for chunk in tiled.chunks_exact_mut(hn) {
+            chunk.copy_from_slice(&mx);
+        }
+        F::exp_affine_sum(F::zero(), att, &tiled, F::one(), &mut ex);
+        z.iter_mut().for_each(|v| *v = F::zero());
+        for chunk in ex.chunks_exact(hn) {
+            for (zh, &v) in z.iter_mut().zip(chunk) {
+                *zh += v;
+            }
+        }
+        z.iter_mut().for_each(|v| *v = F::one() / *v);
+        for (dst, src) in att.chunks_exact_mut(hn).zip(ex.chunks_exact(hn)) {
+            for ((d, &v), &iz) in dst.iter_mut().zip(src).zip(&z) {
+                *d = v * iz;
+            }
+        }
+        // aggregation
+        acc.iter_mut().for_each(|v| *v = F::zero());
+        for (k, (&j, a_e)) in edges.iter().zip(att.chunks_exact(hn)).enumerate() {
+            let e = range.start + k;
+            for ((a, x), (h, &w)) in acc
+                .chunks_exact_mut(c)
+                .zip(ctx.row(j as usize).chunks_exact(c))
+                .zip(a_e.iter().enumerate())
+            {
+                let w = w * ctx.mask(e, h);
+                for (ai, &xi) in a.iter_mut().zip(x) {
+                    *ai += w * xi;
+                }
+            }
+        }
+        let orow = &mut out_c[(i - rows.start) * out_w..(i - rows.start + 1) * out_w];
+        if cfg.concat {
+            orow.copy_from_slice(&acc);
+        } else {
+            let inv = F::one() / F::from_usize(hn).expect("heads fit");
+            orow.iter_mut().for_each(|o| *o = F::zero());
+            for part in acc.chunks_exact(c) {
+                for (o, &v) in orow.iter_mut().zip(part) {
+                    *o += v * inv;
+                }
+            }
+        }
+    }
+}
+
 pub(super) fn backward<F: Real>(
     cfg: &GatConfig<F>,
     p: &GatParams<F>,
@@ -200,7 +305,6 @@ pub(super) fn backward<F: Real>(
     let n = graph.n_rows();
     let (hn, c) = (cfg.heads, cfg.head_dim);
     let hc = hn * c;
-    let slope = cfg.negative_slope;
     // gradient of the aggregated messages acc (N x H C)
     let dacc: Array2<F> = if cfg.concat {
         grad_out.to_owned()
@@ -220,20 +324,28 @@ pub(super) fn backward<F: Real>(
             None => dxd += &grad_out,
         }
     }
-    let (gs, das) = (
-        cache.g.as_slice().expect("row-major"),
-        dacc.as_slice().expect("row-major"),
-    );
-    let (els, ers) = (
-        cache.el.as_slice().unwrap_or(&[]),
-        cache.er.as_slice().unwrap_or(&[]),
-    );
-    let mask = |e: usize, h: usize| cache.attn_mask.as_ref().map_or(F::one(), |m| m[e * hn + h]);
+    let a_flat = p
+        .a_src
+        .as_standard_layout()
+        .to_owned()
+        .into_raw_vec_and_offset()
+        .0;
+    let ctx = Ctx {
+        cfg,
+        graph,
+        g: cache.g.as_slice().expect("row-major"),
+        el: cache.el.as_slice().unwrap_or(&[]),
+        er: cache.er.as_slice().unwrap_or(&[]),
+        a_flat: &a_flat,
+        attn_mask: cache.attn_mask.as_deref(),
+    };
+    let das = dacc.as_slice().expect("row-major");
+    let alpha = &cache.alpha[..];
     let ip = graph.indptr();
     let v2 = cfg.scoring == Scoring::GatV2;
 
-    // pass 1, destination-major: softmax and LeakyReLU backward; dlogit[e h] is dL/d(pre-LeakyReLU score)
-    // for GATConv and dL/d(logit) for GATv2
+    // pass 1, destination-major: softmax and LeakyReLU backward. dlogit[e h] is dL/d(pre-LeakyReLU score)
+    // for GATConv and dL/d(logit) for GATv2.
     let mut dlogit = vec![F::zero(); graph.nnz() * hn];
     let mut der = Array2::<F>::zeros((n, if v2 { 0 } else { hn }));
     let mut dg_dest = Array2::<F>::zeros((n, if v2 { hc } else { 0 }));
@@ -252,8 +364,7 @@ pub(super) fn backward<F: Real>(
         dg_dest.as_slice_mut().expect("fresh"),
         bounds.iter().map(|r| r.len() * dgd_w),
     );
-    let n_chunks = bounds.len();
-    let mut da_parts: Vec<Vec<F>> = vec![vec![F::zero(); if v2 { hc } else { 0 }]; n_chunks];
+    let mut da_parts: Vec<Vec<F>> = vec![vec![F::zero(); if v2 { hc } else { 0 }]; bounds.len()];
     let items: Vec<_> = bounds
         .into_iter()
         .zip(dl_parts)
@@ -262,49 +373,11 @@ pub(super) fn backward<F: Real>(
         .zip(da_parts.iter_mut())
         .collect();
     run_each(par, items, |((((rows, dl_c), der_c), dgd_c), da_c)| {
-        let e0 = ip[rows.start];
-        for i in rows.clone() {
-            let range = graph.row_range(i);
-            let li = i - rows.start;
-            for e in range.clone() {
-                let j = graph.indices()[e] as usize;
-                for h in 0..hn {
-                    let dcoef = dot(
-                        &das[i * hc + h * c..i * hc + (h + 1) * c],
-                        &gs[j * hc + h * c..j * hc + (h + 1) * c],
-                    );
-                    dl_c[(e - e0) * hn + h] = dcoef * mask(e, h);
-                }
-            }
-            for h in 0..hn {
-                let s = range.clone().fold(F::zero(), |s, e| {
-                    s + cache.alpha[e * hn + h] * dl_c[(e - e0) * hn + h]
-                });
-                for e in range.clone() {
-                    let j = graph.indices()[e] as usize;
-                    let slot = (e - e0) * hn + h;
-                    let dl = cache.alpha[e * hn + h] * (dl_c[slot] - s);
-                    if v2 {
-                        dl_c[slot] = dl;
-                        let a = p.a_src.row(h);
-                        for k in 0..c {
-                            let t = gs[j * hc + h * c + k] + gs[i * hc + h * c + k];
-                            da_c[h * c + k] += dl * leaky(t, slope);
-                            dgd_c[li * hc + h * c + k] += dl * a[k] * leaky_grad(t, slope);
-                        }
-                    } else {
-                        let dz = dl * leaky_grad(els[j * hn + h] + ers[i * hn + h], slope);
-                        dl_c[slot] = dz;
-                        der_c[li * hn + h] += dz;
-                    }
-                }
-            }
-        }
+        backward_dest_rows_dispatch(&ctx, das, alpha, rows, dl_c, der_c, dgd_c, da_c)
     });
 
     // pass 2, source-major over the transposed graph: message gradients and source-score gradients
     let tr = graph.transposed();
-    let tg = &tr.graph;
     let mut dg = Array2::<F>::zeros((n, hc));
     let mut del = Array2::<F>::zeros((n, if v2 { 0 } else { hn }));
     let bounds = chunk_bounds(par, n);
@@ -318,29 +391,9 @@ pub(super) fn backward<F: Real>(
         bounds.iter().map(|r| r.len() * del_w),
     );
     let items: Vec<_> = bounds.into_iter().zip(dg_parts).zip(del_parts).collect();
+    let dlogit = &dlogit[..];
     run_each(par, items, |((rows, dg_c), del_c)| {
-        for j in rows.clone() {
-            let lj = j - rows.start;
-            for t in tg.row_range(j) {
-                let e = tr.edge_ids[t];
-                let i = tg.indices()[t] as usize;
-                for h in 0..hn {
-                    let coef = cache.alpha[e * hn + h] * mask(e, h);
-                    let dst = &mut dg_c[lj * hc + h * c..lj * hc + (h + 1) * c];
-                    F::axpy(coef, &das[i * hc + h * c..i * hc + (h + 1) * c], dst);
-                    let dl = dlogit[e * hn + h];
-                    if v2 {
-                        let a = p.a_src.row(h);
-                        for k in 0..c {
-                            let tv = gs[j * hc + h * c + k] + gs[i * hc + h * c + k];
-                            dst[k] += dl * a[k] * leaky_grad(tv, slope);
-                        }
-                    } else {
-                        del_c[lj * hn + h] += dl;
-                    }
-                }
-            }
-        }
+        backward_source_rows_dispatch(&ctx, tr, das, alpha, dlogit, rows, dg_c, del_c)
     });
 
     let (grad_a_src, grad_a_dst) = if v2 {
@@ -351,21 +404,29 @@ pub(super) fn backward<F: Real>(
         }
         (Array2::from_shape_vec((hn, c), da).expect("sized"), None)
     } else {
+        // g feeds the node scores: el = g a_src and er = g a_dst per head
         let a_dst = p.a_dst.as_ref().expect("GATConv has a_dst");
-        let mut ga_src = Array2::<F>::zeros((hn, c));
-        let mut ga_dst = Array2::<F>::zeros((hn, c));
-        for i in 0..n {
-            for h in 0..hn {
-                let gi = cache.g.row(i);
-                let (dl, dr) = (del[[i, h]], der[[i, h]]);
-                for k in 0..c {
-                    dg[[i, h * c + k]] += dl * p.a_src[[h, k]] + dr * a_dst[[h, k]];
-                    ga_src[[h, k]] += dl * gi[h * c + k];
-                    ga_dst[[h, k]] += dr * gi[h * c + k];
-                }
-            }
-        }
-        (ga_src, Some(ga_dst))
+        let expand_scores =
+            |s: &Array2<F>| -> Array2<F> { Array2::from_shape_fn((n, hc), |(i, k)| s[[i, k / c]]) };
+        let (delx, derx) = (expand_scores(&del), expand_scores(&der));
+        let a_src_x = p
+            .a_src
+            .as_standard_layout()
+            .into_shape_with_order(hc)
+            .expect("contiguous")
+            .to_owned();
+        let a_dst_x = a_dst
+            .as_standard_layout()
+            .into_shape_with_order(hc)
+            .expect("contiguous")
+            .to_owned();
+        dg += &(&delx * &a_src_x);
+        dg += &(&derx * &a_dst_x);
+        let head_fold = |m: Array2<F>| -> Array2<F> {
+            Array2::from_shape_vec((hn, c), (&m * &cache.g).sum_axis(Axis(0)).to_vec())
+                .expect("sized")
+        };
+        (head_fold(delx), Some(head_fold(derx)))
     };
     let grad_w = cache.x_drop.t().dot(&dg);
     dxd += &dg.dot(&p.w.t());
@@ -380,5 +441,149 @@ pub(super) fn backward<F: Real>(
         grad_a_dst,
         grad_bias,
         grad_w_res,
+    }
+}
+
+avx2_dispatch!(backward_dest_rows_dispatch, backward_dest_rows_avx2, backward_dest_rows, <F>, (
+    ctx: &Ctx<'_, F>, das: &[F], alpha: &[F], rows: std::ops::Range<usize>,
+    dl_c: &mut [F], der_c: &mut [F], dgd_c: &mut [F], da_c: &mut [F]
+));
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_dest_rows<F: Real>(
+    ctx: &Ctx<'_, F>,
+    das: &[F],
+    alpha: &[F],
+    rows: std::ops::Range<usize>,
+    dl_c: &mut [F],
+    der_c: &mut [F],
+    dgd_c: &mut [F],
+    da_c: &mut [F],
+) {
+    let (cfg, graph) = (ctx.cfg, ctx.graph);
+    let (hn, c, hc) = (cfg.heads, cfg.head_dim, ctx.hc());
+    let slope = cfg.negative_slope;
+    let v2 = cfg.scoring == Scoring::GatV2;
+    let e0 = graph.indptr()[rows.start];
+    let mut prod = vec![F::zero(); hc];
+    let mut dcoef = vec![F::zero(); hn];
+    let mut s = vec![F::zero(); hn];
+    let mut dlx = vec![F::zero(); hc];
+    for i in rows.clone() {
+        let range = graph.row_range(i);
+        let li = i - rows.start;
+        let di = &das[i * hc..(i + 1) * hc];
+        s.iter_mut().for_each(|v| *v = F::zero());
+        for e in range.clone() {
+            let j = graph.indices()[e] as usize;
+            if let Some(&ahead) = graph.indices().get(e + PREFETCH) {
+                prefetch(ctx.row(ahead as usize), hc * std::mem::size_of::<F>());
+            }
+            for ((pq, &dq), &gq) in prod.iter_mut().zip(di).zip(ctx.row(j)) {
+                *pq = dq * gq;
+            }
+            head_sums(&prod, c, &mut dcoef);
+            for h in 0..hn {
+                let da = dcoef[h] * ctx.mask(e, h);
+                dl_c[(e - e0) * hn + h] = da;
+                s[h] += alpha[e * hn + h] * da;
+            }
+        }
+        for e in range {
+            let j = graph.indices()[e] as usize;
+            let slot = (e - e0) * hn;
+            for h in 0..hn {
+                // softmax backward: dlogit = alpha (dalpha - sum_k alpha_k dalpha_k)
+                dl_c[slot + h] = alpha[e * hn + h] * (dl_c[slot + h] - s[h]);
+            }
+            if v2 {
+                expand(&dl_c[slot..slot + hn], c, &mut dlx);
+                let (gj, gi) = (ctx.row(j), ctx.row(i));
+                let dgd = &mut dgd_c[li * hc..(li + 1) * hc];
+                for q in 0..hc {
+                    let t = gj[q] + gi[q];
+                    da_c[q] += dlx[q] * leaky(t, slope);
+                    dgd[q] += dlx[q] * ctx.a_flat[q] * leaky_grad(t, slope);
+                }
+            } else {
+                for h in 0..hn {
+                    let dz =
+                        dl_c[slot + h] * leaky_grad(ctx.el[j * hn + h] + ctx.er[i * hn + h], slope);
+                    dl_c[slot + h] = dz;
+                    der_c[li * hn + h] += dz;
+                }
+            }
+        }
+    }
+}
+
+avx2_dispatch!(backward_source_rows_dispatch, backward_source_rows_avx2, backward_source_rows, <F>, (
+    ctx: &Ctx<'_, F>, tr: &crate::graph::Transposed<F>, das: &[F], alpha: &[F], dlogit: &[F],
+    rows: std::ops::Range<usize>, dg_c: &mut [F], del_c: &mut [F]
+));
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_source_rows<F: Real>(
+    ctx: &Ctx<'_, F>,
+    tr: &crate::graph::Transposed<F>,
+    das: &[F],
+    alpha: &[F],
+    dlogit: &[F],
+    rows: std::ops::Range<usize>,
+    dg_c: &mut [F],
+    del_c: &mut [F],
+) {
+    let cfg = ctx.cfg;
+    let (hn, c, hc) = (cfg.heads, cfg.head_dim, ctx.hc());
+    let slope = cfg.negative_slope;
+    let v2 = cfg.scoring == Scoring::GatV2;
+    let tg = &tr.graph;
+    let mut coef = vec![F::zero(); hn];
+    let mut dlx = vec![F::zero(); hc];
+    for j in rows.clone() {
+        let lj = j - rows.start;
+        let dst = &mut dg_c[lj * hc..(lj + 1) * hc];
+        for t in tg.row_range(j) {
+            if let (Some(&ea), Some(&ia)) = (
+                tr.edge_ids.get(t + PREFETCH),
+                tg.indices().get(t + PREFETCH),
+            ) {
+                let fsz = std::mem::size_of::<F>();
+                prefetch(&das[ia as usize * hc..], hc * fsz);
+                prefetch(&alpha[ea * hn..], hn * fsz);
+                prefetch(&dlogit[ea * hn..], hn * fsz);
+                if let Some(m) = ctx.attn_mask {
+                    prefetch(&m[ea * hn..], hn * fsz);
+                }
+            }
+            let e = tr.edge_ids[t];
+            let i = tg.indices()[t] as usize;
+            for h in 0..hn {
+                coef[h] = alpha[e * hn + h] * ctx.mask(e, h);
+            }
+            for ((dd, gg), &w) in dst
+                .chunks_exact_mut(c)
+                .zip(das[i * hc..(i + 1) * hc].chunks_exact(c))
+                .zip(&coef)
+            {
+                for (d, &g) in dd.iter_mut().zip(gg) {
+                    *d += w * g;
+                }
+            }
+            let dl = &dlogit[e * hn..(e + 1) * hn];
+            if v2 {
+                expand(dl, c, &mut dlx);
+                let (gj, gi) = (ctx.row(j), ctx.row(i));
+                for q in 0..hc {
+                    dst[q] += dlx[q] * ctx.a_flat[q] * leaky_grad(gj[q] + gi[q], slope);
+                }
+            } else {
+                for h in 0..hn {
+                    del_c[lj * hn + h] += dl[h];
+                }
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@
 mod cpu;
 
 use crate::backend::Par;
-use crate::error::{check_finite, Error, Result};
+use crate::error::{check_finite, check_finite_array, Error, Result};
 use crate::graph::CsrGraph;
 use crate::simd::Real;
 use ndarray::{Array1, Array2, ArrayView2};
@@ -406,7 +406,7 @@ impl<F: Real> GatLayer<F> {
                 x.dim(),
             ));
         }
-        check_finite(OP, "x", x.iter().copied())?;
+        check_finite_array(OP, "x", &x)?;
         let g = self.attended(graph)?;
         let (out, mut cache) = cpu::forward(&self.cfg, params, &g, x, mode, par);
         cache.fingerprint = graph.structure_fingerprint();
@@ -451,7 +451,7 @@ impl<F: Real> GatLayer<F> {
                 grad_out.dim(),
             ));
         }
-        check_finite(OP, "grad_out", grad_out.iter().copied())?;
+        check_finite_array(OP, "grad_out", &grad_out)?;
         Ok(cpu::backward(&self.cfg, params, g, cache, grad_out, par))
     }
 }

@@ -14,7 +14,9 @@ mod build;
 mod spmm;
 
 pub use build::{bipartite_user_item, knn_graph, KnnConfig};
-pub use spmm::{lightgcn_backward, lightgcn_forward, spmm, spmm_backward, spmm_reference};
+pub use spmm::{
+    lightgcn_backward, lightgcn_forward, spmm, spmm_backward, spmm_into, spmm_reference,
+};
 
 use crate::error::{Error, Result};
 use crate::simd::Real;

@@ -1,0 +1,178 @@
+//! Graph benchmarks: GAT forward + backward on an Amazon-Baby-sized item kNN graph, LightGCN propagation on
+//! the real Baby user-item graph (data/baby/train.txt), the kNN graph build, and the bandwidth floor of
+//! propagation measured in the same run.
+//!
+//! `RECGOAT_BENCH_QUICK=1` shrinks the problems (smoke runs).
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use ndarray::Array2;
+use recgoat_core::attention::{GatConfig, GatLayer, GatParams, Mode};
+use recgoat_core::graph::*;
+use recgoat_core::testing::{randn, rng};
+use recgoat_core::{Backend, Par};
+use std::time::Duration;
+
+fn quick() -> bool {
+    std::env::var("RECGOAT_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+fn backends() -> [Backend; 2] {
+    [Backend::Cpu(Par::Seq), Backend::Cpu(Par::rayon())]
+}
+
+/// The Baby train pairs (LightGCN split format: `user item item ...`).
+fn baby_pairs() -> (usize, usize, Vec<(usize, usize)>) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/baby/train.txt");
+    let text = std::fs::read_to_string(path).expect("data/baby/train.txt is bundled");
+    let mut pairs = Vec::new();
+    for line in text.lines() {
+        let mut it = line
+            .split_whitespace()
+            .map(|t| t.parse::<usize>().expect("integer ids"));
+        if let Some(u) = it.next() {
+            pairs.extend(it.map(|i| (u, i)));
+        }
+    }
+    let users = pairs.iter().map(|p| p.0).max().unwrap_or(0) + 1;
+    let items = pairs.iter().map(|p| p.1).max().unwrap_or(0) + 1;
+    (users, items, pairs)
+}
+
+fn gat(c: &mut Criterion) {
+    let n = if quick() { 500 } else { 7050 };
+    let feats: Array2<f32> = randn(&mut rng(7050), (n, 64));
+    let knn = KnnConfig {
+        self_loops: true,
+        ..KnnConfig::new(20)
+    };
+    let graph = knn_graph(feats.view(), &knn, Par::rayon()).unwrap();
+    eprintln!(
+        "gat graph: {} nodes, {} edges (k = 20, symmetrised, self loops)",
+        graph.n_rows(),
+        graph.nnz()
+    );
+    let cfg = GatConfig::<f32>::new(64, 64, 8).unwrap();
+    let layer = GatLayer::new(cfg).unwrap();
+    let params = GatParams::init(&cfg, &mut rng(1));
+    let x: Array2<f32> = randn(&mut rng(2), (n, 64));
+    let go: Array2<f32> = randn(&mut rng(3), (n, 64));
+    let _ = graph.transposed(); // built once per graph, like a training loop would
+    let mut g = c.benchmark_group(format!("gat_knn_{n}"));
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+    for be in backends() {
+        g.bench_function(BenchmarkId::new("forward", be.name()), |b| {
+            b.iter(|| {
+                layer
+                    .forward(&params, &graph, x.view(), Mode::Eval, be.par())
+                    .unwrap()
+                    .0
+            })
+        });
+        g.bench_function(BenchmarkId::new("forward_backward", be.name()), |b| {
+            b.iter(|| {
+                let (_, cache) = layer
+                    .forward(&params, &graph, x.view(), Mode::Eval, be.par())
+                    .unwrap();
+                layer
+                    .backward(&params, &graph, &cache, go.view(), be.par())
+                    .unwrap()
+                    .grad_w
+            })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group(format!("knn_{n}x384"));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(1));
+    let f384: Array2<f32> = randn(&mut rng(384), (n, 384));
+    for be in backends() {
+        g.bench_function(BenchmarkId::new("k20", be.name()), |b| {
+            b.iter(|| {
+                knn_graph(f384.view(), &KnnConfig::new(20), be.par())
+                    .unwrap()
+                    .nnz()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Reads `buf` `reps` times with 16 accumulators (vectorised, bound by loads).
+fn stream(buf: &[f32], reps: usize) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for _ in 0..reps {
+        for ch in buf.chunks_exact(16) {
+            for (a, &v) in acc.iter_mut().zip(ch) {
+                *a += v;
+            }
+        }
+    }
+    acc.iter().sum()
+}
+
+fn lightgcn(c: &mut Criterion) {
+    let (users, items, pairs) = baby_pairs();
+    let pairs = if quick() {
+        pairs[..pairs.len() / 20].to_vec()
+    } else {
+        pairs
+    };
+    let adj = bipartite_user_item::<f32>(users, items, &pairs)
+        .unwrap()
+        .sym_normalized()
+        .unwrap();
+    let n = adj.n_rows();
+    eprintln!("baby user-item graph: {} nodes, {} non-zeros", n, adj.nnz());
+    let e0: Array2<f32> = randn::<f32, _, _>(&mut rng(4), (n, 64)) * 0.1;
+    let _ = adj.transposed();
+    let mut g = c.benchmark_group("lightgcn_baby");
+    g.sample_size(30)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
+    for be in backends() {
+        g.bench_function(BenchmarkId::new("spmm_d64", be.name()), |b| {
+            b.iter(|| spmm(&adj, e0.view(), be.par()).unwrap())
+        });
+        let mut y = Array2::<f32>::zeros((n, 64));
+        g.bench_function(BenchmarkId::new("spmm_into_d64", be.name()), |b| {
+            b.iter(|| spmm_into(&adj, e0.view(), y.view_mut(), be.par()).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("propagate_3layers_fwd", be.name()), |b| {
+            b.iter(|| lightgcn_forward(&adj, e0.view(), 3, be.par()).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("propagate_3layers_bwd", be.name()), |b| {
+            b.iter(|| lightgcn_backward(&adj, e0.view(), 3, be.par()).unwrap())
+        });
+    }
+    // The floor of one SpMM: the bytes it must touch (every gathered 64-float row, the CSR arrays, the
+    // output) streamed sequentially at this machine's bandwidth for data of E's size.
+    let flat = e0.as_slice().unwrap();
+    let reps = adj.nnz().div_ceil(n) + 1; // gathered rows + the output write, in row units
+    eprintln!(
+        "floor: {} bytes per SpMM",
+        (reps * n * 64 + adj.nnz() * 2) * 4
+    );
+    g.bench_function(
+        BenchmarkId::new("floor_stream_same_bytes", "cpu_seq"),
+        |b| b.iter(|| stream(black_box(flat), reps)),
+    );
+    g.bench_function(
+        BenchmarkId::new("floor_stream_same_bytes", "cpu_rayon"),
+        |b| {
+            b.iter(|| {
+                let (p, q) = flat.split_at(flat.len() / 2);
+                let (x, y) =
+                    rayon::join(|| stream(black_box(p), reps), || stream(black_box(q), reps));
+                x + y
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, gat, lightgcn);
+criterion_main!(benches);
