@@ -623,5 +623,23 @@ fn super_variants() -> Vec<(&'static str, recgoat_core::attention::GatConfig<f64
                 ..base
             },
         ),
+        // head widths 8 and 16 take the specialised fixed-width kernels
+        ("gatconv C=8", GatConfig::<f64>::new(5, 16, 2).unwrap()),
+        (
+            "gatv2 C=16",
+            GatConfig {
+                scoring: Scoring::GatV2,
+                ..GatConfig::<f64>::new(5, 32, 2).unwrap()
+            },
+        ),
+        (
+            "gatconv C=8 mean dropout",
+            GatConfig {
+                concat: false,
+                feat_drop: 0.2,
+                attn_drop: 0.2,
+                ..GatConfig::<f64>::new(5, 16, 2).unwrap()
+            },
+        ),
     ]
 }

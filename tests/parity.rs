@@ -525,6 +525,16 @@ mod graphs {
                     ..base
                 },
             ),
+            // head widths 8 and 16 take the specialised fixed-width kernels
+            ("gatconv C=8", GatConfig::<f64>::new(5, 16, 2).unwrap()),
+            (
+                "gatv2 C=16 mean",
+                GatConfig {
+                    scoring: Scoring::GatV2,
+                    concat: false,
+                    ..GatConfig::<f64>::new(5, 32, 2).unwrap()
+                },
+            ),
         ]
     }
 

@@ -50,6 +50,69 @@ fn head_sums<F: Real>(prod: &[F], c: usize, out: &mut [F]) {
     }
 }
 
+/// `acc[h C + k] += coef[h] * x[h C + k]`: each head's C-vector scaled by its coefficient.
+#[inline(always)]
+fn axpy_heads<F: Real>(acc: &mut [F], x: &[F], coef: &[F], c: usize) {
+    match c {
+        8 => axpy_heads_c::<F, 8>(acc, x, coef),
+        16 => axpy_heads_c::<F, 16>(acc, x, coef),
+        _ => {
+            for ((a, xv), &w) in acc.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(coef) {
+                for (ai, &xi) in a.iter_mut().zip(xv) {
+                    *ai += w * xi;
+                }
+            }
+        }
+    }
+}
+
+/// [`axpy_heads`] for a compile-time head width: each head is one fixed-size, fully unrolled update.
+#[inline(always)]
+fn axpy_heads_c<F: Real, const C: usize>(acc: &mut [F], x: &[F], coef: &[F]) {
+    for ((a, xv), &w) in acc.chunks_exact_mut(C).zip(x.chunks_exact(C)).zip(coef) {
+        let a: &mut [F; C] = a.try_into().expect("chunk of C");
+        let xv: &[F; C] = xv.try_into().expect("chunk of C");
+        for k in 0..C {
+            a[k] += w * xv[k];
+        }
+    }
+}
+
+/// `out[h] = sum_k a[h C + k] b[h C + k]`: per-head dot products.
+#[inline(always)]
+fn dot_heads<F: Real>(a: &[F], b: &[F], c: usize, out: &mut [F]) {
+    match c {
+        8 => dot_heads_c::<F, 8>(a, b, out),
+        16 => dot_heads_c::<F, 16>(a, b, out),
+        _ => {
+            for ((o, x), y) in out.iter_mut().zip(a.chunks_exact(c)).zip(b.chunks_exact(c)) {
+                *o = x.iter().zip(y).fold(F::zero(), |s, (&p, &q)| s + p * q);
+            }
+        }
+    }
+}
+
+/// [`dot_heads`] for a compile-time head width, summed pairwise.
+#[inline(always)]
+fn dot_heads_c<F: Real, const C: usize>(a: &[F], b: &[F], out: &mut [F]) {
+    for ((o, x), y) in out.iter_mut().zip(a.chunks_exact(C)).zip(b.chunks_exact(C)) {
+        let x: &[F; C] = x.try_into().expect("chunk of C");
+        let y: &[F; C] = y.try_into().expect("chunk of C");
+        let mut p = [F::zero(); C];
+        for k in 0..C {
+            p[k] = x[k] * y[k];
+        }
+        let mut width = C;
+        while width > 1 {
+            width /= 2;
+            for k in 0..width {
+                p[k] += p[k + width];
+            }
+        }
+        *o = p[0];
+    }
+}
+
 /// Read-only inputs shared by the kernels.
 struct Ctx<'a, F> {
     cfg: &'a GatConfig<F>,
@@ -205,6 +268,7 @@ fn forward_rows<F: Real>(
     let mut acc = vec![F::zero(); hc];
     let mut prod = vec![F::zero(); hc];
     let (mut mx, mut z) = (vec![F::zero(); hn], vec![F::zero(); hn]);
+    let mut coef = vec![F::zero(); hn];
     for i in rows.clone() {
         let range = graph.row_range(i);
         let deg = range.len();
@@ -268,16 +332,10 @@ fn forward_rows<F: Real>(
         acc.iter_mut().for_each(|v| *v = F::zero());
         for (k, (&j, a_e)) in edges.iter().zip(att.chunks_exact(hn)).enumerate() {
             let e = range.start + k;
-            for ((a, x), (h, &w)) in acc
-                .chunks_exact_mut(c)
-                .zip(ctx.row(j as usize).chunks_exact(c))
-                .zip(a_e.iter().enumerate())
-            {
-                let w = w * ctx.mask(e, h);
-                for (ai, &xi) in a.iter_mut().zip(x) {
-                    *ai += w * xi;
-                }
+            for (h, (ch, &w)) in coef.iter_mut().zip(a_e).enumerate() {
+                *ch = w * ctx.mask(e, h);
             }
+            axpy_heads(&mut acc, ctx.row(j as usize), &coef, c);
         }
         let orow = &mut out_c[(i - rows.start) * out_w..(i - rows.start + 1) * out_w];
         if cfg.concat {
@@ -376,24 +434,32 @@ pub(super) fn backward<F: Real>(
         backward_dest_rows_dispatch(&ctx, das, alpha, rows, dl_c, der_c, dgd_c, da_c)
     });
 
-    // pass 2, source-major over the transposed graph: message gradients and source-score gradients
+    // pass 2, source-major over the transposed graph: message gradients, source-score gradients, and (for
+    // GATConv) the node-score terms of dL/dg and the a_src / a_dst gradients, each node's once it is complete
     let tr = graph.transposed();
     let mut dg = Array2::<F>::zeros((n, hc));
-    let mut del = Array2::<F>::zeros((n, if v2 { 0 } else { hn }));
     let bounds = chunk_bounds(par, n);
     let dg_parts = split_lengths(
         dg.as_slice_mut().expect("fresh"),
         bounds.iter().map(|r| r.len() * hc),
     );
-    let del_w = del.ncols();
-    let del_parts = split_lengths(
-        del.as_slice_mut().expect("fresh"),
-        bounds.iter().map(|r| r.len() * del_w),
-    );
-    let items: Vec<_> = bounds.into_iter().zip(dg_parts).zip(del_parts).collect();
-    let dlogit = &dlogit[..];
-    run_each(par, items, |((rows, dg_c), del_c)| {
-        backward_source_rows_dispatch(&ctx, tr, das, alpha, dlogit, rows, dg_c, del_c)
+    let mut ga_parts: Vec<Vec<F>> =
+        vec![vec![F::zero(); if v2 { 0 } else { 2 * hc }]; bounds.len()];
+    let a_dst_flat: Vec<F> = p
+        .a_dst
+        .as_ref()
+        .map_or_else(Vec::new, |a| a.iter().copied().collect());
+    let items: Vec<_> = bounds
+        .into_iter()
+        .zip(dg_parts)
+        .zip(ga_parts.iter_mut())
+        .collect();
+    let (dlogit, der_s) = (&dlogit[..], der.as_slice().expect("fresh"));
+    let a_dst_s = &a_dst_flat[..];
+    run_each(par, items, |((rows, dg_c), ga_c)| {
+        backward_source_rows_dispatch(
+            &ctx, tr, das, alpha, dlogit, der_s, a_dst_s, rows, dg_c, ga_c,
+        )
     });
 
     let (grad_a_src, grad_a_dst) = if v2 {
@@ -404,29 +470,15 @@ pub(super) fn backward<F: Real>(
         }
         (Array2::from_shape_vec((hn, c), da).expect("sized"), None)
     } else {
-        // g feeds the node scores: el = g a_src and er = g a_dst per head
-        let a_dst = p.a_dst.as_ref().expect("GATConv has a_dst");
-        let expand_scores =
-            |s: &Array2<F>| -> Array2<F> { Array2::from_shape_fn((n, hc), |(i, k)| s[[i, k / c]]) };
-        let (delx, derx) = (expand_scores(&del), expand_scores(&der));
-        let a_src_x = p
-            .a_src
-            .as_standard_layout()
-            .into_shape_with_order(hc)
-            .expect("contiguous")
-            .to_owned();
-        let a_dst_x = a_dst
-            .as_standard_layout()
-            .into_shape_with_order(hc)
-            .expect("contiguous")
-            .to_owned();
-        dg += &(&delx * &a_src_x);
-        dg += &(&derx * &a_dst_x);
-        let head_fold = |m: Array2<F>| -> Array2<F> {
-            Array2::from_shape_vec((hn, c), (&m * &cache.g).sum_axis(Axis(0)).to_vec())
-                .expect("sized")
-        };
-        (head_fold(delx), Some(head_fold(derx)))
+        let mut ga = vec![F::zero(); 2 * hc];
+        for part in &ga_parts {
+            F::axpy(F::one(), part, &mut ga);
+        }
+        let ga_dst = ga.split_off(hc);
+        (
+            Array2::from_shape_vec((hn, c), ga).expect("sized"),
+            Some(Array2::from_shape_vec((hn, c), ga_dst).expect("sized")),
+        )
     };
     let grad_w = cache.x_drop.t().dot(&dg);
     dxd += &dg.dot(&p.w.t());
@@ -466,7 +518,6 @@ fn backward_dest_rows<F: Real>(
     let slope = cfg.negative_slope;
     let v2 = cfg.scoring == Scoring::GatV2;
     let e0 = graph.indptr()[rows.start];
-    let mut prod = vec![F::zero(); hc];
     let mut dcoef = vec![F::zero(); hn];
     let mut s = vec![F::zero(); hn];
     let mut dlx = vec![F::zero(); hc];
@@ -480,10 +531,7 @@ fn backward_dest_rows<F: Real>(
             if let Some(&ahead) = graph.indices().get(e + PREFETCH) {
                 prefetch(ctx.row(ahead as usize), hc * std::mem::size_of::<F>());
             }
-            for ((pq, &dq), &gq) in prod.iter_mut().zip(di).zip(ctx.row(j)) {
-                *pq = dq * gq;
-            }
-            head_sums(&prod, c, &mut dcoef);
+            dot_heads(di, ctx.row(j), c, &mut dcoef);
             for h in 0..hn {
                 let da = dcoef[h] * ctx.mask(e, h);
                 dl_c[(e - e0) * hn + h] = da;
@@ -519,8 +567,8 @@ fn backward_dest_rows<F: Real>(
 }
 
 avx2_dispatch!(backward_source_rows_dispatch, backward_source_rows_avx2, backward_source_rows, <F>, (
-    ctx: &Ctx<'_, F>, tr: &crate::graph::Transposed<F>, das: &[F], alpha: &[F], dlogit: &[F],
-    rows: std::ops::Range<usize>, dg_c: &mut [F], del_c: &mut [F]
+    ctx: &Ctx<'_, F>, tr: &crate::graph::Transposed<F>, das: &[F], alpha: &[F], dlogit: &[F], der: &[F],
+    a_dst: &[F], rows: std::ops::Range<usize>, dg_c: &mut [F], ga_c: &mut [F]
 ));
 
 #[inline(always)]
@@ -531,26 +579,31 @@ fn backward_source_rows<F: Real>(
     das: &[F],
     alpha: &[F],
     dlogit: &[F],
+    der: &[F],
+    a_dst: &[F],
     rows: std::ops::Range<usize>,
     dg_c: &mut [F],
-    del_c: &mut [F],
+    ga_c: &mut [F],
 ) {
     let cfg = ctx.cfg;
     let (hn, c, hc) = (cfg.heads, cfg.head_dim, ctx.hc());
     let slope = cfg.negative_slope;
     let v2 = cfg.scoring == Scoring::GatV2;
     let tg = &tr.graph;
+    let fsz = std::mem::size_of::<F>();
     let mut coef = vec![F::zero(); hn];
     let mut dlx = vec![F::zero(); hc];
+    let mut del = vec![F::zero(); hn];
+    let (mut delx, mut derx) = (vec![F::zero(); hc], vec![F::zero(); hc]);
     for j in rows.clone() {
         let lj = j - rows.start;
         let dst = &mut dg_c[lj * hc..(lj + 1) * hc];
+        del.iter_mut().for_each(|v| *v = F::zero());
         for t in tg.row_range(j) {
             if let (Some(&ea), Some(&ia)) = (
                 tr.edge_ids.get(t + PREFETCH),
                 tg.indices().get(t + PREFETCH),
             ) {
-                let fsz = std::mem::size_of::<F>();
                 prefetch(&das[ia as usize * hc..], hc * fsz);
                 prefetch(&alpha[ea * hn..], hn * fsz);
                 prefetch(&dlogit[ea * hn..], hn * fsz);
@@ -560,18 +613,10 @@ fn backward_source_rows<F: Real>(
             }
             let e = tr.edge_ids[t];
             let i = tg.indices()[t] as usize;
-            for h in 0..hn {
-                coef[h] = alpha[e * hn + h] * ctx.mask(e, h);
+            for (h, ch) in coef.iter_mut().enumerate() {
+                *ch = alpha[e * hn + h] * ctx.mask(e, h);
             }
-            for ((dd, gg), &w) in dst
-                .chunks_exact_mut(c)
-                .zip(das[i * hc..(i + 1) * hc].chunks_exact(c))
-                .zip(&coef)
-            {
-                for (d, &g) in dd.iter_mut().zip(gg) {
-                    *d += w * g;
-                }
-            }
+            axpy_heads(dst, &das[i * hc..(i + 1) * hc], &coef, c);
             let dl = &dlogit[e * hn..(e + 1) * hn];
             if v2 {
                 expand(dl, c, &mut dlx);
@@ -580,9 +625,21 @@ fn backward_source_rows<F: Real>(
                     dst[q] += dlx[q] * ctx.a_flat[q] * leaky_grad(gj[q] + gi[q], slope);
                 }
             } else {
-                for h in 0..hn {
-                    del_c[lj * hn + h] += dl[h];
+                for (d, &v) in del.iter_mut().zip(dl) {
+                    *d += v;
                 }
+            }
+        }
+        if !v2 {
+            // node j's scores el_j = g_j . a_src and er_j = g_j . a_dst (per head) are now fully differentiated
+            expand(&del, c, &mut delx);
+            expand(&der[j * hn..(j + 1) * hn], c, &mut derx);
+            let gj = ctx.row(j);
+            let (ga_src, ga_dst) = ga_c.split_at_mut(hc);
+            for q in 0..hc {
+                dst[q] += delx[q] * ctx.a_flat[q] + derx[q] * a_dst[q];
+                ga_src[q] += delx[q] * gj[q];
+                ga_dst[q] += derx[q] * gj[q];
             }
         }
     }
