@@ -147,6 +147,16 @@ fn lightgcn(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("propagate_3layers_bwd", be.name()), |b| {
             b.iter(|| lightgcn_backward(&adj, e0.view(), 3, be.par()).unwrap())
         });
+        let (mut out, mut bufs) = (Array2::<f32>::zeros((n, 64)), PropagationBuffers::new());
+        g.bench_function(
+            BenchmarkId::new("propagate_3layers_fwd_into", be.name()),
+            |b| {
+                b.iter(|| {
+                    lightgcn_forward_into(&adj, e0.view(), 3, out.view_mut(), &mut bufs, be.par())
+                        .unwrap()
+                })
+            },
+        );
     }
     // The floor of one SpMM: the bytes it must touch (every gathered 64-float row, the CSR arrays, the
     // output) streamed sequentially at this machine's bandwidth for data of E's size.

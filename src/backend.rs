@@ -94,10 +94,7 @@ where
     T: Send,
     G: Fn(usize, std::ops::Range<usize>) -> T + Sync + Send,
 {
-    let chunks = par.chunks().clamp(1, n.max(1));
-    let bounds: Vec<std::ops::Range<usize>> = (0..chunks)
-        .map(|c| (c * n / chunks)..((c + 1) * n / chunks))
-        .collect();
+    let bounds = chunk_bounds(par, n);
     match par {
         Par::Seq => bounds
             .into_iter()
@@ -204,6 +201,49 @@ where
     .collect()
 }
 
+/// `a · b` with the rows of `a` split into the chunks of `par` (one GEMM per chunk, in parallel).
+pub(crate) fn par_dot<F: crate::simd::Real>(
+    par: Par,
+    a: &ndarray::ArrayView2<'_, F>,
+    b: &ndarray::ArrayView2<'_, F>,
+) -> ndarray::Array2<F> {
+    let mut out = ndarray::Array2::<F>::zeros((a.nrows(), b.ncols()));
+    let w = b.ncols();
+    for_row_chunks(par, out.as_slice_mut().expect("fresh"), w, |rows, chunk| {
+        let mut view = ndarray::ArrayViewMut2::from_shape((rows.len(), w), chunk)
+            .expect("chunk of whole rows");
+        ndarray::linalg::general_mat_mul(
+            F::one(),
+            &a.slice(ndarray::s![rows, ..]),
+            b,
+            F::zero(),
+            &mut view,
+        );
+    });
+    out
+}
+
+/// `a^T · b` (a reduction over the shared rows) as per-chunk partial products summed in chunk order.
+pub(crate) fn par_t_dot<F: crate::simd::Real>(
+    par: Par,
+    a: &ndarray::ArrayView2<'_, F>,
+    b: &ndarray::ArrayView2<'_, F>,
+) -> ndarray::Array2<F> {
+    let parts = map_chunks(par, a.nrows(), |_, rows| {
+        a.slice(ndarray::s![rows.clone(), ..])
+            .t()
+            .dot(&b.slice(ndarray::s![rows, ..]))
+    });
+    let mut it = parts.into_iter();
+    let mut acc = it
+        .next()
+        .unwrap_or_else(|| ndarray::Array2::zeros((a.ncols(), b.ncols())));
+    for p in it {
+        acc += &p;
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +261,26 @@ mod tests {
             map_items(Par::Rayon(4), &[1, 2, 3], |x| x * 10),
             vec![10, 20, 30]
         );
+    }
+
+    #[test]
+    fn chunked_gemms_equal_plain_products() {
+        let mut r = crate::testing::rng(1);
+        let a: ndarray::Array2<f64> = crate::testing::randn(&mut r, (23, 5));
+        let b: ndarray::Array2<f64> = crate::testing::randn(&mut r, (5, 4));
+        let c: ndarray::Array2<f64> = crate::testing::randn(&mut r, (23, 4));
+        for par in [Par::Seq, Par::Rayon(3), Par::Rayon(40)] {
+            let tol = crate::testing::Tolerance::F64_EXACT;
+            tol.assert_close(
+                "a b",
+                &par_dot(par, &a.view(), &b.view()).view(),
+                &a.dot(&b).view(),
+            );
+            tol.assert_close(
+                "a^T c",
+                &par_t_dot(par, &a.view(), &c.view()).view(),
+                &a.t().dot(&c).view(),
+            );
+        }
     }
 }

@@ -641,5 +641,21 @@ fn super_variants() -> Vec<(&'static str, recgoat_core::attention::GatConfig<f64
                 ..GatConfig::<f64>::new(5, 16, 2).unwrap()
             },
         ),
+        // 8 heads x 8 takes the instance with compile-time head loops
+        (
+            "8 heads x 8 dropout",
+            GatConfig {
+                feat_drop: 0.2,
+                attn_drop: 0.3,
+                ..GatConfig::<f64>::new(5, 64, 8).unwrap()
+            },
+        ),
+        (
+            "8 heads x 8 gatv2",
+            GatConfig {
+                scoring: Scoring::GatV2,
+                ..GatConfig::<f64>::new(5, 64, 8).unwrap()
+            },
+        ),
     ]
 }

@@ -535,6 +535,16 @@ mod graphs {
                     ..GatConfig::<f64>::new(5, 32, 2).unwrap()
                 },
             ),
+            // 8 heads x 8 takes the instance with compile-time head loops
+            ("8 heads x 8", GatConfig::<f64>::new(5, 64, 8).unwrap()),
+            (
+                "8 heads x 8 gatv2 mean",
+                GatConfig {
+                    scoring: Scoring::GatV2,
+                    concat: false,
+                    ..GatConfig::<f64>::new(5, 64, 8).unwrap()
+                },
+            ),
         ]
     }
 
@@ -600,4 +610,35 @@ mod graphs {
             &gr2.grad_x.view(),
         );
     }
+}
+
+#[test]
+fn propagation_into_reused_buffers_equals_allocating_calls() {
+    use recgoat_core::graph::*;
+    let pairs: Vec<(usize, usize)> = (0..30).map(|k| ((k * 7) % 9, (k * 5) % 11)).collect();
+    let a = bipartite_user_item::<f64>(9, 11, &pairs)
+        .unwrap()
+        .sym_normalized()
+        .unwrap();
+    let mut bufs = PropagationBuffers::new();
+    let mut out = Array2::<f64>::zeros((20, 5));
+    for (seed, layers) in [(1u64, 3usize), (2, 1), (3, 4)] {
+        let e0: Array2<f64> = randn(&mut rng(seed), (20, 5));
+        for par in [recgoat_core::Par::Seq, recgoat_core::Par::Rayon(3)] {
+            lightgcn_forward_into(&a, e0.view(), layers, out.view_mut(), &mut bufs, par).unwrap();
+            assert_eq!(out, lightgcn_forward(&a, e0.view(), layers, par).unwrap());
+            lightgcn_backward_into(&a, e0.view(), layers, out.view_mut(), &mut bufs, par).unwrap();
+            assert_eq!(out, lightgcn_backward(&a, e0.view(), layers, par).unwrap());
+        }
+    }
+    let e = lightgcn_forward_into(
+        &a,
+        Array2::<f64>::zeros((20, 5)).view(),
+        2,
+        Array2::<f64>::zeros((20, 4)).view_mut(),
+        &mut bufs,
+        recgoat_core::Par::Seq,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("out"), "{e}");
 }

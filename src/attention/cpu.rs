@@ -7,7 +7,7 @@
 //! the arithmetic, bound these loops.
 
 use super::{leaky, leaky_grad, GatCache, GatConfig, GatGrads, GatParams, Mode, Scoring};
-use crate::backend::{chunk_bounds, run_each, split_lengths, Par};
+use crate::backend::{chunk_bounds, par_dot, par_t_dot, run_each, split_lengths, Par};
 use crate::graph::CsrGraph;
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, Axis};
@@ -50,69 +50,6 @@ fn head_sums<F: Real>(prod: &[F], c: usize, out: &mut [F]) {
     }
 }
 
-/// `acc[h C + k] += coef[h] * x[h C + k]`: each head's C-vector scaled by its coefficient.
-#[inline(always)]
-fn axpy_heads<F: Real>(acc: &mut [F], x: &[F], coef: &[F], c: usize) {
-    match c {
-        8 => axpy_heads_c::<F, 8>(acc, x, coef),
-        16 => axpy_heads_c::<F, 16>(acc, x, coef),
-        _ => {
-            for ((a, xv), &w) in acc.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(coef) {
-                for (ai, &xi) in a.iter_mut().zip(xv) {
-                    *ai += w * xi;
-                }
-            }
-        }
-    }
-}
-
-/// [`axpy_heads`] for a compile-time head width: each head is one fixed-size, fully unrolled update.
-#[inline(always)]
-fn axpy_heads_c<F: Real, const C: usize>(acc: &mut [F], x: &[F], coef: &[F]) {
-    for ((a, xv), &w) in acc.chunks_exact_mut(C).zip(x.chunks_exact(C)).zip(coef) {
-        let a: &mut [F; C] = a.try_into().expect("chunk of C");
-        let xv: &[F; C] = xv.try_into().expect("chunk of C");
-        for k in 0..C {
-            a[k] += w * xv[k];
-        }
-    }
-}
-
-/// `out[h] = sum_k a[h C + k] b[h C + k]`: per-head dot products.
-#[inline(always)]
-fn dot_heads<F: Real>(a: &[F], b: &[F], c: usize, out: &mut [F]) {
-    match c {
-        8 => dot_heads_c::<F, 8>(a, b, out),
-        16 => dot_heads_c::<F, 16>(a, b, out),
-        _ => {
-            for ((o, x), y) in out.iter_mut().zip(a.chunks_exact(c)).zip(b.chunks_exact(c)) {
-                *o = x.iter().zip(y).fold(F::zero(), |s, (&p, &q)| s + p * q);
-            }
-        }
-    }
-}
-
-/// [`dot_heads`] for a compile-time head width, summed pairwise.
-#[inline(always)]
-fn dot_heads_c<F: Real, const C: usize>(a: &[F], b: &[F], out: &mut [F]) {
-    for ((o, x), y) in out.iter_mut().zip(a.chunks_exact(C)).zip(b.chunks_exact(C)) {
-        let x: &[F; C] = x.try_into().expect("chunk of C");
-        let y: &[F; C] = y.try_into().expect("chunk of C");
-        let mut p = [F::zero(); C];
-        for k in 0..C {
-            p[k] = x[k] * y[k];
-        }
-        let mut width = C;
-        while width > 1 {
-            width /= 2;
-            for k in 0..width {
-                p[k] += p[k + width];
-            }
-        }
-        *o = p[0];
-    }
-}
-
 /// Read-only inputs shared by the kernels.
 struct Ctx<'a, F> {
     cfg: &'a GatConfig<F>,
@@ -125,18 +62,24 @@ struct Ctx<'a, F> {
 }
 
 impl<F: Real> Ctx<'_, F> {
+    /// The attention-dropout scales of edge `e` (one per head), when dropout is on.
     #[inline(always)]
-    fn hc(&self) -> usize {
-        self.cfg.heads * self.cfg.head_dim
+    fn mask_row(&self, e: usize) -> Option<&[F]> {
+        let hn = self.cfg.heads;
+        self.attn_mask.map(|m| &m[e * hn..(e + 1) * hn])
     }
+
+    /// `coef = alpha_e * mask_e` (per head).
     #[inline(always)]
-    fn row(&self, j: usize) -> &[F] {
-        &self.g[j * self.hc()..(j + 1) * self.hc()]
-    }
-    #[inline(always)]
-    fn mask(&self, e: usize, h: usize) -> F {
-        self.attn_mask
-            .map_or(F::one(), |m| m[e * self.cfg.heads + h])
+    fn masked(&self, e: usize, alpha_e: &[F], coef: &mut [F]) {
+        match self.mask_row(e) {
+            Some(m) => {
+                for ((c, &a), &mv) in coef.iter_mut().zip(alpha_e).zip(m) {
+                    *c = a * mv;
+                }
+            }
+            None => coef.copy_from_slice(alpha_e),
+        }
     }
 }
 
@@ -167,7 +110,7 @@ pub(super) fn forward<F: Real>(
         Some(m) => &x * m,
         None => x.to_owned(),
     };
-    let g = x_drop.dot(&p.w);
+    let g = par_dot(par, &x_drop.view(), &p.w.view());
     let node_scores = |a: &Array2<F>| -> Array2<F> {
         let (gs, af) = (
             g.as_slice().expect("row-major"),
@@ -251,15 +194,38 @@ const PREFETCH: usize = 4;
 
 avx2_dispatch!(forward_rows_dispatch, forward_rows_avx2, forward_rows, <F>, (ctx: &Ctx<'_, F>, rows: std::ops::Range<usize>, out_c: &mut [F], alpha_c: &mut [F]));
 
+/// Runs [`forward_rows_impl`] with the head count and width as constants when they are 8 x 8 (the RecGOAT
+/// setting), so its per-edge head loops unroll and vectorise; other shapes take the general instance.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn forward_rows<F: Real>(
     ctx: &Ctx<'_, F>,
     rows: std::ops::Range<usize>,
     out_c: &mut [F],
     alpha_c: &mut [F],
 ) {
+    match (ctx.cfg.heads, ctx.cfg.head_dim) {
+        (8, 8) => forward_rows_impl::<F, 8, 8>(ctx, rows, out_c, alpha_c),
+        _ => forward_rows_impl::<F, 0, 0>(ctx, rows, out_c, alpha_c),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_rows_impl<F: Real, const H: usize, const C: usize>(
+    ctx: &Ctx<'_, F>,
+    rows: std::ops::Range<usize>,
+    out_c: &mut [F],
+    alpha_c: &mut [F],
+) {
     let (cfg, graph) = (ctx.cfg, ctx.graph);
-    let (hn, c, hc) = (cfg.heads, cfg.head_dim, ctx.hc());
+    // H, C > 0: the head count and width are compile-time constants in this instance
+    let (hn, c) = (
+        if H > 0 { H } else { cfg.heads },
+        if C > 0 { C } else { cfg.head_dim },
+    );
+    let hc = hn * c;
+    let row = |j: usize| &ctx.g[j * hc..(j + 1) * hc];
     let slope = cfg.negative_slope;
     let out_w = cfg.out_dim();
     let e0 = graph.indptr()[rows.start];
@@ -269,6 +235,7 @@ fn forward_rows<F: Real>(
     let mut prod = vec![F::zero(); hc];
     let (mut mx, mut z) = (vec![F::zero(); hn], vec![F::zero(); hn]);
     let mut coef = vec![F::zero(); hn];
+    let mut coefx = vec![F::zero(); hc];
     for i in rows.clone() {
         let range = graph.row_range(i);
         let deg = range.len();
@@ -278,7 +245,7 @@ fn forward_rows<F: Real>(
         for (k, (&j, dst)) in edges.iter().zip(att.chunks_exact_mut(hn)).enumerate() {
             let j = j as usize;
             if let Some(&ahead) = graph.indices().get(range.start + k + PREFETCH) {
-                prefetch(ctx.row(ahead as usize), hc * fsz);
+                prefetch(row(ahead as usize), hc * fsz);
                 if !ctx.el.is_empty() {
                     prefetch(&ctx.el[ahead as usize * hn..], hn * fsz);
                 }
@@ -295,7 +262,7 @@ fn forward_rows<F: Real>(
                     for ((pq, &aq), (&gj, &gi)) in prod
                         .iter_mut()
                         .zip(ctx.a_flat)
-                        .zip(ctx.row(j).iter().zip(ctx.row(i)))
+                        .zip(row(j).iter().zip(row(i)))
                     {
                         *pq = aq * leaky(gj + gi, slope);
                     }
@@ -332,10 +299,11 @@ fn forward_rows<F: Real>(
         acc.iter_mut().for_each(|v| *v = F::zero());
         for (k, (&j, a_e)) in edges.iter().zip(att.chunks_exact(hn)).enumerate() {
             let e = range.start + k;
-            for (h, (ch, &w)) in coef.iter_mut().zip(a_e).enumerate() {
-                *ch = w * ctx.mask(e, h);
+            ctx.masked(e, a_e, &mut coef);
+            expand(&coef, c, &mut coefx);
+            for ((a, &w), &x) in acc.iter_mut().zip(&coefx).zip(row(j as usize)) {
+                *a += w * x;
             }
-            axpy_heads(&mut acc, ctx.row(j as usize), &coef, c);
         }
         let orow = &mut out_c[(i - rows.start) * out_w..(i - rows.start + 1) * out_w];
         if cfg.concat {
@@ -480,8 +448,8 @@ pub(super) fn backward<F: Real>(
             Some(Array2::from_shape_vec((hn, c), ga_dst).expect("sized")),
         )
     };
-    let grad_w = cache.x_drop.t().dot(&dg);
-    dxd += &dg.dot(&p.w.t());
+    let grad_w = par_t_dot(par, &cache.x_drop.view(), &dg.view());
+    dxd += &par_dot(par, &dg.view(), &p.w.t());
     let grad_x = match &cache.feat_mask {
         Some(m) => dxd * m,
         None => dxd,
@@ -501,6 +469,8 @@ avx2_dispatch!(backward_dest_rows_dispatch, backward_dest_rows_avx2, backward_de
     dl_c: &mut [F], der_c: &mut [F], dgd_c: &mut [F], da_c: &mut [F]
 ));
 
+/// Runs [`backward_dest_rows_impl`] with the head count and width as constants when they are 8 x 8 (the RecGOAT
+/// setting), so its per-edge head loops unroll and vectorise; other shapes take the general instance.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn backward_dest_rows<F: Real>(
@@ -513,41 +483,95 @@ fn backward_dest_rows<F: Real>(
     dgd_c: &mut [F],
     da_c: &mut [F],
 ) {
+    match (ctx.cfg.heads, ctx.cfg.head_dim) {
+        (8, 8) => {
+            backward_dest_rows_impl::<F, 8, 8>(ctx, das, alpha, rows, dl_c, der_c, dgd_c, da_c)
+        }
+        _ => backward_dest_rows_impl::<F, 0, 0>(ctx, das, alpha, rows, dl_c, der_c, dgd_c, da_c),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_dest_rows_impl<F: Real, const H: usize, const C: usize>(
+    ctx: &Ctx<'_, F>,
+    das: &[F],
+    alpha: &[F],
+    rows: std::ops::Range<usize>,
+    dl_c: &mut [F],
+    der_c: &mut [F],
+    dgd_c: &mut [F],
+    da_c: &mut [F],
+) {
     let (cfg, graph) = (ctx.cfg, ctx.graph);
-    let (hn, c, hc) = (cfg.heads, cfg.head_dim, ctx.hc());
+    // H, C > 0: the head count and width are compile-time constants in this instance
+    let (hn, c) = (
+        if H > 0 { H } else { cfg.heads },
+        if C > 0 { C } else { cfg.head_dim },
+    );
+    let hc = hn * c;
+    let row = |j: usize| &ctx.g[j * hc..(j + 1) * hc];
     let slope = cfg.negative_slope;
     let v2 = cfg.scoring == Scoring::GatV2;
     let e0 = graph.indptr()[rows.start];
-    let mut dcoef = vec![F::zero(); hn];
+    let fsz = std::mem::size_of::<F>();
     let mut s = vec![F::zero(); hn];
     let mut dlx = vec![F::zero(); hc];
+    let mut prod = vec![F::zero(); hc];
     for i in rows.clone() {
         let range = graph.row_range(i);
         let li = i - rows.start;
         let di = &das[i * hc..(i + 1) * hc];
+        let edges = &graph.indices()[range.clone()];
+        let dl_row = &mut dl_c[(range.start - e0) * hn..(range.end - e0) * hn];
+        let al_row = &alpha[range.start * hn..range.end * hn];
         s.iter_mut().for_each(|v| *v = F::zero());
-        for e in range.clone() {
-            let j = graph.indices()[e] as usize;
-            if let Some(&ahead) = graph.indices().get(e + PREFETCH) {
-                prefetch(ctx.row(ahead as usize), hc * std::mem::size_of::<F>());
+        for (k, ((&j, dl), a)) in edges
+            .iter()
+            .zip(dl_row.chunks_exact_mut(hn))
+            .zip(al_row.chunks_exact(hn))
+            .enumerate()
+        {
+            if let Some(&ahead) = graph.indices().get(range.start + k + PREFETCH) {
+                prefetch(row(ahead as usize), hc * fsz);
             }
-            dot_heads(di, ctx.row(j), c, &mut dcoef);
-            for h in 0..hn {
-                let da = dcoef[h] * ctx.mask(e, h);
-                dl_c[(e - e0) * hn + h] = da;
-                s[h] += alpha[e * hn + h] * da;
+            // dalpha = mask * <dacc_i, g_j> per head
+            for ((pq, &dq), &gq) in prod.iter_mut().zip(di).zip(row(j as usize)) {
+                *pq = dq * gq;
+            }
+            head_sums(&prod, c, dl);
+            if let Some(m) = ctx.mask_row(range.start + k) {
+                for (d, &mv) in dl.iter_mut().zip(m) {
+                    *d *= mv;
+                }
+            }
+            for ((sh, &av), &d) in s.iter_mut().zip(a).zip(dl.iter()) {
+                *sh += av * d;
             }
         }
-        for e in range {
-            let j = graph.indices()[e] as usize;
-            let slot = (e - e0) * hn;
-            for h in 0..hn {
-                // softmax backward: dlogit = alpha (dalpha - sum_k alpha_k dalpha_k)
-                dl_c[slot + h] = alpha[e * hn + h] * (dl_c[slot + h] - s[h]);
+        let er_i: &[F] = if v2 {
+            &[]
+        } else {
+            &ctx.er[i * hn..(i + 1) * hn]
+        };
+        let der_i: &mut [F] = if v2 {
+            &mut []
+        } else {
+            &mut der_c[li * hn..(li + 1) * hn]
+        };
+        for ((&j, dl), a) in edges
+            .iter()
+            .zip(dl_row.chunks_exact_mut(hn))
+            .zip(al_row.chunks_exact(hn))
+        {
+            let j = j as usize;
+            // softmax backward: dlogit = alpha (dalpha - sum_k alpha_k dalpha_k)
+            for ((d, &av), &sh) in dl.iter_mut().zip(a).zip(&s) {
+                *d = av * (*d - sh);
             }
             if v2 {
-                expand(&dl_c[slot..slot + hn], c, &mut dlx);
-                let (gj, gi) = (ctx.row(j), ctx.row(i));
+                expand(dl, c, &mut dlx);
+                let (gj, gi) = (row(j), row(i));
                 let dgd = &mut dgd_c[li * hc..(li + 1) * hc];
                 for q in 0..hc {
                     let t = gj[q] + gi[q];
@@ -555,11 +579,10 @@ fn backward_dest_rows<F: Real>(
                     dgd[q] += dlx[q] * ctx.a_flat[q] * leaky_grad(t, slope);
                 }
             } else {
-                for h in 0..hn {
-                    let dz =
-                        dl_c[slot + h] * leaky_grad(ctx.el[j * hn + h] + ctx.er[i * hn + h], slope);
-                    dl_c[slot + h] = dz;
-                    der_c[li * hn + h] += dz;
+                let el_j = &ctx.el[j * hn..(j + 1) * hn];
+                for (((d, &l), &r), dr) in dl.iter_mut().zip(el_j).zip(er_i).zip(der_i.iter_mut()) {
+                    *d *= leaky_grad(l + r, slope);
+                    *dr += *d;
                 }
             }
         }
@@ -571,6 +594,8 @@ avx2_dispatch!(backward_source_rows_dispatch, backward_source_rows_avx2, backwar
     a_dst: &[F], rows: std::ops::Range<usize>, dg_c: &mut [F], ga_c: &mut [F]
 ));
 
+/// Runs [`backward_source_rows_impl`] with the head count and width as constants when they are 8 x 8 (the RecGOAT
+/// setting), so its per-edge head loops unroll and vectorise; other shapes take the general instance.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn backward_source_rows<F: Real>(
@@ -585,13 +610,44 @@ fn backward_source_rows<F: Real>(
     dg_c: &mut [F],
     ga_c: &mut [F],
 ) {
+    match (ctx.cfg.heads, ctx.cfg.head_dim) {
+        (8, 8) => backward_source_rows_impl::<F, 8, 8>(
+            ctx, tr, das, alpha, dlogit, der, a_dst, rows, dg_c, ga_c,
+        ),
+        _ => backward_source_rows_impl::<F, 0, 0>(
+            ctx, tr, das, alpha, dlogit, der, a_dst, rows, dg_c, ga_c,
+        ),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_source_rows_impl<F: Real, const H: usize, const C: usize>(
+    ctx: &Ctx<'_, F>,
+    tr: &crate::graph::Transposed<F>,
+    das: &[F],
+    alpha: &[F],
+    dlogit: &[F],
+    der: &[F],
+    a_dst: &[F],
+    rows: std::ops::Range<usize>,
+    dg_c: &mut [F],
+    ga_c: &mut [F],
+) {
     let cfg = ctx.cfg;
-    let (hn, c, hc) = (cfg.heads, cfg.head_dim, ctx.hc());
+    // H, C > 0: the head count and width are compile-time constants in this instance
+    let (hn, c) = (
+        if H > 0 { H } else { cfg.heads },
+        if C > 0 { C } else { cfg.head_dim },
+    );
+    let hc = hn * c;
+    let row = |j: usize| &ctx.g[j * hc..(j + 1) * hc];
     let slope = cfg.negative_slope;
     let v2 = cfg.scoring == Scoring::GatV2;
     let tg = &tr.graph;
     let fsz = std::mem::size_of::<F>();
     let mut coef = vec![F::zero(); hn];
+    let mut coefx = vec![F::zero(); hc];
     let mut dlx = vec![F::zero(); hc];
     let mut del = vec![F::zero(); hn];
     let (mut delx, mut derx) = (vec![F::zero(); hc], vec![F::zero(); hc]);
@@ -613,14 +669,15 @@ fn backward_source_rows<F: Real>(
             }
             let e = tr.edge_ids[t];
             let i = tg.indices()[t] as usize;
-            for (h, ch) in coef.iter_mut().enumerate() {
-                *ch = alpha[e * hn + h] * ctx.mask(e, h);
+            ctx.masked(e, &alpha[e * hn..(e + 1) * hn], &mut coef);
+            expand(&coef, c, &mut coefx);
+            for ((d, &w), &g) in dst.iter_mut().zip(&coefx).zip(&das[i * hc..(i + 1) * hc]) {
+                *d += w * g;
             }
-            axpy_heads(dst, &das[i * hc..(i + 1) * hc], &coef, c);
             let dl = &dlogit[e * hn..(e + 1) * hn];
             if v2 {
                 expand(dl, c, &mut dlx);
-                let (gj, gi) = (ctx.row(j), ctx.row(i));
+                let (gj, gi) = (row(j), row(i));
                 for q in 0..hc {
                     dst[q] += dlx[q] * ctx.a_flat[q] * leaky_grad(gj[q] + gi[q], slope);
                 }
@@ -634,7 +691,7 @@ fn backward_source_rows<F: Real>(
             // node j's scores el_j = g_j . a_src and er_j = g_j . a_dst (per head) are now fully differentiated
             expand(&del, c, &mut delx);
             expand(&der[j * hn..(j + 1) * hn], c, &mut derx);
-            let gj = ctx.row(j);
+            let gj = row(j);
             let (ga_src, ga_dst) = ga_c.split_at_mut(hc);
             for q in 0..hc {
                 dst[q] += delx[q] * ctx.a_flat[q] + derx[q] * a_dst[q];

@@ -15,7 +15,8 @@ mod spmm;
 
 pub use build::{bipartite_user_item, knn_graph, KnnConfig};
 pub use spmm::{
-    lightgcn_backward, lightgcn_forward, spmm, spmm_backward, spmm_into, spmm_reference,
+    lightgcn_backward, lightgcn_backward_into, lightgcn_forward, lightgcn_forward_into, spmm,
+    spmm_backward, spmm_into, spmm_reference, PropagationBuffers,
 };
 
 use crate::error::{Error, Result};

@@ -1,7 +1,7 @@
 //! Sparse-dense products and LightGCN propagation, forward and backward.
 
 use super::CsrGraph;
-use crate::backend::{for_row_chunks, Par};
+use crate::backend::{chunk_bounds, run_each, split_lengths, Par};
 use crate::error::{check_finite_array, Error, Result};
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
@@ -27,7 +27,7 @@ fn check_input<F: Real>(
 const TILE: usize = 64;
 
 /// How many edges ahead [`spmm_rows`] prefetches neighbour rows.
-const PREFETCH: usize = 6;
+const PREFETCH: usize = 12;
 
 /// Rows `rows` of `Y = A X` into `out` (those rows, row-major), overwriting it.
 ///
@@ -41,11 +41,12 @@ fn spmm_rows<F: Real>(
     d: usize,
     rows: std::ops::Range<usize>,
     out: &mut [F],
+    sum: &mut [F],
 ) {
     // one monomorphised loop per weight kind, so the hot loop has no per-edge branch
     match a.weights() {
-        Some(ws) => spmm_rows_with(a, |e| ws[e], xs, d, rows, out),
-        None => spmm_rows_with(a, |_| F::one(), xs, d, rows, out),
+        Some(ws) => spmm_rows_with(a, |e| ws[e], xs, d, rows, out, sum),
+        None => spmm_rows_with(a, |_| F::one(), xs, d, rows, out, sum),
     }
 }
 
@@ -57,11 +58,13 @@ fn spmm_rows_with<F: Real>(
     d: usize,
     rows: std::ops::Range<usize>,
     out: &mut [F],
+    sum: &mut [F],
 ) {
     let (ind, ptr) = (a.indices(), a.indptr());
     let full = d / TILE * TILE;
+    let summing = !sum.is_empty();
     let row_bytes = TILE * std::mem::size_of::<F>();
-    for (r, yi) in rows.zip(out.chunks_exact_mut(d)) {
+    for (ri, (r, yi)) in rows.zip(out.chunks_exact_mut(d)).enumerate() {
         let edges = ptr[r]..ptr[r + 1];
         for t0 in (0..full).step_by(TILE) {
             let mut acc = [F::zero(); TILE];
@@ -79,6 +82,11 @@ fn spmm_rows_with<F: Real>(
                 }
             }
             yi[t0..t0 + TILE].copy_from_slice(&acc);
+            if summing {
+                for (sv, &v) in sum[ri * d + t0..ri * d + t0 + TILE].iter_mut().zip(&acc) {
+                    *sv += v;
+                }
+            }
         }
         if full < d {
             let tail = &mut yi[full..];
@@ -89,28 +97,49 @@ fn spmm_rows_with<F: Real>(
                     *y += w * x;
                 }
             }
+            if summing {
+                for (sv, &v) in sum[ri * d + full..(ri + 1) * d].iter_mut().zip(tail.iter()) {
+                    *sv += v;
+                }
+            }
         }
     }
 }
 
-avx2_dispatch!(spmm_rows_dispatch, spmm_rows_avx2, spmm_rows, <F>, (a: &CsrGraph<F>, xs: &[F], d: usize, rows: std::ops::Range<usize>, out: &mut [F]));
+avx2_dispatch!(spmm_rows_dispatch, spmm_rows_avx2, spmm_rows, <F>, (a: &CsrGraph<F>, xs: &[F], d: usize, rows: std::ops::Range<usize>, out: &mut [F], sum: &mut [F]));
 
-/// `Y = A X` into `y` (n_rows x d, row-major), rows in parallel.
-fn spmm_into_unchecked<F: Real>(a: &CsrGraph<F>, x: ArrayView2<'_, F>, y: &mut [F], par: Par) {
+/// `Y = A X` into `y` (n_rows x d, row-major), rows in parallel; when `sum` is not empty (same shape as
+/// `y`), also `sum += Y` in the same pass, while each output tile is still in registers.
+fn spmm_into_unchecked<F: Real>(
+    a: &CsrGraph<F>,
+    x: ArrayView2<'_, F>,
+    y: &mut [F],
+    sum: &mut [F],
+    par: Par,
+) {
     let d = x.ncols();
     if d == 0 {
         return;
     }
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
-    for_row_chunks(par, y, d, |rows, out| {
-        spmm_rows_dispatch(a, xs, d, rows, out)
-    });
+    let summing = !sum.is_empty();
+    let bounds = chunk_bounds(par, a.n_rows());
+    let ys = split_lengths(y, bounds.iter().map(|r| r.len() * d));
+    let sums = split_lengths(
+        sum,
+        bounds.iter().map(|r| r.len() * d * usize::from(summing)),
+    );
+    run_each(
+        par,
+        bounds.into_iter().zip(ys).zip(sums).collect(),
+        |((rows, out), s)| spmm_rows_dispatch(a, xs, d, rows, out, s),
+    );
 }
 
 fn spmm_unchecked<F: Real>(a: &CsrGraph<F>, x: ArrayView2<'_, F>, par: Par) -> Array2<F> {
     let mut y = Array2::<F>::zeros((a.n_rows(), x.ncols()));
-    spmm_into_unchecked(a, x, y.as_slice_mut().expect("fresh array"), par);
+    spmm_into_unchecked(a, x, y.as_slice_mut().expect("fresh array"), &mut [], par);
     y
 }
 
@@ -137,7 +166,7 @@ pub fn spmm_into<F: Real>(
     let ys = y
         .as_slice_mut()
         .ok_or_else(|| Error::shape(OP, "y layout", "standard (row-major)", "strided"))?;
-    spmm_into_unchecked(a, x, ys, par);
+    spmm_into_unchecked(a, x, ys, &mut [], par);
     Ok(())
 }
 
@@ -197,6 +226,25 @@ fn check_layers(op: &'static str, layers: usize, a_rows: usize, a_cols: usize) -
     Ok(())
 }
 
+/// Reusable layer buffers for LightGCN propagation. A training loop that keeps one across calls avoids
+/// allocating, and first-touching, two `n x d` arrays per call (page faults dominate propagation on small
+/// graphs when every call allocates).
+#[derive(Debug, Clone, Default)]
+pub struct PropagationBuffers<F> {
+    cur: Vec<F>,
+    next: Vec<F>,
+}
+
+impl<F: Real> PropagationBuffers<F> {
+    /// Empty buffers (they grow on first use).
+    pub fn new() -> Self {
+        PropagationBuffers {
+            cur: Vec::new(),
+            next: Vec::new(),
+        }
+    }
+}
+
 /// LightGCN propagation: `mean(E^0, A E^0, ..., A^L E^0)` for `L = layers`.
 ///
 /// Pass the normalised adjacency ([`CsrGraph::sym_normalized`] of [`super::bipartite_user_item`]).
@@ -215,7 +263,49 @@ pub fn lightgcn_forward<F: Real>(
     const OP: &str = "lightgcn_forward";
     check_layers(OP, layers, a.n_rows(), a.n_cols())?;
     check_input(OP, "e0", a.n_cols(), e0)?;
-    Ok(propagate_mean(a, e0, layers, par))
+    let mut out = Array2::<F>::zeros(e0.dim());
+    propagate_mean(
+        a,
+        e0,
+        layers,
+        out.as_slice_mut().expect("fresh"),
+        &mut PropagationBuffers::new(),
+        par,
+    );
+    Ok(out)
+}
+
+/// [`lightgcn_forward`] into `out` (n x d, row-major) with reusable buffers: no allocation once `buffers`
+/// has grown to the graph's size.
+///
+/// # Errors
+/// As [`lightgcn_forward`], plus [`Error::Shape`] for an `out` of the wrong shape or layout.
+pub fn lightgcn_forward_into<F: Real>(
+    a: &CsrGraph<F>,
+    e0: ArrayView2<'_, F>,
+    layers: usize,
+    mut out: ArrayViewMut2<'_, F>,
+    buffers: &mut PropagationBuffers<F>,
+    par: Par,
+) -> Result<()> {
+    const OP: &str = "lightgcn_forward_into";
+    check_layers(OP, layers, a.n_rows(), a.n_cols())?;
+    check_input(OP, "e0", a.n_cols(), e0)?;
+    let outs = out_slice(OP, &mut out, e0.dim())?;
+    propagate_mean(a, e0, layers, outs, buffers, par);
+    Ok(())
+}
+
+fn out_slice<'o, F: Real>(
+    op: &'static str,
+    out: &'o mut ArrayViewMut2<'_, F>,
+    dim: (usize, usize),
+) -> Result<&'o mut [F]> {
+    if out.dim() != dim {
+        return Err(Error::shape(op, "out", dim, out.dim()));
+    }
+    out.as_slice_mut()
+        .ok_or_else(|| Error::shape(op, "out layout", "standard (row-major)", "strided"))
 }
 
 /// Backward of [`lightgcn_forward`]: `dE^0 = mean over l of (A^T)^l dOut`.
@@ -231,26 +321,63 @@ pub fn lightgcn_backward<F: Real>(
     const OP: &str = "lightgcn_backward";
     check_layers(OP, layers, a.n_rows(), a.n_cols())?;
     check_input(OP, "grad_out", a.n_rows(), grad_out)?;
-    Ok(propagate_mean(&a.transposed().graph, grad_out, layers, par))
+    let mut out = Array2::<F>::zeros(grad_out.dim());
+    let outs = out.as_slice_mut().expect("fresh");
+    propagate_mean(
+        &a.transposed().graph,
+        grad_out,
+        layers,
+        outs,
+        &mut PropagationBuffers::new(),
+        par,
+    );
+    Ok(out)
 }
 
+/// [`lightgcn_backward`] into `out` with reusable buffers.
+///
+/// # Errors
+/// As [`lightgcn_backward`], plus [`Error::Shape`] for an `out` of the wrong shape or layout.
+pub fn lightgcn_backward_into<F: Real>(
+    a: &CsrGraph<F>,
+    grad_out: ArrayView2<'_, F>,
+    layers: usize,
+    mut out: ArrayViewMut2<'_, F>,
+    buffers: &mut PropagationBuffers<F>,
+    par: Par,
+) -> Result<()> {
+    const OP: &str = "lightgcn_backward_into";
+    check_layers(OP, layers, a.n_rows(), a.n_cols())?;
+    check_input(OP, "grad_out", a.n_rows(), grad_out)?;
+    let outs = out_slice(OP, &mut out, grad_out.dim())?;
+    propagate_mean(&a.transposed().graph, grad_out, layers, outs, buffers, par);
+    Ok(())
+}
+
+/// `out = mean(X, A X, ..., A^L X)`, the running sum kept in `out` and filled inside the SpMM passes.
 fn propagate_mean<F: Real>(
     a: &CsrGraph<F>,
     x: ArrayView2<'_, F>,
     layers: usize,
+    out: &mut [F],
+    buf: &mut PropagationBuffers<F>,
     par: Par,
-) -> Array2<F> {
-    // two buffers, ping-ponged: no allocation per layer
-    let mut acc = x.to_owned();
-    let mut cur = spmm_unchecked(a, x, par);
-    let mut next = Array2::<F>::zeros(cur.dim());
-    for l in 1..=layers {
-        acc += &cur;
-        if l < layers {
-            spmm_into_unchecked(a, cur.view(), next.as_slice_mut().expect("owned"), par);
-            std::mem::swap(&mut cur, &mut next);
-        }
+) {
+    let len = x.len();
+    match x.as_slice() {
+        Some(xs) => out.copy_from_slice(xs),
+        None => out.iter_mut().zip(x.iter()).for_each(|(o, &v)| *o = v),
     }
-    acc.mapv_inplace(|v| v / F::from_usize(layers + 1).expect("layer count fits"));
-    acc
+    buf.cur.resize(len, F::zero());
+    buf.next.resize(if layers > 1 { len } else { 0 }, F::zero());
+    spmm_into_unchecked(a, x, &mut buf.cur, out, par);
+    let d = x.ncols();
+    for _ in 1..layers {
+        let cur =
+            ArrayView2::from_shape((a.n_rows(), d), &buf.cur[..]).expect("sized to the graph");
+        spmm_into_unchecked(a, cur, &mut buf.next, out, par);
+        std::mem::swap(&mut buf.cur, &mut buf.next);
+    }
+    let inv = F::one() / F::from_usize(layers + 1).expect("layer count fits");
+    out.iter_mut().for_each(|v| *v *= inv);
 }
