@@ -1,6 +1,8 @@
 //! Central-difference checks (f64, seeded random directions) of every hand-written gradient, plus the
 //! analytic identity dV/dC = plan.
 
+mod common;
+
 use ndarray::{Array1, Array2};
 use recgoat_core::testing::{
     central_difference, cloud_problem, randn, rng, CloudProblem, Tolerance,
@@ -528,7 +530,7 @@ mod graphs {
     #[test]
     fn gat_gradients_match_central_differences_for_every_parameter_and_variant() {
         let g = ring_graph(10);
-        let mut variants = super::super_variants();
+        let mut variants = crate::common::gat_variants();
         variants.push((
             "dropout",
             GatConfig {
@@ -571,91 +573,4 @@ mod graphs {
             );
         }
     }
-}
-
-fn super_variants() -> Vec<(&'static str, recgoat_core::attention::GatConfig<f64>)> {
-    use recgoat_core::attention::{GatConfig, Scoring};
-    let base = GatConfig::<f64>::new(5, 6, 3).unwrap();
-    vec![
-        ("gatconv concat", base),
-        (
-            "gatconv mean",
-            GatConfig {
-                concat: false,
-                ..base
-            },
-        ),
-        (
-            "gatv2 concat",
-            GatConfig {
-                scoring: Scoring::GatV2,
-                ..base
-            },
-        ),
-        (
-            "gatv2 mean",
-            GatConfig {
-                scoring: Scoring::GatV2,
-                concat: false,
-                ..base
-            },
-        ),
-        (
-            "residual projection, no bias",
-            GatConfig {
-                residual: true,
-                bias: false,
-                ..base
-            },
-        ),
-        (
-            "residual identity",
-            GatConfig {
-                residual: true,
-                in_dim: 6,
-                ..base
-            },
-        ),
-        (
-            "slope 0",
-            GatConfig {
-                negative_slope: 0.0,
-                ..base
-            },
-        ),
-        // head widths 8 and 16 take the specialised fixed-width kernels
-        ("gatconv C=8", GatConfig::<f64>::new(5, 16, 2).unwrap()),
-        (
-            "gatv2 C=16",
-            GatConfig {
-                scoring: Scoring::GatV2,
-                ..GatConfig::<f64>::new(5, 32, 2).unwrap()
-            },
-        ),
-        (
-            "gatconv C=8 mean dropout",
-            GatConfig {
-                concat: false,
-                feat_drop: 0.2,
-                attn_drop: 0.2,
-                ..GatConfig::<f64>::new(5, 16, 2).unwrap()
-            },
-        ),
-        // 8 heads x 8 takes the instance with compile-time head loops
-        (
-            "8 heads x 8 dropout",
-            GatConfig {
-                feat_drop: 0.2,
-                attn_drop: 0.3,
-                ..GatConfig::<f64>::new(5, 64, 8).unwrap()
-            },
-        ),
-        (
-            "8 heads x 8 gatv2",
-            GatConfig {
-                scoring: Scoring::GatV2,
-                ..GatConfig::<f64>::new(5, 64, 8).unwrap()
-            },
-        ),
-    ]
 }

@@ -1,5 +1,7 @@
 //! Every fast path against the slow f64 reference, on every available backend.
 
+mod common;
+
 use ndarray::{Array2, Axis};
 use recgoat_core::testing::{cloud_problem, randn, rng, uniform, CloudProblem, Tolerance};
 use recgoat_core::transport::{self, reference, *};
@@ -482,75 +484,9 @@ mod graphs {
         }
     }
 
-    pub fn gat_variants() -> Vec<(&'static str, GatConfig<f64>)> {
-        let base = GatConfig::<f64>::new(5, 6, 3).unwrap();
-        vec![
-            ("gatconv concat", base),
-            (
-                "gatconv mean",
-                GatConfig {
-                    concat: false,
-                    ..base
-                },
-            ),
-            (
-                "gatv2 concat",
-                GatConfig {
-                    scoring: Scoring::GatV2,
-                    ..base
-                },
-            ),
-            (
-                "residual projection, no bias",
-                GatConfig {
-                    residual: true,
-                    bias: false,
-                    ..base
-                },
-            ),
-            (
-                "residual identity",
-                GatConfig {
-                    residual: true,
-                    in_dim: 6,
-                    ..base
-                },
-            ),
-            (
-                "gatv2 mean residual",
-                GatConfig {
-                    scoring: Scoring::GatV2,
-                    concat: false,
-                    residual: true,
-                    ..base
-                },
-            ),
-            // head widths 8 and 16 take the specialised fixed-width kernels
-            ("gatconv C=8", GatConfig::<f64>::new(5, 16, 2).unwrap()),
-            (
-                "gatv2 C=16 mean",
-                GatConfig {
-                    scoring: Scoring::GatV2,
-                    concat: false,
-                    ..GatConfig::<f64>::new(5, 32, 2).unwrap()
-                },
-            ),
-            // 8 heads x 8 takes the instance with compile-time head loops
-            ("8 heads x 8", GatConfig::<f64>::new(5, 64, 8).unwrap()),
-            (
-                "8 heads x 8 gatv2 mean",
-                GatConfig {
-                    scoring: Scoring::GatV2,
-                    concat: false,
-                    ..GatConfig::<f64>::new(5, 64, 8).unwrap()
-                },
-            ),
-        ]
-    }
-
     fn gat_matches_dense_reference(be: &Backend) {
         let g = random_graph(7, 12, 12, 3, false);
-        for (name, cfg) in gat_variants() {
+        for (name, cfg) in crate::common::gat_variants() {
             let layer = GatLayer::new(cfg).unwrap();
             let params = GatParams::init(&cfg, &mut rng(8));
             let x: Array2<f64> = randn(&mut rng(9), (12, cfg.in_dim));

@@ -9,9 +9,6 @@ Run: .venv/bin/python benches/peers/graph_peers.py   (requirements.txt beside th
 """
 import json
 import os
-import statistics
-import time
-
 import numpy as np
 import torch
 
@@ -23,18 +20,8 @@ import torch_geometric  # noqa: E402
 from torch_geometric.nn import GATConv as PygGAT  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+from timing import median_time  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(HERE))
-
-
-def median_time(fn, reps=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def knn_edges(x, k):

@@ -8,14 +8,13 @@ what sinkhorn_knopp (scaling domain) does on the same problem.
 Run: .venv/bin/python benches/peers/pot_sinkhorn.py  (needs numpy and POT; not a dependency of the crate)
 """
 import json
-import statistics
-import time
 import warnings
 
 import numpy as np
 import ot
+from timing import median_time
 
-n, d, reps = 2000, 64, 7
+n, d = 2000, 64
 rng = np.random.default_rng(2000)
 x = rng.standard_normal((n, d)).astype(np.float32)
 y = rng.standard_normal((n, d)).astype(np.float32)
@@ -24,20 +23,11 @@ a = np.full(n, 1.0 / n, dtype=np.float32)
 eps = float(0.01 * C.mean())
 
 
-def med_time(fn):
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def log_iters(k):
     return lambda: ot.bregman.sinkhorn_log(a, a, C, eps, numItermax=k, stopThr=0.0, warn=False)
 
 
-t10, t30 = med_time(log_iters(10)), med_time(log_iters(30))
+t10, t30 = median_time(log_iters(10), reps=7, warmup=1), median_time(log_iters(30), reps=7, warmup=1)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     P, log = ot.bregman.sinkhorn_knopp(a, a, C, eps, numItermax=100, stopThr=1e-9, log=True, warn=True)

@@ -62,6 +62,21 @@ struct Ctx<'a, F> {
 }
 
 impl<F: Real> Ctx<'_, F> {
+    /// (heads, head width, their product): compile-time constants in a kernel instance with `H, C > 0`,
+    /// which is what lets its per-edge head loops unroll.
+    #[inline(always)]
+    fn dims<const H: usize, const C: usize>(&self) -> (usize, usize, usize) {
+        let hn = if H > 0 { H } else { self.cfg.heads };
+        let c = if C > 0 { C } else { self.cfg.head_dim };
+        (hn, c, hn * c)
+    }
+
+    /// Row `j` of the projected features `g` (`hc` values).
+    #[inline(always)]
+    fn row_of(&self, j: usize, hc: usize) -> &[F] {
+        &self.g[j * hc..(j + 1) * hc]
+    }
+
     /// The attention-dropout scales of edge `e` (one per head), when dropout is on.
     #[inline(always)]
     fn mask_row(&self, e: usize) -> Option<&[F]> {
@@ -219,13 +234,8 @@ fn forward_rows_impl<F: Real, const H: usize, const C: usize>(
     alpha_c: &mut [F],
 ) {
     let (cfg, graph) = (ctx.cfg, ctx.graph);
-    // H, C > 0: the head count and width are compile-time constants in this instance
-    let (hn, c) = (
-        if H > 0 { H } else { cfg.heads },
-        if C > 0 { C } else { cfg.head_dim },
-    );
-    let hc = hn * c;
-    let row = |j: usize| &ctx.g[j * hc..(j + 1) * hc];
+    let (hn, c, hc) = ctx.dims::<H, C>();
+    let row = |j: usize| ctx.row_of(j, hc);
     let slope = cfg.negative_slope;
     let out_w = cfg.out_dim();
     let e0 = graph.indptr()[rows.start];
@@ -504,13 +514,8 @@ fn backward_dest_rows_impl<F: Real, const H: usize, const C: usize>(
     da_c: &mut [F],
 ) {
     let (cfg, graph) = (ctx.cfg, ctx.graph);
-    // H, C > 0: the head count and width are compile-time constants in this instance
-    let (hn, c) = (
-        if H > 0 { H } else { cfg.heads },
-        if C > 0 { C } else { cfg.head_dim },
-    );
-    let hc = hn * c;
-    let row = |j: usize| &ctx.g[j * hc..(j + 1) * hc];
+    let (hn, c, hc) = ctx.dims::<H, C>();
+    let row = |j: usize| ctx.row_of(j, hc);
     let slope = cfg.negative_slope;
     let v2 = cfg.scoring == Scoring::GatV2;
     let e0 = graph.indptr()[rows.start];
@@ -635,13 +640,8 @@ fn backward_source_rows_impl<F: Real, const H: usize, const C: usize>(
     ga_c: &mut [F],
 ) {
     let cfg = ctx.cfg;
-    // H, C > 0: the head count and width are compile-time constants in this instance
-    let (hn, c) = (
-        if H > 0 { H } else { cfg.heads },
-        if C > 0 { C } else { cfg.head_dim },
-    );
-    let hc = hn * c;
-    let row = |j: usize| &ctx.g[j * hc..(j + 1) * hc];
+    let (hn, c, hc) = ctx.dims::<H, C>();
+    let row = |j: usize| ctx.row_of(j, hc);
     let slope = cfg.negative_slope;
     let v2 = cfg.scoring == Scoring::GatV2;
     let tg = &tr.graph;
