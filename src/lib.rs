@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod backend;
+pub mod contrastive;
 pub mod error;
 pub mod graph;
 pub mod simd;

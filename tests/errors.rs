@@ -413,3 +413,104 @@ mod graphs {
         .contains("not the graph of the forward pass"));
     }
 }
+
+// ---------------------------------------------------------------- InfoNCE
+
+mod contrastive {
+    use ndarray::{array, Array1, Array2};
+    use recgoat_core::contrastive::*;
+    use recgoat_core::{Error, Par};
+
+    #[test]
+    fn bad_info_nce_inputs() {
+        let cfg = InfoNceConfig::<f64>::default();
+        let a = Array2::<f64>::ones((3, 2));
+        let run = |x: &Array2<f64>, y: &Array2<f64>, c: &InfoNceConfig<f64>| {
+            info_nce(x.view(), y.view(), None, None, c, Par::Seq)
+        };
+        assert!(matches!(
+            run(&a, &Array2::ones((4, 2)), &cfg).unwrap_err(),
+            Error::Shape { .. }
+        ));
+        assert!(matches!(
+            run(&Array2::zeros((0, 2)), &Array2::zeros((0, 2)), &cfg).unwrap_err(),
+            Error::Empty { .. }
+        ));
+        for t in [0.0, -1.0, f64::NAN] {
+            let e = run(
+                &a,
+                &a,
+                &InfoNceConfig {
+                    temperature: t,
+                    ..cfg
+                },
+            )
+            .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Param {
+                        name: "temperature",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        let mut z = a.clone();
+        z.row_mut(1).fill(0.0);
+        let e = run(&z, &a, &cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("row 1 of v1") && e.contains("L2-normalised"),
+            "{e}"
+        );
+        assert!(
+            run(
+                &z,
+                &a,
+                &InfoNceConfig {
+                    normalize: false,
+                    ..cfg
+                }
+            )
+            .is_ok(),
+            "zero rows are fine without normalisation"
+        );
+        let mut nan = a.clone();
+        nan[[2, 1]] = f64::NAN;
+        assert!(matches!(
+            run(&a, &nan, &cfg).unwrap_err(),
+            Error::NonFinite { .. }
+        ));
+        let e = info_nce(
+            a.view(),
+            a.view(),
+            Some(Array2::<f64>::ones((2, 3)).view()),
+            None,
+            &cfg,
+            Par::Seq,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("negatives"), "{e}");
+        let e = info_nce(
+            a.view(),
+            a.view(),
+            None,
+            Some(Array1::<f64>::ones(2).view()),
+            &cfg,
+            Par::Seq,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("weights"), "{e}");
+        let e = info_nce(
+            a.view(),
+            a.view(),
+            None,
+            Some(array![1.0, -1.0, 1.0].view()),
+            &cfg,
+            Par::Seq,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Negative { index: 1, .. }), "{e}");
+    }
+}

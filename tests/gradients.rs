@@ -574,3 +574,66 @@ mod graphs {
         }
     }
 }
+
+// ---------------------------------------------------------------- InfoNCE
+
+#[test]
+fn info_nce_gradients_match_central_differences() {
+    use recgoat_core::contrastive::*;
+    let mut r = rng(50);
+    let (v1, v2): (Array2<f64>, Array2<f64>) = (randn(&mut r, (11, 4)), randn(&mut r, (11, 4)));
+    let negs: Array2<f64> = randn(&mut r, (3, 4));
+    let wts: Array1<f64> = recgoat_core::testing::uniform(&mut r, 11, 0.1, 2.0);
+    for direction in [Direction::OneWay, Direction::Symmetric] {
+        for normalize in [true, false] {
+            for extra in [false, true] {
+                let cfg = InfoNceConfig {
+                    temperature: 0.5,
+                    normalize,
+                    direction,
+                    reduction: Reduction::Mean,
+                    block_rows: 4,
+                };
+                let (n, w) = if extra {
+                    (Some(negs.view()), Some(wts.view()))
+                } else {
+                    (None, None)
+                };
+                let out =
+                    info_nce(v1.view(), v2.view(), n, w, &cfg, recgoat_core::Par::Seq).unwrap();
+                let (d1, d2, dn): (Array2<f64>, Array2<f64>, Array2<f64>) = (
+                    randn(&mut r, v1.dim()),
+                    randn(&mut r, v2.dim()),
+                    randn(&mut r, negs.dim()),
+                );
+                let fd = central_difference(
+                    |t| {
+                        let nn = &negs + &(&dn * t);
+                        let n = if extra { Some(nn.view()) } else { None };
+                        info_nce(
+                            (&v1 + &(&d1 * t)).view(),
+                            (&v2 + &(&d2 * t)).view(),
+                            n,
+                            w,
+                            &cfg,
+                            recgoat_core::Par::Seq,
+                        )
+                        .unwrap()
+                        .loss
+                    },
+                    H,
+                );
+                let mut analytic = (&out.grad_v1 * &d1).sum() + (&out.grad_v2 * &d2).sum();
+                if let Some(g) = &out.grad_negatives {
+                    analytic += (g * &dn).sum();
+                }
+                assert_eq!(out.grad_negatives.is_some(), extra);
+                Tolerance::F64_SOLVE.assert_scalar(
+                    &format!("{direction:?} norm={normalize} extra={extra}"),
+                    analytic,
+                    fd,
+                );
+            }
+        }
+    }
+}

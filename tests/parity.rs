@@ -578,3 +578,82 @@ fn propagation_into_reused_buffers_equals_allocating_calls() {
     .unwrap_err();
     assert!(e.to_string().contains("out"), "{e}");
 }
+
+// ---------------------------------------------------------------- InfoNCE
+
+mod contrastive {
+    use ndarray::{Array1, Array2};
+    use recgoat_core::contrastive::*;
+    use recgoat_core::testing::{randn, rng, uniform, Tolerance};
+    use recgoat_core::Backend;
+
+    per_backend!(info_nce_matches_the_naive_reference);
+
+    fn info_nce_matches_the_naive_reference(be: &Backend) {
+        let mut r = rng(40);
+        let (v1, v2): (Array2<f64>, Array2<f64>) = (randn(&mut r, (37, 6)), randn(&mut r, (37, 6)));
+        let negs: Array2<f64> = randn(&mut r, (5, 6));
+        let wts: Array1<f64> = uniform(&mut r, 37, 0.0, 2.0);
+        for direction in [Direction::OneWay, Direction::Symmetric] {
+            for reduction in [Reduction::Mean, Reduction::Sum] {
+                for normalize in [true, false] {
+                    for (negatives, weights) in [(None, None), (Some(&negs), Some(&wts))] {
+                        // blocks of 8 rows: several blocks per chunk, and a ragged last block
+                        let cfg = InfoNceConfig {
+                            temperature: 0.3,
+                            normalize,
+                            direction,
+                            reduction,
+                            block_rows: 8,
+                        };
+                        let out = info_nce(
+                            v1.view(),
+                            v2.view(),
+                            negatives.map(|n| n.view()),
+                            weights.map(|w| w.view()),
+                            &cfg,
+                            be.par(),
+                        )
+                        .unwrap();
+                        let want = info_nce_reference(&v1, &v2, negatives, weights, &cfg);
+                        Tolerance::new(1e-12, 1e-12).assert_scalar(
+                            &format!(
+                                "{direction:?} {reduction:?} norm={normalize} extra={}",
+                                negatives.is_some()
+                            ),
+                            out.loss,
+                            want,
+                        );
+                    }
+                }
+            }
+        }
+        // f32 against f64, B = 300 over 3 blocks
+        let (a, b): (Array2<f64>, Array2<f64>) =
+            (randn(&mut r, (300, 16)), randn(&mut r, (300, 16)));
+        let cfg64 = InfoNceConfig {
+            block_rows: 128,
+            ..InfoNceConfig::<f64>::default()
+        };
+        let cfg32 = InfoNceConfig {
+            block_rows: 128,
+            ..InfoNceConfig::<f32>::default()
+        };
+        let o64 = info_nce(a.view(), b.view(), None, None, &cfg64, be.par()).unwrap();
+        let o32 = info_nce(
+            a.mapv(|v| v as f32).view(),
+            b.mapv(|v| v as f32).view(),
+            None,
+            None,
+            &cfg32,
+            be.par(),
+        )
+        .unwrap();
+        Tolerance::F32.assert_scalar("f32 loss", f64::from(o32.loss), o64.loss);
+        Tolerance::new(1e-3, 1e-6).assert_close(
+            "f32 grad_v1",
+            &o32.grad_v1.mapv(f64::from).view(),
+            &o64.grad_v1.view(),
+        );
+    }
+}

@@ -359,3 +359,35 @@ mod graphs {
         );
     }
 }
+
+// ---------------------------------------------------------------- InfoNCE
+
+mod contrastive {
+    use ndarray::Array2;
+    use proptest::prelude::*;
+    use recgoat_core::contrastive::*;
+    use recgoat_core::testing::{randn, rng};
+    use recgoat_core::Par;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// The loss is >= 0, invariant to a joint permutation of the pairs, and the symmetric loss is the mean
+        /// of the two one-way losses.
+        #[test]
+        fn info_nce_properties(seed in 0u64..10_000, b in 1usize..20, d in 1usize..6, tau in 0.05f64..2.0, shift in 0usize..19) {
+            let mut r = rng(seed);
+            let (v1, v2): (Array2<f64>, Array2<f64>) = (randn(&mut r, (b, d)), randn(&mut r, (b, d)));
+            let cfg = InfoNceConfig { temperature: tau, block_rows: 3, ..InfoNceConfig::default() };
+            let loss = |x: &Array2<f64>, y: &Array2<f64>, c: &InfoNceConfig<f64>| info_nce(x.view(), y.view(), None, None, c, Par::Rayon(2)).unwrap().loss;
+            let l = loss(&v1, &v2, &cfg);
+            prop_assert!(l >= 0.0);
+            let perm: Vec<usize> = (0..b).map(|i| (i + shift) % b).collect();
+            let (p1, p2) = (v1.select(ndarray::Axis(0), &perm), v2.select(ndarray::Axis(0), &perm));
+            prop_assert!((loss(&p1, &p2, &cfg) - l).abs() <= 1e-10 * l.max(1.0));
+            let sym = InfoNceConfig { direction: Direction::Symmetric, ..cfg };
+            let back = loss(&v2, &v1, &cfg);
+            prop_assert!((loss(&v1, &v2, &sym) - 0.5 * (l + back)).abs() <= 1e-10 * l.max(1.0));
+        }
+    }
+}
