@@ -32,17 +32,19 @@ pub(super) fn one_direction<F: Real>(
         let mut grad_p = Array2::<F>::zeros((bsz, d));
         let mut grad_n = Array2::<F>::zeros((k, d));
         let mut ex = vec![F::zero(); bsz + k];
+        // block buffers, allocated once per chunk: row-major by construction (a plain `dot` may choose
+        // column-major for thin shapes) and reused, so no block pays for fresh pages
+        let mut sim_buf = Array2::<F>::zeros((block_rows.min(bsz), bsz));
+        let mut simn_buf = Array2::<F>::zeros((block_rows.min(bsz), k));
         for blk in blks {
             let (r0, r1) = (blk * block_rows, ((blk + 1) * block_rows).min(bsz));
             let ab = a.slice(s![r0..r1, ..]);
-            // row-major outputs by construction (a plain `dot` may choose column-major for thin shapes)
-            let mut sim = Array2::<F>::zeros((r1 - r0, bsz));
+            let mut sim = sim_buf.slice_mut(s![..r1 - r0, ..]);
             ndarray::linalg::general_mat_mul(inv_tau, &ab, &p.t(), F::zero(), &mut sim);
-            let mut simn = n.map(|n| {
-                let mut m = Array2::<F>::zeros((r1 - r0, k));
-                ndarray::linalg::general_mat_mul(inv_tau, &ab, &n.t(), F::zero(), &mut m);
-                m
-            });
+            let mut simn = n.map(|_| simn_buf.slice_mut(s![..r1 - r0, ..]));
+            if let (Some(m), Some(nv)) = (simn.as_mut(), n) {
+                ndarray::linalg::general_mat_mul(inv_tau, &ab, &nv.t(), F::zero(), m);
+            }
             for (ri, b) in (r0..r1).enumerate() {
                 let row = sim.row(ri);
                 let row = row.as_slice().expect("row-major by construction");

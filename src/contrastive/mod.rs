@@ -369,3 +369,148 @@ pub fn info_nce_reference(
         Direction::Symmetric => 0.5 * (one_way(&u, &w) + one_way(&w, &u)),
     }
 }
+
+/// How a pair of views enters a multi-view loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairTerm {
+    /// `weight * InfoNCE(first, second)`.
+    InfoNce,
+    /// `weight * (1 - InfoNCE(first, second))`: the released RecGOAT code's CMCL term, which *rewards* a large
+    /// InfoNCE (pushes the views of one item apart). Kept only to reproduce that code.
+    OneMinusInfoNce,
+}
+
+/// One term of [`multi_view_info_nce`]: views `first` (anchors) and `second` (positives) by index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewPair<F> {
+    /// Index of the anchor view.
+    pub first: usize,
+    /// Index of the positive view.
+    pub second: usize,
+    /// Weight of the term.
+    pub weight: F,
+    /// Form of the term.
+    pub term: PairTerm,
+}
+
+/// Loss and per-view gradients from [`multi_view_info_nce`].
+#[derive(Debug, Clone)]
+pub struct MultiViewOutput<F> {
+    /// Total loss.
+    pub loss: F,
+    /// Each pair's InfoNCE value (before weight and form), in pair order.
+    pub terms: Vec<F>,
+    /// `dloss/dview` for every view, in view order (zeros for views no pair uses).
+    pub grads: Vec<Array2<F>>,
+}
+
+/// A weighted sum of InfoNCE terms over pairs of views (RecGOAT's CMCL), with the gradient of every view.
+///
+/// Each pair runs [`info_nce`] with `cfg` (no extra negatives, no per-pair weights); a view used by several
+/// pairs accumulates their gradients.
+///
+/// # Errors
+/// [`Error::Param`] for a pair naming a view that does not exist or a non-finite weight, and every error of
+/// [`info_nce`] for the views a pair uses.
+///
+/// # Example
+/// ```
+/// use recgoat_core::{Par, contrastive::*, testing};
+/// let mut r = testing::rng(0);
+/// let (user, fused, text) = (testing::randn::<f64, _, _>(&mut r, (8, 4)), testing::randn(&mut r, (8, 4)), testing::randn(&mut r, (8, 4)));
+/// let views = [user.view(), fused.view(), text.view()];
+/// let out = multi_view_info_nce(&views, &cmcl_paper_pairs(1), &InfoNceConfig::default(), Par::Seq).unwrap();
+/// assert_eq!(out.grads.len(), 3);
+/// assert!((out.loss - out.terms.iter().sum::<f64>()).abs() < 1e-12); // both weights are 1 here
+/// ```
+pub fn multi_view_info_nce<F: Real>(
+    views: &[ArrayView2<'_, F>],
+    pairs: &[ViewPair<F>],
+    cfg: &InfoNceConfig<F>,
+    par: Par,
+) -> Result<MultiViewOutput<F>> {
+    const OP: &str = "multi_view_info_nce";
+    for (k, p) in pairs.iter().enumerate() {
+        if p.first >= views.len() || p.second >= views.len() {
+            return Err(Error::param(
+                OP,
+                "pairs",
+                format!("#{k} = ({}, {})", p.first, p.second),
+                format!("view index out of range: {} views given", views.len()),
+            ));
+        }
+        if !p.weight.is_finite() {
+            return Err(Error::param(
+                OP,
+                "pairs",
+                format!("#{k} weight {}", p.weight),
+                "weights must be finite",
+            ));
+        }
+    }
+    let mut grads: Vec<Array2<F>> = views.iter().map(|v| Array2::zeros(v.dim())).collect();
+    let mut loss = F::zero();
+    let mut terms = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let out = info_nce(views[p.first], views[p.second], None, None, cfg, par)?;
+        let (value, scale) = match p.term {
+            PairTerm::InfoNce => (p.weight * out.loss, p.weight),
+            PairTerm::OneMinusInfoNce => (p.weight * (F::one() - out.loss), -p.weight),
+        };
+        loss += value;
+        terms.push(out.loss);
+        grads[p.first].scaled_add(scale, &out.grad_v1);
+        grads[p.second].scaled_add(scale, &out.grad_v2);
+    }
+    Ok(MultiViewOutput { loss, terms, grads })
+}
+
+/// The paper's CMCL (supplement, Lemma 3.3) as pairs over the views `[user, fused, modality_1 .. modality_M]`
+/// (rows aligned by batch item): `InfoNCE(user, fused) + mean_m InfoNCE(modality_m, fused)`.
+pub fn cmcl_paper_pairs<F: Real>(modalities: usize) -> Vec<ViewPair<F>> {
+    let mut pairs = vec![ViewPair {
+        first: 0,
+        second: 1,
+        weight: F::one(),
+        term: PairTerm::InfoNce,
+    }];
+    let w = F::one() / F::from_usize(modalities.max(1)).expect("count fits");
+    pairs.extend((0..modalities).map(|m| ViewPair {
+        first: 2 + m,
+        second: 1,
+        weight: w,
+        term: PairTerm::InfoNce,
+    }));
+    pairs
+}
+
+/// The released code's CMCL as pairs over the views `[user, fused_pos, pos_1 .. pos_k, neg_1 .. neg_k]`
+/// (`k` per-item views, e.g. collaborative, image, text, for the positive and the negative items):
+/// `0.5 InfoNCE(user, fused_pos) + 0.5 mean over the unordered pairs within the positive views and within the
+/// negative views of (1 - InfoNCE)` (RECGOAT.md section 4; `k = 3` gives its 6 pairs).
+pub fn cmcl_official_pairs<F: Real>(views_per_item: usize) -> Vec<ViewPair<F>> {
+    let k = views_per_item;
+    let mut within = Vec::new();
+    for base in [2, 2 + k] {
+        for i in 0..k {
+            for j in i + 1..k {
+                within.push((base + i, base + j));
+            }
+        }
+    }
+    let half = F::c(0.5);
+    let w = half / F::from_usize(within.len().max(1)).expect("count fits");
+    let mut pairs = vec![ViewPair {
+        first: 0,
+        second: 1,
+        weight: half,
+        term: PairTerm::InfoNce,
+    }];
+    pairs.extend(within.into_iter().map(|(a, b)| ViewPair {
+        first: a,
+        second: b,
+        weight: w,
+        term: PairTerm::OneMinusInfoNce,
+    }));
+    pairs
+}
