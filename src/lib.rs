@@ -6,6 +6,7 @@ pub mod backend;
 pub mod contrastive;
 pub mod error;
 pub mod graph;
+pub mod nn;
 pub mod simd;
 pub mod testing;
 pub mod transport;

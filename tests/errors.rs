@@ -514,3 +514,77 @@ mod contrastive {
         assert!(matches!(e, Error::Negative { index: 1, .. }), "{e}");
     }
 }
+
+// ---------------------------------------------------------------- small layers
+
+#[test]
+fn bad_layer_inputs() {
+    use recgoat_core::nn::*;
+    let lin = Linear::<f64>::new(
+        3,
+        2,
+        true,
+        Init::KaimingUniform,
+        &mut recgoat_core::testing::rng(0),
+    );
+    assert!(matches!(
+        lin.forward(Array2::<f64>::zeros((4, 2)).view())
+            .unwrap_err(),
+        Error::Shape { .. }
+    ));
+    assert!(matches!(
+        lin.backward(
+            Array2::<f64>::zeros((4, 3)).view(),
+            Array2::<f64>::zeros((5, 2)).view()
+        )
+        .unwrap_err(),
+        Error::Shape { .. }
+    ));
+    let mut z = Array2::<f64>::ones((3, 2));
+    z.row_mut(2).fill(0.0);
+    assert!(l2_normalize(z.view())
+        .unwrap_err()
+        .to_string()
+        .contains("row 2"));
+    let ln = LayerNorm {
+        eps: 0.0,
+        ..LayerNorm::<f64>::new(2)
+    };
+    assert!(matches!(
+        ln.forward(Array2::<f64>::ones((2, 2)).view()).unwrap_err(),
+        Error::Param { name: "eps", .. }
+    ));
+    assert!(matches!(
+        bpr_loss(array![1.0].view(), array![1.0, 2.0].view()).unwrap_err(),
+        Error::Shape { .. }
+    ));
+    assert!(matches!(
+        softmax_fusion::<f64>(&[], array![].view()).unwrap_err(),
+        Error::Empty { .. }
+    ));
+    let v = Array2::<f64>::ones((2, 2));
+    assert!(matches!(
+        softmax_fusion(&[v.view()], array![0.0, 1.0].view()).unwrap_err(),
+        Error::Shape { .. }
+    ));
+    let mut st = AdamState::new((2, 2));
+    let mut p = Array2::<f64>::zeros((2, 2));
+    assert!(matches!(
+        Adam::new(0.0)
+            .step(p.view_mut(), v.view(), &mut st)
+            .unwrap_err(),
+        Error::Param { name: "lr", .. }
+    ));
+    let mut g = v.clone();
+    g[[0, 0]] = f64::NAN;
+    assert!(matches!(
+        Adam::new(0.1)
+            .step(p.view_mut(), g.view(), &mut st)
+            .unwrap_err(),
+        Error::NonFinite { .. }
+    ));
+    assert!(gather(v.view(), &[0, 5])
+        .unwrap_err()
+        .to_string()
+        .contains("ids[1] = 5"));
+}

@@ -710,3 +710,140 @@ fn multi_view_gradients_match_central_differences_in_both_readings() {
     let e = multi_view_info_nce(&vs, &bad, &cfg, recgoat_core::Par::Seq).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 }
+
+// ---------------------------------------------------------------- small layers
+
+mod layers {
+    use super::H;
+    use ndarray::{Array1, Array2};
+    use recgoat_core::nn::*;
+    use recgoat_core::testing::{central_difference, randn, rng, Tolerance};
+
+    fn check(what: &str, analytic: f64, f: impl FnMut(f64) -> f64) {
+        Tolerance::F64_SOLVE.assert_scalar(what, analytic, central_difference(f, H));
+    }
+
+    #[test]
+    fn linear_leaky_relu_layer_norm_and_l2_normalize() {
+        let mut r = rng(60);
+        let x: Array2<f64> = randn(&mut r, (5, 4));
+        let dx: Array2<f64> = randn(&mut r, (5, 4));
+        // Linear
+        let lin = Linear::new(4, 3, true, Init::XavierNormal, &mut r);
+        let go: Array2<f64> = randn(&mut r, (5, 3));
+        let g = lin.backward(x.view(), go.view()).unwrap();
+        let (dw, db): (Array2<f64>, Array1<f64>) = (randn(&mut r, (4, 3)), randn(&mut r, 3));
+        check(
+            "linear",
+            (&g.grad_x * &dx).sum() + (&g.grad_w * &dw).sum() + g.grad_b.as_ref().unwrap().dot(&db),
+            |t| {
+                let l = Linear {
+                    w: &lin.w + &(&dw * t),
+                    b: Some(lin.b.as_ref().unwrap() + &(&db * t)),
+                };
+                (l.forward((&x + &(&dx * t)).view()).unwrap() * &go).sum()
+            },
+        );
+        // LeakyReLU (x kept away from the kink)
+        let xs = x.mapv(|v| if v.abs() < 0.05 { v + 0.2 } else { v });
+        let gl: Array2<f64> = randn(&mut r, (5, 4));
+        let gr = leaky_relu_backward(xs.view(), gl.view(), 0.2).unwrap();
+        check("leaky_relu", (&gr * &dx).sum(), |t| {
+            (leaky_relu((&xs + &(&dx * t)).view(), 0.2) * &gl).sum()
+        });
+        // LayerNorm
+        let mut ln = LayerNorm::<f64>::new(4);
+        ln.gamma = randn(&mut r, 4);
+        ln.beta = randn(&mut r, 4);
+        let (_, cache) = ln.forward(x.view()).unwrap();
+        let gy: Array2<f64> = randn(&mut r, (5, 4));
+        let (gx, gg, gb) = ln.backward(&cache, gy.view()).unwrap();
+        let (dg, dbeta): (Array1<f64>, Array1<f64>) = (randn(&mut r, 4), randn(&mut r, 4));
+        check(
+            "layer_norm",
+            (&gx * &dx).sum() + gg.dot(&dg) + gb.dot(&dbeta),
+            |t| {
+                let l = LayerNorm {
+                    gamma: &ln.gamma + &(&dg * t),
+                    beta: &ln.beta + &(&dbeta * t),
+                    eps: ln.eps,
+                };
+                (l.forward((&x + &(&dx * t)).view()).unwrap().0 * &gy).sum()
+            },
+        );
+        // L2 normalisation
+        let (y, norms) = l2_normalize(x.view()).unwrap();
+        let gn = l2_normalize_backward(y.view(), norms.view(), gy.view()).unwrap();
+        check("l2_normalize", (&gn * &dx).sum(), |t| {
+            (l2_normalize((&x + &(&dx * t)).view()).unwrap().0 * &gy).sum()
+        });
+    }
+
+    #[test]
+    fn fusion_bpr_and_regularisation() {
+        let mut r = rng(61);
+        let views: Vec<Array2<f64>> = (0..3).map(|_| randn(&mut r, (4, 2))).collect();
+        let dirs: Vec<Array2<f64>> = (0..3).map(|_| randn(&mut r, (4, 2))).collect();
+        let logits: Array1<f64> = randn(&mut r, 3);
+        let dl: Array1<f64> = randn(&mut r, 3);
+        let gy: Array2<f64> = randn(&mut r, (4, 2));
+        let vs: Vec<_> = views.iter().map(|v| v.view()).collect();
+        let (_, w) = softmax_fusion(&vs, logits.view()).unwrap();
+        assert!((w.sum() - 1.0).abs() < 1e-12);
+        let (gv, glog) = softmax_fusion_backward(&vs, w.view(), gy.view()).unwrap();
+        let analytic: f64 = gv
+            .iter()
+            .zip(&dirs)
+            .map(|(g, d)| (g * d).sum())
+            .sum::<f64>()
+            + glog.dot(&dl);
+        check("softmax_fusion", analytic, |t| {
+            let moved: Vec<Array2<f64>> =
+                views.iter().zip(&dirs).map(|(v, d)| v + &(d * t)).collect();
+            let vs: Vec<_> = moved.iter().map(|v| v.view()).collect();
+            (softmax_fusion(&vs, (&logits + &(&dl * t)).view())
+                .unwrap()
+                .0
+                * &gy)
+                .sum()
+        });
+        let (pos, neg): (Array1<f64>, Array1<f64>) = (randn(&mut r, 7), randn(&mut r, 7));
+        let (dp, dn): (Array1<f64>, Array1<f64>) = (randn(&mut r, 7), randn(&mut r, 7));
+        let (loss, gp, gn) = bpr_loss(pos.view(), neg.view()).unwrap();
+        let naive: f64 = pos
+            .iter()
+            .zip(&neg)
+            .map(|(p, q)| -(1.0 / (1.0 + (q - p).exp())).ln())
+            .sum::<f64>()
+            / 7.0;
+        Tolerance::F64_EXACT.assert_scalar("bpr value", loss, naive);
+        check("bpr", gp.dot(&dp) + gn.dot(&dn), |t| {
+            bpr_loss((&pos + &(&dp * t)).view(), (&neg + &(&dn * t)).view())
+                .unwrap()
+                .0
+        });
+        // extreme margins stay finite
+        let (big, _, _) = bpr_loss(
+            ndarray::array![0.0f64].view(),
+            ndarray::array![800.0].view(),
+        )
+        .unwrap();
+        assert!((big - 800.0).abs() < 1e-9);
+        let (reg, grads) = l2_regularization(&[views[0].view(), views[1].view()], 1e-2);
+        check(
+            "l2_regularization",
+            (&grads[0] * &dirs[0]).sum() + (&grads[1] * &dirs[1]).sum(),
+            |t| {
+                l2_regularization(
+                    &[
+                        (&views[0] + &(&dirs[0] * t)).view(),
+                        (&views[1] + &(&dirs[1] * t)).view(),
+                    ],
+                    1e-2,
+                )
+                .0
+            },
+        );
+        assert!(reg > 0.0);
+    }
+}

@@ -657,3 +657,88 @@ mod contrastive {
         );
     }
 }
+
+// ---------------------------------------------------------------- small layers against references
+
+mod layers {
+    use ndarray::{array, Array2};
+    use recgoat_core::nn::*;
+    use recgoat_core::testing::{randn, rng, Tolerance};
+
+    #[test]
+    fn adam_matches_a_hand_written_f64_loop() {
+        let mut r = rng(70);
+        let mut p: Array2<f64> = randn(&mut r, (3, 2));
+        let mut reference = p.clone();
+        let opt = Adam {
+            weight_decay: 0.01,
+            ..Adam::new(0.05)
+        };
+        let mut st = AdamState::new((3, 2));
+        let (mut m, mut v) = (Array2::<f64>::zeros((3, 2)), Array2::<f64>::zeros((3, 2)));
+        for t in 1..=5 {
+            let g: Array2<f64> = randn(&mut r, (3, 2));
+            opt.step(p.view_mut(), g.view(), &mut st).unwrap();
+            let g = &g + &(&reference * 0.01);
+            m = &m * 0.9 + &(&g * 0.1);
+            v = &v * 0.999 + &(&g * &g * 0.001);
+            let mhat = &m / (1.0 - 0.9f64.powi(t));
+            let vhat = &v / (1.0 - 0.999f64.powi(t));
+            reference = &reference - &(&mhat * 0.05 / &(vhat.mapv(f64::sqrt) + 1e-8));
+        }
+        Tolerance::F64_EXACT.assert_close("adam", &p.view(), &reference.view());
+        assert_eq!(st.t, 5);
+    }
+
+    #[test]
+    fn sparse_rows_gather_and_lazy_adam() {
+        let table = array![[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        assert_eq!(
+            gather(table.view(), &[2, 0, 2]).unwrap(),
+            array![[5.0, 6.0], [1.0, 2.0], [5.0, 6.0]]
+        );
+        let g = gather_backward(
+            &[2, 0, 2],
+            array![[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]].view(),
+        )
+        .unwrap();
+        assert_eq!(g.rows, vec![0, 2]);
+        assert_eq!(
+            g.values,
+            array![[2.0, 2.0], [4.0, 4.0]],
+            "repeated ids are summed"
+        );
+        let mut p = table.clone();
+        let mut st = AdamState::new((3, 2));
+        Adam::new(0.1).step_rows(p.view_mut(), &g, &mut st).unwrap();
+        assert_eq!(p.row(1), table.row(1), "untouched rows keep their values");
+        assert!(
+            p.row(0)
+                .iter()
+                .zip(table.row(0))
+                .all(|(a, b)| (b - a - 0.1).abs() < 1e-6),
+            "first Adam step moves by lr"
+        );
+        assert!(gather(table.view(), &[3]).is_err());
+    }
+
+    #[test]
+    fn dropout_is_seeded_scaled_and_off_in_eval() {
+        let x = Array2::<f64>::ones((200, 50));
+        let (y, m) = dropout(x.view(), 0.3, true, &mut rng(1)).unwrap();
+        let kept = m.as_ref().unwrap().iter().filter(|&&s| s > 0.0).count() as f64 / 10_000.0;
+        assert!((kept - 0.7).abs() < 0.03, "{kept}");
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-12));
+        let (y2, _) = dropout(x.view(), 0.3, true, &mut rng(1)).unwrap();
+        assert_eq!(y, y2, "same seed, same mask");
+        let (ye, me) = dropout(x.view(), 0.3, false, &mut rng(1)).unwrap();
+        assert!(me.is_none() && ye == x);
+        let g = randn::<f64, _, _>(&mut rng(2), (200, 50));
+        Tolerance::F64_EXACT.assert_close(
+            "dropout backward",
+            &dropout_backward(g.view(), m.as_ref()).view(),
+            &(&g * m.as_ref().unwrap()).view(),
+        );
+        assert!(dropout(x.view(), 1.0, true, &mut rng(1)).is_err());
+    }
+}
