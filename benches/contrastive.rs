@@ -49,6 +49,36 @@ fn bench(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("gemm_b_by_b", "cpu_seq"), |bch| {
         bch.iter(|| ndarray::linalg::general_mat_mul(1.0, &v1, &v2.t(), 0.0, black_box(&mut out)))
     });
+    // the same product on both cores (row halves), the floor's 2-thread reference
+    let half = b / 2;
+    let (mut top, mut bottom) = (
+        Array2::<f32>::zeros((half, b)),
+        Array2::<f32>::zeros((b - half, b)),
+    );
+    g.bench_function(BenchmarkId::new("gemm_b_by_b", "cpu_rayon"), |bch| {
+        bch.iter(|| {
+            rayon::join(
+                || {
+                    ndarray::linalg::general_mat_mul(
+                        1.0,
+                        &v1.slice(ndarray::s![..half, ..]),
+                        &v2.t(),
+                        0.0,
+                        &mut top,
+                    )
+                },
+                || {
+                    ndarray::linalg::general_mat_mul(
+                        1.0,
+                        &v1.slice(ndarray::s![half.., ..]),
+                        &v2.t(),
+                        0.0,
+                        &mut bottom,
+                    )
+                },
+            )
+        })
+    });
     g.finish();
 }
 

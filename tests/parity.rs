@@ -742,3 +742,34 @@ mod layers {
         assert!(dropout(x.view(), 1.0, true, &mut rng(1)).is_err());
     }
 }
+
+#[test]
+fn layer_norm_and_fusion_forward_match_naive_formulas() {
+    use recgoat_core::nn::*;
+    let mut r = rng(80);
+    let x: Array2<f64> = randn(&mut r, (4, 5));
+    let mut ln = LayerNorm::<f64>::new(5);
+    ln.gamma = randn(&mut r, 5);
+    ln.beta = randn(&mut r, 5);
+    let (y, _) = ln.forward(x.view()).unwrap();
+    let naive = Array2::from_shape_fn((4, 5), |(i, j)| {
+        let row = x.row(i);
+        let mean = row.sum() / 5.0;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 5.0;
+        ln.gamma[j] * (x[[i, j]] - mean) / (var + ln.eps).sqrt() + ln.beta[j]
+    });
+    Tolerance::F64_EXACT.assert_close("layer norm", &y.view(), &naive.view());
+    let views: Vec<Array2<f64>> = (0..3).map(|_| randn(&mut r, (4, 5))).collect();
+    let logits = ndarray::array![0.3, -1.0, 2.0];
+    let vs: Vec<_> = views.iter().map(|v| v.view()).collect();
+    let (f, w) = softmax_fusion(&vs, logits.view()).unwrap();
+    let z: f64 = logits.iter().map(|l: &f64| l.exp()).sum();
+    let naive = views
+        .iter()
+        .zip(&logits)
+        .fold(Array2::<f64>::zeros((4, 5)), |acc, (v, l)| {
+            acc + v * (l.exp() / z)
+        });
+    Tolerance::F64_EXACT.assert_close("fusion", &f.view(), &naive.view());
+    Tolerance::F64_EXACT.assert_scalar("weight 2", w[2], 2f64.exp() / z);
+}
