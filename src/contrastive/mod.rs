@@ -23,6 +23,7 @@ mod cpu;
 
 use crate::backend::Par;
 use crate::error::{check_finite_array, Error, Result};
+use crate::nn::{normalize_rows, normalize_rows_backward};
 use crate::simd::{positive_finite, Real};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
@@ -106,40 +107,6 @@ pub struct InfoNceOutput<F> {
     pub grad_v2: Array2<F>,
     /// `dloss/dnegatives` (K x d), when extra negatives were given.
     pub grad_negatives: Option<Array2<F>>,
-}
-
-/// Rows divided by their norms, and the norms. Errors on a zero row.
-fn normalise<F: Real>(
-    op: &'static str,
-    what: &str,
-    x: ArrayView2<'_, F>,
-) -> Result<(Array2<F>, Array1<F>)> {
-    let norms: Array1<F> = x.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
-    if let Some(i) = norms.iter().position(|&n| !positive_finite(n)) {
-        return Err(Error::Param {
-            op,
-            name: "normalize",
-            value: "true".into(),
-            reason: format!(
-                "row {i} of {what} has norm {}: cannot be L2-normalised",
-                norms[i]
-            ),
-        });
-    }
-    let mut u = x.to_owned();
-    for (mut row, &n) in u.rows_mut().into_iter().zip(&norms) {
-        row.mapv_inplace(|v| v / n);
-    }
-    Ok((u, norms))
-}
-
-/// Gradient through `u = v / |v|`: `dv = (du - u (u . du)) / |v|`.
-fn normalise_backward<F: Real>(u: &Array2<F>, norms: &Array1<F>, mut du: Array2<F>) -> Array2<F> {
-    for ((mut g, ur), &n) in du.rows_mut().into_iter().zip(u.rows()).zip(norms) {
-        let proj = ur.dot(&g);
-        g.zip_mut_with(&ur, |gv, &uv| *gv = (*gv - uv * proj) / n);
-    }
-    du
 }
 
 fn validate_inputs<F: Real>(
@@ -239,20 +206,20 @@ pub fn info_nce<F: Real>(
     validate_inputs(OP, v1, v2, negatives, weights)?;
     let b = v1.nrows();
     let (u, nu) = if cfg.normalize {
-        let (a, n) = normalise(OP, "v1", v1)?;
+        let (a, n) = normalize_rows(OP, "v1", v1)?;
         (a, Some(n))
     } else {
         (v1.to_owned(), None)
     };
     let (w, nw) = if cfg.normalize {
-        let (a, n) = normalise(OP, "v2", v2)?;
+        let (a, n) = normalize_rows(OP, "v2", v2)?;
         (a, Some(n))
     } else {
         (v2.to_owned(), None)
     };
     let neg = match negatives {
         Some(n) if cfg.normalize => {
-            let (a, nn) = normalise(OP, "negatives", n)?;
+            let (a, nn) = normalize_rows(OP, "negatives", n)?;
             Some((a, Some(nn)))
         }
         Some(n) => Some((n.to_owned(), None)),
@@ -302,13 +269,13 @@ pub fn info_nce<F: Real>(
         }
     }
     if let Some(n) = &nu {
-        gu = normalise_backward(&u, n, gu);
+        gu = normalize_rows_backward(u.view(), n.view(), gu);
     }
     if let Some(n) = &nw {
-        gw = normalise_backward(&w, n, gw);
+        gw = normalize_rows_backward(w.view(), n.view(), gw);
     }
     let gn = match (gn, neg.as_ref()) {
-        (Some(g), Some((a, Some(n)))) => Some(normalise_backward(a, n, g)),
+        (Some(g), Some((a, Some(n)))) => Some(normalize_rows_backward(a.view(), n.view(), g)),
         (g, _) => g,
     };
     Ok(InfoNceOutput {

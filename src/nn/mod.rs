@@ -303,15 +303,23 @@ impl<F: Real> LayerNorm<F> {
 /// # Errors
 /// [`Error::Param`] naming the first zero (or non-finite-norm) row; [`Error::NonFinite`] for NaN/Inf.
 pub fn l2_normalize<F: Real>(x: ArrayView2<'_, F>) -> Result<(Array2<F>, Array1<F>)> {
-    const OP: &str = "l2_normalize";
-    check_finite_array(OP, "x", &x)?;
+    normalize_rows("l2_normalize", "x", x)
+}
+
+/// [`l2_normalize`] for any caller: errors name `op` and the input `what`.
+pub(crate) fn normalize_rows<F: Real>(
+    op: &'static str,
+    what: &str,
+    x: ArrayView2<'_, F>,
+) -> Result<(Array2<F>, Array1<F>)> {
+    check_finite_array(op, what, &x)?;
     let norms: Array1<F> = x.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
     if let Some(i) = norms.iter().position(|&n| !positive_finite(n)) {
         return Err(Error::Param {
-            op: OP,
-            name: "x",
-            value: format!("row {i}"),
-            reason: format!("norm {} cannot be normalised", norms[i]),
+            op,
+            name: "rows",
+            value: format!("row {i} of {what}"),
+            reason: format!("norm {}: cannot be L2-normalised", norms[i]),
         });
     }
     let y = &x / &norms.view().insert_axis(Axis(1));
@@ -335,12 +343,20 @@ pub fn l2_normalize_backward<F: Real>(
             (grad_y.dim(), norms.len()),
         ));
     }
-    let mut g = grad_y.to_owned();
-    for ((mut gr, yr), &n) in g.rows_mut().into_iter().zip(y.rows()).zip(norms) {
+    Ok(normalize_rows_backward(y, norms, grad_y.to_owned()))
+}
+
+/// The backward of [`normalize_rows`] in place on `grad` (shapes already checked).
+pub(crate) fn normalize_rows_backward<F: Real>(
+    y: ArrayView2<'_, F>,
+    norms: ArrayView1<'_, F>,
+    mut grad: Array2<F>,
+) -> Array2<F> {
+    for ((mut gr, yr), &n) in grad.rows_mut().into_iter().zip(y.rows()).zip(norms) {
         let proj = yr.dot(&gr);
         gr.zip_mut_with(&yr, |gv, &yv| *gv = (*gv - yv * proj) / n);
     }
-    Ok(g)
+    grad
 }
 
 /// Softmax-weighted fusion of k views: `y = sum_m softmax(logits)_m views_m` (RecGOAT's fusion, paper reading).
