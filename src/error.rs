@@ -92,6 +92,26 @@ pub enum Error {
         /// What is wrong, with the offending values.
         reason: String,
     },
+    /// A file could not be read.
+    #[error("{op}: cannot read {path}: {reason}")]
+    Io {
+        /// Operation that read the file.
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The system's or the decoder's message.
+        reason: String,
+    },
+    /// A line of a data file is malformed, or the data it holds is inconsistent.
+    #[error("{path}:{line}: {reason}")]
+    Data {
+        /// The file.
+        path: String,
+        /// 1-based line number (0 when the problem is not on one line).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A feature needed by the call was not compiled in.
     #[error("{op}: needs the cargo feature `{feature}`")]
     FeatureDisabled {

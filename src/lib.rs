@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod backend;
 pub mod contrastive;
+pub mod data;
 pub mod error;
 pub mod graph;
 pub mod nn;
