@@ -7,6 +7,7 @@ pub mod contrastive;
 pub mod data;
 pub mod error;
 pub mod graph;
+pub mod model;
 pub mod nn;
 pub mod simd;
 pub mod testing;

@@ -588,3 +588,51 @@ fn bad_layer_inputs() {
         .to_string()
         .contains("ids[1] = 5"));
 }
+
+#[test]
+fn bad_evaluation_inputs() {
+    use recgoat_core::model::evaluate;
+    let (u, i) = (Array2::<f32>::ones((3, 2)), Array2::<f32>::ones((4, 2)));
+    let run = |ks: &[usize], gt: &[(usize, usize)]| {
+        evaluate(u.view(), i.view(), gt, &[], ks, recgoat_core::Par::Seq)
+    };
+    assert!(matches!(
+        run(&[], &[(0, 1)]).unwrap_err(),
+        Error::Param { name: "ks", .. }
+    ));
+    assert!(matches!(
+        run(&[0, 5], &[(0, 1)]).unwrap_err(),
+        Error::Param { name: "ks", .. }
+    ));
+    assert!(run(&[5], &[(3, 1)])
+        .unwrap_err()
+        .to_string()
+        .contains("out of range"));
+    let wide = Array2::<f32>::ones((4, 3));
+    assert!(matches!(
+        evaluate(
+            u.view(),
+            wide.view(),
+            &[(0, 1)],
+            &[],
+            &[5],
+            recgoat_core::Par::Seq
+        )
+        .unwrap_err(),
+        Error::Shape { .. }
+    ));
+    let mut nan = u.clone();
+    nan[[1, 1]] = f32::NAN;
+    assert!(matches!(
+        evaluate(
+            nan.view(),
+            i.view(),
+            &[(0, 1)],
+            &[],
+            &[5],
+            recgoat_core::Par::Seq
+        )
+        .unwrap_err(),
+        Error::NonFinite { .. }
+    ));
+}

@@ -773,3 +773,52 @@ fn layer_norm_and_fusion_forward_match_naive_formulas() {
     Tolerance::F64_EXACT.assert_close("fusion", &f.view(), &naive.view());
     Tolerance::F64_EXACT.assert_scalar("weight 2", w[2], 2f64.exp() / z);
 }
+
+// ---------------------------------------------------------------- evaluation
+
+#[test]
+fn evaluation_matches_the_naive_reference() {
+    use rand::Rng;
+    use recgoat_core::model::{evaluate, evaluate_reference};
+    let mut r = rng(90);
+    // integer embeddings: f32 scores are exact, so ties break identically (smaller item id first)
+    let users = Array2::<f64>::from_shape_simple_fn((150, 3), || r.gen_range(-3..=3) as f64);
+    let items = Array2::<f64>::from_shape_simple_fn((40, 3), || r.gen_range(-3..=3) as f64);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for u in 0..150 {
+        for i in 0..40 {
+            match r.gen_range(0..10) {
+                0 | 1 => train.push((u, i)),
+                2 => test.push((u, i)),
+                _ => {}
+            }
+        }
+    }
+    let ks = [1, 5, 10, 20, 50];
+    let want = evaluate_reference(&users, &items, &test, &[&train], &ks);
+    for par in [recgoat_core::Par::Seq, recgoat_core::Par::Rayon(3)] {
+        let got = evaluate(
+            users.mapv(|v| v as f32).view(),
+            items.mapv(|v| v as f32).view(),
+            &test,
+            &[&train],
+            &ks,
+            par,
+        )
+        .unwrap();
+        assert_eq!(got.users, want.users);
+        for (name, a, b) in [
+            ("recall", &got.recall, &want.recall),
+            ("ndcg", &got.ndcg, &want.ndcg),
+            ("precision", &got.precision, &want.precision),
+            ("hit", &got.hit, &want.hit),
+        ] {
+            Tolerance::F64_EXACT.assert_close(
+                name,
+                &ndarray::ArrayView1::from(&a[..]),
+                &ndarray::ArrayView1::from(&b[..]),
+            );
+        }
+    }
+    assert!(want.users > 100 && want.recall[4] > want.recall[0]);
+}
