@@ -37,6 +37,12 @@ fn marginal_target<F: Real>(w: F, pot: F, rho: Option<F>) -> F {
     rho.map_or(w, |r| w * (-pot / r).exp())
 }
 
+/// `log w_i + pot_i / eps` (with `inv = 1 / eps`): the log-scalings that absorb a potential, so the plan is
+/// `exp(alpha_i + beta_j - C_ij / eps)`.
+pub(crate) fn log_scaling<F: Real>(pot: &[F], log_w: &[F], inv: F) -> Vec<F> {
+    pot.iter().zip(log_w).map(|(&p, &l)| p * inv + l).collect()
+}
+
 pub(crate) struct Weights<'a, F> {
     pub a: &'a [F],
     pub b: &'a [F],
@@ -71,7 +77,7 @@ pub(crate) fn log_iteration<F: Real>(
     let (n, m) = (geom.n(), geom.m());
     let inv = F::one() / eps;
     let (tau_a, tau_b) = (damping(rho.0, eps), damping(rho.1, eps));
-    let beta: Vec<F> = g.iter().zip(&w.lb).map(|(&gj, &l)| gj * inv + l).collect();
+    let beta = log_scaling(g, &w.lb, inv);
     let f_old: &[F] = f;
     let parts = map_chunks(par, n, |_, rows| {
         let mut col = vec![F::zero(); m];
@@ -113,7 +119,7 @@ pub(crate) fn log_iteration<F: Real>(
             i += 1;
         }
     }
-    let alpha: Vec<F> = f.iter().zip(&w.la).map(|(&fi, &l)| fi * inv + l).collect();
+    let alpha = log_scaling(f, &w.la, inv);
     let bad: Vec<usize> = (0..m)
         .filter(|&j| !(col[j] > tiny() && col[j].is_finite()))
         .collect();
@@ -424,8 +430,8 @@ fn finish<F: Real>(
     par: Par,
 ) -> SinkhornOutput<F> {
     let inv = F::one() / eps;
-    let alpha: Vec<F> = f.iter().zip(&w.la).map(|(&v, &l)| v * inv + l).collect();
-    let beta: Vec<F> = g.iter().zip(&w.lb).map(|(&v, &l)| v * inv + l).collect();
+    let alpha = log_scaling(&f, &w.la, inv);
+    let beta = log_scaling(&g, &w.lb, inv);
     let ms = measure(geom, &alpha, &beta, eps, cfg.return_plan, par);
     let err_rows = cfg
         .norm

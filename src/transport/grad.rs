@@ -1,6 +1,5 @@
 //! Hand-written gradients of the Sinkhorn family: envelope (value), implicit and unrolled (plan).
 
-use super::cpu::measure;
 use super::{Geometry, SinkhornOutput};
 use crate::backend::{map_chunks, Par};
 use crate::error::{check_finite, Error, Result};
@@ -138,10 +137,13 @@ pub fn point_cloud_gradients<F: Real>(
         let mut e = vec![F::zero(); m];
         let mut scratch = Vec::new();
         let mut gy = Array2::<F>::zeros((m, d));
+        let mut cols = vec![F::zero(); m];
         let mut gx = Vec::with_capacity(rows.len() * d);
+        let mut xi = vec![F::zero(); d];
         geom.for_rows(rows, &mut scratch, |i, crow| {
             let r = F::exp_affine_sum(alpha[i], &beta, crow, inv, &mut e);
-            let xi = pc.x.row(i);
+            axpy(F::one(), &e, &mut cols);
+            xi.iter_mut().zip(pc.x.row(i)).for_each(|(v, &x)| *v = x);
             let py = pc.y.t().dot(&ArrayView1::from(&e[..]));
             gx.extend(
                 xi.iter()
@@ -150,19 +152,20 @@ pub fn point_cloud_gradients<F: Real>(
             );
             for (j, &p) in e.iter().enumerate() {
                 let mut row = gy.row_mut(j);
-                let rs = row.as_slice_mut().expect("owned row-major");
-                axpy(p, xi.as_slice().unwrap_or(&xi.to_vec()), rs);
+                axpy(p, &xi, row.as_slice_mut().expect("owned row-major"));
             }
         });
-        (gx, gy)
+        (gx, gy, cols)
     });
+    // the plan's column sums come out of the same pass (summed in chunk order, deterministic for a Par)
     let mut gx = Vec::with_capacity(geom.n() * d);
     let mut ptx = Array2::<F>::zeros((m, d));
-    for (x, y) in parts {
+    let mut cols = vec![F::zero(); m];
+    for (x, y, c) in parts {
         gx.extend(x);
         ptx += &y;
+        axpy(F::one(), &c, &mut cols);
     }
-    let cols = measure(geom, &alpha, &beta, out.eps, false, par).cols;
     let gy = Array2::from_shape_fn((m, d), |(j, k)| {
         F::c(2.0) * (cols[j] * pc.y[[j, k]] - ptx[[j, k]])
     });

@@ -410,17 +410,15 @@ impl<F: Real> SinkhornOutput<F> {
         b: ArrayView1<'_, F>,
     ) -> (Vec<F>, Vec<F>) {
         let inv = F::one() / self.eps;
-        let al = a
-            .iter()
-            .zip(&self.f)
-            .map(|(&w, &f)| w.ln() + f * inv)
-            .collect();
-        let be = b
-            .iter()
-            .zip(&self.g)
-            .map(|(&w, &g)| w.ln() + g * inv)
-            .collect();
-        (al, be)
+        let (la, lb): (Vec<F>, Vec<F>) = (
+            a.iter().map(|v| v.ln()).collect(),
+            b.iter().map(|v| v.ln()).collect(),
+        );
+        let (f, g) = (
+            self.f.as_slice().expect("owned"),
+            self.g.as_slice().expect("owned"),
+        );
+        (cpu::log_scaling(f, &la, inv), cpu::log_scaling(g, &lb, inv))
     }
 
     /// The plan `P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)` for the geometry the output was solved on.
