@@ -260,18 +260,18 @@ pub fn lightgcn_forward<F: Real>(
     layers: usize,
     par: Par,
 ) -> Result<Array2<F>> {
-    const OP: &str = "lightgcn_forward";
-    check_layers(OP, layers, a.n_rows(), a.n_cols())?;
-    check_input(OP, "e0", a.n_cols(), e0)?;
     let mut out = Array2::<F>::zeros(e0.dim());
-    propagate_mean(
+    let mut buffers = PropagationBuffers::new();
+    propagate_checked(
+        "lightgcn_forward",
+        Side::Forward,
         a,
         e0,
         layers,
-        out.as_slice_mut().expect("fresh"),
-        &mut PropagationBuffers::new(),
+        out.view_mut(),
+        &mut buffers,
         par,
-    );
+    )?;
     Ok(out)
 }
 
@@ -284,28 +284,20 @@ pub fn lightgcn_forward_into<F: Real>(
     a: &CsrGraph<F>,
     e0: ArrayView2<'_, F>,
     layers: usize,
-    mut out: ArrayViewMut2<'_, F>,
+    out: ArrayViewMut2<'_, F>,
     buffers: &mut PropagationBuffers<F>,
     par: Par,
 ) -> Result<()> {
-    const OP: &str = "lightgcn_forward_into";
-    check_layers(OP, layers, a.n_rows(), a.n_cols())?;
-    check_input(OP, "e0", a.n_cols(), e0)?;
-    let outs = out_slice(OP, &mut out, e0.dim())?;
-    propagate_mean(a, e0, layers, outs, buffers, par);
-    Ok(())
-}
-
-fn out_slice<'o, F: Real>(
-    op: &'static str,
-    out: &'o mut ArrayViewMut2<'_, F>,
-    dim: (usize, usize),
-) -> Result<&'o mut [F]> {
-    if out.dim() != dim {
-        return Err(Error::shape(op, "out", dim, out.dim()));
-    }
-    out.as_slice_mut()
-        .ok_or_else(|| Error::shape(op, "out layout", "standard (row-major)", "strided"))
+    propagate_checked(
+        "lightgcn_forward_into",
+        Side::Forward,
+        a,
+        e0,
+        layers,
+        out,
+        buffers,
+        par,
+    )
 }
 
 /// Backward of [`lightgcn_forward`]: `dE^0 = mean over l of (A^T)^l dOut`.
@@ -318,19 +310,18 @@ pub fn lightgcn_backward<F: Real>(
     layers: usize,
     par: Par,
 ) -> Result<Array2<F>> {
-    const OP: &str = "lightgcn_backward";
-    check_layers(OP, layers, a.n_rows(), a.n_cols())?;
-    check_input(OP, "grad_out", a.n_rows(), grad_out)?;
     let mut out = Array2::<F>::zeros(grad_out.dim());
-    let outs = out.as_slice_mut().expect("fresh");
-    propagate_mean(
-        &a.transposed().graph,
+    let mut buffers = PropagationBuffers::new();
+    propagate_checked(
+        "lightgcn_backward",
+        Side::Backward,
+        a,
         grad_out,
         layers,
-        outs,
-        &mut PropagationBuffers::new(),
+        out.view_mut(),
+        &mut buffers,
         par,
-    );
+    )?;
     Ok(out)
 }
 
@@ -342,15 +333,54 @@ pub fn lightgcn_backward_into<F: Real>(
     a: &CsrGraph<F>,
     grad_out: ArrayView2<'_, F>,
     layers: usize,
+    out: ArrayViewMut2<'_, F>,
+    buffers: &mut PropagationBuffers<F>,
+    par: Par,
+) -> Result<()> {
+    propagate_checked(
+        "lightgcn_backward_into",
+        Side::Backward,
+        a,
+        grad_out,
+        layers,
+        out,
+        buffers,
+        par,
+    )
+}
+
+/// Which product a propagation applies: `A` (forward) or `A^T` over the cached transpose (backward).
+#[derive(Clone, Copy)]
+enum Side {
+    Forward,
+    Backward,
+}
+
+/// The checks and the call shared by the four LightGCN entry points; errors carry `op`.
+#[allow(clippy::too_many_arguments)]
+fn propagate_checked<F: Real>(
+    op: &'static str,
+    side: Side,
+    a: &CsrGraph<F>,
+    x: ArrayView2<'_, F>,
+    layers: usize,
     mut out: ArrayViewMut2<'_, F>,
     buffers: &mut PropagationBuffers<F>,
     par: Par,
 ) -> Result<()> {
-    const OP: &str = "lightgcn_backward_into";
-    check_layers(OP, layers, a.n_rows(), a.n_cols())?;
-    check_input(OP, "grad_out", a.n_rows(), grad_out)?;
-    let outs = out_slice(OP, &mut out, grad_out.dim())?;
-    propagate_mean(&a.transposed().graph, grad_out, layers, outs, buffers, par);
+    check_layers(op, layers, a.n_rows(), a.n_cols())?;
+    let (graph, what, rows) = match side {
+        Side::Forward => (a, "e0", a.n_cols()),
+        Side::Backward => (&a.transposed().graph, "grad_out", a.n_rows()),
+    };
+    check_input(op, what, rows, x)?;
+    if out.dim() != x.dim() {
+        return Err(Error::shape(op, "out", x.dim(), out.dim()));
+    }
+    let outs = out
+        .as_slice_mut()
+        .ok_or_else(|| Error::shape(op, "out layout", "standard (row-major)", "strided"))?;
+    propagate_mean(graph, x, layers, outs, buffers, par);
     Ok(())
 }
 
