@@ -1,0 +1,329 @@
+//! [`RecGoatConfig`]: every setting of the reference model and its training, with the three presets.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Which item feature matrices of the dataset the model uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Modalities {
+    /// Every feature matrix the dataset carries, in its order.
+    All,
+    /// These, by name, in this order; an empty list is the ID-only model (LightGCN).
+    Named(Vec<String>),
+}
+
+/// How the loss reaches the embeddings through the OAT transport plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtGradient {
+    /// The plan is a constant (the released code's `no_grad`).
+    Detached,
+    /// Implicit differentiation of the converged plan (the paper reading).
+    Implicit,
+    /// Backpropagation through this many Sinkhorn iterations.
+    Unrolled(usize),
+}
+
+/// The contrastive (CMCL) objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmcl {
+    /// Paper: `InfoNCE(user, fused_pos) + mean_m InfoNCE(modality_m, fused)` on the positive items.
+    Paper,
+    /// Released code: `0.5 InfoNCE(user, fused_pos) + 0.5 mean (1 - InfoNCE)` over the view pairs of the
+    /// positive and of the negative items (pushes an item's views apart; RECGOAT.md section 4).
+    OfficialCode,
+}
+
+/// How the views are weighted in the fusion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fusion {
+    /// Learnable logits through a softmax, initialised uniform (the paper reading).
+    Softmax,
+    /// Unconstrained learnable scalars, the collaborative one initialised to 0.15 and the modalities sharing
+    /// 0.85 (the released code: 0.15 cf, 0.05 image, 0.80 text).
+    Free,
+}
+
+/// Every setting of the reference RecGOAT model and its training loop. Start from a preset
+/// ([`RecGoatConfig::paper`], [`RecGoatConfig::official_code`], [`RecGoatConfig::lightgcn`]) and change
+/// fields; [`RecGoatConfig::validate`] (called by the model and the trainer) names any bad field.
+///
+/// # Example
+/// ```
+/// use recgoat_core::model::RecGoatConfig;
+/// let mut cfg = RecGoatConfig::paper();
+/// cfg.embedding_dim = 32;
+/// cfg.validate().unwrap();
+/// cfg.gat_heads = 5; // does not divide 32
+/// assert!(cfg.validate().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecGoatConfig {
+    /// Preset name this configuration started from (informational, shown in tables).
+    pub name: String,
+    /// Embedding size d.
+    pub embedding_dim: usize,
+    /// LightGCN propagation layers L.
+    pub lightgcn_layers: usize,
+    /// Item feature matrices used as modalities.
+    pub modalities: Modalities,
+    /// L2-normalise each feature row before the projection (raw-scale features such as VGGish need it).
+    pub normalize_features: bool,
+    /// GAT layers per modality branch (0: projection only).
+    pub gat_layers: usize,
+    /// Attention heads per GAT layer (must divide `embedding_dim`).
+    pub gat_heads: usize,
+    /// GATv2 scoring instead of GATConv.
+    pub gatv2: bool,
+    /// Neighbours per node in the kNN graphs.
+    pub knn_k: usize,
+    /// OAT (the transport map `M (d T + Delta)`); off: the modality embedding enters the fusion as is.
+    pub oat: bool,
+    /// Barycentric map `d T` (paper) rather than the raw plan `T` (released code).
+    pub oat_barycentric: bool,
+    /// Cost scale `s` of the dimension cost.
+    pub oat_cost_scale: f64,
+    /// OAT eps as a fraction of the mean cost (`None`: `oat_eps_absolute`). The scale is re-measured every
+    /// step and held constant in the gradient (a stop-gradient, as OTT-JAX does for relative eps).
+    pub oat_eps_relative: Option<f64>,
+    /// OAT eps as an absolute value, used when `oat_eps_relative` is `None` (released code: 0.01).
+    pub oat_eps_absolute: f64,
+    /// Iteration cap of the OAT Sinkhorn solve.
+    pub oat_iters: usize,
+    /// Stopping tolerance (L1 marginal error) of the OAT solve.
+    pub oat_tol: f64,
+    /// Gradient through the plan.
+    pub oat_gradient: OtGradient,
+    /// Weight of the sample-level OT loss (debiased Sinkhorn divergence between aligned and collaborative rows
+    /// of the batch items, per modality); 0 turns it off.
+    pub ot_sample_weight: f64,
+    /// Absolute eps of the sample-level divergence (its rows are unit vectors, so costs lie in `[0, 4]`).
+    pub ot_sample_eps: f64,
+    /// Stopping tolerance of the sample-level solves.
+    pub ot_sample_tol: f64,
+    /// Weight of the contrastive loss (0: off).
+    pub cl_weight: f64,
+    /// InfoNCE temperature.
+    pub cl_temperature: f64,
+    /// Contrastive objective.
+    pub cmcl: Cmcl,
+    /// View weighting in the fusion.
+    pub fusion: Fusion,
+    /// The user-user graph-attention branch (paper only): kNN over user profiles (mean of the features of the
+    /// user's training items), projection and GAT, added to the LightGCN user vector.
+    pub user_user: bool,
+    /// Dropout probability (GAT feature and attention dropout, branch output, fusion).
+    pub dropout: f64,
+    /// Weight of `mean(||E0_u||^2 + ||E0_pos||^2 + ||E0_neg||^2)`.
+    pub reg_weight: f64,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Triples per batch.
+    pub batch_size: usize,
+    /// Maximum epochs.
+    pub epochs: usize,
+    /// Evaluate on the validation split every this many epochs.
+    pub eval_every: usize,
+    /// Stop after this many evaluations without a better validation Recall@20 (0: never stop early).
+    pub patience: usize,
+    /// Seed of initialisation, sampling and dropout.
+    pub seed: u64,
+}
+
+impl Default for RecGoatConfig {
+    fn default() -> Self {
+        Self::paper()
+    }
+}
+
+impl RecGoatConfig {
+    /// The paper reading with the library's numerical fixes (the default): log-domain Sinkhorn with implicit
+    /// gradients through the plan, barycentric map `d T + Delta`, softmax fusion weights, CMCL modality vs fused.
+    pub fn paper() -> Self {
+        RecGoatConfig {
+            name: "paper".into(),
+            embedding_dim: 64,
+            lightgcn_layers: 3,
+            modalities: Modalities::All,
+            normalize_features: true,
+            gat_layers: 1,
+            gat_heads: 8,
+            gatv2: false,
+            knn_k: 20,
+            oat: true,
+            oat_barycentric: true,
+            oat_cost_scale: 100.0,
+            oat_eps_relative: Some(0.05),
+            oat_eps_absolute: 0.01,
+            oat_iters: 500,
+            oat_tol: 1e-5,
+            oat_gradient: OtGradient::Implicit,
+            ot_sample_weight: 0.0,
+            ot_sample_eps: 0.05,
+            ot_sample_tol: 1e-4,
+            cl_weight: 0.01,
+            cl_temperature: 0.2,
+            cmcl: Cmcl::Paper,
+            fusion: Fusion::Softmax,
+            user_user: false,
+            dropout: 0.1,
+            reg_weight: 1e-4,
+            lr: 1e-3,
+            batch_size: 2048,
+            epochs: 200,
+            eval_every: 1,
+            patience: 20,
+            seed: 2026,
+        }
+    }
+
+    /// The released code's semantics (RECGOAT.md sections 3-5 and 7) for side-by-side comparison: plan
+    /// without gradient and without the factor `d`, absolute eps 0.01 with 100 iterations, free fusion
+    /// scalars, the `1 - InfoNCE` CMCL. The solve itself stays log-domain (the released scaling-domain solve
+    /// underflows to a zero plan); evaluation follows MMRec's protocol, not the released code's.
+    pub fn official_code() -> Self {
+        RecGoatConfig {
+            name: "official_code".into(),
+            oat_barycentric: false,
+            oat_eps_relative: None,
+            oat_eps_absolute: 0.01,
+            oat_iters: 100,
+            oat_gradient: OtGradient::Detached,
+            cmcl: Cmcl::OfficialCode,
+            fusion: Fusion::Free,
+            ..Self::paper()
+        }
+    }
+
+    /// The ID-only backbone: LightGCN (no modalities, no OAT, no contrastive term), scores `z_u . z_i`.
+    pub fn lightgcn() -> Self {
+        RecGoatConfig {
+            name: "lightgcn".into(),
+            modalities: Modalities::Named(Vec::new()),
+            oat: false,
+            cl_weight: 0.0,
+            ot_sample_weight: 0.0,
+            ..Self::paper()
+        }
+    }
+
+    /// A preset by name: `paper`, `official_code` (or `official`), `lightgcn`.
+    ///
+    /// # Errors
+    /// [`Error::Param`] for an unknown name.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "paper" => Ok(Self::paper()),
+            "official_code" | "official" => Ok(Self::official_code()),
+            "lightgcn" => Ok(Self::lightgcn()),
+            other => Err(Error::param(
+                "RecGoatConfig::preset",
+                "name",
+                other,
+                "one of paper, official_code, lightgcn",
+            )),
+        }
+    }
+
+    /// Whether the model uses no modality (pure LightGCN scoring).
+    pub fn id_only(&self) -> bool {
+        matches!(&self.modalities, Modalities::Named(v) if v.is_empty())
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`Error::Param`] naming the first bad field and its value.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "RecGoatConfig";
+        let positive = |name: &'static str, v: usize| {
+            if v == 0 {
+                Err(Error::param(OP, name, v, "must be >= 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("embedding_dim", self.embedding_dim)?;
+        positive("batch_size", self.batch_size)?;
+        positive("epochs", self.epochs)?;
+        positive("eval_every", self.eval_every)?;
+        positive("oat_iters", self.oat_iters)?;
+        if !self.id_only() || self.user_user {
+            positive("gat_heads", self.gat_heads)?;
+            positive("knn_k", self.knn_k)?;
+            if self.embedding_dim % self.gat_heads != 0 {
+                return Err(Error::param(
+                    OP,
+                    "gat_heads",
+                    self.gat_heads,
+                    format!("must divide embedding_dim = {}", self.embedding_dim),
+                ));
+            }
+        }
+        if let OtGradient::Unrolled(0) = self.oat_gradient {
+            return Err(Error::param(
+                OP,
+                "oat_gradient",
+                "Unrolled(0)",
+                "needs >= 1 iteration",
+            ));
+        }
+        let finite_pos = [
+            ("oat_cost_scale", self.oat_cost_scale),
+            ("oat_eps_absolute", self.oat_eps_absolute),
+            ("ot_sample_eps", self.ot_sample_eps),
+            ("oat_tol", self.oat_tol),
+            ("ot_sample_tol", self.ot_sample_tol),
+            ("cl_temperature", self.cl_temperature),
+            ("lr", self.lr),
+        ];
+        for (name, v) in finite_pos {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::param(OP, name, v, "must be finite and > 0"));
+            }
+        }
+        if let Some(r) = self.oat_eps_relative {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(Error::param(
+                    OP,
+                    "oat_eps_relative",
+                    r,
+                    "must be finite and > 0",
+                ));
+            }
+        }
+        for (name, v) in [
+            ("ot_sample_weight", self.ot_sample_weight),
+            ("cl_weight", self.cl_weight),
+            ("reg_weight", self.reg_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::param(OP, name, v, "must be finite and >= 0"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::param(
+                OP,
+                "dropout",
+                self.dropout,
+                "must be in [0, 1)",
+            ));
+        }
+        if self.id_only() && (self.oat || self.cl_weight > 0.0 || self.ot_sample_weight > 0.0) {
+            return Err(Error::param(
+                OP,
+                "modalities",
+                "[] (ID only)",
+                "OAT, the contrastive and the OT sample losses need at least one modality: turn them off",
+            ));
+        }
+        if self.ot_sample_weight > 0.0 && !self.oat {
+            return Err(Error::param(
+                OP,
+                "ot_sample_weight",
+                self.ot_sample_weight,
+                "the sample-level OT loss aligns the OAT output: needs oat = true",
+            ));
+        }
+        Ok(())
+    }
+}
