@@ -112,6 +112,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A checkpoint that cannot be used: not a recgoat-core checkpoint, corrupt, or made for another
+    /// configuration or dataset.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A feature needed by the call was not compiled in.
     #[error("{op}: needs the cargo feature `{feature}`")]
     FeatureDisabled {

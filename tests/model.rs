@@ -174,3 +174,280 @@ fn gradient_without_oat() {
         ..RecGoatConfig::paper()
     }));
 }
+
+/// 60 users in 3 taste groups over 60 items (20 per group); each user has 6 training, 1 valid and 1 test
+/// item from their group. A model that learns anything ranks group items first.
+fn clustered() -> Dataset {
+    let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for u in 0..60 {
+        let g = u % 3;
+        let items: Vec<usize> = (0..8).map(|k| g * 20 + (u / 3 + 3 * k) % 20).collect();
+        train.extend(items[..6].iter().map(|&i| (u, i)));
+        valid.push((u, items[5]));
+        test.push((u, items[6]));
+    }
+    let mut rng = testing::rng(9);
+    // a feature that knows the groups, plus noise
+    let feat = Array2::from_shape_fn((60, 6), |(i, j)| {
+        let signal = if j == i / 20 { 2.0 } else { 0.0 };
+        signal + 0.3 * testing::randn::<f64, _, _>(&mut rng, (1, 1))[[0, 0]]
+    })
+    .mapv(|v| v as f32);
+    Dataset::new("clustered", train, valid, test, vec![("f".into(), feat)]).unwrap()
+}
+
+fn small(base: RecGoatConfig) -> RecGoatConfig {
+    RecGoatConfig {
+        embedding_dim: 8,
+        gat_heads: 2,
+        knn_k: 4,
+        batch_size: 32,
+        epochs: 6,
+        lr: 0.01,
+        ..base
+    }
+}
+
+fn train_params(cfg: RecGoatConfig, ds: &Dataset, par: Par) -> (Params<f32>, TrainState) {
+    let mut t = Trainer::new(cfg, ds, Backend::Cpu(par)).unwrap();
+    t.fit(|_, _| {}).unwrap();
+    (t.params().clone(), t.state().clone())
+}
+
+#[test]
+fn training_is_deterministic_per_seed_and_learns() {
+    let ds = clustered();
+    let cfg = small(RecGoatConfig::paper());
+    let (a, sa) = train_params(cfg.clone(), &ds, Par::Seq);
+    let (b, sb) = train_params(cfg.clone(), &ds, Par::Seq);
+    assert_eq!(a, b, "same seed, same parameters");
+    assert_eq!(sa.history.len(), 6);
+    assert_eq!(
+        sa.history.iter().map(|h| h.loss).collect::<Vec<_>>(),
+        sb.history.iter().map(|h| h.loss).collect::<Vec<_>>()
+    );
+    let (c, _) = train_params(
+        RecGoatConfig {
+            seed: 1,
+            ..cfg.clone()
+        },
+        &ds,
+        Par::Seq,
+    );
+    assert_ne!(a, c, "another seed, other parameters");
+    // the loss goes down and validation recall beats the random ranking (20 / 19 unmasked items ~ 1)
+    let first = sa.history.first().unwrap().loss;
+    let last = sa.history.last().unwrap().loss;
+    assert!(last < first, "loss {first} -> {last}");
+    let mut t = Trainer::new(
+        RecGoatConfig { epochs: 30, ..cfg },
+        &ds,
+        Backend::Cpu(Par::Seq),
+    )
+    .unwrap();
+    t.fit(|_, _| {}).unwrap();
+    t.finish();
+    let m = t.evaluate(Split::Test).unwrap();
+    let r10 = m.at(&m.recall, 10).unwrap();
+    // random: 10 of the 53 unmasked items -> 0.19; ranking the 13 unmasked group items first -> >= 0.75
+    assert!(r10 > 0.6, "test Recall@10 {r10}");
+}
+
+#[test]
+fn early_stopping_restores_the_best_epoch() {
+    let ds = clustered();
+    let cfg = RecGoatConfig {
+        epochs: 40,
+        patience: 2,
+        lr: 0.05,
+        ..small(RecGoatConfig::lightgcn())
+    };
+    let mut t = Trainer::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    t.fit(|_, _| {}).unwrap();
+    let st = t.state().clone();
+    let best = st.best_epoch;
+    assert!(best >= 1);
+    let recalls: Vec<f64> = st.history.iter().map(|h| h.valid.unwrap().0).collect();
+    let max = recalls.iter().cloned().fold(f64::MIN, f64::max);
+    assert_eq!(
+        recalls[best - 1],
+        max,
+        "best epoch has the best validation recall"
+    );
+    assert!(recalls[best - 1..].iter().skip(1).all(|&r| r <= max));
+    if st.epoch < 40 {
+        assert_eq!(
+            st.epoch - best,
+            2,
+            "stopped after `patience` evaluations without improvement"
+        );
+    }
+    t.finish();
+    let m = t.evaluate(Split::Valid).unwrap();
+    assert_eq!(
+        m.at(&m.recall, 20).unwrap(),
+        max,
+        "finish restores the best parameters"
+    );
+}
+
+fn tmp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("recgoat-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn resume_from_checkpoint_continues_identically() {
+    let ds = clustered();
+    let cfg = small(RecGoatConfig::paper());
+    let dir = tmp_dir("resume");
+    let path = dir.join("ckpt.safetensors");
+    let mut a = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+    for _ in 0..3 {
+        a.run_epoch(|_, _| {}).unwrap();
+    }
+    a.save_checkpoint(&path).unwrap();
+    a.fit(|_, _| {}).unwrap();
+    let mut b = Trainer::resume(&path, &ds, Backend::Cpu(Par::Seq), Some(&cfg)).unwrap();
+    assert_eq!(b.state().epoch, 3);
+    b.fit(|_, _| {}).unwrap();
+    assert_eq!(a.params(), b.params());
+    let logs = |t: &Trainer| -> Vec<_> {
+        t.state()
+            .history
+            .iter()
+            .map(|h| (h.epoch, h.loss, h.valid))
+            .collect()
+    };
+    assert_eq!(logs(&a), logs(&b));
+    assert_eq!(
+        (a.state().best_epoch, a.state().bad_evals),
+        (b.state().best_epoch, b.state().bad_evals)
+    );
+    // no temporary file is left behind
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    // embeddings export
+    b.export_embeddings(&dir).unwrap();
+    let users: Array2<f32> = ndarray_npy::read_npy(dir.join("users.npy")).unwrap();
+    let items: Array2<f32> = ndarray_npy::read_npy(dir.join("items.npy")).unwrap();
+    assert_eq!((users.dim(), items.dim()), ((60, 8), (60, 8)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn checkpoint_mismatches_are_errors() {
+    let ds = clustered();
+    let cfg = small(RecGoatConfig::paper());
+    let dir = tmp_dir("mismatch");
+    let path = dir.join("ckpt.safetensors");
+    let t = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+    t.save_checkpoint(&path).unwrap();
+    let err = |r: recgoat_core::Result<Trainer>| r.err().expect("must fail").to_string();
+    // another configuration: the differing field is named; epochs may change
+    let other = RecGoatConfig {
+        embedding_dim: 16,
+        ..cfg.clone()
+    };
+    let e = err(Trainer::resume(
+        &path,
+        &ds,
+        Backend::Cpu(Par::Seq),
+        Some(&other),
+    ));
+    assert!(e.contains("embedding_dim"), "{e}");
+    let longer = RecGoatConfig {
+        epochs: 99,
+        ..cfg.clone()
+    };
+    let r = Trainer::resume(&path, &ds, Backend::Cpu(Par::Seq), Some(&longer)).unwrap();
+    assert_eq!(r.config().epochs, 99);
+    // another dataset
+    let e = err(Trainer::resume(
+        &path,
+        &tiny(),
+        Backend::Cpu(Par::Seq),
+        None,
+    ));
+    assert!(e.contains("users"), "{e}");
+    // a truncated file and a file that is not a checkpoint
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = err(Trainer::resume(&path, &ds, Backend::Cpu(Par::Seq), None));
+    assert!(e.contains("checkpoint"), "{e}");
+    std::fs::write(&path, b"hello").unwrap();
+    assert!(Trainer::resume(&path, &ds, Backend::Cpu(Par::Seq), None).is_err());
+    let e = err(Trainer::resume(
+        dir.join("absent"),
+        &ds,
+        Backend::Cpu(Par::Seq),
+        None,
+    ));
+    assert!(e.contains("absent"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_configs_and_batches_are_errors() {
+    let ds = tiny();
+    let bad = [
+        RecGoatConfig {
+            gat_heads: 3,
+            ..tiny_config(RecGoatConfig::paper())
+        },
+        RecGoatConfig {
+            dropout: 1.0,
+            ..RecGoatConfig::paper()
+        },
+        RecGoatConfig {
+            lr: -1.0,
+            ..RecGoatConfig::paper()
+        },
+        RecGoatConfig {
+            oat: true,
+            ..RecGoatConfig::lightgcn()
+        },
+        RecGoatConfig {
+            modalities: Modalities::Named(vec!["nope".into()]),
+            ..tiny_config(RecGoatConfig::paper())
+        },
+        RecGoatConfig {
+            knn_k: 12,
+            ..tiny_config(RecGoatConfig::paper())
+        },
+    ];
+    let names = ["gat_heads", "dropout", "lr", "modalities", "nope", "k"];
+    for (cfg, name) in bad.into_iter().zip(names) {
+        let e = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq))
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(e.contains(name), "{e}");
+    }
+    let model = RecGoat::<f64>::new(
+        tiny_config(RecGoatConfig::paper()),
+        &ds,
+        Backend::Cpu(Par::Seq),
+    )
+    .unwrap();
+    let p = model.init_params();
+    let b = Batch {
+        users: vec![0],
+        pos: vec![12],
+        neg: vec![1],
+    };
+    let e = model.loss(&p, &b, Mode::Eval).unwrap_err().to_string();
+    assert!(e.contains("pos[0] = 12"), "{e}");
+    assert!(model.loss(&p, &Batch::default(), Mode::Eval).is_err());
+    let mut wrong = p.clone();
+    wrong.embedding = Array2::zeros((3, 4));
+    assert!(model
+        .loss(&wrong, &batch(), Mode::Eval)
+        .unwrap_err()
+        .to_string()
+        .contains("embedding"));
+}

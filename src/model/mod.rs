@@ -2,14 +2,18 @@
 //! hand-written backward pass over the whole model, training with early stopping, checkpoints and
 //! all-item ranking evaluation.
 
+mod checkpoint;
 mod config;
 mod eval;
 mod params;
 mod profile;
 mod recgoat;
+mod train;
 
+pub use checkpoint::{write_atomic, write_npy_atomic};
 pub use config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 pub use eval::{evaluate, evaluate_reference, Metrics};
 pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};
 pub use recgoat::{Batch, Forward, LossParts, OutputGrads, RecGoat};
+pub use train::{EpochLog, Split, TrainState, Trainer, EVAL_KS};

@@ -567,6 +567,14 @@ impl<F: Real> AdamState<F> {
             t: 0,
         }
     }
+    /// Moments restored from a checkpoint (shapes must agree; `t` steps taken).
+    ///
+    /// # Panics
+    /// When `m` and `v` differ in shape.
+    pub fn from_moments(m: Array2<F>, v: Array2<F>, t: u64) -> Self {
+        assert_eq!(m.dim(), v.dim(), "moment shapes differ");
+        AdamState { m, v, t }
+    }
     /// First moment.
     pub fn m(&self) -> &Array2<F> {
         &self.m

@@ -1,0 +1,314 @@
+//! Checkpoints in safetensors (parameters, best parameters, Adam moments, configuration, progress), written
+//! atomically and verified on load; atomic `.npy` export of the final embeddings.
+
+use super::config::RecGoatConfig;
+use super::params::Params;
+use super::recgoat::RecGoat;
+use super::train::{TrainState, Trainer};
+use crate::backend::Backend;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::nn::AdamState;
+use ndarray::{Array2, ArrayView2};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// Format tag stored in every checkpoint.
+const FORMAT: &str = "recgoat-core/checkpoint-v1";
+
+/// Config fields that may differ between a checkpoint and the run that resumes it (they only bound how
+/// long training goes on).
+const RESUMABLE_CHANGES: [&str; 2] = ["epochs", "patience"];
+
+fn io_err(op: &'static str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io {
+        op,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn ckpt_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed
+/// over `path`. A crash leaves either the old file or the new one, never a half-written one.
+///
+/// # Errors
+/// [`Error::Io`] naming the path when any step fails (the temporary file is removed).
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    const OP: &str = "write_atomic";
+    let path = path.as_ref();
+    let name = path
+        .file_name()
+        .ok_or_else(|| io_err(OP, path, "not a file path"))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(OP, path, e));
+    }
+    Ok(())
+}
+
+/// Writes a matrix as a little-endian `.npy` file, atomically.
+///
+/// # Errors
+/// As [`write_atomic`].
+pub fn write_npy_atomic(path: impl AsRef<Path>, a: &Array2<f32>) -> Result<()> {
+    let path = path.as_ref();
+    let mut buf = Vec::new();
+    ndarray_npy::WriteNpyExt::write_npy(a, &mut buf)
+        .map_err(|e| io_err("write_npy_atomic", path, e))?;
+    write_atomic(path, &buf)
+}
+
+fn le_bytes(t: ArrayView2<'_, f32>) -> Vec<u8> {
+    t.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn changed_fields(a: &RecGoatConfig, b: &RecGoatConfig) -> Vec<String> {
+    let (va, vb) = (
+        serde_json::to_value(a).expect("config serialises"),
+        serde_json::to_value(b).expect("config serialises"),
+    );
+    match (va, vb) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => x
+            .iter()
+            .filter(|(k, v)| y.get(*k) != Some(v) && !RESUMABLE_CHANGES.contains(&k.as_str()))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: checkpoint {v}, requested {}",
+                    y.get(k).unwrap_or(&serde_json::Value::Null)
+                )
+            })
+            .collect(),
+        _ => vec!["<config is not an object>".into()],
+    }
+}
+
+impl<'d> Trainer<'d> {
+    /// Saves everything needed to resume training identically: parameters, the best parameters so far, the
+    /// Adam moments and step counts, the configuration, the dataset shape and the progress. Written
+    /// atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be written.
+    pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let cur = self.params.tensors();
+        let best = self.best.tensors();
+        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (k, (name, t)) in cur.iter().enumerate() {
+            let shape = vec![t.nrows(), t.ncols()];
+            owned.push((format!("param/{name}"), shape.clone(), le_bytes(t.view())));
+            owned.push((
+                format!("best/{name}"),
+                shape.clone(),
+                le_bytes(best[k].1.view()),
+            ));
+            let st = &self.adam_states[k];
+            owned.push((
+                format!("adam_m/{name}"),
+                shape.clone(),
+                le_bytes(st.m().view()),
+            ));
+            owned.push((format!("adam_v/{name}"), shape, le_bytes(st.v().view())));
+        }
+        let views = owned
+            .iter()
+            .map(|(n, s, b)| {
+                TensorView::new(Dtype::F32, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| ckpt_err(path, e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (nu, ni) = self.model.shape();
+        let adam_t: Vec<u64> = self.adam_states.iter().map(|s| s.t).collect();
+        let meta: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
+            (
+                "config",
+                serde_json::to_string(self.model.config()).expect("serialises"),
+            ),
+            (
+                "state",
+                serde_json::to_string(&self.state).expect("serialises"),
+            ),
+            (
+                "adam_t",
+                serde_json::to_string(&adam_t).expect("serialises"),
+            ),
+            ("n_users", nu.to_string()),
+            ("n_items", ni.to_string()),
+            (
+                "modalities",
+                serde_json::to_string(&self.model.modalities()).expect("serialises"),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let bytes = safetensors::tensor::serialize(views, Some(meta))
+            .map_err(|e| ckpt_err(path, e.to_string()))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Resumes training from a checkpoint of [`Trainer::save_checkpoint`] on the same dataset: the next
+    /// epochs continue exactly as the saved run would have.
+    ///
+    /// `expected`, when given, must equal the checkpoint's configuration except for `epochs` and `patience`
+    /// (which then take the expected values, so a run can be extended).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for an unreadable file; [`Error::Checkpoint`] for a file that is not a recgoat-core
+    /// checkpoint, a configuration that differs from `expected` (the differing fields are listed), a
+    /// dataset of another shape or with other modalities, or a missing tensor or one of the wrong shape.
+    pub fn resume(
+        path: impl AsRef<Path>,
+        data: &'d Dataset,
+        backend: Backend,
+        expected: Option<&RecGoatConfig>,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| io_err("Trainer::resume", path, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(path, e.to_string()))?;
+        let (_, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(path, e.to_string()))?;
+        let meta = metadata
+            .metadata()
+            .clone()
+            .ok_or_else(|| ckpt_err(path, "no metadata: not a recgoat-core checkpoint"))?;
+        let get = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| ckpt_err(path, format!("metadata field `{k}` missing")))
+        };
+        if get("format")? != FORMAT {
+            return Err(ckpt_err(
+                path,
+                format!("format {:?}, expected {FORMAT:?}", get("format")?),
+            ));
+        }
+        let parse_err =
+            |k: &str, e: serde_json::Error| ckpt_err(path, format!("metadata `{k}`: {e}"));
+        let mut cfg: RecGoatConfig =
+            serde_json::from_str(get("config")?).map_err(|e| parse_err("config", e))?;
+        if let Some(want) = expected {
+            let diff = changed_fields(&cfg, want);
+            if !diff.is_empty() {
+                return Err(ckpt_err(
+                    path,
+                    format!("made with another configuration: {}", diff.join("; ")),
+                ));
+            }
+            cfg.epochs = want.epochs;
+            cfg.patience = want.patience;
+        }
+        let state: TrainState =
+            serde_json::from_str(get("state")?).map_err(|e| parse_err("state", e))?;
+        let adam_t: Vec<u64> =
+            serde_json::from_str(get("adam_t")?).map_err(|e| parse_err("adam_t", e))?;
+        let saved_shape = (get("n_users")?.as_str(), get("n_items")?.as_str());
+        let shape = (data.n_users.to_string(), data.n_items.to_string());
+        if saved_shape != (shape.0.as_str(), shape.1.as_str()) {
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "made for {} users x {} items, the dataset has {} x {}",
+                    saved_shape.0, saved_shape.1, shape.0, shape.1
+                ),
+            ));
+        }
+        let model = RecGoat::<f32>::new(cfg, data, backend)?;
+        let saved_modalities: Vec<(String, usize)> =
+            serde_json::from_str(get("modalities")?).map_err(|e| parse_err("modalities", e))?;
+        if saved_modalities != model.modalities() {
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "made with modalities {saved_modalities:?}, the dataset gives {:?}",
+                    model.modalities()
+                ),
+            ));
+        }
+        let template = model.init_params();
+        let load = |prefix: &str| -> Result<Params<f32>> {
+            let mut p = template.clone();
+            for (name, mut t) in p.tensors_mut() {
+                let key = format!("{prefix}/{name}");
+                let v = st
+                    .tensor(&key)
+                    .map_err(|_| ckpt_err(path, format!("tensor `{key}` missing")))?;
+                if v.dtype() != Dtype::F32 || v.shape() != [t.nrows(), t.ncols()] {
+                    return Err(ckpt_err(
+                        path,
+                        format!(
+                            "tensor `{key}` is {:?} {:?}, the model needs F32 {:?}",
+                            v.dtype(),
+                            v.shape(),
+                            t.dim()
+                        ),
+                    ));
+                }
+                for (dst, c) in t.iter_mut().zip(v.data().chunks_exact(4)) {
+                    *dst = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Ok(p)
+        };
+        let params = load("param")?;
+        let best = load("best")?;
+        let (m, v) = (load("adam_m")?, load("adam_v")?);
+        let mut trainer = Trainer::with_params(model, data, params)?;
+        if adam_t.len() != trainer.adam_states.len() {
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "{} Adam step counts for {} tensors",
+                    adam_t.len(),
+                    trainer.adam_states.len()
+                ),
+            ));
+        }
+        for (((s, (_, mm)), (_, vv)), t) in trainer
+            .adam_states
+            .iter_mut()
+            .zip(m.tensors())
+            .zip(v.tensors())
+            .zip(adam_t)
+        {
+            *s = AdamState::from_moments(mm.to_owned(), vv.to_owned(), t);
+        }
+        trainer.best = best;
+        trainer.state = state;
+        Ok(trainer)
+    }
+
+    /// Writes the final user and item vectors (evaluation mode) as `users.npy` and `items.npy` in `dir`,
+    /// each atomically.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the folder cannot be written, and the forward pass's errors.
+    pub fn export_embeddings(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| io_err("export_embeddings", dir, e))?;
+        let (users, items) = self.embeddings()?;
+        write_npy_atomic(dir.join("users.npy"), &users)?;
+        write_npy_atomic(dir.join("items.npy"), &items)
+    }
+}
