@@ -347,7 +347,7 @@ fn checkpoint_mismatches_are_errors() {
     let path = dir.join("ckpt.safetensors");
     let t = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
     t.save_checkpoint(&path).unwrap();
-    let err = |r: recgoat_core::Result<Trainer>| r.err().expect("must fail").to_string();
+    let err = |r: recgoat_core::Result<Trainer>| r.expect_err("must fail").to_string();
     // another configuration: the differing field is named; epochs may change
     let other = RecGoatConfig {
         embedding_dim: 16,
@@ -423,8 +423,7 @@ fn bad_configs_and_batches_are_errors() {
     let names = ["gat_heads", "dropout", "lr", "modalities", "nope", "k"];
     for (cfg, name) in bad.into_iter().zip(names) {
         let e = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq))
-            .err()
-            .expect("must fail")
+            .expect_err("must fail")
             .to_string();
         assert!(e.contains(name), "{e}");
     }
