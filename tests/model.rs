@@ -171,6 +171,7 @@ fn gradient_without_oat() {
     gradient_check(tiny_config(RecGoatConfig {
         oat: false,
         fusion: Fusion::Free,
+        fusion_normalize: false,
         ..RecGoatConfig::paper()
     }));
 }

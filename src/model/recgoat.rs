@@ -95,6 +95,8 @@ pub struct RecGoat<F: Real> {
     oat: Option<AdaptiveTransport<F>>,
     sample_ot: SinkhornConfig<F>,
     backend: Backend,
+    /// Name and shape of every parameter tensor, in [`Params::tensors`] order.
+    shapes: Vec<(String, (usize, usize))>,
 }
 
 /// Cache of one branch's forward pass.
@@ -114,9 +116,9 @@ struct LayerCache<F> {
 #[derive(Debug, Clone)]
 struct FusionCache<F> {
     weights: Array1<F>,
-    norm: LayerNormCache<F>,
+    /// LayerNorm cache and the row norms of the L2 normalisation (`None` without `fusion_normalize`).
+    norm: Option<(LayerNormCache<F>, Array1<F>)>,
     mask: Option<Array2<F>>,
-    norms: Array1<F>,
 }
 
 /// Everything [`RecGoat::forward`] computed: the final user and item vectors (scores are their dot
@@ -165,6 +167,22 @@ fn scatter_add<F: Real>(dst: &mut Array2<F>, ids: &[usize], rows: ArrayView2<'_,
     for (&id, r) in ids.iter().zip(rows.rows()) {
         dst.row_mut(id).scaled_add(F::one(), &r);
     }
+}
+
+/// The fused views in order: the collaborative items, then per modality the OAT output (or, without OAT, the
+/// branch output).
+fn fusion_views<'a, F: Real>(
+    zcf: ArrayView2<'a, F>,
+    aligned: &'a [Array2<F>],
+    branches: &'a [BranchCache<F>],
+) -> Vec<ArrayView2<'a, F>> {
+    let mut views = vec![zcf];
+    if aligned.is_empty() {
+        views.extend(branches.iter().map(|b| b.out.view()));
+    } else {
+        views.extend(aligned.iter().map(|a| a.view()));
+    }
+    views
 }
 
 fn cast<F: Real>(x: f64) -> F {
@@ -320,7 +338,7 @@ impl<F: Real> RecGoat<F> {
         let sample_ot = SinkhornConfig::new(Epsilon::Absolute(cast(cfg.ot_sample_eps)))
             .with_tol(cast(cfg.ot_sample_tol), ErrorNorm::L1)
             .with_iters(1000, 10);
-        Ok(RecGoat {
+        let mut model = RecGoat {
             cfg,
             n_users,
             n_items,
@@ -331,7 +349,15 @@ impl<F: Real> RecGoat<F> {
             oat,
             sample_ot,
             backend,
-        })
+            shapes: Vec::new(),
+        };
+        model.shapes = model
+            .init_params()
+            .tensors()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.dim()))
+            .collect();
+        Ok(model)
     }
 
     /// The configuration.
@@ -402,7 +428,7 @@ impl<F: Real> RecGoat<F> {
             user_branch,
             deltas,
             fusion,
-            norm: (!self.id_only()).then(|| LayerNorm::new(d)),
+            norm: (!self.id_only() && self.cfg.fusion_normalize).then(|| LayerNorm::new(d)),
         }
     }
 
@@ -411,36 +437,25 @@ impl<F: Real> RecGoat<F> {
     /// # Errors
     /// [`Error::Shape`] naming the first tensor that differs from [`RecGoat::init_params`].
     pub fn check_params(&self, params: &Params<F>) -> Result<()> {
-        let want = self.init_params();
-        let (a, b) = (want.tensors(), params.tensors());
-        for (k, (n, t)) in a.iter().enumerate() {
-            match b.get(k) {
-                Some((m, u)) if m == n && u.dim() == t.dim() => {}
-                Some((m, u)) => {
-                    return Err(Error::shape(
-                        "RecGoat::check_params",
-                        format!("tensor #{k} ({n})"),
-                        (n.clone(), t.dim()),
-                        (m.clone(), u.dim()),
-                    ))
-                }
-                None => {
-                    return Err(Error::shape(
-                        "RecGoat::check_params",
-                        "tensor count",
-                        a.len(),
-                        b.len(),
-                    ))
-                }
-            }
-        }
-        if a.len() != b.len() {
+        const OP: &str = "RecGoat::check_params";
+        let have = params.tensors();
+        if have.len() != self.shapes.len() {
             return Err(Error::shape(
-                "RecGoat::check_params",
+                OP,
                 "tensor count",
-                a.len(),
-                b.len(),
+                self.shapes.len(),
+                have.len(),
             ));
+        }
+        for (k, ((n, dim), (m, t))) in self.shapes.iter().zip(&have).enumerate() {
+            if n != m || *dim != t.dim() {
+                return Err(Error::shape(
+                    OP,
+                    format!("tensor #{k} ({n})"),
+                    (n.clone(), *dim),
+                    (m.clone(), t.dim()),
+                ));
+            }
         }
         Ok(())
     }
@@ -599,12 +614,7 @@ impl<F: Real> RecGoat<F> {
             });
         }
         let t = Profile::start();
-        let mut views: Vec<ArrayView2<'_, F>> = vec![zcf];
-        if self.oat.is_some() {
-            views.extend(aligned.iter().map(|a| a.view()));
-        } else {
-            views.extend(branches.iter().map(|b| b.out.view()));
-        }
+        let views = fusion_views(zcf, &aligned, &branches);
         let logits = p
             .fusion
             .as_ref()
@@ -619,10 +629,18 @@ impl<F: Real> RecGoat<F> {
                 (y, logits.clone())
             }
         };
-        let ln = p.norm.as_ref().expect("layer norm exists with modalities");
-        let (normed, norm_cache) = ln.forward(fused.view())?;
-        let (dropped, mask) = self.dropout(normed, mode, 2000)?;
-        let (items, norms) = nn::l2_normalize(dropped.view())?;
+        let (items, mask, norm) = match &p.norm {
+            Some(ln) => {
+                let (normed, norm_cache) = ln.forward(fused.view())?;
+                let (dropped, mask) = self.dropout(normed, mode, 2000)?;
+                let (items, norms) = nn::l2_normalize(dropped.view())?;
+                (items, mask, Some((norm_cache, norms)))
+            }
+            None => {
+                let (items, mask) = self.dropout(fused, mode, 2000)?;
+                (items, mask, None)
+            }
+        };
         Profile::add(&mut profile, Stage::Fusion, t);
         Ok(Forward {
             users,
@@ -634,9 +652,8 @@ impl<F: Real> RecGoat<F> {
             oat,
             fusion: Some(FusionCache {
                 weights,
-                norm: norm_cache,
+                norm,
                 mask,
-                norms,
             }),
         })
     }
@@ -863,27 +880,20 @@ impl<F: Real> RecGoat<F> {
 
         if let Some(fc) = &fwd.fusion {
             let t = Profile::start();
-            let g = crate::nn::l2_normalize_backward(
-                fwd.items.view(),
-                fc.norms.view(),
-                g_items.view(),
-            )?;
-            let g = nn::dropout_backward(g.view(), fc.mask.as_ref());
-            let ln = p.norm.as_ref().expect("layer norm exists with modalities");
-            let (g, g_gamma, g_beta) = ln.backward(&fc.norm, g.view())?;
-            let gn = grads
-                .norm
-                .as_mut()
-                .expect("layer norm exists with modalities");
-            gn.gamma += &g_gamma;
-            gn.beta += &g_beta;
+            let g = match (&fc.norm, p.norm.as_ref(), grads.norm.as_mut()) {
+                (Some((ln_cache, norms)), Some(ln), Some(gn)) => {
+                    let g =
+                        nn::l2_normalize_backward(fwd.items.view(), norms.view(), g_items.view())?;
+                    let g = nn::dropout_backward(g.view(), fc.mask.as_ref());
+                    let (g, g_gamma, g_beta) = ln.backward(ln_cache, g.view())?;
+                    gn.gamma += &g_gamma;
+                    gn.beta += &g_beta;
+                    g
+                }
+                _ => nn::dropout_backward(g_items.view(), fc.mask.as_ref()),
+            };
             let zcf = fwd.collaborative_items(nu);
-            let mut views: Vec<ArrayView2<'_, F>> = vec![zcf];
-            if self.oat.is_some() {
-                views.extend(fwd.aligned.iter().map(|a| a.view()));
-            } else {
-                views.extend(fwd.branches.iter().map(|b| b.out.view()));
-            }
+            let views = fusion_views(zcf, &fwd.aligned, &fwd.branches);
             let (g_views, g_w) = match self.cfg.fusion {
                 Fusion::Softmax => {
                     nn::softmax_fusion_backward(&views, fc.weights.view(), g.view())?

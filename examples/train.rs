@@ -1,0 +1,494 @@
+//! Train the reference RecGOAT model end to end on real data and compare it with the LightGCN baseline.
+//!
+//! ```text
+//! cargo run --release --example train                                   # paper() vs lightgcn() on data/lfm2k
+//! cargo run --release --example train -- --preset official_code --seeds 3
+//! cargo run --release --example train -- --data data/baby --preset lightgcn --baseline none --epochs 1000 --lr 0.001
+//! cargo run --release --example train -- --resume out/train/paper-s2026/checkpoint.safetensors
+//! ```
+//! Writes under `--out` (default `out/train`): per run a folder with `checkpoint.safetensors` (saved after
+//! every epoch, atomically), `users.npy` / `items.npy` (final embeddings), and for the whole call
+//! `curve.svg` (validation Recall@20 per epoch) and `results.json` (every run's metrics and profile).
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use recgoat_core::data::Dataset;
+use recgoat_core::model::{
+    write_atomic, Metrics, Modalities, RecGoatConfig, Split, Stage, Trainer,
+};
+use recgoat_core::{Backend, Error, Par};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Cpu,
+    Gpu,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Train RecGOAT on a LightGCN-format dataset and compare it with LightGCN")]
+struct Args {
+    /// Dataset folder (train.txt, valid.txt, test.txt and optional <name>.npy item features).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k"))]
+    data: PathBuf,
+    /// Feature files to load (names without .npy); default: every .npy in the folder.
+    #[arg(long, value_delimiter = ',')]
+    features: Option<Vec<String>>,
+    /// Model preset: paper, official_code, lightgcn.
+    #[arg(long, default_value = "paper")]
+    preset: String,
+    /// Baseline trained the same way for the comparison table ("none" to skip).
+    #[arg(long, default_value = "lightgcn")]
+    baseline: String,
+    /// Seeds per model (mean +- std over them); seed, seed + 1, ...
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Maximum epochs (the default keeps the default run to a few minutes on 2 cores).
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Early-stopping patience in evaluations (0: off).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Evaluate on valid every N epochs.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Learning rate (the presets say 1e-3; the default budget of 40 epochs needs a faster one).
+    #[arg(long, default_value_t = 0.005)]
+    lr: f64,
+    /// Embedding size.
+    #[arg(long)]
+    dim: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// LightGCN layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Regularisation weight.
+    #[arg(long)]
+    reg: Option<f64>,
+    /// Contrastive weight (RecGOAT presets).
+    #[arg(long)]
+    cl_weight: Option<f64>,
+    /// Sample-level OT loss weight (RecGOAT presets).
+    #[arg(long)]
+    ot_weight: Option<f64>,
+    /// kNN neighbours.
+    #[arg(long)]
+    knn_k: Option<usize>,
+    /// Dropout.
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Turn on the user-user branch.
+    #[arg(long)]
+    user_user: bool,
+    /// Score with the raw weighted sum of the views (no LayerNorm / L2 normalisation of the fused items).
+    #[arg(long)]
+    no_fusion_normalize: bool,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// CPU threads (0: all).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Output folder.
+    #[arg(long, default_value = "out/train")]
+    out: PathBuf,
+    /// Resume the main model's run from this checkpoint (its configuration is used).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+struct RunResult {
+    label: String,
+    config: RecGoatConfig,
+    best_epoch: usize,
+    epochs_run: usize,
+    seconds_per_epoch: f64,
+    valid: Metrics,
+    test: Metrics,
+    curve: Vec<(usize, f64)>,
+    profile: Vec<(&'static str, f64, f64)>,
+}
+
+fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error> {
+    let mut c = RecGoatConfig::preset(name)?;
+    c.seed = seed;
+    macro_rules! set {
+        ($($field:ident <- $arg:ident),*) => {$(if let Some(v) = args.$arg.clone() { c.$field = v; })*};
+    }
+    c.epochs = args.epochs;
+    c.lr = args.lr;
+    set!(patience <- patience, eval_every <- eval_every,
+         embedding_dim <- dim, batch_size <- batch_size, lightgcn_layers <- layers, reg_weight <- reg,
+         knn_k <- knn_k, dropout <- dropout);
+    if !c.id_only() {
+        set!(cl_weight <- cl_weight, ot_sample_weight <- ot_weight);
+        c.user_user |= args.user_user;
+        c.fusion_normalize &= !args.no_fusion_normalize;
+    }
+    if let Some(f) = &args.features {
+        if !c.id_only() {
+            c.modalities = Modalities::Named(f.clone());
+        }
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn train_one(mut trainer: Trainer<'_>, label: &str, dir: &Path) -> Result<RunResult, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        op: "train",
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let cfg = trainer.config().clone();
+    let bar = ProgressBar::new(cfg.epochs as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>22} [{elapsed_precise}] {bar:30.cyan/blue} {pos:>4}/{len} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar.set_position(trainer.state().epoch as u64);
+    let ckpt = dir.join("checkpoint.safetensors");
+    let started = Instant::now();
+    let first_epoch = trainer.state().epoch;
+    // without a terminal the bar is hidden: print a line every 10 epochs instead
+    let tty = std::io::stderr().is_terminal();
+    while !trainer.done() {
+        let log = trainer.run_epoch(|_, _| {})?;
+        trainer.save_checkpoint(&ckpt)?;
+        let st = trainer.state();
+        let valid = log
+            .valid
+            .map_or(String::new(), |(r, _)| format!(" valid R@20 {r:.4}"));
+        let msg = format!(
+            "loss {:.4}{valid} | best {:.4} @ {} | {:.2}s/epoch",
+            log.loss, st.best_recall, st.best_epoch, log.train_seconds
+        );
+        if !tty && (st.epoch % 10 == 0 || st.epoch == 1) {
+            println!("{label} epoch {:>4}: {msg}", st.epoch);
+        }
+        bar.set_message(msg);
+        bar.set_position(st.epoch as u64);
+    }
+    let epochs_run = trainer.state().epoch - first_epoch;
+    let done = format!(
+        "done: best valid R@20 {:.4} at epoch {} ({:.0}s)",
+        trainer.state().best_recall,
+        trainer.state().best_epoch,
+        started.elapsed().as_secs_f64()
+    );
+    if !tty {
+        println!("{label} {done}");
+    }
+    bar.finish_with_message(done);
+    trainer.finish();
+    let valid = trainer.evaluate(Split::Valid)?;
+    let test = trainer.evaluate(Split::Test)?;
+    trainer.export_embeddings(dir)?;
+    let st = trainer.state();
+    let train_secs: f64 = st.history.iter().map(|h| h.train_seconds).sum();
+    let p = trainer.profile();
+    let train_stage_secs = p.total() - p.get(Stage::Evaluation);
+    Ok(RunResult {
+        label: label.to_string(),
+        config: cfg,
+        best_epoch: st.best_epoch,
+        epochs_run,
+        seconds_per_epoch: train_secs / st.history.len().max(1) as f64,
+        valid,
+        test,
+        curve: st
+            .history
+            .iter()
+            .filter_map(|h| h.valid.map(|(r, _)| (h.epoch, r)))
+            .collect(),
+        profile: if train_stage_secs > 0.0 {
+            p.breakdown()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+fn fmt_ms(v: &[f64]) -> String {
+    let (m, s) = mean_std(v);
+    if v.len() > 1 {
+        format!("{m:.4}±{s:.4}")
+    } else {
+        format!("{m:.4}")
+    }
+}
+
+fn print_table(groups: &[(String, Vec<RunResult>)]) {
+    let metric = |runs: &[RunResult], split: Split, which: &str, k: usize| -> String {
+        let vals: Vec<f64> = runs
+            .iter()
+            .map(|r| {
+                let m = if split == Split::Valid {
+                    &r.valid
+                } else {
+                    &r.test
+                };
+                let series = if which == "R" { &m.recall } else { &m.ndcg };
+                m.at(series, k).unwrap_or(f64::NAN)
+            })
+            .collect();
+        fmt_ms(&vals)
+    };
+    println!();
+    println!(
+        "| model | seeds | best epoch | s/epoch | valid R@20 | valid N@20 | test R@10 | test R@20 | test R@50 | test N@10 | test N@20 | test N@50 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, runs) in groups {
+        let best: Vec<String> = runs.iter().map(|r| r.best_epoch.to_string()).collect();
+        let spe: Vec<f64> = runs.iter().map(|r| r.seconds_per_epoch).collect();
+        println!(
+            "| {name} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            runs.len(),
+            best.join(","),
+            mean_std(&spe).0,
+            metric(runs, Split::Valid, "R", 20),
+            metric(runs, Split::Valid, "N", 20),
+            metric(runs, Split::Test, "R", 10),
+            metric(runs, Split::Test, "R", 20),
+            metric(runs, Split::Test, "R", 50),
+            metric(runs, Split::Test, "N", 10),
+            metric(runs, Split::Test, "N", 20),
+            metric(runs, Split::Test, "N", 50),
+        );
+    }
+    for (name, runs) in groups {
+        if let Some(r) = runs.first() {
+            if !r.profile.is_empty() {
+                let parts: Vec<String> = r
+                    .profile
+                    .iter()
+                    .map(|(n, s, f)| format!("{n} {s:.1}s ({:.0}%)", 100.0 * f))
+                    .collect();
+                println!(
+                    "time per stage, {name} (seed {}): {}",
+                    r.config.seed,
+                    parts.join(", ")
+                );
+            }
+        }
+    }
+}
+
+/// A line chart of validation Recall@20 per epoch, one polyline per run, as a standalone SVG.
+fn curve_svg(groups: &[(String, Vec<RunResult>)]) -> String {
+    let (w, h, l, r, t, b) = (760.0, 420.0, 70.0, 180.0, 30.0, 50.0);
+    let runs: Vec<&RunResult> = groups.iter().flat_map(|(_, rs)| rs.iter()).collect();
+    let max_e = runs
+        .iter()
+        .flat_map(|r| r.curve.iter().map(|c| c.0))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let max_y = runs
+        .iter()
+        .flat_map(|r| r.curve.iter().map(|c| c.1))
+        .fold(0.0f64, f64::max)
+        .max(1e-6)
+        * 1.1;
+    let px = |e: f64| l + (w - l - r) * e / max_e;
+    let py = |y: f64| h - b - (h - t - b) * y / max_y;
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    s += &format!(
+        "<line x1=\"{l}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"black\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{0}\" stroke=\"black\"/>\n",
+        h - b,
+        w - r
+    );
+    for k in 0..=5 {
+        let y = max_y * k as f64 / 5.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.3}</text><line x1=\"{l}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#ddd\"/>\n",
+            l - 6.0,
+            py(y),
+            w - r
+        );
+        let e = max_e * k as f64 / 5.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{e:.0}</text>\n",
+            px(e),
+            h - b + 18.0
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">epoch</text><text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">validation Recall@20</text>\n",
+        (l + w - r) / 2.0,
+        h - 10.0,
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0
+    );
+    for (k, run) in runs.iter().enumerate() {
+        let c = colors[k % colors.len()];
+        let pts: Vec<String> = run
+            .curve
+            .iter()
+            .map(|&(e, y)| format!("{:.1},{:.1}", px(e as f64), py(y)))
+            .collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+            pts.join(" ")
+        );
+        let ly = t + 18.0 * k as f64;
+        s += &format!(
+            "<line x1=\"{0}\" y1=\"{ly}\" x2=\"{1}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{2}\" y=\"{3}\">{4}</text>\n",
+            w - r + 10.0,
+            w - r + 30.0,
+            w - r + 36.0,
+            ly + 4.0,
+            run.label
+        );
+    }
+    s + "</svg>\n"
+}
+
+fn metrics_json(m: &Metrics) -> serde_json::Value {
+    serde_json::json!({"ks": m.ks, "recall": m.recall, "ndcg": m.ndcg, "precision": m.precision, "hit": m.hit, "users": m.users})
+}
+
+fn run() -> Result<(), Error> {
+    let args = Args::parse();
+    let backend = match args.backend {
+        BackendArg::Cpu if args.threads == 1 => Backend::Cpu(Par::Seq),
+        BackendArg::Cpu => Backend::Cpu(Par::Rayon(args.threads)),
+        BackendArg::Gpu => {
+            return Err(Error::FeatureDisabled {
+                op: "train --backend gpu",
+                feature:
+                    "gpu (the GPU path of the model is not implemented yet: use --backend cpu)",
+            })
+        }
+    };
+    let features: Vec<String> = match &args.features {
+        Some(f) => f.clone(),
+        None => {
+            let mut names: Vec<String> = std::fs::read_dir(&args.data)
+                .map_err(|e| Error::Io {
+                    op: "train",
+                    path: args.data.display().to_string(),
+                    reason: e.to_string(),
+                })?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let p = e.path();
+                    if p.extension()? == "npy" {
+                        Some(p.file_stem()?.to_string_lossy().into_owned())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    let refs: Vec<&str> = features.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let ds = Dataset::load_lightgcn_dir(&args.data, &refs)?;
+    println!(
+        "{}: {} users, {} items, {} / {} / {} interactions, features {:?} ({:.1}s to load)",
+        args.data.display(),
+        ds.n_users,
+        ds.n_items,
+        ds.train.len(),
+        ds.valid.len(),
+        ds.test.len(),
+        ds.item_features
+            .iter()
+            .map(|(n, x)| format!("{n} {}", x.ncols()))
+            .collect::<Vec<_>>(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut presets = vec![args.preset.clone()];
+    if args.baseline != "none" && args.baseline != args.preset {
+        presets.push(args.baseline.clone());
+    }
+    let first_seed = args.seed.unwrap_or(RecGoatConfig::paper().seed);
+    let mut groups: Vec<(String, Vec<RunResult>)> = Vec::new();
+    for (pi, preset) in presets.iter().enumerate() {
+        let mut runs = Vec::new();
+        for s in 0..args.seeds {
+            let seed = first_seed + s;
+            let label = format!("{preset}-s{seed}");
+            let dir = args.out.join(&label);
+            let t = Instant::now();
+            let trainer = match (&args.resume, pi, s) {
+                (Some(path), 0, 0) => Trainer::resume(path, &ds, backend, None)?,
+                _ => Trainer::new(configure(preset, &args, seed)?, &ds, backend)?,
+            };
+            let setup = t.elapsed().as_secs_f64();
+            if setup > 0.5 {
+                println!("{label}: graphs and parameters built in {setup:.1}s");
+            }
+            runs.push(train_one(trainer, &label, &dir)?);
+        }
+        groups.push((preset.clone(), runs));
+    }
+    print_table(&groups);
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io {
+        op: "train",
+        path: args.out.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(args.out.join("curve.svg"), curve_svg(&groups).as_bytes())?;
+    let json: Vec<serde_json::Value> = groups
+        .iter()
+        .flat_map(|(_, rs)| rs.iter())
+        .map(|r| {
+            serde_json::json!({
+                "label": r.label, "config": r.config, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
+                "seconds_per_epoch": r.seconds_per_epoch, "valid": metrics_json(&r.valid),
+                "test": metrics_json(&r.test), "curve": r.curve,
+                "profile": r.profile.iter().map(|(n, s, f)| serde_json::json!({"stage": n, "seconds": s, "share": f})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    write_atomic(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&json)
+            .expect("serialises")
+            .as_bytes(),
+    )?;
+    println!(
+        "\nwrote {0}/curve.svg, {0}/results.json and per run <label>/checkpoint.safetensors, users.npy, items.npy",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
