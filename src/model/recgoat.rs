@@ -564,7 +564,7 @@ impl<F: Real> RecGoat<F> {
     ) -> Result<Forward<F>> {
         self.check_params(p)?;
         let par = self.backend.par();
-        let (nu, d) = (self.n_users, self.cfg.embedding_dim);
+        let nu = self.n_users;
         let t = Profile::start();
         let z = lightgcn_forward(&self.adj, p.embedding.view(), self.cfg.lightgcn_layers, par)?;
         Profile::add(&mut profile, Stage::Propagation, t);
@@ -600,21 +600,33 @@ impl<F: Real> RecGoat<F> {
         }
         Profile::add(&mut profile, Stage::Transport, t);
 
-        if self.id_only() {
-            let items = zcf.to_owned();
-            return Ok(Forward {
-                users,
-                items,
-                z,
-                branches,
-                user_branch,
-                aligned,
-                oat,
-                fusion: None,
-            });
-        }
         let t = Profile::start();
-        let views = fusion_views(zcf, &aligned, &branches);
+        let (items, fusion) = if self.id_only() {
+            (zcf.to_owned(), None)
+        } else {
+            let (items, cache) = self.fuse(p, fusion_views(zcf, &aligned, &branches), mode)?;
+            (items, Some(cache))
+        };
+        Profile::add(&mut profile, Stage::Fusion, t);
+        Ok(Forward {
+            users,
+            items,
+            z,
+            branches,
+            user_branch,
+            aligned,
+            oat,
+            fusion,
+        })
+    }
+
+    /// Weighted sum of the views, then (with `fusion_normalize`) LayerNorm, dropout and L2 normalisation.
+    fn fuse(
+        &self,
+        p: &Params<F>,
+        views: Vec<ArrayView2<'_, F>>,
+        mode: Mode,
+    ) -> Result<(Array2<F>, FusionCache<F>)> {
         let logits = p
             .fusion
             .as_ref()
@@ -622,7 +634,7 @@ impl<F: Real> RecGoat<F> {
         let (fused, weights) = match self.cfg.fusion {
             Fusion::Softmax => nn::softmax_fusion(&views, logits.view())?,
             Fusion::Free => {
-                let mut y = Array2::zeros((self.n_items, d));
+                let mut y = Array2::zeros(views[0].dim());
                 for (v, &w) in views.iter().zip(logits) {
                     y.scaled_add(w, v);
                 }
@@ -641,21 +653,14 @@ impl<F: Real> RecGoat<F> {
                 (items, mask, None)
             }
         };
-        Profile::add(&mut profile, Stage::Fusion, t);
-        Ok(Forward {
-            users,
+        Ok((
             items,
-            z,
-            branches,
-            user_branch,
-            aligned,
-            oat,
-            fusion: Some(FusionCache {
+            FusionCache {
                 weights,
                 norm,
                 mask,
-            }),
-        })
+            },
+        ))
     }
 
     /// The loss of one batch on a forward pass, and its gradient with respect to the forward outputs:
