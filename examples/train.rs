@@ -87,6 +87,9 @@ struct Args {
     /// Turn on the user-user branch.
     #[arg(long)]
     user_user: bool,
+    /// Initial fusion weight of the collaborative view (modalities share the rest).
+    #[arg(long)]
+    fusion_cf_init: Option<f64>,
     /// Score with the raw weighted sum of the views (no LayerNorm / L2 normalisation of the fused items).
     #[arg(long)]
     no_fusion_normalize: bool,
@@ -131,6 +134,9 @@ fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error>
         set!(cl_weight <- cl_weight, ot_sample_weight <- ot_weight);
         c.user_user |= args.user_user;
         c.fusion_normalize &= !args.no_fusion_normalize;
+        if args.fusion_cf_init.is_some() {
+            c.fusion_cf_init = args.fusion_cf_init;
+        }
     }
     if let Some(f) = &args.features {
         if !c.id_only() {

@@ -162,6 +162,33 @@ fn detached_plan_drops_only_the_path_through_the_cost() {
 }
 
 #[test]
+fn fusion_weights_start_where_configured() {
+    let ds = tiny();
+    for (fusion, want) in [(Fusion::Softmax, 0.7), (Fusion::Free, 0.7)] {
+        let cfg = tiny_config(RecGoatConfig {
+            fusion,
+            fusion_cf_init: Some(0.7),
+            ..RecGoatConfig::paper()
+        });
+        let p = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq))
+            .unwrap()
+            .init_params();
+        let w = p.fusion.unwrap();
+        let w = if fusion == Fusion::Softmax {
+            w.mapv(f64::exp) / w.mapv(f64::exp).sum()
+        } else {
+            w
+        };
+        assert!(
+            (w[0] - want).abs() < 1e-12
+                && (w[1] - 0.15).abs() < 1e-12
+                && (w[2] - 0.15).abs() < 1e-12,
+            "{w}"
+        );
+    }
+}
+
+#[test]
 fn gradient_lightgcn() {
     gradient_check(tiny_config(RecGoatConfig::lightgcn()));
 }

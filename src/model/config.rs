@@ -108,6 +108,10 @@ pub struct RecGoatConfig {
     pub cmcl: Cmcl,
     /// View weighting in the fusion.
     pub fusion: Fusion,
+    /// Initial fusion weight of the collaborative view, the modalities sharing the rest equally (in `(0, 1)`);
+    /// `None`: uniform for softmax logits, 0.15 for free scalars (the released code's 0.15 cf / 0.05 image /
+    /// 0.80 text).
+    pub fusion_cf_init: Option<f64>,
     /// LayerNorm and L2-normalise the fused item vectors (RECGOAT.md section 3). Off: the weighted sum of
     /// the views (after dropout) is the item vector, so item norms (popularity) survive into the scores.
     pub fusion_normalize: bool,
@@ -167,6 +171,7 @@ impl RecGoatConfig {
             cl_temperature: 0.2,
             cmcl: Cmcl::Paper,
             fusion: Fusion::Softmax,
+            fusion_cf_init: None,
             fusion_normalize: true,
             user_user: false,
             dropout: 0.1,
@@ -305,6 +310,11 @@ impl RecGoatConfig {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::param(OP, name, v, "must be finite and >= 0"));
+            }
+        }
+        if let Some(w) = self.fusion_cf_init {
+            if !(w > 0.0 && w < 1.0) {
+                return Err(Error::param(OP, "fusion_cf_init", w, "must be in (0, 1)"));
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {

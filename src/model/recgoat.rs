@@ -389,8 +389,8 @@ impl<F: Real> RecGoat<F> {
     }
 
     /// Fresh parameters from `cfg.seed`: `E^0 ~ N(0, 0.1^2)`, Xavier-uniform projections and `Delta`,
-    /// GAT parameters as [`GatParams::init`], uniform fusion logits (or the released code's 0.15 / 0.85
-    /// split for free scalars), LayerNorm at identity.
+    /// GAT parameters as [`GatParams::init`], fusion weights with the collaborative view at
+    /// `fusion_cf_init` and the modalities sharing the rest, LayerNorm at identity.
     pub fn init_params(&self) -> Params<F> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
         let d = self.cfg.embedding_dim;
@@ -414,11 +414,21 @@ impl<F: Real> RecGoat<F> {
         } else {
             Vec::new()
         };
+        let cf = self.cfg.fusion_cf_init.unwrap_or(match self.cfg.fusion {
+            Fusion::Softmax => 1.0 / (m + 1) as f64,
+            Fusion::Free => 0.15,
+        });
+        let rest = (1.0 - cf) / m.max(1) as f64;
         let fusion = (!self.id_only()).then(|| match self.cfg.fusion {
-            Fusion::Softmax => Array1::zeros(m + 1),
+            // logits whose softmax is (cf, rest, ..., rest)
+            Fusion::Softmax => {
+                let mut w = Array1::from_elem(m + 1, F::c(rest.ln()));
+                w[0] = F::c(cf.ln());
+                w
+            }
             Fusion::Free => {
-                let mut w = Array1::from_elem(m + 1, F::c(0.85 / m as f64));
-                w[0] = F::c(0.15);
+                let mut w = Array1::from_elem(m + 1, F::c(rest));
+                w[0] = F::c(cf);
                 w
             }
         });
