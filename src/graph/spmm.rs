@@ -245,6 +245,21 @@ impl<F: Real> PropagationBuffers<F> {
     }
 }
 
+/// [`propagate_checked`] into a fresh output with fresh buffers (the allocating entry points).
+fn propagate_owned<F: Real>(
+    op: &'static str,
+    side: Side,
+    a: &CsrGraph<F>,
+    x: ArrayView2<'_, F>,
+    layers: usize,
+    par: Par,
+) -> Result<Array2<F>> {
+    let mut out = Array2::<F>::zeros(x.dim());
+    let mut buffers = PropagationBuffers::new();
+    propagate_checked(op, side, a, x, layers, out.view_mut(), &mut buffers, par)?;
+    Ok(out)
+}
+
 /// LightGCN propagation: `mean(E^0, A E^0, ..., A^L E^0)` for `L = layers`.
 ///
 /// Pass the normalised adjacency ([`CsrGraph::sym_normalized`] of [`super::bipartite_user_item`]).
@@ -260,19 +275,7 @@ pub fn lightgcn_forward<F: Real>(
     layers: usize,
     par: Par,
 ) -> Result<Array2<F>> {
-    let mut out = Array2::<F>::zeros(e0.dim());
-    let mut buffers = PropagationBuffers::new();
-    propagate_checked(
-        "lightgcn_forward",
-        Side::Forward,
-        a,
-        e0,
-        layers,
-        out.view_mut(),
-        &mut buffers,
-        par,
-    )?;
-    Ok(out)
+    propagate_owned("lightgcn_forward", Side::Forward, a, e0, layers, par)
 }
 
 /// [`lightgcn_forward`] into `out` (n x d, row-major) with reusable buffers: no allocation once `buffers`
@@ -310,19 +313,14 @@ pub fn lightgcn_backward<F: Real>(
     layers: usize,
     par: Par,
 ) -> Result<Array2<F>> {
-    let mut out = Array2::<F>::zeros(grad_out.dim());
-    let mut buffers = PropagationBuffers::new();
-    propagate_checked(
+    propagate_owned(
         "lightgcn_backward",
         Side::Backward,
         a,
         grad_out,
         layers,
-        out.view_mut(),
-        &mut buffers,
         par,
-    )?;
-    Ok(out)
+    )
 }
 
 /// [`lightgcn_backward`] into `out` with reusable buffers.
