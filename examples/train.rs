@@ -119,6 +119,15 @@ struct RunResult {
     profile: Vec<(&'static str, f64, f64)>,
 }
 
+/// Maps an I/O failure on `path` to the crate's error.
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Io {
+        op: "train",
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
 fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error> {
     let mut c = RecGoatConfig::preset(name)?;
     c.seed = seed;
@@ -148,11 +157,7 @@ fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error>
 }
 
 fn train_one(mut trainer: Trainer<'_>, label: &str, dir: &Path) -> Result<RunResult, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-        op: "train",
-        path: dir.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cfg = trainer.config().clone();
     let bar = ProgressBar::new(cfg.epochs as u64);
     bar.set_style(
@@ -399,11 +404,7 @@ fn run() -> Result<(), Error> {
         Some(f) => f.clone(),
         None => {
             let mut names: Vec<String> = std::fs::read_dir(&args.data)
-                .map_err(|e| Error::Io {
-                    op: "train",
-                    path: args.data.display().to_string(),
-                    reason: e.to_string(),
-                })?
+                .map_err(io_err(&args.data))?
                 .filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let p = e.path();
@@ -461,11 +462,7 @@ fn run() -> Result<(), Error> {
         groups.push((preset.clone(), runs));
     }
     print_table(&groups);
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io {
-        op: "train",
-        path: args.out.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    std::fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;
     write_atomic(args.out.join("curve.svg"), curve_svg(&groups).as_bytes())?;
     let json: Vec<serde_json::Value> = groups
         .iter()

@@ -120,12 +120,7 @@ pub fn knn_graph<F: Real>(
         return Err(Error::param(OP, "block_rows", 0, "must be >= 1"));
     }
     let mut xn: Array2<F> = features.to_owned();
-    for mut row in xn.axis_iter_mut(Axis(0)) {
-        let norm = row.dot(&row).sqrt();
-        if norm > F::zero() {
-            row.mapv_inplace(|v| v / norm);
-        }
-    }
+    crate::nn::normalize_nonzero_rows_in_place(&mut xn);
     let k = cfg.k;
     let lists = map_chunks(par, n, |_, rows| {
         let mut out: Vec<u32> = Vec::with_capacity(rows.len() * k);

@@ -29,8 +29,8 @@ impl Metrics {
     }
 }
 
-/// Sorted per-user item lists from pairs.
-fn by_user(pairs: &[Pair], n_users: usize) -> Vec<Vec<u32>> {
+/// Sorted, de-duplicated per-user item lists from pairs.
+pub(crate) fn by_user(pairs: &[Pair], n_users: usize) -> Vec<Vec<u32>> {
     let mut lists = vec![Vec::new(); n_users];
     for &(u, i) in pairs {
         lists[u].push(i as u32);

@@ -143,8 +143,8 @@ impl<F: Real> Forward<F> {
         self.branches.iter().map(|b| b.out.view()).collect()
     }
     /// The collaborative (LightGCN) item vectors `z^cf`.
-    pub fn collaborative_items(&self, n_users: usize) -> ArrayView2<'_, F> {
-        self.z.slice(s![n_users.., ..])
+    pub fn collaborative_items(&self) -> ArrayView2<'_, F> {
+        self.z.slice(s![self.z.nrows() - self.items.nrows().., ..])
     }
     /// The OAT transport plans, one per modality (empty when OAT is off).
     pub fn plans(&self) -> Vec<&Array2<F>> {
@@ -160,7 +160,8 @@ pub struct OutputGrads<F> {
     z: Array2<F>,
     modal: Vec<Array2<F>>,
     aligned: Vec<Array2<F>>,
-    embedding: Array2<F>,
+    /// The regulariser's gradient on ego-embedding rows: `(row ids, one gradient row per id)`.
+    embedding: Vec<(Vec<usize>, Array2<F>)>,
 }
 
 fn scatter_add<F: Real>(dst: &mut Array2<F>, ids: &[usize], rows: ArrayView2<'_, F>) {
@@ -187,17 +188,6 @@ fn fusion_views<'a, F: Real>(
 
 fn cast<F: Real>(x: f64) -> F {
     F::c(x)
-}
-
-fn row_normalized<F: Real>(x: &Array2<f32>) -> Array2<F> {
-    let mut out = x.mapv(|v| F::c(v as f64));
-    for mut r in out.rows_mut() {
-        let n = r.dot(&r).sqrt();
-        if n > F::zero() {
-            r.mapv_inplace(|v| v / n);
-        }
-    }
-    out
 }
 
 impl<F: Real> RecGoat<F> {
@@ -252,11 +242,10 @@ impl<F: Real> RecGoat<F> {
         let modalities = selected
             .iter()
             .map(|(name, x)| {
-                let x: Array2<F> = if cfg.normalize_features {
-                    row_normalized(x)
-                } else {
-                    x.mapv(|v| F::c(v as f64))
-                };
+                let mut x: Array2<F> = x.mapv(|v| F::c(v as f64));
+                if cfg.normalize_features {
+                    nn::normalize_nonzero_rows_in_place(&mut x);
+                }
                 let graph = knn_graph(x.view(), &knn, par)?;
                 Ok(BranchInput {
                     name: name.clone(),
@@ -731,7 +720,7 @@ impl<F: Real> RecGoat<F> {
                 .map(|_| Array2::zeros((ni, d)))
                 .collect(),
             aligned: fwd.aligned.iter().map(|_| Array2::zeros((ni, d))).collect(),
-            embedding: Array2::zeros((nu + ni, d)),
+            embedding: Vec::new(),
         };
         let u = nn::gather(fwd.users.view(), &batch.users)?;
         let ip = nn::gather(fwd.items.view(), &batch.pos)?;
@@ -758,9 +747,10 @@ impl<F: Real> RecGoat<F> {
             &[e_u.view(), e_p.view(), e_n.view()],
             cast(self.cfg.reg_weight),
         );
-        for (ids, g) in [&batch.users, &pos_rows, &neg_rows].into_iter().zip(&rg) {
-            scatter_add(&mut og.embedding, ids, g.view());
-        }
+        og.embedding = [batch.users.clone(), pos_rows.clone(), neg_rows.clone()]
+            .into_iter()
+            .zip(rg)
+            .collect();
         Profile::add(&mut profile, Stage::Loss, t);
 
         let mut cl = F::zero();
@@ -771,7 +761,7 @@ impl<F: Real> RecGoat<F> {
                 temperature: cast(self.cfg.cl_temperature),
                 ..InfoNceConfig::default()
             };
-            let zcf = fwd.collaborative_items(nu);
+            let zcf = fwd.collaborative_items();
             let mut views = vec![u.clone(), ip.clone()];
             // where each view's gradient goes: 0 users, 1 fused items, 2 collaborative items, 3 + m modality m
             let mut targets: Vec<(usize, &[usize])> = vec![(0, &batch.users), (1, &batch.pos)];
@@ -818,7 +808,7 @@ impl<F: Real> RecGoat<F> {
         if otw > F::zero() && !fwd.aligned.is_empty() {
             let t = Profile::start();
             let m_count = F::from_usize(fwd.aligned.len()).expect("count fits");
-            let zc = nn::gather(fwd.collaborative_items(nu), &batch.pos)?;
+            let zc = nn::gather(fwd.collaborative_items(), &batch.pos)?;
             let (yc, yn) = nn::l2_normalize(zc.view())?;
             let w = Array1::from_elem(bsz, F::one() / F::from_usize(bsz).expect("batch fits"));
             for (m, a) in fwd.aligned.iter().enumerate() {
@@ -907,7 +897,7 @@ impl<F: Real> RecGoat<F> {
                 }
                 _ => nn::dropout_backward(g_items.view(), fc.mask.as_ref()),
             };
-            let zcf = fwd.collaborative_items(nu);
+            let zcf = fwd.collaborative_items();
             let views = fusion_views(zcf, &fwd.aligned, &fwd.branches);
             let (g_views, g_w) = match self.cfg.fusion {
                 Fusion::Softmax => {
@@ -958,13 +948,16 @@ impl<F: Real> RecGoat<F> {
         Profile::add(&mut profile, Stage::Gat, t);
 
         let t = Profile::start();
-        let ge = lightgcn_backward(
+        let mut ge = lightgcn_backward(
             &self.adj,
             z.view(),
             self.cfg.lightgcn_layers,
             self.backend.par(),
         )?;
-        grads.embedding = ge + &embedding;
+        for (ids, g) in &embedding {
+            scatter_add(&mut ge, ids, g.view());
+        }
+        grads.embedding = ge;
         Profile::add(&mut profile, Stage::Propagation, t);
         Ok(grads)
     }

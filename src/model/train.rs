@@ -2,7 +2,7 @@
 //! early stopping on validation Recall@20 and restore of the best parameters.
 
 use super::config::RecGoatConfig;
-use super::eval::{evaluate, Metrics};
+use super::eval::{by_user, evaluate, Metrics};
 use super::params::Params;
 use super::profile::{Profile, Stage};
 use super::recgoat::{Batch, LossParts, RecGoat};
@@ -124,13 +124,8 @@ impl<'d> Trainer<'d> {
         params: Params<f32>,
     ) -> Result<Self> {
         model.check_params(&params)?;
-        let mut positives = vec![Vec::new(); data.n_users];
-        for &(u, i) in &data.train {
-            positives[u].push(i as u32);
-        }
-        for (u, p) in positives.iter_mut().enumerate() {
-            p.sort_unstable();
-            p.dedup();
+        let positives = by_user(&data.train, data.n_users);
+        for (u, p) in positives.iter().enumerate() {
             if p.len() >= data.n_items {
                 return Err(Error::Data {
                     path: "dataset".into(),

@@ -347,6 +347,17 @@ pub fn l2_normalize_backward<F: Real>(
 }
 
 /// The backward of [`normalize_rows`] in place on `grad` (shapes already checked).
+/// Divides every row with a positive norm by it in place; zero rows stay zero (for inputs such as feature
+/// matrices where an all-zero row is legitimate, unlike [`normalize_rows`], which refuses it).
+pub(crate) fn normalize_nonzero_rows_in_place<F: Real>(x: &mut Array2<F>) {
+    for mut row in x.rows_mut() {
+        let norm = row.dot(&row).sqrt();
+        if norm > F::zero() {
+            row.mapv_inplace(|v| v / norm);
+        }
+    }
+}
+
 pub(crate) fn normalize_rows_backward<F: Real>(
     y: ArrayView2<'_, F>,
     norms: ArrayView1<'_, F>,
