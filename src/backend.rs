@@ -138,6 +138,37 @@ pub(crate) fn chunk_bounds(par: Par, n: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
+/// `par.chunks()` contiguous row ranges of about equal work, for rows whose cumulative work before row `r`
+/// is `prefix(r)` (non-decreasing in `r`, defined for `0..=n`), e.g. a CSR `indptr` plus one unit per row.
+/// The uneven degrees of real graphs make equal row counts (as [`chunk_bounds`] gives) leave a thread idle.
+pub(crate) fn chunk_bounds_by_work(
+    par: Par,
+    prefix: impl Fn(usize) -> usize,
+    n: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let chunks = par.chunks().clamp(1, n.max(1));
+    let total = prefix(n);
+    // the first row whose cumulative work reaches each chunk's share
+    let cut = |c: usize| -> usize {
+        if c == chunks {
+            return n;
+        }
+        let target = c * total / chunks;
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if prefix(mid) < target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    };
+    let cuts: Vec<usize> = (0..=chunks).map(cut).collect();
+    cuts.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
 /// Runs `f` on every item, in parallel when `par` says so.
 pub(crate) fn run_each<T: Send, G>(par: Par, items: Vec<T>, f: G)
 where
@@ -247,6 +278,24 @@ pub(crate) fn par_t_dot<F: crate::simd::Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_bounds_cover_rows_and_balance_work() {
+        // 6 light rows then 2 heavy ones: equal work, not equal rows
+        let ip = [0usize, 1, 2, 3, 4, 5, 6, 26, 46];
+        let prefix = |r: usize| ip[r] + r;
+        for par in [Par::Seq, Par::Rayon(2), Par::Rayon(3), Par::Rayon(20)] {
+            let b = chunk_bounds_by_work(par, prefix, 8);
+            assert_eq!(b.first().unwrap().start, 0);
+            assert_eq!(b.last().unwrap().end, 8);
+            assert!(b.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        assert_eq!(
+            chunk_bounds_by_work(Par::Rayon(2), prefix, 8),
+            vec![0..7, 7..8]
+        );
+        assert_eq!(chunk_bounds_by_work(Par::Rayon(2), |_| 0, 0), vec![0..0]);
+    }
 
     #[test]
     fn chunks_cover_every_item_once_in_order() {

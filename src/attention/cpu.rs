@@ -7,7 +7,7 @@
 //! the arithmetic, bound these loops.
 
 use super::{leaky, leaky_grad, GatCache, GatConfig, GatGrads, GatParams, Mode, Scoring};
-use crate::backend::{chunk_bounds, par_dot, par_t_dot, run_each, split_lengths, Par};
+use crate::backend::{par_dot, par_t_dot, run_each, split_lengths, Par};
 use crate::graph::CsrGraph;
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, Axis};
@@ -152,7 +152,7 @@ pub(super) fn forward<F: Real>(
     let out_w = cfg.out_dim();
     let mut out = Array2::<F>::zeros((n, out_w));
     let mut alpha = vec![F::zero(); graph.nnz() * hn];
-    let bounds = chunk_bounds(par, n);
+    let bounds = graph.row_chunks(par);
     let ip = graph.indptr();
     let out_parts = split_lengths(
         out.as_slice_mut().expect("fresh"),
@@ -385,7 +385,7 @@ pub(super) fn backward<F: Real>(
     let mut dlogit = vec![F::zero(); graph.nnz() * hn];
     let mut der = Array2::<F>::zeros((n, if v2 { 0 } else { hn }));
     let mut dg_dest = Array2::<F>::zeros((n, if v2 { hc } else { 0 }));
-    let bounds = chunk_bounds(par, n);
+    let bounds = graph.row_chunks(par);
     let dl_parts = split_lengths(
         &mut dlogit,
         bounds.iter().map(|r| (ip[r.end] - ip[r.start]) * hn),
@@ -416,7 +416,7 @@ pub(super) fn backward<F: Real>(
     // GATConv) the node-score terms of dL/dg and the a_src / a_dst gradients, each node's once it is complete
     let tr = graph.transposed();
     let mut dg = Array2::<F>::zeros((n, hc));
-    let bounds = chunk_bounds(par, n);
+    let bounds = tr.graph.row_chunks(par);
     let dg_parts = split_lengths(
         dg.as_slice_mut().expect("fresh"),
         bounds.iter().map(|r| r.len() * hc),

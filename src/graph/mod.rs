@@ -14,11 +14,14 @@ mod build;
 mod spmm;
 
 pub use build::{bipartite_user_item, knn_graph, KnnConfig};
+#[cfg(feature = "gpu")]
+pub(crate) use spmm::check_layers;
 pub use spmm::{
     lightgcn_backward, lightgcn_backward_into, lightgcn_forward, lightgcn_forward_into, spmm,
     spmm_backward, spmm_into, spmm_reference, PropagationBuffers,
 };
 
+use crate::backend::{chunk_bounds_by_work, Par};
 use crate::error::{Error, Result};
 use crate::simd::Real;
 use std::sync::OnceLock;
@@ -238,6 +241,16 @@ impl<F: Real> CsrGraph<F> {
     /// Edge weights, when the graph has them.
     pub fn weights(&self) -> Option<&[F]> {
         self.weights.as_deref()
+    }
+    /// Contiguous row ranges of about equal work (edges plus one unit per row) for the row-parallel kernels.
+    /// Four per thread with rayon, so that a thread slowed by a neighbour on a shared machine does not hold
+    /// the others back.
+    pub(crate) fn row_chunks(&self, par: Par) -> Vec<std::ops::Range<usize>> {
+        let par = match par {
+            Par::Seq => Par::Seq,
+            Par::Rayon(_) => Par::Rayon(4 * par.chunks()),
+        };
+        chunk_bounds_by_work(par, |r| self.indptr[r] + r, self.n_rows)
     }
     /// The sources of the edges into `i`.
     pub fn row(&self, i: usize) -> &[u32] {

@@ -1,7 +1,7 @@
 //! Sparse-dense products and LightGCN propagation, forward and backward.
 
 use super::CsrGraph;
-use crate::backend::{chunk_bounds, run_each, split_lengths, Par};
+use crate::backend::{run_each, split_lengths, Par};
 use crate::error::{check_finite_array, Error, Result};
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
@@ -124,7 +124,7 @@ fn spmm_into_unchecked<F: Real>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let summing = !sum.is_empty();
-    let bounds = chunk_bounds(par, a.n_rows());
+    let bounds = a.row_chunks(par);
     let ys = split_lengths(y, bounds.iter().map(|r| r.len() * d));
     let sums = split_lengths(
         sum,
@@ -213,7 +213,12 @@ pub fn spmm_reference(a: &CsrGraph<f64>, x: &Array2<f64>) -> Array2<f64> {
     a.to_dense().dot(x)
 }
 
-fn check_layers(op: &'static str, layers: usize, a_rows: usize, a_cols: usize) -> Result<()> {
+pub(crate) fn check_layers(
+    op: &'static str,
+    layers: usize,
+    a_rows: usize,
+    a_cols: usize,
+) -> Result<()> {
     if a_rows != a_cols {
         return Err(Error::Graph {
             op,
