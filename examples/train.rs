@@ -75,6 +75,12 @@ struct Args {
     /// Contrastive weight (RecGOAT presets).
     #[arg(long)]
     cl_weight: Option<f64>,
+    /// Contrastive temperature (RecGOAT presets).
+    #[arg(long)]
+    cl_temperature: Option<f64>,
+    /// Graph-attention layers per modality (RecGOAT presets).
+    #[arg(long)]
+    gat_layers: Option<usize>,
     /// Sample-level OT loss weight (RecGOAT presets).
     #[arg(long)]
     ot_weight: Option<f64>,
@@ -140,7 +146,8 @@ fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error>
          embedding_dim <- dim, batch_size <- batch_size, lightgcn_layers <- layers, reg_weight <- reg,
          knn_k <- knn_k, dropout <- dropout);
     if !c.id_only() {
-        set!(cl_weight <- cl_weight, ot_sample_weight <- ot_weight);
+        set!(cl_weight <- cl_weight, cl_temperature <- cl_temperature, gat_layers <- gat_layers,
+             ot_sample_weight <- ot_weight);
         c.user_user |= args.user_user;
         c.fusion_normalize &= !args.no_fusion_normalize;
         if args.fusion_cf_init.is_some() {
