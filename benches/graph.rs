@@ -4,6 +4,9 @@
 //!
 //! `RECGOAT_BENCH_QUICK=1` shrinks the problems (smoke runs).
 
+mod common;
+
+use common::{baby_pairs, quick};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::Array2;
 use recgoat_core::attention::{GatConfig, GatLayer, GatParams, Mode};
@@ -12,30 +15,8 @@ use recgoat_core::testing::{randn, rng};
 use recgoat_core::{Backend, Par};
 use std::time::Duration;
 
-fn quick() -> bool {
-    std::env::var("RECGOAT_BENCH_QUICK").is_ok_and(|v| v == "1")
-}
-
 fn backends() -> [Backend; 2] {
     [Backend::Cpu(Par::Seq), Backend::Cpu(Par::rayon())]
-}
-
-/// The Baby train pairs (LightGCN split format: `user item item ...`).
-fn baby_pairs() -> (usize, usize, Vec<(usize, usize)>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/baby/train.txt");
-    let text = std::fs::read_to_string(path).expect("data/baby/train.txt is bundled");
-    let mut pairs = Vec::new();
-    for line in text.lines() {
-        let mut it = line
-            .split_whitespace()
-            .map(|t| t.parse::<usize>().expect("integer ids"));
-        if let Some(u) = it.next() {
-            pairs.extend(it.map(|i| (u, i)));
-        }
-    }
-    let users = pairs.iter().map(|p| p.0).max().unwrap_or(0) + 1;
-    let items = pairs.iter().map(|p| p.1).max().unwrap_or(0) + 1;
-    (users, items, pairs)
 }
 
 fn gat(c: &mut Criterion) {

@@ -6,16 +6,15 @@
 //!
 //! `RECGOAT_BENCH_QUICK=1` shrinks the problems (smoke runs).
 
+mod common;
+
+use common::quick;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::{Array1, Array2};
 use recgoat_core::testing::{randn, rng};
 use recgoat_core::transport::*;
 use recgoat_core::{Backend, Par, Real};
 use std::time::Duration;
-
-fn quick() -> bool {
-    std::env::var("RECGOAT_BENCH_QUICK").is_ok_and(|v| v == "1")
-}
 
 fn size() -> usize {
     if quick() {

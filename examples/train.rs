@@ -400,10 +400,11 @@ fn run() -> Result<(), Error> {
         BackendArg::Cpu if args.threads == 1 => Backend::Cpu(Par::Seq),
         BackendArg::Cpu => Backend::Cpu(Par::Rayon(args.threads)),
         BackendArg::Gpu => {
-            return Err(Error::FeatureDisabled {
-                op: "train --backend gpu",
-                feature:
-                    "gpu (the GPU path of the model is not implemented yet: use --backend cpu)",
+            return Err(Error::GpuUnavailable {
+                reason:
+                    "the model has no GPU path yet (recgoat_core::gpu covers SpMM and LightGCN \
+                         propagation only): use --backend cpu"
+                        .into(),
             })
         }
     };

@@ -129,6 +129,22 @@ pub enum Error {
         /// The cargo feature to enable.
         feature: &'static str,
     },
+    /// No GPU adapter could be used: the `gpu` feature is off, no adapter matches, or the device could not
+    /// be opened.
+    #[error("GPU unavailable: {reason}")]
+    GpuUnavailable {
+        /// Why (the feature, the adapters seen, or the driver's message).
+        reason: String,
+    },
+    /// The GPU refused or failed an operation (a device limit the input cannot be chunked under, a driver
+    /// error, a lost device).
+    #[error("{op}: GPU error: {reason}")]
+    Gpu {
+        /// Operation that ran on the GPU.
+        op: &'static str,
+        /// What went wrong, with the limit's name and value where one was exceeded.
+        reason: String,
+    },
     /// A numerical routine from an external library failed.
     #[error("{op}: numerical failure: {reason}")]
     Numerical {

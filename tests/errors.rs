@@ -636,3 +636,13 @@ fn bad_evaluation_inputs() {
         Error::NonFinite { .. }
     ));
 }
+
+#[cfg(not(feature = "gpu"))]
+#[test]
+fn gpu_context_without_the_feature_is_unavailable() {
+    let e = recgoat_core::gpu::GpuContext::new().unwrap_err();
+    assert!(
+        matches!(&e, recgoat_core::Error::GpuUnavailable { reason } if reason.contains("`gpu`")),
+        "{e}"
+    );
+}

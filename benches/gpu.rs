@@ -1,0 +1,99 @@
+//! CPU vs GPU for the ops that have a GPU path: one SpMM and a 3-layer LightGCN propagation (forward and
+//! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32. Data stays
+//! on the device between iterations (as in training); each GPU sample ends with a device synchronisation.
+//! The benchmark id carries the adapter's name.
+//!
+//! Needs `--features gpu` and an adapter. On a software adapter (lavapipe) run it with
+//! `RECGOAT_BENCH_QUICK=1` only: a twentieth of the graph's edges.
+
+mod common;
+
+use common::{baby_pairs, quick};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use ndarray::Array2;
+use recgoat_core::gpu::{self, GpuContext, GpuGraph, GpuMatrix};
+use recgoat_core::graph::*;
+use recgoat_core::testing::{randn, rng};
+use recgoat_core::Par;
+use std::time::Duration;
+
+fn propagation(c: &mut Criterion) {
+    let ctx = GpuContext::new().expect("the GPU benchmark needs an adapter");
+    let adapter: String = ctx
+        .adapter_name()
+        .chars()
+        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+        .collect();
+    eprintln!(
+        "adapter: {} ({:?})",
+        ctx.adapter_name(),
+        ctx.adapter_info().backend
+    );
+    let (users, items, pairs) = baby_pairs();
+    let pairs = if quick() {
+        pairs[..pairs.len() / 20].to_vec()
+    } else {
+        pairs
+    };
+    let adj = bipartite_user_item::<f32>(users, items, &pairs)
+        .unwrap()
+        .sym_normalized()
+        .unwrap();
+    let n = adj.n_rows();
+    let e0: Array2<f32> = randn::<f32, _, _>(&mut rng(4), (n, 64)) * 0.1;
+    let _ = adj.transposed();
+    let (g, x) = (
+        GpuGraph::upload(&ctx, &adj).unwrap(),
+        GpuMatrix::upload(&ctx, e0.view()).unwrap(),
+    );
+    let mut y = GpuMatrix::zeros(&ctx, n, 64).unwrap();
+    let mut grp = c.benchmark_group("gpu_vs_cpu_baby_d64");
+    grp.sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    let mut yc = Array2::<f32>::zeros((n, 64));
+    grp.bench_function(BenchmarkId::new("spmm", "cpu_rayon"), |b| {
+        b.iter(|| spmm_into(&adj, e0.view(), yc.view_mut(), Par::rayon()).unwrap())
+    });
+    grp.bench_function(BenchmarkId::new("spmm", format!("gpu_{adapter}")), |b| {
+        b.iter(|| {
+            gpu::spmm_into(&ctx, &g, &x, &mut y).unwrap();
+            ctx.synchronize().unwrap()
+        })
+    });
+    let mut bufs = PropagationBuffers::new();
+    grp.bench_function(BenchmarkId::new("lightgcn_3_fwd", "cpu_rayon"), |b| {
+        b.iter(|| {
+            lightgcn_forward_into(&adj, e0.view(), 3, yc.view_mut(), &mut bufs, Par::rayon())
+                .unwrap()
+        })
+    });
+    grp.bench_function(
+        BenchmarkId::new("lightgcn_3_fwd", format!("gpu_{adapter}")),
+        |b| {
+            b.iter(|| {
+                gpu::lightgcn_forward_into(&ctx, &g, &x, 3, &mut y).unwrap();
+                ctx.synchronize().unwrap()
+            })
+        },
+    );
+    grp.bench_function(BenchmarkId::new("lightgcn_3_bwd", "cpu_rayon"), |b| {
+        b.iter(|| {
+            lightgcn_backward_into(&adj, e0.view(), 3, yc.view_mut(), &mut bufs, Par::rayon())
+                .unwrap()
+        })
+    });
+    grp.bench_function(
+        BenchmarkId::new("lightgcn_3_bwd", format!("gpu_{adapter}")),
+        |b| {
+            b.iter(|| {
+                gpu::lightgcn_backward_into(&ctx, &g, &x, 3, &mut y).unwrap();
+                ctx.synchronize().unwrap()
+            })
+        },
+    );
+    grp.finish();
+}
+
+criterion_group!(benches, propagation);
+criterion_main!(benches);

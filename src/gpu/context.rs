@@ -1,0 +1,356 @@
+//! Adapter and device acquisition, limits, the pipeline cache and submission helpers.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A compute kernel: a WGSL file of `shaders/` (included at compile time) and its entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Kernel {
+    pub(crate) file: &'static str,
+    pub(crate) source: &'static str,
+    pub(crate) entry: &'static str,
+}
+
+/// Every WGSL file of `shaders/`, by name: what the kernels compile and what `tests/shaders.rs` checks.
+pub const SHADERS: &[(&str, &str)] = &[("spmm.wgsl", include_str!("../../shaders/spmm.wgsl"))];
+
+fn shader(file: &'static str) -> &'static str {
+    SHADERS
+        .iter()
+        .find(|(f, _)| *f == file)
+        .map(|(_, s)| *s)
+        .expect("every kernel's file is listed in SHADERS")
+}
+
+impl Kernel {
+    pub(crate) fn new(file: &'static str, entry: &'static str) -> Kernel {
+        Kernel {
+            file,
+            source: shader(file),
+            entry,
+        }
+    }
+}
+
+/// How to pick the adapter. [`GpuOptions::from_env`] reads the overrides from the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Backends to consider, as wgpu spells them (`"vulkan"`, `"metal"`, `"dx12"`, `"gl"`,
+    /// comma-separated); `None`: Vulkan, Metal and DX12 (those compiled in). Environment:
+    /// `RECGOAT_GPU_BACKEND`.
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name to require (e.g. `"llvmpipe"`, `"H100"`); `None`:
+    /// the first hardware GPU, else a software one. Environment: `RECGOAT_GPU_ADAPTER`.
+    pub adapter: Option<String>,
+    /// A cap on workgroups per dispatch dimension below the device's own limit, so that the chunking of
+    /// large inputs can be exercised on small ones (tests); `None`: the device's limit.
+    pub max_workgroups_per_dispatch: Option<u32>,
+}
+
+impl GpuOptions {
+    /// The options from `RECGOAT_GPU_BACKEND` and `RECGOAT_GPU_ADAPTER` (unset or empty: no override).
+    pub fn from_env() -> GpuOptions {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        GpuOptions {
+            backend: var("RECGOAT_GPU_BACKEND"),
+            adapter: var("RECGOAT_GPU_ADAPTER"),
+            max_workgroups_per_dispatch: None,
+        }
+    }
+}
+
+/// One GPU device with its queue, acquired once, and a lazy cache of compiled compute pipelines.
+///
+/// Create one per process (acquiring an adapter takes milliseconds to seconds) and pass it by reference.
+///
+/// # Example
+/// ```no_run
+/// # #[cfg(feature = "gpu")] {
+/// use recgoat_core::gpu::GpuContext;
+/// let ctx = GpuContext::new().expect("a GPU adapter");
+/// println!("{} ({:?})", ctx.adapter_name(), ctx.adapter_info().backend);
+/// # }
+/// ```
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    dispatch_cap: u32,
+    pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("device_type", &self.info.device_type)
+            .finish()
+    }
+}
+
+fn device_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+impl GpuContext {
+    /// The context for the adapter the environment chooses ([`GpuOptions::from_env`]).
+    ///
+    /// # Errors
+    /// [`Error::GpuUnavailable`] when no adapter matches or the device cannot be opened (the message lists
+    /// the adapters seen).
+    pub fn new() -> Result<GpuContext> {
+        GpuContext::with_options(&GpuOptions::from_env())
+    }
+
+    /// The context for the adapter `opts` chooses: the adapters of the requested backends whose name
+    /// contains `opts.adapter`, hardware before software.
+    ///
+    /// # Errors
+    /// As [`GpuContext::new`].
+    pub fn with_options(opts: &GpuOptions) -> Result<GpuContext> {
+        let backends = match &opts.backend {
+            Some(b) => {
+                let parsed = wgpu::Backends::from_comma_list(b);
+                if parsed.is_empty() {
+                    return Err(Error::GpuUnavailable {
+                        reason: format!(
+                            "RECGOAT_GPU_BACKEND / backend {b:?} names no wgpu backend"
+                        ),
+                    });
+                }
+                parsed
+            }
+            None => wgpu::Backends::PRIMARY,
+        };
+        // the no-op backend "runs" nothing: never let it stand in for a device
+        let backends = backends.difference(wgpu::Backends::NOOP);
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let seen: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+            })
+            .collect();
+        if let Some(want) = &opts.adapter {
+            let want = want.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+        }
+        adapters.sort_by_key(|a| device_rank(a.get_info().device_type));
+        let adapter = adapters.into_iter().next().ok_or_else(|| Error::GpuUnavailable {
+            reason: format!(
+                "no adapter{} among [{}] (backends {backends:?}; on Linux, install a Vulkan driver, e.g. \
+                 `apt-get install mesa-vulkan-drivers libvulkan1` for the software one)",
+                opts.adapter
+                    .as_ref()
+                    .map(|a| format!(" named like {a:?}"))
+                    .unwrap_or_default(),
+                seen.join(", ")
+            ),
+        })?;
+        let info = adapter.get_info();
+        // ask for everything the adapter offers: large graphs need its full storage-binding size
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("recgoat-core"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::GpuUnavailable {
+            reason: format!("opening {}: {e}", info.name),
+        })?;
+        let dispatch_cap = opts
+            .max_workgroups_per_dispatch
+            .unwrap_or(u32::MAX)
+            .clamp(1, limits.max_compute_workgroups_per_dimension.max(1));
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            dispatch_cap,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The adapter's name (e.g. `"NVIDIA H100 80GB HBM3"`, `"llvmpipe (LLVM 15.0.6, 256 bits)"`).
+    pub fn adapter_name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Everything wgpu reports about the adapter (backend, device type, driver).
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The device's limits (the adapter's own, all requested).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Whether the adapter is a software rasteriser (lavapipe / llvmpipe / WARP): correct, but slow.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Blocks until every submitted command has finished (what a benchmark does before its clock stops).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when the device is lost or the wait fails.
+    pub fn synchronize(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu {
+                op: "GpuContext::synchronize",
+                reason: e.to_string(),
+            })
+    }
+
+    /// Workgroups one dispatch may launch along x (the device limit, or the cap of [`GpuOptions`]).
+    pub(crate) fn dispatch_cap(&self) -> u32 {
+        self.dispatch_cap
+    }
+
+    /// The compiled pipeline of `k`, compiled on first use.
+    pub(crate) fn pipeline(&self, k: Kernel) -> Result<Arc<wgpu::ComputePipeline>> {
+        let mut cache = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(&k) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(k.file),
+                source: wgpu::ShaderSource::Wgsl(k.source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(k.entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                op: "GpuContext::pipeline",
+                reason: format!("{} / {}: {e}", k.file, k.entry),
+            });
+        }
+        let p = Arc::new(pipeline);
+        cache.insert(k, p.clone());
+        Ok(p)
+    }
+
+    /// Refuses a buffer larger than the device binds in one storage binding.
+    pub(crate) fn check_binding(&self, op: &'static str, what: &str, bytes: u64) -> Result<()> {
+        let max = self.limits.max_storage_buffer_binding_size;
+        if bytes > max {
+            return Err(Error::Gpu {
+                op,
+                reason: format!(
+                    "{what} needs {bytes} bytes in one storage binding; the device's \
+                     max_storage_buffer_binding_size is {max}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A storage buffer holding `data` (at least 4 bytes: wgpu refuses empty bindings).
+    pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let contents: &[u8] = if bytes.is_empty() { &[0u8; 4] } else { bytes };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// A uniform buffer holding `data`.
+    pub(crate) fn uniform_from<T: bytemuck::Pod>(&self, data: &T) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(data),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Records one compute dispatch of `k` over `groups` workgroups (x) with `buffers` bound to group 0
+    /// at bindings 0, 1, ... in order.
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        k: Kernel,
+        buffers: &[&wgpu::Buffer],
+        groups: u32,
+    ) -> Result<()> {
+        let pipeline = self.pipeline(k)?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(k.entry),
+            layout: &layout,
+            entries: &entries,
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(k.entry),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(groups, 1, 1);
+        Ok(())
+    }
+
+    /// A fresh command encoder.
+    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+
+    /// Submits `encoder`, catching validation errors as [`Error::Gpu`] for `op`.
+    pub(crate) fn submit(&self, op: &'static str, encoder: wgpu::CommandEncoder) -> Result<()> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.submit([encoder.finish()]);
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(Error::Gpu {
+                op,
+                reason: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Device-resident data: dense f32 matrices and CSR graphs (with their transposes).
+
+use super::GpuContext;
+use crate::error::{check_finite_array, Error, Result};
+use crate::graph::CsrGraph;
+use ndarray::{Array2, ArrayView2};
+
+/// A row-major f32 matrix in GPU memory. Chains of GPU ops pass these along without host round trips;
+/// [`GpuMatrix::upload`] and [`GpuMatrix::download`] are the explicit transfers.
+#[derive(Debug)]
+pub struct GpuMatrix {
+    pub(crate) buf: wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuMatrix {
+    /// Copies `x` to the device.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] for NaN/Inf (checked here, on the host, once), [`Error::Gpu`] when the matrix
+    /// exceeds one storage binding of the device or 2^32 elements.
+    pub fn upload(ctx: &GpuContext, x: ArrayView2<'_, f32>) -> Result<GpuMatrix> {
+        const OP: &str = "GpuMatrix::upload";
+        check_finite_array(OP, "matrix", &x)?;
+        check_size(ctx, OP, x.nrows(), x.ncols())?;
+        let x = x.as_standard_layout();
+        let data = x.as_slice().expect("standard layout");
+        Ok(GpuMatrix {
+            buf: ctx.storage_from("matrix", data),
+            rows: x.nrows(),
+            cols: x.ncols(),
+        })
+    }
+
+    /// A `rows x cols` matrix of zeros on the device.
+    ///
+    /// # Errors
+    /// As [`GpuMatrix::upload`] for the size.
+    pub fn zeros(ctx: &GpuContext, rows: usize, cols: usize) -> Result<GpuMatrix> {
+        check_size(ctx, "GpuMatrix::zeros", rows, cols)?;
+        Ok(GpuMatrix {
+            buf: ctx.storage_from("matrix", &vec![0f32; rows * cols]),
+            rows,
+            cols,
+        })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        (self.rows * self.cols * 4) as u64
+    }
+
+    /// Copies the matrix back to the host (waits for the work queued before it).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when mapping the staging buffer fails (a lost device).
+    pub fn download(&self, ctx: &GpuContext) -> Result<Array2<f32>> {
+        const OP: &str = "GpuMatrix::download";
+        let n = self.rows * self.cols;
+        if n == 0 {
+            return Ok(Array2::zeros((self.rows, self.cols)));
+        }
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download"),
+            size: self.bytes(),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = ctx.encoder();
+        enc.copy_buffer_to_buffer(&self.buf, 0, &staging, 0, self.bytes());
+        ctx.submit(OP, enc)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        ctx.synchronize()?;
+        rx.recv()
+            .map_err(|e| Error::Gpu {
+                op: OP,
+                reason: e.to_string(),
+            })?
+            .map_err(|e| Error::Gpu {
+                op: OP,
+                reason: e.to_string(),
+            })?;
+        let values: Vec<f32> = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
+                op: OP,
+                reason: e.to_string(),
+            })?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(Array2::from_shape_vec((self.rows, self.cols), values).expect("rows x cols values"))
+    }
+
+    /// Copies `src` (same shape) into `self` on the device.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for another shape.
+    pub fn copy_from(&mut self, ctx: &GpuContext, src: &GpuMatrix) -> Result<()> {
+        const OP: &str = "GpuMatrix::copy_from";
+        same_shape(OP, "source", self, src)?;
+        if self.bytes() > 0 {
+            let mut enc = ctx.encoder();
+            enc.copy_buffer_to_buffer(&src.buf, 0, &self.buf, 0, self.bytes());
+            ctx.submit(OP, enc)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn same_shape(op: &'static str, what: &str, a: &GpuMatrix, b: &GpuMatrix) -> Result<()> {
+    if (a.rows, a.cols) != (b.rows, b.cols) {
+        return Err(Error::shape(op, what, (a.rows, a.cols), (b.rows, b.cols)));
+    }
+    Ok(())
+}
+
+fn check_size(ctx: &GpuContext, op: &'static str, rows: usize, cols: usize) -> Result<()> {
+    let n = rows.checked_mul(cols).filter(|&n| n <= u32::MAX as usize);
+    let n = n.ok_or_else(|| Error::Gpu {
+        op,
+        reason: format!("{rows} x {cols} exceeds the 2^32 elements the shaders index"),
+    })?;
+    ctx.check_binding(op, "matrix", (n * 4) as u64)
+}
+
+/// One direction of a graph on the device: CSR arrays as u32 / f32 storage buffers.
+#[derive(Debug)]
+pub(crate) struct GpuCsr {
+    pub(crate) indptr: wgpu::Buffer,
+    pub(crate) indices: wgpu::Buffer,
+    /// `None`: every edge weighs 1 (a 4-byte placeholder is bound).
+    pub(crate) weights: Option<wgpu::Buffer>,
+    /// 4-byte buffers bound where a kernel's optional input (read) or output (read-write) is unused: one
+    /// buffer cannot be bound both ways in one dispatch.
+    pub(crate) placeholder: wgpu::Buffer,
+    pub(crate) placeholder_rw: wgpu::Buffer,
+    pub(crate) n_rows: usize,
+    pub(crate) n_cols: usize,
+}
+
+impl GpuCsr {
+    fn upload(
+        ctx: &GpuContext,
+        op: &'static str,
+        g: &CsrGraph<f32>,
+        weights: Option<Vec<f32>>,
+    ) -> Result<GpuCsr> {
+        let indptr: Vec<u32> = g
+            .indptr()
+            .iter()
+            .map(|&p| u32::try_from(p))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::Gpu {
+                op,
+                reason: format!("{} edges exceed the u32 offsets the shaders use", g.nnz()),
+            })?;
+        ctx.check_binding(op, "graph indices", (g.nnz() * 4) as u64)?;
+        Ok(GpuCsr {
+            indptr: ctx.storage_from("indptr", &indptr),
+            indices: ctx.storage_from("indices", g.indices()),
+            weights: weights.map(|w| ctx.storage_from("weights", &w)),
+            placeholder: ctx.storage_from("placeholder", &[0f32]),
+            placeholder_rw: ctx.storage_from("placeholder_rw", &[0f32]),
+            n_rows: g.n_rows(),
+            n_cols: g.n_cols(),
+        })
+    }
+}
+
+/// A CSR graph on the device, with its transpose (so backward passes gather instead of scattering: no
+/// atomics).
+#[derive(Debug)]
+pub struct GpuGraph {
+    pub(crate) fwd: GpuCsr,
+    pub(crate) bwd: GpuCsr,
+    nnz: usize,
+}
+
+impl GpuGraph {
+    /// Copies `g` and its transpose to the device.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] when the graph exceeds the device's storage-binding size or u32 offsets.
+    pub fn upload(ctx: &GpuContext, g: &CsrGraph<f32>) -> Result<GpuGraph> {
+        const OP: &str = "GpuGraph::upload";
+        let t = g.transposed();
+        let t_weights = g
+            .weights()
+            .map(|w| t.edge_ids.iter().map(|&e| w[e]).collect::<Vec<f32>>());
+        Ok(GpuGraph {
+            fwd: GpuCsr::upload(ctx, OP, g, g.weights().map(<[f32]>::to_vec))?,
+            bwd: GpuCsr::upload(ctx, OP, &t.graph, t_weights)?,
+            nnz: g.nnz(),
+        })
+    }
+
+    /// Rows (destinations).
+    pub fn n_rows(&self) -> usize {
+        self.fwd.n_rows
+    }
+
+    /// Columns (sources).
+    pub fn n_cols(&self) -> usize {
+        self.fwd.n_cols
+    }
+
+    /// Stored edges.
+    pub fn nnz(&self) -> usize {
+        self.nnz
+    }
+}

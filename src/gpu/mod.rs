@@ -1,0 +1,74 @@
+//! The GPU path: WGSL compute shaders (`shaders/*.wgsl`, baseline WGSL: f32, no subgroups, no float
+//! atomics) run through wgpu on Vulkan, Metal or DX12, with the same numbers as the CPU path.
+//!
+//! A [`GpuContext`] acquires the adapter once (`RECGOAT_GPU_BACKEND` / `RECGOAT_GPU_ADAPTER` override the
+//! choice) and caches compiled pipelines. Data lives on the device as [`GpuMatrix`] and [`GpuGraph`] (a CSR
+//! graph with its transpose, so backward passes gather and need no atomics); ops chain on device-resident
+//! data, with explicit upload / download, and host-in / host-out convenience calls beside them. Inputs
+//! larger than one dispatch are chunked; sizes beyond a storage binding are a clear [`crate::Error::Gpu`]
+//! naming the limit.
+//!
+//! Ops on the GPU today: SpMM forward / backward and LightGCN propagation forward / backward. The other op
+//! families (GAT, InfoNCE, Sinkhorn, the model's dense layers, the kNN build) run on the CPU only.
+//!
+//! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
+//! [`crate::Error::GpuUnavailable`].
+//!
+//! # Example
+//! ```no_run
+//! # #[cfg(feature = "gpu")] {
+//! use ndarray::Array2;
+//! use recgoat_core::graph::CsrGraph;
+//! use recgoat_core::gpu::{self, GpuContext};
+//!
+//! let ctx = GpuContext::new()?;
+//! let g = CsrGraph::<f32>::new(2, 2, vec![0, 1, 2], vec![1, 0], Some(vec![0.5, 2.0]))?;
+//! let x = Array2::from_shape_vec((2, 3), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+//! let y = gpu::spmm(&ctx, &g, x.view())?;
+//! assert_eq!(y.row(0).to_vec(), vec![2.0, 2.5, 3.0]);
+//! # }
+//! # Ok::<(), recgoat_core::Error>(())
+//! ```
+
+#[cfg(feature = "gpu")]
+mod context;
+#[cfg(feature = "gpu")]
+mod matrix;
+#[cfg(feature = "gpu")]
+mod propagation;
+
+#[cfg(feature = "gpu")]
+pub use context::{GpuContext, GpuOptions, SHADERS};
+#[cfg(feature = "gpu")]
+pub use matrix::{GpuGraph, GpuMatrix};
+#[cfg(feature = "gpu")]
+pub use propagation::{
+    lightgcn_backward, lightgcn_backward_into, lightgcn_forward, lightgcn_forward_into, spmm,
+    spmm_backward_into, spmm_into,
+};
+
+#[cfg(not(feature = "gpu"))]
+mod disabled {
+    use crate::error::{Error, Result};
+
+    /// The GPU context of a build without the `gpu` feature: it cannot be constructed.
+    #[derive(Debug)]
+    pub struct GpuContext {
+        _never: std::convert::Infallible,
+    }
+
+    impl GpuContext {
+        /// Always [`Error::GpuUnavailable`]: this build has no GPU path (enable the `gpu` feature).
+        ///
+        /// # Errors
+        /// Always.
+        pub fn new() -> Result<GpuContext> {
+            Err(Error::GpuUnavailable {
+                reason: "recgoat-core was built without the `gpu` cargo feature".into(),
+            })
+        }
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+pub use disabled::GpuContext;

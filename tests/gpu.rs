@@ -1,0 +1,252 @@
+//! GPU parity: every GPU op against the CPU path (f64 reference, f32 tolerance) on small shapes.
+//!
+//! With `RECGOAT_REQUIRE_GPU=1` (set by `.ci/run`, which installs Mesa's software Vulkan) a missing adapter
+//! fails every test; without it, a machine with no adapter skips them with a printed reason.
+#![cfg(feature = "gpu")]
+
+use ndarray::Array2;
+use rand::Rng;
+use recgoat_core::gpu::{self, GpuContext, GpuGraph, GpuMatrix, GpuOptions};
+use recgoat_core::graph::{self, bipartite_user_item, CsrGraph};
+use recgoat_core::testing::Tolerance;
+use recgoat_core::testing::{randn, rng};
+use recgoat_core::{Error, Par};
+use std::sync::OnceLock;
+
+/// The shared context, or `None` (with the reason printed) when no adapter exists and none is required.
+fn ctx() -> Option<&'static GpuContext> {
+    static CTX: OnceLock<Result<GpuContext, Error>> = OnceLock::new();
+    match CTX.get_or_init(GpuContext::new) {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var("RECGOAT_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("RECGOAT_REQUIRE_GPU=1 but no GPU context: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// f32 SpMM / propagation against an f64 reference: rounding of a weighted sum of `deg` terms.
+const TOL: Tolerance = Tolerance::new(1e-5, 1e-6);
+
+/// A random directed graph: `n x m`, about `deg` edges per row, some rows empty, random positive weights
+/// (or none).
+fn random_graph(seed: u64, n: usize, m: usize, deg: usize, weighted: bool) -> CsrGraph<f64> {
+    let mut r = rng(seed);
+    let mut edges = Vec::new();
+    for i in 0..n {
+        if i % 7 == 3 {
+            continue; // a row with no edges
+        }
+        for _ in 0..r.gen_range(1..=2 * deg) {
+            edges.push((i, r.gen_range(0..m)));
+        }
+    }
+    let w: Vec<f64> = (0..edges.len()).map(|_| r.gen_range(0.1..2.0)).collect();
+    CsrGraph::from_edges(n, m, &edges, weighted.then_some(&w[..])).unwrap()
+}
+
+fn to_f32(g: &CsrGraph<f64>) -> CsrGraph<f32> {
+    CsrGraph::new(
+        g.n_rows(),
+        g.n_cols(),
+        g.indptr().to_vec(),
+        g.indices().to_vec(),
+        g.weights().map(|w| w.iter().map(|&v| v as f32).collect()),
+    )
+    .unwrap()
+}
+
+fn f32_of(x: &Array2<f64>) -> Array2<f32> {
+    x.mapv(|v| v as f32)
+}
+
+fn f64_of(x: &Array2<f32>) -> Array2<f64> {
+    x.mapv(f64::from)
+}
+
+fn adapter_note(c: &GpuContext) {
+    eprintln!(
+        "adapter: {} ({:?})",
+        c.adapter_name(),
+        c.adapter_info().backend
+    );
+}
+
+#[test]
+fn spmm_matches_the_cpu_reference() {
+    let Some(c) = ctx() else { return };
+    adapter_note(c);
+    // widths below, at and above the shader's 64 lanes; weighted and unweighted; rectangular
+    for (seed, (n, m, d, weighted)) in [
+        (33, 17, 5, true),
+        (40, 40, 64, false),
+        (25, 31, 70, true),
+        (1, 1, 1, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let g = random_graph(seed as u64, n, m, 4, weighted);
+        let x: Array2<f64> = randn(&mut rng(100 + seed as u64), (m, d));
+        let want = graph::spmm_reference(&g, &f64_of(&f32_of(&x)));
+        let got = gpu::spmm(c, &to_f32(&g), f32_of(&x).view()).unwrap();
+        TOL.assert_close(
+            &format!("spmm {n}x{m} d={d} weighted={weighted}"),
+            &f64_of(&got).view(),
+            &want.view(),
+        );
+    }
+}
+
+#[test]
+fn spmm_backward_matches_the_transpose() {
+    let Some(c) = ctx() else { return };
+    let g = random_graph(5, 30, 20, 3, true);
+    let dy: Array2<f64> = randn(&mut rng(6), (30, 9));
+    let g32 = to_f32(&g);
+    let (gg, dyd) = (
+        GpuGraph::upload(c, &g32).unwrap(),
+        GpuMatrix::upload(c, f32_of(&dy).view()).unwrap(),
+    );
+    let mut dx = GpuMatrix::zeros(c, 20, 9).unwrap();
+    gpu::spmm_backward_into(c, &gg, &dyd, &mut dx).unwrap();
+    let want = graph::spmm_backward(&g, f64_of(&f32_of(&dy)).view(), Par::Seq).unwrap();
+    TOL.assert_close(
+        "spmm backward",
+        &f64_of(&dx.download(c).unwrap()).view(),
+        &want.view(),
+    );
+}
+
+fn user_item_graph() -> CsrGraph<f64> {
+    let mut r = rng(9);
+    let pairs: Vec<(usize, usize)> = (0..120)
+        .map(|_| (r.gen_range(0..15), r.gen_range(0..22)))
+        .collect();
+    bipartite_user_item::<f64>(15, 22, &pairs)
+        .unwrap()
+        .sym_normalized()
+        .unwrap()
+}
+
+#[test]
+fn lightgcn_forward_and_backward_match_the_cpu() {
+    let Some(c) = ctx() else { return };
+    let g = user_item_graph();
+    let g32 = to_f32(&g);
+    let n = g.n_rows();
+    for (layers, d) in [(1, 8), (3, 64), (4, 67)] {
+        let e0 = f64_of(&f32_of(&randn::<f64, _, _>(
+            &mut rng(layers as u64),
+            (n, d),
+        )));
+        let want = graph::lightgcn_forward(&g, e0.view(), layers, Par::Seq).unwrap();
+        let got = gpu::lightgcn_forward(c, &g32, f32_of(&e0).view(), layers).unwrap();
+        TOL.assert_close(
+            &format!("forward L={layers} d={d}"),
+            &f64_of(&got).view(),
+            &want.view(),
+        );
+        let want = graph::lightgcn_backward(&g, e0.view(), layers, Par::Seq).unwrap();
+        let got = gpu::lightgcn_backward(c, &g32, f32_of(&e0).view(), layers).unwrap();
+        TOL.assert_close(
+            &format!("backward L={layers} d={d}"),
+            &f64_of(&got).view(),
+            &want.view(),
+        );
+    }
+}
+
+#[test]
+fn lightgcn_backward_on_a_directed_graph_uses_the_transpose() {
+    // a non-symmetric square graph: forward and backward differ, and backward must be A^T's propagation
+    let Some(c) = ctx() else { return };
+    let g = random_graph(12, 26, 26, 3, true);
+    let grad: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(13), (26, 6))));
+    let want = graph::lightgcn_backward(&g, grad.view(), 2, Par::Seq).unwrap();
+    let got = gpu::lightgcn_backward(c, &to_f32(&g), f32_of(&grad).view(), 2).unwrap();
+    TOL.assert_close("directed backward", &f64_of(&got).view(), &want.view());
+    let fwd = graph::lightgcn_forward(&g, grad.view(), 2, Par::Seq).unwrap();
+    assert!(Tolerance::new(1e-3, 1e-3)
+        .check("fwd != bwd", &want.view(), &fwd.view())
+        .is_err());
+}
+
+#[test]
+fn large_inputs_are_chunked_under_the_dispatch_limit() {
+    // a cap of 2 workgroups (8 rows) per dispatch forces many dispatches on 50 rows
+    let opts = GpuOptions {
+        max_workgroups_per_dispatch: Some(2),
+        ..GpuOptions::from_env()
+    };
+    if ctx().is_none() {
+        return;
+    }
+    let c = GpuContext::with_options(&opts).unwrap();
+    let g = random_graph(21, 50, 50, 3, true);
+    let x: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(22), (50, 3))));
+    let want = graph::lightgcn_forward(&g, x.view(), 2, Par::Seq).unwrap();
+    let got = gpu::lightgcn_forward(&c, &to_f32(&g), f32_of(&x).view(), 2).unwrap();
+    TOL.assert_close("chunked propagation", &f64_of(&got).view(), &want.view());
+}
+
+#[test]
+fn device_resident_chain_needs_no_round_trip() {
+    // two propagations chained on the device equal the host composition
+    let Some(c) = ctx() else { return };
+    let g = user_item_graph();
+    let g32 = to_f32(&g);
+    let e0: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(31), (g.n_rows(), 16))));
+    let gg = GpuGraph::upload(c, &g32).unwrap();
+    let x = GpuMatrix::upload(c, f32_of(&e0).view()).unwrap();
+    let mut y = GpuMatrix::zeros(c, g.n_rows(), 16).unwrap();
+    let mut z = GpuMatrix::zeros(c, g.n_rows(), 16).unwrap();
+    gpu::lightgcn_forward_into(c, &gg, &x, 2, &mut y).unwrap();
+    gpu::lightgcn_backward_into(c, &gg, &y, 2, &mut z).unwrap();
+    let fy = graph::lightgcn_forward(&g, e0.view(), 2, Par::Seq).unwrap();
+    let want = graph::lightgcn_backward(&g, fy.view(), 2, Par::Seq).unwrap();
+    TOL.assert_close(
+        "chain",
+        &f64_of(&z.download(c).unwrap()).view(),
+        &want.view(),
+    );
+    let mut copy = GpuMatrix::zeros(c, g.n_rows(), 16).unwrap();
+    copy.copy_from(c, &z).unwrap();
+    assert_eq!(copy.download(c).unwrap(), z.download(c).unwrap());
+}
+
+#[test]
+fn bad_gpu_inputs_are_clear_errors() {
+    let Some(c) = ctx() else { return };
+    let g = to_f32(&random_graph(3, 10, 8, 2, true));
+    // x with the wrong number of rows
+    let e = gpu::spmm(c, &g, Array2::<f32>::zeros((9, 4)).view()).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    // NaN is refused at upload
+    let mut x = Array2::<f32>::zeros((8, 4));
+    x[[2, 1]] = f32::NAN;
+    let e = GpuMatrix::upload(c, x.view()).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    // an output of the wrong shape
+    let gg = GpuGraph::upload(c, &g).unwrap();
+    let xd = GpuMatrix::zeros(c, 8, 4).unwrap();
+    let mut y = GpuMatrix::zeros(c, 10, 5).unwrap();
+    let e = gpu::spmm_into(c, &gg, &xd, &mut y).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    // propagation needs a square graph and at least one layer
+    let e = gpu::lightgcn_forward(c, &g, Array2::<f32>::zeros((8, 4)).view(), 2).unwrap_err();
+    assert!(matches!(e, Error::Graph { .. }), "{e}");
+    let sq = to_f32(&user_item_graph());
+    let e = gpu::lightgcn_forward(c, &sq, Array2::<f32>::zeros((37, 4)).view(), 0).unwrap_err();
+    assert!(matches!(e, Error::Param { .. }), "{e}");
+    // an adapter that does not exist
+    let e = GpuContext::with_options(&GpuOptions {
+        adapter: Some("no such adapter 1234".into()),
+        ..GpuOptions::default()
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::GpuUnavailable { .. }), "{e}");
+}
