@@ -1,6 +1,7 @@
 //! CPU vs GPU for the ops that have a GPU path: one SpMM and a 3-layer LightGCN propagation (forward and
-//! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32. Data stays
-//! on the device between iterations (as in training); each GPU sample ends with a device synchronisation.
+//! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32, and InfoNCE
+//! forward + backward at B = 4096, d = 64. Data stays on the device between iterations (as in training);
+//! each GPU sample ends with a device synchronisation.
 //! The benchmark id carries the adapter's name.
 //!
 //! Needs `--features gpu` and an adapter. On a software adapter (lavapipe) run it with
@@ -19,16 +20,7 @@ use std::time::Duration;
 
 fn propagation(c: &mut Criterion) {
     let ctx = GpuContext::new().expect("the GPU benchmark needs an adapter");
-    let adapter: String = ctx
-        .adapter_name()
-        .chars()
-        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
-        .collect();
-    eprintln!(
-        "adapter: {} ({:?})",
-        ctx.adapter_name(),
-        ctx.adapter_info().backend
-    );
+    let adapter = adapter_id(&ctx);
     let (users, items, pairs) = baby_pairs();
     let pairs = if quick() {
         pairs[..pairs.len() / 20].to_vec()
@@ -95,5 +87,45 @@ fn propagation(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, propagation);
+fn infonce(c: &mut Criterion) {
+    use recgoat_core::contrastive::{info_nce, InfoNceConfig};
+    let ctx = GpuContext::new().expect("the GPU benchmark needs an adapter");
+    let adapter = adapter_id(&ctx);
+    let b = if quick() { 256 } else { 4096 };
+    let v1: Array2<f32> = randn(&mut rng(1), (b, 64));
+    let v2: Array2<f32> = randn(&mut rng(2), (b, 64));
+    let cfg = InfoNceConfig::<f32>::default();
+    let (g1, g2) = (
+        GpuMatrix::upload(&ctx, v1.view()).unwrap(),
+        GpuMatrix::upload(&ctx, v2.view()).unwrap(),
+    );
+    let mut grp = c.benchmark_group(format!("gpu_vs_cpu_infonce_b{b}_d64"));
+    grp.sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    grp.bench_function(BenchmarkId::new("forward_backward", "cpu_rayon"), |bch| {
+        bch.iter(|| info_nce(v1.view(), v2.view(), None, None, &cfg, Par::rayon()).unwrap())
+    });
+    // the loss is read back, so every sample ends synchronised
+    grp.bench_function(
+        BenchmarkId::new("forward_backward", format!("gpu_{adapter}")),
+        |bch| bch.iter(|| gpu::info_nce_on_device(&ctx, &g1, &g2, None, None, &cfg).unwrap()),
+    );
+    grp.finish();
+}
+
+/// The adapter's name as a benchmark-id fragment (printed in full once).
+fn adapter_id(ctx: &GpuContext) -> String {
+    eprintln!(
+        "adapter: {} ({:?})",
+        ctx.adapter_name(),
+        ctx.adapter_info().backend
+    );
+    ctx.adapter_name()
+        .chars()
+        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+        .collect()
+}
+
+criterion_group!(benches, propagation, infonce);
 criterion_main!(benches);

@@ -250,3 +250,229 @@ fn bad_gpu_inputs_are_clear_errors() {
     .unwrap_err();
     assert!(matches!(e, Error::GpuUnavailable { .. }), "{e}");
 }
+
+fn gemm_reference(a: &Array2<f64>, ta: bool, b: &Array2<f64>, tb: bool) -> Array2<f64> {
+    let a = if ta { a.t().to_owned() } else { a.clone() };
+    let b = if tb { b.t().to_owned() } else { b.clone() };
+    a.dot(&b)
+}
+
+#[test]
+fn gemm_matches_the_reference_for_every_transposition() {
+    let Some(c) = ctx() else { return };
+    // sizes off the 16-wide tile; alpha and beta both used
+    let (m, n, k) = (19, 33, 21);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let a = f64_of(&f32_of(&randn(
+            &mut rng(41),
+            if ta { (k, m) } else { (m, k) },
+        )));
+        let b = f64_of(&f32_of(&randn(
+            &mut rng(42),
+            if tb { (n, k) } else { (k, n) },
+        )));
+        let c0 = f64_of(&f32_of(&randn(&mut rng(43), (m, n))));
+        let want = gemm_reference(&a, ta, &b, tb) * 0.5 - &c0 * 2.0;
+        let (ga, gb) = (
+            GpuMatrix::upload(c, f32_of(&a).view()).unwrap(),
+            GpuMatrix::upload(c, f32_of(&b).view()).unwrap(),
+        );
+        let mut gc = GpuMatrix::upload(c, f32_of(&c0).view()).unwrap();
+        gpu::gemm(c, 0.5, &ga, ta, &gb, tb, -2.0, &mut gc).unwrap();
+        TOL.for_reduction(k).assert_close(
+            &format!("gemm ta={ta} tb={tb}"),
+            &f64_of(&gc.download(c).unwrap()).view(),
+            &want.view(),
+        );
+    }
+    let a = GpuMatrix::zeros(c, 3, 4).unwrap();
+    let mut out = GpuMatrix::zeros(c, 3, 3).unwrap();
+    let e = gpu::gemm(c, 1.0, &a, false, &a, false, 0.0, &mut out).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+#[test]
+fn gemm_is_chunked_under_the_dispatch_limit() {
+    if ctx().is_none() {
+        return;
+    }
+    let c = GpuContext::with_options(&GpuOptions {
+        max_workgroups_per_dispatch: Some(2),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    // 70 x 45 output = 3 x 2 chunks of 32 x 32
+    let a = f64_of(&f32_of(&randn(&mut rng(44), (70, 9))));
+    let b = f64_of(&f32_of(&randn(&mut rng(45), (45, 9))));
+    let (ga, gb) = (
+        GpuMatrix::upload(&c, f32_of(&a).view()).unwrap(),
+        GpuMatrix::upload(&c, f32_of(&b).view()).unwrap(),
+    );
+    let mut gc = GpuMatrix::zeros(&c, 70, 45).unwrap();
+    gpu::gemm(&c, 1.0, &ga, false, &gb, true, 0.0, &mut gc).unwrap();
+    TOL.for_reduction(9).assert_close(
+        "chunked gemm",
+        &f64_of(&gc.download(&c).unwrap()).view(),
+        &a.dot(&b.t()).view(),
+    );
+}
+
+#[test]
+fn l2_normalize_and_backward_match_the_cpu() {
+    let Some(c) = ctx() else { return };
+    // widths below and above the 64-lane reduction
+    for d in [3, 64, 130] {
+        let x = f64_of(&f32_of(&randn(&mut rng(50 + d as u64), (11, d))));
+        let g = f64_of(&f32_of(&randn(&mut rng(60 + d as u64), (11, d))));
+        let (y, n) = recgoat_core::nn::l2_normalize(x.view()).unwrap();
+        let want_dx =
+            recgoat_core::nn::l2_normalize_backward(y.view(), n.view(), g.view()).unwrap();
+        let xd = GpuMatrix::upload(c, f32_of(&x).view()).unwrap();
+        let (gy, gn) = gpu::l2_normalize(c, &xd).unwrap();
+        TOL.assert_close(
+            "normalised rows",
+            &f64_of(&gy.download(c).unwrap()).view(),
+            &y.view(),
+        );
+        let norms = f64_of(&gn.download(c).unwrap());
+        TOL.assert_close("norms", &norms.column(0), &n.view());
+        let gd = GpuMatrix::upload(c, f32_of(&g).view()).unwrap();
+        let dx = gpu::l2_normalize_backward(c, &gy, &gn, &gd).unwrap();
+        TOL.assert_close(
+            "normalise backward",
+            &f64_of(&dx.download(c).unwrap()).view(),
+            &want_dx.view(),
+        );
+    }
+    let mut x = Array2::<f32>::ones((4, 3));
+    x.row_mut(2).fill(0.0);
+    let e = gpu::l2_normalize(c, &GpuMatrix::upload(c, x.view()).unwrap()).unwrap_err();
+    assert!(
+        matches!(&e, Error::Param { value, .. } if value.contains("row 2")),
+        "{e}"
+    );
+}
+
+/// f32 InfoNCE against the f64 CPU path: softmax sums over B + K terms and GEMMs over d.
+const TOL_NCE: Tolerance = Tolerance::new(1e-4, 1e-5);
+
+fn nce_case(
+    c: &GpuContext,
+    label: &str,
+    (b, d, k): (usize, usize, usize),
+    cfg: recgoat_core::contrastive::InfoNceConfig<f64>,
+    weighted: bool,
+) {
+    use recgoat_core::contrastive::{info_nce, InfoNceConfig};
+    let v1 = f64_of(&f32_of(&randn(&mut rng(70), (b, d))));
+    let v2 = f64_of(&f32_of(
+        &(&v1 * 0.5 + randn::<f64, _, _>(&mut rng(71), (b, d))),
+    ));
+    let neg = (k > 0).then(|| f64_of(&f32_of(&randn(&mut rng(72), (k, d)))));
+    let w = weighted.then(|| ndarray::Array1::from_shape_fn(b, |i| 0.5 + (i % 3) as f64 * 0.25));
+    let want = info_nce(
+        v1.view(),
+        v2.view(),
+        neg.as_ref().map(|n| n.view()),
+        w.as_ref().map(|w| w.view()),
+        &cfg,
+        Par::Seq,
+    )
+    .unwrap();
+    let cfg32 = InfoNceConfig::<f32> {
+        temperature: cfg.temperature as f32,
+        normalize: cfg.normalize,
+        direction: cfg.direction,
+        reduction: cfg.reduction,
+        block_rows: cfg.block_rows,
+    };
+    let w32 = w.as_ref().map(|w| w.mapv(|v| v as f32));
+    let neg32 = neg.as_ref().map(f32_of);
+    let got = gpu::info_nce(
+        c,
+        f32_of(&v1).view(),
+        f32_of(&v2).view(),
+        neg32.as_ref().map(|n| n.view()),
+        w32.as_ref().map(|w| w.view()),
+        &cfg32,
+    )
+    .unwrap();
+    TOL_NCE.assert_scalar(&format!("{label}: loss"), f64::from(got.loss), want.loss);
+    TOL_NCE.assert_close(
+        &format!("{label}: grad v1"),
+        &f64_of(&got.grad_v1).view(),
+        &want.grad_v1.view(),
+    );
+    TOL_NCE.assert_close(
+        &format!("{label}: grad v2"),
+        &f64_of(&got.grad_v2).view(),
+        &want.grad_v2.view(),
+    );
+    match (got.grad_negatives, want.grad_negatives) {
+        (Some(g), Some(w)) => TOL_NCE.assert_close(
+            &format!("{label}: grad negatives"),
+            &f64_of(&g).view(),
+            &w.view(),
+        ),
+        (None, None) => {}
+        _ => panic!("{label}: negatives' gradient present on one side only"),
+    }
+}
+
+#[test]
+fn info_nce_matches_the_cpu_for_every_option() {
+    use recgoat_core::contrastive::{Direction, InfoNceConfig, Reduction};
+    let Some(c) = ctx() else { return };
+    let base = InfoNceConfig::<f64>::default();
+    nce_case(c, "default", (37, 16, 0), base, false);
+    nce_case(
+        c,
+        "symmetric, negatives, weights, sum",
+        (20, 70, 9),
+        InfoNceConfig {
+            direction: Direction::Symmetric,
+            reduction: Reduction::Sum,
+            temperature: 0.5,
+            ..base
+        },
+        true,
+    );
+    nce_case(
+        c,
+        "unnormalised",
+        (13, 5, 4),
+        InfoNceConfig {
+            normalize: false,
+            temperature: 2.0,
+            ..base
+        },
+        false,
+    );
+}
+
+#[test]
+fn info_nce_blocks_under_a_small_binding_limit() {
+    use recgoat_core::contrastive::{Direction, InfoNceConfig};
+    if ctx().is_none() {
+        return;
+    }
+    // 512 bytes per binding: similarity blocks of 4 rows of B + K = 26 floats (6 blocks for B = 21), and
+    // dispatch chunks of 2 workgroups
+    let c = GpuContext::with_options(&GpuOptions {
+        max_storage_binding: Some(512),
+        max_workgroups_per_dispatch: Some(2),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let cfg = InfoNceConfig::<f64> {
+        direction: Direction::Symmetric,
+        ..InfoNceConfig::default()
+    };
+    nce_case(&c, "blocked", (21, 4, 5), cfg, true);
+    // a matrix beyond the binding is refused with the limit named
+    let e = GpuMatrix::zeros(&c, 100, 100).unwrap_err();
+    assert!(
+        matches!(&e, Error::Gpu { reason, .. } if reason.contains("max_storage_buffer_binding_size")),
+        "{e}"
+    );
+}

@@ -109,7 +109,7 @@ pub struct InfoNceOutput<F> {
     pub grad_negatives: Option<Array2<F>>,
 }
 
-fn validate_inputs<F: Real>(
+pub(crate) fn validate_inputs<F: Real>(
     op: &'static str,
     v1: ArrayView2<'_, F>,
     v2: ArrayView2<'_, F>,

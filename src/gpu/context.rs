@@ -13,7 +13,22 @@ pub(crate) struct Kernel {
 }
 
 /// Every WGSL file of `shaders/`, by name: what the kernels compile and what `tests/shaders.rs` checks.
-pub const SHADERS: &[(&str, &str)] = &[("spmm.wgsl", include_str!("../../shaders/spmm.wgsl"))];
+pub const SHADERS: &[(&str, &str)] = &[
+    ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
+    (
+        "normalize_rows.wgsl",
+        include_str!("../../shaders/normalize_rows.wgsl"),
+    ),
+    (
+        "normalize_rows_backward.wgsl",
+        include_str!("../../shaders/normalize_rows_backward.wgsl"),
+    ),
+    ("spmm.wgsl", include_str!("../../shaders/spmm.wgsl")),
+    (
+        "xent_rows.wgsl",
+        include_str!("../../shaders/xent_rows.wgsl"),
+    ),
+];
 
 fn shader(file: &'static str) -> &'static str {
     SHADERS
@@ -46,6 +61,9 @@ pub struct GpuOptions {
     /// A cap on workgroups per dispatch dimension below the device's own limit, so that the chunking of
     /// large inputs can be exercised on small ones (tests); `None`: the device's limit.
     pub max_workgroups_per_dispatch: Option<u32>,
+    /// A cap on the bytes of one storage binding below the device's `max_storage_buffer_binding_size`, so
+    /// that blocking and the limit errors can be exercised on small inputs (tests); `None`: the device's.
+    pub max_storage_binding: Option<u64>,
 }
 
 impl GpuOptions {
@@ -56,6 +74,7 @@ impl GpuOptions {
             backend: var("RECGOAT_GPU_BACKEND"),
             adapter: var("RECGOAT_GPU_ADAPTER"),
             max_workgroups_per_dispatch: None,
+            max_storage_binding: None,
         }
     }
 }
@@ -173,6 +192,12 @@ impl GpuContext {
         .map_err(|e| Error::GpuUnavailable {
             reason: format!("opening {}: {e}", info.name),
         })?;
+        // what the crate plans with: the device's limits, lowered where the options ask
+        let mut limits = limits;
+        if let Some(cap) = opts.max_storage_binding {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
         let dispatch_cap = opts
             .max_workgroups_per_dispatch
             .unwrap_or(u32::MAX)
@@ -197,7 +222,7 @@ impl GpuContext {
         &self.info
     }
 
-    /// The device's limits (the adapter's own, all requested).
+    /// The device's limits (the adapter's own, all requested; lowered where [`GpuOptions`] caps them).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
@@ -310,6 +335,30 @@ impl GpuContext {
         buffers: &[&wgpu::Buffer],
         groups: u32,
     ) -> Result<()> {
+        self.dispatch_2d(encoder, k, buffers, (groups, 1))
+    }
+
+    /// `(row_offset, workgroups)` for each dispatch covering `rows` rows at `rows_per_group` rows per
+    /// workgroup, under the dispatch limit.
+    pub(crate) fn row_dispatches(&self, rows: usize, rows_per_group: usize) -> Vec<(usize, u32)> {
+        let step = self.dispatch_cap as usize * rows_per_group;
+        (0..rows)
+            .step_by(step)
+            .map(|start| {
+                let n = (rows - start).min(step);
+                (start, n.div_ceil(rows_per_group) as u32)
+            })
+            .collect()
+    }
+
+    /// [`GpuContext::dispatch`] over an `x` by `y` grid of workgroups.
+    pub(crate) fn dispatch_2d(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        k: Kernel,
+        buffers: &[&wgpu::Buffer],
+        groups: (u32, u32),
+    ) -> Result<()> {
         let pipeline = self.pipeline(k)?;
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
@@ -331,7 +380,7 @@ impl GpuContext {
         });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(groups, 1, 1);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
         Ok(())
     }
 

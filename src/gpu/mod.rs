@@ -8,8 +8,9 @@
 //! larger than one dispatch are chunked; sizes beyond a storage binding are a clear [`crate::Error::Gpu`]
 //! naming the limit.
 //!
-//! Ops on the GPU today: SpMM forward / backward and LightGCN propagation forward / backward. The other op
-//! families (GAT, InfoNCE, Sinkhorn, the model's dense layers, the kNN build) run on the CPU only.
+//! Ops on the GPU today: SpMM and LightGCN propagation (forward and backward), GEMM, row L2 normalisation
+//! (forward and backward) and InfoNCE (loss and gradients, every option of the CPU path). The other op
+//! families (GAT, the Sinkhorn family, LayerNorm and fusion, the kNN build) run on the CPU only.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
 //! [`crate::Error::GpuUnavailable`].
@@ -33,12 +34,20 @@
 #[cfg(feature = "gpu")]
 mod context;
 #[cfg(feature = "gpu")]
+mod contrastive;
+#[cfg(feature = "gpu")]
+mod dense;
+#[cfg(feature = "gpu")]
 mod matrix;
 #[cfg(feature = "gpu")]
 mod propagation;
 
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuOptions, SHADERS};
+#[cfg(feature = "gpu")]
+pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
+#[cfg(feature = "gpu")]
+pub use dense::{gemm, l2_normalize, l2_normalize_backward};
 #[cfg(feature = "gpu")]
 pub use matrix::{GpuGraph, GpuMatrix};
 #[cfg(feature = "gpu")]

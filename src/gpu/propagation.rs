@@ -46,15 +46,13 @@ fn record_spmm(
     sum: Option<(&GpuMatrix, f32)>,
 ) -> Result<()> {
     let kernel = Kernel::new("spmm.wgsl", "spmm");
-    let rows_per_dispatch = ctx.dispatch_cap() as usize * ROWS_PER_GROUP;
     let weights = a.weights.as_ref().unwrap_or(&a.placeholder);
     let (sum_buf, scale) = match sum {
         Some((s, scale)) => (&s.buf, scale),
         None => (&a.placeholder_rw, 1.0),
     };
     let flags = u32::from(a.weights.is_some()) | (u32::from(sum.is_some()) << 1);
-    for start in (0..a.n_rows).step_by(rows_per_dispatch.max(1)) {
-        let rows = (a.n_rows - start).min(rows_per_dispatch);
+    for (start, groups) in ctx.row_dispatches(a.n_rows, ROWS_PER_GROUP) {
         let params = ctx.uniform_from(&Params {
             n_rows: a.n_rows as u32,
             d: x.cols() as u32,
@@ -63,7 +61,6 @@ fn record_spmm(
             scale,
             _pad: [0; 3],
         });
-        let groups = rows.div_ceil(ROWS_PER_GROUP) as u32;
         ctx.dispatch(
             enc,
             kernel,

@@ -1,0 +1,371 @@
+//! InfoNCE forward and backward on the GPU: the same loss and gradients as
+//! [`crate::contrastive::info_nce`] (one-way or symmetric, optional normalisation, extra negatives, pair
+//! weights, mean or sum), built from the GEMM, row-normalisation and `xent_rows.wgsl` kernels.
+//!
+//! Per direction and block of anchor rows: `S = X [P; N]^T / tau` (two GEMMs into one `R x (B + K)` block),
+//! the row softmax cross-entropy in place (`S <- coef (softmax(S) - onehot)`, per-row losses), then
+//! `dX += S [P; N] / tau`, `dP += S[:, :B]^T X / tau`, `dN += S[:, B:]^T X / tau`. No float atomics; blocks
+//! keep the similarity buffer under the device's storage-binding size.
+
+use super::context::Kernel;
+use super::dense::{
+    check_norms, record_gemm, record_normalize, record_normalize_backward, Operand,
+};
+use super::{GpuContext, GpuMatrix};
+use crate::contrastive::{validate_inputs, Direction, InfoNceConfig, InfoNceOutput, Reduction};
+use crate::error::{Error, Result};
+use ndarray::{Array2, ArrayView1, ArrayView2};
+
+/// Loss and device-resident gradients of [`info_nce_on_device`].
+#[derive(Debug)]
+pub struct GpuInfoNceOutput {
+    /// The loss (read back: one float per pair and direction).
+    pub loss: f32,
+    /// `dloss/dv1` (B x d).
+    pub grad_v1: GpuMatrix,
+    /// `dloss/dv2` (B x d).
+    pub grad_v2: GpuMatrix,
+    /// `dloss/dnegatives` (K x d), when negatives were given.
+    pub grad_negatives: Option<GpuMatrix>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct XentParams {
+    rows: u32,
+    m: u32,
+    ld: u32,
+    row_offset: u32,
+    pos_offset: u32,
+    _pad: [u32; 3],
+}
+
+/// The largest similarity block the device takes in one binding (and at most 256 MiB).
+fn block_rows(ctx: &GpuContext, b: usize, m: usize) -> Result<usize> {
+    let max_bytes = ctx.limits().max_storage_buffer_binding_size.min(256 << 20) as usize;
+    let rows = (max_bytes / (4 * m.max(1))).min(b);
+    if rows == 0 {
+        return Err(Error::Gpu {
+            op: "gpu::info_nce",
+            reason: format!(
+                "one similarity row of {m} candidates exceeds max_storage_buffer_binding_size ({max_bytes})"
+            ),
+        });
+    }
+    Ok(rows)
+}
+
+struct DirectionArgs<'a> {
+    anchors: &'a GpuMatrix,
+    positives: &'a GpuMatrix,
+    negatives: Option<&'a GpuMatrix>,
+    grad_anchors: &'a GpuMatrix,
+    grad_positives: &'a GpuMatrix,
+    grad_negatives: Option<&'a GpuMatrix>,
+    loss: &'a GpuMatrix,
+}
+
+/// Rows `r0..` of `x` as a GEMM operand.
+fn rows_from(x: &GpuMatrix, r0: usize) -> Operand<'_> {
+    Operand {
+        buf: &x.buf,
+        ld: x.cols(),
+        off: r0 * x.cols(),
+        trans: false,
+    }
+}
+
+/// Records one direction's loss rows and gradient accumulation.
+fn record_direction<'a>(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    a: &DirectionArgs<'a>,
+    coef: &GpuMatrix,
+    inv_tau: f32,
+    s: &GpuMatrix,
+    rows_per_block: usize,
+) -> Result<()> {
+    let (b, d) = (a.anchors.rows(), a.anchors.cols());
+    let k = a.negatives.map_or(0, GpuMatrix::rows);
+    let m = b + k;
+    let xent = Kernel::new("xent_rows.wgsl", "xent_rows");
+    let at = |x: &'a GpuMatrix, r0: usize| rows_from(x, r0);
+    let s_block = |off: usize, trans: bool| Operand {
+        buf: &s.buf,
+        ld: m,
+        off,
+        trans,
+    };
+    for r0 in (0..b).step_by(rows_per_block) {
+        let r = (b - r0).min(rows_per_block);
+        // S = X[r0..r0+r] [P; N]^T / tau
+        let pt = Operand::of(a.positives, true);
+        record_gemm(
+            ctx,
+            enc,
+            (r, b, d),
+            inv_tau,
+            at(a.anchors, r0),
+            pt,
+            0.0,
+            s_block(0, false),
+        )?;
+        if let Some(n) = a.negatives {
+            let nt = Operand::of(n, true);
+            record_gemm(
+                ctx,
+                enc,
+                (r, k, d),
+                inv_tau,
+                at(a.anchors, r0),
+                nt,
+                0.0,
+                s_block(b, false),
+            )?;
+        }
+        for (start, groups) in ctx.row_dispatches(r, 1) {
+            let params = ctx.uniform_from(&XentParams {
+                rows: r as u32,
+                m: m as u32,
+                ld: m as u32,
+                row_offset: start as u32,
+                pos_offset: r0 as u32,
+                _pad: [0; 3],
+            });
+            ctx.dispatch(
+                enc,
+                xent,
+                &[&params, &coef.buf, &s.buf, &a.loss.buf],
+                groups,
+            )?;
+        }
+        // dX[r0..] += dS [P; N] / tau
+        let ga = at(a.grad_anchors, r0);
+        record_gemm(
+            ctx,
+            enc,
+            (r, d, b),
+            inv_tau,
+            s_block(0, false),
+            Operand::of(a.positives, false),
+            1.0,
+            ga,
+        )?;
+        if let Some(n) = a.negatives {
+            record_gemm(
+                ctx,
+                enc,
+                (r, d, k),
+                inv_tau,
+                s_block(b, false),
+                Operand::of(n, false),
+                1.0,
+                ga,
+            )?;
+        }
+        // dP += dS[:, :B]^T X[r0..] / tau, dN += dS[:, B:]^T X[r0..] / tau
+        let gp = Operand::of(a.grad_positives, false);
+        record_gemm(
+            ctx,
+            enc,
+            (b, d, r),
+            inv_tau,
+            s_block(0, true),
+            at(a.anchors, r0),
+            1.0,
+            gp,
+        )?;
+        if let Some(gn) = a.grad_negatives {
+            let gn = Operand::of(gn, false);
+            record_gemm(
+                ctx,
+                enc,
+                (k, d, r),
+                inv_tau,
+                s_block(b, true),
+                at(a.anchors, r0),
+                1.0,
+                gn,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// InfoNCE on device-resident views: the loss comes back to the host, the gradients stay on the device
+/// (the GPU twin of [`crate::contrastive::info_nce`], same semantics and configuration).
+///
+/// # Errors
+/// [`Error::Shape`] for views of different shapes, negatives of another width or weights of another length;
+/// [`Error::Empty`] for no pairs; [`Error::Negative`] / [`Error::NonFinite`] for bad weights;
+/// [`Error::Param`] for a bad config or, with normalisation on, a zero row (named); [`Error::Gpu`].
+pub fn info_nce_on_device(
+    ctx: &GpuContext,
+    v1: &GpuMatrix,
+    v2: &GpuMatrix,
+    negatives: Option<&GpuMatrix>,
+    weights: Option<ArrayView1<'_, f32>>,
+    cfg: &InfoNceConfig<f32>,
+) -> Result<GpuInfoNceOutput> {
+    const OP: &str = "gpu::info_nce";
+    cfg.validate()?;
+    // shapes and weights with the CPU path's checks (on empty stand-ins for the device matrices: the
+    // values were checked for NaN/Inf when they were uploaded)
+    let zero = Array2::<f32>::zeros((1, 1));
+    let shape = |x: &GpuMatrix| {
+        zero.broadcast((x.rows(), x.cols()))
+            .expect("broadcast of 1 x 1")
+    };
+    validate_inputs(OP, shape(v1), shape(v2), negatives.map(shape), weights)?;
+    let (b, d) = (v1.rows(), v1.cols());
+    let k = negatives.map_or(0, GpuMatrix::rows);
+
+    // normalised copies (and norms), checked for zero rows like the CPU path
+    let mut enc = ctx.encoder();
+    let mut normalized = |x: &GpuMatrix| -> Result<Option<(GpuMatrix, GpuMatrix)>> {
+        if !cfg.normalize {
+            return Ok(None);
+        }
+        let y = GpuMatrix::zeros(ctx, x.rows(), x.cols())?;
+        let n = GpuMatrix::zeros(ctx, x.rows(), 1)?;
+        record_normalize(ctx, &mut enc, x, &y, &n)?;
+        Ok(Some((y, n)))
+    };
+    let (nu, nw) = (normalized(v1)?, normalized(v2)?);
+    let nn = match negatives {
+        Some(n) => normalized(n)?,
+        None => None,
+    };
+    ctx.submit(OP, enc)?;
+    for (what, x) in [("v1", &nu), ("v2", &nw), ("negatives", &nn)] {
+        if let Some((_, norms)) = x {
+            check_norms(ctx, OP, what, norms)?;
+        }
+    }
+    let u = nu.as_ref().map_or(v1, |(y, _)| y);
+    let w = nw.as_ref().map_or(v2, |(y, _)| y);
+    let n = match (&nn, negatives) {
+        (Some((y, _)), _) => Some(y),
+        (None, n) => n,
+    };
+
+    let base = match cfg.reduction {
+        Reduction::Mean => 1.0 / b as f32,
+        Reduction::Sum => 1.0,
+    };
+    let half = if cfg.direction == Direction::Symmetric {
+        0.5
+    } else {
+        1.0
+    };
+    let coef: Array2<f32> = Array2::from_shape_fn((b, 1), |(i, _)| {
+        weights.map_or(1.0, |wt| wt[i]) * base * half
+    });
+    let coef = GpuMatrix::upload(ctx, coef.view())?;
+    let m = b + k;
+    let rows_per_block = block_rows(ctx, b, m)?;
+    let s = GpuMatrix::zeros(ctx, rows_per_block, m)?;
+    let (gu, gw) = (GpuMatrix::zeros(ctx, b, d)?, GpuMatrix::zeros(ctx, b, d)?);
+    let gn = match negatives {
+        Some(_) => Some(GpuMatrix::zeros(ctx, k, d)?),
+        None => None,
+    };
+    let inv_tau = 1.0 / cfg.temperature;
+    let losses = [GpuMatrix::zeros(ctx, b, 1)?, GpuMatrix::zeros(ctx, b, 1)?];
+    let mut enc = ctx.encoder();
+    record_direction(
+        ctx,
+        &mut enc,
+        &DirectionArgs {
+            anchors: u,
+            positives: w,
+            negatives: n,
+            grad_anchors: &gu,
+            grad_positives: &gw,
+            grad_negatives: gn.as_ref(),
+            loss: &losses[0],
+        },
+        &coef,
+        inv_tau,
+        &s,
+        rows_per_block,
+    )?;
+    if cfg.direction == Direction::Symmetric {
+        record_direction(
+            ctx,
+            &mut enc,
+            &DirectionArgs {
+                anchors: w,
+                positives: u,
+                negatives: n,
+                grad_anchors: &gw,
+                grad_positives: &gu,
+                grad_negatives: gn.as_ref(),
+                loss: &losses[1],
+            },
+            &coef,
+            inv_tau,
+            &s,
+            rows_per_block,
+        )?;
+    }
+    // back through the normalisations
+    let back =
+        |enc: &mut wgpu::CommandEncoder, g: GpuMatrix, norm: &Option<(GpuMatrix, GpuMatrix)>| {
+            match norm {
+                Some((y, norms)) => {
+                    let dx = GpuMatrix::zeros(ctx, g.rows(), g.cols())?;
+                    record_normalize_backward(ctx, enc, y, norms, &g, &dx)?;
+                    Ok(dx)
+                }
+                None => Ok(g),
+            }
+        };
+    let grad_v1 = back(&mut enc, gu, &nu)?;
+    let grad_v2 = back(&mut enc, gw, &nw)?;
+    let grad_negatives = match gn {
+        Some(g) => Some(back(&mut enc, g, &nn)?),
+        None => None,
+    };
+    ctx.submit(OP, enc)?;
+    let loss: f64 = losses
+        .iter()
+        .map(|l| {
+            l.download(ctx)
+                .map(|x| x.iter().map(|&v| f64::from(v)).sum::<f64>())
+        })
+        .sum::<Result<f64>>()?;
+    Ok(GpuInfoNceOutput {
+        loss: loss as f32,
+        grad_v1,
+        grad_v2,
+        grad_negatives,
+    })
+}
+
+/// Host-in / host-out [`info_nce_on_device`]: the same signature and output as
+/// [`crate::contrastive::info_nce`] in f32.
+///
+/// # Errors
+/// As [`crate::contrastive::info_nce`], plus [`Error::Gpu`].
+pub fn info_nce(
+    ctx: &GpuContext,
+    v1: ArrayView2<'_, f32>,
+    v2: ArrayView2<'_, f32>,
+    negatives: Option<ArrayView2<'_, f32>>,
+    weights: Option<ArrayView1<'_, f32>>,
+    cfg: &InfoNceConfig<f32>,
+) -> Result<InfoNceOutput<f32>> {
+    const OP: &str = "gpu::info_nce";
+    cfg.validate()?;
+    validate_inputs(OP, v1, v2, negatives, weights)?;
+    let (g1, g2) = (GpuMatrix::upload(ctx, v1)?, GpuMatrix::upload(ctx, v2)?);
+    let gn = negatives.map(|n| GpuMatrix::upload(ctx, n)).transpose()?;
+    let out = info_nce_on_device(ctx, &g1, &g2, gn.as_ref(), weights, cfg)?;
+    Ok(InfoNceOutput {
+        loss: out.loss,
+        grad_v1: out.grad_v1.download(ctx)?,
+        grad_v2: out.grad_v2.download(ctx)?,
+        grad_negatives: out.grad_negatives.map(|g| g.download(ctx)).transpose()?,
+    })
+}

@@ -1,0 +1,289 @@
+//! Dense pieces on the GPU: GEMM (`shaders/gemm.wgsl`) and row L2 normalisation with its backward
+//! (`shaders/normalize_rows*.wgsl`).
+
+use super::context::Kernel;
+use super::{GpuContext, GpuMatrix};
+use crate::error::{Error, Result};
+
+/// Output tile edge of `gemm.wgsl` (its `T`).
+const TILE: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    alpha: f32,
+    beta: f32,
+}
+
+/// A row-major operand in place: a buffer, its leading dimension, an element offset and whether it enters
+/// the product transposed.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand<'a> {
+    pub(crate) buf: &'a wgpu::Buffer,
+    pub(crate) ld: usize,
+    pub(crate) off: usize,
+    pub(crate) trans: bool,
+}
+
+impl<'a> Operand<'a> {
+    /// The whole matrix `x`, transposed or not.
+    pub(crate) fn of(x: &'a GpuMatrix, trans: bool) -> Operand<'a> {
+        Operand {
+            buf: &x.buf,
+            ld: x.cols(),
+            off: 0,
+            trans,
+        }
+    }
+}
+
+/// Records `C[m x n] = alpha op(A) op(B) + beta C` for operands addressed in place, chunked in both output
+/// dimensions under the dispatch limit. Shapes are the caller's responsibility.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_gemm(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    beta: f32,
+    c: Operand<'_>,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let kernel = Kernel::new("gemm.wgsl", "gemm");
+    let step = ctx.dispatch_cap() as usize * TILE;
+    for i0 in (0..m).step_by(step) {
+        for j0 in (0..n).step_by(step) {
+            let (mm, nn) = ((m - i0).min(step), (n - j0).min(step));
+            let a_off = a.off + if a.trans { i0 } else { i0 * a.ld };
+            let b_off = b.off + if b.trans { j0 * b.ld } else { j0 };
+            let params = ctx.uniform_from(&GemmParams {
+                m: mm as u32,
+                n: nn as u32,
+                k: k as u32,
+                flags: u32::from(a.trans) | (u32::from(b.trans) << 1),
+                lda: a.ld as u32,
+                ldb: b.ld as u32,
+                ldc: c.ld as u32,
+                a_off: a_off as u32,
+                b_off: b_off as u32,
+                c_off: (c.off + i0 * c.ld + j0) as u32,
+                alpha,
+                beta,
+            });
+            ctx.dispatch_2d(
+                enc,
+                kernel,
+                &[&params, a.buf, b.buf, c.buf],
+                (nn.div_ceil(TILE) as u32, mm.div_ceil(TILE) as u32),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `c = alpha op(a) op(b) + beta c` on the device, `op` transposing when `trans_a` / `trans_b` say so.
+///
+/// # Errors
+/// [`Error::Shape`] when the inner dimensions or the output shape disagree; [`Error::Gpu`] for a device
+/// failure.
+///
+/// # Example
+/// ```no_run
+/// # #[cfg(feature = "gpu")] {
+/// use ndarray::array;
+/// use recgoat_core::gpu::{self, GpuContext, GpuMatrix};
+/// let ctx = GpuContext::new()?;
+/// let a = GpuMatrix::upload(&ctx, array![[1.0f32, 2.0], [3.0, 4.0]].view())?;
+/// let mut c = GpuMatrix::zeros(&ctx, 2, 2)?;
+/// gpu::gemm(&ctx, 1.0, &a, true, &a, false, 0.0, &mut c)?; // A^T A
+/// assert_eq!(c.download(&ctx)?, array![[10.0f32, 14.0], [14.0, 20.0]]);
+/// # }
+/// # Ok::<(), recgoat_core::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    ctx: &GpuContext,
+    alpha: f32,
+    a: &GpuMatrix,
+    trans_a: bool,
+    b: &GpuMatrix,
+    trans_b: bool,
+    beta: f32,
+    c: &mut GpuMatrix,
+) -> Result<()> {
+    const OP: &str = "gpu::gemm";
+    let (m, ka) = if trans_a {
+        (a.cols(), a.rows())
+    } else {
+        (a.rows(), a.cols())
+    };
+    let (kb, n) = if trans_b {
+        (b.cols(), b.rows())
+    } else {
+        (b.rows(), b.cols())
+    };
+    if ka != kb {
+        return Err(Error::shape(
+            OP,
+            "inner dimensions of op(a) and op(b)",
+            ka,
+            kb,
+        ));
+    }
+    if (c.rows(), c.cols()) != (m, n) {
+        return Err(Error::shape(OP, "output c", (m, n), (c.rows(), c.cols())));
+    }
+    for (what, v) in [("alpha", alpha), ("beta", beta)] {
+        if !v.is_finite() {
+            return Err(Error::param(OP, what, v, "must be finite"));
+        }
+    }
+    let mut enc = ctx.encoder();
+    record_gemm(
+        ctx,
+        &mut enc,
+        (m, n, ka),
+        alpha,
+        Operand::of(a, trans_a),
+        Operand::of(b, trans_b),
+        beta,
+        Operand::of(c, false),
+    )?;
+    ctx.submit(OP, enc)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RowParams {
+    rows: u32,
+    d: u32,
+    row_offset: u32,
+    _pad: u32,
+}
+
+/// Records `y = x / |x|` per row and the norms (`rows x 1`); zero rows give zero rows and norm 0.
+pub(crate) fn record_normalize(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    x: &GpuMatrix,
+    y: &GpuMatrix,
+    norms: &GpuMatrix,
+) -> Result<()> {
+    let kernel = Kernel::new("normalize_rows.wgsl", "normalize_rows");
+    for (start, groups) in ctx.row_dispatches(x.rows(), 1) {
+        let params = ctx.uniform_from(&RowParams {
+            rows: x.rows() as u32,
+            d: x.cols() as u32,
+            row_offset: start as u32,
+            _pad: 0,
+        });
+        ctx.dispatch(enc, kernel, &[&params, &x.buf, &y.buf, &norms.buf], groups)?;
+    }
+    Ok(())
+}
+
+/// Records `dx = (g - (g . y) y) / norm` per row (0 for a zero norm).
+pub(crate) fn record_normalize_backward(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    y: &GpuMatrix,
+    norms: &GpuMatrix,
+    g: &GpuMatrix,
+    dx: &GpuMatrix,
+) -> Result<()> {
+    let kernel = Kernel::new("normalize_rows_backward.wgsl", "normalize_rows_backward");
+    for (start, groups) in ctx.row_dispatches(y.rows(), 1) {
+        let params = ctx.uniform_from(&RowParams {
+            rows: y.rows() as u32,
+            d: y.cols() as u32,
+            row_offset: start as u32,
+            _pad: 0,
+        });
+        ctx.dispatch(
+            enc,
+            kernel,
+            &[&params, &y.buf, &norms.buf, &g.buf, &dx.buf],
+            groups,
+        )?;
+    }
+    Ok(())
+}
+
+/// Rows divided by their L2 norms on the device: `(y, norms)` with `norms` a `rows x 1` matrix (the GPU
+/// twin of [`crate::nn::l2_normalize`]).
+///
+/// # Errors
+/// [`Error::Param`] naming the first zero row (the norms are read back to check); [`Error::Gpu`].
+pub fn l2_normalize(ctx: &GpuContext, x: &GpuMatrix) -> Result<(GpuMatrix, GpuMatrix)> {
+    const OP: &str = "gpu::l2_normalize";
+    let (y, norms) = (
+        GpuMatrix::zeros(ctx, x.rows(), x.cols())?,
+        GpuMatrix::zeros(ctx, x.rows(), 1)?,
+    );
+    let mut enc = ctx.encoder();
+    record_normalize(ctx, &mut enc, x, &y, &norms)?;
+    ctx.submit(OP, enc)?;
+    check_norms(ctx, OP, "x", &norms)?;
+    Ok((y, norms))
+}
+
+/// Refuses a zero row, as the CPU path does, after reading the norms back (one float per row).
+pub(crate) fn check_norms(
+    ctx: &GpuContext,
+    op: &'static str,
+    what: &str,
+    norms: &GpuMatrix,
+) -> Result<()> {
+    let n = norms.download(ctx)?;
+    if let Some(i) = n.iter().position(|&v| !(v > 0.0 && v.is_finite())) {
+        return Err(Error::Param {
+            op,
+            name: "rows",
+            value: format!("row {i} of {what}"),
+            reason: format!("norm {}: cannot be L2-normalised", n[[i, 0]]),
+        });
+    }
+    Ok(())
+}
+
+/// Backward of [`l2_normalize`]: `dx = (dy - y (y . dy)) / |x|` on the device.
+///
+/// # Errors
+/// [`Error::Shape`] when `y`, `norms` and `grad_y` disagree; [`Error::Gpu`].
+pub fn l2_normalize_backward(
+    ctx: &GpuContext,
+    y: &GpuMatrix,
+    norms: &GpuMatrix,
+    grad_y: &GpuMatrix,
+) -> Result<GpuMatrix> {
+    const OP: &str = "gpu::l2_normalize_backward";
+    if (grad_y.rows(), grad_y.cols()) != (y.rows(), y.cols())
+        || (norms.rows(), norms.cols()) != (y.rows(), 1)
+    {
+        return Err(Error::shape(
+            OP,
+            "y, norms (rows x 1), grad_y",
+            (y.rows(), y.cols()),
+            ((grad_y.rows(), grad_y.cols()), (norms.rows(), norms.cols())),
+        ));
+    }
+    let dx = GpuMatrix::zeros(ctx, y.rows(), y.cols())?;
+    let mut enc = ctx.encoder();
+    record_normalize_backward(ctx, &mut enc, y, norms, grad_y, &dx)?;
+    ctx.submit(OP, enc)?;
+    Ok(dx)
+}
