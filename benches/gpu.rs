@@ -1,7 +1,8 @@
 //! CPU vs GPU for the ops that have a GPU path: one SpMM and a 3-layer LightGCN propagation (forward and
 //! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32, and InfoNCE
-//! forward + backward at B = 4096, d = 64. Data stays on the device between iterations (as in training);
-//! each GPU sample ends with a device synchronisation.
+//! forward + backward at B = 4096, d = 64, and Sinkhorn solves at n = m = 2000 (dense) and 16384 (online).
+//! Data stays on the device between iterations (as in training); each GPU sample ends with a device
+//! synchronisation.
 //! The benchmark id carries the adapter's name.
 //!
 //! Needs `--features gpu` and an adapter. On a software adapter (lavapipe) run it with
@@ -127,5 +128,52 @@ fn adapter_id(ctx: &GpuContext) -> String {
         .collect()
 }
 
-criterion_group!(benches, propagation, infonce);
+/// Sinkhorn solves of a fixed number of log-domain iterations (tol unreachable; one check at the start), the
+/// issue's sizes: n = m = 2000 with a dense cost and n = m = 16384 with the online squared Euclidean cost
+/// (64-d clouds, eps = 0.01 x mean cost). Both sides include eps resolution and the final measuring pass
+/// (on the CPU for both).
+fn sinkhorn(c: &mut Criterion) {
+    use recgoat_core::transport::{self, EpsScale, Epsilon, ErrorNorm, Geometry, SinkhornConfig};
+    use recgoat_core::Backend;
+    let ctx = GpuContext::new().expect("the GPU benchmark needs an adapter");
+    let adapter = adapter_id(&ctx);
+    let sizes: &[(usize, bool, usize)] = if quick() {
+        &[(200, true, 10)]
+    } else {
+        &[(2000, true, 20), (16384, false, 3)]
+    };
+    for &(n, dense, iters) in sizes {
+        let x: Array2<f32> = randn(&mut rng(7), (n, 64));
+        let y: Array2<f32> = randn(&mut rng(8), (n, 64));
+        let cloud = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+        let cost;
+        let geom = if dense {
+            cost = cloud.to_dense();
+            Geometry::dense(cost.view()).unwrap()
+        } else {
+            cloud
+        };
+        let w = ndarray::Array1::from_elem(n, 1.0 / n as f32);
+        let cfg = SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.01))
+            .with_tol(1e-30, ErrorNorm::L1)
+            .with_iters(iters, iters);
+        let kind = if dense { "dense" } else { "online" };
+        let mut grp = c.benchmark_group(format!("gpu_vs_cpu_sinkhorn_{kind}_{n}_{iters}iters"));
+        grp.sample_size(10)
+            .measurement_time(Duration::from_secs(5))
+            .warm_up_time(Duration::from_secs(1));
+        grp.bench_function(BenchmarkId::new("solve", "cpu_rayon"), |b| {
+            b.iter(|| {
+                transport::sinkhorn(&geom, w.view(), w.view(), &cfg, &Backend::Cpu(Par::rayon()))
+                    .unwrap()
+            })
+        });
+        grp.bench_function(BenchmarkId::new("solve", format!("gpu_{adapter}")), |b| {
+            b.iter(|| gpu::sinkhorn(&ctx, &geom, w.view(), w.view(), &cfg).unwrap())
+        });
+        grp.finish();
+    }
+}
+
+criterion_group!(benches, propagation, infonce, sinkhorn);
 criterion_main!(benches);

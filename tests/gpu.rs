@@ -476,3 +476,119 @@ fn info_nce_blocks_under_a_small_binding_limit() {
         "{e}"
     );
 }
+
+mod sinkhorn {
+    use super::*;
+    use recgoat_core::transport::{
+        sinkhorn, Domain, EpsScale, EpsSchedule, Epsilon, ErrorNorm, Geometry, Marginal,
+        SinkhornConfig,
+    };
+    use recgoat_core::Backend;
+
+    fn weights(n: usize, seed: u64) -> ndarray::Array1<f32> {
+        let mut r = rng(seed);
+        let w: ndarray::Array1<f32> = (0..n).map(|_| r.gen_range(0.5f32..1.5)).collect();
+        let s = w.sum();
+        w / s
+    }
+
+    /// GPU against the CPU solver (f32, same configuration): the same iterate up to rounding.
+    fn compare(c: &GpuContext, label: &str, geom: &Geometry<'_, f32>, cfg: &SinkhornConfig<f32>) {
+        let (a, b) = (weights(geom.n(), 80), weights(geom.m(), 81));
+        let want = sinkhorn(geom, a.view(), b.view(), cfg, &Backend::Cpu(Par::Seq)).unwrap();
+        let got = gpu::sinkhorn(c, geom, a.view(), b.view(), cfg).unwrap();
+        assert_eq!(got.converged, want.converged, "{label}: converged");
+        assert_eq!(got.termination, want.termination, "{label}: termination");
+        let scale = f64::from(
+            want.f
+                .iter()
+                .chain(&want.g)
+                .fold(0f32, |m, v| m.max(v.abs())),
+        )
+        .max(1e-3);
+        let tol = Tolerance::new(1e-3, 1e-3 * scale);
+        tol.assert_close(
+            &format!("{label}: f"),
+            &got.f.mapv(f64::from).view(),
+            &want.f.mapv(f64::from).view(),
+        );
+        tol.assert_close(
+            &format!("{label}: g"),
+            &got.g.mapv(f64::from).view(),
+            &want.g.mapv(f64::from).view(),
+        );
+        let t = Tolerance::new(1e-3, 1e-6);
+        t.assert_scalar(
+            &format!("{label}: cost"),
+            got.transport_cost.into(),
+            want.transport_cost.into(),
+        );
+        t.assert_scalar(
+            &format!("{label}: value"),
+            got.value.into(),
+            want.value.into(),
+        );
+        assert!(
+            got.iterations.abs_diff(want.iterations) <= cfg.check_every,
+            "{label}: iterations {} vs {}",
+            got.iterations,
+            want.iterations
+        );
+    }
+
+    #[test]
+    fn sinkhorn_matches_the_cpu_solver() {
+        let Some(c) = ctx() else { return };
+        let x: Array2<f32> = randn(&mut rng(82), (40, 5));
+        let y: Array2<f32> = randn(&mut rng(83), (300, 5)); // more columns than the 128 lanes
+        let cloud = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+        let cost = cloud.to_dense();
+        let dense = Geometry::dense(cost.view()).unwrap();
+        let base = SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.05))
+            .with_tol(1e-4, ErrorNorm::L1)
+            .with_iters(500, 5);
+        compare(c, "dense", &dense, &base);
+        compare(c, "online", &cloud, &base);
+        let sched = base.clone().with_schedule(EpsSchedule::Geometric {
+            start: Epsilon::relative(EpsScale::Max, 1.0),
+            decay: 0.5,
+            stage_iters: 20,
+        });
+        compare(c, "eps schedule", &cloud, &sched);
+        let unbalanced = base
+            .clone()
+            .with_marginals(Marginal::Kl(0.5), Marginal::Tau(0.9));
+        compare(c, "unbalanced", &dense, &unbalanced);
+        // the cap stops it before tol: MaxIterations on both
+        compare(c, "capped", &dense, &base.clone().with_iters(7, 3));
+    }
+
+    #[test]
+    fn sinkhorn_is_chunked_and_refuses_the_scaling_domain() {
+        if ctx().is_none() {
+            return;
+        }
+        let c = GpuContext::with_options(&GpuOptions {
+            max_workgroups_per_dispatch: Some(3),
+            ..GpuOptions::from_env()
+        })
+        .unwrap();
+        let x: Array2<f32> = randn(&mut rng(84), (20, 3));
+        let y: Array2<f32> = randn(&mut rng(85), (11, 3));
+        let cloud = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+        let cfg = SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.1)).with_iters(300, 4);
+        compare(&c, "chunked", &cloud, &cfg);
+        let (a, b) = (weights(20, 1), weights(11, 2));
+        let e = gpu::sinkhorn(
+            &c,
+            &cloud,
+            a.view(),
+            b.view(),
+            &cfg.clone().with_domain(Domain::Scaling),
+        )
+        .unwrap_err();
+        assert!(matches!(&e, Error::Param { name: "domain", .. }), "{e}");
+        let e = gpu::sinkhorn(&c, &cloud, b.view(), a.view(), &cfg).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{e}");
+    }
+}

@@ -23,6 +23,10 @@ pub const SHADERS: &[(&str, &str)] = &[
         "normalize_rows_backward.wgsl",
         include_str!("../../shaders/normalize_rows_backward.wgsl"),
     ),
+    (
+        "sinkhorn_update.wgsl",
+        include_str!("../../shaders/sinkhorn_update.wgsl"),
+    ),
     ("spmm.wgsl", include_str!("../../shaders/spmm.wgsl")),
     (
         "xent_rows.wgsl",

@@ -104,6 +104,15 @@ impl GpuMatrix {
         Ok(Array2::from_shape_vec((self.rows, self.cols), values).expect("rows x cols values"))
     }
 
+    /// Overwrites the matrix with `data` (row-major, `rows * cols` values; queued before later work).
+    pub(crate) fn write(&self, ctx: &GpuContext, data: &[f32]) {
+        debug_assert_eq!(data.len(), self.rows * self.cols);
+        if !data.is_empty() {
+            ctx.queue
+                .write_buffer(&self.buf, 0, bytemuck::cast_slice(data));
+        }
+    }
+
     /// Copies `src` (same shape) into `self` on the device.
     ///
     /// # Errors

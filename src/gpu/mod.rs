@@ -9,8 +9,9 @@
 //! naming the limit.
 //!
 //! Ops on the GPU today: SpMM and LightGCN propagation (forward and backward), GEMM, row L2 normalisation
-//! (forward and backward) and InfoNCE (loss and gradients, every option of the CPU path). The other op
-//! families (GAT, the Sinkhorn family, LayerNorm and fusion, the kNN build) run on the CPU only.
+//! (forward and backward), InfoNCE (loss and gradients, every option of the CPU path) and the log-domain
+//! Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals). Not yet on
+//! the GPU: GAT, batched Sinkhorn, the plan's gradients and the OAT map, LayerNorm and fusion, the kNN build.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
 //! [`crate::Error::GpuUnavailable`].
@@ -41,6 +42,8 @@ mod dense;
 mod matrix;
 #[cfg(feature = "gpu")]
 mod propagation;
+#[cfg(feature = "gpu")]
+mod transport;
 
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuOptions, SHADERS};
@@ -55,6 +58,8 @@ pub use propagation::{
     lightgcn_backward, lightgcn_backward_into, lightgcn_forward, lightgcn_forward_into, spmm,
     spmm_backward_into, spmm_into,
 };
+#[cfg(feature = "gpu")]
+pub use transport::sinkhorn;
 
 #[cfg(not(feature = "gpu"))]
 mod disabled {

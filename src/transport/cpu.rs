@@ -205,11 +205,17 @@ pub(crate) fn materialise_plan<F: Real>(
         .expect("plan requested")
 }
 
-struct StageResult<F> {
-    iterations: usize,
-    history: Vec<(usize, F)>,
-    termination: Termination,
+/// How one eps stage ended.
+pub(crate) struct StageResult<F> {
+    pub(crate) iterations: usize,
+    pub(crate) history: Vec<(usize, F)>,
+    pub(crate) termination: Termination,
 }
+
+/// Runs one eps stage in place on `(f, g)`: `(eps, max_iter, f, g)`. The CPU stages below and the GPU's
+/// share the schedule and the final measurement of [`solve_with`].
+pub(crate) type Stage<'s, F> =
+    dyn FnMut(F, usize, &mut [F], &mut [F]) -> Result<StageResult<F>> + 's;
 
 #[allow(clippy::too_many_arguments)]
 fn log_stage<F: Real>(
@@ -394,17 +400,34 @@ pub(crate) fn solve<F: Real>(
     let (a_s, b_s) = (a.to_vec(), b.to_vec());
     let w = Weights::new(&a_s, &b_s);
     let rho = (cfg.marginal_a.rho(target), cfg.marginal_b.rho(target));
+    solve_with(geom, a, b, cfg, target, par, &mut |eps, iters, f, g| {
+        Ok(match cfg.domain {
+            super::Domain::Log => log_stage(geom, &w, (f, g), eps, rho, cfg, iters, par),
+            super::Domain::Scaling => scaling_stage(geom, &w, (f, g), eps, rho, cfg, iters, par),
+        })
+    })
+}
+
+/// The eps schedule, warm-started stage after stage by `stage`, then the final measurement (row and column
+/// sums, cost, value, errors) on the host.
+pub(crate) fn solve_with<F: Real>(
+    geom: &Geometry<'_, F>,
+    a: ArrayView1<'_, F>,
+    b: ArrayView1<'_, F>,
+    cfg: &SinkhornConfig<F>,
+    target: F,
+    par: Par,
+    stage: &mut Stage<'_, F>,
+) -> Result<SinkhornOutput<F>> {
+    let (a_s, b_s) = (a.to_vec(), b.to_vec());
+    let w = Weights::new(&a_s, &b_s);
+    let rho = (cfg.marginal_a.rho(target), cfg.marginal_b.rho(target));
     let mut f = vec![F::zero(); geom.n()];
     let mut g = vec![F::zero(); geom.m()];
     let mut total = 0;
     let mut last = None;
     for (eps, iters) in stages(geom, cfg, target, par)? {
-        let st = match cfg.domain {
-            super::Domain::Log => log_stage(geom, &w, (&mut f, &mut g), eps, rho, cfg, iters, par),
-            super::Domain::Scaling => {
-                scaling_stage(geom, &w, (&mut f, &mut g), eps, rho, cfg, iters, par)
-            }
-        };
+        let st = stage(eps, iters, &mut f, &mut g)?;
         total += st.iterations;
         let stop = matches!(st.termination, Termination::NonFinite { .. });
         last = Some(st);

@@ -41,7 +41,7 @@
 
 mod adaptive;
 mod cost;
-mod cpu;
+pub(crate) mod cpu;
 mod divergence;
 mod grad;
 pub mod reference;
@@ -170,7 +170,7 @@ pub enum ErrorNorm {
 }
 
 impl ErrorNorm {
-    fn apply<F: Real>(self, it: impl Iterator<Item = F>) -> F {
+    pub(crate) fn apply<F: Real>(self, it: impl Iterator<Item = F>) -> F {
         match self {
             ErrorNorm::L1 => it.fold(F::zero(), |s, v| s + v.abs()),
             ErrorNorm::L2 => it.fold(F::zero(), |s, v| s + v * v).sqrt(),
