@@ -592,3 +592,53 @@ mod sinkhorn {
         assert!(matches!(e, Error::Shape { .. }), "{e}");
     }
 }
+
+#[test]
+fn layer_norm_forward_and_backward_match_the_cpu() {
+    use recgoat_core::nn::LayerNorm;
+    let Some(c) = ctx() else { return };
+    for (n, d) in [(7, 3), (70, 64), (33, 130)] {
+        let x = f64_of(&f32_of(&randn(&mut rng(90 + d as u64), (n, d))));
+        let g = f64_of(&f32_of(&randn(&mut rng(91 + d as u64), (n, d))));
+        let mut ln = LayerNorm::<f64>::new(d);
+        ln.gamma = randn::<f64, _, _>(&mut rng(92), d).mapv(|v| (v as f32) as f64);
+        ln.beta = randn::<f64, _, _>(&mut rng(93), d).mapv(|v| (v as f32) as f64);
+        let (y, cache) = ln.forward(x.view()).unwrap();
+        let (dx, dgamma, dbeta) = ln.backward(&cache, g.view()).unwrap();
+        let ln32 = LayerNorm::<f32> {
+            gamma: ln.gamma.mapv(|v| v as f32),
+            beta: ln.beta.mapv(|v| v as f32),
+            eps: 1e-5,
+        };
+        let xd = GpuMatrix::upload(c, f32_of(&x).view()).unwrap();
+        let (gy, gcache) = gpu::layer_norm_forward(c, &ln32, &xd).unwrap();
+        TOL.for_reduction(d).assert_close(
+            &format!("layer norm {n}x{d}"),
+            &f64_of(&gy.download(c).unwrap()).view(),
+            &y.view(),
+        );
+        let gd = GpuMatrix::upload(c, f32_of(&g).view()).unwrap();
+        let (gdx, gdg, gdb) = gpu::layer_norm_backward(c, &ln32, &gcache, &gd).unwrap();
+        let t = Tolerance::new(1e-4, 1e-5).for_reduction(n.max(d));
+        t.assert_close("dx", &f64_of(&gdx.download(c).unwrap()).view(), &dx.view());
+        t.assert_close(
+            "dgamma",
+            &f64_of(&gdg.download(c).unwrap()).row(0),
+            &dgamma.view(),
+        );
+        t.assert_close(
+            "dbeta",
+            &f64_of(&gdb.download(c).unwrap()).row(0),
+            &dbeta.view(),
+        );
+    }
+    let ln = LayerNorm::<f32>::new(4);
+    let e = gpu::layer_norm_forward(c, &ln, &GpuMatrix::zeros(c, 2, 5).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let bad = LayerNorm::<f32> {
+        eps: 0.0,
+        ..LayerNorm::new(5)
+    };
+    let e = gpu::layer_norm_forward(c, &bad, &GpuMatrix::zeros(c, 2, 5).unwrap()).unwrap_err();
+    assert!(matches!(e, Error::Param { name: "eps", .. }), "{e}");
+}

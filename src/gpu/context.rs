@@ -14,7 +14,16 @@ pub(crate) struct Kernel {
 
 /// Every WGSL file of `shaders/`, by name: what the kernels compile and what `tests/shaders.rs` checks.
 pub const SHADERS: &[(&str, &str)] = &[
+    ("col_sums.wgsl", include_str!("../../shaders/col_sums.wgsl")),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
+    (
+        "layer_norm.wgsl",
+        include_str!("../../shaders/layer_norm.wgsl"),
+    ),
+    (
+        "layer_norm_backward.wgsl",
+        include_str!("../../shaders/layer_norm_backward.wgsl"),
+    ),
     (
         "normalize_rows.wgsl",
         include_str!("../../shaders/normalize_rows.wgsl"),

@@ -1,7 +1,9 @@
-//! Dense pieces on the GPU: GEMM (`shaders/gemm.wgsl`) and row L2 normalisation with its backward
-//! (`shaders/normalize_rows*.wgsl`).
+//! Dense pieces on the GPU: GEMM (`shaders/gemm.wgsl`), row L2 normalisation with its backward
+//! (`shaders/normalize_rows*.wgsl`) and layer normalisation with its backward (`shaders/layer_norm*.wgsl`,
+//! parameter gradients by `shaders/col_sums.wgsl`).
 
 use super::context::Kernel;
+use super::matrix::same_shape;
 use super::{GpuContext, GpuMatrix};
 use crate::error::{Error, Result};
 
@@ -286,4 +288,159 @@ pub fn l2_normalize_backward(
     record_normalize_backward(ctx, &mut enc, y, norms, grad_y, &dx)?;
     ctx.submit(OP, enc)?;
     Ok(dx)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LnParams {
+    rows: u32,
+    d: u32,
+    row_offset: u32,
+    _pad: u32,
+    eps: f32,
+    _pad1: [f32; 3],
+}
+
+/// What [`layer_norm_backward`] needs, on the device.
+#[derive(Debug)]
+pub struct GpuLayerNormCache {
+    xhat: GpuMatrix,
+    inv_std: GpuMatrix,
+}
+
+fn row_vector(ctx: &GpuContext, v: &ndarray::Array1<f32>) -> Result<GpuMatrix> {
+    GpuMatrix::upload(ctx, v.view().insert_axis(ndarray::Axis(0)))
+}
+
+/// [`crate::nn::LayerNorm::forward`] on the device: `y = gamma (x - mean) / sqrt(var + eps) + beta` per
+/// row, and the cache for the backward pass.
+///
+/// # Errors
+/// [`Error::Shape`] for a width other than `gamma`'s (or `beta`'s), [`Error::Param`] for `eps <= 0`,
+/// [`Error::NonFinite`] for NaN/Inf parameters, [`Error::Gpu`].
+pub fn layer_norm_forward(
+    ctx: &GpuContext,
+    ln: &crate::nn::LayerNorm<f32>,
+    x: &GpuMatrix,
+) -> Result<(GpuMatrix, GpuLayerNormCache)> {
+    const OP: &str = "gpu::layer_norm_forward";
+    check_layer_norm(OP, ln, x)?;
+    let (n, d) = (x.rows(), x.cols());
+    let (gamma, beta) = (row_vector(ctx, &ln.gamma)?, row_vector(ctx, &ln.beta)?);
+    let (y, xhat) = (GpuMatrix::zeros(ctx, n, d)?, GpuMatrix::zeros(ctx, n, d)?);
+    let inv_std = GpuMatrix::zeros(ctx, n, 1)?;
+    let kernel = Kernel::new("layer_norm.wgsl", "layer_norm");
+    let mut enc = ctx.encoder();
+    for (start, groups) in ctx.row_dispatches(n, 1) {
+        let params = ctx.uniform_from(&LnParams {
+            rows: n as u32,
+            d: d as u32,
+            row_offset: start as u32,
+            _pad: 0,
+            eps: ln.eps,
+            _pad1: [0.0; 3],
+        });
+        ctx.dispatch(
+            &mut enc,
+            kernel,
+            &[
+                &params,
+                &x.buf,
+                &gamma.buf,
+                &beta.buf,
+                &y.buf,
+                &xhat.buf,
+                &inv_std.buf,
+            ],
+            groups,
+        )?;
+    }
+    ctx.submit(OP, enc)?;
+    Ok((y, GpuLayerNormCache { xhat, inv_std }))
+}
+
+fn check_layer_norm(op: &'static str, ln: &crate::nn::LayerNorm<f32>, x: &GpuMatrix) -> Result<()> {
+    if ln.gamma.len() != x.cols() || ln.beta.len() != x.cols() {
+        return Err(Error::shape(
+            op,
+            "gamma, beta vs the width of x",
+            x.cols(),
+            (ln.gamma.len(), ln.beta.len()),
+        ));
+    }
+    if !(ln.eps > 0.0 && ln.eps.is_finite()) {
+        return Err(Error::param(op, "eps", ln.eps, "must be finite and > 0"));
+    }
+    crate::error::check_finite_array(op, "gamma", &ln.gamma.view())?;
+    crate::error::check_finite_array(op, "beta", &ln.beta.view())
+}
+
+/// Records `out[c] = sum_r a[r, c] (* b[r, c])` into `out` (`1 x d`).
+fn record_col_sums(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    a: &GpuMatrix,
+    b: Option<&GpuMatrix>,
+    out: &GpuMatrix,
+) -> Result<()> {
+    const LANES: usize = 64;
+    let kernel = Kernel::new("col_sums.wgsl", "col_sums");
+    for (start, groups) in ctx.row_dispatches(a.cols(), LANES) {
+        let params = ctx.uniform_from(&RowParams {
+            rows: a.rows() as u32,
+            d: a.cols() as u32,
+            row_offset: start as u32,
+            _pad: u32::from(b.is_some()),
+        });
+        let b = b.unwrap_or(a);
+        ctx.dispatch(enc, kernel, &[&params, &a.buf, &b.buf, &out.buf], groups)?;
+    }
+    Ok(())
+}
+
+/// [`crate::nn::LayerNorm::backward`] on the device: `(dL/dx, dL/dgamma, dL/dbeta)`, the parameter
+/// gradients as `1 x d` matrices.
+///
+/// # Errors
+/// [`Error::Shape`] when `grad_y` does not match the cache or the layer; [`Error::Gpu`].
+pub fn layer_norm_backward(
+    ctx: &GpuContext,
+    ln: &crate::nn::LayerNorm<f32>,
+    cache: &GpuLayerNormCache,
+    grad_y: &GpuMatrix,
+) -> Result<(GpuMatrix, GpuMatrix, GpuMatrix)> {
+    const OP: &str = "gpu::layer_norm_backward";
+    same_shape(OP, "grad_y vs the cached input", &cache.xhat, grad_y)?;
+    check_layer_norm(OP, ln, grad_y)?;
+    let (n, d) = (grad_y.rows(), grad_y.cols());
+    let gamma = row_vector(ctx, &ln.gamma)?;
+    let dx = GpuMatrix::zeros(ctx, n, d)?;
+    let (dgamma, dbeta) = (GpuMatrix::zeros(ctx, 1, d)?, GpuMatrix::zeros(ctx, 1, d)?);
+    let kernel = Kernel::new("layer_norm_backward.wgsl", "layer_norm_backward");
+    let mut enc = ctx.encoder();
+    for (start, groups) in ctx.row_dispatches(n, 1) {
+        let params = ctx.uniform_from(&RowParams {
+            rows: n as u32,
+            d: d as u32,
+            row_offset: start as u32,
+            _pad: 0,
+        });
+        ctx.dispatch(
+            &mut enc,
+            kernel,
+            &[
+                &params,
+                &grad_y.buf,
+                &gamma.buf,
+                &cache.xhat.buf,
+                &cache.inv_std.buf,
+                &dx.buf,
+            ],
+            groups,
+        )?;
+    }
+    record_col_sums(ctx, &mut enc, grad_y, Some(&cache.xhat), &dgamma)?;
+    record_col_sums(ctx, &mut enc, grad_y, None, &dbeta)?;
+    ctx.submit(OP, enc)?;
+    Ok((dx, dgamma, dbeta))
 }

@@ -9,9 +9,9 @@
 //! naming the limit.
 //!
 //! Ops on the GPU today: SpMM and LightGCN propagation (forward and backward), GEMM, row L2 normalisation
-//! (forward and backward), InfoNCE (loss and gradients, every option of the CPU path) and the log-domain
+//! and LayerNorm (forward and backward), InfoNCE (loss and gradients, every option of the CPU path) and the log-domain
 //! Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals). Not yet on
-//! the GPU: GAT, batched Sinkhorn, the plan's gradients and the OAT map, LayerNorm and fusion, the kNN build.
+//! the GPU: GAT, batched Sinkhorn, the plan's gradients and the OAT map, the fusion weights, the kNN build.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
 //! [`crate::Error::GpuUnavailable`].
@@ -50,7 +50,10 @@ pub use context::{GpuContext, GpuOptions, SHADERS};
 #[cfg(feature = "gpu")]
 pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
 #[cfg(feature = "gpu")]
-pub use dense::{gemm, l2_normalize, l2_normalize_backward};
+pub use dense::{
+    gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_forward,
+    GpuLayerNormCache,
+};
 #[cfg(feature = "gpu")]
 pub use matrix::{GpuGraph, GpuMatrix};
 #[cfg(feature = "gpu")]

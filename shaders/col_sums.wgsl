@@ -1,0 +1,43 @@
+// Column sums of a (rows x d), optionally of the elementwise product a * b: out_c = sum_r a_rc (b_rc).
+// A workgroup covers 64 columns (coalesced lanes) with 4 row phases; the 4 partial sums per column are
+// added in workgroup memory after a barrier, in a fixed order (deterministic).
+
+struct Params {
+    rows: u32,
+    d: u32,
+    col_offset: u32,
+    // bit 0: multiply by b
+    flags: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const LANES: u32 = 64u;
+const PHASES: u32 = 4u;
+var<workgroup> part: array<array<f32, 64>, 4>;
+
+@compute @workgroup_size(64, 4, 1)
+fn col_sums(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let c = p.col_offset + wid.x * LANES + lid.x;
+    let live = c < p.d;
+    let product = (p.flags & 1u) != 0u;
+    var s = 0.0;
+    if (live) {
+        for (var r = lid.y; r < p.rows; r += PHASES) {
+            let o = r * p.d + c;
+            if (product) {
+                s += a[o] * b[o];
+            } else {
+                s += a[o];
+            }
+        }
+    }
+    part[lid.y][lid.x] = s;
+    workgroupBarrier();
+    if (live && lid.y == 0u) {
+        out[c] = ((part[0][lid.x] + part[1][lid.x]) + part[2][lid.x]) + part[3][lid.x];
+    }
+}
