@@ -1,6 +1,7 @@
 //! CPU vs GPU for the ops that have a GPU path: one SpMM and a 3-layer LightGCN propagation (forward and
 //! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32, and InfoNCE
-//! forward + backward at B = 4096, d = 64, and Sinkhorn solves at n = m = 2000 (dense) and 16384 (online).
+//! forward + backward at B = 4096, d = 64, Sinkhorn solves at n = m = 2000 (dense) and 16384 (online), and
+//! the kNN graph of 7050 x 384 features (k = 20).
 //! Data stays on the device between iterations (as in training); each GPU sample ends with a device
 //! synchronisation.
 //! The benchmark id carries the adapter's name.
@@ -175,5 +176,26 @@ fn sinkhorn(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, propagation, infonce, sinkhorn);
+/// The exact cosine kNN graph of 7050 x 384 features (Baby's items, a text-embedding width), k = 20.
+fn knn(c: &mut Criterion) {
+    use recgoat_core::graph::{knn_graph, KnnConfig};
+    let ctx = GpuContext::new().expect("the GPU benchmark needs an adapter");
+    let adapter = adapter_id(&ctx);
+    let n = if quick() { 500 } else { 7050 };
+    let feats: Array2<f32> = randn(&mut rng(9), (n, 384));
+    let cfg = KnnConfig::new(20);
+    let mut grp = c.benchmark_group(format!("gpu_vs_cpu_knn_{n}x384_k20"));
+    grp.sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+    grp.bench_function(BenchmarkId::new("build", "cpu_rayon"), |b| {
+        b.iter(|| knn_graph(feats.view(), &cfg, Par::rayon()).unwrap())
+    });
+    grp.bench_function(BenchmarkId::new("build", format!("gpu_{adapter}")), |b| {
+        b.iter(|| gpu::knn_graph(&ctx, feats.view(), &cfg).unwrap())
+    });
+    grp.finish();
+}
+
+criterion_group!(benches, propagation, infonce, sinkhorn, knn);
 criterion_main!(benches);

@@ -642,3 +642,52 @@ fn layer_norm_forward_and_backward_match_the_cpu() {
     let e = gpu::layer_norm_forward(c, &bad, &GpuMatrix::zeros(c, 2, 5).unwrap()).unwrap_err();
     assert!(matches!(e, Error::Param { name: "eps", .. }), "{e}");
 }
+
+#[test]
+fn knn_graph_matches_brute_force() {
+    use recgoat_core::graph::{knn_graph, KnnConfig};
+    let Some(c) = ctx() else { return };
+    // a duplicated row makes exact ties (broken by the smaller index on both paths); a zero row has
+    // similarity 0 to everything
+    let mut x: Array2<f32> = randn(&mut rng(95), (150, 7));
+    let dup = x.row(3).to_owned();
+    x.row_mut(10).assign(&dup);
+    x.row_mut(20).fill(0.0);
+    for cfg in [
+        KnnConfig::new(5),
+        KnnConfig {
+            symmetric: false,
+            self_loops: true,
+            ..KnnConfig::new(12)
+        },
+    ] {
+        let want = knn_graph(x.view(), &cfg, Par::Seq).unwrap();
+        let got = gpu::knn_graph(c, x.view(), &cfg).unwrap();
+        assert_eq!(got.indptr(), want.indptr(), "k = {}", cfg.k);
+        assert_eq!(got.indices(), want.indices(), "k = {}", cfg.k);
+    }
+    let e = gpu::knn_graph(c, x.view(), &KnnConfig::new(65)).unwrap_err();
+    assert!(matches!(e, Error::Param { name: "k", .. }), "{e}");
+    let e = gpu::knn_graph(c, x.view(), &KnnConfig::new(150)).unwrap_err();
+    assert!(matches!(e, Error::Param { name: "k", .. }), "{e}");
+}
+
+#[test]
+fn knn_graph_blocks_under_a_small_binding_limit() {
+    use recgoat_core::graph::{knn_graph, KnnConfig};
+    if ctx().is_none() {
+        return;
+    }
+    // 40 nodes: similarity blocks of 2048 / (4 * 40) = 12 rows, 4 blocks
+    let c = GpuContext::with_options(&GpuOptions {
+        max_storage_binding: Some(2048),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let x: Array2<f32> = randn(&mut rng(96), (40, 6));
+    let cfg = KnnConfig::new(4);
+    let want = knn_graph(x.view(), &cfg, Par::Seq).unwrap();
+    let got = gpu::knn_graph(&c, x.view(), &cfg).unwrap();
+    assert_eq!(got.indices(), want.indices());
+    assert_eq!(got.indptr(), want.indptr());
+}

@@ -38,6 +38,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("spmm.wgsl", include_str!("../../shaders/spmm.wgsl")),
     (
+        "topk_rows.wgsl",
+        include_str!("../../shaders/topk_rows.wgsl"),
+    ),
+    (
         "xent_rows.wgsl",
         include_str!("../../shaders/xent_rows.wgsl"),
     ),
@@ -395,6 +399,45 @@ impl GpuContext {
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
         Ok(())
+    }
+
+    /// Copies the first `count` values of `buf` back to the host (waits for the work queued before).
+    pub(crate) fn read_buffer<T: bytemuck::Pod>(
+        &self,
+        op: &'static str,
+        buf: &wgpu::Buffer,
+        count: usize,
+    ) -> Result<Vec<T>> {
+        let bytes = (count * std::mem::size_of::<T>()) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let gpu_err = |reason: String| Error::Gpu { op, reason };
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.encoder();
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+        self.submit(op, enc)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.synchronize()?;
+        rx.recv()
+            .map_err(|e| gpu_err(e.to_string()))?
+            .map_err(|e| gpu_err(e.to_string()))?;
+        let values: Vec<T> = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| gpu_err(e.to_string()))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        Ok(values)
     }
 
     /// A fresh command encoder.

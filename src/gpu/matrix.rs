@@ -70,37 +70,7 @@ impl GpuMatrix {
         if n == 0 {
             return Ok(Array2::zeros((self.rows, self.cols)));
         }
-        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("download"),
-            size: self.bytes(),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = ctx.encoder();
-        enc.copy_buffer_to_buffer(&self.buf, 0, &staging, 0, self.bytes());
-        ctx.submit(OP, enc)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.synchronize()?;
-        rx.recv()
-            .map_err(|e| Error::Gpu {
-                op: OP,
-                reason: e.to_string(),
-            })?
-            .map_err(|e| Error::Gpu {
-                op: OP,
-                reason: e.to_string(),
-            })?;
-        let values: Vec<f32> = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu {
-                op: OP,
-                reason: e.to_string(),
-            })?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        staging.unmap();
+        let values: Vec<f32> = ctx.read_buffer(OP, &self.buf, n)?;
         Ok(Array2::from_shape_vec((self.rows, self.cols), values).expect("rows x cols values"))
     }
 

@@ -9,9 +9,10 @@
 //! naming the limit.
 //!
 //! Ops on the GPU today: SpMM and LightGCN propagation (forward and backward), GEMM, row L2 normalisation
-//! and LayerNorm (forward and backward), InfoNCE (loss and gradients, every option of the CPU path) and the log-domain
-//! Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals). Not yet on
-//! the GPU: GAT, batched Sinkhorn, the plan's gradients and the OAT map, the fusion weights, the kNN build.
+//! and LayerNorm (forward and backward), InfoNCE (loss and gradients, every option of the CPU path), the
+//! log-domain Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals)
+//! and the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device). Not yet on
+//! the GPU: GAT, batched Sinkhorn, the plan's gradients and the OAT map, the fusion weights.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
 //! [`crate::Error::GpuUnavailable`].
@@ -39,6 +40,8 @@ mod contrastive;
 #[cfg(feature = "gpu")]
 mod dense;
 #[cfg(feature = "gpu")]
+mod knn;
+#[cfg(feature = "gpu")]
 mod matrix;
 #[cfg(feature = "gpu")]
 mod propagation;
@@ -54,6 +57,8 @@ pub use dense::{
     gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_forward,
     GpuLayerNormCache,
 };
+#[cfg(feature = "gpu")]
+pub use knn::{knn_graph, KNN_MAX_K};
 #[cfg(feature = "gpu")]
 pub use matrix::{GpuGraph, GpuMatrix};
 #[cfg(feature = "gpu")]

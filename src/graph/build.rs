@@ -100,25 +100,8 @@ pub fn knn_graph<F: Real>(
     par: Par,
 ) -> Result<CsrGraph<F>> {
     const OP: &str = "knn_graph";
-    let (n, d) = features.dim();
-    if n == 0 || d == 0 {
-        return Err(Error::Empty {
-            op: OP,
-            what: format!("features of shape {:?}", (n, d)),
-        });
-    }
-    check_finite(OP, "features", features.iter().copied())?;
-    if cfg.k == 0 || cfg.k >= n {
-        return Err(Error::param(
-            OP,
-            "k",
-            cfg.k,
-            format!("must be in 1..{n} (fewer than the {n} rows)"),
-        ));
-    }
-    if cfg.block_rows == 0 {
-        return Err(Error::param(OP, "block_rows", 0, "must be >= 1"));
-    }
+    validate_knn(OP, features, cfg)?;
+    let n = features.nrows();
     let mut xn: Array2<F> = features.to_owned();
     crate::nn::normalize_nonzero_rows_in_place(&mut xn);
     let k = cfg.k;
@@ -150,7 +133,45 @@ pub fn knn_graph<F: Real>(
         }
         out
     });
-    let neighbours: Vec<u32> = lists.concat();
+    knn_lists_to_graph(n, &lists.concat(), cfg)
+}
+
+/// The checks of [`knn_graph`] (shared with the GPU build).
+pub(crate) fn validate_knn<F: Real>(
+    op: &'static str,
+    features: ArrayView2<'_, F>,
+    cfg: &KnnConfig,
+) -> Result<()> {
+    let (n, d) = features.dim();
+    if n == 0 || d == 0 {
+        return Err(Error::Empty {
+            op,
+            what: format!("features of shape {:?}", (n, d)),
+        });
+    }
+    check_finite(op, "features", features.iter().copied())?;
+    if cfg.k == 0 || cfg.k >= n {
+        return Err(Error::param(
+            op,
+            "k",
+            cfg.k,
+            format!("must be in 1..{n} (fewer than the {n} rows)"),
+        ));
+    }
+    if cfg.block_rows == 0 {
+        return Err(Error::param(op, "block_rows", 0, "must be >= 1"));
+    }
+    Ok(())
+}
+
+/// The graph from every row's `k` neighbours (`neighbours[i k..(i + 1) k]`): symmetrised as a union and
+/// given self loops as `cfg` says (shared with the GPU build).
+pub(crate) fn knn_lists_to_graph<F: Real>(
+    n: usize,
+    neighbours: &[u32],
+    cfg: &KnnConfig,
+) -> Result<CsrGraph<F>> {
+    let k = cfg.k;
     let mut edges = Vec::with_capacity(neighbours.len() * if cfg.symmetric { 2 } else { 1 } + n);
     for i in 0..n {
         for &j in &neighbours[i * k..(i + 1) * k] {

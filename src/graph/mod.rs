@@ -15,6 +15,8 @@ mod spmm;
 
 pub use build::{bipartite_user_item, knn_graph, KnnConfig};
 #[cfg(feature = "gpu")]
+pub(crate) use build::{knn_lists_to_graph, validate_knn};
+#[cfg(feature = "gpu")]
 pub(crate) use spmm::check_layers;
 pub use spmm::{
     lightgcn_backward, lightgcn_backward_into, lightgcn_forward, lightgcn_forward_into, spmm,

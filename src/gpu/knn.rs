@@ -1,0 +1,106 @@
+//! The exact cosine kNN graph on the GPU: rows normalised (`normalize_rows.wgsl`), similarity row blocks
+//! by GEMM, the top k of each row selected on the device (`topk_rows.wgsl`); the symmetrisation and the CSR
+//! assembly on the host, shared with [`crate::graph::knn_graph`].
+
+use super::context::Kernel;
+use super::dense::{record_gemm, record_normalize, Operand};
+use super::{GpuContext, GpuMatrix};
+use crate::error::{Error, Result};
+use crate::graph::{knn_lists_to_graph, validate_knn, CsrGraph, KnnConfig};
+use ndarray::ArrayView2;
+
+/// The largest `k` the selection kernel keeps per invocation (its `KMAX`).
+pub const KNN_MAX_K: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    n: u32,
+    k: u32,
+    row_offset: u32,
+    row_base: u32,
+    _pad: [u32; 3],
+}
+
+/// [`crate::graph::knn_graph`] with the similarities and the selections on the GPU: the same graph (up to
+/// the order of near-ties that f32 rounding of the similarities can swap).
+///
+/// Similarity blocks hold as many rows as one storage binding (at most 256 MiB) allows; `cfg.block_rows` is
+/// a CPU setting and is ignored here.
+///
+/// # Errors
+/// As [`crate::graph::knn_graph`]; [`Error::Param`] for `k` above [`KNN_MAX_K`]; [`Error::Gpu`].
+pub fn knn_graph(
+    ctx: &GpuContext,
+    features: ArrayView2<'_, f32>,
+    cfg: &KnnConfig,
+) -> Result<CsrGraph<f32>> {
+    const OP: &str = "gpu::knn_graph";
+    validate_knn(OP, features, cfg)?;
+    if cfg.k > KNN_MAX_K {
+        return Err(Error::param(
+            OP,
+            "k",
+            cfg.k,
+            format!("the GPU selection keeps at most {KNN_MAX_K} neighbours per row"),
+        ));
+    }
+    let (n, k) = (features.nrows(), cfg.k);
+    let x = GpuMatrix::upload(ctx, features)?;
+    let xn = GpuMatrix::zeros(ctx, n, x.cols())?;
+    let norms = GpuMatrix::zeros(ctx, n, 1)?;
+    let max_bytes = ctx.limits().max_storage_buffer_binding_size.min(256 << 20) as usize;
+    let block = (max_bytes / (4 * n)).min(n);
+    if block == 0 {
+        return Err(Error::Gpu {
+            op: OP,
+            reason: format!(
+                "one similarity row of {n} nodes exceeds max_storage_buffer_binding_size ({max_bytes})"
+            ),
+        });
+    }
+    let sims = GpuMatrix::zeros(ctx, block, n)?;
+    let out_bytes = (n * k * 4) as u64;
+    ctx.check_binding(OP, "neighbour lists", out_bytes)?;
+    let out = ctx.storage_from("neighbours", &vec![0u32; n * k]);
+    let kernel = Kernel::new("topk_rows.wgsl", "topk_rows");
+    let mut enc = ctx.encoder();
+    record_normalize(ctx, &mut enc, &x, &xn, &norms)?;
+    ctx.submit(OP, enc)?;
+    for r0 in (0..n).step_by(block) {
+        let rows = (n - r0).min(block);
+        let mut enc = ctx.encoder();
+        let lhs = Operand {
+            buf: &xn.buf,
+            ld: xn.cols(),
+            off: r0 * xn.cols(),
+            trans: false,
+        };
+        let (rhs, s_op) = (Operand::of(&xn, true), Operand::of(&sims, false));
+        record_gemm(
+            ctx,
+            &mut enc,
+            (rows, n, xn.cols()),
+            1.0,
+            lhs,
+            rhs,
+            0.0,
+            s_op,
+        )?;
+        for (start, groups) in ctx.row_dispatches(rows, 1) {
+            let params = ctx.uniform_from(&Params {
+                rows: rows as u32,
+                n: n as u32,
+                k: k as u32,
+                row_offset: start as u32,
+                row_base: r0 as u32,
+                _pad: [0; 3],
+            });
+            ctx.dispatch(&mut enc, kernel, &[&params, &sims.buf, &out], groups)?;
+        }
+        ctx.submit(OP, enc)?;
+    }
+    let lists: Vec<u32> = ctx.read_buffer(OP, &out, n * k)?;
+    knn_lists_to_graph(n, &lists, cfg)
+}
