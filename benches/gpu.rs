@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{baby_pairs, quick};
+use common::{baby_lightgcn_inputs, quick};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::Array2;
 use recgoat_core::gpu::{self, GpuContext, GpuGraph, GpuMatrix};
@@ -23,19 +23,8 @@ use std::time::Duration;
 fn propagation(c: &mut Criterion) {
     let ctx = GpuContext::new().expect("the GPU benchmark needs an adapter");
     let adapter = adapter_id(&ctx);
-    let (users, items, pairs) = baby_pairs();
-    let pairs = if quick() {
-        pairs[..pairs.len() / 20].to_vec()
-    } else {
-        pairs
-    };
-    let adj = bipartite_user_item::<f32>(users, items, &pairs)
-        .unwrap()
-        .sym_normalized()
-        .unwrap();
+    let (adj, e0) = baby_lightgcn_inputs();
     let n = adj.n_rows();
-    let e0: Array2<f32> = randn::<f32, _, _>(&mut rng(4), (n, 64)) * 0.1;
-    let _ = adj.transposed();
     let (g, x) = (
         GpuGraph::upload(&ctx, &adj).unwrap(),
         GpuMatrix::upload(&ctx, e0.view()).unwrap(),

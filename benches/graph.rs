@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{baby_pairs, quick};
+use common::{baby_lightgcn_inputs, quick};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::Array2;
 use recgoat_core::attention::{GatConfig, GatLayer, GatParams, Mode};
@@ -96,20 +96,8 @@ fn stream(buf: &[f32], reps: usize) -> f32 {
 }
 
 fn lightgcn(c: &mut Criterion) {
-    let (users, items, pairs) = baby_pairs();
-    let pairs = if quick() {
-        pairs[..pairs.len() / 20].to_vec()
-    } else {
-        pairs
-    };
-    let adj = bipartite_user_item::<f32>(users, items, &pairs)
-        .unwrap()
-        .sym_normalized()
-        .unwrap();
+    let (adj, e0) = baby_lightgcn_inputs();
     let n = adj.n_rows();
-    eprintln!("baby user-item graph: {} nodes, {} non-zeros", n, adj.nnz());
-    let e0: Array2<f32> = randn::<f32, _, _>(&mut rng(4), (n, 64)) * 0.1;
-    let _ = adj.transposed();
     let mut g = c.benchmark_group("lightgcn_baby");
     g.sample_size(30)
         .measurement_time(Duration::from_secs(4))

@@ -3,8 +3,9 @@
 // added in workgroup memory after a barrier, in a fixed order (deterministic).
 
 struct Params {
-    rows: u32,
+    // the dimension the dispatch walks first (columns), then the one each workgroup sums over (rows)
     d: u32,
+    rows: u32,
     col_offset: u32,
     // bit 0: multiply by b
     flags: u32,

@@ -1,3 +1,4 @@
+// requires: lib/reduce64.wgsl
 // Layer normalisation of each row: xhat = (x - mean) / sqrt(var + eps), y = gamma * xhat + beta; keeps xhat
 // and 1 / sqrt(var + eps) for the backward pass. One workgroup per row; mean and variance are tree
 // reductions in workgroup memory (two passes over the row), a barrier at every level.
@@ -20,23 +21,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> xhat: array<f32>;
 @group(0) @binding(6) var<storage, read_write> inv_std: array<f32>;
-
-const W: u32 = 64u;
-var<workgroup> part: array<f32, 64>;
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    part[lid] = v;
-    workgroupBarrier();
-    for (var half = W / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            part[lid] += part[lid + half];
-        }
-        workgroupBarrier();
-    }
-    let total = part[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn layer_norm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {

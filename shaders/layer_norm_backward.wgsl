@@ -1,3 +1,4 @@
+// requires: lib/reduce64.wgsl
 // Input gradient of layer normalisation: with gx = g * gamma,
 //   dx = (gx - mean(gx) - xhat * mean(gx * xhat)) * inv_std.
 // One workgroup per row; both means are tree reductions in workgroup memory, a barrier at every level.
@@ -15,23 +16,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> xhat: array<f32>;
 @group(0) @binding(4) var<storage, read> inv_std: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
-
-const W: u32 = 64u;
-var<workgroup> part: array<f32, 64>;
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    part[lid] = v;
-    workgroupBarrier();
-    for (var half = W / 2u; half > 0u; half = half / 2u) {
-        if (lid < half) {
-            part[lid] += part[lid + half];
-        }
-        workgroupBarrier();
-    }
-    let total = part[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(64, 1, 1)
 fn layer_norm_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {

@@ -1,3 +1,4 @@
+// requires: lib/reduce64.wgsl
 // Row L2 normalisation: y_i = x_i / ||x_i||, norms_i = ||x_i|| (a zero row gives y_i = 0, norm 0; callers
 // check the norms). One workgroup per row; the sum of squares is a tree reduction in workgroup memory.
 
@@ -13,9 +14,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> norms: array<f32>;
 
-const W: u32 = 64u;
-var<workgroup> part: array<f32, 64>;
-
 @compute @workgroup_size(64, 1, 1)
 fn normalize_rows(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let r = p.row_offset + wid.x;
@@ -28,15 +26,7 @@ fn normalize_rows(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
             s += v * v;
         }
     }
-    part[lid.x] = s;
-    workgroupBarrier();
-    for (var half = W / 2u; half > 0u; half = half / 2u) {
-        if (lid.x < half) {
-            part[lid.x] += part[lid.x + half];
-        }
-        workgroupBarrier();
-    }
-    let norm = sqrt(part[0]);
+    let norm = sqrt(reduce_sum(lid.x, s));
     if (live) {
         var inv = 0.0;
         if (norm > 0.0) {

@@ -1,3 +1,4 @@
+// requires: lib/reduce64.wgsl
 // Backward of row L2 normalisation: dx_i = (g_i - (g_i . y_i) y_i) / ||x_i|| (0 for a zero row). One
 // workgroup per row; the dot product is a tree reduction in workgroup memory.
 
@@ -14,9 +15,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dx: array<f32>;
 
-const W: u32 = 64u;
-var<workgroup> part: array<f32, 64>;
-
 @compute @workgroup_size(64, 1, 1)
 fn normalize_rows_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let r = p.row_offset + wid.x;
@@ -27,15 +25,7 @@ fn normalize_rows_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builti
             s += g[r * p.d + c] * y[r * p.d + c];
         }
     }
-    part[lid.x] = s;
-    workgroupBarrier();
-    for (var half = W / 2u; half > 0u; half = half / 2u) {
-        if (lid.x < half) {
-            part[lid.x] += part[lid.x + half];
-        }
-        workgroupBarrier();
-    }
-    let dot = part[0];
+    let dot = reduce_sum(lid.x, s);
     if (live) {
         let norm = norms[r];
         var inv = 0.0;

@@ -22,6 +22,25 @@ fn validate(name: &str, source: &str) {
     assert!(!module.entry_points.is_empty(), "{name}: no entry point");
 }
 
+/// The file as the crate compiles it: a first line `// requires: lib/<name>.wgsl` puts that library file in
+/// front (the rule of `recgoat_core::gpu::SHADERS`).
+fn compose(p: &Path) -> String {
+    let src = std::fs::read_to_string(p).expect("readable shader");
+    match src
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("// requires: "))
+    {
+        Some(lib) => {
+            let lib_path = p.parent().expect("shaders/").join(lib.trim());
+            std::fs::read_to_string(&lib_path)
+                .unwrap_or_else(|e| panic!("{}: {e}", lib_path.display()))
+                + &src
+        }
+        None => src,
+    }
+}
+
 #[test]
 fn every_shader_file_validates() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
@@ -33,8 +52,7 @@ fn every_shader_file_validates() {
     names.sort();
     assert!(!names.is_empty(), "no .wgsl files in {}", dir.display());
     for p in &names {
-        let src = std::fs::read_to_string(p).expect("readable shader");
-        validate(&p.display().to_string(), &src);
+        validate(&p.display().to_string(), &compose(p));
     }
 }
 
@@ -53,8 +71,7 @@ fn every_shader_file_is_compiled_into_the_crate() {
     // the crate's list and the folder agree, so no file escapes validation or goes unused
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for (name, src) in recgoat_core::gpu::SHADERS {
-        let on_disk = std::fs::read_to_string(dir.join(name)).expect("listed shader exists");
-        assert_eq!(&on_disk, src, "{name}");
+        assert_eq!(&compose(&dir.join(name)), src, "{name}");
     }
     let files = std::fs::read_dir(&dir)
         .unwrap()

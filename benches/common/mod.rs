@@ -6,6 +6,27 @@ pub fn quick() -> bool {
     std::env::var("RECGOAT_BENCH_QUICK").is_ok_and(|v| v == "1")
 }
 
+/// The symmetric-normalised Baby user-item graph (a twentieth of its edges with `quick()`), its transpose
+/// cached, and a random `n x 64` embedding table: LightGCN's inputs.
+pub fn baby_lightgcn_inputs() -> (recgoat_core::graph::CsrGraph<f32>, ndarray::Array2<f32>) {
+    use recgoat_core::testing::{randn, rng};
+    let (users, items, pairs) = baby_pairs();
+    let pairs = if quick() {
+        pairs[..pairs.len() / 20].to_vec()
+    } else {
+        pairs
+    };
+    let adj = recgoat_core::graph::bipartite_user_item::<f32>(users, items, &pairs)
+        .unwrap()
+        .sym_normalized()
+        .unwrap();
+    let n = adj.n_rows();
+    eprintln!("baby user-item graph: {} nodes, {} non-zeros", n, adj.nnz());
+    let e0: ndarray::Array2<f32> = randn::<f32, _, _>(&mut rng(4), (n, 64)) * 0.1;
+    let _ = adj.transposed();
+    (adj, e0)
+}
+
 /// The Baby train pairs (LightGCN split format: `user item item ...`): `(users, items, pairs)`.
 pub fn baby_pairs() -> (usize, usize, Vec<(usize, usize)>) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/baby/train.txt");

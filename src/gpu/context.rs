@@ -4,6 +4,16 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// `shaders/lib/reduce64.wgsl` followed by `shaders/<file>`.
+macro_rules! with_reduce64 {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../shaders/lib/reduce64.wgsl"),
+            include_str!(concat!("../../shaders/", $file))
+        )
+    };
+}
+
 /// A compute kernel: a WGSL file of `shaders/` (included at compile time) and its entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Kernel {
@@ -12,25 +22,21 @@ pub(crate) struct Kernel {
     pub(crate) entry: &'static str,
 }
 
-/// Every WGSL file of `shaders/`, by name: what the kernels compile and what `tests/shaders.rs` checks.
+/// Every WGSL file of `shaders/`, by name, as compiled: what the kernels use and what `tests/shaders.rs`
+/// checks. A file whose first line is `// requires: lib/<name>.wgsl` is compiled with that library file
+/// (shared helpers; WGSL has no includes) in front of it.
 pub const SHADERS: &[(&str, &str)] = &[
     ("col_sums.wgsl", include_str!("../../shaders/col_sums.wgsl")),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
-    (
-        "layer_norm.wgsl",
-        include_str!("../../shaders/layer_norm.wgsl"),
-    ),
+    ("layer_norm.wgsl", with_reduce64!("layer_norm.wgsl")),
     (
         "layer_norm_backward.wgsl",
-        include_str!("../../shaders/layer_norm_backward.wgsl"),
+        with_reduce64!("layer_norm_backward.wgsl"),
     ),
-    (
-        "normalize_rows.wgsl",
-        include_str!("../../shaders/normalize_rows.wgsl"),
-    ),
+    ("normalize_rows.wgsl", with_reduce64!("normalize_rows.wgsl")),
     (
         "normalize_rows_backward.wgsl",
-        include_str!("../../shaders/normalize_rows_backward.wgsl"),
+        with_reduce64!("normalize_rows_backward.wgsl"),
     ),
     (
         "sinkhorn_update.wgsl",

@@ -65,16 +65,6 @@ struct DirectionArgs<'a> {
     loss: &'a GpuMatrix,
 }
 
-/// Rows `r0..` of `x` as a GEMM operand.
-fn rows_from(x: &GpuMatrix, r0: usize) -> Operand<'_> {
-    Operand {
-        buf: &x.buf,
-        ld: x.cols(),
-        off: r0 * x.cols(),
-        trans: false,
-    }
-}
-
 /// Records one direction's loss rows and gradient accumulation.
 fn record_direction<'a>(
     ctx: &GpuContext,
@@ -89,7 +79,7 @@ fn record_direction<'a>(
     let k = a.negatives.map_or(0, GpuMatrix::rows);
     let m = b + k;
     let xent = Kernel::new("xent_rows.wgsl", "xent_rows");
-    let at = |x: &'a GpuMatrix, r0: usize| rows_from(x, r0);
+    let at = |x: &'a GpuMatrix, r0: usize| Operand::rows_from(x, r0);
     let s_block = |off: usize, trans: bool| Operand {
         buf: &s.buf,
         ld: m,

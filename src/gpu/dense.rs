@@ -38,6 +38,16 @@ pub(crate) struct Operand<'a> {
 }
 
 impl<'a> Operand<'a> {
+    /// Rows `r0..` of `x`, not transposed.
+    pub(crate) fn rows_from(x: &'a GpuMatrix, r0: usize) -> Operand<'a> {
+        Operand {
+            buf: &x.buf,
+            ld: x.cols(),
+            off: r0 * x.cols(),
+            trans: false,
+        }
+    }
+
     /// The whole matrix `x`, transposed or not.
     pub(crate) fn of(x: &'a GpuMatrix, trans: bool) -> Operand<'a> {
         Operand {
@@ -177,6 +187,31 @@ struct RowParams {
     _pad: u32,
 }
 
+/// Records `kernel` over `rows` rows (`per_group` per workgroup, chunked under the dispatch limit) with
+/// `RowParams { rows, d, offset, flags }` bound first and `buffers` after it.
+fn record_rows(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    kernel: Kernel,
+    (rows, d): (usize, usize),
+    per_group: usize,
+    flags: u32,
+    buffers: &[&wgpu::Buffer],
+) -> Result<()> {
+    for (start, groups) in ctx.row_dispatches(rows, per_group) {
+        let params = ctx.uniform_from(&RowParams {
+            rows: rows as u32,
+            d: d as u32,
+            row_offset: start as u32,
+            _pad: flags,
+        });
+        let mut all = vec![&params];
+        all.extend_from_slice(buffers);
+        ctx.dispatch(enc, kernel, &all, groups)?;
+    }
+    Ok(())
+}
+
 /// Records `y = x / |x|` per row and the norms (`rows x 1`); zero rows give zero rows and norm 0.
 pub(crate) fn record_normalize(
     ctx: &GpuContext,
@@ -186,16 +221,15 @@ pub(crate) fn record_normalize(
     norms: &GpuMatrix,
 ) -> Result<()> {
     let kernel = Kernel::new("normalize_rows.wgsl", "normalize_rows");
-    for (start, groups) in ctx.row_dispatches(x.rows(), 1) {
-        let params = ctx.uniform_from(&RowParams {
-            rows: x.rows() as u32,
-            d: x.cols() as u32,
-            row_offset: start as u32,
-            _pad: 0,
-        });
-        ctx.dispatch(enc, kernel, &[&params, &x.buf, &y.buf, &norms.buf], groups)?;
-    }
-    Ok(())
+    record_rows(
+        ctx,
+        enc,
+        kernel,
+        (x.rows(), x.cols()),
+        1,
+        0,
+        &[&x.buf, &y.buf, &norms.buf],
+    )
 }
 
 /// Records `dx = (g - (g . y) y) / norm` per row (0 for a zero norm).
@@ -208,21 +242,8 @@ pub(crate) fn record_normalize_backward(
     dx: &GpuMatrix,
 ) -> Result<()> {
     let kernel = Kernel::new("normalize_rows_backward.wgsl", "normalize_rows_backward");
-    for (start, groups) in ctx.row_dispatches(y.rows(), 1) {
-        let params = ctx.uniform_from(&RowParams {
-            rows: y.rows() as u32,
-            d: y.cols() as u32,
-            row_offset: start as u32,
-            _pad: 0,
-        });
-        ctx.dispatch(
-            enc,
-            kernel,
-            &[&params, &y.buf, &norms.buf, &g.buf, &dx.buf],
-            groups,
-        )?;
-    }
-    Ok(())
+    let bufs = [&y.buf, &norms.buf, &g.buf, &dx.buf];
+    record_rows(ctx, enc, kernel, (y.rows(), y.cols()), 1, 0, &bufs)
 }
 
 /// Rows divided by their L2 norms on the device: `(y, norms)` with `norms` a `rows x 1` matrix (the GPU
@@ -385,17 +406,10 @@ fn record_col_sums(
 ) -> Result<()> {
     const LANES: usize = 64;
     let kernel = Kernel::new("col_sums.wgsl", "col_sums");
-    for (start, groups) in ctx.row_dispatches(a.cols(), LANES) {
-        let params = ctx.uniform_from(&RowParams {
-            rows: a.rows() as u32,
-            d: a.cols() as u32,
-            row_offset: start as u32,
-            _pad: u32::from(b.is_some()),
-        });
-        let b = b.unwrap_or(a);
-        ctx.dispatch(enc, kernel, &[&params, &a.buf, &b.buf, &out.buf], groups)?;
-    }
-    Ok(())
+    // the kernel's "rows" of work are the columns, LANES per workgroup; `d` carries the row count
+    let flags = u32::from(b.is_some());
+    let bufs = [&a.buf, &b.unwrap_or(a).buf, &out.buf];
+    record_rows(ctx, enc, kernel, (a.cols(), a.rows()), LANES, flags, &bufs)
 }
 
 /// [`crate::nn::LayerNorm::backward`] on the device: `(dL/dx, dL/dgamma, dL/dbeta)`, the parameter
@@ -418,27 +432,14 @@ pub fn layer_norm_backward(
     let (dgamma, dbeta) = (GpuMatrix::zeros(ctx, 1, d)?, GpuMatrix::zeros(ctx, 1, d)?);
     let kernel = Kernel::new("layer_norm_backward.wgsl", "layer_norm_backward");
     let mut enc = ctx.encoder();
-    for (start, groups) in ctx.row_dispatches(n, 1) {
-        let params = ctx.uniform_from(&RowParams {
-            rows: n as u32,
-            d: d as u32,
-            row_offset: start as u32,
-            _pad: 0,
-        });
-        ctx.dispatch(
-            &mut enc,
-            kernel,
-            &[
-                &params,
-                &grad_y.buf,
-                &gamma.buf,
-                &cache.xhat.buf,
-                &cache.inv_std.buf,
-                &dx.buf,
-            ],
-            groups,
-        )?;
-    }
+    let bufs = [
+        &grad_y.buf,
+        &gamma.buf,
+        &cache.xhat.buf,
+        &cache.inv_std.buf,
+        &dx.buf,
+    ];
+    record_rows(ctx, &mut enc, kernel, (n, d), 1, 0, &bufs)?;
     record_col_sums(ctx, &mut enc, grad_y, Some(&cache.xhat), &dgamma)?;
     record_col_sums(ctx, &mut enc, grad_y, None, &dbeta)?;
     ctx.submit(OP, enc)?;

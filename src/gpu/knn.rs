@@ -71,12 +71,7 @@ pub fn knn_graph(
     for r0 in (0..n).step_by(block) {
         let rows = (n - r0).min(block);
         let mut enc = ctx.encoder();
-        let lhs = Operand {
-            buf: &xn.buf,
-            ld: xn.cols(),
-            off: r0 * xn.cols(),
-            trans: false,
-        };
+        let lhs = Operand::rows_from(&xn, r0);
         let (rhs, s_op) = (Operand::of(&xn, true), Operand::of(&sims, false));
         record_gemm(
             ctx,

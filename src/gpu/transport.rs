@@ -315,8 +315,7 @@ pub fn sinkhorn(
     let par = Par::rayon();
     let target = cfg.eps.resolve(geom, par)?;
     let dev = Device::upload(ctx, geom, a, b)?;
-    let rho = (cfg.marginal_a.rho(target), cfg.marginal_b.rho(target));
-    solve_with(geom, a, b, cfg, target, par, &mut |eps, iters, f, g| {
-        dev.stage(ctx, cfg, rho, eps, iters, f, g)
+    solve_with(geom, a, b, cfg, target, par, &mut |s, f, g| {
+        dev.stage(ctx, cfg, s.rho, s.eps, s.max_iter, f, g)
     })
 }

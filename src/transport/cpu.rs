@@ -212,10 +212,22 @@ pub(crate) struct StageResult<F> {
     pub(crate) termination: Termination,
 }
 
-/// Runs one eps stage in place on `(f, g)`: `(eps, max_iter, f, g)`. The CPU stages below and the GPU's
-/// share the schedule and the final measurement of [`solve_with`].
+/// What one eps stage of [`solve_with`] runs with.
+pub(crate) struct StageArgs<'w, F> {
+    /// The marginals and their logs.
+    pub(crate) w: &'w Weights<'w, F>,
+    /// `(rho_a, rho_b)` at the target eps (`None`: balanced).
+    pub(crate) rho: (Option<F>, Option<F>),
+    /// This stage's eps.
+    pub(crate) eps: F,
+    /// This stage's iteration cap.
+    pub(crate) max_iter: usize,
+}
+
+/// Runs one eps stage in place on `(f, g)`. The CPU stages below and the GPU's share the schedule and the
+/// final measurement of [`solve_with`].
 pub(crate) type Stage<'s, F> =
-    dyn FnMut(F, usize, &mut [F], &mut [F]) -> Result<StageResult<F>> + 's;
+    dyn FnMut(&StageArgs<'_, F>, &mut [F], &mut [F]) -> Result<StageResult<F>> + 's;
 
 #[allow(clippy::too_many_arguments)]
 fn log_stage<F: Real>(
@@ -397,13 +409,11 @@ pub(crate) fn solve<F: Real>(
     target: F,
     par: Par,
 ) -> Result<SinkhornOutput<F>> {
-    let (a_s, b_s) = (a.to_vec(), b.to_vec());
-    let w = Weights::new(&a_s, &b_s);
-    let rho = (cfg.marginal_a.rho(target), cfg.marginal_b.rho(target));
-    solve_with(geom, a, b, cfg, target, par, &mut |eps, iters, f, g| {
+    solve_with(geom, a, b, cfg, target, par, &mut |s, f, g| {
+        let (w, rho, eps, iters) = (s.w, s.rho, s.eps, s.max_iter);
         Ok(match cfg.domain {
-            super::Domain::Log => log_stage(geom, &w, (f, g), eps, rho, cfg, iters, par),
-            super::Domain::Scaling => scaling_stage(geom, &w, (f, g), eps, rho, cfg, iters, par),
+            super::Domain::Log => log_stage(geom, w, (f, g), eps, rho, cfg, iters, par),
+            super::Domain::Scaling => scaling_stage(geom, w, (f, g), eps, rho, cfg, iters, par),
         })
     })
 }
@@ -427,7 +437,13 @@ pub(crate) fn solve_with<F: Real>(
     let mut total = 0;
     let mut last = None;
     for (eps, iters) in stages(geom, cfg, target, par)? {
-        let st = stage(eps, iters, &mut f, &mut g)?;
+        let args = StageArgs {
+            w: &w,
+            rho,
+            eps,
+            max_iter: iters,
+        };
+        let st = stage(&args, &mut f, &mut g)?;
         total += st.iterations;
         let stop = matches!(st.termination, Termination::NonFinite { .. });
         last = Some(st);
