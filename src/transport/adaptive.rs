@@ -88,11 +88,18 @@ pub struct AdaptiveTransport<F> {
 pub struct AdaptiveCache<F: Real> {
     m: Array2<F>,
     z: Array2<F>,
-    cost: Array2<F>,
-    plan: Array2<F>,
     map: Array2<F>,
+    plan: PlanState<F>,
+}
+
+/// The `d x d` part of the OAT map: the cost, the solved plan and what its gradient needs. Shared by the CPU
+/// path and the GPU one (which computes the `I x d` products on the device and this part on the host).
+#[derive(Debug, Clone)]
+pub(crate) struct PlanState<F: Real> {
+    pub(crate) cost: Array2<F>,
+    pub(crate) plan: Array2<F>,
     weights: Array1<F>,
-    value: F,
+    pub(crate) value: F,
     solver: Option<SinkhornOutput<F>>,
     unrolled: Option<UnrolledOutput<F>>,
 }
@@ -100,21 +107,21 @@ pub struct AdaptiveCache<F: Real> {
 impl<F: Real> AdaptiveCache<F> {
     /// The transport plan `T` (d x d).
     pub fn plan(&self) -> &Array2<F> {
-        &self.plan
+        &self.plan.plan
     }
     /// The dimension cost `C` (d x d).
     pub fn cost(&self) -> &Array2<F> {
-        &self.cost
+        &self.plan.cost
     }
     /// The regularised OT value (a loss term whose gradient [`AdaptiveTransport::backward`] adds with
     /// weight `grad_value`): the dual value of the converged solve, or the primal objective of the
     /// unrolled plan.
     pub fn value(&self) -> F {
-        self.value
+        self.plan.value
     }
     /// The Sinkhorn output (`None` in unrolled mode).
     pub fn solver_output(&self) -> Option<&SinkhornOutput<F>> {
-        self.solver.as_ref()
+        self.plan.solver.as_ref()
     }
 }
 
@@ -191,6 +198,34 @@ impl<F: Real> AdaptiveTransport<F> {
         }
         check_finite(OP, "delta", delta.iter().copied())?;
         let cost = dimension_cost_unchecked(m, z, self.cfg.cost_scale);
+        let plan = self.solve_plan(cost, backend)?;
+        let map = self.map(&plan, delta);
+        let aligned = m.dot(&map);
+        let cache = AdaptiveCache {
+            m: m.to_owned(),
+            z: z.to_owned(),
+            map,
+            plan,
+        };
+        Ok((aligned, cache))
+    }
+
+    /// `d T + Delta` (barycentric) or `T + Delta`.
+    pub(crate) fn map(&self, state: &PlanState<F>, delta: ArrayView2<'_, F>) -> Array2<F> {
+        &state.plan * self.plan_factor(state.plan.nrows()) + delta
+    }
+
+    fn plan_factor(&self, d: usize) -> F {
+        if self.cfg.barycentric {
+            F::from_usize(d).expect("d fits")
+        } else {
+            F::one()
+        }
+    }
+
+    /// The entropic plan for a `d x d` dimension cost, as the gradient mode needs it solved.
+    pub(crate) fn solve_plan(&self, cost: Array2<F>, backend: &Backend) -> Result<PlanState<F>> {
+        let d = cost.nrows();
         let weights = Array1::from_elem(d, F::one() / F::from_usize(d).expect("d fits"));
         let geom = Geometry::dense(cost.view())?;
         let (plan, value, solver, unrolled) = match self.cfg.gradient {
@@ -214,25 +249,14 @@ impl<F: Real> AdaptiveTransport<F> {
                 (plan, out.value, Some(out), None)
             }
         };
-        let factor = if self.cfg.barycentric {
-            F::from_usize(d).expect("d fits")
-        } else {
-            F::one()
-        };
-        let map = &plan * factor + delta;
-        let aligned = m.dot(&map);
-        let cache = AdaptiveCache {
-            m: m.to_owned(),
-            z: z.to_owned(),
+        Ok(PlanState {
             cost,
             plan,
-            map,
             weights,
             value,
             solver,
             unrolled,
-        };
-        Ok((aligned, cache))
+        })
     }
 
     /// Gradients of `L = <grad_out, aligned> + grad_value * OT value` with respect to `M`, `Z` and `Delta`.
@@ -256,9 +280,7 @@ impl<F: Real> AdaptiveTransport<F> {
         let (i_n, d) = cache.m.dim();
         let mut grad_m = Array2::zeros((i_n, d));
         let mut grad_delta = Array2::zeros((d, d));
-        // the value's explicit dependence on the cost (the envelope term, exact for a converged plan)
-        let mut grad_cost = &cache.plan * grad_value;
-        let mut grad_plan: Option<Array2<F>> = None;
+        let mut grad_plan = None;
         if let Some(go) = grad_out {
             if go.dim() != (i_n, d) {
                 return Err(Error::shape(OP, "grad_out", (i_n, d), go.dim()));
@@ -266,32 +288,58 @@ impl<F: Real> AdaptiveTransport<F> {
             check_finite(OP, "grad_out", go.iter().copied())?;
             grad_m = go.dot(&cache.map.t());
             grad_delta = cache.m.t().dot(&go);
-            let factor = if self.cfg.barycentric {
-                F::from_usize(d).expect("d fits")
-            } else {
-                F::one()
-            };
-            grad_plan = Some(&grad_delta * factor);
+            grad_plan = Some(self.plan_gradient(&grad_delta));
         }
-        if let (Some(u), true) = (&cache.unrolled, grad_value != F::zero()) {
+        let grad_cost = self.cost_gradient(&cache.plan, grad_plan, grad_value)?;
+        let (gm, grad_z) = dimension_cost_backward_unchecked(
+            cache.m.view(),
+            cache.z.view(),
+            self.cfg.cost_scale,
+            grad_cost.view(),
+        );
+        grad_m += &gm;
+        Ok(AdaptiveGrads {
+            grad_m,
+            grad_z,
+            grad_delta,
+        })
+    }
+
+    /// `dL/dT` from `dL/dDelta = M^T dL/d aligned` (the map is `factor T + Delta`).
+    pub(crate) fn plan_gradient(&self, grad_delta: &Array2<F>) -> Array2<F> {
+        grad_delta * self.plan_factor(grad_delta.nrows())
+    }
+
+    /// `dL/dC` (d x d) for `L = <dL/dT, T> + grad_value * value`: the envelope term of the value, plus the
+    /// plan's contribution through the configured [`PlanGradient`].
+    pub(crate) fn cost_gradient(
+        &self,
+        state: &PlanState<F>,
+        grad_plan: Option<Array2<F>>,
+        grad_value: F,
+    ) -> Result<Array2<F>> {
+        // the value's explicit dependence on the cost (the envelope term, exact for a converged plan)
+        let mut grad_cost = &state.plan * grad_value;
+        let mut grad_plan = grad_plan;
+        if let (Some(u), true) = (&state.unrolled, grad_value != F::zero()) {
             // an unrolled plan is not optimal, so the value also depends on C through P:
             // dV/dP = C + eps log(P / (a b^T)), sent back through the iterations like any plan gradient
-            let w2 = cache.weights[0] * cache.weights[0];
-            let mut dv = cache.cost.clone();
-            dv.zip_mut_with(&cache.plan, |c, &p| {
+            let w2 = state.weights[0] * state.weights[0];
+            let mut dv = state.cost.clone();
+            dv.zip_mut_with(&state.plan, |c, &p| {
                 *c = (*c + u.eps() * (p / w2).ln()) * grad_value
             });
             grad_plan = Some(grad_plan.map_or(dv.clone(), |g| g + &dv));
         }
         if let Some(gp) = grad_plan {
-            let through_plan = match (&self.cfg.gradient, &cache.solver, &cache.unrolled) {
+            let through_plan = match (&self.cfg.gradient, &state.solver, &state.unrolled) {
                 (PlanGradient::Detached, _, _) => None,
                 (PlanGradient::Implicit(ic), Some(out), _) => {
-                    let geom = Geometry::dense(cache.cost.view())?;
+                    let geom = Geometry::dense(state.cost.view())?;
                     Some(implicit_plan_vjp(
                         &geom,
-                        cache.weights.view(),
-                        cache.weights.view(),
+                        state.weights.view(),
+                        state.weights.view(),
                         out,
                         gp.view(),
                         ic,
@@ -306,17 +354,6 @@ impl<F: Real> AdaptiveTransport<F> {
                 grad_cost += &pg.grad_cost;
             }
         }
-        let (gm, grad_z) = dimension_cost_backward_unchecked(
-            cache.m.view(),
-            cache.z.view(),
-            self.cfg.cost_scale,
-            grad_cost.view(),
-        );
-        grad_m += &gm;
-        Ok(AdaptiveGrads {
-            grad_m,
-            grad_z,
-            grad_delta,
-        })
+        Ok(grad_cost)
     }
 }
