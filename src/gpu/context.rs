@@ -26,6 +26,10 @@ pub(crate) struct Kernel {
 /// checks. A file whose first line is `// requires: lib/<name>.wgsl` is compiled with that library file
 /// (shared helpers; WGSL has no includes) in front of it.
 pub const SHADERS: &[(&str, &str)] = &[
+    (
+        "add_scaled_cols.wgsl",
+        include_str!("../../shaders/add_scaled_cols.wgsl"),
+    ),
     ("col_sums.wgsl", include_str!("../../shaders/col_sums.wgsl")),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
     ("layer_norm.wgsl", with_reduce64!("layer_norm.wgsl")),

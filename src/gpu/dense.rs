@@ -329,7 +329,7 @@ pub struct GpuLayerNormCache {
     inv_std: GpuMatrix,
 }
 
-fn row_vector(ctx: &GpuContext, v: &ndarray::Array1<f32>) -> Result<GpuMatrix> {
+pub(crate) fn row_vector(ctx: &GpuContext, v: &ndarray::Array1<f32>) -> Result<GpuMatrix> {
     GpuMatrix::upload(ctx, v.view().insert_axis(ndarray::Axis(0)))
 }
 
@@ -396,8 +396,21 @@ fn check_layer_norm(op: &'static str, ln: &crate::nn::LayerNorm<f32>, x: &GpuMat
     crate::error::check_finite_array(op, "beta", &ln.beta.view())
 }
 
+/// Records `y[r, c] += x[r, c] * v[c]` (`v` a `1 x d` matrix).
+pub(crate) fn record_add_scaled_cols(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    x: &GpuMatrix,
+    v: &GpuMatrix,
+    y: &GpuMatrix,
+) -> Result<()> {
+    let kernel = Kernel::new("add_scaled_cols.wgsl", "add_scaled_cols");
+    let bufs = [&x.buf, &v.buf, &y.buf];
+    record_rows(ctx, enc, kernel, (x.rows(), x.cols()), 1, 0, &bufs)
+}
+
 /// Records `out[c] = sum_r a[r, c] (* b[r, c])` into `out` (`1 x d`).
-fn record_col_sums(
+pub(crate) fn record_col_sums(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
     a: &GpuMatrix,

@@ -11,8 +11,9 @@
 //! Ops on the GPU today: SpMM and LightGCN propagation (forward and backward), GEMM, row L2 normalisation
 //! and LayerNorm (forward and backward), InfoNCE (loss and gradients, every option of the CPU path), the
 //! log-domain Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals)
-//! and the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device). Not yet on
-//! the GPU: GAT, batched Sinkhorn, the plan's gradients and the OAT map, the fusion weights.
+//! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device) and RecGOAT's OAT
+//! map with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host).
+//! Not yet on the GPU: GAT, batched Sinkhorn, the fusion weights.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
 //! [`crate::Error::GpuUnavailable`].
@@ -34,6 +35,8 @@
 //! ```
 
 #[cfg(feature = "gpu")]
+mod adaptive;
+#[cfg(feature = "gpu")]
 mod context;
 #[cfg(feature = "gpu")]
 mod contrastive;
@@ -48,6 +51,10 @@ mod propagation;
 #[cfg(feature = "gpu")]
 mod transport;
 
+#[cfg(feature = "gpu")]
+pub use adaptive::{
+    adaptive_transport_backward, adaptive_transport_forward, GpuAdaptiveCache, GpuAdaptiveGrads,
+};
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuOptions, SHADERS};
 #[cfg(feature = "gpu")]

@@ -361,15 +361,26 @@ pub(crate) fn dimension_cost_unchecked<F: Real>(
     z: ArrayView2<'_, F>,
     scale: F,
 ) -> Array2<F> {
-    let inv = F::one() / F::from_usize(m.nrows()).expect("row count fits");
-    let msq = m.map(|v| *v * *v).sum_axis(Axis(0)) * inv;
-    let zsq = z.map(|v| *v * *v).sum_axis(Axis(0)) * inv;
-    let mut c = m.t().dot(&z);
+    let msq = m.map(|v| *v * *v).sum_axis(Axis(0));
+    let zsq = z.map(|v| *v * *v).sum_axis(Axis(0));
+    dimension_cost_from_moments(m.t().dot(&z), &msq, &zsq, m.nrows(), scale)
+}
+
+/// The dimension cost from its moments: `mtz = M^T Z` (overwritten with `C`), the column sums of squares
+/// `msq` and `zsq`, and the row count (shared with the GPU path, which computes the moments on the device).
+pub(crate) fn dimension_cost_from_moments<F: Real>(
+    mut mtz: Array2<F>,
+    msq: &Array1<F>,
+    zsq: &Array1<F>,
+    rows: usize,
+    scale: F,
+) -> Array2<F> {
+    let inv = F::one() / F::from_usize(rows).expect("row count fits");
     let two = F::c(2.0) * inv;
-    for ((a, b), v) in c.indexed_iter_mut() {
-        *v = ((msq[a] + zsq[b] - two * *v) * scale).max(F::zero());
+    for ((a, b), v) in mtz.indexed_iter_mut() {
+        *v = ((msq[a] * inv + zsq[b] * inv - two * *v) * scale).max(F::zero());
     }
-    c
+    mtz
 }
 
 /// Gradient of a loss through [`dimension_cost`]: given `dL/dC` (d x d), returns `(dL/dM, dL/dZ)`.
