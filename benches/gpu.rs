@@ -1,7 +1,7 @@
 //! CPU vs GPU for the ops that have a GPU path: one SpMM and a 3-layer LightGCN propagation (forward and
 //! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32, and InfoNCE
 //! forward + backward at B = 4096, d = 64, Sinkhorn solves at n = m = 2000 (dense) and 16384 (online), and
-//! the kNN graph of 7050 x 384 features (k = 20).
+//! the kNN graph of 7050 x 384 features (k = 20), and GATConv forward + backward on a 7050-node kNN graph.
 //! Data stays on the device between iterations (as in training); each GPU sample ends with a device
 //! synchronisation.
 //! The benchmark id carries the adapter's name.
@@ -186,5 +186,59 @@ fn knn(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, propagation, infonce, sinkhorn, knn);
+/// GATConv 64 -> 8 heads x 8 on a 7050-node symmetrised kNN graph with self loops (the graph bench's
+/// problem), evaluation mode, forward and forward + backward.
+fn gat(c: &mut Criterion) {
+    use recgoat_core::attention::{GatConfig, GatLayer, GatParams, Mode};
+    use recgoat_core::graph::{knn_graph, KnnConfig};
+    let ctx = GpuContext::new().expect("the GPU benchmark needs an adapter");
+    let adapter = adapter_id(&ctx);
+    let n = if quick() { 500 } else { 7050 };
+    let feats: Array2<f32> = randn(&mut rng(7050), (n, 64));
+    let knn = KnnConfig {
+        self_loops: true,
+        ..KnnConfig::new(20)
+    };
+    let graph = knn_graph(feats.view(), &knn, Par::rayon()).unwrap();
+    let cfg = GatConfig::<f32>::new(64, 64, 8).unwrap();
+    let layer = GatLayer::new(cfg).unwrap();
+    let params = GatParams::init(&cfg, &mut rng(1));
+    let go: Array2<f32> = randn(&mut rng(2), (n, 64));
+    let _ = graph.transposed();
+    let (xd, god) = (
+        GpuMatrix::upload(&ctx, feats.view()).unwrap(),
+        GpuMatrix::upload(&ctx, go.view()).unwrap(),
+    );
+    let gd = gpu::GpuAttentionGraph::upload(&ctx, &layer, &graph).unwrap();
+    let mut grp = c.benchmark_group(format!("gpu_vs_cpu_gat_knn_{n}"));
+    grp.sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
+    grp.bench_function(BenchmarkId::new("forward_backward", "cpu_rayon"), |b| {
+        b.iter(|| {
+            let (_, cache) = layer
+                .forward(&params, &graph, feats.view(), Mode::Eval, Par::rayon())
+                .unwrap();
+            layer
+                .backward(&params, &graph, &cache, go.view(), Par::rayon())
+                .unwrap()
+        })
+    });
+    // the graph stays on the device; the parameters are uploaded per call, as the API does
+    grp.bench_function(
+        BenchmarkId::new("forward_backward", format!("gpu_{adapter}")),
+        |b| {
+            b.iter(|| {
+                let (_, cache) =
+                    gpu::gat_forward(&ctx, &layer, &params, &gd, &xd, Mode::Eval).unwrap();
+                let g = gpu::gat_backward(&ctx, &layer, &params, &gd, &cache, &xd, &god).unwrap();
+                ctx.synchronize().unwrap();
+                g
+            })
+        },
+    );
+    grp.finish();
+}
+
+criterion_group!(benches, propagation, infonce, sinkhorn, knn, gat);
 criterion_main!(benches);

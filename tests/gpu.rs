@@ -4,6 +4,8 @@
 //! fails every test; without it, a machine with no adapter skips them with a printed reason.
 #![cfg(feature = "gpu")]
 
+mod common;
+
 use ndarray::Array2;
 use rand::Rng;
 use recgoat_core::gpu::{self, GpuContext, GpuGraph, GpuMatrix, GpuOptions};
@@ -768,4 +770,144 @@ fn adaptive_transport_matches_the_cpu_in_every_gradient_mode() {
     let e = gpu::adaptive_transport_forward(c, &oat, &md, &md, Array2::<f32>::zeros((2, 2)).view())
         .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+mod attention {
+    use super::*;
+    use recgoat_core::attention::{GatConfig, GatLayer, GatParams, Mode};
+
+    fn cfg32(c: &GatConfig<f64>) -> GatConfig<f32> {
+        GatConfig {
+            in_dim: c.in_dim,
+            heads: c.heads,
+            head_dim: c.head_dim,
+            concat: c.concat,
+            negative_slope: c.negative_slope as f32,
+            scoring: c.scoring,
+            bias: c.bias,
+            residual: c.residual,
+            feat_drop: c.feat_drop as f32,
+            attn_drop: c.attn_drop as f32,
+            add_self_loops: c.add_self_loops,
+        }
+    }
+
+    /// f32-representable f64 parameters and their f32 copy.
+    fn params_pair(cfg: &GatConfig<f64>) -> (GatParams<f64>, GatParams<f32>) {
+        let r = |a: &Array2<f64>| a.mapv(|v| (v as f32) as f64);
+        let p = GatParams::init(cfg, &mut rng(8));
+        let p = GatParams {
+            w: r(&p.w),
+            a_src: r(&p.a_src),
+            a_dst: p.a_dst.as_ref().map(r),
+            bias: p.bias.as_ref().map(|b| b.mapv(|v| (v as f32) as f64 + 0.1)),
+            w_res: p.w_res.as_ref().map(r),
+        };
+        let q = GatParams {
+            w: f32_of(&p.w),
+            a_src: f32_of(&p.a_src),
+            a_dst: p.a_dst.as_ref().map(f32_of),
+            bias: p.bias.as_ref().map(|b| b.mapv(|v| v as f32)),
+            w_res: p.w_res.as_ref().map(f32_of),
+        };
+        (p, q)
+    }
+
+    #[test]
+    fn gat_forward_and_backward_match_the_cpu_in_every_variant() {
+        let Some(c) = ctx() else { return };
+        // a directed random graph (self loops added by the layer) with uneven in-degrees
+        let g = random_graph(30, 25, 25, 3, false);
+        let g32 = to_f32(&g);
+        let tol = Tolerance::new(2e-4, 2e-5);
+        for (name, cfg) in common::gat_variants() {
+            let (p64, p32) = params_pair(&cfg);
+            let layer = GatLayer::new(cfg).unwrap();
+            let layer32 = GatLayer::new(cfg32(&cfg)).unwrap();
+            let x = f64_of(&f32_of(&randn(&mut rng(31), (25, cfg.in_dim))));
+            let (want, cache) = layer
+                .forward(&p64, &g, x.view(), Mode::Eval, Par::Seq)
+                .unwrap();
+            let xd = GpuMatrix::upload(c, f32_of(&x).view()).unwrap();
+            let gg32 = gpu::GpuAttentionGraph::upload(c, &layer32, &g32).unwrap();
+            let (got, gcache) =
+                gpu::gat_forward(c, &layer32, &p32, &gg32, &xd, Mode::Eval).unwrap();
+            tol.assert_close(
+                &format!("{name}: out"),
+                &f64_of(&got.download(c).unwrap()).view(),
+                &want.view(),
+            );
+            let att: Vec<f64> = gcache
+                .attention(c)
+                .unwrap()
+                .iter()
+                .map(|&v| v.into())
+                .collect();
+            tol.assert_close(
+                &format!("{name}: attention"),
+                &ndarray::ArrayView1::from(&att[..]),
+                &ndarray::ArrayView1::from(cache.attention()),
+            );
+            let go = f64_of(&f32_of(&randn(&mut rng(32), want.dim())));
+            let grads = layer
+                .backward(&p64, &g, &cache, go.view(), Par::Seq)
+                .unwrap();
+            let god = GpuMatrix::upload(c, f32_of(&go).view()).unwrap();
+            let gg = gpu::gat_backward(c, &layer32, &p32, &gg32, &gcache, &xd, &god).unwrap();
+            let check = |what: &str, a: &GpuMatrix, b: ndarray::ArrayView2<'_, f64>| {
+                tol.assert_close(
+                    &format!("{name}: {what}"),
+                    &f64_of(&a.download(c).unwrap()).view(),
+                    &b,
+                );
+            };
+            check("grad x", &gg.grad_x, grads.grad_x.view());
+            check("grad w", &gg.grad_w, grads.grad_w.view());
+            check("grad a_src", &gg.grad_a_src, grads.grad_a_src.view());
+            match (&gg.grad_a_dst, &grads.grad_a_dst) {
+                (Some(a), Some(b)) => check("grad a_dst", a, b.view()),
+                (None, None) => {}
+                _ => panic!("{name}: a_dst gradient on one side only"),
+            }
+            match (&gg.grad_bias, &grads.grad_bias) {
+                (Some(a), Some(b)) => check("grad bias", a, b.view().insert_axis(ndarray::Axis(0))),
+                (None, None) => {}
+                _ => panic!("{name}: bias gradient on one side only"),
+            }
+            match (&gg.grad_w_res, &grads.grad_w_res) {
+                (Some(a), Some(b)) => check("grad w_res", a, b.view()),
+                (None, None) => {}
+                _ => panic!("{name}: residual gradient on one side only"),
+            }
+        }
+    }
+
+    #[test]
+    fn gat_refuses_dropout_and_bad_shapes() {
+        let Some(c) = ctx() else { return };
+        let g = to_f32(&random_graph(33, 10, 10, 2, false));
+        let cfg = GatConfig {
+            attn_drop: 0.1,
+            ..GatConfig::<f32>::new(4, 8, 2).unwrap()
+        };
+        let layer = GatLayer::new(cfg).unwrap();
+        let p = GatParams::init(&cfg, &mut rng(1));
+        let gd = gpu::GpuAttentionGraph::upload(c, &layer, &g).unwrap();
+        assert_eq!(gd.nnz(), g.with_self_loops().unwrap().nnz());
+        let x = GpuMatrix::zeros(c, 10, 4).unwrap();
+        let e = gpu::gat_forward(c, &layer, &p, &gd, &x, Mode::Train { seed: 1 }).unwrap_err();
+        assert!(matches!(e, Error::Param { name: "mode", .. }), "{e}");
+        let bad = GpuMatrix::zeros(c, 10, 5).unwrap();
+        let e = gpu::gat_forward(c, &layer, &p, &gd, &bad, Mode::Eval).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{e}");
+        // backward with another graph than the forward pass's
+        let (_, cache) = gpu::gat_forward(c, &layer, &p, &gd, &x, Mode::Eval).unwrap();
+        let other = to_f32(&random_graph(34, 10, 10, 4, false));
+        let od = gpu::GpuAttentionGraph::upload(c, &layer, &other).unwrap();
+        let go = GpuMatrix::zeros(c, 10, 8).unwrap();
+        if od.nnz() != gd.nnz() {
+            let e = gpu::gat_backward(c, &layer, &p, &od, &cache, &x, &go).unwrap_err();
+            assert!(matches!(e, Error::Graph { .. }), "{e}");
+        }
+    }
 }

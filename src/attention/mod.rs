@@ -211,7 +211,7 @@ impl<F: Real> GatParams<F> {
         }
     }
 
-    fn check(&self, cfg: &GatConfig<F>) -> Result<()> {
+    pub(crate) fn check(&self, cfg: &GatConfig<F>) -> Result<()> {
         const OP: &str = "GatLayer: params";
         let hc = cfg.heads * cfg.head_dim;
         let want = |what: &str, got: (usize, usize), exp: (usize, usize)| -> Result<()> {
@@ -353,7 +353,7 @@ impl<F: Real> GatLayer<F> {
         &self.cfg
     }
 
-    fn attended<'g>(&self, graph: &'g CsrGraph<F>) -> Result<Cow<'g, CsrGraph<F>>> {
+    pub(crate) fn attended<'g>(&self, graph: &'g CsrGraph<F>) -> Result<Cow<'g, CsrGraph<F>>> {
         const OP: &str = "GatLayer";
         if graph.n_rows() != graph.n_cols() {
             return Err(Error::Graph {

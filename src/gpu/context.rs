@@ -14,6 +14,16 @@ macro_rules! with_reduce64 {
     };
 }
 
+/// `shaders/lib/gat.wgsl` followed by `shaders/<file>`.
+macro_rules! with_gat {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../shaders/lib/gat.wgsl"),
+            include_str!(concat!("../../shaders/", $file))
+        )
+    };
+}
+
 /// A compute kernel: a WGSL file of `shaders/` (included at compile time) and its entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Kernel {
@@ -31,6 +41,11 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/add_scaled_cols.wgsl"),
     ),
     ("col_sums.wgsl", include_str!("../../shaders/col_sums.wgsl")),
+    ("gat_aggregate.wgsl", with_gat!("gat_aggregate.wgsl")),
+    ("gat_backward_dst.wgsl", with_gat!("gat_backward_dst.wgsl")),
+    ("gat_backward_src.wgsl", with_gat!("gat_backward_src.wgsl")),
+    ("gat_edge_logits.wgsl", with_gat!("gat_edge_logits.wgsl")),
+    ("gat_node_scores.wgsl", with_gat!("gat_node_scores.wgsl")),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
     ("layer_norm.wgsl", with_reduce64!("layer_norm.wgsl")),
     (

@@ -10,10 +10,11 @@
 //!
 //! Ops on the GPU today: SpMM and LightGCN propagation (forward and backward), GEMM, row L2 normalisation
 //! and LayerNorm (forward and backward), InfoNCE (loss and gradients, every option of the CPU path), the
-//! log-domain Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals)
-//! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device) and RecGOAT's OAT
-//! map with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host).
-//! Not yet on the GPU: GAT, batched Sinkhorn, the fusion weights.
+//! log-domain Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals),
+//! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device), RecGOAT's OAT map
+//! with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host) and
+//! graph attention (GATConv and GATv2, forward and backward, evaluation mode). Not yet on the GPU: dropout
+//! in graph attention, batched Sinkhorn, the fusion weights, and a GPU backend for the model.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
 //! [`crate::Error::GpuUnavailable`].
@@ -37,6 +38,8 @@
 #[cfg(feature = "gpu")]
 mod adaptive;
 #[cfg(feature = "gpu")]
+mod attention;
+#[cfg(feature = "gpu")]
 mod context;
 #[cfg(feature = "gpu")]
 mod contrastive;
@@ -54,6 +57,10 @@ mod transport;
 #[cfg(feature = "gpu")]
 pub use adaptive::{
     adaptive_transport_backward, adaptive_transport_forward, GpuAdaptiveCache, GpuAdaptiveGrads,
+};
+#[cfg(feature = "gpu")]
+pub use attention::{
+    gat_backward, gat_forward, GpuAttentionGraph, GpuGatCache, GpuGatGrads, GAT_MAX_HEADS,
 };
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuOptions, SHADERS};
