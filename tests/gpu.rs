@@ -911,3 +911,97 @@ mod attention {
         }
     }
 }
+
+#[test]
+fn softmax_fusion_matches_the_cpu() {
+    use recgoat_core::nn::{softmax_fusion, softmax_fusion_backward};
+    let Some(c) = ctx() else { return };
+    let views: Vec<Array2<f64>> = (0..3)
+        .map(|m| f64_of(&f32_of(&randn(&mut rng(110 + m), (17, 70)))))
+        .collect();
+    let logits = ndarray::array![0.3f64, -1.0, 0.8];
+    let gy = f64_of(&f32_of(&randn(&mut rng(113), (17, 70))));
+    let vv: Vec<_> = views.iter().map(|v| v.view()).collect();
+    let (y, w) = softmax_fusion(&vv, logits.view()).unwrap();
+    let (gv, gl) = softmax_fusion_backward(&vv, w.view(), gy.view()).unwrap();
+    let dv: Vec<GpuMatrix> = views
+        .iter()
+        .map(|v| GpuMatrix::upload(c, f32_of(v).view()).unwrap())
+        .collect();
+    let refs: Vec<&GpuMatrix> = dv.iter().collect();
+    let (gy_d, w32) = gpu::softmax_fusion(c, &refs, logits.mapv(|v| v as f32).view()).unwrap();
+    TOL.assert_close(
+        "fused",
+        &f64_of(&gy_d.download(c).unwrap()).view(),
+        &y.view(),
+    );
+    TOL.assert_close("weights", &w32.mapv(f64::from).view(), &w.view());
+    let gyd = GpuMatrix::upload(c, f32_of(&gy).view()).unwrap();
+    let (ggv, ggl) = gpu::softmax_fusion_backward(c, &refs, w32.view(), &gyd).unwrap();
+    for (m, (a, b)) in ggv.iter().zip(&gv).enumerate() {
+        TOL.assert_close(
+            &format!("grad view {m}"),
+            &f64_of(&a.download(c).unwrap()).view(),
+            &b.view(),
+        );
+    }
+    Tolerance::new(1e-4, 1e-4).assert_close("grad logits", &ggl.mapv(f64::from).view(), &gl.view());
+    let e = gpu::softmax_fusion(c, &refs, ndarray::array![1.0f32].view()).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = gpu::softmax_fusion(c, &[], ndarray::Array1::<f32>::zeros(0).view()).unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }), "{e}");
+}
+
+#[test]
+fn sinkhorn_batch_solves_each_problem_in_order() {
+    use recgoat_core::transport::{sinkhorn, BatchProblem, Epsilon, Geometry, SinkhornConfig};
+    let Some(c) = ctx() else { return };
+    let c1 = ndarray::array![[0.0f32, 1.0], [1.0, 0.0]];
+    let c2 = ndarray::array![[0.0f32, 2.0, 1.0]];
+    let (w2, w1, w3) = (
+        ndarray::array![0.5f32, 0.5],
+        ndarray::array![1.0f32],
+        ndarray::array![0.2f32, 0.3, 0.5],
+    );
+    let bad = ndarray::array![0.5f32, 0.6];
+    let batch = [
+        BatchProblem {
+            geom: Geometry::dense(c1.view()).unwrap(),
+            a: w2.view(),
+            b: w2.view(),
+        },
+        BatchProblem {
+            geom: Geometry::dense(c2.view()).unwrap(),
+            a: w1.view(),
+            b: w3.view(),
+        },
+        BatchProblem {
+            geom: Geometry::dense(c1.view()).unwrap(),
+            a: bad.view(),
+            b: w2.view(),
+        },
+    ];
+    let cfg = SinkhornConfig::new(Epsilon::Absolute(0.1));
+    let outs = gpu::sinkhorn_batch(c, &batch, &cfg);
+    assert_eq!(outs.len(), 3);
+    for (p, out) in batch.iter().zip(&outs).take(2) {
+        let want = sinkhorn(
+            &p.geom,
+            p.a,
+            p.b,
+            &cfg,
+            &recgoat_core::Backend::Cpu(Par::Seq),
+        )
+        .unwrap();
+        let got = out.as_ref().unwrap();
+        Tolerance::new(1e-4, 1e-6).assert_scalar(
+            "cost",
+            got.transport_cost.into(),
+            want.transport_cost.into(),
+        );
+    }
+    assert!(
+        outs[2].is_err(),
+        "unequal masses are refused, the others still solved"
+    );
+}

@@ -458,3 +458,94 @@ pub fn layer_norm_backward(
     ctx.submit(OP, enc)?;
     Ok((dx, dgamma, dbeta))
 }
+
+/// [`crate::nn::softmax_fusion`] on the device: `y = sum_m softmax(logits)_m views_m`; returns `y` and the
+/// weights.
+///
+/// # Errors
+/// [`Error::Empty`] for no views, [`Error::Shape`] for views of different shapes or a logit count other
+/// than the view count, [`Error::NonFinite`] for NaN/Inf logits, [`Error::Gpu`].
+pub fn softmax_fusion(
+    ctx: &GpuContext,
+    views: &[&GpuMatrix],
+    logits: ndarray::ArrayView1<'_, f32>,
+) -> Result<(GpuMatrix, ndarray::Array1<f32>)> {
+    const OP: &str = "gpu::softmax_fusion";
+    let first = check_views(OP, views, logits.len())?;
+    crate::error::check_finite_array(OP, "logits", &logits)?;
+    let mx = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let e = logits.mapv(|l| (l - mx).exp());
+    let w = &e / e.sum();
+    let y = GpuMatrix::zeros(ctx, first.rows(), first.cols())?;
+    let mut enc = ctx.encoder();
+    // one row of the view's weight per view: y += view * w_m
+    let scales: Vec<GpuMatrix> = w
+        .iter()
+        .map(|&wm| row_vector(ctx, &ndarray::Array1::from_elem(first.cols(), wm)))
+        .collect::<Result<_>>()?;
+    for (v, s) in views.iter().zip(&scales) {
+        record_add_scaled_cols(ctx, &mut enc, v, s, &y)?;
+    }
+    ctx.submit(OP, enc)?;
+    Ok((y, w))
+}
+
+fn check_views<'a>(
+    op: &'static str,
+    views: &[&'a GpuMatrix],
+    logits: usize,
+) -> Result<&'a GpuMatrix> {
+    let first = *views.first().ok_or(Error::Empty {
+        op,
+        what: "views".into(),
+    })?;
+    if logits != views.len() {
+        return Err(Error::shape(
+            op,
+            "logits (one per view)",
+            views.len(),
+            logits,
+        ));
+    }
+    for (m, v) in views.iter().enumerate() {
+        same_shape(op, &format!("view {m} vs view 0"), first, v)?;
+    }
+    Ok(first)
+}
+
+/// Backward of [`softmax_fusion`]: `(dL/dview_m for every m, dL/dlogits)`; the view gradients stay on the
+/// device, the `m` inner products `<view_m, grad_y>` come back as column sums.
+///
+/// # Errors
+/// [`Error::Shape`] when the views, weights and `grad_y` disagree; [`Error::Gpu`].
+pub fn softmax_fusion_backward(
+    ctx: &GpuContext,
+    views: &[&GpuMatrix],
+    weights: ndarray::ArrayView1<'_, f32>,
+    grad_y: &GpuMatrix,
+) -> Result<(Vec<GpuMatrix>, ndarray::Array1<f32>)> {
+    const OP: &str = "gpu::softmax_fusion_backward";
+    let first = check_views(OP, views, weights.len())?;
+    same_shape(OP, "grad_y vs the views", first, grad_y)?;
+    let d = first.cols();
+    let mut enc = ctx.encoder();
+    let mut grads = Vec::with_capacity(views.len());
+    let mut sums = Vec::with_capacity(views.len());
+    for (v, &wm) in views.iter().zip(&weights) {
+        let g = GpuMatrix::zeros(ctx, first.rows(), d)?;
+        let s = row_vector(ctx, &ndarray::Array1::from_elem(d, wm))?;
+        record_add_scaled_cols(ctx, &mut enc, grad_y, &s, &g)?;
+        let cs = GpuMatrix::zeros(ctx, 1, d)?;
+        record_col_sums(ctx, &mut enc, v, Some(grad_y), &cs)?;
+        grads.push(g);
+        sums.push(cs);
+    }
+    ctx.submit(OP, enc)?;
+    let dw = sums
+        .iter()
+        .map(|cs| Ok(cs.download(ctx)?.sum()))
+        .collect::<Result<ndarray::Array1<f32>>>()?;
+    let s = dw.dot(&weights);
+    let grad_logits = ndarray::Array1::from_shape_fn(weights.len(), |m| weights[m] * (dw[m] - s));
+    Ok((grads, grad_logits))
+}

@@ -14,7 +14,8 @@
 //! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device), RecGOAT's OAT map
 //! with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host) and
 //! graph attention (GATConv and GATv2, forward and backward, evaluation mode). Not yet on the GPU: dropout
-//! in graph attention, batched Sinkhorn, the fusion weights, and a GPU backend for the model.
+//! in graph attention and a GPU backend for the model. The softmax fusion of views and a batch of Sinkhorn
+//! problems (solved in turn) have GPU calls too.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
 //! [`crate::Error::GpuUnavailable`].
@@ -69,7 +70,7 @@ pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
 #[cfg(feature = "gpu")]
 pub use dense::{
     gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_forward,
-    GpuLayerNormCache,
+    softmax_fusion, softmax_fusion_backward, GpuLayerNormCache,
 };
 #[cfg(feature = "gpu")]
 pub use knn::{knn_graph, KNN_MAX_K};
@@ -81,7 +82,7 @@ pub use propagation::{
     spmm_backward_into, spmm_into,
 };
 #[cfg(feature = "gpu")]
-pub use transport::sinkhorn;
+pub use transport::{sinkhorn, sinkhorn_batch};
 
 #[cfg(not(feature = "gpu"))]
 mod disabled {

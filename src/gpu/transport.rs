@@ -319,3 +319,18 @@ pub fn sinkhorn(
         dev.stage(ctx, cfg, s.rho, s.eps, s.max_iter, f, g)
     })
 }
+
+/// [`crate::transport::sinkhorn_batch`] on the GPU: each problem solved in turn on the device by
+/// [`sinkhorn`], results in input order, one `Result` per problem (a bad problem does not spoil the
+/// others). The problems share the device one after another rather than in one dispatch, so many tiny
+/// problems are better served by the CPU batch.
+pub fn sinkhorn_batch(
+    ctx: &GpuContext,
+    problems: &[crate::transport::BatchProblem<'_, f32>],
+    cfg: &SinkhornConfig<f32>,
+) -> Vec<Result<SinkhornOutput<f32>>> {
+    problems
+        .iter()
+        .map(|p| sinkhorn(ctx, &p.geom, p.a, p.b, cfg))
+        .collect()
+}
