@@ -1,6 +1,7 @@
 // requires: lib/gat.wgsl
 // Softmax of the logits over each node's incoming edges (per head) and the attention-weighted sum of the
-// neighbours' projected features: alpha[e, h] and out[i] (heads concatenated or averaged, plus the bias).
+// neighbours' projected features: alpha[e, h] (before attention dropout) and out[i] (heads concatenated or
+// averaged, plus the bias), each coefficient scaled by the attention-dropout mask when one is bound.
 // One workgroup per node; the per-head max and sum are computed by invocations 0..H-1 and shared through
 // workgroup memory (a barrier before use). Needs H <= 64.
 
@@ -10,8 +11,17 @@
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read> logits: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
-@group(0) @binding(6) var<storage, read_write> alpha: array<f32>;
-@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read> mask: array<f32>;
+@group(0) @binding(7) var<storage, read_write> alpha: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
+
+fn coef(e: u32, h: u32, mx: f32, sum: f32) -> f32 {
+    let w = exp(logits[e * p.heads + h] - mx) / sum;
+    if (has_mask(p)) {
+        return w * mask[e * p.heads + h];
+    }
+    return w;
+}
 
 var<workgroup> hmax: array<f32, 64>;
 var<workgroup> hsum: array<f32, 64>;
@@ -55,8 +65,7 @@ fn gat_aggregate(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
             let h = f / p.c;
             var acc = 0.0;
             for (var e = start; e < end; e++) {
-                let w = exp(logits[e * hn + h] - hmax[h]) / hsum[h];
-                acc += w * g[indices[e] * hc + f];
+                acc += coef(e, h, hmax[h], hsum[h]) * g[indices[e] * hc + f];
             }
             if (with_bias) {
                 acc += bias[f];
@@ -68,8 +77,7 @@ fn gat_aggregate(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
             var acc = 0.0;
             for (var h = 0u; h < hn; h++) {
                 for (var e = start; e < end; e++) {
-                    let w = exp(logits[e * hn + h] - hmax[h]) / hsum[h];
-                    acc += w * g[indices[e] * hc + h * p.c + k];
+                    acc += coef(e, h, hmax[h], hsum[h]) * g[indices[e] * hc + h * p.c + k];
                 }
             }
             acc *= p.inv_heads;

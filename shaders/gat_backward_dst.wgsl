@@ -1,6 +1,7 @@
 // requires: lib/gat.wgsl
 // Graph-attention backward, destination pass (one workgroup per node i, over its incoming edges):
-//   dalpha[e, h] = dacc[i, h] . g[j, h]             (dacc: dout, or dout / H broadcast over the heads)
+//   dalpha[e, h] = mask[e, h] dacc[i, h] . g[j, h]   (dacc: dout, or dout / H broadcast over the heads;
+//                                                    mask: attention dropout's, when bound)
 //   dlogit[e, h] = alpha[e, h] (dalpha[e, h] - sum_e' alpha[e', h] dalpha[e', h])
 //   GATConv: ds[e, h] = dlogit[e, h] LeakyReLU'(el[j, h] + er[i, h]) (stored in dlogit),
 //            node_out[i, h] = sum_e ds[e, h]                        (er's gradient, rows of H)
@@ -17,9 +18,10 @@
 @group(0) @binding(5) var<storage, read> alpha: array<f32>;
 @group(0) @binding(6) var<storage, read> scores: array<f32>;
 @group(0) @binding(7) var<storage, read> a: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dlogit: array<f32>;
-@group(0) @binding(9) var<storage, read_write> node_out: array<f32>;
-@group(0) @binding(10) var<storage, read_write> a_node: array<f32>;
+@group(0) @binding(8) var<storage, read> mask: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dlogit: array<f32>;
+@group(0) @binding(10) var<storage, read_write> node_out: array<f32>;
+@group(0) @binding(11) var<storage, read_write> a_node: array<f32>;
 
 var<workgroup> hdot: array<f32, 64>;
 
@@ -52,6 +54,9 @@ fn gat_backward_dst(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workg
         for (var k = 0u; k < p.c; k++) {
             let f = h * p.c + k;
             s += dacc(i, f) * g[j * hc + f];
+        }
+        if (has_mask(p)) {
+            s *= mask[e * hn + h];
         }
         dlogit[e * hn + h] = s;
     }

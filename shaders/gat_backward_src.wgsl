@@ -1,7 +1,7 @@
 // requires: lib/gat.wgsl
 // Graph-attention backward, source pass (one workgroup per node j, over its outgoing edges through the
 // transposed graph: t_indices holds the destinations, t_edge_ids the original edge ids; no atomics):
-//   dg[j, f] = sum_{e: j -> i} alpha[e, h] dacc[i, f]
+//   dg[j, f] = sum_{e: j -> i} alpha[e, h] mask[e, h] dacc[i, f]   (mask: attention dropout's, when bound)
 //            + GATConv: (sum_e ds[e, h]) a_src[f] + er_grad[j, h] a_dst[f], and a_node[j] holds
 //              (sum_e ds[e, h]) g[j, f] then er_grad[j, h] g[j, f] (rows of 2 H C) for the a gradients;
 //            + GATv2:   sum_e dlogit[e, h] a[f] LeakyReLU'(g[j, f] + g[i, f]) + node_in[j, f] (the
@@ -17,8 +17,9 @@
 @group(0) @binding(7) var<storage, read> dlogit: array<f32>;
 @group(0) @binding(8) var<storage, read> a: array<f32>;
 @group(0) @binding(9) var<storage, read> node_in: array<f32>;
-@group(0) @binding(10) var<storage, read_write> dg: array<f32>;
-@group(0) @binding(11) var<storage, read_write> a_node: array<f32>;
+@group(0) @binding(10) var<storage, read> mask: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dg: array<f32>;
+@group(0) @binding(12) var<storage, read_write> a_node: array<f32>;
 
 fn dacc(i: u32, f: u32) -> f32 {
     if (is_concat(p)) {
@@ -44,7 +45,11 @@ fn gat_backward_src(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workg
         for (var t = start; t < end; t++) {
             let e = t_edge_ids[t];
             let i = t_indices[t];
-            acc += alpha[e * hn + h] * dacc(i, f);
+            var w = alpha[e * hn + h];
+            if (has_mask(p)) {
+                w *= mask[e * hn + h];
+            }
+            acc += w * dacc(i, f);
             if (is_v2(p)) {
                 acc += dlogit[e * hn + h] * a[f] * leaky_grad(g[j * hc + f] + g[i * hc + f], p.slope);
             } else {

@@ -9,7 +9,8 @@ struct Params {
     offset: u32,
     // items of this kernel (nodes, or edge-head pairs)
     count: u32,
-    // bit 0: GATv2 scoring, bit 1: heads concatenated (else averaged), bit 2: bias
+    // bit 0: GATv2 scoring, bit 1: heads concatenated (else averaged), bit 2: bias, bit 3: attention
+    // dropout mask bound
     flags: u32,
     _pad0: u32,
     _pad1: u32,
@@ -39,5 +40,9 @@ fn is_v2(p: Params) -> bool {
 
 fn is_concat(p: Params) -> bool {
     return (p.flags & 2u) != 0u;
+}
+
+fn has_mask(p: Params) -> bool {
+    return (p.flags & 8u) != 0u;
 }
 

@@ -98,6 +98,31 @@ impl<F: Real> Ctx<'_, F> {
     }
 }
 
+/// The dropout scales of one forward pass: the feature mask (`x`'s shape) and the attention mask (`nnz x H`,
+/// edge-major), each `None` when its rate is 0 or in evaluation mode. Shared with the GPU path, so that a
+/// seed gives the same masks on both.
+pub(crate) fn dropout_masks<F: Real>(
+    cfg: &GatConfig<F>,
+    x_dim: (usize, usize),
+    nnz: usize,
+    mode: Mode,
+) -> (Option<Array2<F>>, Option<Vec<F>>) {
+    match mode {
+        Mode::Train { seed } => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let fm = (cfg.feat_drop > F::zero()).then(|| {
+                let len = x_dim.0 * x_dim.1;
+                Array2::from_shape_vec(x_dim, dropout_scales(&mut rng, len, cfg.feat_drop))
+                    .expect("sized")
+            });
+            let am = (cfg.attn_drop > F::zero())
+                .then(|| dropout_scales(&mut rng, nnz * cfg.heads, cfg.attn_drop));
+            (fm, am)
+        }
+        Mode::Eval => (None, None),
+    }
+}
+
 pub(super) fn forward<F: Real>(
     cfg: &GatConfig<F>,
     p: &GatParams<F>,
@@ -108,19 +133,7 @@ pub(super) fn forward<F: Real>(
 ) -> (Array2<F>, GatCache<F>) {
     let n = x.nrows();
     let (hn, c) = (cfg.heads, cfg.head_dim);
-    let (feat_mask, attn_mask) = match mode {
-        Mode::Train { seed } => {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            let fm = (cfg.feat_drop > F::zero()).then(|| {
-                Array2::from_shape_vec(x.dim(), dropout_scales(&mut rng, x.len(), cfg.feat_drop))
-                    .expect("sized")
-            });
-            let am = (cfg.attn_drop > F::zero())
-                .then(|| dropout_scales(&mut rng, graph.nnz() * hn, cfg.attn_drop));
-            (fm, am)
-        }
-        Mode::Eval => (None, None),
-    };
+    let (feat_mask, attn_mask) = dropout_masks(cfg, x.dim(), graph.nnz(), mode);
     let x_drop = match &feat_mask {
         Some(m) => &x * m,
         None => x.to_owned(),

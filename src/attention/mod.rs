@@ -24,7 +24,7 @@
 //! a source-major pass over the cached transposed CSR ([`crate::graph::CsrGraph::transposed`], which
 //! carries edge ids) accumulates the message and source-score gradients of each node in one place.
 
-mod cpu;
+pub(crate) mod cpu;
 
 use crate::backend::Par;
 use crate::error::{check_finite, check_finite_array, Error, Result};

@@ -1,6 +1,7 @@
-//! Graph attention ([`crate::attention::GatLayer`]) on the GPU, forward and backward, in evaluation mode
-//! (no dropout): GATConv and GATv2 scoring, heads concatenated or averaged, bias, residual (projected or
-//! identity), self loops as the layer adds them.
+//! Graph attention ([`crate::attention::GatLayer`]) on the GPU, forward and backward: GATConv and GATv2
+//! scoring, heads concatenated or averaged, bias, residual (projected or identity), self loops as the layer
+//! adds them, feature and attention dropout in training mode (the masks drawn on the host exactly as the
+//! CPU path draws them, so a seed gives the same masks on both).
 //!
 //! Forward: `g = X W` (GEMM), GATConv node scores (`gat_node_scores.wgsl`), the logits of every (edge, head)
 //! (`gat_edge_logits.wgsl`), then per node the softmax over its incoming edges and the weighted sum
@@ -10,8 +11,11 @@
 //! sums and GEMMs.
 
 use super::context::Kernel;
-use super::dense::{record_add_scaled_cols, record_col_sums, record_gemm, row_vector, Operand};
+use super::dense::{
+    record_add_scaled_cols, record_col_sums, record_gemm, record_hadamard, row_vector, Operand,
+};
 use super::{GpuContext, GpuMatrix};
+use crate::attention::cpu::dropout_masks;
 use crate::attention::{GatLayer, GatParams, Mode, Scoring};
 use crate::error::{Error, Result};
 use crate::graph::CsrGraph;
@@ -113,6 +117,11 @@ pub struct GpuGatCache {
     alpha: GpuMatrix,
     /// `a_src` then `a_dst` (GATConv) or `a` (GATv2), flattened.
     a: GpuMatrix,
+    /// The input after feature dropout, and the mask (training mode with `feat_drop > 0`).
+    feat: Option<(GpuMatrix, GpuMatrix)>,
+    /// The attention-dropout mask (`E x H`; a placeholder without one).
+    attn_mask: GpuMatrix,
+    has_attn_mask: bool,
     n: usize,
 }
 
@@ -143,7 +152,12 @@ pub struct GpuGatGrads {
     pub grad_w_res: Option<GpuMatrix>,
 }
 
-fn params(layer: &GatLayer<f32>, n: usize, count: usize, offset: usize, bias: bool) -> Params {
+/// Flags beyond the layer's configuration: bias (bit 2) and an attention mask (bit 3).
+fn extra_flags(bias: bool, mask: bool) -> u32 {
+    (u32::from(bias) << 2) | (u32::from(mask) << 3)
+}
+
+fn params(layer: &GatLayer<f32>, n: usize, count: usize, offset: usize, extra: u32) -> Params {
     let cfg = layer.config();
     Params {
         n: n as u32,
@@ -151,9 +165,7 @@ fn params(layer: &GatLayer<f32>, n: usize, count: usize, offset: usize, bias: bo
         c: cfg.head_dim as u32,
         offset: offset as u32,
         count: count as u32,
-        flags: u32::from(cfg.scoring == Scoring::GatV2)
-            | (u32::from(cfg.concat) << 1)
-            | (u32::from(bias) << 2),
+        flags: u32::from(cfg.scoring == Scoring::GatV2) | (u32::from(cfg.concat) << 1) | extra,
         _pad: [0; 2],
         slope: cfg.negative_slope,
         inv_heads: 1.0 / cfg.heads as f32,
@@ -169,11 +181,11 @@ fn record(
     layer: &GatLayer<f32>,
     kernel: Kernel,
     (n, count, per_group): (usize, usize, usize),
-    bias: bool,
+    extra: u32,
     buffers: &[&wgpu::Buffer],
 ) -> Result<()> {
     for (start, groups) in ctx.row_dispatches(count, per_group) {
-        let p = ctx.uniform_from(&params(layer, n, count, start, bias));
+        let p = ctx.uniform_from(&params(layer, n, count, start, extra));
         let mut all = vec![&p];
         all.extend_from_slice(buffers);
         ctx.dispatch(enc, kernel, &all, groups)?;
@@ -191,7 +203,7 @@ fn check_device(ctx: &GpuContext, op: &'static str, layer: &GatLayer<f32>) -> Re
             format!("the GPU kernels take at most {GAT_MAX_HEADS} heads"),
         ));
     }
-    let need = 11;
+    let need = 12;
     let have = ctx.limits().max_storage_buffers_per_shader_stage;
     if have < need {
         return Err(Error::Gpu {
@@ -210,12 +222,12 @@ fn flat(ctx: &GpuContext, parts: &[&Array2<f32>]) -> Result<GpuMatrix> {
     row_vector(ctx, &v)
 }
 
-/// [`GatLayer::forward`] on the device, evaluation mode: the output (N x out_dim) and the cache.
+/// [`GatLayer::forward`] on the device: the output (N x out_dim) and the cache; in `Mode::Train` the same
+/// dropout masks as the CPU path for the seed.
 ///
 /// # Errors
-/// As [`GatLayer::forward`] for the parameters and `x`'s shape; [`Error::Param`] for
-/// `Mode::Train` with dropout (the GPU path runs without dropout) or more than [`GAT_MAX_HEADS`] heads;
-/// [`Error::Gpu`].
+/// As [`GatLayer::forward`] for the parameters and `x`'s shape; [`Error::Param`] for more than
+/// [`GAT_MAX_HEADS`] heads; [`Error::Gpu`].
 pub fn gat_forward(
     ctx: &GpuContext,
     layer: &GatLayer<f32>,
@@ -228,14 +240,6 @@ pub fn gat_forward(
     let cfg = layer.config();
     p.check(cfg)?;
     check_device(ctx, OP, layer)?;
-    if matches!(mode, Mode::Train { .. }) && (cfg.feat_drop > 0.0 || cfg.attn_drop > 0.0) {
-        return Err(Error::param(
-            OP,
-            "mode",
-            "Train with dropout",
-            "the GPU path runs without dropout: use Mode::Eval or dropout 0",
-        ));
-    }
     if (x.rows(), x.cols()) != (graph.n, cfg.in_dim) {
         return Err(Error::shape(
             OP,
@@ -255,6 +259,17 @@ pub fn gat_forward(
         Some(b) => row_vector(ctx, b)?,
         None => GpuMatrix::zeros(ctx, 1, 1)?,
     };
+    let (feat_mask, attn_mask) = dropout_masks(cfg, (n, cfg.in_dim), graph.nnz, mode);
+    let has_attn_mask = attn_mask.is_some();
+    let attn_mask = match attn_mask {
+        Some(m) => GpuMatrix::upload(
+            ctx,
+            Array2::from_shape_vec((graph.nnz, hn), m)
+                .expect("E x H")
+                .view(),
+        )?,
+        None => GpuMatrix::zeros(ctx, 1, 1)?,
+    };
     let g = GpuMatrix::zeros(ctx, n, hc)?;
     let v2 = cfg.scoring == Scoring::GatV2;
     let scores = GpuMatrix::zeros(ctx, if v2 { 1 } else { n }, if v2 { 1 } else { 2 * hn })?;
@@ -262,6 +277,17 @@ pub fn gat_forward(
     let alpha = GpuMatrix::zeros(ctx, edges.nnz, hn)?;
     let out = GpuMatrix::zeros(ctx, n, cfg.out_dim())?;
     let mut enc = ctx.encoder();
+    // feature dropout: the layer sees x * mask
+    let feat = match feat_mask {
+        Some(m) => {
+            let m = GpuMatrix::upload(ctx, m.view())?;
+            let xd = GpuMatrix::zeros(ctx, n, cfg.in_dim)?;
+            record_hadamard(ctx, &mut enc, x, &m, &xd)?;
+            Some((xd, m))
+        }
+        None => None,
+    };
+    let x = feat.as_ref().map_or(x, |(xd, _)| xd);
     let (xo, wo, go) = (
         Operand::of(x, false),
         Operand::of(&w, false),
@@ -269,10 +295,11 @@ pub fn gat_forward(
     );
     record_gemm(ctx, &mut enc, (n, hc, cfg.in_dim), 1.0, xo, wo, 0.0, go)?;
     let has_bias = p.bias.is_some();
+    let flags = extra_flags(has_bias, has_attn_mask);
     if !v2 {
         let k = Kernel::new("gat_node_scores.wgsl", "gat_node_scores");
         let bufs = [&g.buf, &a.buf, &scores.buf];
-        record(ctx, &mut enc, layer, k, (n, n * hn, 256), has_bias, &bufs)?;
+        record(ctx, &mut enc, layer, k, (n, n * hn, 256), flags, &bufs)?;
     }
     let k = Kernel::new("gat_edge_logits.wgsl", "gat_edge_logits");
     let bufs = [
@@ -289,7 +316,7 @@ pub fn gat_forward(
         layer,
         k,
         (n, edges.nnz * hn, 256),
-        has_bias,
+        flags,
         &bufs,
     )?;
     let k = Kernel::new("gat_aggregate.wgsl", "gat_aggregate");
@@ -299,10 +326,11 @@ pub fn gat_forward(
         &g.buf,
         &logits.buf,
         &bias.buf,
+        &attn_mask.buf,
         &alpha.buf,
         &out.buf,
     ];
-    record(ctx, &mut enc, layer, k, (n, n, 1), has_bias, &bufs)?;
+    record(ctx, &mut enc, layer, k, (n, n, 1), flags, &bufs)?;
     if cfg.residual {
         match &p.w_res {
             Some(r) => {
@@ -336,6 +364,9 @@ pub fn gat_forward(
             scores,
             alpha,
             a,
+            feat,
+            attn_mask,
+            has_attn_mask,
             n,
         },
     ))
@@ -389,6 +420,9 @@ pub fn gat_backward(
     let grad_w = GpuMatrix::zeros(ctx, cfg.in_dim, hc)?;
     let a_cols = GpuMatrix::zeros(ctx, 1, a_node.cols())?;
     let e = graph;
+    let flags = extra_flags(false, cache.has_attn_mask);
+    // what the layer saw: x after feature dropout
+    let x_in = cache.feat.as_ref().map_or(x, |(xd, _)| xd);
     let mut enc = ctx.encoder();
     let k = Kernel::new("gat_backward_dst.wgsl", "gat_backward_dst");
     let bufs = [
@@ -399,11 +433,12 @@ pub fn gat_backward(
         &cache.alpha.buf,
         &cache.scores.buf,
         &cache.a.buf,
+        &cache.attn_mask.buf,
         &dlogit.buf,
         &node_mid.buf,
         &a_node.buf,
     ];
-    record(ctx, &mut enc, layer, k, (n, n, 1), false, &bufs)?;
+    record(ctx, &mut enc, layer, k, (n, n, 1), flags, &bufs)?;
     // the source pass writes GATConv's a-gradient rows into `a_node`; GATv2's came from the destination
     // pass, so it gets a scratch buffer
     let scratch = GpuMatrix::zeros(ctx, 1, 1)?;
@@ -419,14 +454,15 @@ pub fn gat_backward(
         &dlogit.buf,
         &cache.a.buf,
         &node_mid.buf,
+        &cache.attn_mask.buf,
         &dg.buf,
         &a_out.buf,
     ];
-    record(ctx, &mut enc, layer, k, (n, n, 1), false, &bufs)?;
+    record(ctx, &mut enc, layer, k, (n, n, 1), flags, &bufs)?;
     record_col_sums(ctx, &mut enc, &a_node, None, &a_cols)?;
     // the projection: dW = X^T dg, dX = dg W^T (+ the residual's share below)
     let w = GpuMatrix::upload(ctx, p.w.view())?;
-    let (xt, dgo) = (Operand::of(x, true), Operand::of(&dg, false));
+    let (xt, dgo) = (Operand::of(x_in, true), Operand::of(&dg, false));
     record_gemm(
         ctx,
         &mut enc,
@@ -483,6 +519,15 @@ pub fn gat_backward(
             }
         }
     }
+    // back through feature dropout
+    let grad_x = match &cache.feat {
+        Some((_, m)) => {
+            let masked = GpuMatrix::zeros(ctx, n, cfg.in_dim)?;
+            record_hadamard(ctx, &mut enc, &grad_x, m, &masked)?;
+            masked
+        }
+        None => grad_x,
+    };
     ctx.submit(OP, enc)?;
     // split the a-gradient columns (H C for a_src / a, then H C for a_dst)
     let cols = a_cols.download(ctx)?.into_raw_vec_and_offset().0;

@@ -47,6 +47,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gat_edge_logits.wgsl", with_gat!("gat_edge_logits.wgsl")),
     ("gat_node_scores.wgsl", with_gat!("gat_node_scores.wgsl")),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
+    ("hadamard.wgsl", include_str!("../../shaders/hadamard.wgsl")),
     ("layer_norm.wgsl", with_reduce64!("layer_norm.wgsl")),
     (
         "layer_norm_backward.wgsl",

@@ -409,6 +409,27 @@ pub(crate) fn record_add_scaled_cols(
     record_rows(ctx, enc, kernel, (x.rows(), x.cols()), 1, 0, &bufs)
 }
 
+/// Records `out = a * b` elementwise (same shapes).
+pub(crate) fn record_hadamard(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    a: &GpuMatrix,
+    b: &GpuMatrix,
+    out: &GpuMatrix,
+) -> Result<()> {
+    let kernel = Kernel::new("hadamard.wgsl", "hadamard");
+    let count = a.rows() * a.cols();
+    record_rows(
+        ctx,
+        enc,
+        kernel,
+        (count, 0),
+        256,
+        0,
+        &[&a.buf, &b.buf, &out.buf],
+    )
+}
+
 /// Records `out[c] = sum_r a[r, c] (* b[r, c])` into `out` (`1 x d`).
 pub(crate) fn record_col_sums(
     ctx: &GpuContext,

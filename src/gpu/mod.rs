@@ -13,8 +13,8 @@
 //! log-domain Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals),
 //! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device), RecGOAT's OAT map
 //! with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host) and
-//! graph attention (GATConv and GATv2, forward and backward, evaluation mode). Not yet on the GPU: dropout
-//! in graph attention and a GPU backend for the model. The softmax fusion of views and a batch of Sinkhorn
+//! graph attention (GATConv and GATv2, forward and backward, dropout included). Not yet on the GPU: a
+//! backend for the model. The softmax fusion of views and a batch of Sinkhorn
 //! problems (solved in turn) have GPU calls too.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns

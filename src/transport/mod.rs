@@ -46,10 +46,12 @@ mod divergence;
 mod grad;
 pub mod reference;
 
+#[cfg(feature = "gpu")]
 pub(crate) use adaptive::PlanState;
 pub use adaptive::{
     AdaptiveCache, AdaptiveGrads, AdaptiveTransport, AdaptiveTransportConfig, PlanGradient,
 };
+#[cfg(feature = "gpu")]
 pub(crate) use cost::dimension_cost_from_moments;
 pub use cost::{dimension_cost, dimension_cost_backward, sq_euclidean_cost, Geometry, PointCloud};
 pub use divergence::{sinkhorn_divergence, DivergenceOutput};
