@@ -8,6 +8,11 @@
 //!
 //! Needs `--features gpu` and an adapter. On a software adapter (lavapipe) run it with
 //! `RECGOAT_BENCH_QUICK=1` only: a twentieth of the graph's edges.
+//!
+//! With `RECGOAT_GPU_PROFILE=1` each GPU problem is first run 10 times with kernel timestamps and the
+//! device time per kernel and call is printed (profiling serialises the queue, so the criterion figures of
+//! such a run are not the ones to quote; `cargo bench --features gpu --bench gpu -- profile-only` filters
+//! the timed benchmarks out and leaves the profiles).
 
 mod common;
 
@@ -37,6 +42,12 @@ fn propagation(c: &mut Criterion) {
     let mut yc = Array2::<f32>::zeros((n, 64));
     grp.bench_function(BenchmarkId::new("spmm", "cpu_rayon"), |b| {
         b.iter(|| spmm_into(&adj, e0.view(), yc.view_mut(), Par::rayon()).unwrap())
+    });
+    print_profile(&ctx, "spmm", || {
+        gpu::spmm_into(&ctx, &g, &x, &mut y).unwrap()
+    });
+    print_profile(&ctx, "lightgcn_3_fwd", || {
+        gpu::lightgcn_forward_into(&ctx, &g, &x, 3, &mut y).unwrap()
     });
     grp.bench_function(BenchmarkId::new("spmm", format!("gpu_{adapter}")), |b| {
         b.iter(|| {
@@ -97,12 +108,44 @@ fn infonce(c: &mut Criterion) {
     grp.bench_function(BenchmarkId::new("forward_backward", "cpu_rayon"), |bch| {
         bch.iter(|| info_nce(v1.view(), v2.view(), None, None, &cfg, Par::rayon()).unwrap())
     });
+    print_profile(&ctx, "infonce", || {
+        gpu::info_nce_on_device(&ctx, &g1, &g2, None, None, &cfg).unwrap()
+    });
     // the loss is read back, so every sample ends synchronised
     grp.bench_function(
         BenchmarkId::new("forward_backward", format!("gpu_{adapter}")),
         |bch| bch.iter(|| gpu::info_nce_on_device(&ctx, &g1, &g2, None, None, &cfg).unwrap()),
     );
     grp.finish();
+}
+
+/// With profiling on (`RECGOAT_GPU_PROFILE=1`): the device time per kernel of one call of `f` (the mean of
+/// 10 calls after a warm-up), printed to stderr.
+fn print_profile<T>(ctx: &GpuContext, what: &str, mut f: impl FnMut() -> T) {
+    if ctx.profile().is_none() {
+        return;
+    }
+    let _ = f();
+    ctx.reset_profile();
+    let calls: u32 = 10;
+    let t0 = std::time::Instant::now();
+    for _ in 0..calls {
+        let _ = f();
+    }
+    let wall_ms = t0.elapsed().as_secs_f64() * 1e3 / f64::from(calls);
+    let report = ctx.profile().unwrap_or_default();
+    let device_ms: f64 = report.iter().map(|t| t.total_ms).sum::<f64>() / f64::from(calls);
+    eprintln!(
+        "profile {what}: {device_ms:.3} ms in kernels per call ({wall_ms:.3} ms wall with profiling on)"
+    );
+    for t in report {
+        eprintln!(
+            "  {:<26} {:>5} dispatches {:>9.3} ms",
+            t.kernel,
+            t.dispatches / u64::from(calls),
+            t.total_ms / f64::from(calls)
+        );
+    }
 }
 
 /// The adapter's name as a benchmark-id fragment (printed in full once).
@@ -158,6 +201,9 @@ fn sinkhorn(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        print_profile(&ctx, &format!("sinkhorn {kind} {n}"), || {
+            gpu::sinkhorn(&ctx, &geom, w.view(), w.view(), &cfg).unwrap()
+        });
         grp.bench_function(BenchmarkId::new("solve", format!("gpu_{adapter}")), |b| {
             b.iter(|| gpu::sinkhorn(&ctx, &geom, w.view(), w.view(), &cfg).unwrap())
         });
@@ -179,6 +225,9 @@ fn knn(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     grp.bench_function(BenchmarkId::new("build", "cpu_rayon"), |b| {
         b.iter(|| knn_graph(feats.view(), &cfg, Par::rayon()).unwrap())
+    });
+    print_profile(&ctx, "knn", || {
+        gpu::knn_graph(&ctx, feats.view(), &cfg).unwrap()
     });
     grp.bench_function(BenchmarkId::new("build", format!("gpu_{adapter}")), |b| {
         b.iter(|| gpu::knn_graph(&ctx, feats.view(), &cfg).unwrap())
@@ -223,6 +272,12 @@ fn gat(c: &mut Criterion) {
                 .backward(&params, &graph, &cache, go.view(), Par::rayon())
                 .unwrap()
         })
+    });
+    let fwd = || gpu::gat_forward(&ctx, &layer, &params, &gd, &xd, Mode::Eval).unwrap();
+    print_profile(&ctx, "gat forward", fwd);
+    let (_, cache) = fwd();
+    print_profile(&ctx, "gat backward", || {
+        gpu::gat_backward(&ctx, &layer, &params, &gd, &cache, &xd, &god).unwrap()
     });
     // the graph stays on the device; the parameters are uploaded per call, as the API does
     grp.bench_function(

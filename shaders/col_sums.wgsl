@@ -1,14 +1,20 @@
 // Column sums of a (rows x d), optionally of the elementwise product a * b: out_c = sum_r a_rc (b_rc).
-// A workgroup covers 64 columns (coalesced lanes) with 4 row phases; the 4 partial sums per column are
-// added in workgroup memory after a barrier, in a fixed order (deterministic).
+// A workgroup covers 64 columns (coalesced lanes) with 4 row phases over one slice of the rows (workgroup
+// y covers rows [y chunk, (y + 1) chunk) and writes out[y d + c], so tall matrices spread over many
+// workgroups; the caller sums the slices with gemm_sum.wgsl). The 4 partial sums per column are added in
+// workgroup memory after a barrier, in a fixed order (deterministic).
 
 struct Params {
-    // the dimension the dispatch walks first (columns), then the one each workgroup sums over (rows)
     d: u32,
     rows: u32,
     col_offset: u32,
     // bit 0: multiply by b
     flags: u32,
+    // rows per slice
+    chunk: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -25,9 +31,10 @@ fn col_sums(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
     let c = p.col_offset + wid.x * LANES + lid.x;
     let live = c < p.d;
     let product = (p.flags & 1u) != 0u;
+    let r_end = min(p.rows, (wid.y + 1u) * p.chunk);
     var s = 0.0;
     if (live) {
-        for (var r = lid.y; r < p.rows; r += PHASES) {
+        for (var r = wid.y * p.chunk + lid.y; r < r_end; r += PHASES) {
             let o = r * p.d + c;
             if (product) {
                 s += a[o] * b[o];
@@ -39,6 +46,6 @@ fn col_sums(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
     part[lid.y][lid.x] = s;
     workgroupBarrier();
     if (live && lid.y == 0u) {
-        out[c] = ((part[0][lid.x] + part[1][lid.x]) + part[2][lid.x]) + part[3][lid.x];
+        out[wid.y * p.d + c] = ((part[0][lid.x] + part[1][lid.x]) + part[2][lid.x]) + part[3][lid.x];
     }
 }

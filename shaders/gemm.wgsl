@@ -1,7 +1,16 @@
 // General matrix product C = alpha * op(A) op(B) + beta * C on row-major f32 buffers with leading dimensions
 // and element offsets (so sub-blocks of larger matrices are addressed in place). op(X) = X or X^T.
-// 16 x 16 output tile per workgroup, one output per invocation, K walked in 16-wide tiles staged in
-// workgroup memory (a barrier after each load and after each use).
+//
+// Register tiling: a workgroup of 16 x 16 invocations computes a 64 x 64 tile of C, each invocation a 4 x 4
+// block of it (rows ty + 16 i, columns tx + 16 j, so neighbouring invocations touch neighbouring columns),
+// held in four vec4 accumulators (no dynamically indexed private arrays, which drivers may put in slow
+// memory). K is walked in slices of 16: the 64 x 16 slice of op(A) and the 16 x 64 slice of op(B) are
+// staged in workgroup memory (read along the stored layout, so the loads are contiguous for either
+// transposition), with a barrier after each load and after each use.
+//
+// Split K: workgroup z covers k in [z k_chunk, min(k, (z + 1) k_chunk)) and writes its partial product to
+// C + z c_stride (the caller then sums the slices with gemm_sum.wgsl); unsplit calls have one z and
+// k_chunk >= k.
 
 struct Params {
     m: u32,
@@ -17,6 +26,10 @@ struct Params {
     c_off: u32,
     alpha: f32,
     beta: f32,
+    k_chunk: u32,
+    c_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,12 +37,16 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
-const T: u32 = 16u;
-var<workgroup> ta: array<array<f32, 16>, 16>;
-var<workgroup> tb: array<array<f32, 16>, 16>;
+const TM: u32 = 64u;
+const TK: u32 = 16u;
+// ta[q][i] = op(A)[row0 + i, k0 + q], tb[q][j] = op(B)[k0 + q, col0 + j]; rows padded to 65 so that the
+// transposing stores (consecutive invocations on consecutive q) fall in distinct banks
+var<workgroup> ta: array<array<f32, 65>, 16>;
+var<workgroup> tb: array<array<f32, 65>, 16>;
 
-fn load_a(i: u32, q: u32) -> f32 {
-    if (i >= p.m || q >= p.k) {
+// op(A)[i, q], zero outside the matrix and the slice
+fn load_a(i: u32, q: u32, k_end: u32) -> f32 {
+    if (i >= p.m || q >= k_end) {
         return 0.0;
     }
     if ((p.flags & 1u) != 0u) {
@@ -38,8 +55,9 @@ fn load_a(i: u32, q: u32) -> f32 {
     return a[p.a_off + i * p.lda + q];
 }
 
-fn load_b(q: u32, j: u32) -> f32 {
-    if (q >= p.k || j >= p.n) {
+// op(B)[q, j], zero outside the matrix and the slice
+fn load_b(q: u32, j: u32, k_end: u32) -> f32 {
+    if (q >= k_end || j >= p.n) {
         return 0.0;
     }
     if ((p.flags & 2u) != 0u) {
@@ -48,28 +66,71 @@ fn load_b(q: u32, j: u32) -> f32 {
     return b[p.b_off + q * p.ldb + j];
 }
 
+fn store(row: u32, col: u32, base: u32, v: f32) {
+    if (row < p.m && col < p.n) {
+        let o = base + row * p.ldc + col;
+        var x = p.alpha * v;
+        if (p.beta != 0.0) {
+            x += p.beta * c[o];
+        }
+        c[o] = x;
+    }
+}
+
+// writes row `row` of the invocation's 4 x 4 block (columns col, col + 16, col + 32, col + 48)
+fn store_row(row: u32, col: u32, base: u32, v: vec4<f32>) {
+    store(row, col, base, v.x);
+    store(row, col + 16u, base, v.y);
+    store(row, col + 32u, base, v.z);
+    store(row, col + 48u, base, v.w);
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    // x walks columns, y rows
-    let i = wid.y * T + lid.y;
-    let j = wid.x * T + lid.x;
-    var acc = 0.0;
-    let tiles = (p.k + T - 1u) / T;
-    for (var t = 0u; t < tiles; t++) {
-        ta[lid.y][lid.x] = load_a(i, t * T + lid.x);
-        tb[lid.y][lid.x] = load_b(t * T + lid.y, j);
+    let tx = lid.x;
+    let ty = lid.y;
+    let flat = ty * 16u + tx;
+    let row0 = wid.y * TM;
+    let col0 = wid.x * TM;
+    let a_trans = (p.flags & 1u) != 0u;
+    let b_trans = (p.flags & 2u) != 0u;
+    let k_begin = wid.z * p.k_chunk;
+    let k_end = min(p.k, k_begin + p.k_chunk);
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = k_begin; k0 < k_end; k0 += TK) {
+        // 1024 values of each slice, 4 per invocation, walked along the stored layout
+        for (var r = 0u; r < 4u; r++) {
+            let e = flat + r * 256u;
+            if (a_trans) {
+                // stored K x M: consecutive invocations read consecutive rows of op(A)
+                ta[e / TM][e % TM] = load_a(row0 + e % TM, k0 + e / TM, k_end);
+            } else {
+                // stored M x K: consecutive invocations read consecutive k
+                ta[e % TK][e / TK] = load_a(row0 + e / TK, k0 + e % TK, k_end);
+            }
+            if (b_trans) {
+                tb[e % TK][e / TK] = load_b(k0 + e % TK, col0 + e / TK, k_end);
+            } else {
+                tb[e / TM][e % TM] = load_b(k0 + e / TM, col0 + e % TM, k_end);
+            }
+        }
         workgroupBarrier();
-        for (var q = 0u; q < T; q++) {
-            acc += ta[lid.y][q] * tb[q][lid.x];
+        for (var q = 0u; q < TK; q++) {
+            let av = vec4<f32>(ta[q][ty], ta[q][ty + 16u], ta[q][ty + 32u], ta[q][ty + 48u]);
+            let bv = vec4<f32>(tb[q][tx], tb[q][tx + 16u], tb[q][tx + 32u], tb[q][tx + 48u]);
+            acc0 += av.x * bv;
+            acc1 += av.y * bv;
+            acc2 += av.z * bv;
+            acc3 += av.w * bv;
         }
         workgroupBarrier();
     }
-    if (i < p.m && j < p.n) {
-        let o = p.c_off + i * p.ldc + j;
-        var v = p.alpha * acc;
-        if (p.beta != 0.0) {
-            v += p.beta * c[o];
-        }
-        c[o] = v;
-    }
+    let base = p.c_off + wid.z * p.c_stride;
+    store_row(row0 + ty, col0 + tx, base, acc0);
+    store_row(row0 + ty + 16u, col0 + tx, base, acc1);
+    store_row(row0 + ty + 32u, col0 + tx, base, acc2);
+    store_row(row0 + ty + 48u, col0 + tx, base, acc3);
 }

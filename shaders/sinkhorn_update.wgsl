@@ -1,57 +1,23 @@
+// requires: lib/ot_cost.wgsl
 // One side of a log-domain Sinkhorn iteration with absorbed potentials. For every "self" index s (a row for
 // the f-update, a column for the g-update) against all "other" indices o:
 //   lse_s   = logsumexp_o (pot_other_o / eps + log w_other_o - C(s, o) / eps)
 //   log r_s = pot_self_s / eps + log w_self_s + lse_s          (log of the plan's sum along s)
 //   resid_s = exp(log r_s) - goal_s,  goal_s = w_self_s (balanced) or w_self_s exp(-pot_self_s / rho)
 //   pot_self_s <- tau (pot_self_s - eps (log r_s - log w_self_s))
-// The cost is a dense matrix (index s * cs_self + o * cs_other) or the squared Euclidean distance between
-// row s of `p_self` and row o of `p_other` (d columns), computed on the fly. One workgroup per index; the
+// The dense cost C comes from lib/ot_cost.wgsl. One workgroup per index; the
 // log-sum-exp is kept online per invocation (running max and sum) and merged by a tree reduction in
 // workgroup memory, a barrier at every level.
 
-struct Params {
-    n_self: u32,
-    n_other: u32,
-    d: u32,
-    offset: u32,
-    cs_self: u32,
-    cs_other: u32,
-    // bit 0: squared Euclidean geometry (else dense); bit 1: write resid; bit 2: unbalanced (rho)
-    flags: u32,
-    _pad: u32,
-    eps: f32,
-    tau: f32,
-    rho: f32,
-    _pad1: f32,
-}
+@group(0) @binding(2) var<storage, read> w_self: array<f32>;
+@group(0) @binding(3) var<storage, read> lw_self: array<f32>;
+@group(0) @binding(4) var<storage, read> lw_other: array<f32>;
+@group(0) @binding(5) var<storage, read> pot_other: array<f32>;
+@group(0) @binding(6) var<storage, read_write> pot_self: array<f32>;
+@group(0) @binding(7) var<storage, read_write> resid: array<f32>;
 
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> cost: array<f32>;
-@group(0) @binding(2) var<storage, read> p_self: array<f32>;
-@group(0) @binding(3) var<storage, read> p_other: array<f32>;
-@group(0) @binding(4) var<storage, read> w_self: array<f32>;
-@group(0) @binding(5) var<storage, read> lw_self: array<f32>;
-@group(0) @binding(6) var<storage, read> lw_other: array<f32>;
-@group(0) @binding(7) var<storage, read> pot_other: array<f32>;
-@group(0) @binding(8) var<storage, read_write> pot_self: array<f32>;
-@group(0) @binding(9) var<storage, read_write> resid: array<f32>;
-
-const W: u32 = 128u;
-const NEG: f32 = -3.4e38;
 var<workgroup> pmax: array<f32, 128>;
 var<workgroup> psum: array<f32, 128>;
-
-fn c(s: u32, o: u32) -> f32 {
-    if ((p.flags & 1u) == 0u) {
-        return cost[s * p.cs_self + o * p.cs_other];
-    }
-    var acc = 0.0;
-    for (var k = 0u; k < p.d; k++) {
-        let diff = p_self[s * p.d + k] - p_other[o * p.d + k];
-        acc += diff * diff;
-    }
-    return acc;
-}
 
 @compute @workgroup_size(128, 1, 1)
 fn sinkhorn_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {

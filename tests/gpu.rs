@@ -262,9 +262,15 @@ fn gemm_reference(a: &Array2<f64>, ta: bool, b: &Array2<f64>, tb: bool) -> Array
 #[test]
 fn gemm_matches_the_reference_for_every_transposition() {
     let Some(c) = ctx() else { return };
-    // sizes off the 16-wide tile; alpha and beta both used
-    let (m, n, k) = (19, 33, 21);
-    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+    // sizes off the 64 x 64 output tile and the 16-wide K slice, several tiles each way; then a long K
+    // over one tile (split into K slices summed afterwards); alpha and beta both used
+    for (m, n, k, ta, tb) in [(70, 131, 37), (20, 30, 1100)]
+        .into_iter()
+        .flat_map(|(m, n, k)| {
+            [(false, false), (true, false), (false, true), (true, true)]
+                .map(|(ta, tb)| (m, n, k, ta, tb))
+        })
+    {
         let a = f64_of(&f32_of(&randn(
             &mut rng(41),
             if ta { (k, m) } else { (m, k) },
@@ -282,7 +288,7 @@ fn gemm_matches_the_reference_for_every_transposition() {
         let mut gc = GpuMatrix::upload(c, f32_of(&c0).view()).unwrap();
         gpu::gemm(c, 0.5, &ga, ta, &gb, tb, -2.0, &mut gc).unwrap();
         TOL.for_reduction(k).assert_close(
-            &format!("gemm ta={ta} tb={tb}"),
+            &format!("gemm {m}x{n}x{k} ta={ta} tb={tb}"),
             &f64_of(&gc.download(c).unwrap()).view(),
             &want.view(),
         );
@@ -303,14 +309,14 @@ fn gemm_is_chunked_under_the_dispatch_limit() {
         ..GpuOptions::from_env()
     })
     .unwrap();
-    // 70 x 45 output = 3 x 2 chunks of 32 x 32
-    let a = f64_of(&f32_of(&randn(&mut rng(44), (70, 9))));
-    let b = f64_of(&f32_of(&randn(&mut rng(45), (45, 9))));
+    // 300 x 140 output = 3 x 2 chunks of 128 x 128 (two 64-wide tiles a dispatch)
+    let a = f64_of(&f32_of(&randn(&mut rng(44), (300, 9))));
+    let b = f64_of(&f32_of(&randn(&mut rng(45), (140, 9))));
     let (ga, gb) = (
         GpuMatrix::upload(&c, f32_of(&a).view()).unwrap(),
         GpuMatrix::upload(&c, f32_of(&b).view()).unwrap(),
     );
-    let mut gc = GpuMatrix::zeros(&c, 70, 45).unwrap();
+    let mut gc = GpuMatrix::zeros(&c, 300, 140).unwrap();
     gpu::gemm(&c, 1.0, &ga, false, &gb, true, 0.0, &mut gc).unwrap();
     TOL.for_reduction(9).assert_close(
         "chunked gemm",
@@ -561,6 +567,16 @@ mod sinkhorn {
             .clone()
             .with_marginals(Marginal::Kl(0.5), Marginal::Tau(0.9));
         compare(c, "unbalanced", &dense, &unbalanced);
+        compare(c, "online unbalanced", &cloud, &unbalanced);
+        // more than one 16-coordinate slice and several 64-point tiles each way (the tiled online kernel)
+        let x: Array2<f32> = randn(&mut rng(84), (130, 21));
+        let y: Array2<f32> = randn(&mut rng(85), (70, 21));
+        compare(
+            c,
+            "online, wide points",
+            &Geometry::sq_euclidean(x.view(), y.view()).unwrap(),
+            &base,
+        );
         // the cap stops it before tol: MaxIterations on both
         compare(c, "capped", &dense, &base.clone().with_iters(7, 3));
     }
@@ -599,7 +615,8 @@ mod sinkhorn {
 fn layer_norm_forward_and_backward_match_the_cpu() {
     use recgoat_core::nn::LayerNorm;
     let Some(c) = ctx() else { return };
-    for (n, d) in [(7, 3), (70, 64), (33, 130)] {
+    // (600, 5): column sums over several row slices (dgamma, dbeta)
+    for (n, d) in [(7, 3), (70, 64), (33, 130), (600, 5)] {
         let x = f64_of(&f32_of(&randn(&mut rng(90 + d as u64), (n, d))));
         let g = f64_of(&f32_of(&randn(&mut rng(91 + d as u64), (n, d))));
         let mut ln = LayerNorm::<f64>::new(d);
@@ -1004,4 +1021,44 @@ fn sinkhorn_batch_solves_each_problem_in_order() {
         outs[2].is_err(),
         "unequal masses are refused, the others still solved"
     );
+}
+
+#[test]
+fn profiling_times_each_kernel() {
+    let Some(plain) = ctx() else { return };
+    assert!(plain.profile().is_none(), "profiling is opt-in");
+    let c = match GpuContext::with_options(&GpuOptions {
+        profile: true,
+        ..GpuOptions::from_env()
+    }) {
+        Ok(c) => c,
+        // an adapter without timestamp queries refuses profiling, by name
+        Err(Error::GpuUnavailable { reason }) if reason.contains("timestamp") => {
+            eprintln!("profiling not tested: {reason}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let ah: Array2<f32> = randn(&mut rng(3), (70, 9));
+    let a = GpuMatrix::upload(&c, ah.view()).unwrap();
+    let mut out = GpuMatrix::zeros(&c, 70, 70).unwrap();
+    for _ in 0..3 {
+        gpu::gemm(&c, 1.0, &a, false, &a, true, 0.0, &mut out).unwrap();
+    }
+    let _ = gpu::l2_normalize(&c, &a).unwrap();
+    let report = c.profile().expect("a profiling context reports");
+    let find = |k: &str| report.iter().find(|t| t.kernel == k).cloned();
+    let g = find("gemm").expect("gemm was timed");
+    assert_eq!(g.dispatches, 3);
+    assert!(g.total_ms.is_finite() && g.total_ms >= 0.0, "{g:?}");
+    assert_eq!(find("normalize_rows").map(|t| t.dispatches), Some(1));
+    // timing leaves the results alone
+    let ah = f64_of(&ah);
+    TOL.for_reduction(9).assert_close(
+        "profiled gemm",
+        &f64_of(&out.download(&c).unwrap()).view(),
+        &ah.dot(&ah.t()).view(),
+    );
+    c.reset_profile();
+    assert!(c.profile().expect("still profiling").is_empty());
 }

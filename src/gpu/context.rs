@@ -1,5 +1,6 @@
 //! Adapter and device acquisition, limits, the pipeline cache and submission helpers.
 
+use super::profile::{KernelTime, Profiler};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,16 @@ macro_rules! with_gat {
     ($file:literal) => {
         concat!(
             include_str!("../../shaders/lib/gat.wgsl"),
+            include_str!(concat!("../../shaders/", $file))
+        )
+    };
+}
+
+/// `shaders/lib/ot_cost.wgsl` followed by `shaders/<file>`.
+macro_rules! with_ot_cost {
+    ($file:literal) => {
+        concat!(
+            include_str!("../../shaders/lib/ot_cost.wgsl"),
             include_str!(concat!("../../shaders/", $file))
         )
     };
@@ -47,6 +58,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gat_edge_logits.wgsl", with_gat!("gat_edge_logits.wgsl")),
     ("gat_node_scores.wgsl", with_gat!("gat_node_scores.wgsl")),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
+    ("gemm_sum.wgsl", include_str!("../../shaders/gemm_sum.wgsl")),
     ("hadamard.wgsl", include_str!("../../shaders/hadamard.wgsl")),
     ("layer_norm.wgsl", with_reduce64!("layer_norm.wgsl")),
     (
@@ -59,8 +71,16 @@ pub const SHADERS: &[(&str, &str)] = &[
         with_reduce64!("normalize_rows_backward.wgsl"),
     ),
     (
+        "sinkhorn_measure.wgsl",
+        with_ot_cost!("sinkhorn_measure.wgsl"),
+    ),
+    (
+        "sinkhorn_online.wgsl",
+        include_str!("../../shaders/sinkhorn_online.wgsl"),
+    ),
+    (
         "sinkhorn_update.wgsl",
-        include_str!("../../shaders/sinkhorn_update.wgsl"),
+        with_ot_cost!("sinkhorn_update.wgsl"),
     ),
     ("spmm.wgsl", include_str!("../../shaders/spmm.wgsl")),
     (
@@ -107,6 +127,9 @@ pub struct GpuOptions {
     /// A cap on the bytes of one storage binding below the device's `max_storage_buffer_binding_size`, so
     /// that blocking and the limit errors can be exercised on small inputs (tests); `None`: the device's.
     pub max_storage_binding: Option<u64>,
+    /// Time every kernel with GPU timestamps ([`GpuContext::profile`]); needs an adapter with timestamp
+    /// queries and serialises the queue. Environment: `RECGOAT_GPU_PROFILE=1`.
+    pub profile: bool,
 }
 
 impl GpuOptions {
@@ -118,6 +141,7 @@ impl GpuOptions {
             adapter: var("RECGOAT_GPU_ADAPTER"),
             max_workgroups_per_dispatch: None,
             max_storage_binding: None,
+            profile: var("RECGOAT_GPU_PROFILE").is_some_and(|v| v == "1"),
         }
     }
 }
@@ -141,6 +165,7 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     dispatch_cap: u32,
     pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
+    profiler: Option<Profiler>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -226,9 +251,23 @@ impl GpuContext {
         let info = adapter.get_info();
         // ask for everything the adapter offers: large graphs need its full storage-binding size
         let limits = adapter.limits();
+        if opts.profile && !adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::GpuUnavailable {
+                reason: format!(
+                    "profiling was asked for (RECGOAT_GPU_PROFILE / GpuOptions::profile) but {} has no \
+                     timestamp queries",
+                    info.name
+                ),
+            });
+        }
+        let features = if opts.profile {
+            wgpu::Features::TIMESTAMP_QUERY
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("recgoat-core"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -245,6 +284,7 @@ impl GpuContext {
             .max_workgroups_per_dispatch
             .unwrap_or(u32::MAX)
             .clamp(1, limits.max_compute_workgroups_per_dimension.max(1));
+        let profiler = opts.profile.then(|| Profiler::new(&queue));
         Ok(GpuContext {
             device,
             queue,
@@ -252,6 +292,7 @@ impl GpuContext {
             limits,
             dispatch_cap,
             pipelines: Mutex::new(HashMap::new()),
+            profiler,
         })
     }
 
@@ -268,6 +309,19 @@ impl GpuContext {
     /// The device's limits (the adapter's own, all requested; lowered where [`GpuOptions`] caps them).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Device time per kernel since the context was made or [`GpuContext::reset_profile`], most expensive
+    /// first; `None` unless the context profiles ([`GpuOptions::profile`]).
+    pub fn profile(&self) -> Option<Vec<KernelTime>> {
+        self.profiler.as_ref().map(Profiler::report)
+    }
+
+    /// Clears the kernel times of [`GpuContext::profile`].
+    pub fn reset_profile(&self) {
+        if let Some(p) = &self.profiler {
+            p.reset();
+        }
     }
 
     /// Whether the adapter is a software rasteriser (lavapipe / llvmpipe / WARP): correct, but slow.
@@ -358,6 +412,19 @@ impl GpuContext {
             })
     }
 
+    /// A zero-filled storage buffer of `bytes` bytes (at least 4). wgpu zero-initialises new buffers on the
+    /// device, so nothing is built or copied on the host.
+    pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
     /// A uniform buffer holding `data`.
     pub(crate) fn uniform_from<T: bytemuck::Pod>(&self, data: &T) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
@@ -402,6 +469,17 @@ impl GpuContext {
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32),
     ) -> Result<()> {
+        self.dispatch_3d(encoder, k, buffers, (groups.0, groups.1, 1))
+    }
+
+    /// [`GpuContext::dispatch`] over an `x` by `y` by `z` grid of workgroups.
+    pub(crate) fn dispatch_3d(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        k: Kernel,
+        buffers: &[&wgpu::Buffer],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
         let pipeline = self.pipeline(k)?;
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
@@ -417,13 +495,25 @@ impl GpuContext {
             layout: &layout,
             entries: &entries,
         });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(k.entry),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        let timestamps = self.profiler.as_ref().map(|p| p.query_set(&self.device));
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(k.entry),
+                timestamp_writes: timestamps
+                    .as_ref()
+                    .map(|set| wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }),
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        }
+        if let (Some(p), Some(set)) = (&self.profiler, &timestamps) {
+            p.after_pass(&self.device, encoder, set, k.entry);
+        }
         Ok(())
     }
 
@@ -476,11 +566,14 @@ impl GpuContext {
     pub(crate) fn submit(&self, op: &'static str, encoder: wgpu::CommandEncoder) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.queue.submit([encoder.finish()]);
-        match pollster::block_on(scope.pop()) {
-            Some(e) => Err(Error::Gpu {
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
                 op,
                 reason: e.to_string(),
-            }),
+            });
+        }
+        match &self.profiler {
+            Some(p) => p.collect(&self.device, op),
             None => Ok(()),
         }
     }

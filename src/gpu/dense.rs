@@ -8,7 +8,7 @@ use super::{GpuContext, GpuMatrix};
 use crate::error::{Error, Result};
 
 /// Output tile edge of `gemm.wgsl` (its `T`).
-const TILE: usize = 16;
+const TILE: usize = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -25,6 +25,40 @@ struct GemmParams {
     c_off: u32,
     alpha: f32,
     beta: f32,
+    k_chunk: u32,
+    c_stride: u32,
+    _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmSumParams {
+    m: u32,
+    n: u32,
+    slices: u32,
+    ldc: u32,
+    c_off: u32,
+    offset: u32,
+    beta: f32,
+    _pad: u32,
+}
+
+/// Split K when a product has fewer output tiles than this (too few workgroups to fill a GPU)...
+const SPLIT_BELOW_TILES: usize = 128;
+/// ...aiming at about this many workgroups in all...
+const SPLIT_TARGET_GROUPS: usize = 256;
+/// ...with at least this much of K per slice.
+const SPLIT_MIN_K: usize = 256;
+
+/// How many K slices a product of `tiles` output tiles with inner dimension `k` is split into (1: none).
+fn k_slices(tiles: usize, k: usize) -> usize {
+    if tiles >= SPLIT_BELOW_TILES {
+        return 1;
+    }
+    SPLIT_TARGET_GROUPS
+        .div_ceil(tiles)
+        .min(k / SPLIT_MIN_K)
+        .max(1)
 }
 
 /// A row-major operand in place: a buffer, its leading dimension, an element offset and whether it enters
@@ -82,26 +116,51 @@ pub(crate) fn record_gemm(
             let (mm, nn) = ((m - i0).min(step), (n - j0).min(step));
             let a_off = a.off + if a.trans { i0 } else { i0 * a.ld };
             let b_off = b.off + if b.trans { j0 * b.ld } else { j0 };
-            let params = ctx.uniform_from(&GemmParams {
-                m: mm as u32,
-                n: nn as u32,
-                k: k as u32,
-                flags: u32::from(a.trans) | (u32::from(b.trans) << 1),
-                lda: a.ld as u32,
-                ldb: b.ld as u32,
-                ldc: c.ld as u32,
-                a_off: a_off as u32,
-                b_off: b_off as u32,
-                c_off: (c.off + i0 * c.ld + j0) as u32,
-                alpha,
-                beta,
-            });
-            ctx.dispatch_2d(
+            let c_off = c.off + i0 * c.ld + j0;
+            let groups = (nn.div_ceil(TILE) as u32, mm.div_ceil(TILE) as u32);
+            let tiles = (groups.0 * groups.1) as usize;
+            // slices of partial products, within one storage binding and the dispatch limit
+            let max_slices = (ctx.limits().max_storage_buffer_binding_size as usize
+                / (4 * mm * nn))
+                .min(ctx.dispatch_cap() as usize);
+            let slices = k_slices(tiles, k).min(max_slices).max(1);
+            let params = |k_chunk: usize, c_stride: usize, ldc: usize, c_off: usize, beta: f32| {
+                ctx.uniform_from(&GemmParams {
+                    m: mm as u32,
+                    n: nn as u32,
+                    k: k as u32,
+                    flags: u32::from(a.trans) | (u32::from(b.trans) << 1),
+                    lda: a.ld as u32,
+                    ldb: b.ld as u32,
+                    ldc: ldc as u32,
+                    a_off: a_off as u32,
+                    b_off: b_off as u32,
+                    c_off: c_off as u32,
+                    alpha,
+                    beta,
+                    k_chunk: k_chunk.max(1) as u32,
+                    c_stride: c_stride as u32,
+                    _pad: [0; 2],
+                })
+            };
+            if slices == 1 {
+                let p = params(k, 0, c.ld, c_off, beta);
+                ctx.dispatch_2d(enc, kernel, &[&p, a.buf, b.buf, c.buf], groups)?;
+                continue;
+            }
+            // split K: partial products (alpha applied) into slices of a scratch buffer, then summed into C
+            let chunk = k.div_ceil(slices);
+            let slices = k.div_ceil(chunk);
+            let part = ctx.storage_zeroed("gemm slices", (slices * mm * nn * 4) as u64);
+            let p = params(chunk, mm * nn, nn, 0, 0.0);
+            ctx.dispatch_3d(
                 enc,
                 kernel,
-                &[&params, a.buf, b.buf, c.buf],
-                (nn.div_ceil(TILE) as u32, mm.div_ceil(TILE) as u32),
+                &[&p, a.buf, b.buf, &part],
+                (groups.0, groups.1, slices as u32),
             )?;
+            let c_block = Operand { off: c_off, ..c };
+            record_slice_sum(ctx, enc, &part, slices, (mm, nn), c_block, beta)?;
         }
     }
     Ok(())
@@ -438,12 +497,79 @@ pub(crate) fn record_col_sums(
     b: Option<&GpuMatrix>,
     out: &GpuMatrix,
 ) -> Result<()> {
+    /// Columns per workgroup (the kernel's `LANES`) and rows per slice.
     const LANES: usize = 64;
+    const SLICE_ROWS: usize = 256;
     let kernel = Kernel::new("col_sums.wgsl", "col_sums");
-    // the kernel's "rows" of work are the columns, LANES per workgroup; `d` carries the row count
-    let flags = u32::from(b.is_some());
-    let bufs = [&a.buf, &b.unwrap_or(a).buf, &out.buf];
-    record_rows(ctx, enc, kernel, (a.cols(), a.rows()), LANES, flags, &bufs)
+    let (rows, d) = (a.rows(), a.cols());
+    let slices = rows
+        .div_ceil(SLICE_ROWS)
+        .clamp(1, ctx.dispatch_cap() as usize);
+    let chunk = rows.div_ceil(slices).max(1);
+    let part =
+        (slices > 1).then(|| ctx.storage_zeroed("column-sum slices", (slices * d * 4) as u64));
+    let dst = part.as_ref().unwrap_or(&out.buf);
+    for (start, groups) in ctx.row_dispatches(d, LANES) {
+        let params = ctx.uniform_from(&ColSumParams {
+            d: d as u32,
+            rows: rows as u32,
+            col_offset: start as u32,
+            flags: u32::from(b.is_some()),
+            chunk: chunk as u32,
+            _pad: [0; 3],
+        });
+        ctx.dispatch_2d(
+            enc,
+            kernel,
+            &[&params, &a.buf, &b.unwrap_or(a).buf, dst],
+            (groups, slices as u32),
+        )?;
+    }
+    match &part {
+        Some(part) => {
+            record_slice_sum(ctx, enc, part, slices, (1, d), Operand::of(out, false), 0.0)
+        }
+        None => Ok(()),
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ColSumParams {
+    d: u32,
+    rows: u32,
+    col_offset: u32,
+    flags: u32,
+    chunk: u32,
+    _pad: [u32; 3],
+}
+
+/// Records `C = sum_z part[z] + beta C` for `slices` row-major `m x n` slices stored one after another in
+/// `part` (`gemm_sum.wgsl`; the second half of split reductions).
+fn record_slice_sum(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    part: &wgpu::Buffer,
+    slices: usize,
+    (m, n): (usize, usize),
+    c: Operand<'_>,
+    beta: f32,
+) -> Result<()> {
+    let sum = Kernel::new("gemm_sum.wgsl", "gemm_sum");
+    for (start, wg) in ctx.row_dispatches(m * n, 256) {
+        let ps = ctx.uniform_from(&GemmSumParams {
+            m: m as u32,
+            n: n as u32,
+            slices: slices as u32,
+            ldc: c.ld as u32,
+            c_off: c.off as u32,
+            offset: start as u32,
+            beta,
+            _pad: 0,
+        });
+        ctx.dispatch(enc, sum, &[&ps, part, c.buf], wg)?;
+    }
+    Ok(())
 }
 
 /// [`crate::nn::LayerNorm::backward`] on the device: `(dL/dx, dL/dgamma, dL/dbeta)`, the parameter

@@ -63,7 +63,7 @@ pub fn knn_graph(
     let sims = GpuMatrix::zeros(ctx, block, n)?;
     let out_bytes = (n * k * 4) as u64;
     ctx.check_binding(OP, "neighbour lists", out_bytes)?;
-    let out = ctx.storage_from("neighbours", &vec![0u32; n * k]);
+    let out = ctx.storage_zeroed("neighbours", out_bytes);
     let kernel = Kernel::new("topk_rows.wgsl", "topk_rows");
     let mut enc = ctx.encoder();
     record_normalize(ctx, &mut enc, &x, &xn, &norms)?;

@@ -40,7 +40,7 @@ impl GpuMatrix {
     pub fn zeros(ctx: &GpuContext, rows: usize, cols: usize) -> Result<GpuMatrix> {
         check_size(ctx, "GpuMatrix::zeros", rows, cols)?;
         Ok(GpuMatrix {
-            buf: ctx.storage_from("matrix", &vec![0f32; rows * cols]),
+            buf: ctx.storage_zeroed("matrix", (rows * cols * 4) as u64),
             rows,
             cols,
         })

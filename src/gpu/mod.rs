@@ -51,6 +51,8 @@ mod knn;
 #[cfg(feature = "gpu")]
 mod matrix;
 #[cfg(feature = "gpu")]
+mod profile;
+#[cfg(feature = "gpu")]
 mod propagation;
 #[cfg(feature = "gpu")]
 mod transport;
@@ -76,6 +78,8 @@ pub use dense::{
 pub use knn::{knn_graph, KNN_MAX_K};
 #[cfg(feature = "gpu")]
 pub use matrix::{GpuGraph, GpuMatrix};
+#[cfg(feature = "gpu")]
+pub use profile::KernelTime;
 #[cfg(feature = "gpu")]
 pub use propagation::{
     lightgcn_backward, lightgcn_backward_into, lightgcn_forward, lightgcn_forward_into, spmm,

@@ -4,14 +4,15 @@
 //! marginal error every `check_every` iterations), iterating on the device.
 //!
 //! The iterations run on the GPU, `check_every` of them per submission; at each check the row residuals
-//! (one float per row) come back to measure the error. The eps resolution (mean / median / max of the
-//! cost) and the final measurement (row and column sums, `<P, C>`, the dual value, the optional plan) are
-//! one pass each on the CPU, shared with the CPU solver.
+//! (one float per row) come back to measure the error. The final measurement (row and column sums and
+//! `<P, C>`, `shaders/sinkhorn_measure.wgsl`) runs on the device too; the eps resolution (mean / median /
+//! max of the cost; the mean of a point-cloud cost in closed form), the dual value and the plan when one is
+//! asked for come from the CPU solver's code.
 
 use super::context::Kernel;
 use super::{GpuContext, GpuMatrix};
 use crate::error::{Error, Result};
-use crate::transport::cpu::{solve_with, StageResult};
+use crate::transport::cpu::{solve_with, Measure, StageResult};
 use crate::transport::{
     validate_problem, Domain, Geometry, SinkhornConfig, SinkhornOutput, Termination,
 };
@@ -35,11 +36,49 @@ struct Params {
     _pad1: f32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct OnlineParams {
+    n_self: u32,
+    n_other: u32,
+    d: u32,
+    offset: u32,
+    flags: u32,
+    eps: f32,
+    tau: f32,
+    rho: f32,
+}
+
+/// Self points per workgroup of `sinkhorn_online.wgsl` (its `TM`).
+const ONLINE_ROWS: usize = 64;
+
+/// Records one pass of `sinkhorn_online.wgsl` over all self points (chunked under the dispatch limit).
+/// `buffers`: the self and other points, `w_self`, `lw_self`, `lw_other`, `pot_other`, `pot_self`,
+/// `resid`, `aux`, in the kernel's binding order.
+fn record_online(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    p: OnlineParams,
+    buffers: [&wgpu::Buffer; 9],
+) -> Result<()> {
+    let kernel = Kernel::new("sinkhorn_online.wgsl", "sinkhorn_online");
+    for (start, groups) in ctx.row_dispatches(p.n_self as usize, ONLINE_ROWS) {
+        let params = ctx.uniform_from(&OnlineParams {
+            offset: start as u32,
+            ..p
+        });
+        let mut all = vec![&params];
+        all.extend_from_slice(&buffers);
+        ctx.dispatch(enc, kernel, &all, groups)?;
+    }
+    Ok(())
+}
+
 /// The problem on the device.
 struct Device {
     /// Dense cost, or a placeholder.
     cost: GpuMatrix,
-    /// Source and target points (squared Euclidean), or placeholders.
+    /// Source and target points (squared Euclidean), transposed (d x n, d x m), or placeholders.
     x: GpuMatrix,
     y: GpuMatrix,
     online: bool,
@@ -56,6 +95,7 @@ struct Device {
     g_prev: GpuMatrix,
     resid: GpuMatrix,
     resid_unused: GpuMatrix,
+    aux_unused: GpuMatrix,
 }
 
 fn column(ctx: &GpuContext, v: impl Iterator<Item = f32>) -> Result<GpuMatrix> {
@@ -78,10 +118,11 @@ impl Device {
         let one = || GpuMatrix::zeros(ctx, 1, 1);
         let (cost, x, y, online, d) = match geom {
             Geometry::Dense(c) => (GpuMatrix::upload(ctx, c.view())?, one()?, one()?, false, 0),
+            // transposed (d x n): the kernels read one coordinate of consecutive points together
             Geometry::SqEuclidean(p) => (
                 one()?,
-                GpuMatrix::upload(ctx, p.x)?,
-                GpuMatrix::upload(ctx, p.y)?,
+                GpuMatrix::upload(ctx, p.x.t())?,
+                GpuMatrix::upload(ctx, p.y.t())?,
                 true,
                 p.x.ncols(),
             ),
@@ -104,6 +145,7 @@ impl Device {
             g_prev: GpuMatrix::zeros(ctx, m, 1)?,
             resid: GpuMatrix::zeros(ctx, n, 1)?,
             resid_unused: GpuMatrix::zeros(ctx, 1, 1)?,
+            aux_unused: GpuMatrix::zeros(ctx, 1, 1)?,
         })
     }
 
@@ -117,7 +159,6 @@ impl Device {
         want_resid: bool,
     ) -> Result<()> {
         let kernel = Kernel::new("sinkhorn_update.wgsl", "sinkhorn_update");
-        let geo_flag = u32::from(self.online);
         let tau = |r: Option<f32>| r.map_or(1.0, |r| r / (r + eps));
         // (n_self, n_other, cs_self, cs_other, points, weights, potentials, residuals, rho, resid flag)
         let sides = [
@@ -160,6 +201,31 @@ impl Device {
             want,
         ) in sides
         {
+            if self.online {
+                let p = OnlineParams {
+                    n_self: n_self as u32,
+                    n_other: n_other as u32,
+                    d: self.d as u32,
+                    offset: 0,
+                    flags: (u32::from(want) << 1) | (u32::from(r.is_some()) << 2),
+                    eps,
+                    tau: tau(r),
+                    rho: r.unwrap_or(1.0),
+                };
+                let bufs = [
+                    &ps.buf,
+                    &po.buf,
+                    &w.buf,
+                    &lw_s.buf,
+                    &lw_o.buf,
+                    &pot_o.buf,
+                    &pot_s.buf,
+                    &resid.buf,
+                    &self.aux_unused.buf,
+                ];
+                record_online(ctx, enc, p, bufs)?;
+                continue;
+            }
             for (start, groups) in ctx.row_dispatches(n_self, 1) {
                 let params = ctx.uniform_from(&Params {
                     n_self: n_self as u32,
@@ -168,7 +234,7 @@ impl Device {
                     offset: start as u32,
                     cs_self: cs_self as u32,
                     cs_other: cs_other as u32,
-                    flags: geo_flag | (u32::from(want) << 1) | (u32::from(r.is_some()) << 2),
+                    flags: (u32::from(want) << 1) | (u32::from(r.is_some()) << 2),
                     _pad: 0,
                     eps,
                     tau: tau(r),
@@ -181,8 +247,6 @@ impl Device {
                     &[
                         &params,
                         &self.cost.buf,
-                        &ps.buf,
-                        &po.buf,
                         &w.buf,
                         &lw_s.buf,
                         &lw_o.buf,
@@ -195,6 +259,116 @@ impl Device {
             }
         }
         Ok(())
+    }
+
+    /// The final measuring pass on the device: the plan's row sums, column sums and `<P, C>` from the log
+    /// scalings `(alpha, beta)` (`sinkhorn_measure.wgsl`, once along the rows and once along the columns).
+    fn measure(
+        &self,
+        ctx: &GpuContext,
+        alpha: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) -> Result<Measure<f32>> {
+        const OP: &str = "gpu::sinkhorn (measure)";
+        let kernel = Kernel::new("sinkhorn_measure.wgsl", "sinkhorn_measure");
+        // the potentials' spare copies hold the scalings (the stages are over)
+        self.f_prev.write(ctx, alpha);
+        self.g_prev.write(ctx, beta);
+        let (n, m) = (self.n, self.m);
+        let mass = [GpuMatrix::zeros(ctx, n, 1)?, GpuMatrix::zeros(ctx, m, 1)?];
+        let share = [GpuMatrix::zeros(ctx, n, 1)?, GpuMatrix::zeros(ctx, m, 1)?];
+        let mut enc = ctx.encoder();
+        let sides = [
+            (
+                n,
+                m,
+                (m, 1),
+                (&self.x, &self.y),
+                (&self.f_prev, &self.g_prev),
+            ),
+            (
+                m,
+                n,
+                (1, m),
+                (&self.y, &self.x),
+                (&self.g_prev, &self.f_prev),
+            ),
+        ];
+        let zeros = [GpuMatrix::zeros(ctx, n, 1)?, GpuMatrix::zeros(ctx, m, 1)?];
+        for (side, (n_self, n_other, (cs_self, cs_other), (ps, po), (ss, so))) in
+            sides.into_iter().enumerate()
+        {
+            if self.online {
+                // measure mode: the scalings ride in the potentials' slots, zero log weights
+                let p = OnlineParams {
+                    n_self: n_self as u32,
+                    n_other: n_other as u32,
+                    d: self.d as u32,
+                    offset: 0,
+                    flags: 8,
+                    eps,
+                    tau: 1.0,
+                    rho: 1.0,
+                };
+                let bufs = [
+                    &ps.buf,
+                    &po.buf,
+                    &self.a.buf,
+                    &zeros[side].buf,
+                    &zeros[1 - side].buf,
+                    &so.buf,
+                    &ss.buf,
+                    &mass[side].buf,
+                    &share[side].buf,
+                ];
+                record_online(ctx, &mut enc, p, bufs)?;
+                continue;
+            }
+            for (start, groups) in ctx.row_dispatches(n_self, 1) {
+                let params = ctx.uniform_from(&Params {
+                    n_self: n_self as u32,
+                    n_other: n_other as u32,
+                    d: self.d as u32,
+                    offset: start as u32,
+                    cs_self: cs_self as u32,
+                    cs_other: cs_other as u32,
+                    flags: 0,
+                    _pad: 0,
+                    eps,
+                    tau: 1.0,
+                    rho: 1.0,
+                    _pad1: 0.0,
+                });
+                ctx.dispatch(
+                    &mut enc,
+                    kernel,
+                    &[
+                        &params,
+                        &self.cost.buf,
+                        &ss.buf,
+                        &so.buf,
+                        &mass[side].buf,
+                        &share[side].buf,
+                    ],
+                    groups,
+                )?;
+            }
+        }
+        ctx.submit(OP, enc)?;
+        let rows = mass[0].download(ctx)?.into_raw_vec_and_offset().0;
+        let cols = mass[1].download(ctx)?.into_raw_vec_and_offset().0;
+        let cost = share[0]
+            .download(ctx)?
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum::<f64>();
+        Ok(Measure {
+            rows,
+            cols,
+            cost: cost as f32,
+            plan: None,
+        })
     }
 
     /// One eps stage on the device, warm-started from `(f, g)` and written back to them; the stopping rule,
@@ -315,9 +489,16 @@ pub fn sinkhorn(
     let par = Par::rayon();
     let target = cfg.eps.resolve(geom, par)?;
     let dev = Device::upload(ctx, geom, a, b)?;
-    solve_with(geom, a, b, cfg, target, par, &mut |s, f, g| {
-        dev.stage(ctx, cfg, s.rho, s.eps, s.max_iter, f, g)
-    })
+    solve_with(
+        geom,
+        a,
+        b,
+        cfg,
+        target,
+        par,
+        Some(&mut |al: &[f32], be: &[f32], eps| dev.measure(ctx, al, be, eps)),
+        &mut |s, f, g| dev.stage(ctx, cfg, s.rho, s.eps, s.max_iter, f, g),
+    )
 }
 
 /// [`crate::transport::sinkhorn_batch`] on the GPU: each problem solved in turn on the device by

@@ -223,12 +223,28 @@ impl<'a, F: Real> Geometry<'a, F> {
 
     /// A summary statistic of the cost entries, used to set eps relative to the cost.
     ///
-    /// `Mean` and `Max` are exact. `Median` is exact for dense costs; for point clouds with more than
+    /// `Mean` and `Max` are exact (`Mean` of a point-cloud cost in closed form, from the clouds' means and
+    /// squared norms, in one pass over the points). `Median` is exact for dense costs; for point clouds with more than
     /// 2^20 pairs it is the median of the pairs of every k-th row (a deterministic subsample of about
     /// 2^20 entries), so no `n x m` buffer is allocated.
     pub fn statistic(&self, which: super::EpsScale, par: Par) -> F {
         use super::EpsScale;
         let (n, m) = (self.n(), self.m());
+        // mean_ij |x_i - y_j|^2 = mean |x|^2 + mean |y|^2 - 2 mean(x) . mean(y): one pass over the points
+        // instead of n x m distances (in f64, clamped like the entries themselves)
+        if let (EpsScale::Mean, Geometry::SqEuclidean(pc)) = (which, self) {
+            let f = |v: F| v.to_f64().unwrap_or(0.0);
+            let mean = |v: &Array1<F>| v.iter().map(|&e| f(e)).sum::<f64>() / v.len() as f64;
+            let dot: f64 = (0..pc.x.ncols())
+                .map(|k| {
+                    let sx: f64 = pc.x.column(k).iter().map(|&e| f(e)).sum();
+                    let sy: f64 = pc.y.column(k).iter().map(|&e| f(e)).sum();
+                    sx * sy
+                })
+                .sum();
+            let v = mean(&pc.xn) + mean(&pc.yn) - 2.0 * dot / (n as f64 * m as f64);
+            return F::c(v.max(0.0));
+        }
         match which {
             EpsScale::Mean => {
                 let sums = map_chunks(par, n, |_, r| {

@@ -229,6 +229,10 @@ pub(crate) struct StageArgs<'w, F> {
 pub(crate) type Stage<'s, F> =
     dyn FnMut(&StageArgs<'_, F>, &mut [F], &mut [F]) -> Result<StageResult<F>> + 's;
 
+/// The final measuring pass of [`solve_with`] without the plan: `(alpha, beta, eps)` (log scalings) to the
+/// plan's row sums, column sums and `<P, C>`. `None` in [`solve_with`]: [`measure`] on the host.
+pub(crate) type Measurer<'s, F> = dyn FnMut(&[F], &[F], F) -> Result<Measure<F>> + 's;
+
 #[allow(clippy::too_many_arguments)]
 fn log_stage<F: Real>(
     geom: &Geometry<'_, F>,
@@ -409,7 +413,7 @@ pub(crate) fn solve<F: Real>(
     target: F,
     par: Par,
 ) -> Result<SinkhornOutput<F>> {
-    solve_with(geom, a, b, cfg, target, par, &mut |s, f, g| {
+    solve_with(geom, a, b, cfg, target, par, None, &mut |s, f, g| {
         let (w, rho, eps, iters) = (s.w, s.rho, s.eps, s.max_iter);
         Ok(match cfg.domain {
             super::Domain::Log => log_stage(geom, w, (f, g), eps, rho, cfg, iters, par),
@@ -419,7 +423,8 @@ pub(crate) fn solve<F: Real>(
 }
 
 /// The eps schedule, warm-started stage after stage by `stage`, then the final measurement (row and column
-/// sums, cost, value, errors) on the host.
+/// sums, cost, value, errors): by `measurer` when given and no plan is asked for, else on the host.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn solve_with<F: Real>(
     geom: &Geometry<'_, F>,
     a: ArrayView1<'_, F>,
@@ -427,6 +432,7 @@ pub(crate) fn solve_with<F: Real>(
     cfg: &SinkhornConfig<F>,
     target: F,
     par: Par,
+    measurer: Option<&mut Measurer<'_, F>>,
     stage: &mut Stage<'_, F>,
 ) -> Result<SinkhornOutput<F>> {
     let (a_s, b_s) = (a.to_vec(), b.to_vec());
@@ -452,12 +458,18 @@ pub(crate) fn solve_with<F: Real>(
         }
     }
     let st = last.expect("at least the target stage runs");
-    Ok(finish(geom, &w, f, g, target, rho, cfg, st, total, par))
+    let inv = F::one() / target;
+    let alpha = log_scaling(&f, &w.la, inv);
+    let beta = log_scaling(&g, &w.lb, inv);
+    let ms = match measurer {
+        Some(m) if !cfg.return_plan => m(&alpha, &beta, target)?,
+        _ => measure(geom, &alpha, &beta, target, cfg.return_plan, par),
+    };
+    Ok(finish(&w, f, g, target, rho, cfg, st, total, ms))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish<F: Real>(
-    geom: &Geometry<'_, F>,
     w: &Weights<'_, F>,
     f: Vec<F>,
     g: Vec<F>,
@@ -466,12 +478,8 @@ fn finish<F: Real>(
     cfg: &SinkhornConfig<F>,
     st: StageResult<F>,
     total: usize,
-    par: Par,
+    ms: Measure<F>,
 ) -> SinkhornOutput<F> {
-    let inv = F::one() / eps;
-    let alpha = log_scaling(&f, &w.la, inv);
-    let beta = log_scaling(&g, &w.lb, inv);
-    let ms = measure(geom, &alpha, &beta, eps, cfg.return_plan, par);
     let err_rows = cfg
         .norm
         .apply((0..f.len()).map(|i| ms.rows[i] - marginal_target(w.a[i], f[i], rho.0)));

@@ -1,0 +1,197 @@
+"""PyTorch CUDA on the problems of benches/gpu.rs, for the CPU/GPU/PyTorch-CUDA comparison on a real GPU.
+
+The same formulas as the Rust GPU path, float32 everywhere (TF32 off, PyTorch's default for matmul):
+
+* SpMM and LightGCN (3 layers, mean of the 4 layer outputs) on the Baby user-item graph, d = 64, CSR;
+  LightGCN backward = the same propagation (the normalised graph is symmetric, so A^T = A).
+* InfoNCE at B = 4096, d = 64: normalised rows, tau = 0.2, one way, mean; forward + backward (autograd).
+* Log-domain Sinkhorn, uniform weights, squared Euclidean cost of 64-d standard-normal clouds,
+  eps = 0.01 x mean cost: n = m = 2000 with the cost materialised once (20 iterations), and n = m = 16384
+  (3 iterations) with the cost built inside the timed region (PyTorch has no online cost; the Rust path
+  recomputes it per pass). Each solve ends with the row-marginal error, as the Rust solver's check does.
+* kNN graph: 7050 x 384 features, cosine, k = 20, diagonal excluded, symmetrised union (torch.unique).
+* GATConv 64 -> 8 heads x 8 (PyTorch Geometric) on a 7050-node cosine kNN graph (k = 20, union, self loops),
+  forward + backward of sum(out * G).
+
+Times are medians of CUDA-event intervals after warm-up. Run on the GPU machine:
+    python3 benches/peers/gpu_torch.py [out.json]
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+dev = torch.device(os.environ.get("RECGOAT_TORCH_DEVICE", "cuda"))  # "cpu": a smoke run of this script
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+LAST_WALL = [0.0]
+
+
+def cuda_median_ms(fn, reps=50, warmup=5):
+    """Median of CUDA-event intervals (device time) in ms; the wall-clock median lands in LAST_WALL[0]."""
+    if dev.type != "cuda":
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    # host wall clock to a synchronised device, as the Rust benchmarks time a GPU call (launch overhead in)
+    walls = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        walls.append((time.perf_counter() - t0) * 1e3)
+    LAST_WALL[0] = statistics.median(walls)
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
+
+
+def timed(name, fn, **kw):
+    """out[name_ms]: device time (CUDA events); out[name_wall_ms]: host wall clock to a synchronised device."""
+    out[f"{name}_ms"] = cuda_median_ms(fn, **kw)
+    out[f"{name}_wall_ms"] = LAST_WALL[0]
+
+
+out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}
+g_ = torch.Generator().manual_seed(2026)
+
+# --- SpMM / LightGCN on Baby
+pairs = []
+with open(os.path.join(ROOT, "data", "baby", "train.txt")) as fh:
+    for line in fh:
+        t = [int(v) for v in line.split()]
+        pairs += [(t[0], i) for i in t[1:]]
+pairs = np.unique(np.array(pairs), axis=0)
+users, items = pairs[:, 0].max() + 1, pairs[:, 1].max() + 1
+N = int(users + items)
+r = np.concatenate([pairs[:, 0], pairs[:, 1] + users])
+c = np.concatenate([pairs[:, 1] + users, pairs[:, 0]])
+deg = np.bincount(r, minlength=N).astype(np.float32)
+w = 1.0 / np.sqrt(deg[r] * deg[c])
+A = torch.sparse_coo_tensor(torch.tensor(np.stack([r, c])), torch.tensor(w, dtype=torch.float32), (N, N))
+A = A.coalesce().to_sparse_csr().to(dev)
+E = (torch.randn(N, 64, generator=g_) * 0.1).to(dev)
+out["baby_nodes"], out["baby_nnz"] = N, int(A._nnz())
+
+
+def lightgcn(adj, e, layers=3):
+    acc, cur = e.clone(), e
+    for _ in range(layers):
+        cur = torch.sparse.mm(adj, cur)
+        acc += cur
+    return acc / (layers + 1)
+
+
+timed("spmm", lambda: torch.sparse.mm(A, E), reps=200)
+timed("lightgcn_3_fwd", lambda: lightgcn(A, E), reps=200)
+timed("lightgcn_3_bwd", lambda: lightgcn(A, E), reps=200)
+
+# --- InfoNCE
+B, D, TAU = 4096, 64, 0.2
+v1, v2 = torch.randn(B, D, generator=g_).to(dev), torch.randn(B, D, generator=g_).to(dev)
+target = torch.arange(B, device=dev)
+
+
+def infonce():
+    a, b = v1.clone().requires_grad_(True), v2.clone().requires_grad_(True)
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / TAU
+    loss = F.cross_entropy(logits, target)
+    loss.backward()
+    return loss.item()  # the Rust GPU call reads the loss back too
+
+
+timed("infonce_b4096_fwd_bwd", infonce, reps=100)
+
+
+# --- Sinkhorn (log domain)
+def sinkhorn_log(C, iters):
+    n, m = C.shape
+    eps = 0.01 * C.mean()
+    loga = torch.full((n,), -np.log(n), device=dev)
+    logb = torch.full((m,), -np.log(m), device=dev)
+    f = torch.zeros(n, device=dev)
+    g = torch.zeros(m, device=dev)
+    for _ in range(iters):
+        f = -eps * torch.logsumexp((g[None, :] - C) / eps + logb[None, :], dim=1)
+        g = -eps * torch.logsumexp((f[:, None] - C) / eps + loga[:, None], dim=0)
+    row = torch.exp((f[:, None] + g[None, :] - C) / eps + loga[:, None] + logb[None, :]).sum(1)
+    return (row - loga.exp()).abs().sum().item()
+
+
+def sq_cost(x, y):
+    return ((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T).clamp_min_(0.0)
+
+
+x2, y2 = torch.randn(2000, 64, generator=g_).to(dev), torch.randn(2000, 64, generator=g_).to(dev)
+C2 = sq_cost(x2, y2)
+timed("sinkhorn_dense_2000_20iters", lambda: sinkhorn_log(C2, 20), reps=30)
+x16, y16 = torch.randn(16384, 64, generator=g_).to(dev), torch.randn(16384, 64, generator=g_).to(dev)
+timed("sinkhorn_16384_3iters_cost_built", lambda: sinkhorn_log(sq_cost(x16, y16), 3), reps=10,
+                                                            warmup=2)
+
+
+# --- kNN graph
+def knn_edges(x, k):
+    xn = F.normalize(x, dim=1)
+    s = xn @ xn.T
+    s.fill_diagonal_(-float("inf"))
+    nbr = s.topk(k, dim=1).indices
+    n = x.shape[0]
+    dst = torch.arange(n, device=x.device).repeat_interleave(k)
+    src = nbr.reshape(-1)
+    return torch.unique(torch.cat([torch.stack([dst, src]), torch.stack([src, dst])], dim=1), dim=1)
+
+
+f384 = torch.randn(7050, 384, generator=g_).to(dev)
+timed("knn_7050x384_k20", lambda: knn_edges(f384, 20), reps=30)
+
+# --- GATConv (PyG)
+try:
+    from torch_geometric.nn import GATConv
+
+    n = 7050
+    feats = torch.randn(n, 64, generator=g_).to(dev)
+    e = knn_edges(feats, 20)
+    loops = torch.arange(n, device=dev).repeat(2, 1)
+    e = torch.unique(torch.cat([e, loops], dim=1), dim=1)
+    ei = torch.stack([e[1], e[0]])  # PyG: (source, target)
+    conv = GATConv(64, 8, heads=8, concat=True, add_self_loops=False).to(dev)
+    G = torch.randn(n, 64, generator=g_).to(dev)
+
+    def gat_fwd_bwd():
+        xx = feats.clone().requires_grad_(True)
+        (conv(xx, ei) * G).sum().backward()
+
+    def gat_fwd():
+        with torch.no_grad():
+            conv(feats, ei)
+
+    out["gat_edges"] = int(ei.shape[1])
+    timed("pyg_gat_fwd", gat_fwd, reps=100)
+    timed("pyg_gat_fwd_bwd", gat_fwd_bwd, reps=100)
+except ImportError as err:
+    out["pyg"] = f"not available: {err}"
+
+text = json.dumps(out, indent=1)
+print(text)
+if len(sys.argv) > 1:
+    with open(sys.argv[1], "w") as fh:
+        fh.write(text + "\n")
