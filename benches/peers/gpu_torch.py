@@ -25,11 +25,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import baby_adjacency
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 dev = torch.device(os.environ.get("RECGOAT_TORCH_DEVICE", "cuda"))  # "cpu": a smoke run of this script
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 LAST_WALL = [0.0]
@@ -74,20 +74,8 @@ out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if de
 g_ = torch.Generator().manual_seed(2026)
 
 # --- SpMM / LightGCN on Baby
-pairs = []
-with open(os.path.join(ROOT, "data", "baby", "train.txt")) as fh:
-    for line in fh:
-        t = [int(v) for v in line.split()]
-        pairs += [(t[0], i) for i in t[1:]]
-pairs = np.unique(np.array(pairs), axis=0)
-users, items = pairs[:, 0].max() + 1, pairs[:, 1].max() + 1
-N = int(users + items)
-r = np.concatenate([pairs[:, 0], pairs[:, 1] + users])
-c = np.concatenate([pairs[:, 1] + users, pairs[:, 0]])
-deg = np.bincount(r, minlength=N).astype(np.float32)
-w = 1.0 / np.sqrt(deg[r] * deg[c])
-A = torch.sparse_coo_tensor(torch.tensor(np.stack([r, c])), torch.tensor(w, dtype=torch.float32), (N, N))
-A = A.coalesce().to_sparse_csr().to(dev)
+A = baby_adjacency().to(dev)
+N = A.shape[0]
 E = (torch.randn(N, 64, generator=g_) * 0.1).to(dev)
 out["baby_nodes"], out["baby_nnz"] = N, int(A._nnz())
 

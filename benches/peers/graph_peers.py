@@ -9,7 +9,6 @@ Run: .venv/bin/python benches/peers/graph_peers.py   (requirements.txt beside th
 """
 import json
 import os
-import numpy as np
 import torch
 
 torch.set_num_threads(2)
@@ -19,9 +18,7 @@ from dgl.nn import GATConv as DglGAT  # noqa: E402
 import torch_geometric  # noqa: E402
 from torch_geometric.nn import GATConv as PygGAT  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-from timing import median_time  # noqa: E402
-ROOT = os.path.dirname(os.path.dirname(HERE))
+from timing import baby_adjacency, median_time  # noqa: E402
 
 
 def knn_edges(x, k):
@@ -78,19 +75,8 @@ out["pyg_gat_forward_ms"] = median_time(pyg_fwd) * 1e3
 out["pyg_gat_forward_backward_ms"] = median_time(pyg_fwd_bwd) * 1e3
 
 # LightGCN propagation on the real Baby graph
-pairs = []
-with open(os.path.join(ROOT, "data", "baby", "train.txt")) as fh:
-    for line in fh:
-        t = [int(v) for v in line.split()]
-        pairs += [(t[0], i) for i in t[1:]]
-pairs = np.unique(np.array(pairs), axis=0)
-users, items = pairs[:, 0].max() + 1, pairs[:, 1].max() + 1
-N = users + items
-r = np.concatenate([pairs[:, 0], pairs[:, 1] + users])
-c = np.concatenate([pairs[:, 1] + users, pairs[:, 0]])
-deg = np.bincount(r, minlength=N).astype(np.float32)
-w = 1.0 / np.sqrt(deg[r] * deg[c])
-A = torch.sparse_coo_tensor(torch.tensor(np.stack([r, c])), torch.tensor(w, dtype=torch.float32), (N, N)).coalesce().to_sparse_csr()
+A = baby_adjacency()
+N = A.shape[0]
 E = torch.randn(N, 64, generator=g_) * 0.1
 out["baby_nodes"], out["baby_nnz"] = int(N), int(A._nnz())
 out["torch_sparse_spmm_d64_ms"] = median_time(lambda: torch.sparse.mm(A, E), reps=50) * 1e3

@@ -1,4 +1,5 @@
-"""Timing helper shared by the peer benchmark scripts."""
+"""Helpers shared by the peer benchmark scripts: median timing and the Baby LightGCN graph."""
+import os
 import statistics
 import time
 
@@ -13,3 +14,26 @@ def median_time(fn, reps=20, warmup=3):
         fn()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def baby_adjacency():
+    """The symmetric-normalised Baby user-item graph D^-1/2 A D^-1/2 (unique train pairs) as a CPU
+    torch CSR tensor, as benches/common/mod.rs builds it for the Rust benchmarks."""
+    import numpy as np
+    import torch
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pairs = []
+    with open(os.path.join(root, "data", "baby", "train.txt")) as fh:
+        for line in fh:
+            t = [int(v) for v in line.split()]
+            pairs += [(t[0], i) for i in t[1:]]
+    pairs = np.unique(np.array(pairs), axis=0)
+    users, items = pairs[:, 0].max() + 1, pairs[:, 1].max() + 1
+    n = int(users + items)
+    r = np.concatenate([pairs[:, 0], pairs[:, 1] + users])
+    c = np.concatenate([pairs[:, 1] + users, pairs[:, 0]])
+    deg = np.bincount(r, minlength=n).astype(np.float32)
+    w = 1.0 / np.sqrt(deg[r] * deg[c])
+    a = torch.sparse_coo_tensor(torch.tensor(np.stack([r, c])), torch.tensor(w, dtype=torch.float32), (n, n))
+    return a.coalesce().to_sparse_csr()
