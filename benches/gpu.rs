@@ -236,7 +236,7 @@ fn knn(c: &mut Criterion) {
 }
 
 /// GATConv 64 -> 8 heads x 8 on a 7050-node symmetrised kNN graph with self loops (the graph bench's
-/// problem), evaluation mode, forward and forward + backward.
+/// problem), evaluation mode, forward + backward (with `RECGOAT_GPU_PROFILE=1` each half profiled alone).
 fn gat(c: &mut Criterion) {
     use recgoat_core::attention::{GatConfig, GatLayer, GatParams, Mode};
     use recgoat_core::graph::{knn_graph, KnnConfig};

@@ -32,27 +32,25 @@ torch.backends.cudnn.allow_tf32 = False
 dev = torch.device(os.environ.get("RECGOAT_TORCH_DEVICE", "cuda"))  # "cpu": a smoke run of this script
 
 
-LAST_WALL = [0.0]
-
-
-def cuda_median_ms(fn, reps=50, warmup=5):
-    """Median of CUDA-event intervals (device time) in ms; the wall-clock median lands in LAST_WALL[0]."""
+def medians_ms(fn, reps=50, warmup=5):
+    """(device, wall) medians of `fn()` in ms: CUDA-event intervals, and the host wall clock to a synchronised
+    device (as the Rust benchmarks time a GPU call, launch overhead in). On the CPU (smoke run) one timed
+    call, reported as both."""
     if dev.type != "cuda":
         fn()
         t0 = time.perf_counter()
         fn()
-        return (time.perf_counter() - t0) * 1e3
+        t = (time.perf_counter() - t0) * 1e3
+        return t, t
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    # host wall clock to a synchronised device, as the Rust benchmarks time a GPU call (launch overhead in)
     walls = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize()
         walls.append((time.perf_counter() - t0) * 1e3)
-    LAST_WALL[0] = statistics.median(walls)
     ts = []
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -61,13 +59,12 @@ def cuda_median_ms(fn, reps=50, warmup=5):
         e.record()
         e.synchronize()
         ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+    return statistics.median(ts), statistics.median(walls)
 
 
 def timed(name, fn, **kw):
     """out[name_ms]: device time (CUDA events); out[name_wall_ms]: host wall clock to a synchronised device."""
-    out[f"{name}_ms"] = cuda_median_ms(fn, **kw)
-    out[f"{name}_wall_ms"] = LAST_WALL[0]
+    out[f"{name}_ms"], out[f"{name}_wall_ms"] = medians_ms(fn, **kw)
 
 
 out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}

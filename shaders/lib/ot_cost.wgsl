@@ -7,7 +7,7 @@
 struct Params {
     n_self: u32,
     n_other: u32,
-    d: u32,
+    _pad_d: u32,
     offset: u32,
     cs_self: u32,
     cs_other: u32,

@@ -7,7 +7,7 @@ use super::matrix::same_shape;
 use super::{GpuContext, GpuMatrix};
 use crate::error::{Error, Result};
 
-/// Output tile edge of `gemm.wgsl` (its `T`).
+/// Output tile edge of `gemm.wgsl` (its `TM`).
 const TILE: usize = 64;
 
 #[repr(C)]

@@ -35,7 +35,8 @@ impl Profiler {
         }
     }
 
-    /// Timestamp writes for one pass of `kernel`; call [`Profiler::after_pass`] once the pass has ended.
+    /// A two-timestamp query set for one compute pass; [`Profiler::after_pass`] records its read-back once
+    /// the pass has ended.
     pub(crate) fn query_set(&self, device: &wgpu::Device) -> wgpu::QuerySet {
         device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("kernel timestamps"),

@@ -24,7 +24,7 @@ use ndarray::{Array2, ArrayView1};
 struct Params {
     n_self: u32,
     n_other: u32,
-    d: u32,
+    _pad_d: u32,
     offset: u32,
     cs_self: u32,
     cs_other: u32,
@@ -230,7 +230,7 @@ impl Device {
                 let params = ctx.uniform_from(&Params {
                     n_self: n_self as u32,
                     n_other: n_other as u32,
-                    d: self.d as u32,
+                    _pad_d: 0,
                     offset: start as u32,
                     cs_self: cs_self as u32,
                     cs_other: cs_other as u32,
@@ -329,7 +329,7 @@ impl Device {
                 let params = ctx.uniform_from(&Params {
                     n_self: n_self as u32,
                     n_other: n_other as u32,
-                    d: self.d as u32,
+                    _pad_d: 0,
                     offset: start as u32,
                     cs_self: cs_self as u32,
                     cs_other: cs_other as u32,

@@ -224,9 +224,9 @@ impl<'a, F: Real> Geometry<'a, F> {
     /// A summary statistic of the cost entries, used to set eps relative to the cost.
     ///
     /// `Mean` and `Max` are exact (`Mean` of a point-cloud cost in closed form, from the clouds' means and
-    /// squared norms, in one pass over the points). `Median` is exact for dense costs; for point clouds with more than
-    /// 2^20 pairs it is the median of the pairs of every k-th row (a deterministic subsample of about
-    /// 2^20 entries), so no `n x m` buffer is allocated.
+    /// squared norms, in one pass over the points). `Median` is exact for dense costs; for point clouds with
+    /// more than 2^20 pairs it is the median of the pairs of every k-th row (a deterministic subsample of
+    /// about 2^20 entries), so no `n x m` buffer is allocated.
     pub fn statistic(&self, which: super::EpsScale, par: Par) -> F {
         use super::EpsScale;
         let (n, m) = (self.n(), self.m());
