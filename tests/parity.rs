@@ -495,10 +495,16 @@ mod graphs {
                 .unwrap();
             let want = reference_forward(&cfg, &params, &g.with_self_loops().unwrap(), &x);
             Tolerance::F64_EXACT.assert_close(name, &out.view(), &want.view());
-            assert_eq!(
-                cache.attention().len(),
-                g.with_self_loops().unwrap().nnz() * cfg.heads
-            );
+            let looped = g.with_self_loops().unwrap();
+            let att = layer.attention(&g, &cache).unwrap();
+            assert_eq!(att.len(), looped.nnz() * cfg.heads);
+            // every node's attention sums to 1 per head
+            for i in 0..looped.n_rows() {
+                for h in 0..cfg.heads {
+                    let s: f64 = looped.row_range(i).map(|e| att[e * cfg.heads + h]).sum();
+                    assert!((s - 1.0).abs() < 1e-12, "{name}: node {i} head {h}: {s}");
+                }
+            }
         }
     }
 

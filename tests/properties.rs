@@ -265,7 +265,7 @@ mod graphs {
             let x: Array2<f64> = randn(&mut rng(seed + 1), (n, 3));
             let (_, cache) = layer.forward(&p, &g, x.view(), Mode::Eval, Par::Seq).unwrap();
             let looped = g.with_self_loops().unwrap();
-            let a = cache.attention();
+            let a = layer.attention(&g, &cache).unwrap();
             for i in 0..n {
                 for h in 0..2 {
                     let s: f64 = looped.row_range(i).map(|e| a[e * 2 + h]).sum();

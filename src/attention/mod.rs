@@ -14,15 +14,25 @@
 //! ```
 //!
 //! # Memory
-//! GATConv scores are node-level (`el = g a_src`, `er = g a_dst`: N x H); only the softmax is edge-level
-//! (E x H). No E x H x C intermediate exists, forward or backward. GATv2 needs the per-edge C-vectors
-//! `g_j^h + g_i^h`; they are recomputed where used (twice in backward) instead of stored, so GATv2 also
-//! holds only E x H per-edge values, at about twice the scoring flops.
+//! GATConv scores are node-level (`el = g a_src`, `er = g a_dst`: N x H), and GATConv keeps no edge-level
+//! array at all: the forward pass stores, per node, the softmax shift and normaliser of each head and the
+//! aggregated messages (N x (2H + H C)), from which any edge's attention is recomputed exactly
+//! ([`GatLayer::attention`], and the backward pass). No E x H x C intermediate exists, forward or backward.
+//! GATv2 keeps its attention (E x H) and, in backward, one E x H buffer of logit gradients; it needs the
+//! per-edge C-vectors `g_j^h + g_i^h`, which are recomputed where used (twice in backward) instead of stored,
+//! at about twice the scoring flops.
 //!
 //! # Backward without atomics
-//! A destination-major pass over the CSR computes the softmax and LeakyReLU backward (one E x H buffer);
-//! a source-major pass over the cached transposed CSR ([`crate::graph::CsrGraph::transposed`], which
-//! carries edge ids) accumulates the message and source-score gradients of each node in one place.
+//! GATConv: one source-major pass over the cached transposed CSR ([`crate::graph::CsrGraph::transposed`],
+//! which carries edge ids). For each edge `j -> i` it recomputes the attention from `i`'s node record and
+//! `dalpha = <dacc_i, g_j>` per head; `sum_k alpha_ik dalpha_ik` is node-level (`<dacc_i, acc_i>` per head).
+//! Each node's message and source-score gradients are accumulated in one place; the destination-score
+//! gradients (`N x H`) are scattered into one buffer per work chunk, summed in chunk order afterwards.
+//! GATv2: a destination-major pass over the CSR computes the softmax and LeakyReLU backward, then a
+//! source-major pass over the transposed CSR accumulates the message and source-side gradients.
+//!
+//! With 8 heads of width 8 (the RecGOAT setting) GATConv runs on kernels that keep the features
+//! head-minor, so that every per-head quantity is one 8-lane vector (see `attention/cpu/lanes.rs`).
 
 pub(crate) mod cpu;
 
@@ -283,16 +293,13 @@ pub struct GatCache<F> {
     g: Array2<F>,
     el: Array2<F>,
     er: Array2<F>,
+    /// GATv2: the attention (E x H, edge-major); empty for GATConv, whose attention is recomputed from `el`,
+    /// `er` and `soft` where needed.
     alpha: Vec<F>,
+    /// GATConv: per node, the softmax shift (max logit) and normaliser (1 / sum of exps) of each head and
+    /// the aggregated messages (`N x (2H + H C)`); empty for GATv2.
+    soft: Vec<F>,
     attn_mask: Option<Vec<F>>,
-}
-
-impl<F: Real> GatCache<F> {
-    /// Attention coefficients (before attention dropout), edge-major: `alpha[e * H + h]`, for the edges of
-    /// the graph the layer attended over (with the added self loops, if any).
-    pub fn attention(&self) -> &[F] {
-        &self.alpha
-    }
 }
 
 /// Gradients from [`GatLayer::backward`].
@@ -327,7 +334,7 @@ pub struct GatGrads<F> {
 /// let (out, cache) = layer.forward(&params, &g, x.view(), Mode::Eval, Par::Seq).unwrap();
 /// assert_eq!(out.dim(), (3, 4));
 /// // each node attends over 3 edges (2 neighbours + itself) per head, and the weights sum to 1
-/// let a = cache.attention();
+/// let a = layer.attention(&g, &cache).unwrap();
 /// assert_eq!(a.len(), 9 * 2);
 /// assert!((a[0] + a[2] + a[4] - 1.0).abs() < 1e-12);
 /// let grads = layer.backward(&params, &g, &cache, out.view(), Par::Seq).unwrap();
@@ -453,6 +460,30 @@ impl<F: Real> GatLayer<F> {
         }
         check_finite_array(OP, "grad_out", &grad_out)?;
         Ok(cpu::backward(&self.cfg, params, g, cache, grad_out, par))
+    }
+
+    /// The attention coefficients of a forward pass (before attention dropout), edge-major:
+    /// `alpha[e * H + h]`, for the edges of the graph the layer attended over (`graph` with the added self
+    /// loops, if the layer added them).
+    ///
+    /// GATConv keeps no E x H array in its cache: the coefficients are recomputed here, in `O(E H)`, from
+    /// the node scores and per-node softmax statistics it does keep (exactly as the forward pass computed
+    /// them). GATv2 returns a copy of its stored coefficients.
+    ///
+    /// # Errors
+    /// [`Error::Graph`] when `graph` is not the graph of the forward pass.
+    pub fn attention(&self, graph: &CsrGraph<F>, cache: &GatCache<F>) -> Result<Vec<F>> {
+        if graph.structure_fingerprint() != cache.fingerprint {
+            return Err(Error::Graph {
+                op: "GatLayer::attention",
+                reason: "not the graph of the forward pass (structure differs)".into(),
+            });
+        }
+        let g = cache.looped.as_ref().unwrap_or(graph);
+        Ok(match self.cfg.scoring {
+            Scoring::GatV2 => cache.alpha.clone(),
+            Scoring::GatConv => cpu::attention(&self.cfg, g, cache),
+        })
     }
 }
 

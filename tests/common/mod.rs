@@ -84,6 +84,15 @@ pub fn gat_variants() -> Vec<(&'static str, GatConfig<f64>)> {
             },
         ),
         (
+            "8 heads x 8 mean, residual, slope 0.5",
+            GatConfig {
+                concat: false,
+                residual: true,
+                negative_slope: 0.5,
+                ..h8c8
+            },
+        ),
+        (
             "8 heads x 8 gatv2 mean",
             GatConfig {
                 scoring: Scoring::GatV2,
