@@ -14,6 +14,7 @@ use crate::graph::CsrGraph;
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, Axis};
 use rand::{Rng, SeedableRng};
+use std::borrow::Cow;
 
 mod lanes;
 
@@ -471,12 +472,13 @@ pub(super) fn backward<F: Real>(
     let v2 = cfg.scoring == Scoring::GatV2;
 
     let mut dg = Array2::<F>::zeros((n, hc));
-    if lanes::applies(cfg) {
+    let lanes = lanes::applies(cfg);
+    let (grad_a_src, grad_a_dst) = if lanes {
         // head-minor throughout (see `lanes`): dacc enters it, dg and W's gradient come back through W_P
         let das_t = lanes::swapped(&dacc);
         let a_src_t = lanes::permuted(&p.a_src);
         let a_dst_t = lanes::permuted(p.a_dst.as_ref().expect("GATConv has a_dst"));
-        let (grad_a_src, grad_a_dst) = lanes::backward(
+        let (ga_src, ga_dst) = lanes::backward(
             &ctx,
             das_t.as_slice().expect("fresh"),
             &cache.soft,
@@ -485,28 +487,20 @@ pub(super) fn backward<F: Real>(
             &mut dg,
             par,
         );
-        let grad_w = lanes::swapped(&par_t_dot(par, &cache.x_drop.view(), &dg.view()));
-        dxd += &par_dot(par, &dg.view(), &lanes::permuted(&p.w).t());
-        return GatGrads {
-            grad_x: match &cache.feat_mask {
-                Some(m) => dxd * m,
-                None => dxd,
-            },
-            grad_w,
-            grad_a_src,
-            grad_a_dst: Some(grad_a_dst),
-            grad_bias,
-            grad_w_res,
-        };
-    }
-    let (grad_a_src, grad_a_dst) = if v2 {
+        (ga_src, Some(ga_dst))
+    } else if v2 {
         backward_v2(&ctx, das, alpha, &mut dg, par)
     } else {
         let a_dst = p.a_dst.as_ref().expect("GATConv has a_dst");
         backward_conv(&ctx, das, &cache.soft, a_dst, &mut dg, par)
     };
     let grad_w = par_t_dot(par, &cache.x_drop.view(), &dg.view());
-    dxd += &par_dot(par, &dg.view(), &p.w.t());
+    let (grad_w, w) = if lanes {
+        (lanes::swapped(&grad_w), Cow::Owned(lanes::permuted(&p.w)))
+    } else {
+        (grad_w, Cow::Borrowed(&p.w))
+    };
+    dxd += &par_dot(par, &dg.view(), &w.t());
     let grad_x = match &cache.feat_mask {
         Some(m) => dxd * m,
         None => dxd,
@@ -542,10 +536,8 @@ fn backward_conv<F: Real>(
     dg: &mut Array2<F>,
     par: Par,
 ) -> (Array2<F>, Option<Array2<F>>) {
-    let graph = ctx.graph;
+    let (graph, (hn, c, hc)) = (ctx.graph, ctx.dims::<0, 0>());
     let n = graph.n_rows();
-    let (hn, c) = (ctx.cfg.heads, ctx.cfg.head_dim);
-    let hc = hn * c;
     // the node records
     let sw = SOFT_FIELDS * hn + hc;
     let nw = NODE_FIELDS * hn;
@@ -564,22 +556,11 @@ fn backward_conv<F: Real>(
     });
 
     let tr = graph.transposed();
-    // work-balanced chunks, two per thread: each holds an N x H scatter buffer
-    let tg = &tr.graph;
-    let chunks = match par {
-        Par::Seq => Par::Seq,
-        Par::Rayon(_) => Par::Rayon(2 * par.chunks()),
-    };
-    let bounds = chunk_bounds_by_work(chunks, |r| tg.indptr()[r] + r, n);
-    let dg_parts = split_lengths(
-        dg.as_slice_mut().expect("fresh"),
-        bounds.iter().map(|r| r.len() * hc),
-    );
-    let mut ga_src_parts = vec![vec![F::zero(); hc]; bounds.len()];
-    let mut der_parts = vec![vec![F::zero(); n * hn]; bounds.len()];
-    let items: Vec<_> = bounds
+    let chunks = scatter_chunks(&tr.graph, dg.as_slice_mut().expect("fresh"), hc, par);
+    let mut ga_src_parts = vec![vec![F::zero(); hc]; chunks.len()];
+    let mut der_parts = vec![vec![F::zero(); n * hn]; chunks.len()];
+    let items: Vec<_> = chunks
         .into_iter()
-        .zip(dg_parts)
         .zip(ga_src_parts.iter_mut().zip(der_parts.iter_mut()))
         .map(|((rows, dg), (ga_src, der))| (rows, ConvOut { dg, ga_src, der }))
         .collect();
@@ -593,11 +574,7 @@ fn backward_conv<F: Real>(
     });
 
     // dL/der_i complete: its terms of dL/dg_i and dL/da_dst
-    let mut parts = der_parts.into_iter();
-    let mut der = parts.next().unwrap_or_default();
-    for part in parts {
-        F::axpy(F::one(), &part, &mut der);
-    }
+    let der = sum_parts(&der_parts);
     let a_dst: Vec<F> = a_dst.iter().copied().collect();
     let mut derx = vec![F::zero(); hc];
     let mut ga_dst = vec![F::zero(); hc];
@@ -615,14 +592,37 @@ fn backward_conv<F: Real>(
             ga_dst[q] += derx[q] * gi[q];
         }
     }
-    let mut ga_src = vec![F::zero(); hc];
-    for part in &ga_src_parts {
-        F::axpy(F::one(), part, &mut ga_src);
-    }
     (
-        Array2::from_shape_vec((hn, c), ga_src).expect("sized"),
+        Array2::from_shape_vec((hn, c), sum_parts(&ga_src_parts)).expect("sized"),
         Some(Array2::from_shape_vec((hn, c), ga_dst).expect("sized")),
     )
+}
+
+/// The chunks of GATConv's scatter pass: work-balanced rows of the transposed graph `tg`, two per thread
+/// (each chunk holds an `N x H` scatter buffer, so fewer and larger chunks than the other passes), each with
+/// its rows of `dg` (`width` values per row).
+fn scatter_chunks<'a, F: Real>(
+    tg: &CsrGraph<F>,
+    dg: &'a mut [F],
+    width: usize,
+    par: Par,
+) -> Vec<(std::ops::Range<usize>, &'a mut [F])> {
+    let chunks = match par {
+        Par::Seq => Par::Seq,
+        Par::Rayon(_) => Par::Rayon(2 * par.chunks()),
+    };
+    let bounds = chunk_bounds_by_work(chunks, |r| tg.indptr()[r] + r, tg.n_rows());
+    let parts = split_lengths(dg, bounds.iter().map(|r| r.len() * width));
+    bounds.into_iter().zip(parts).collect()
+}
+
+/// The sum of per-chunk partial vectors, in chunk order (so the result does not depend on scheduling).
+fn sum_parts<F: Real>(parts: &[Vec<F>]) -> Vec<F> {
+    let mut out = parts.first().cloned().unwrap_or_default();
+    for part in parts.iter().skip(1) {
+        F::axpy(F::one(), part, &mut out);
+    }
+    out
 }
 
 /// GATConv's per-node record for the backward pass, `NODE_FIELDS x H` values: `er`, the softmax shift, the
@@ -787,10 +787,8 @@ fn backward_v2<F: Real>(
     dg: &mut Array2<F>,
     par: Par,
 ) -> (Array2<F>, Option<Array2<F>>) {
-    let graph = ctx.graph;
+    let (graph, (hn, c, hc)) = (ctx.graph, ctx.dims::<0, 0>());
     let n = graph.n_rows();
-    let (hn, c) = (ctx.cfg.heads, ctx.cfg.head_dim);
-    let hc = hn * c;
     let ip = graph.indptr();
     let mut dlogit = vec![F::zero(); graph.nnz() * hn];
     let mut dg_dest = Array2::<F>::zeros((n, hc));
@@ -827,11 +825,10 @@ fn backward_v2<F: Real>(
         source_rows_v2_dispatch(ctx, tr_ref, das, alpha, dlogit, rows, dg_c)
     });
     *dg += &dg_dest;
-    let mut da = vec![F::zero(); hc];
-    for part in &da_parts {
-        F::axpy(F::one(), part, &mut da);
-    }
-    (Array2::from_shape_vec((hn, c), da).expect("sized"), None)
+    (
+        Array2::from_shape_vec((hn, c), sum_parts(&da_parts)).expect("sized"),
+        None,
+    )
 }
 
 /// GATv2 pass 1's outputs for one chunk of destination rows.

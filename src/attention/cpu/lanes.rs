@@ -14,9 +14,10 @@
 //! kernels in the parent module; the tests run both on the same problems.
 
 use super::{
-    leaky, leaky_grad, prefetch, split_lengths, Ctx, Par, Real, NODE_FIELDS, PREFETCH, SOFT_FIELDS,
+    leaky, leaky_grad, prefetch, scatter_chunks, sum_parts, Ctx, Par, Real, NODE_FIELDS, PREFETCH,
+    SOFT_FIELDS,
 };
-use crate::backend::{chunk_bounds_by_work, for_row_chunks, run_each};
+use crate::backend::{for_row_chunks, run_each};
 use crate::simd::avx2_dispatch;
 use ndarray::Array2;
 
@@ -238,21 +239,11 @@ pub(super) fn backward<F: Real>(
     });
 
     let tr = graph.transposed();
-    let tg = &tr.graph;
-    let chunks = match par {
-        Par::Seq => Par::Seq,
-        Par::Rayon(_) => Par::Rayon(2 * par.chunks()),
-    };
-    let bounds = chunk_bounds_by_work(chunks, |r| tg.indptr()[r] + r, n);
-    let dg_parts = split_lengths(
-        dg_t.as_slice_mut().expect("fresh"),
-        bounds.iter().map(|r| r.len() * W),
-    );
-    let mut ga_parts = vec![vec![F::zero(); W]; bounds.len()];
-    let mut der_parts = vec![vec![F::zero(); n * L]; bounds.len()];
-    let items: Vec<_> = bounds
+    let chunks = scatter_chunks(&tr.graph, dg_t.as_slice_mut().expect("fresh"), W, par);
+    let mut ga_parts = vec![vec![F::zero(); W]; chunks.len()];
+    let mut der_parts = vec![vec![F::zero(); n * L]; chunks.len()];
+    let items: Vec<_> = chunks
         .into_iter()
-        .zip(dg_parts)
         .zip(ga_parts.iter_mut().zip(der_parts.iter_mut()))
         .collect();
     let node = &node[..];
@@ -260,11 +251,7 @@ pub(super) fn backward<F: Real>(
         source_rows_dispatch(ctx, tr, das, node, a_src_t, rows, dg_c, ga_c, der_c)
     });
 
-    let mut parts = der_parts.into_iter();
-    let mut der = parts.next().unwrap_or_default();
-    for part in parts {
-        F::axpy(F::one(), &part, &mut der);
-    }
+    let der = sum_parts(&der_parts);
     // dL/der_i complete: its terms of dL/dg_i and dL/da_dst
     let mut ga_dst = [[F::zero(); L]; L];
     for ((dgi, der_i), gi) in dg_t
@@ -281,10 +268,7 @@ pub(super) fn backward<F: Real>(
             }
         }
     }
-    let mut ga_src_t = vec![F::zero(); W];
-    for part in &ga_parts {
-        F::axpy(F::one(), part, &mut ga_src_t);
-    }
+    let ga_src_t = sum_parts(&ga_parts);
     let ga_dst_t: Vec<F> = ga_dst.iter().flatten().copied().collect();
     let head_major = |t: &[F]| {
         let mut out = Array2::<F>::zeros((L, L));
