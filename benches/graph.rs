@@ -151,6 +151,54 @@ fn lightgcn(c: &mut Criterion) {
         },
     );
     g.finish();
+    interleaved_ratio(&adj, e0.view(), flat, reps);
+}
+
+/// SpMM time over floor time, each pair measured back to back (2 threads), so that the machine's slow
+/// phases hit both sides of a ratio alike: on a shared, noisy VM this ratio is steadier than a ratio of two
+/// separately measured medians.
+fn interleaved_ratio(
+    adj: &CsrGraph<f32>,
+    e0: ndarray::ArrayView2<'_, f32>,
+    flat: &[f32],
+    reps: usize,
+) {
+    use std::time::Instant;
+    let mut y = Array2::<f32>::zeros(e0.dim());
+    let par = Par::rayon();
+    let floor = || {
+        let (p, q) = flat.split_at(flat.len() / 2);
+        let (x, y) = rayon::join(|| stream(black_box(p), reps), || stream(black_box(q), reps));
+        black_box(x + y);
+    };
+    let pairs = if quick() { 20 } else { 400 };
+    let (mut ratios, mut spmm_t, mut floor_t) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..pairs + 20 {
+        let t0 = Instant::now();
+        spmm_into(adj, e0, y.view_mut(), par).unwrap();
+        let t1 = Instant::now();
+        floor();
+        let t2 = Instant::now();
+        if k >= 20 {
+            let (s, f) = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64());
+            ratios.push(s / f);
+            spmm_t.push(s);
+            floor_t.push(f);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    eprintln!(
+        "spmm_into d64 vs floor, {pairs} interleaved pairs on 2 threads: spmm median {:.3} ms, floor median {:.3} ms, \
+         ratio median {:.2}x (quartiles {:.2}x..{:.2}x)",
+        median(&mut spmm_t) * 1e3,
+        median(&mut floor_t) * 1e3,
+        median(&mut ratios),
+        ratios[ratios.len() / 4],
+        ratios[3 * ratios.len() / 4],
+    );
 }
 
 criterion_group!(benches, gat, lightgcn);

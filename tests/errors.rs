@@ -282,12 +282,20 @@ mod graphs {
             spmm(&g, Array2::<f32>::zeros((4, 2)).view(), Par::Seq).unwrap_err(),
             Error::Shape { .. }
         ));
-        let mut x = Array2::<f32>::zeros((3, 2));
-        x[[1, 1]] = f32::INFINITY;
-        assert!(matches!(
-            spmm(&g, x.view(), Par::Seq).unwrap_err(),
-            Error::NonFinite { index: 3, .. }
-        ));
+        // the parallel check splits x over chunks: a bad value in any of them, with its flat index
+        for par in [Par::Seq, Par::Rayon(2), Par::Rayon(3)] {
+            for (at, index) in [([0, 0], 0), ([1, 1], 3), ([2, 1], 5)] {
+                let mut x = Array2::<f32>::zeros((3, 2));
+                x[at] = f32::INFINITY;
+                assert!(matches!(
+                    spmm(&g, x.view(), par).unwrap_err(),
+                    Error::NonFinite { index: i, .. } if i == index
+                ));
+                x[at] = f32::NAN;
+                let e = lightgcn_forward(&g, x.view(), 2, par).unwrap_err();
+                assert!(matches!(e, Error::NonFinite { index: i, .. } if i == index));
+            }
+        }
         assert!(msg(lightgcn_forward(
             &g,
             Array2::<f32>::zeros((3, 2)).view(),

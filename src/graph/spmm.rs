@@ -2,7 +2,7 @@
 
 use super::CsrGraph;
 use crate::backend::{run_each, split_lengths, Par};
-use crate::error::{check_finite_array, Error, Result};
+use crate::error::{check_finite_array_par, Error, Result};
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
@@ -11,6 +11,7 @@ fn check_input<F: Real>(
     what: &str,
     rows_expected: usize,
     x: ArrayView2<'_, F>,
+    par: Par,
 ) -> Result<()> {
     if x.nrows() != rows_expected {
         return Err(Error::shape(
@@ -20,7 +21,7 @@ fn check_input<F: Real>(
             x.nrows(),
         ));
     }
-    check_finite_array(op, what, &x)
+    check_finite_array_par(op, what, &x, par)
 }
 
 /// Feature columns per register tile of [`spmm_rows`] (eight AVX registers of f32).
@@ -154,7 +155,7 @@ pub fn spmm_into<F: Real>(
     par: Par,
 ) -> Result<()> {
     const OP: &str = "spmm_into";
-    check_input(OP, "x", a.n_cols(), x)?;
+    check_input(OP, "x", a.n_cols(), x, par)?;
     if y.dim() != (a.n_rows(), x.ncols()) {
         return Err(Error::shape(
             OP,
@@ -191,7 +192,7 @@ pub fn spmm_into<F: Real>(
 /// assert_eq!(y, array![[21.0], [30.0]]);
 /// ```
 pub fn spmm<F: Real>(a: &CsrGraph<F>, x: ArrayView2<'_, F>, par: Par) -> Result<Array2<F>> {
-    check_input("spmm", "x", a.n_cols(), x)?;
+    check_input("spmm", "x", a.n_cols(), x, par)?;
     Ok(spmm_unchecked(a, x, par))
 }
 
@@ -204,7 +205,7 @@ pub fn spmm_backward<F: Real>(
     grad_y: ArrayView2<'_, F>,
     par: Par,
 ) -> Result<Array2<F>> {
-    check_input("spmm_backward", "grad_y", a.n_rows(), grad_y)?;
+    check_input("spmm_backward", "grad_y", a.n_rows(), grad_y, par)?;
     Ok(spmm_unchecked(&a.transposed().graph, grad_y, par))
 }
 
@@ -376,7 +377,7 @@ fn propagate_checked<F: Real>(
         Side::Forward => (a, "e0", a.n_cols()),
         Side::Backward => (&a.transposed().graph, "grad_out", a.n_rows()),
     };
-    check_input(op, what, rows, x)?;
+    check_input(op, what, rows, x, par)?;
     if out.dim() != x.dim() {
         return Err(Error::shape(op, "out", x.dim(), out.dim()));
     }
