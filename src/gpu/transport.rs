@@ -36,6 +36,27 @@ struct Params {
     _pad1: f32,
 }
 
+impl Params {
+    /// A dense-kernel pass over `n_self` rows against `n_other` columns (row strides `cs_self` /
+    /// `cs_other` of the cost), from row 0, no flags, unit `tau` and `rho`, zero padding.
+    fn dense(n_self: usize, n_other: usize, cs_self: usize, cs_other: usize, eps: f32) -> Self {
+        Params {
+            n_self: n_self as u32,
+            n_other: n_other as u32,
+            _pad_d: 0,
+            offset: 0,
+            cs_self: cs_self as u32,
+            cs_other: cs_other as u32,
+            flags: 0,
+            _pad: 0,
+            eps,
+            tau: 1.0,
+            rho: 1.0,
+            _pad1: 0.0,
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct OnlineParams {
@@ -228,18 +249,11 @@ impl Device {
             }
             for (start, groups) in ctx.row_dispatches(n_self, 1) {
                 let params = ctx.uniform_from(&Params {
-                    n_self: n_self as u32,
-                    n_other: n_other as u32,
-                    _pad_d: 0,
                     offset: start as u32,
-                    cs_self: cs_self as u32,
-                    cs_other: cs_other as u32,
                     flags: (u32::from(want) << 1) | (u32::from(r.is_some()) << 2),
-                    _pad: 0,
-                    eps,
                     tau: tau(r),
                     rho: r.unwrap_or(1.0),
-                    _pad1: 0.0,
+                    ..Params::dense(n_self, n_other, cs_self, cs_other, eps)
                 });
                 ctx.dispatch(
                     enc,
@@ -327,18 +341,8 @@ impl Device {
             }
             for (start, groups) in ctx.row_dispatches(n_self, 1) {
                 let params = ctx.uniform_from(&Params {
-                    n_self: n_self as u32,
-                    n_other: n_other as u32,
-                    _pad_d: 0,
                     offset: start as u32,
-                    cs_self: cs_self as u32,
-                    cs_other: cs_other as u32,
-                    flags: 0,
-                    _pad: 0,
-                    eps,
-                    tau: 1.0,
-                    rho: 1.0,
-                    _pad1: 0.0,
+                    ..Params::dense(n_self, n_other, cs_self, cs_other, eps)
                 });
                 ctx.dispatch(
                     &mut enc,
