@@ -1,11 +1,11 @@
+// requires: lib/ot_potential.wgsl
 // Log-domain Sinkhorn passes over the online squared Euclidean cost, tiled like a matrix product: a
 // workgroup of 16 x 16 invocations owns 64 "self" points (rows ty + 16 i of its tile) and walks all "other"
 // points 64 at a time (columns tx + 16 j). For each 64 x 64 block the distances
 // C(s, o) = sum_k (x_sk - y_ok)^2 are built from 16-coordinate slices staged in workgroup memory, so every
 // coordinate loaded is used 64 times, then folded into per-row accumulators:
 //   update mode:  lse_s = logsumexp_o (pot_other_o / eps + lw_other_o - C(s, o) / eps)  (running max + sum)
-//                 then, as sinkhorn_update.wgsl, log r_s = pot_self_s / eps + lw_self_s + lse_s,
-//                 resid_s = r_s - goal_s (when asked), pot_self_s <- tau (pot_self_s - eps (log r_s - lw_self_s))
+//                 then the potential update of lib/ot_potential.wgsl, as in sinkhorn_update.wgsl
 //   measure mode: with P(s, o) = exp(pot_self_s + lw_self_s + pot_other_o + lw_other_o - C(s, o) / eps)
 //                 (pot_* hold the log scalings, lw_* zeros), resid_s = sum_o P(s, o) and
 //                 aux_s = sum_o P(s, o) C(s, o).
@@ -191,17 +191,7 @@ fn sinkhorn_online(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
                 resid[s] = tot.x;
                 aux[s] = tot.y;
             } else {
-                let lse = tot.x + log(tot.y);
-                let old = pot_self[s];
-                let log_r = old * inv + lw_self[s] + lse;
-                if ((p.flags & 2u) != 0u) {
-                    var goal = w_self[s];
-                    if ((p.flags & 4u) != 0u) {
-                        goal = w_self[s] * exp(-old / p.rho);
-                    }
-                    resid[s] = exp(log_r) - goal;
-                }
-                pot_self[s] = p.tau * (old - p.eps * (log_r - lw_self[s]));
+                finish_potential(s, tot.x + log(tot.y), p.flags, p.eps, p.tau, p.rho);
             }
         }
     }

@@ -1,11 +1,13 @@
 // requires: lib/ot_cost.wgsl
+// requires: lib/ot_potential.wgsl
 // One side of a log-domain Sinkhorn iteration with absorbed potentials. For every "self" index s (a row for
 // the f-update, a column for the g-update) against all "other" indices o:
 //   lse_s   = logsumexp_o (pot_other_o / eps + log w_other_o - C(s, o) / eps)
 //   log r_s = pot_self_s / eps + log w_self_s + lse_s          (log of the plan's sum along s)
 //   resid_s = exp(log r_s) - goal_s,  goal_s = w_self_s (balanced) or w_self_s exp(-pot_self_s / rho)
 //   pot_self_s <- tau (pot_self_s - eps (log r_s - log w_self_s))
-// The dense cost C comes from lib/ot_cost.wgsl. One workgroup per index; the
+// The dense cost C comes from lib/ot_cost.wgsl, the last three lines from lib/ot_potential.wgsl. One
+// workgroup per index; the
 // log-sum-exp is kept online per invocation (running max and sum) and merged by a tree reduction in
 // workgroup memory, a barrier at every level.
 
@@ -51,16 +53,6 @@ fn sinkhorn_update(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
         workgroupBarrier();
     }
     if (live && lid.x == 0u) {
-        let lse = pmax[0] + log(psum[0]);
-        let old = pot_self[s];
-        let log_r = old * inv + lw_self[s] + lse;
-        if ((p.flags & 2u) != 0u) {
-            var goal = w_self[s];
-            if ((p.flags & 4u) != 0u) {
-                goal = w_self[s] * exp(-old / p.rho);
-            }
-            resid[s] = exp(log_r) - goal;
-        }
-        pot_self[s] = p.tau * (old - p.eps * (log_r - lw_self[s]));
+        finish_potential(s, pmax[0] + log(psum[0]), p.flags, p.eps, p.tau, p.rho);
     }
 }

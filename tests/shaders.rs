@@ -22,23 +22,20 @@ fn validate(name: &str, source: &str) {
     assert!(!module.entry_points.is_empty(), "{name}: no entry point");
 }
 
-/// The file as the crate compiles it: a first line `// requires: lib/<name>.wgsl` puts that library file in
-/// front (the rule of `recgoat_core::gpu::SHADERS`).
+/// The file as the crate compiles it: each leading line `// requires: lib/<name>.wgsl` puts that library
+/// file in front, in the order listed (the rule of `recgoat_core::gpu::SHADERS`).
 fn compose(p: &Path) -> String {
     let src = std::fs::read_to_string(p).expect("readable shader");
-    match src
+    let libs: String = src
         .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("// requires: "))
-    {
-        Some(lib) => {
+        .map_while(|l| l.strip_prefix("// requires: "))
+        .map(|lib| {
             let lib_path = p.parent().expect("shaders/").join(lib.trim());
             std::fs::read_to_string(&lib_path)
                 .unwrap_or_else(|e| panic!("{}: {e}", lib_path.display()))
-                + &src
-        }
-        None => src,
-    }
+        })
+        .collect();
+    libs + &src
 }
 
 #[test]

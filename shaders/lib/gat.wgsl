@@ -1,4 +1,4 @@
-// Shared by the graph-attention kernels (prepended to the files whose first line is
+// Shared by the graph-attention kernels (prepended to the files whose leading lines include
 // `// requires: lib/gat.wgsl`): their parameters and LeakyReLU.
 
 struct Params {

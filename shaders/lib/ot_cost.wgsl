@@ -1,4 +1,4 @@
-// Shared by the dense-cost Sinkhorn kernels (prepended to the files whose first line is
+// Shared by the dense-cost Sinkhorn kernels (prepended to the files whose leading lines include
 // `// requires: lib/ot_cost.wgsl`): their parameters, the cost binding, and the cost C(s, o) between "self"
 // index s and "other" index o of the dense matrix (index s * cs_self + o * cs_other: rows for the f-side,
 // columns for the g-side). The online squared Euclidean cost has its own tiled kernel,

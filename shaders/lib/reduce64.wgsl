@@ -1,5 +1,5 @@
-// Shared by the row kernels that run 64 invocations per workgroup (prepended to the files whose first line
-// is `// requires: lib/reduce64.wgsl`).
+// Shared by the row kernels that run 64 invocations per workgroup (prepended to the files whose leading lines
+// include `// requires: lib/reduce64.wgsl`).
 //
 // reduce_sum: the sum of `v` over the workgroup's 64 invocations, returned to every one of them; a tree in
 // workgroup memory with a barrier at every level. Call it from uniform control flow only.

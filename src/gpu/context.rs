@@ -5,31 +5,12 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// `shaders/lib/reduce64.wgsl` followed by `shaders/<file>`.
-macro_rules! with_reduce64 {
-    ($file:literal) => {
+/// `shaders/lib/<lib>` for each listed library, in order, followed by `shaders/<file>`: the composition that
+/// a file's leading `// requires: lib/<lib>` lines ask for (WGSL has no includes).
+macro_rules! composed {
+    ($file:literal $(, $lib:literal)*) => {
         concat!(
-            include_str!("../../shaders/lib/reduce64.wgsl"),
-            include_str!(concat!("../../shaders/", $file))
-        )
-    };
-}
-
-/// `shaders/lib/gat.wgsl` followed by `shaders/<file>`.
-macro_rules! with_gat {
-    ($file:literal) => {
-        concat!(
-            include_str!("../../shaders/lib/gat.wgsl"),
-            include_str!(concat!("../../shaders/", $file))
-        )
-    };
-}
-
-/// `shaders/lib/ot_cost.wgsl` followed by `shaders/<file>`.
-macro_rules! with_ot_cost {
-    ($file:literal) => {
-        concat!(
-            include_str!("../../shaders/lib/ot_cost.wgsl"),
+            $(include_str!(concat!("../../shaders/lib/", $lib)),)*
             include_str!(concat!("../../shaders/", $file))
         )
     };
@@ -44,43 +25,64 @@ pub(crate) struct Kernel {
 }
 
 /// Every WGSL file of `shaders/`, by name, as compiled: what the kernels use and what `tests/shaders.rs`
-/// checks. A file whose first line is `// requires: lib/<name>.wgsl` is compiled with that library file
-/// (shared helpers; WGSL has no includes) in front of it.
+/// checks. A file whose leading lines are `// requires: lib/<name>.wgsl` is compiled with those library files
+/// (shared helpers) in front of it, in the order listed.
 pub const SHADERS: &[(&str, &str)] = &[
     (
         "add_scaled_cols.wgsl",
         include_str!("../../shaders/add_scaled_cols.wgsl"),
     ),
     ("col_sums.wgsl", include_str!("../../shaders/col_sums.wgsl")),
-    ("gat_aggregate.wgsl", with_gat!("gat_aggregate.wgsl")),
-    ("gat_backward_dst.wgsl", with_gat!("gat_backward_dst.wgsl")),
-    ("gat_backward_src.wgsl", with_gat!("gat_backward_src.wgsl")),
-    ("gat_edge_logits.wgsl", with_gat!("gat_edge_logits.wgsl")),
-    ("gat_node_scores.wgsl", with_gat!("gat_node_scores.wgsl")),
+    (
+        "gat_aggregate.wgsl",
+        composed!("gat_aggregate.wgsl", "gat.wgsl"),
+    ),
+    (
+        "gat_backward_dst.wgsl",
+        composed!("gat_backward_dst.wgsl", "gat.wgsl"),
+    ),
+    (
+        "gat_backward_src.wgsl",
+        composed!("gat_backward_src.wgsl", "gat.wgsl"),
+    ),
+    (
+        "gat_edge_logits.wgsl",
+        composed!("gat_edge_logits.wgsl", "gat.wgsl"),
+    ),
+    (
+        "gat_node_scores.wgsl",
+        composed!("gat_node_scores.wgsl", "gat.wgsl"),
+    ),
     ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
     ("gemm_sum.wgsl", include_str!("../../shaders/gemm_sum.wgsl")),
     ("hadamard.wgsl", include_str!("../../shaders/hadamard.wgsl")),
-    ("layer_norm.wgsl", with_reduce64!("layer_norm.wgsl")),
+    (
+        "layer_norm.wgsl",
+        composed!("layer_norm.wgsl", "reduce64.wgsl"),
+    ),
     (
         "layer_norm_backward.wgsl",
-        with_reduce64!("layer_norm_backward.wgsl"),
+        composed!("layer_norm_backward.wgsl", "reduce64.wgsl"),
     ),
-    ("normalize_rows.wgsl", with_reduce64!("normalize_rows.wgsl")),
+    (
+        "normalize_rows.wgsl",
+        composed!("normalize_rows.wgsl", "reduce64.wgsl"),
+    ),
     (
         "normalize_rows_backward.wgsl",
-        with_reduce64!("normalize_rows_backward.wgsl"),
+        composed!("normalize_rows_backward.wgsl", "reduce64.wgsl"),
     ),
     (
         "sinkhorn_measure.wgsl",
-        with_ot_cost!("sinkhorn_measure.wgsl"),
+        composed!("sinkhorn_measure.wgsl", "ot_cost.wgsl"),
     ),
     (
         "sinkhorn_online.wgsl",
-        include_str!("../../shaders/sinkhorn_online.wgsl"),
+        composed!("sinkhorn_online.wgsl", "ot_potential.wgsl"),
     ),
     (
         "sinkhorn_update.wgsl",
-        with_ot_cost!("sinkhorn_update.wgsl"),
+        composed!("sinkhorn_update.wgsl", "ot_cost.wgsl", "ot_potential.wgsl"),
     ),
     ("spmm.wgsl", include_str!("../../shaders/spmm.wgsl")),
     (
