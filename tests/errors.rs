@@ -282,18 +282,39 @@ mod graphs {
             spmm(&g, Array2::<f32>::zeros((4, 2)).view(), Par::Seq).unwrap_err(),
             Error::Shape { .. }
         ));
-        // the parallel check splits x over chunks: a bad value in any of them, with its flat index
-        for par in [Par::Seq, Par::Rayon(2), Par::Rayon(3)] {
-            for (at, index) in [([0, 0], 0), ([1, 1], 3), ([2, 1], 5)] {
-                let mut x = Array2::<f32>::zeros((3, 2));
-                x[at] = f32::INFINITY;
-                assert!(matches!(
-                    spmm(&g, x.view(), par).unwrap_err(),
-                    Error::NonFinite { index: i, .. } if i == index
-                ));
-                x[at] = f32::NAN;
-                let e = lightgcn_forward(&g, x.view(), 2, par).unwrap_err();
-                assert!(matches!(e, Error::NonFinite { index: i, .. } if i == index));
+        // NaN/Inf is detected with the product: in a gathered row (its output turns non-finite, whatever the
+        // weight, zero included) and in a row no edge reads (column 3 of `h`), with its flat index, for the
+        // generic kernel (d = 2) and the f32 AVX2 one (d = 8), sequential and parallel
+        let h = CsrGraph::<f32>::from_edges(
+            4,
+            4,
+            &[(0, 1), (1, 2), (2, 0), (3, 0)],
+            Some(&[1.0, 0.0, 2.0, 1.0]),
+        )
+        .unwrap();
+        for d in [2, 8] {
+            for par in [Par::Seq, Par::Rayon(2), Par::Rayon(3)] {
+                for (row, col) in [(0, 0), (1, 1), (2, d - 1), (3, 1)] {
+                    let index = row * d + col;
+                    let mut x = Array2::<f32>::zeros((4, d));
+                    x[[row, col]] = f32::INFINITY;
+                    assert!(matches!(
+                        spmm(&h, x.view(), par).unwrap_err(),
+                        Error::NonFinite { index: i, .. } if i == index
+                    ));
+                    x[[row, col]] = f32::NAN;
+                    let e = lightgcn_forward(&h, x.view(), 2, par).unwrap_err();
+                    assert!(matches!(e, Error::NonFinite { index: i, .. } if i == index));
+                    let mut y = Array2::<f32>::zeros((4, d));
+                    let e = spmm_into(&h, x.view(), y.view_mut(), par).unwrap_err();
+                    assert!(matches!(e, Error::NonFinite { index: i, .. } if i == index));
+                    let e = spmm_backward(&h, x.view(), par).unwrap_err();
+                    assert!(matches!(e, Error::NonFinite { index: i, .. } if i == index));
+                }
+                // finite inputs whose product overflows are not an input error
+                let big = Array2::<f32>::from_elem((4, d), f32::MAX);
+                let y = spmm(&h, big.view(), par).unwrap();
+                assert!(y[[2, 0]].is_infinite() && y[[1, 0]] == 0.0);
             }
         }
         assert!(msg(lightgcn_forward(

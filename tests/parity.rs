@@ -389,30 +389,50 @@ mod graphs {
         CsrGraph::from_edges(n, m, &edges, weighted.then_some(&w[..])).unwrap()
     }
 
+    /// The graph in f32 (the same edges and weights).
+    fn to_f32(a: &CsrGraph<f64>) -> CsrGraph<f32> {
+        CsrGraph::<f32>::new(
+            a.n_rows(),
+            a.n_cols(),
+            a.indptr().to_vec(),
+            a.indices().to_vec(),
+            a.weights().map(|w| w.iter().map(|&v| v as f32).collect()),
+        )
+        .unwrap()
+    }
+
     fn spmm_matches_dense(be: &Backend) {
-        for weighted in [false, true] {
+        // widths: generic kernel (9), and the f32 AVX2 kernel's 8-column tiles (8), one 64-column tile (64),
+        // both (72, 136)
+        for (weighted, d) in [
+            (false, 9),
+            (true, 9),
+            (false, 8),
+            (true, 64),
+            (false, 72),
+            (true, 136),
+        ] {
             let a = random_graph(1, 23, 17, 4, weighted);
-            let x: Array2<f64> = randn(&mut rng(2), (17, 9));
+            let x: Array2<f64> = randn(&mut rng(2), (17, d));
             let y = spmm(&a, x.view(), be.par()).unwrap();
             Tolerance::F64_EXACT.assert_close("spmm", &y.view(), &spmm_reference(&a, &x).view());
-            let gy: Array2<f64> = randn(&mut rng(3), (23, 9));
+            let gy: Array2<f64> = randn(&mut rng(3), (23, d));
             let gx = spmm_backward(&a, gy.view(), be.par()).unwrap();
             Tolerance::F64_EXACT.assert_close(
                 "spmm_backward",
                 &gx.view(),
                 &a.to_dense().t().dot(&gy).view(),
             );
-            // f32 path (AVX2 axpy) against f64
-            let a32 = CsrGraph::<f32>::new(
-                23,
-                17,
-                a.indptr().to_vec(),
-                a.indices().to_vec(),
-                a.weights().map(|w| w.iter().map(|&v| v as f32).collect()),
-            )
-            .unwrap();
+            // f32 path against f64
+            let a32 = to_f32(&a);
             let y32 = spmm(&a32, x.mapv(|v| v as f32).view(), be.par()).unwrap();
             Tolerance::F32.assert_close("spmm f32", &y32.mapv(f64::from).view(), &y.view());
+            let gx32 = spmm_backward(&a32, gy.mapv(|v| v as f32).view(), be.par()).unwrap();
+            Tolerance::F32.assert_close(
+                "spmm_backward f32",
+                &gx32.mapv(f64::from).view(),
+                &gx.view(),
+            );
         }
     }
 
@@ -422,27 +442,44 @@ mod graphs {
             .unwrap()
             .sym_normalized()
             .unwrap();
-        let e0: Array2<f64> = randn(&mut rng(4), (24, 6));
         let dense = a.to_dense();
-        let mut want = e0.clone();
-        let mut cur = e0.clone();
-        for _ in 0..3 {
-            cur = dense.dot(&cur);
-            want += &cur;
+        // widths for the generic kernel (6) and the f32 AVX2 kernel's tiles (72)
+        for d in [6, 72] {
+            let e0: Array2<f64> = randn(&mut rng(4), (24, d));
+            let mut want = e0.clone();
+            let mut cur = e0.clone();
+            for _ in 0..3 {
+                cur = dense.dot(&cur);
+                want += &cur;
+            }
+            want /= 4.0;
+            let got = lightgcn_forward(&a, e0.view(), 3, be.par()).unwrap();
+            Tolerance::F64_EXACT.assert_close("lightgcn", &got.view(), &want.view());
+            let go: Array2<f64> = randn(&mut rng(5), (24, d));
+            let mut want_b = go.clone();
+            let mut cur = go.clone();
+            for _ in 0..3 {
+                cur = dense.t().dot(&cur);
+                want_b += &cur;
+            }
+            want_b /= 4.0;
+            let got_b = lightgcn_backward(&a, go.view(), 3, be.par()).unwrap();
+            Tolerance::F64_EXACT.assert_close("lightgcn backward", &got_b.view(), &want_b.view());
+            let a32 = to_f32(&a);
+            let got32 = lightgcn_forward(&a32, e0.mapv(|v| v as f32).view(), 3, be.par()).unwrap();
+            Tolerance::F32.assert_close(
+                "lightgcn f32",
+                &got32.mapv(f64::from).view(),
+                &want.view(),
+            );
+            let got_b32 =
+                lightgcn_backward(&a32, go.mapv(|v| v as f32).view(), 3, be.par()).unwrap();
+            Tolerance::F32.assert_close(
+                "lightgcn backward f32",
+                &got_b32.mapv(f64::from).view(),
+                &want_b.view(),
+            );
         }
-        want /= 4.0;
-        let got = lightgcn_forward(&a, e0.view(), 3, be.par()).unwrap();
-        Tolerance::F64_EXACT.assert_close("lightgcn", &got.view(), &want.view());
-        let go: Array2<f64> = randn(&mut rng(5), (24, 6));
-        let mut want_b = go.clone();
-        let mut cur = go.clone();
-        for _ in 0..3 {
-            cur = dense.t().dot(&cur);
-            want_b += &cur;
-        }
-        want_b /= 4.0;
-        let got_b = lightgcn_backward(&a, go.view(), 3, be.par()).unwrap();
-        Tolerance::F64_EXACT.assert_close("lightgcn backward", &got_b.view(), &want_b.view());
     }
 
     /// Brute force: all cosine similarities, sorted by (similarity desc, index asc).

@@ -41,6 +41,8 @@ pub struct CsrGraph<F> {
     indices: Vec<u32>,
     weights: Option<Vec<F>>,
     transposed: OnceLock<Box<Transposed<F>>>,
+    /// Columns no edge reads (built on first use).
+    unreferenced: OnceLock<Vec<u32>>,
 }
 
 /// The transposed graph with, for each of its entries, the id of the original edge.
@@ -153,6 +155,7 @@ impl<F: Real> CsrGraph<F> {
             indices,
             weights,
             transposed: OnceLock::new(),
+            unreferenced: OnceLock::new(),
         })
     }
 
@@ -268,6 +271,20 @@ impl<F: Real> CsrGraph<F> {
         self.weights.as_ref().map_or(F::one(), |w| w[e])
     }
 
+    /// The columns that no edge reads (cached, `O(E + n_cols)` on first call): the rows of a dense operand
+    /// that a product with this graph never gathers.
+    pub(crate) fn unreferenced_cols(&self) -> &[u32] {
+        self.unreferenced.get_or_init(|| {
+            let mut seen = vec![false; self.n_cols];
+            for &c in &self.indices {
+                seen[c as usize] = true;
+            }
+            (0..self.n_cols as u32)
+                .filter(|&c| !seen[c as usize])
+                .collect()
+        })
+    }
+
     /// The cached transpose (built on first call, `O(E)`), with original edge ids.
     pub fn transposed(&self) -> &Transposed<F> {
         self.transposed
@@ -308,6 +325,7 @@ impl<F: Real> CsrGraph<F> {
             indices,
             weights,
             transposed: OnceLock::new(),
+            unreferenced: OnceLock::new(),
         };
         Transposed { graph, edge_ids }
     }
@@ -382,6 +400,7 @@ impl<F: Real> CsrGraph<F> {
             indices,
             weights,
             transposed: OnceLock::new(),
+            unreferenced: OnceLock::new(),
         })
     }
 
@@ -426,6 +445,7 @@ impl<F: Real> CsrGraph<F> {
             indices: self.indices.clone(),
             weights: Some(w),
             transposed: OnceLock::new(),
+            unreferenced: OnceLock::new(),
         })
     }
 

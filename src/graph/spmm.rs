@@ -5,13 +5,14 @@ use crate::backend::{run_each, split_lengths, Par};
 use crate::error::{check_finite_array_par, Error, Result};
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-fn check_input<F: Real>(
+/// The shape check of a dense operand; its NaN/Inf check runs with the product ([`check_gathered`]).
+fn check_rows<F: Real>(
     op: &'static str,
     what: &str,
     rows_expected: usize,
     x: ArrayView2<'_, F>,
-    par: Par,
 ) -> Result<()> {
     if x.nrows() != rows_expected {
         return Err(Error::shape(
@@ -20,6 +21,30 @@ fn check_input<F: Real>(
             rows_expected,
             x.nrows(),
         ));
+    }
+    Ok(())
+}
+
+/// The NaN/Inf check of the dense operand `x` of a product with `a`, after the product, which reported
+/// whether all its accumulators stayed finite (`finite`). A NaN or an infinity in a gathered row makes its
+/// accumulator non-finite (times any weight, zero included, and plus anything), so when they all stayed finite
+/// only the rows that no edge gathers need a look. Otherwise the full scan names the first bad value, or
+/// finds none: then finite inputs overflowed, which is not an input error.
+fn check_gathered<F: Real>(
+    op: &'static str,
+    what: &str,
+    a: &CsrGraph<F>,
+    x: ArrayView2<'_, F>,
+    finite: bool,
+    par: Par,
+) -> Result<()> {
+    let unread_clean = || {
+        a.unreferenced_cols()
+            .iter()
+            .all(|&c| x.row(c as usize).iter().all(|v| v.is_finite()))
+    };
+    if finite && unread_clean() {
+        return Ok(());
     }
     check_finite_array_par(op, what, &x, par)
 }
@@ -43,12 +68,13 @@ fn spmm_rows<F: Real>(
     rows: std::ops::Range<usize>,
     out: &mut [F],
     sum: &mut [F],
+    finite: &mut bool,
 ) {
     // one monomorphised loop per weight kind, so the hot loop has no per-edge branch
-    match a.weights() {
+    *finite = match a.weights() {
         Some(ws) => spmm_rows_with(a, |e| ws[e], xs, d, rows, out, sum),
         None => spmm_rows_with(a, |_| F::one(), xs, d, rows, out, sum),
-    }
+    };
 }
 
 #[inline(always)]
@@ -60,8 +86,10 @@ fn spmm_rows_with<F: Real>(
     rows: std::ops::Range<usize>,
     out: &mut [F],
     sum: &mut [F],
-) {
+) -> bool {
     let (ind, ptr) = (a.indices(), a.indptr());
+    // `v * 0` is NaN for a non-finite `v`: one sum says whether every output stayed finite
+    let mut check = F::zero();
     let full = d / TILE * TILE;
     let summing = !sum.is_empty();
     let row_bytes = TILE * std::mem::size_of::<F>();
@@ -83,6 +111,9 @@ fn spmm_rows_with<F: Real>(
                 }
             }
             yi[t0..t0 + TILE].copy_from_slice(&acc);
+            for &v in &acc {
+                check += v * F::zero();
+            }
             if summing {
                 for (sv, &v) in sum[ri * d + t0..ri * d + t0 + TILE].iter_mut().zip(&acc) {
                     *sv += v;
@@ -103,24 +134,180 @@ fn spmm_rows_with<F: Real>(
                     *sv += v;
                 }
             }
+            for &v in tail.iter() {
+                check += v * F::zero();
+            }
         }
+    }
+    check == F::zero()
+}
+
+avx2_dispatch!(spmm_rows_dispatch, spmm_rows_avx2, spmm_rows, <F>, (a: &CsrGraph<F>, xs: &[F], d: usize, rows: std::ops::Range<usize>, out: &mut [F], sum: &mut [F], finite: &mut bool));
+
+/// The slice as `f32` when `F` is `f32` (for kernels written for one type).
+fn as_f32<F: Real>(xs: &[F]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
+        // SAFETY: F is f32 (same type, so same size, alignment and validity).
+        .then(|| unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<f32>(), xs.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+fn as_f32_mut<F: Real>(xs: &mut [F]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>())
+        // SAFETY: as in `as_f32`; the borrow is moved into the result.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast::<f32>(), xs.len()) })
+}
+
+/// Rows `rows` of `Y = A X` for f32 with AVX2 + FMA when `d` is a multiple of 8: whether every output
+/// stayed finite, or `None` (nothing done) for other types, widths and CPUs.
+fn spmm_rows_f32<F: Real>(
+    a: &CsrGraph<F>,
+    xs: &[F],
+    d: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [F],
+    sum: &mut [F],
+) -> Option<bool> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if d % 8 == 0 && crate::simd::has_avx2_fma() {
+            if let (Some(xs), Some(out), Some(sum)) = (as_f32(xs), as_f32_mut(out), as_f32_mut(sum))
+            {
+                let ws = a
+                    .weights()
+                    .map(|w| as_f32(w).expect("weights have the graph's type"));
+                // SAFETY: AVX2 and FMA are present (checked above); the graph's indices are below n_cols
+                // (validated at construction) and `xs` holds n_cols rows of d (checked by the callers).
+                return Some(unsafe {
+                    x86::spmm_rows(a.indptr(), a.indices(), ws, xs, d, rows, out, sum)
+                });
+            }
+        }
+    }
+    let _ = (a, xs, d, rows, out, sum);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::PREFETCH;
+    use std::arch::x86_64::*;
+
+    /// [`super::spmm_rows`] for f32, `d % 8 == 0`: 64-column tiles in eight accumulators (fused
+    /// multiply-adds, unchecked loads), then 8-column tiles. Returns whether every output stayed finite.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn spmm_rows(
+        ptr: &[usize],
+        ind: &[u32],
+        ws: Option<&[f32]>,
+        xs: &[f32],
+        d: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        sum: &mut [f32],
+    ) -> bool {
+        match ws {
+            Some(ws) => rows_with(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum),
+            None => rows_with(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_with(
+        ptr: &[usize],
+        ind: &[u32],
+        weight: impl Fn(usize) -> f32,
+        xs: &[f32],
+        d: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        sum: &mut [f32],
+    ) -> bool {
+        debug_assert!(d % 8 == 0 && out.len() == rows.len() * d);
+        debug_assert!(ind[ptr[rows.start]..ptr[rows.end]]
+            .iter()
+            .all(|&j| (j as usize + 1) * d <= xs.len()));
+        let summing = !sum.is_empty();
+        let full = d / 64 * 64;
+        let (x0, i0) = (xs.as_ptr(), ind.as_ptr());
+        let n_ind = ind.len();
+        // `v * 0 + check` turns NaN for a non-finite `v`
+        let (zero, mut check) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (ri, r) in rows.enumerate() {
+            let (e0, e1) = (ptr[r], ptr[r + 1]);
+            let yo = out.as_mut_ptr().add(ri * d);
+            // (an offset pointer into `sum` only when there is one)
+            let so = if summing {
+                sum.as_mut_ptr().add(ri * d)
+            } else {
+                std::ptr::null_mut()
+            };
+            let mut t0 = 0;
+            while t0 < full {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for e in e0..e1 {
+                    if e + PREFETCH < n_ind {
+                        let p = x0.add(*i0.add(e + PREFETCH) as usize * d + t0) as *const i8;
+                        _mm_prefetch::<_MM_HINT_T0>(p);
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(64));
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(128));
+                        _mm_prefetch::<_MM_HINT_T0>(p.add(192));
+                    }
+                    let w = _mm256_set1_ps(weight(e));
+                    let xr = x0.add(*i0.add(e) as usize * d + t0);
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr.add(8 * k)), *a);
+                    }
+                }
+                // a tree sum, so the check is not one long dependency chain (an overflowing sum of finite
+                // outputs only sends the caller to the full scan)
+                let h = |i: usize| _mm256_add_ps(acc[i], acc[i + 1]);
+                let s = _mm256_add_ps(_mm256_add_ps(h(0), h(2)), _mm256_add_ps(h(4), h(6)));
+                check = _mm256_fmadd_ps(s, zero, check);
+                for (k, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(yo.add(t0 + 8 * k), *a);
+                    if summing {
+                        let sp = so.add(t0 + 8 * k);
+                        _mm256_storeu_ps(sp, _mm256_add_ps(_mm256_loadu_ps(sp), *a));
+                    }
+                }
+                t0 += 64;
+            }
+            while t0 < d {
+                let mut acc = _mm256_setzero_ps();
+                for e in e0..e1 {
+                    let w = _mm256_set1_ps(weight(e));
+                    let xr = x0.add(*i0.add(e) as usize * d + t0);
+                    acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr), acc);
+                }
+                check = _mm256_fmadd_ps(acc, zero, check);
+                _mm256_storeu_ps(yo.add(t0), acc);
+                if summing {
+                    let sp = so.add(t0);
+                    _mm256_storeu_ps(sp, _mm256_add_ps(_mm256_loadu_ps(sp), acc));
+                }
+                t0 += 8;
+            }
+        }
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(check, check)) == 0
     }
 }
 
-avx2_dispatch!(spmm_rows_dispatch, spmm_rows_avx2, spmm_rows, <F>, (a: &CsrGraph<F>, xs: &[F], d: usize, rows: std::ops::Range<usize>, out: &mut [F], sum: &mut [F]));
-
 /// `Y = A X` into `y` (n_rows x d, row-major), rows in parallel; when `sum` is not empty (same shape as
-/// `y`), also `sum += Y` in the same pass, while each output tile is still in registers.
+/// `y`), also `sum += Y` in the same pass, while each output tile is still in registers. Returns whether
+/// every entry of `Y` is finite (the input check of [`check_gathered`]).
 fn spmm_into_unchecked<F: Real>(
     a: &CsrGraph<F>,
     x: ArrayView2<'_, F>,
     y: &mut [F],
     sum: &mut [F],
     par: Par,
-) {
+) -> bool {
     let d = x.ncols();
     if d == 0 {
-        return;
+        return true;
     }
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
@@ -131,23 +318,44 @@ fn spmm_into_unchecked<F: Real>(
         sum,
         bounds.iter().map(|r| r.len() * d * usize::from(summing)),
     );
+    let finite = AtomicBool::new(true);
     run_each(
         par,
         bounds.into_iter().zip(ys).zip(sums).collect(),
-        |((rows, out), s)| spmm_rows_dispatch(a, xs, d, rows, out, s),
+        |((rows, out), s)| {
+            let ok = spmm_rows_f32(a, xs, d, rows.clone(), out, s).unwrap_or_else(|| {
+                let mut ok = true;
+                spmm_rows_dispatch(a, xs, d, rows, out, s, &mut ok);
+                ok
+            });
+            if !ok {
+                finite.store(false, Ordering::Relaxed);
+            }
+        },
     );
+    finite.into_inner()
 }
 
-fn spmm_unchecked<F: Real>(a: &CsrGraph<F>, x: ArrayView2<'_, F>, par: Par) -> Array2<F> {
+/// `Y = A X` into a fresh array, with the NaN/Inf check of `x` (named `what` in errors).
+fn spmm_checked<F: Real>(
+    op: &'static str,
+    what: &str,
+    a: &CsrGraph<F>,
+    x: ArrayView2<'_, F>,
+    par: Par,
+) -> Result<Array2<F>> {
     let mut y = Array2::<F>::zeros((a.n_rows(), x.ncols()));
-    spmm_into_unchecked(a, x, y.as_slice_mut().expect("fresh array"), &mut [], par);
-    y
+    let finite = spmm_into_unchecked(a, x, y.as_slice_mut().expect("fresh array"), &mut [], par);
+    check_gathered(op, what, a, x, finite, par)?;
+    Ok(y)
 }
 
 /// [`spmm`] into a caller's buffer (no allocation: what a training loop wants).
 ///
 /// # Errors
-/// As [`spmm`], plus [`Error::Shape`] when `y` is not `n_rows x d` in standard layout.
+/// As [`spmm`], plus [`Error::Shape`] when `y` is not `n_rows x d` in standard layout. Shapes are checked
+/// before `y` is written; NaN/Inf in `x` is detected with the product, so after that error `y` holds
+/// unspecified values.
 pub fn spmm_into<F: Real>(
     a: &CsrGraph<F>,
     x: ArrayView2<'_, F>,
@@ -155,7 +363,7 @@ pub fn spmm_into<F: Real>(
     par: Par,
 ) -> Result<()> {
     const OP: &str = "spmm_into";
-    check_input(OP, "x", a.n_cols(), x, par)?;
+    check_rows(OP, "x", a.n_cols(), x)?;
     if y.dim() != (a.n_rows(), x.ncols()) {
         return Err(Error::shape(
             OP,
@@ -167,8 +375,8 @@ pub fn spmm_into<F: Real>(
     let ys = y
         .as_slice_mut()
         .ok_or_else(|| Error::shape(OP, "y layout", "standard (row-major)", "strided"))?;
-    spmm_into_unchecked(a, x, ys, &mut [], par);
-    Ok(())
+    let finite = spmm_into_unchecked(a, x, ys, &mut [], par);
+    check_gathered(OP, "x", a, x, finite, par)
 }
 
 /// Sparse-dense product `Y = A X`.
@@ -192,8 +400,8 @@ pub fn spmm_into<F: Real>(
 /// assert_eq!(y, array![[21.0], [30.0]]);
 /// ```
 pub fn spmm<F: Real>(a: &CsrGraph<F>, x: ArrayView2<'_, F>, par: Par) -> Result<Array2<F>> {
-    check_input("spmm", "x", a.n_cols(), x, par)?;
-    Ok(spmm_unchecked(a, x, par))
+    check_rows("spmm", "x", a.n_cols(), x)?;
+    spmm_checked("spmm", "x", a, x, par)
 }
 
 /// Backward of [`spmm`]: `dX = A^T dY`, over the cached transposed graph (no atomics).
@@ -205,8 +413,14 @@ pub fn spmm_backward<F: Real>(
     grad_y: ArrayView2<'_, F>,
     par: Par,
 ) -> Result<Array2<F>> {
-    check_input("spmm_backward", "grad_y", a.n_rows(), grad_y, par)?;
-    Ok(spmm_unchecked(&a.transposed().graph, grad_y, par))
+    check_rows("spmm_backward", "grad_y", a.n_rows(), grad_y)?;
+    spmm_checked(
+        "spmm_backward",
+        "grad_y",
+        &a.transposed().graph,
+        grad_y,
+        par,
+    )
 }
 
 /// Dense f64 reference of [`spmm`] (tests).
@@ -377,18 +591,19 @@ fn propagate_checked<F: Real>(
         Side::Forward => (a, "e0", a.n_cols()),
         Side::Backward => (&a.transposed().graph, "grad_out", a.n_rows()),
     };
-    check_input(op, what, rows, x, par)?;
+    check_rows(op, what, rows, x)?;
     if out.dim() != x.dim() {
         return Err(Error::shape(op, "out", x.dim(), out.dim()));
     }
     let outs = out
         .as_slice_mut()
         .ok_or_else(|| Error::shape(op, "out layout", "standard (row-major)", "strided"))?;
-    propagate_mean(graph, x, layers, outs, buffers, par);
-    Ok(())
+    let finite = propagate_mean(graph, x, layers, outs, buffers, par);
+    check_gathered(op, what, graph, x, finite, par)
 }
 
 /// `out = mean(X, A X, ..., A^L X)`, the running sum kept in `out` and filled inside the SpMM passes.
+/// Returns whether `A X` is finite (the first layer's input check).
 fn propagate_mean<F: Real>(
     a: &CsrGraph<F>,
     x: ArrayView2<'_, F>,
@@ -396,7 +611,7 @@ fn propagate_mean<F: Real>(
     out: &mut [F],
     buf: &mut PropagationBuffers<F>,
     par: Par,
-) {
+) -> bool {
     let len = x.len();
     match x.as_slice() {
         Some(xs) => out.copy_from_slice(xs),
@@ -404,7 +619,7 @@ fn propagate_mean<F: Real>(
     }
     buf.cur.resize(len, F::zero());
     buf.next.resize(if layers > 1 { len } else { 0 }, F::zero());
-    spmm_into_unchecked(a, x, &mut buf.cur, out, par);
+    let finite = spmm_into_unchecked(a, x, &mut buf.cur, out, par);
     let d = x.ncols();
     for _ in 1..layers {
         let cur =
@@ -414,4 +629,5 @@ fn propagate_mean<F: Real>(
     }
     let inv = F::one() / F::from_usize(layers + 1).expect("layer count fits");
     out.iter_mut().for_each(|v| *v *= inv);
+    finite
 }
