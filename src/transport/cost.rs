@@ -10,7 +10,8 @@ use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, CowArray, Ix2};
 /// `Dense` holds an `n x m` matrix. `SqEuclidean` holds two point clouds and computes
 /// `C_ij = |x_i - y_j|^2` in row blocks of a few hundred kilobytes (a small GEMM per block), so the solver
 /// never allocates `n x m` values: this is the "online" mode for large clouds. It trades memory for
-/// `O(n m d)` flops per iteration instead of `O(n m)` loads.
+/// `O(n m d)` flops per iteration instead of `O(n m)` loads. [`Geometry::sq_euclidean_materialized`] keeps
+/// the point clouds (for point gradients) and the matrix, computed once, for clouds whose cost fits in memory.
 #[derive(Debug, Clone)]
 pub enum Geometry<'a, F: Real> {
     /// A dense cost matrix (row-major; a view in another layout is copied once).
@@ -28,6 +29,8 @@ pub struct PointCloud<'a, F: Real> {
     pub y: ArrayView2<'a, F>,
     xn: Array1<F>,
     yn: Array1<F>,
+    /// The cost matrix, when materialised ([`Geometry::sq_euclidean_materialized`]).
+    cost: Option<Array2<F>>,
 }
 
 /// How many bytes of cost a row block of the online geometry may hold (fits in L2 with room to spare).
@@ -106,7 +109,62 @@ impl<'a, F: Real> Geometry<'a, F> {
         }
         let xn = x.rows().into_iter().map(|r| r.dot(&r)).collect();
         let yn = y.rows().into_iter().map(|r| r.dot(&r)).collect();
-        Ok(Geometry::SqEuclidean(PointCloud { x, y, xn, yn }))
+        Ok(Geometry::SqEuclidean(PointCloud {
+            x,
+            y,
+            xn,
+            yn,
+            cost: None,
+        }))
+    }
+
+    /// [`Geometry::sq_euclidean`] with the `n x m` cost computed once (row-block GEMMs, the same values
+    /// as the online mode) and kept: each solver iteration then reads the matrix instead of recomputing it
+    /// (`O(n m)` loads instead of `O(n m d)` flops), and the point clouds stay available for
+    /// [`super::point_cloud_gradients`].
+    ///
+    /// # Errors
+    /// As [`Geometry::sq_euclidean`].
+    ///
+    /// # Example
+    /// ```
+    /// use ndarray::array;
+    /// use recgoat_core::transport::Geometry;
+    /// let x = array![[0.0f64, 0.0], [1.0, 0.0]];
+    /// let y = array![[0.0f64, 2.0]];
+    /// let online = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+    /// let kept = Geometry::sq_euclidean_materialized(x.view(), y.view()).unwrap();
+    /// assert_eq!(kept.to_dense(), online.to_dense());
+    /// ```
+    pub fn sq_euclidean_materialized(x: ArrayView2<'a, F>, y: ArrayView2<'a, F>) -> Result<Self> {
+        let mut geom = Self::sq_euclidean(x, y)?;
+        let cost = geom.to_dense();
+        if let Geometry::SqEuclidean(pc) = &mut geom {
+            pc.cost = Some(cost);
+        }
+        Ok(geom)
+    }
+
+    /// Whether the cost is held as an `n x m` matrix (dense, or a materialised point cloud).
+    pub fn is_materialized(&self) -> bool {
+        match self {
+            Geometry::Dense(_) => true,
+            Geometry::SqEuclidean(p) => p.cost.is_some(),
+        }
+    }
+
+    /// The held cost matrix (row-major), if any.
+    fn matrix(&self) -> Option<&[F]> {
+        match self {
+            Geometry::Dense(c) => Some(
+                c.as_slice()
+                    .expect("dense geometry is stored in standard layout"),
+            ),
+            Geometry::SqEuclidean(p) => p
+                .cost
+                .as_ref()
+                .map(|c| c.as_slice().expect("materialised cost is row-major")),
+        }
     }
 
     /// Number of rows (source points).
@@ -128,12 +186,10 @@ impl<'a, F: Real> Geometry<'a, F> {
     /// Rows per block the solvers should ask for: the whole range for dense costs, a block of at most
     /// [`BLOCK_BYTES`] for online costs.
     pub(crate) fn block_rows(&self) -> usize {
-        match self {
-            Geometry::Dense(_) => usize::MAX,
-            Geometry::SqEuclidean(_) => {
-                (BLOCK_BYTES / (self.m() * std::mem::size_of::<F>())).clamp(1, 256)
-            }
+        if self.is_materialized() {
+            return usize::MAX;
         }
+        (BLOCK_BYTES / (self.m() * std::mem::size_of::<F>())).clamp(1, 256)
     }
 
     /// Calls `visit(i, cost_row_i)` for every row `i` in `rows`, in order.
@@ -145,16 +201,15 @@ impl<'a, F: Real> Geometry<'a, F> {
         scratch: &mut Vec<F>,
         mut visit: impl FnMut(usize, &[F]),
     ) {
-        match self {
-            Geometry::Dense(c) => {
-                let flat = c
-                    .as_slice()
-                    .expect("dense geometry is stored in standard layout");
-                let m = c.ncols();
-                for i in rows {
-                    visit(i, &flat[i * m..(i + 1) * m]);
-                }
+        if let Some(flat) = self.matrix() {
+            let m = self.m();
+            for i in rows {
+                visit(i, &flat[i * m..(i + 1) * m]);
             }
+            return;
+        }
+        match self {
+            Geometry::Dense(_) => unreachable!("a dense geometry holds its matrix"),
             Geometry::SqEuclidean(p) => {
                 let m = p.y.nrows();
                 let br = self.block_rows();
@@ -190,12 +245,15 @@ impl<'a, F: Real> Geometry<'a, F> {
 
     /// Writes column `j` of the cost into `out` (length n).
     pub(crate) fn column(&self, j: usize, out: &mut [F]) {
-        match self {
-            Geometry::Dense(c) => {
-                for (o, &v) in out.iter_mut().zip(c.column(j)) {
-                    *o = v;
-                }
+        if let Some(flat) = self.matrix() {
+            let m = self.m();
+            for (o, &v) in out.iter_mut().zip(flat[j..].iter().step_by(m)) {
+                *o = v;
             }
+            return;
+        }
+        match self {
+            Geometry::Dense(_) => unreachable!("a dense geometry holds its matrix"),
             Geometry::SqEuclidean(p) => {
                 let yj = p.y.row(j);
                 for (i, o) in out.iter_mut().enumerate() {
@@ -209,6 +267,7 @@ impl<'a, F: Real> Geometry<'a, F> {
     pub fn to_dense(&self) -> Array2<F> {
         match self {
             Geometry::Dense(c) => c.to_owned(),
+            Geometry::SqEuclidean(PointCloud { cost: Some(c), .. }) => c.clone(),
             Geometry::SqEuclidean(_) => {
                 let (n, m) = (self.n(), self.m());
                 let mut out = Array2::zeros((n, m));
@@ -437,4 +496,33 @@ pub(crate) fn dimension_cost_backward_unchecked<F: Real>(
     gz.zip_mut_with(&z, |g, _| *g = -*g);
     gz += &(&z * &cols.view().insert_axis(Axis(0)));
     (gm * k, gz * k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{randn, rng};
+
+    #[test]
+    fn a_materialised_point_cloud_reads_like_the_online_one() {
+        let x: Array2<f64> = randn(&mut rng(3), (7, 4));
+        let y: Array2<f64> = randn(&mut rng(4), (5, 4));
+        let online = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+        let kept = Geometry::sq_euclidean_materialized(x.view(), y.view()).unwrap();
+        assert!(kept.is_materialized() && !online.is_materialized());
+        assert_eq!(kept.block_rows(), usize::MAX);
+        let want = online.to_dense();
+        let mut scratch = Vec::new();
+        kept.for_rows(2..6, &mut scratch, |i, row| {
+            assert_eq!(row, want.row(i).as_slice().unwrap())
+        });
+        let (mut c1, mut c2) = (vec![0.0; 7], vec![0.0; 7]);
+        for j in 0..5 {
+            kept.column(j, &mut c1);
+            online.column(j, &mut c2);
+            for (u, v) in c1.iter().zip(&c2) {
+                assert!((u - v).abs() < 1e-12, "column {j}: {u} vs {v}");
+            }
+        }
+    }
 }

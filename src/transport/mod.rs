@@ -54,7 +54,7 @@ pub use adaptive::{
 #[cfg(feature = "gpu")]
 pub(crate) use cost::dimension_cost_from_moments;
 pub use cost::{dimension_cost, dimension_cost_backward, sq_euclidean_cost, Geometry, PointCloud};
-pub use divergence::{sinkhorn_divergence, DivergenceOutput};
+pub use divergence::{sinkhorn_divergence, DivergenceOutput, MATERIALIZE_BYTES};
 pub use grad::{
     envelope, implicit_plan_vjp, point_cloud_gradients, unrolled_plan_vjp, EnvelopeGrads,
     ImplicitConfig, LinearSolver, PlanGrads, UnrolledOutput,
