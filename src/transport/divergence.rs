@@ -75,7 +75,14 @@ pub fn sinkhorn_divergence<F: Real>(
     backend: &Backend,
 ) -> Result<DivergenceOutput<F>> {
     let (n, m) = (x.nrows(), y.nrows());
-    let bytes = (n * m + n * n + m * m).saturating_mul(std::mem::size_of::<F>());
+    let bytes = [
+        n.saturating_mul(m),
+        n.saturating_mul(n),
+        m.saturating_mul(m),
+    ]
+    .iter()
+    .fold(0usize, |t, &e| t.saturating_add(e))
+    .saturating_mul(std::mem::size_of::<F>());
     divergence(x, y, a, b, cfg, backend, bytes <= MATERIALIZE_BYTES)
 }
 
