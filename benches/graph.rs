@@ -95,6 +95,13 @@ fn stream(buf: &[f32], reps: usize) -> f32 {
     acc.iter().sum()
 }
 
+/// [`stream`] with the buffer's halves on two threads: the floor's 2-thread reference.
+fn stream_2threads(buf: &[f32], reps: usize) -> f32 {
+    let (p, q) = buf.split_at(buf.len() / 2);
+    let (x, y) = rayon::join(|| stream(black_box(p), reps), || stream(black_box(q), reps));
+    x + y
+}
+
 fn lightgcn(c: &mut Criterion) {
     let (adj, e0) = baby_lightgcn_inputs();
     let n = adj.n_rows();
@@ -141,14 +148,7 @@ fn lightgcn(c: &mut Criterion) {
     );
     g.bench_function(
         BenchmarkId::new("floor_stream_same_bytes", "cpu_rayon"),
-        |b| {
-            b.iter(|| {
-                let (p, q) = flat.split_at(flat.len() / 2);
-                let (x, y) =
-                    rayon::join(|| stream(black_box(p), reps), || stream(black_box(q), reps));
-                x + y
-            })
-        },
+        |b| b.iter(|| stream_2threads(flat, reps)),
     );
     g.finish();
     interleaved_ratio(&adj, e0.view(), flat, reps);
@@ -166,18 +166,13 @@ fn interleaved_ratio(
     use std::time::Instant;
     let mut y = Array2::<f32>::zeros(e0.dim());
     let par = Par::rayon();
-    let floor = || {
-        let (p, q) = flat.split_at(flat.len() / 2);
-        let (x, y) = rayon::join(|| stream(black_box(p), reps), || stream(black_box(q), reps));
-        black_box(x + y);
-    };
     let pairs = if quick() { 20 } else { 400 };
     let (mut ratios, mut spmm_t, mut floor_t) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..pairs + 20 {
         let t0 = Instant::now();
         spmm_into(adj, e0, y.view_mut(), par).unwrap();
         let t1 = Instant::now();
-        floor();
+        black_box(stream_2threads(flat, reps));
         let t2 = Instant::now();
         if k >= 20 {
             let (s, f) = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64());

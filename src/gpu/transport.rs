@@ -70,6 +70,23 @@ struct OnlineParams {
     rho: f32,
 }
 
+impl OnlineParams {
+    /// A pass of the online kernel over `n_self` points of dimension `d` against `n_other`, from point 0,
+    /// no flags, unit `tau` and `rho`.
+    fn new(n_self: usize, n_other: usize, d: usize, eps: f32) -> Self {
+        OnlineParams {
+            n_self: n_self as u32,
+            n_other: n_other as u32,
+            d: d as u32,
+            offset: 0,
+            flags: 0,
+            eps,
+            tau: 1.0,
+            rho: 1.0,
+        }
+    }
+}
+
 /// Self points per workgroup of `sinkhorn_online.wgsl` (its `TM`).
 const ONLINE_ROWS: usize = 64;
 
@@ -224,14 +241,10 @@ impl Device {
         {
             if self.online {
                 let p = OnlineParams {
-                    n_self: n_self as u32,
-                    n_other: n_other as u32,
-                    d: self.d as u32,
-                    offset: 0,
                     flags: (u32::from(want) << 1) | (u32::from(r.is_some()) << 2),
-                    eps,
                     tau: tau(r),
                     rho: r.unwrap_or(1.0),
+                    ..OnlineParams::new(n_self, n_other, self.d, eps)
                 };
                 let bufs = [
                     &ps.buf,
@@ -316,14 +329,8 @@ impl Device {
             if self.online {
                 // measure mode: the scalings ride in the potentials' slots, zero log weights
                 let p = OnlineParams {
-                    n_self: n_self as u32,
-                    n_other: n_other as u32,
-                    d: self.d as u32,
-                    offset: 0,
                     flags: 8,
-                    eps,
-                    tau: 1.0,
-                    rho: 1.0,
+                    ..OnlineParams::new(n_self, n_other, self.d, eps)
                 };
                 let bufs = [
                     &ps.buf,

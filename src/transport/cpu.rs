@@ -61,6 +61,29 @@ impl<'a, F: Real> Weights<'a, F> {
     }
 }
 
+/// `log(r_i / a_i)` for the row sum `r = sum_j exp(alpha + beta_j - crow_j inv)` from the fast exp pass, and
+/// whether that sum was usable: when it underflowed (or is not finite) the log is recomputed exactly by a
+/// max-shifted log-sum-exp (`scratch` is overwritten then).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn log_row_ratio<F: Real>(
+    r: F,
+    alpha: F,
+    beta: &[F],
+    crow: &[F],
+    inv: F,
+    scratch: &mut [F],
+    log_a: F,
+) -> (F, bool) {
+    let fast = r > tiny() && r.is_finite();
+    let log_r = if fast {
+        r.ln()
+    } else {
+        affine_logsumexp(alpha, beta, crow, inv, scratch)
+    };
+    (log_r - log_a, fast)
+}
+
 /// One full log-domain iteration (f then g), in place. Returns the error of the row marginal of the
 /// iterate *before* the update, in `norm`.
 #[allow(clippy::too_many_arguments)]
@@ -88,13 +111,7 @@ pub(crate) fn log_iteration<F: Real>(
             let alpha = f_old[i] * inv + w.la[i];
             let r = F::exp_affine_sum(alpha, &beta, crow, inv, &mut e);
             let resid = r - marginal_target(w.a[i], f_old[i], rho.0);
-            let fast = r > tiny() && r.is_finite();
-            // log(r_i / a_i), exactly recomputed when the fast sum underflowed
-            let lr = if fast {
-                r.ln()
-            } else {
-                affine_logsumexp(alpha, &beta, crow, inv, &mut e)
-            } - w.la[i];
+            let (lr, fast) = log_row_ratio(r, alpha, &beta, crow, inv, &mut e, w.la[i]);
             let f_new = tau_a * (f_old[i] - eps * lr);
             let delta = (f_new - f_old[i]) * inv;
             let scale = delta.exp();
@@ -325,12 +342,7 @@ pub(crate) fn symmetric_iteration<F: Real>(
         geom.for_rows(rows, &mut scratch, |i, crow| {
             let alpha = beta[i];
             let r = F::exp_affine_sum(alpha, &beta, crow, inv, &mut e);
-            // log(r_i / a_i), exactly recomputed when the fast sum underflowed
-            let lr = if r > tiny() && r.is_finite() {
-                r.ln()
-            } else {
-                affine_logsumexp(alpha, &beta, crow, inv, &mut e)
-            } - w.la[i];
+            let (lr, _) = log_row_ratio(r, alpha, &beta, crow, inv, &mut e, w.la[i]);
             out.push((r - w.a[i], f_old[i] - F::c(0.5) * eps * lr));
         });
         out
