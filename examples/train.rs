@@ -400,12 +400,17 @@ fn run() -> Result<(), Error> {
         BackendArg::Cpu if args.threads == 1 => Backend::Cpu(Par::Seq),
         BackendArg::Cpu => Backend::Cpu(Par::Rayon(args.threads)),
         BackendArg::Gpu => {
-            return Err(Error::GpuUnavailable {
-                reason:
-                    "the model has no GPU path yet (recgoat_core::gpu covers SpMM and LightGCN \
-                         propagation only): use --backend cpu"
-                        .into(),
-            })
+            let ctx = recgoat_core::gpu::GpuContext::new()?;
+            eprintln!("GPU backend: {}", ctx.adapter_name());
+            let host = if args.threads == 1 {
+                Par::Seq
+            } else {
+                Par::Rayon(args.threads)
+            };
+            Backend::Gpu(recgoat_core::GpuBackend::new(
+                std::sync::Arc::new(ctx),
+                host,
+            ))
         }
     };
     let features: Vec<String> = match &args.features {
@@ -458,8 +463,8 @@ fn run() -> Result<(), Error> {
             let dir = args.out.join(&label);
             let t = Instant::now();
             let trainer = match (&args.resume, pi, s) {
-                (Some(path), 0, 0) => Trainer::resume(path, &ds, backend, None)?,
-                _ => Trainer::new(configure(preset, &args, seed)?, &ds, backend)?,
+                (Some(path), 0, 0) => Trainer::resume(path, &ds, backend.clone(), None)?,
+                _ => Trainer::new(configure(preset, &args, seed)?, &ds, backend.clone())?,
             };
             let setup = t.elapsed().as_secs_f64();
             if setup > 0.5 {

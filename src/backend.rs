@@ -1,4 +1,4 @@
-//! Where an op runs: the CPU with a given parallelism, later also a GPU.
+//! Where an op runs: the CPU with a given parallelism, or a GPU.
 //!
 //! Parallelism is a value passed to each call, never a global setting, so two callers in one process can run
 //! the same op sequentially and in parallel side by side. Reductions are chunked by the `Par` value alone,
@@ -51,14 +51,53 @@ fn available_threads() -> usize {
 
 /// The device an op runs on.
 ///
-/// Only the CPU exists today; the GPU variant arrives with the `gpu` feature's implementation. The enum is
-/// `#[non_exhaustive]` so adding it is not a breaking change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `Cpu` runs the CPU kernels with the given parallelism. `Gpu` runs the model's heavy ops on a GPU through
+/// wgpu (see [`GpuBackend`]); without the `gpu` cargo feature it cannot be constructed ([`Backend::gpu`]
+/// returns [`crate::Error::GpuUnavailable`]). The enum is `#[non_exhaustive]`.
+///
+/// Functions outside the model that take a `&Backend` (the Sinkhorn solvers, the OAT map) run their CPU
+/// code, with [`Backend::par`] as the parallelism, for either variant; their GPU twins are the functions of
+/// [`crate::gpu`], which take a [`crate::gpu::GpuContext`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Backend {
     /// The CPU path (SIMD kernels, parallel as the `Par` says).
     Cpu(Par),
+    /// The GPU path of the model (f32 models only), with host-side work parallel as its `host` says.
+    Gpu(GpuBackend),
 }
+
+/// A GPU for [`Backend::Gpu`]: a shared [`crate::gpu::GpuContext`] and the parallelism of the host-side
+/// work between device calls.
+#[derive(Debug, Clone)]
+pub struct GpuBackend {
+    ctx: std::sync::Arc<crate::gpu::GpuContext>,
+    host: Par,
+}
+
+impl GpuBackend {
+    /// A backend on `ctx`, with host-side work parallel as `host` says.
+    pub fn new(ctx: std::sync::Arc<crate::gpu::GpuContext>, host: Par) -> Self {
+        GpuBackend { ctx, host }
+    }
+    /// The device context.
+    pub fn context(&self) -> &std::sync::Arc<crate::gpu::GpuContext> {
+        &self.ctx
+    }
+    /// The parallelism of the host-side work.
+    pub fn host(&self) -> Par {
+        self.host
+    }
+}
+
+impl PartialEq for GpuBackend {
+    /// The same context (not merely the same adapter) and the same host parallelism.
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.ctx, &other.ctx) && self.host == other.host
+    }
+}
+
+impl Eq for GpuBackend {}
 
 impl Default for Backend {
     fn default() -> Self {
@@ -67,21 +106,35 @@ impl Default for Backend {
 }
 
 impl Backend {
-    /// Name used in test labels and benchmark ids.
+    /// The GPU the environment chooses ([`crate::gpu::GpuContext::new`]), with parallel host-side work.
+    ///
+    /// # Errors
+    /// [`crate::Error::GpuUnavailable`] without the `gpu` feature, or when no adapter can be opened.
+    pub fn gpu() -> crate::Result<Backend> {
+        let ctx = crate::gpu::GpuContext::new()?;
+        Ok(Backend::Gpu(GpuBackend::new(
+            std::sync::Arc::new(ctx),
+            Par::rayon(),
+        )))
+    }
+
+    /// Name used in test labels and benchmark ids: `cpu_seq`, `cpu_rayon` or `gpu`.
     pub fn name(&self) -> String {
         match self {
             Backend::Cpu(p) => p.name().to_string(),
+            Backend::Gpu(_) => "gpu".to_string(),
         }
     }
 
-    /// The CPU parallelism of this backend.
+    /// The CPU parallelism of this backend (for `Gpu`, that of its host-side work).
     pub fn par(&self) -> Par {
         match self {
             Backend::Cpu(p) => *p,
+            Backend::Gpu(g) => g.host,
         }
     }
 
-    /// Every backend available in this build, for parity tests: sequential and parallel CPU.
+    /// Every CPU backend, for parity tests: sequential and parallel.
     pub fn all_available() -> Vec<Backend> {
         vec![Backend::Cpu(Par::Seq), Backend::Cpu(Par::Rayon(3))]
     }

@@ -14,6 +14,6 @@ pub mod simd;
 pub mod testing;
 pub mod transport;
 
-pub use backend::{Backend, Par};
+pub use backend::{Backend, GpuBackend, Par};
 pub use error::{Error, Result};
 pub use simd::Real;

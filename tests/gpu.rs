@@ -13,12 +13,17 @@ use recgoat_core::graph::{self, bipartite_user_item, CsrGraph};
 use recgoat_core::testing::Tolerance;
 use recgoat_core::testing::{randn, rng};
 use recgoat_core::{Error, Par};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The shared context, or `None` (with the reason printed) when no adapter exists and none is required.
 fn ctx() -> Option<&'static GpuContext> {
-    static CTX: OnceLock<Result<GpuContext, Error>> = OnceLock::new();
-    match CTX.get_or_init(GpuContext::new) {
+    shared().map(|c| &**c)
+}
+
+/// [`ctx`] as the `Arc` a [`recgoat_core::Backend::Gpu`] holds.
+fn shared() -> Option<&'static Arc<GpuContext>> {
+    static CTX: OnceLock<Result<Arc<GpuContext>, Error>> = OnceLock::new();
+    match CTX.get_or_init(|| GpuContext::new().map(Arc::new)) {
         Ok(c) => Some(c),
         Err(e) if std::env::var("RECGOAT_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
             panic!("RECGOAT_REQUIRE_GPU=1 but no GPU context: {e}")
@@ -1061,4 +1066,124 @@ fn profiling_times_each_kernel() {
     );
     c.reset_profile();
     assert!(c.profile().expect("still profiling").is_empty());
+}
+
+/// The model on the GPU backend (propagation and graph attention on the device) against the same f32 model
+/// on the CPU: losses and every parameter gradient, in evaluation and training mode (dropout masks drawn
+/// from the same seed on both).
+mod model_backend {
+    use super::*;
+    use recgoat_core::attention::Mode;
+    use recgoat_core::model::{Batch, RecGoat, RecGoatConfig, Split, Trainer};
+    use recgoat_core::{Backend, GpuBackend};
+
+    fn gpu_backend() -> Option<Backend> {
+        shared().map(|c| Backend::Gpu(GpuBackend::new(c.clone(), Par::Seq)))
+    }
+
+    fn small(base: RecGoatConfig, user_user: bool) -> RecGoatConfig {
+        RecGoatConfig {
+            embedding_dim: 8,
+            gat_heads: 2,
+            knn_k: 3,
+            user_user,
+            batch_size: 16,
+            epochs: 2,
+            eval_every: 1,
+            ..base
+        }
+    }
+
+    /// Both paths are f32 and differ in summation order; the OAT solve and the losses sit between the
+    /// device ops, so differences are compared relative to each tensor's largest entry (the largest seen on
+    /// lavapipe: 1.0e-5 of it, in a projection gradient of `official_code()` in training mode).
+    const MODEL_TOL: Tolerance = Tolerance::new(1e-3, 2e-5);
+
+    #[test]
+    fn loss_and_gradients_match_the_cpu_backend() {
+        let Some(be) = gpu_backend() else { return };
+        let ds = common::tiny();
+        let batch = Batch {
+            users: vec![0, 3, 5, 8, 2],
+            pos: vec![0, 3, 1, 4, 10],
+            neg: vec![7, 11, 2, 6, 9],
+        };
+        for (name, cfg) in [
+            ("paper", small(RecGoatConfig::paper(), true)),
+            (
+                "official_code",
+                small(RecGoatConfig::official_code(), false),
+            ),
+            ("lightgcn", small(RecGoatConfig::lightgcn(), false)),
+        ] {
+            let cpu = RecGoat::<f32>::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+            let gpu = RecGoat::<f32>::new(cfg, &ds, be.clone()).unwrap();
+            let p = cpu.init_params();
+            for mode in [Mode::Eval, Mode::Train { seed: 3 }] {
+                let (lc, gc) = cpu.loss_and_grad(&p, &batch, mode, None).unwrap();
+                let (lg, gg) = gpu.loss_and_grad(&p, &batch, mode, None).unwrap();
+                let label = format!("{name} {mode:?}");
+                for (what, a, b) in [
+                    ("total", lg.total, lc.total),
+                    ("bpr", lg.bpr, lc.bpr),
+                    ("cl", lg.cl, lc.cl),
+                ] {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{label}: loss {what}: gpu {a} vs cpu {b}"
+                    );
+                }
+                for ((n, a), (_, b)) in gg.tensors().iter().zip(&gc.tensors()) {
+                    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+                    MODEL_TOL.assert_close(
+                        &format!("{label}: grad {n}"),
+                        &(a.mapv(|v| v / scale)).view(),
+                        &(b.mapv(|v| v / scale)).view(),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_model_on_the_gpu_trains_like_the_cpu_one() {
+        let Some(be) = gpu_backend() else { return };
+        let ds = common::tiny();
+        let cfg = small(RecGoatConfig::paper(), false);
+        let mut cpu = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+        let mut gpu = Trainer::new(cfg, &ds, be).unwrap();
+        for _ in 0..2 {
+            let (a, b) = (
+                gpu.run_epoch(|_, _| {}).unwrap(),
+                cpu.run_epoch(|_, _| {}).unwrap(),
+            );
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-3 * b.loss.abs(),
+                "epoch {}: gpu loss {} vs cpu {}",
+                a.epoch,
+                a.loss,
+                b.loss
+            );
+        }
+        let (a, b) = (
+            gpu.evaluate(Split::Test).unwrap(),
+            cpu.evaluate(Split::Test).unwrap(),
+        );
+        assert_eq!(
+            format!("{a:?}"),
+            format!("{b:?}"),
+            "test metrics after two epochs"
+        );
+    }
+
+    #[test]
+    fn an_f64_model_on_the_gpu_is_an_error() {
+        let Some(be) = gpu_backend() else { return };
+        let cfg = small(RecGoatConfig::paper(), false);
+        let e = RecGoat::<f64>::new(cfg, &common::tiny(), be).unwrap_err();
+        assert!(
+            matches!(e, Error::Param { .. }) && e.to_string().contains("f32"),
+            "{e}"
+        );
+    }
 }

@@ -8,27 +8,8 @@ use recgoat_core::model::*;
 use recgoat_core::testing::{self, central_difference, Tolerance};
 use recgoat_core::{Backend, Par};
 
-/// 9 users, 12 items, two modalities of widths 5 and 3; every user has 3-4 training items.
-fn tiny() -> Dataset {
-    let mut rng = testing::rng(42);
-    let f1: Array2<f32> = testing::randn::<f64, _, _>(&mut rng, (12, 5)).mapv(|v| v as f32);
-    let f2: Array2<f32> = testing::randn::<f64, _, _>(&mut rng, (12, 3)).mapv(|v| v as f32);
-    let mut train = Vec::new();
-    for u in 0..9 {
-        for k in 0..(3 + u % 2) {
-            train.push((u, (u * 5 + k * 3) % 12));
-        }
-    }
-    let test: Vec<_> = (0..9).map(|u| (u, (u * 5 + 1) % 12)).collect();
-    Dataset::new(
-        "tiny",
-        train,
-        vec![],
-        test,
-        vec![("a".into(), f1), ("b".into(), f2)],
-    )
-    .unwrap()
-}
+mod common;
+use common::tiny;
 
 fn tiny_config(base: RecGoatConfig) -> RecGoatConfig {
     RecGoatConfig {

@@ -396,6 +396,16 @@ pub fn multi_view_info_nce<F: Real>(
     cfg: &InfoNceConfig<F>,
     par: Par,
 ) -> Result<MultiViewOutput<F>> {
+    multi_view_with(views, pairs, |a, b| info_nce(a, b, None, None, cfg, par))
+}
+
+/// [`multi_view_info_nce`] with each pair's InfoNCE from `pair_loss(anchors, positives)` (the CPU path or
+/// the model's GPU path).
+pub(crate) fn multi_view_with<F: Real>(
+    views: &[ArrayView2<'_, F>],
+    pairs: &[ViewPair<F>],
+    mut pair_loss: impl FnMut(ArrayView2<'_, F>, ArrayView2<'_, F>) -> Result<InfoNceOutput<F>>,
+) -> Result<MultiViewOutput<F>> {
     const OP: &str = "multi_view_info_nce";
     for (k, p) in pairs.iter().enumerate() {
         if p.first >= views.len() || p.second >= views.len() {
@@ -419,7 +429,7 @@ pub fn multi_view_info_nce<F: Real>(
     let mut loss = F::zero();
     let mut terms = Vec::with_capacity(pairs.len());
     for p in pairs {
-        let out = info_nce(views[p.first], views[p.second], None, None, cfg, par)?;
+        let out = pair_loss(views[p.first], views[p.second])?;
         let (value, scale) = match p.term {
             PairTerm::InfoNce => (p.weight * out.loss, p.weight),
             PairTerm::OneMinusInfoNce => (p.weight * (F::one() - out.loss), -p.weight),

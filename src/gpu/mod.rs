@@ -13,8 +13,8 @@
 //! log-domain Sinkhorn solve (dense or online squared Euclidean cost, eps schedule, unbalanced marginals),
 //! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device), RecGOAT's OAT map
 //! with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host) and
-//! graph attention (GATConv and GATv2, forward and backward, dropout included). Not yet on the GPU: a
-//! backend for the model. The softmax fusion of views and a batch of Sinkhorn
+//! graph attention (GATConv and GATv2, forward and backward, dropout included). The model runs its
+//! propagation and graph attention here with [`crate::Backend::Gpu`]. The softmax fusion of views and a batch of Sinkhorn
 //! problems (solved in turn) have GPU calls too.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
@@ -107,6 +107,11 @@ mod disabled {
             Err(Error::GpuUnavailable {
                 reason: "recgoat-core was built without the `gpu` cargo feature".into(),
             })
+        }
+
+        /// The adapter's name (never called: this type has no values).
+        pub fn adapter_name(&self) -> &str {
+            match self._never {}
         }
     }
 }

@@ -4,6 +4,8 @@
 
 mod checkpoint;
 mod config;
+#[cfg(feature = "gpu")]
+mod device;
 mod eval;
 mod params;
 mod profile;

@@ -4,10 +4,13 @@
 use super::config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 use super::params::{add1, add2, Branch, Params};
 use super::profile::{Profile, Stage};
-use crate::attention::{GatCache, GatConfig, GatLayer, GatParams, Mode, Scoring};
+use crate::attention::{GatCache, GatConfig, GatGrads, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
+#[cfg(feature = "gpu")]
+use crate::contrastive::multi_view_with;
 use crate::contrastive::{
-    cmcl_official_pairs, cmcl_paper_pairs, multi_view_info_nce, InfoNceConfig,
+    cmcl_official_pairs, cmcl_paper_pairs, multi_view_info_nce, InfoNceConfig, MultiViewOutput,
+    ViewPair,
 };
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -57,6 +60,9 @@ pub struct LossParts<F> {
 #[derive(Debug, Clone)]
 struct BranchInput<F> {
     name: String,
+    /// Index of the branch's graph on the device: the modalities in order, then the user branch.
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    slot: usize,
     x: Array2<F>,
     graph: CsrGraph<F>,
 }
@@ -95,6 +101,9 @@ pub struct RecGoat<F: Real> {
     oat: Option<AdaptiveTransport<F>>,
     sample_ot: SinkhornConfig<F>,
     backend: Backend,
+    /// The graphs on the device, with [`Backend::Gpu`].
+    #[cfg(feature = "gpu")]
+    device: Option<std::sync::Arc<super::device::DeviceModel>>,
     /// Name and shape of every parameter tensor, in [`Params::tensors`] order.
     shapes: Vec<(String, (usize, usize))>,
 }
@@ -108,9 +117,19 @@ struct BranchCache<F> {
 
 #[derive(Debug, Clone)]
 struct LayerCache<F> {
-    gat: GatCache<F>,
+    gat: LayerState<F>,
     pre: Array2<F>,
     mask: Option<Array2<F>>,
+}
+
+/// A GAT layer's forward state: on the host, or on the device with the GPU backend.
+// one per layer in a forward cache: the variants' size difference costs nothing worth a box
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum LayerState<F> {
+    Cpu(GatCache<F>),
+    #[cfg(feature = "gpu")]
+    Gpu(std::sync::Arc<super::device::DeviceGat>),
 }
 
 #[derive(Debug, Clone)]
@@ -241,7 +260,8 @@ impl<F: Real> RecGoat<F> {
         };
         let modalities = selected
             .iter()
-            .map(|(name, x)| {
+            .enumerate()
+            .map(|(slot, (name, x))| {
                 let mut x: Array2<F> = x.mapv(|v| F::c(v as f64));
                 if cfg.normalize_features {
                     nn::normalize_nonzero_rows_in_place(&mut x);
@@ -249,6 +269,7 @@ impl<F: Real> RecGoat<F> {
                 let graph = knn_graph(x.view(), &knn, par)?;
                 Ok(BranchInput {
                     name: name.clone(),
+                    slot,
                     x,
                     graph,
                 })
@@ -283,6 +304,7 @@ impl<F: Real> RecGoat<F> {
             let graph = knn_graph(profiles.view(), &knn, par)?;
             Some(BranchInput {
                 name: "users".into(),
+                slot: modalities.len(),
                 x: profiles,
                 graph,
             })
@@ -338,8 +360,11 @@ impl<F: Real> RecGoat<F> {
             oat,
             sample_ot,
             backend,
+            #[cfg(feature = "gpu")]
+            device: None,
             shapes: Vec::new(),
         };
+        model.attach_device()?;
         model.shapes = model
             .init_params()
             .tensors()
@@ -347,6 +372,95 @@ impl<F: Real> RecGoat<F> {
             .map(|(n, t)| (n.clone(), t.dim()))
             .collect();
         Ok(model)
+    }
+
+    /// With [`Backend::Gpu`], uploads the user-item graph and the attended graphs (the model must be
+    /// `RecGoat<f32>`); without the `gpu` feature a GPU backend cannot exist, so this is a no-op.
+    fn attach_device(&mut self) -> Result<()> {
+        #[cfg(feature = "gpu")]
+        if let Backend::Gpu(gb) = &self.backend {
+            let graphs: Vec<&CsrGraph<F>> = self
+                .modalities
+                .iter()
+                .chain(&self.user_input)
+                .map(|b| &b.graph)
+                .collect();
+            let dm = super::device::DeviceModel::new(gb, &self.adj, &self.gat, &graphs)?;
+            self.device = Some(std::sync::Arc::new(dm));
+        }
+        Ok(())
+    }
+
+    /// LightGCN over the user-item graph, or (`backward`) its gradient, on the model's backend.
+    fn propagate(&self, x: ArrayView2<'_, F>, backward: bool) -> Result<Array2<F>> {
+        let layers = self.cfg.lightgcn_layers;
+        #[cfg(feature = "gpu")]
+        if let Some(dm) = &self.device {
+            return dm.propagate(x, layers, backward);
+        }
+        let par = self.backend.par();
+        if backward {
+            lightgcn_backward(&self.adj, x, layers, par)
+        } else {
+            lightgcn_forward(&self.adj, x, layers, par)
+        }
+    }
+
+    /// One GAT layer of a branch on the model's backend.
+    fn gat_forward(
+        &self,
+        gp: &GatParams<F>,
+        input: &BranchInput<F>,
+        h: ArrayView2<'_, F>,
+        mode: Mode,
+    ) -> Result<(Array2<F>, LayerState<F>)> {
+        #[cfg(feature = "gpu")]
+        if let Some(dm) = &self.device {
+            let (out, state) = dm.gat_forward(input.slot, &self.gat, gp, h, mode)?;
+            return Ok((out, LayerState::Gpu(std::sync::Arc::new(state))));
+        }
+        let (out, cache) = self
+            .gat
+            .forward(gp, &input.graph, h, mode, self.backend.par())?;
+        Ok((out, LayerState::Cpu(cache)))
+    }
+
+    /// The backward pass of [`RecGoat::gat_forward`].
+    fn gat_backward(
+        &self,
+        gp: &GatParams<F>,
+        input: &BranchInput<F>,
+        state: &LayerState<F>,
+        grad_out: ArrayView2<'_, F>,
+    ) -> Result<GatGrads<F>> {
+        match state {
+            LayerState::Cpu(cache) => {
+                self.gat
+                    .backward(gp, &input.graph, cache, grad_out, self.backend.par())
+            }
+            #[cfg(feature = "gpu")]
+            LayerState::Gpu(state) => {
+                let dm = self
+                    .device
+                    .as_ref()
+                    .expect("a device state comes from a model on the device");
+                dm.gat_backward(input.slot, &self.gat, gp, state, grad_out)
+            }
+        }
+    }
+
+    /// The contrastive loss over views on the model's backend.
+    fn multi_view_info_nce(
+        &self,
+        views: &[ArrayView2<'_, F>],
+        pairs: &[ViewPair<F>],
+        cfg: &InfoNceConfig<F>,
+    ) -> Result<MultiViewOutput<F>> {
+        #[cfg(feature = "gpu")]
+        if let Some(dm) = &self.device {
+            return multi_view_with(views, pairs, |a, b| dm.info_nce(a, b, cfg));
+        }
+        multi_view_info_nce(views, pairs, cfg, self.backend.par())
     }
 
     /// The configuration.
@@ -494,18 +608,12 @@ impl<F: Real> RecGoat<F> {
         mode: Mode,
         salt: u64,
     ) -> Result<BranchCache<F>> {
-        let par = self.backend.par();
         let mut h = p.proj.forward(input.x.view())?;
         let mut layers = Vec::with_capacity(p.gat.len());
         for (l, gp) in p.gat.iter().enumerate() {
             let salt = salt * 64 + l as u64;
-            let (pre, gat) = self.gat.forward(
-                gp,
-                &input.graph,
-                h.view(),
-                Self::derived(mode, 2 * salt),
-                par,
-            )?;
+            let (pre, gat) =
+                self.gat_forward(gp, input, h.view(), Self::derived(mode, 2 * salt))?;
             let act = nn::leaky_relu(pre.view(), cast(BRANCH_SLOPE));
             let (out, mask) = self.dropout(act, mode, 2 * salt + 1)?;
             h = out;
@@ -522,7 +630,6 @@ impl<F: Real> RecGoat<F> {
         mut g: Array2<F>,
         grads: &mut Branch<F>,
     ) -> Result<()> {
-        let par = self.backend.par();
         for ((gp, lc), gg) in p
             .gat
             .iter()
@@ -532,9 +639,7 @@ impl<F: Real> RecGoat<F> {
         {
             let gd = nn::dropout_backward(g.view(), lc.mask.as_ref());
             let gl = nn::leaky_relu_backward(lc.pre.view(), gd.view(), cast(BRANCH_SLOPE))?;
-            let lg = self
-                .gat
-                .backward(gp, &input.graph, &lc.gat, gl.view(), par)?;
+            let lg = self.gat_backward(gp, input, &lc.gat, gl.view())?;
             gg.w += &lg.grad_w;
             gg.a_src += &lg.grad_a_src;
             add2(&mut gg.a_dst, lg.grad_a_dst);
@@ -562,10 +667,9 @@ impl<F: Real> RecGoat<F> {
         mut profile: Option<&mut Profile>,
     ) -> Result<Forward<F>> {
         self.check_params(p)?;
-        let par = self.backend.par();
         let nu = self.n_users;
         let t = Profile::start();
-        let z = lightgcn_forward(&self.adj, p.embedding.view(), self.cfg.lightgcn_layers, par)?;
+        let z = self.propagate(p.embedding.view(), false)?;
         Profile::add(&mut profile, Stage::Propagation, t);
 
         let t = Profile::start();
@@ -707,7 +811,6 @@ impl<F: Real> RecGoat<F> {
                 ));
             }
         }
-        let par = self.backend.par();
         let d = self.cfg.embedding_dim;
         let t = Profile::start();
         let mut og = OutputGrads {
@@ -786,7 +889,7 @@ impl<F: Real> RecGoat<F> {
                 }
             };
             let vv: Vec<ArrayView2<'_, F>> = views.iter().map(|v| v.view()).collect();
-            let out = multi_view_info_nce(&vv, &pairs, &cfg, par)?;
+            let out = self.multi_view_info_nce(&vv, &pairs, &cfg)?;
             cl = out.loss;
             for ((target, ids), g) in targets.into_iter().zip(out.grads) {
                 let g = g * clw;
@@ -948,12 +1051,7 @@ impl<F: Real> RecGoat<F> {
         Profile::add(&mut profile, Stage::Gat, t);
 
         let t = Profile::start();
-        let mut ge = lightgcn_backward(
-            &self.adj,
-            z.view(),
-            self.cfg.lightgcn_layers,
-            self.backend.par(),
-        )?;
+        let mut ge = self.propagate(z.view(), true)?;
         for (ids, g) in &embedding {
             scatter_add(&mut ge, ids, g.view());
         }

@@ -1,4 +1,6 @@
 //! Fixtures shared by the integration test files (each includes this module with `mod common;`).
+// each test file uses some of them
+#![allow(dead_code)]
 
 use recgoat_core::attention::{GatConfig, Scoring};
 
@@ -101,4 +103,28 @@ pub fn gat_variants() -> Vec<(&'static str, GatConfig<f64>)> {
             },
         ),
     ]
+}
+
+/// 9 users, 12 items, two modalities of widths 5 and 3; every user has 3-4 training items.
+pub fn tiny() -> recgoat_core::data::Dataset {
+    let mut rng = recgoat_core::testing::rng(42);
+    let f1: ndarray::Array2<f32> =
+        recgoat_core::testing::randn::<f64, _, _>(&mut rng, (12, 5)).mapv(|v| v as f32);
+    let f2: ndarray::Array2<f32> =
+        recgoat_core::testing::randn::<f64, _, _>(&mut rng, (12, 3)).mapv(|v| v as f32);
+    let mut train = Vec::new();
+    for u in 0..9 {
+        for k in 0..(3 + u % 2) {
+            train.push((u, (u * 5 + k * 3) % 12));
+        }
+    }
+    let test: Vec<_> = (0..9).map(|u| (u, (u * 5 + 1) % 12)).collect();
+    recgoat_core::data::Dataset::new(
+        "tiny",
+        train,
+        vec![],
+        test,
+        vec![("a".into(), f1), ("b".into(), f2)],
+    )
+    .unwrap()
 }
