@@ -1176,6 +1176,96 @@ mod model_backend {
         );
     }
 
+    /// `lightgcn()` on the GPU trains with the device-resident step (table and Adam state on the device for
+    /// the epoch): the same losses, parameters and test metrics as on the CPU.
+    #[test]
+    fn the_device_resident_lightgcn_step_trains_like_the_cpu() {
+        let Some(be) = gpu_backend() else { return };
+        let ds = common::tiny();
+        let cfg = RecGoatConfig {
+            batch_size: 8, // several steps per epoch
+            lr: 0.05,
+            ..small(RecGoatConfig::lightgcn(), false)
+        };
+        let mut cpu = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+        let mut gpu = Trainer::new(cfg, &ds, be).unwrap();
+        for _ in 0..2 {
+            let (a, b) = (
+                gpu.run_epoch(|_, _| {}).unwrap(),
+                cpu.run_epoch(|_, _| {}).unwrap(),
+            );
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs()
+                    && (a.bpr - b.bpr).abs() <= 1e-5 * b.bpr,
+                "epoch {}: gpu loss {} (bpr {}) vs cpu {} (bpr {})",
+                a.epoch,
+                a.loss,
+                a.bpr,
+                b.loss,
+                b.bpr
+            );
+        }
+        // the device step times the whole step as propagation: no separate loss or optimizer time
+        use recgoat_core::model::Stage;
+        for stage in [Stage::Loss, Stage::Optimizer] {
+            assert_eq!(
+                gpu.profile().get(stage),
+                0.0,
+                "{stage:?} timed: not the device step"
+            );
+            assert!(cpu.profile().get(stage) > 0.0, "{stage:?} on the cpu");
+        }
+        let (pa, pb) = (&gpu.params().embedding, &cpu.params().embedding);
+        Tolerance::new(1e-4, 1e-6).assert_close("embedding after 2 epochs", &pa.view(), &pb.view());
+        let (a, b) = (
+            gpu.evaluate(Split::Test).unwrap(),
+            cpu.evaluate(Split::Test).unwrap(),
+        );
+        assert_eq!(
+            format!("{a:?}"),
+            format!("{b:?}"),
+            "test metrics after two epochs"
+        );
+    }
+
+    #[test]
+    fn adam_on_the_device_matches_the_cpu_step() {
+        let Some(c) = ctx() else { return };
+        use recgoat_core::nn::{Adam, AdamState};
+        let adam = Adam {
+            weight_decay: 0.01,
+            ..Adam::new(0.02f32)
+        };
+        let mut p = f32_of(&randn(&mut rng(40), (37, 9)));
+        let mut st = AdamState::new(p.dim());
+        let mut pd = GpuMatrix::upload(c, p.view()).unwrap();
+        let mut sd = gpu::GpuAdamState::zeros(c, 37, 9).unwrap();
+        for k in 0..4 {
+            let g = f32_of(&randn(&mut rng(41 + k), (37, 9)));
+            adam.step(p.view_mut(), g.view(), &mut st).unwrap();
+            let gd = GpuMatrix::upload(c, g.view()).unwrap();
+            gpu::adam_step(c, &adam, &mut pd, &gd, &mut sd).unwrap();
+        }
+        let tol = Tolerance::new(1e-5, 1e-6);
+        tol.assert_close("param", &pd.download(c).unwrap().view(), &p.view());
+        let back = sd.download(c).unwrap();
+        assert_eq!(back.t, st.t);
+        tol.assert_close("m", &back.m().view(), &st.m().view());
+        tol.assert_close("v", &back.v().view(), &st.v().view());
+        let wrong = GpuMatrix::zeros(c, 9, 37).unwrap();
+        let e = gpu::adam_step(c, &adam, &mut pd, &wrong, &mut sd).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }), "{e}");
+        let bad = Adam { lr: -1.0, ..adam };
+        let e = gpu::adam_step(
+            c,
+            &bad,
+            &mut pd,
+            &GpuMatrix::zeros(c, 37, 9).unwrap(),
+            &mut sd,
+        );
+        assert!(matches!(e, Err(Error::Param { .. })), "{e:?}");
+    }
+
     #[test]
     fn an_f64_model_on_the_gpu_is_an_error() {
         let Some(be) = gpu_backend() else { return };

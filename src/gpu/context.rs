@@ -28,6 +28,8 @@ pub(crate) struct Kernel {
 /// checks. A file whose leading lines are `// requires: lib/<name>.wgsl` is compiled with those library files
 /// (shared helpers) in front of it, in the order listed.
 pub const SHADERS: &[(&str, &str)] = &[
+    ("adam.wgsl", include_str!("../../shaders/adam.wgsl")),
+    ("bpr_rows.wgsl", composed!("bpr_rows.wgsl", "reduce64.wgsl")),
     (
         "add_scaled_cols.wgsl",
         include_str!("../../shaders/add_scaled_cols.wgsl"),

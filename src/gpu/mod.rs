@@ -14,7 +14,8 @@
 //! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device), RecGOAT's OAT map
 //! with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host) and
 //! graph attention (GATConv and GATv2, forward and backward, dropout included). The model runs its
-//! propagation and graph attention here with [`crate::Backend::Gpu`]. The softmax fusion of views and a batch of Sinkhorn
+//! propagation, graph attention and contrastive loss here with [`crate::Backend::Gpu`] (an ID-only model
+//! its whole training step, with [`adam_step`]). The softmax fusion of views and a batch of Sinkhorn
 //! problems (solved in turn) have GPU calls too.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
@@ -51,9 +52,11 @@ mod knn;
 #[cfg(feature = "gpu")]
 mod matrix;
 #[cfg(feature = "gpu")]
+pub(crate) mod optim;
+#[cfg(feature = "gpu")]
 mod profile;
 #[cfg(feature = "gpu")]
-mod propagation;
+pub(crate) mod propagation;
 #[cfg(feature = "gpu")]
 mod transport;
 
@@ -78,6 +81,8 @@ pub use dense::{
 pub use knn::{knn_graph, KNN_MAX_K};
 #[cfg(feature = "gpu")]
 pub use matrix::{GpuGraph, GpuMatrix};
+#[cfg(feature = "gpu")]
+pub use optim::{adam_step, GpuAdamState};
 #[cfg(feature = "gpu")]
 pub use profile::KernelTime;
 #[cfg(feature = "gpu")]

@@ -123,6 +123,26 @@ pub fn spmm_backward_into(
     )
 }
 
+/// `acc += A^T dy` on the device (`scratch` receives `A^T dy`): a scatter-add of rows when `A` selects them.
+pub(crate) fn spmm_backward_add(
+    ctx: &GpuContext,
+    a: &GpuGraph,
+    grad_y: &GpuMatrix,
+    scratch: &GpuMatrix,
+    acc: &GpuMatrix,
+) -> Result<()> {
+    const OP: &str = "gpu::spmm_backward_add";
+    let c = csr(a, Dir::Transposed);
+    check_operands(OP, c, grad_y, scratch)?;
+    check_operands(OP, c, grad_y, acc)?;
+    if acc.bytes() == 0 {
+        return Ok(());
+    }
+    let mut enc = ctx.encoder();
+    record_spmm(ctx, &mut enc, c, grad_y, scratch, Some((acc, 1.0)))?;
+    ctx.submit(OP, enc)
+}
+
 fn spmm_dir(
     ctx: &GpuContext,
     op: &'static str,

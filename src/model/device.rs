@@ -198,3 +198,111 @@ impl DeviceModel {
         })
     }
 }
+
+/// The device-resident training step of an ID-only model without a contrastive term (the `lightgcn()`
+/// preset): the embedding table, Adam's moments and every intermediate stay on the device. Per step the
+/// host uploads the batch's row ids (as a selection graph `S`, `3B x N`) and reads back the loss terms
+/// (`B x 2` values), which it checks for NaN/Inf before the Adam step; nothing else crosses.
+///
+/// Per step: `Z = LightGCN(E)`; `Zb = S Z`, `Eb = S E` (gathers); BPR and the regulariser per triple
+/// (`bpr_rows.wgsl`); `dZ = S^T dZb` (scatter-add); `dE = LightGCN^T(dZ) + S^T dEb`; Adam on `E`.
+#[derive(Debug)]
+pub(crate) struct DeviceStep {
+    model: Arc<DeviceModel>,
+    embedding: GpuMatrix,
+    adam: gpu::GpuAdamState,
+    /// Scratch, `N x d` each: the propagated table, its gradient, the embedding gradient, a product.
+    z: GpuMatrix,
+    gz: GpuMatrix,
+    ge: GpuMatrix,
+    scratch: GpuMatrix,
+}
+
+impl DeviceStep {
+    /// The step with `embedding` and its Adam state uploaded.
+    ///
+    /// # Errors
+    /// As [`GpuMatrix::upload`].
+    pub(crate) fn new(
+        model: Arc<DeviceModel>,
+        embedding: ArrayView2<'_, f32>,
+        state: &crate::nn::AdamState<f32>,
+    ) -> Result<DeviceStep> {
+        let ctx = &*model.ctx;
+        let (n, d) = embedding.dim();
+        let zeros = || GpuMatrix::zeros(ctx, n, d);
+        Ok(DeviceStep {
+            embedding: GpuMatrix::upload(ctx, embedding)?,
+            adam: gpu::GpuAdamState::upload(ctx, state)?,
+            z: zeros()?,
+            gz: zeros()?,
+            ge: zeros()?,
+            scratch: zeros()?,
+            model,
+        })
+    }
+
+    /// One training step on `batch`: the BPR loss and the regulariser (already
+    /// weighted by `reg`) of the parameters before the step.
+    ///
+    /// # Errors
+    /// As [`crate::model::RecGoat::batch_loss`] for the batch; [`Error::NonFinite`] when a loss term is
+    /// NaN/Inf (the parameters are then left as they were); the device errors.
+    pub(crate) fn step(
+        &mut self,
+        batch: &crate::model::Batch,
+        n_users: usize,
+        (layers, reg): (usize, f32),
+        adam: &crate::nn::Adam<f32>,
+    ) -> Result<(f32, f32)> {
+        const OP: &str = "RecGoat device step";
+        let ctx = &*self.model.ctx;
+        let (n, d) = (self.embedding.rows(), self.embedding.cols());
+        let b = batch.check(OP, n_users, n - n_users)?;
+        // ids are below n, which fits u32 as the uploaded graph did
+        let rows: Vec<u32> = (batch.users.iter().copied())
+            .chain(batch.pos.iter().map(|&i| n_users + i))
+            .chain(batch.neg.iter().map(|&i| n_users + i))
+            .map(|r| r as u32)
+            .collect();
+        let select = CsrGraph::<f32>::new(3 * b, n, (0..=3 * b).collect(), rows, None)?;
+        let select = GpuGraph::upload(ctx, &select)?;
+        gpu::lightgcn_forward_into(ctx, &self.model.adj, &self.embedding, layers, &mut self.z)?;
+        let mut zb = GpuMatrix::zeros(ctx, 3 * b, d)?;
+        let mut eb = GpuMatrix::zeros(ctx, 3 * b, d)?;
+        gpu::spmm_into(ctx, &select, &self.z, &mut zb)?;
+        gpu::spmm_into(ctx, &select, &self.embedding, &mut eb)?;
+        let (gzb, geb) = (
+            GpuMatrix::zeros(ctx, 3 * b, d)?,
+            GpuMatrix::zeros(ctx, 3 * b, d)?,
+        );
+        let terms = GpuMatrix::zeros(ctx, b, 2)?;
+        gpu::optim::bpr_rows(ctx, (&zb, &eb), reg, (&gzb, &geb, &terms))?;
+        gpu::spmm_backward_into(ctx, &select, &gzb, &mut self.gz)?;
+        gpu::lightgcn_backward_into(ctx, &self.model.adj, &self.gz, layers, &mut self.ge)?;
+        gpu::propagation::spmm_backward_add(ctx, &select, &geb, &self.scratch, &self.ge)?;
+        let terms = terms.download(ctx)?;
+        if let Some(((row, col), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                op: OP,
+                what: ["BPR term of a triple", "regulariser term of a triple"][col].into(),
+                index: row,
+                value: v.to_string(),
+            });
+        }
+        let inv_b = 1.0 / b as f64;
+        let bpr = terms.column(0).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
+        let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
+        gpu::adam_step(ctx, adam, &mut self.embedding, &self.ge, &mut self.adam)?;
+        Ok((bpr as f32, (f64::from(reg) * sq) as f32))
+    }
+
+    /// The embedding table and its Adam state, back on the host.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a failed read.
+    pub(crate) fn download(&self) -> Result<(Array2<f32>, crate::nn::AdamState<f32>)> {
+        let ctx = &*self.model.ctx;
+        Ok((self.embedding.download(ctx)?, self.adam.download(ctx)?))
+    }
+}

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 /// [`Profile::seconds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// LightGCN propagation (forward and backward).
+    /// LightGCN propagation (forward and backward). For an ID-only model trained on the GPU, whose whole step
+    /// (propagation, BPR, Adam) is one device-resident sequence, the whole step.
     Propagation,
     /// Projections and graph attention of every branch (forward and backward).
     Gat,

@@ -41,6 +41,46 @@ pub struct Batch {
     pub neg: Vec<usize>,
 }
 
+impl Batch {
+    /// The batch size, after checking that the lists are non-empty, of one length, and in range.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for an empty batch, [`Error::Shape`] for lists of different lengths,
+    /// [`Error::Param`] for an id out of range (`n_users` users, `n_items` items).
+    pub(crate) fn check(&self, op: &'static str, n_users: usize, n_items: usize) -> Result<usize> {
+        let bsz = self.users.len();
+        if bsz == 0 {
+            return Err(Error::Empty {
+                op,
+                what: "batch".into(),
+            });
+        }
+        if self.pos.len() != bsz || self.neg.len() != bsz {
+            return Err(Error::shape(
+                op,
+                "pos / neg lengths vs users",
+                bsz,
+                (self.pos.len(), self.neg.len()),
+            ));
+        }
+        for (what, ids, n) in [
+            ("users", &self.users, n_users),
+            ("pos", &self.pos, n_items),
+            ("neg", &self.neg, n_items),
+        ] {
+            if let Some((k, &id)) = ids.iter().enumerate().find(|(_, &id)| id >= n) {
+                return Err(Error::param(
+                    op,
+                    "batch",
+                    format!("{what}[{k}] = {id}"),
+                    format!("out of range ({n})"),
+                ));
+            }
+        }
+        Ok(bsz)
+    }
+}
+
 /// The terms of the training loss of one batch (`total` is their weighted sum).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossParts<F> {
@@ -449,6 +489,19 @@ impl<F: Real> RecGoat<F> {
         }
     }
 
+    /// The device-resident training step, when this model has one: a GPU backend, ID-only, no contrastive
+    /// term (then every parameter is the embedding table). `embedding` and `state` are uploaded.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn device_step(
+        &self,
+        embedding: ArrayView2<'_, f32>,
+        state: &crate::nn::AdamState<f32>,
+    ) -> Option<Result<super::device::DeviceStep>> {
+        let dm = self.device.as_ref()?;
+        (self.id_only() && self.cfg.cl_weight == 0.0)
+            .then(|| super::device::DeviceStep::new(dm.clone(), embedding, state))
+    }
+
     /// The contrastive loss over views on the model's backend.
     fn multi_view_info_nce(
         &self,
@@ -780,37 +833,8 @@ impl<F: Real> RecGoat<F> {
         batch: &Batch,
         mut profile: Option<&mut Profile>,
     ) -> Result<(LossParts<F>, OutputGrads<F>)> {
-        const OP: &str = "RecGoat::batch_loss";
         let (nu, ni) = (self.n_users, self.n_items);
-        let bsz = batch.users.len();
-        if bsz == 0 {
-            return Err(Error::Empty {
-                op: OP,
-                what: "batch".into(),
-            });
-        }
-        if batch.pos.len() != bsz || batch.neg.len() != bsz {
-            return Err(Error::shape(
-                OP,
-                "pos / neg lengths vs users",
-                bsz,
-                (batch.pos.len(), batch.neg.len()),
-            ));
-        }
-        for (what, ids, n) in [
-            ("users", &batch.users, nu),
-            ("pos", &batch.pos, ni),
-            ("neg", &batch.neg, ni),
-        ] {
-            if let Some((k, &id)) = ids.iter().enumerate().find(|(_, &id)| id >= n) {
-                return Err(Error::param(
-                    OP,
-                    "batch",
-                    format!("{what}[{k}] = {id}"),
-                    format!("out of range ({n})"),
-                ));
-            }
-        }
+        let bsz = batch.check("RecGoat::batch_loss", nu, ni)?;
         let d = self.cfg.embedding_dim;
         let t = Profile::start();
         let mut og = OutputGrads {

@@ -214,12 +214,29 @@ impl<'d> Trainer<'d> {
         let adam = Adam::new(cfg.lr as f32);
         let total = triples.len().div_ceil(cfg.batch_size);
         let mut sum = LossParts::<f64>::default();
+        // an ID-only model on the GPU keeps its table and Adam state on the device for the whole epoch
+        #[cfg(feature = "gpu")]
+        let mut device = self
+            .model
+            .device_step(self.params.embedding.view(), &self.adam_states[0])
+            .transpose()?;
         for (b, chunk) in triples.chunks(cfg.batch_size).enumerate() {
             let batch = Batch {
                 users: chunk.iter().map(|t| t.0).collect(),
                 pos: chunk.iter().map(|t| t.1).collect(),
                 neg: chunk.iter().map(|t| t.2).collect(),
             };
+            #[cfg(feature = "gpu")]
+            if let Some(step) = device.as_mut() {
+                let t = Profile::start();
+                let knobs = (cfg.lightgcn_layers, cfg.reg_weight as f32);
+                let (bpr, reg) = step.step(&batch, self.data.n_users, knobs, &adam)?;
+                self.profile.record(Stage::Propagation, t.elapsed());
+                sum.total += f64::from(bpr + reg);
+                sum.bpr += f64::from(bpr);
+                on_batch(b + 1, total);
+                continue;
+            }
             let mode = Mode::Train {
                 seed: mix(mix(cfg.seed, epoch as u64), b as u64 + 1),
             };
@@ -242,6 +259,12 @@ impl<'d> Trainer<'d> {
             sum.cl += loss.cl as f64;
             sum.ot += loss.ot as f64;
             on_batch(b + 1, total);
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(step) = device {
+            let (embedding, state) = step.download()?;
+            self.params.embedding = embedding;
+            self.adam_states[0] = state;
         }
         let n = total.max(1) as f64;
         let mut log = EpochLog {

@@ -608,7 +608,7 @@ impl<F: Real> Adam<F> {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         const OP: &str = "Adam";
         if !positive_finite(self.lr) {
             return Err(Error::param(OP, "lr", self.lr, "must be finite and > 0"));
@@ -718,7 +718,7 @@ impl<F: Real> Adam<F> {
         Ok(())
     }
 
-    fn corrections(&self, t: u64) -> (F, F) {
+    pub(crate) fn corrections(&self, t: u64) -> (F, F) {
         let t = i32::try_from(t).unwrap_or(i32::MAX);
         (F::one() - self.beta1.powi(t), F::one() - self.beta2.powi(t))
     }
