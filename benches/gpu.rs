@@ -1,7 +1,8 @@
 //! CPU vs GPU for the ops that have a GPU path: one SpMM and a 3-layer LightGCN propagation (forward and
 //! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32, and InfoNCE
 //! forward + backward at B = 4096, d = 64, Sinkhorn solves at n = m = 2000 (dense) and 16384 (online), and
-//! the kNN graph of 7050 x 384 features (k = 20), and GATConv forward + backward on a 7050-node kNN graph.
+//! the kNN graph of 7050 x 384 features (k = 20), GATConv forward + backward on a 7050-node kNN graph, and a
+//! training epoch of the model (`lightgcn()` on Baby, `paper()` on Last.fm-2k) on each backend.
 //! Data stays on the device between iterations (as in training); each GPU sample ends with a device
 //! synchronisation.
 //! The benchmark id carries the adapter's name.
@@ -295,5 +296,70 @@ fn gat(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, propagation, infonce, sinkhorn, knn, gat);
+/// One training epoch on each backend (no evaluation): `lightgcn()` on Baby, whose GPU step is
+/// device-resident, and `paper()` on Last.fm-2k (three modalities), whose GPU backend runs propagation, graph
+/// attention and InfoNCE on the device and the rest on the host. Each epoch ends with its parameters on the
+/// host, so the device is synchronised. With `RECGOAT_BENCH_QUICK=1`: `lightgcn()` on Last.fm-2k only.
+fn model_epoch(c: &mut Criterion) {
+    use recgoat_core::data::Dataset;
+    use recgoat_core::model::{RecGoatConfig, Trainer};
+    use recgoat_core::{Backend, GpuBackend};
+    let ctx = std::sync::Arc::new(GpuContext::new().expect("the GPU benchmark needs an adapter"));
+    let adapter = adapter_id(&ctx);
+    let data = |name: &str, feats: &[&str]| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("data")
+            .join(name);
+        Dataset::load_lightgcn_dir(dir, feats).expect("bundled dataset")
+    };
+    let lfm = data(
+        "lfm2k",
+        &["text_feat", "audio_vggish_feat", "audio_whisper_feat"],
+    );
+    let mut cases = vec![("lightgcn_lfm2k", RecGoatConfig::lightgcn(), &lfm)];
+    let baby;
+    if !quick() {
+        baby = data("baby", &[]);
+        cases = vec![
+            ("lightgcn_baby", RecGoatConfig::lightgcn(), &baby),
+            ("paper_lfm2k", RecGoatConfig::paper(), &lfm),
+        ];
+    }
+    let backends = [
+        ("cpu_rayon".to_string(), Backend::Cpu(Par::rayon())),
+        (
+            format!("gpu_{adapter}"),
+            Backend::Gpu(GpuBackend::new(ctx.clone(), Par::rayon())),
+        ),
+    ];
+    for (name, base, ds) in cases {
+        let cfg = RecGoatConfig {
+            lr: 5e-3,
+            epochs: usize::MAX,
+            eval_every: usize::MAX,
+            ..base
+        };
+        let mut grp = c.benchmark_group(format!("model_epoch_{name}"));
+        grp.sample_size(10)
+            .measurement_time(Duration::from_secs(20))
+            .warm_up_time(Duration::from_secs(1));
+        for (label, backend) in &backends {
+            let mut trainer = Trainer::new(cfg.clone(), ds, backend.clone()).unwrap();
+            grp.bench_function(BenchmarkId::new("epoch", label), |b| {
+                b.iter(|| trainer.run_epoch(|_, _| {}).unwrap())
+            });
+        }
+        grp.finish();
+    }
+}
+
+criterion_group!(
+    benches,
+    propagation,
+    infonce,
+    sinkhorn,
+    knn,
+    gat,
+    model_epoch
+);
 criterion_main!(benches);
