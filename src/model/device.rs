@@ -1,9 +1,9 @@
-//! The model's GPU path ([`crate::Backend::Gpu`]): LightGCN propagation, every branch's graph attention and
-//! the contrastive loss, forward and backward, run on the device through [`crate::gpu`]. The user-item
+//! The model's GPU path ([`crate::Backend::Gpu`]): LightGCN propagation, every branch's graph attention, the
+//! OAT maps and the contrastive loss, forward and backward, run on the device through [`crate::gpu`]. The user-item
 //! graph and the attended kNN graphs are uploaded once, when the model is built; each call uploads its
 //! dense input and reads its output back, and a GAT layer's forward state stays on the device for its
-//! backward pass. The rest of a step (the projections, OAT, fusion, BPR, the sample-level OT loss, the
-//! optimizer) runs on the host.
+//! backward pass. The rest of a step (the projections, the OAT maps' `d x d` solves, fusion, BPR, the
+//! sample-level OT loss, the optimizer) runs on the host.
 //!
 //! The GPU kernels are f32, so this path serves `RecGoat<f32>` only; building a model of another float
 //! type on a GPU backend is an [`Error::Param`].
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{self, GpuAttentionGraph, GpuContext, GpuGatCache, GpuGraph, GpuMatrix};
 use crate::graph::CsrGraph;
 use crate::simd::Real;
+use crate::transport::{AdaptiveGrads, AdaptiveTransport};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use std::any::TypeId;
 use std::sync::Arc;
@@ -59,6 +60,14 @@ fn download<F: Real>(ctx: &GpuContext, x: &GpuMatrix) -> Result<Array2<F>> {
 pub(crate) struct DeviceGat {
     cache: GpuGatCache,
     x: GpuMatrix,
+}
+
+/// One OAT map's forward state on the device: the cache and the two embeddings it aligned.
+#[derive(Debug)]
+pub(crate) struct DeviceOat {
+    cache: gpu::GpuAdaptiveCache,
+    m: GpuMatrix,
+    z: GpuMatrix,
 }
 
 /// A model's inputs on the device and the context that holds them.
@@ -174,6 +183,56 @@ impl DeviceModel {
             grad_a_dst: gg.grad_a_dst.as_ref().map(get).transpose()?,
             grad_bias: gg.grad_bias.as_ref().map(vector).transpose()?,
             grad_w_res: gg.grad_w_res.as_ref().map(get).transpose()?,
+        })
+    }
+
+    /// [`AdaptiveTransport::forward`] on the device (the `I x d` products; the `d x d` solve on the host):
+    /// the aligned embeddings, the plan, and the state for the backward pass.
+    ///
+    /// # Errors
+    /// As [`gpu::adaptive_transport_forward`].
+    pub(crate) fn oat_forward<F: Real>(
+        &self,
+        oat: &AdaptiveTransport<F>,
+        m: ArrayView2<'_, F>,
+        z: ArrayView2<'_, F>,
+        delta: ArrayView2<'_, F>,
+    ) -> Result<(Array2<F>, Array2<F>, DeviceOat)> {
+        let ctx = &*self.ctx;
+        let (m, z) = (upload(ctx, m)?, upload(ctx, z)?);
+        let oat32 = as_f32(oat, "OAT")?;
+        let (aligned, cache) =
+            gpu::adaptive_transport_forward(ctx, oat32, &m, &z, to_f32(delta).view())?;
+        let plan = from_f32(cache.plan().clone());
+        Ok((download(ctx, &aligned)?, plan, DeviceOat { cache, m, z }))
+    }
+
+    /// [`AdaptiveTransport::backward`] on the device for `grad_out = dL/d aligned` (no OT value term).
+    ///
+    /// # Errors
+    /// As [`gpu::adaptive_transport_backward`].
+    pub(crate) fn oat_backward<F: Real>(
+        &self,
+        oat: &AdaptiveTransport<F>,
+        state: &DeviceOat,
+        grad_out: ArrayView2<'_, F>,
+    ) -> Result<AdaptiveGrads<F>> {
+        let ctx = &*self.ctx;
+        let g = upload(ctx, grad_out)?;
+        let oat32 = as_f32(oat, "OAT")?;
+        let gg = gpu::adaptive_transport_backward(
+            ctx,
+            oat32,
+            &state.cache,
+            &state.m,
+            &state.z,
+            Some(&g),
+            0.0,
+        )?;
+        Ok(AdaptiveGrads {
+            grad_m: download(ctx, &gg.grad_m)?,
+            grad_z: download(ctx, &gg.grad_z)?,
+            grad_delta: download(ctx, &gg.grad_delta)?,
         })
     }
 

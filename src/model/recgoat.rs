@@ -19,8 +19,8 @@ use crate::graph::{CsrGraph, KnnConfig};
 use crate::nn::{self, Init, LayerNorm, LayerNormCache, Linear};
 use crate::simd::Real;
 use crate::transport::{
-    sinkhorn_divergence, AdaptiveCache, AdaptiveTransport, AdaptiveTransportConfig, EpsScale,
-    Epsilon, ErrorNorm, ImplicitConfig, PlanGradient, SinkhornConfig,
+    sinkhorn_divergence, AdaptiveCache, AdaptiveGrads, AdaptiveTransport, AdaptiveTransportConfig,
+    EpsScale, Epsilon, ErrorNorm, ImplicitConfig, PlanGradient, SinkhornConfig,
 };
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rand::SeedableRng;
@@ -162,6 +162,17 @@ struct LayerCache<F> {
     mask: Option<Array2<F>>,
 }
 
+/// An OAT map's forward state: on the host, or on the device (with its plan read back) with the GPU backend.
+#[derive(Debug, Clone)]
+enum OatState<F: Real> {
+    Cpu(AdaptiveCache<F>),
+    #[cfg(feature = "gpu")]
+    Gpu {
+        state: std::sync::Arc<super::device::DeviceOat>,
+        plan: Array2<F>,
+    },
+}
+
 /// A GAT layer's forward state: on the host, or on the device with the GPU backend.
 // one per layer in a forward cache: the variants' size difference costs nothing worth a box
 #[allow(clippy::large_enum_variant)]
@@ -192,7 +203,7 @@ pub struct Forward<F: Real> {
     branches: Vec<BranchCache<F>>,
     user_branch: Option<BranchCache<F>>,
     aligned: Vec<Array2<F>>,
-    oat: Vec<AdaptiveCache<F>>,
+    oat: Vec<OatState<F>>,
     fusion: Option<FusionCache<F>>,
 }
 
@@ -207,7 +218,14 @@ impl<F: Real> Forward<F> {
     }
     /// The OAT transport plans, one per modality (empty when OAT is off).
     pub fn plans(&self) -> Vec<&Array2<F>> {
-        self.oat.iter().map(|c| c.plan()).collect()
+        self.oat
+            .iter()
+            .map(|c| match c {
+                OatState::Cpu(c) => c.plan(),
+                #[cfg(feature = "gpu")]
+                OatState::Gpu { plan, .. } => plan,
+            })
+            .collect()
     }
 }
 
@@ -502,6 +520,42 @@ impl<F: Real> RecGoat<F> {
             .then(|| super::device::DeviceStep::new(dm.clone(), embedding, state))
     }
 
+    /// One OAT map on the model's backend.
+    fn oat_forward(
+        &self,
+        op: &AdaptiveTransport<F>,
+        m: ArrayView2<'_, F>,
+        z: ArrayView2<'_, F>,
+        delta: ArrayView2<'_, F>,
+    ) -> Result<(Array2<F>, OatState<F>)> {
+        #[cfg(feature = "gpu")]
+        if let Some(dm) = &self.device {
+            let (aligned, plan, state) = dm.oat_forward(op, m, z, delta)?;
+            let state = std::sync::Arc::new(state);
+            return Ok((aligned, OatState::Gpu { state, plan }));
+        }
+        let (aligned, cache) = op.forward(m, z, delta, &self.backend)?;
+        Ok((aligned, OatState::Cpu(cache)))
+    }
+
+    /// The backward pass of [`RecGoat::oat_forward`] for `grad_out = dL/d aligned`.
+    fn oat_backward(
+        &self,
+        op: &AdaptiveTransport<F>,
+        state: &OatState<F>,
+        grad_out: ArrayView2<'_, F>,
+    ) -> Result<AdaptiveGrads<F>> {
+        match state {
+            OatState::Cpu(cache) => op.backward(cache, Some(grad_out), F::zero()),
+            #[cfg(feature = "gpu")]
+            OatState::Gpu { state, .. } => self
+                .device
+                .as_ref()
+                .expect("a device state comes from a model on the device")
+                .oat_backward(op, state, grad_out),
+        }
+    }
+
     /// The contrastive loss over views on the model's backend.
     fn multi_view_info_nce(
         &self,
@@ -749,7 +803,7 @@ impl<F: Real> RecGoat<F> {
         let mut oat = Vec::new();
         if let Some(op) = &self.oat {
             for (b, delta) in branches.iter().zip(&p.deltas) {
-                let (a, c) = op.forward(b.out.view(), zcf, delta.view(), &self.backend)?;
+                let (a, c) = self.oat_forward(op, b.out.view(), zcf, delta.view())?;
                 aligned.push(a);
                 oat.push(c);
             }
@@ -1054,7 +1108,7 @@ impl<F: Real> RecGoat<F> {
         if let Some(op) = &self.oat {
             let t = Profile::start();
             for (m, cache) in fwd.oat.iter().enumerate() {
-                let ag = op.backward(cache, Some(aligned[m].view()), F::zero())?;
+                let ag = self.oat_backward(op, cache, aligned[m].view())?;
                 modal[m] += &ag.grad_m;
                 z.slice_mut(s![nu.., ..]).scaled_add(F::one(), &ag.grad_z);
                 grads.deltas[m] += &ag.grad_delta;
