@@ -59,6 +59,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gemm_sum.wgsl", include_str!("../../shaders/gemm_sum.wgsl")),
     ("hadamard.wgsl", include_str!("../../shaders/hadamard.wgsl")),
     (
+        "leaky_relu.wgsl",
+        include_str!("../../shaders/leaky_relu.wgsl"),
+    ),
+    (
         "layer_norm.wgsl",
         composed!("layer_norm.wgsl", "reduce64.wgsl"),
     ),

@@ -618,11 +618,21 @@ pub fn softmax_fusion(
     logits: ndarray::ArrayView1<'_, f32>,
 ) -> Result<(GpuMatrix, ndarray::Array1<f32>)> {
     const OP: &str = "gpu::softmax_fusion";
-    let first = check_views(OP, views, logits.len())?;
+    check_views(OP, views, logits.len())?;
     crate::error::check_finite_array(OP, "logits", &logits)?;
     let mx = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let e = logits.mapv(|l| (l - mx).exp());
     let w = &e / e.sum();
+    Ok((weighted_sum(ctx, views, &w)?, w))
+}
+
+/// `y = sum_m w_m views_m` (views of one shape, checked by the caller).
+pub(crate) fn weighted_sum(
+    ctx: &GpuContext,
+    views: &[&GpuMatrix],
+    w: &ndarray::Array1<f32>,
+) -> Result<GpuMatrix> {
+    let first = views[0];
     let y = GpuMatrix::zeros(ctx, first.rows(), first.cols())?;
     let mut enc = ctx.encoder();
     // one row of the view's weight per view: y += view * w_m
@@ -633,8 +643,62 @@ pub fn softmax_fusion(
     for (v, s) in views.iter().zip(&scales) {
         record_add_scaled_cols(ctx, &mut enc, v, s, &y)?;
     }
-    ctx.submit(OP, enc)?;
-    Ok((y, w))
+    ctx.submit("gpu::weighted_sum", enc)?;
+    Ok(y)
+}
+
+/// Backward of [`weighted_sum`]: `dL/dview_m = w_m grad_y` (on the device) and `dL/dw_m = <view_m, grad_y>`.
+pub(crate) fn weighted_sum_backward(
+    ctx: &GpuContext,
+    views: &[&GpuMatrix],
+    weights: ndarray::ArrayView1<'_, f32>,
+    grad_y: &GpuMatrix,
+) -> Result<(Vec<GpuMatrix>, ndarray::Array1<f32>)> {
+    let (n, d) = (grad_y.rows(), grad_y.cols());
+    let mut enc = ctx.encoder();
+    let mut grads = Vec::with_capacity(views.len());
+    let mut sums = Vec::with_capacity(views.len());
+    for (v, &wm) in views.iter().zip(&weights) {
+        let g = GpuMatrix::zeros(ctx, n, d)?;
+        let s = row_vector(ctx, &ndarray::Array1::from_elem(d, wm))?;
+        record_add_scaled_cols(ctx, &mut enc, grad_y, &s, &g)?;
+        let cs = GpuMatrix::zeros(ctx, 1, d)?;
+        record_col_sums(ctx, &mut enc, v, Some(grad_y), &cs)?;
+        grads.push(g);
+        sums.push(cs);
+    }
+    ctx.submit("gpu::weighted_sum_backward", enc)?;
+    let dw = sums
+        .iter()
+        .map(|cs| Ok(cs.download(ctx)?.sum()))
+        .collect::<Result<ndarray::Array1<f32>>>()?;
+    Ok((grads, dw))
+}
+
+/// `a * b` elementwise (same shapes, checked by the caller).
+pub(crate) fn hadamard(ctx: &GpuContext, a: &GpuMatrix, b: &GpuMatrix) -> Result<GpuMatrix> {
+    let out = GpuMatrix::zeros(ctx, a.rows(), a.cols())?;
+    let mut enc = ctx.encoder();
+    record_hadamard(ctx, &mut enc, a, b, &out)?;
+    ctx.submit("gpu::hadamard", enc)?;
+    Ok(out)
+}
+
+/// `y += a x` (same shapes, checked by the caller).
+pub(crate) fn axpy(ctx: &GpuContext, a: f32, x: &GpuMatrix, y: &GpuMatrix) -> Result<()> {
+    let s = row_vector(ctx, &ndarray::Array1::from_elem(x.cols(), a))?;
+    let mut enc = ctx.encoder();
+    record_add_scaled_cols(ctx, &mut enc, x, &s, y)?;
+    ctx.submit("gpu::axpy", enc)
+}
+
+/// The column sums of `a` (`d` values), read back.
+pub(crate) fn col_sums(ctx: &GpuContext, a: &GpuMatrix) -> Result<ndarray::Array1<f32>> {
+    let out = GpuMatrix::zeros(ctx, 1, a.cols())?;
+    let mut enc = ctx.encoder();
+    record_col_sums(ctx, &mut enc, a, None, &out)?;
+    ctx.submit("gpu::col_sums", enc)?;
+    Ok(out.download(ctx)?.index_axis_move(ndarray::Axis(0), 0))
 }
 
 fn check_views<'a>(
@@ -674,25 +738,59 @@ pub fn softmax_fusion_backward(
     const OP: &str = "gpu::softmax_fusion_backward";
     let first = check_views(OP, views, weights.len())?;
     same_shape(OP, "grad_y vs the views", first, grad_y)?;
-    let d = first.cols();
-    let mut enc = ctx.encoder();
-    let mut grads = Vec::with_capacity(views.len());
-    let mut sums = Vec::with_capacity(views.len());
-    for (v, &wm) in views.iter().zip(&weights) {
-        let g = GpuMatrix::zeros(ctx, first.rows(), d)?;
-        let s = row_vector(ctx, &ndarray::Array1::from_elem(d, wm))?;
-        record_add_scaled_cols(ctx, &mut enc, grad_y, &s, &g)?;
-        let cs = GpuMatrix::zeros(ctx, 1, d)?;
-        record_col_sums(ctx, &mut enc, v, Some(grad_y), &cs)?;
-        grads.push(g);
-        sums.push(cs);
-    }
-    ctx.submit(OP, enc)?;
-    let dw = sums
-        .iter()
-        .map(|cs| Ok(cs.download(ctx)?.sum()))
-        .collect::<Result<ndarray::Array1<f32>>>()?;
+    let (grads, dw) = weighted_sum_backward(ctx, views, weights, grad_y)?;
     let s = dw.dot(&weights);
     let grad_logits = ndarray::Array1::from_shape_fn(weights.len(), |m| weights[m] * (dw[m] - s));
     Ok((grads, grad_logits))
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LeakyParams {
+    count: u32,
+    offset: u32,
+    flags: u32,
+    _pad: u32,
+    slope: f32,
+    _pad1: [f32; 3],
+}
+
+/// LeakyReLU of `x` times an optional dropout `mask` (`grad` `None`), or the backward pass of that for the
+/// output gradient `grad` (same shapes, checked by the caller): `shaders/leaky_relu.wgsl`.
+pub(crate) fn leaky_relu_masked(
+    ctx: &GpuContext,
+    x: &GpuMatrix,
+    slope: f32,
+    mask: Option<&GpuMatrix>,
+    grad: Option<&GpuMatrix>,
+) -> Result<GpuMatrix> {
+    let entry = if grad.is_some() {
+        "leaky_relu_backward"
+    } else {
+        "leaky_relu_forward"
+    };
+    let kernel = Kernel::new("leaky_relu.wgsl", entry);
+    let out = GpuMatrix::zeros(ctx, x.rows(), x.cols())?;
+    let count = x.rows() * x.cols();
+    let mut enc = ctx.encoder();
+    for (start, groups) in ctx.row_dispatches(count, 256) {
+        let p = ctx.uniform_from(&LeakyParams {
+            count: count as u32,
+            offset: start as u32,
+            flags: u32::from(mask.is_some()),
+            _pad: 0,
+            slope,
+            _pad1: [0.0; 3],
+        });
+        let m = mask.unwrap_or(x);
+        let g = grad.unwrap_or(x);
+        ctx.dispatch(
+            &mut enc,
+            kernel,
+            &[&p, &x.buf, &m.buf, &g.buf, &out.buf],
+            groups,
+        )?;
+    }
+    ctx.submit("gpu::leaky_relu_masked", enc)?;
+    Ok(out)
 }

@@ -83,6 +83,31 @@ impl GpuMatrix {
         }
     }
 
+    /// Rows `r0..r0 + rows` of `self` as a new matrix (a copy on the device).
+    pub(crate) fn rows_range(&self, ctx: &GpuContext, r0: usize, rows: usize) -> Result<GpuMatrix> {
+        debug_assert!(r0 + rows <= self.rows);
+        let out = GpuMatrix::zeros(ctx, rows, self.cols)?;
+        if out.bytes() > 0 {
+            let mut enc = ctx.encoder();
+            let off = (r0 * self.cols * 4) as u64;
+            enc.copy_buffer_to_buffer(&self.buf, off, &out.buf, 0, out.bytes());
+            ctx.submit("GpuMatrix::rows_range", enc)?;
+        }
+        Ok(out)
+    }
+
+    /// Overwrites rows `r0..r0 + src.rows()` of `self` with `src` (same width), on the device.
+    pub(crate) fn set_rows(&self, ctx: &GpuContext, r0: usize, src: &GpuMatrix) -> Result<()> {
+        debug_assert!(r0 + src.rows <= self.rows && src.cols == self.cols);
+        if src.bytes() > 0 {
+            let mut enc = ctx.encoder();
+            let off = (r0 * self.cols * 4) as u64;
+            enc.copy_buffer_to_buffer(&src.buf, 0, &self.buf, off, src.bytes());
+            ctx.submit("GpuMatrix::set_rows", enc)?;
+        }
+        Ok(())
+    }
+
     /// Copies `src` (same shape) into `self` on the device.
     ///
     /// # Errors

@@ -46,7 +46,7 @@ mod context;
 #[cfg(feature = "gpu")]
 mod contrastive;
 #[cfg(feature = "gpu")]
-mod dense;
+pub(crate) mod dense;
 #[cfg(feature = "gpu")]
 mod knn;
 #[cfg(feature = "gpu")]

@@ -148,31 +148,32 @@ struct BprParams {
     _pad1: [f32; 2],
 }
 
-/// The BPR and regulariser terms of `b` triples whose final vectors `z` and ego embeddings `e` are stacked
-/// `[users; positives; negatives]` (`3b x d`): their gradients into `gz` and `ge` (same shape) and per
-/// triple `(softplus term, sum of squares)` into `terms` (`b x 2`). See `shaders/bpr_rows.wgsl`.
+/// The BPR and regulariser terms of `b` triples: final user vectors `zu` (`b x d`), final item vectors `zi`
+/// stacked `[positives; negatives]` (`2b x d`) and ego embeddings `e` stacked `[users; positives; negatives]`
+/// (`3b x d`). Their gradients go into `gu`, `gi` and `ge` (the shapes of `zu`, `zi`, `e`) and per triple
+/// `(softplus term, sum of squares)` into `terms` (`b x 2`). See `shaders/bpr_rows.wgsl`.
 pub(crate) fn bpr_rows(
     ctx: &GpuContext,
-    (z, e): (&GpuMatrix, &GpuMatrix),
+    (zu, zi, e): (&GpuMatrix, &GpuMatrix, &GpuMatrix),
     reg: f32,
-    (gz, ge, terms): (&GpuMatrix, &GpuMatrix, &GpuMatrix),
+    (gu, gi, ge, terms): (&GpuMatrix, &GpuMatrix, &GpuMatrix, &GpuMatrix),
 ) -> Result<()> {
     const OP: &str = "gpu::bpr_rows";
-    let (rows, d) = (z.rows(), z.cols());
-    if rows == 0 || rows % 3 != 0 {
-        return Err(Error::shape(OP, "stacked triples (3b rows)", 3, rows));
+    let (b, d) = (zu.rows(), zu.cols());
+    if b == 0 {
+        return Err(Error::Empty {
+            op: OP,
+            what: "batch".into(),
+        });
     }
-    for (what, m) in [("e", e), ("gz", gz), ("ge", ge)] {
-        same_shape(OP, what, z, m)?;
+    for (what, m, rows) in [("zi", zi, 2 * b), ("e", e, 3 * b), ("terms", terms, b)] {
+        let want = (rows, if what == "terms" { 2 } else { d });
+        if (m.rows(), m.cols()) != want {
+            return Err(Error::shape(OP, what, want, (m.rows(), m.cols())));
+        }
     }
-    let b = rows / 3;
-    if (terms.rows(), terms.cols()) != (b, 2) {
-        return Err(Error::shape(
-            OP,
-            "terms",
-            (b, 2),
-            (terms.rows(), terms.cols()),
-        ));
+    for (what, g, m) in [("gu", gu, zu), ("gi", gi, zi), ("ge", ge, e)] {
+        same_shape(OP, what, m, g)?;
     }
     let kernel = Kernel::new("bpr_rows.wgsl", "bpr_rows");
     let mut enc = ctx.encoder();
@@ -186,12 +187,10 @@ pub(crate) fn bpr_rows(
             reg,
             _pad1: [0.0; 2],
         });
-        ctx.dispatch(
-            &mut enc,
-            kernel,
-            &[&p, &z.buf, &e.buf, &gz.buf, &ge.buf, &terms.buf],
-            groups,
-        )?;
+        let bufs = [
+            &p, &zu.buf, &zi.buf, &e.buf, &gu.buf, &gi.buf, &ge.buf, &terms.buf,
+        ];
+        ctx.dispatch(&mut enc, kernel, &bufs, groups)?;
     }
     ctx.submit(OP, enc)
 }

@@ -58,8 +58,8 @@ fn download<F: Real>(ctx: &GpuContext, x: &GpuMatrix) -> Result<Array2<F>> {
 /// One GAT layer's forward state on the device: the layer's cache and its input.
 #[derive(Debug)]
 pub(crate) struct DeviceGat {
-    cache: GpuGatCache,
-    x: GpuMatrix,
+    pub(super) cache: GpuGatCache,
+    pub(super) x: GpuMatrix,
 }
 
 /// One OAT map's forward state on the device: the cache and the two embeddings it aligned.
@@ -73,14 +73,19 @@ pub(crate) struct DeviceOat {
 /// A model's inputs on the device and the context that holds them.
 #[derive(Debug)]
 pub(crate) struct DeviceModel {
-    ctx: Arc<GpuContext>,
-    adj: GpuGraph,
+    pub(super) ctx: Arc<GpuContext>,
+    pub(super) adj: GpuGraph,
     /// The attended graph of each branch: the modalities in order, then the user branch.
-    branches: Vec<GpuAttentionGraph>,
+    pub(super) branches: Vec<GpuAttentionGraph>,
+    /// Each modality's item features (the device-resident step projects them on the device).
+    pub(super) features: Vec<GpuMatrix>,
+    /// A column of ones (`I x 1`): the bias of a projection as a rank-one product.
+    pub(super) ones: GpuMatrix,
 }
 
 impl DeviceModel {
-    /// Uploads the user-item graph `adj` and each branch's kNN graph as `layer` attends over it.
+    /// Uploads the user-item graph `adj`, each branch's kNN graph as `layer` attends over it, and each
+    /// modality's features (`n_items` rows).
     ///
     /// # Errors
     /// [`Error::Param`] when `F` is not `f32`; the upload errors ([`Error::Gpu`] beyond a device limit).
@@ -89,6 +94,7 @@ impl DeviceModel {
         adj: &CsrGraph<F>,
         layer: &GatLayer<F>,
         graphs: &[&CsrGraph<F>],
+        (features, n_items): (&[&Array2<F>], usize),
     ) -> Result<DeviceModel> {
         let ctx = backend.context().clone();
         let adj32: &CsrGraph<f32> = as_f32(adj, std::any::type_name::<F>())?;
@@ -97,8 +103,14 @@ impl DeviceModel {
             .iter()
             .map(|g| GpuAttentionGraph::upload(&ctx, layer32, as_f32(*g, "graph")?))
             .collect::<Result<Vec<_>>>()?;
+        let features = features
+            .iter()
+            .map(|x| upload(&ctx, x.view()))
+            .collect::<Result<Vec<_>>>()?;
         Ok(DeviceModel {
             adj: GpuGraph::upload(&ctx, adj32)?,
+            ones: GpuMatrix::upload(&ctx, Array2::ones((n_items, 1)).view())?,
+            features,
             ctx,
             branches,
         })
@@ -173,17 +185,7 @@ impl DeviceModel {
             &state.x,
             &g,
         )?;
-        let get = |m: &GpuMatrix| download::<F>(ctx, m);
-        let vector =
-            |m: &GpuMatrix| -> Result<Array1<F>> { Ok(get(m)?.index_axis_move(Axis(0), 0)) };
-        Ok(GatGrads {
-            grad_x: get(&gg.grad_x)?,
-            grad_w: get(&gg.grad_w)?,
-            grad_a_src: get(&gg.grad_a_src)?,
-            grad_a_dst: gg.grad_a_dst.as_ref().map(get).transpose()?,
-            grad_bias: gg.grad_bias.as_ref().map(vector).transpose()?,
-            grad_w_res: gg.grad_w_res.as_ref().map(get).transpose()?,
-        })
+        gat_grads_to_host(ctx, &gg)
     }
 
     /// [`AdaptiveTransport::forward`] on the device (the `I x d` products; the `d x d` solve on the host):
@@ -258,110 +260,19 @@ impl DeviceModel {
     }
 }
 
-/// The device-resident training step of an ID-only model without a contrastive term (the `lightgcn()`
-/// preset): the embedding table, Adam's moments and every intermediate stay on the device. Per step the
-/// host uploads the batch's row ids (as a selection graph `S`, `3B x N`) and reads back the loss terms
-/// (`B x 2` values), which it checks for NaN/Inf before the Adam step; nothing else crosses.
-///
-/// Per step: `Z = LightGCN(E)`; `Zb = S Z`, `Eb = S E` (gathers); BPR and the regulariser per triple
-/// (`bpr_rows.wgsl`); `dZ = S^T dZb` (scatter-add); `dE = LightGCN^T(dZ) + S^T dEb`; Adam on `E`.
-#[derive(Debug)]
-pub(crate) struct DeviceStep {
-    model: Arc<DeviceModel>,
-    embedding: GpuMatrix,
-    adam: gpu::GpuAdamState,
-    /// Scratch, `N x d` each: the propagated table, its gradient, the embedding gradient, a product.
-    z: GpuMatrix,
-    gz: GpuMatrix,
-    ge: GpuMatrix,
-    scratch: GpuMatrix,
-}
-
-impl DeviceStep {
-    /// The step with `embedding` and its Adam state uploaded.
-    ///
-    /// # Errors
-    /// As [`GpuMatrix::upload`].
-    pub(crate) fn new(
-        model: Arc<DeviceModel>,
-        embedding: ArrayView2<'_, f32>,
-        state: &crate::nn::AdamState<f32>,
-    ) -> Result<DeviceStep> {
-        let ctx = &*model.ctx;
-        let (n, d) = embedding.dim();
-        let zeros = || GpuMatrix::zeros(ctx, n, d);
-        Ok(DeviceStep {
-            embedding: GpuMatrix::upload(ctx, embedding)?,
-            adam: gpu::GpuAdamState::upload(ctx, state)?,
-            z: zeros()?,
-            gz: zeros()?,
-            ge: zeros()?,
-            scratch: zeros()?,
-            model,
-        })
-    }
-
-    /// One training step on `batch`: the BPR loss and the regulariser (already
-    /// weighted by `reg`) of the parameters before the step.
-    ///
-    /// # Errors
-    /// As [`crate::model::RecGoat::batch_loss`] for the batch; [`Error::NonFinite`] when a loss term is
-    /// NaN/Inf (the parameters are then left as they were); the device errors.
-    pub(crate) fn step(
-        &mut self,
-        batch: &crate::model::Batch,
-        n_users: usize,
-        (layers, reg): (usize, f32),
-        adam: &crate::nn::Adam<f32>,
-    ) -> Result<(f32, f32)> {
-        const OP: &str = "RecGoat device step";
-        let ctx = &*self.model.ctx;
-        let (n, d) = (self.embedding.rows(), self.embedding.cols());
-        let b = batch.check(OP, n_users, n - n_users)?;
-        // ids are below n, which fits u32 as the uploaded graph did
-        let rows: Vec<u32> = (batch.users.iter().copied())
-            .chain(batch.pos.iter().map(|&i| n_users + i))
-            .chain(batch.neg.iter().map(|&i| n_users + i))
-            .map(|r| r as u32)
-            .collect();
-        let select = CsrGraph::<f32>::new(3 * b, n, (0..=3 * b).collect(), rows, None)?;
-        let select = GpuGraph::upload(ctx, &select)?;
-        gpu::lightgcn_forward_into(ctx, &self.model.adj, &self.embedding, layers, &mut self.z)?;
-        let mut zb = GpuMatrix::zeros(ctx, 3 * b, d)?;
-        let mut eb = GpuMatrix::zeros(ctx, 3 * b, d)?;
-        gpu::spmm_into(ctx, &select, &self.z, &mut zb)?;
-        gpu::spmm_into(ctx, &select, &self.embedding, &mut eb)?;
-        let (gzb, geb) = (
-            GpuMatrix::zeros(ctx, 3 * b, d)?,
-            GpuMatrix::zeros(ctx, 3 * b, d)?,
-        );
-        let terms = GpuMatrix::zeros(ctx, b, 2)?;
-        gpu::optim::bpr_rows(ctx, (&zb, &eb), reg, (&gzb, &geb, &terms))?;
-        gpu::spmm_backward_into(ctx, &select, &gzb, &mut self.gz)?;
-        gpu::lightgcn_backward_into(ctx, &self.model.adj, &self.gz, layers, &mut self.ge)?;
-        gpu::propagation::spmm_backward_add(ctx, &select, &geb, &self.scratch, &self.ge)?;
-        let terms = terms.download(ctx)?;
-        if let Some(((row, col), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                op: OP,
-                what: ["BPR term of a triple", "regulariser term of a triple"][col].into(),
-                index: row,
-                value: v.to_string(),
-            });
-        }
-        let inv_b = 1.0 / b as f64;
-        let bpr = terms.column(0).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
-        let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
-        gpu::adam_step(ctx, adam, &mut self.embedding, &self.ge, &mut self.adam)?;
-        Ok((bpr as f32, (f64::from(reg) * sq) as f32))
-    }
-
-    /// The embedding table and its Adam state, back on the host.
-    ///
-    /// # Errors
-    /// [`Error::Gpu`] for a failed read.
-    pub(crate) fn download(&self) -> Result<(Array2<f32>, crate::nn::AdamState<f32>)> {
-        let ctx = &*self.model.ctx;
-        Ok((self.embedding.download(ctx)?, self.adam.download(ctx)?))
-    }
+/// A GAT layer's gradients read back from the device.
+pub(super) fn gat_grads_to_host<F: Real>(
+    ctx: &GpuContext,
+    gg: &gpu::GpuGatGrads,
+) -> Result<GatGrads<F>> {
+    let get = |m: &GpuMatrix| download::<F>(ctx, m);
+    let vector = |m: &GpuMatrix| -> Result<Array1<F>> { Ok(get(m)?.index_axis_move(Axis(0), 0)) };
+    Ok(GatGrads {
+        grad_x: get(&gg.grad_x)?,
+        grad_w: get(&gg.grad_w)?,
+        grad_a_src: get(&gg.grad_a_src)?,
+        grad_a_dst: gg.grad_a_dst.as_ref().map(get).transpose()?,
+        grad_bias: gg.grad_bias.as_ref().map(vector).transpose()?,
+        grad_w_res: gg.grad_w_res.as_ref().map(get).transpose()?,
+    })
 }

@@ -6,6 +6,8 @@ mod checkpoint;
 mod config;
 #[cfg(feature = "gpu")]
 mod device;
+#[cfg(feature = "gpu")]
+mod device_step;
 mod eval;
 mod params;
 mod profile;

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 /// [`Profile::seconds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// LightGCN propagation (forward and backward). For an ID-only model trained on the GPU, whose whole step
-    /// (propagation, BPR, Adam) is one device-resident sequence, the whole step.
+    /// LightGCN propagation (forward and backward).
     Propagation,
     /// Projections and graph attention of every branch (forward and backward).
     Gat,
@@ -26,11 +25,14 @@ pub enum Stage {
     Sampling,
     /// Validation / test ranking.
     Evaluation,
+    /// The device-resident training step on the GPU (forward, losses, backward and the embedding table's
+    /// Adam step, with the per-stage work queued back to back): see [`crate::model::Trainer`].
+    Device,
 }
 
 impl Stage {
     /// Every stage, in report order.
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Propagation,
         Stage::Gat,
         Stage::Transport,
@@ -40,6 +42,7 @@ impl Stage {
         Stage::Optimizer,
         Stage::Sampling,
         Stage::Evaluation,
+        Stage::Device,
     ];
 
     /// Short name.
@@ -54,6 +57,7 @@ impl Stage {
             Stage::Optimizer => "optimizer",
             Stage::Sampling => "sampling",
             Stage::Evaluation => "evaluation",
+            Stage::Device => "device step",
         }
     }
 }
@@ -62,7 +66,7 @@ impl Stage {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// Seconds per stage, indexed like [`Stage::ALL`].
-    pub seconds: [f64; 9],
+    pub seconds: [f64; 10],
 }
 
 impl Profile {

@@ -28,7 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 /// LeakyReLU slope after each GAT layer of a branch (RECGOAT.md section 2).
-const BRANCH_SLOPE: f64 = 0.2;
+pub(super) const BRANCH_SLOPE: f64 = 0.2;
 
 /// A batch of `(user, positive item, negative item)` triples.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,13 +98,13 @@ pub struct LossParts<F> {
 
 /// The inputs of one graph-attention branch: node features and the attended kNN graph.
 #[derive(Debug, Clone)]
-struct BranchInput<F> {
-    name: String,
+pub(super) struct BranchInput<F> {
+    pub(super) name: String,
     /// Index of the branch's graph on the device: the modalities in order, then the user branch.
     #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
-    slot: usize,
-    x: Array2<F>,
-    graph: CsrGraph<F>,
+    pub(super) slot: usize,
+    pub(super) x: Array2<F>,
+    pub(super) graph: CsrGraph<F>,
 }
 
 /// The reference RecGOAT model bound to a dataset: the normalised user-item graph, the modality features
@@ -131,21 +131,21 @@ struct BranchInput<F> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RecGoat<F: Real> {
-    cfg: RecGoatConfig,
-    n_users: usize,
-    n_items: usize,
-    adj: CsrGraph<F>,
-    modalities: Vec<BranchInput<F>>,
-    user_input: Option<BranchInput<F>>,
-    gat: GatLayer<F>,
-    oat: Option<AdaptiveTransport<F>>,
-    sample_ot: SinkhornConfig<F>,
-    backend: Backend,
+    pub(super) cfg: RecGoatConfig,
+    pub(super) n_users: usize,
+    pub(super) n_items: usize,
+    pub(super) adj: CsrGraph<F>,
+    pub(super) modalities: Vec<BranchInput<F>>,
+    pub(super) user_input: Option<BranchInput<F>>,
+    pub(super) gat: GatLayer<F>,
+    pub(super) oat: Option<AdaptiveTransport<F>>,
+    pub(super) sample_ot: SinkhornConfig<F>,
+    pub(super) backend: Backend,
     /// The graphs on the device, with [`Backend::Gpu`].
     #[cfg(feature = "gpu")]
-    device: Option<std::sync::Arc<super::device::DeviceModel>>,
+    pub(super) device: Option<std::sync::Arc<super::device::DeviceModel>>,
     /// Name and shape of every parameter tensor, in [`Params::tensors`] order.
-    shapes: Vec<(String, (usize, usize))>,
+    pub(super) shapes: Vec<(String, (usize, usize))>,
 }
 
 /// Cache of one branch's forward pass.
@@ -163,6 +163,8 @@ struct LayerCache<F> {
 }
 
 /// An OAT map's forward state: on the host, or on the device (with its plan read back) with the GPU backend.
+// one per modality in a forward cache: the variants' size difference costs nothing worth a box
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum OatState<F: Real> {
     Cpu(AdaptiveCache<F>),
@@ -443,7 +445,14 @@ impl<F: Real> RecGoat<F> {
                 .chain(&self.user_input)
                 .map(|b| &b.graph)
                 .collect();
-            let dm = super::device::DeviceModel::new(gb, &self.adj, &self.gat, &graphs)?;
+            let features: Vec<&Array2<F>> = self.modalities.iter().map(|b| &b.x).collect();
+            let dm = super::device::DeviceModel::new(
+                gb,
+                &self.adj,
+                &self.gat,
+                &graphs,
+                (&features, self.n_items),
+            )?;
             self.device = Some(std::sync::Arc::new(dm));
         }
         Ok(())
@@ -505,19 +514,6 @@ impl<F: Real> RecGoat<F> {
                 dm.gat_backward(input.slot, &self.gat, gp, state, grad_out)
             }
         }
-    }
-
-    /// The device-resident training step, when this model has one: a GPU backend, ID-only, no contrastive
-    /// term (then every parameter is the embedding table). `embedding` and `state` are uploaded.
-    #[cfg(feature = "gpu")]
-    pub(crate) fn device_step(
-        &self,
-        embedding: ArrayView2<'_, f32>,
-        state: &crate::nn::AdamState<f32>,
-    ) -> Option<Result<super::device::DeviceStep>> {
-        let dm = self.device.as_ref()?;
-        (self.id_only() && self.cfg.cl_weight == 0.0)
-            .then(|| super::device::DeviceStep::new(dm.clone(), embedding, state))
     }
 
     /// One OAT map on the model's backend.
@@ -594,7 +590,7 @@ impl<F: Real> RecGoat<F> {
         self.modalities.iter().map(|m| &m.graph).collect()
     }
 
-    fn id_only(&self) -> bool {
+    pub(super) fn id_only(&self) -> bool {
         self.modalities.is_empty()
     }
 
@@ -680,7 +676,7 @@ impl<F: Real> RecGoat<F> {
         Ok(())
     }
 
-    fn derived(mode: Mode, salt: u64) -> Mode {
+    pub(super) fn derived(mode: Mode, salt: u64) -> Mode {
         match mode {
             Mode::Train { seed } => Mode::Train {
                 seed: seed

@@ -214,11 +214,11 @@ impl<'d> Trainer<'d> {
         let adam = Adam::new(cfg.lr as f32);
         let total = triples.len().div_ceil(cfg.batch_size);
         let mut sum = LossParts::<f64>::default();
-        // an ID-only model on the GPU keeps its table and Adam state on the device for the whole epoch
+        // on the GPU the table and its Adam state stay on the device for the epoch (device-resident step)
         #[cfg(feature = "gpu")]
         let mut device = self
             .model
-            .device_step(self.params.embedding.view(), &self.adam_states[0])
+            .device_state(self.params.embedding.view(), &self.adam_states[0])
             .transpose()?;
         for (b, chunk) in triples.chunks(cfg.batch_size).enumerate() {
             let batch = Batch {
@@ -226,20 +226,21 @@ impl<'d> Trainer<'d> {
                 pos: chunk.iter().map(|t| t.1).collect(),
                 neg: chunk.iter().map(|t| t.2).collect(),
             };
-            #[cfg(feature = "gpu")]
-            if let Some(step) = device.as_mut() {
-                let t = Profile::start();
-                let knobs = (cfg.lightgcn_layers, cfg.reg_weight as f32);
-                let (bpr, reg) = step.step(&batch, self.data.n_users, knobs, &adam)?;
-                self.profile.record(Stage::Propagation, t.elapsed());
-                sum.total += f64::from(bpr + reg);
-                sum.bpr += f64::from(bpr);
-                on_batch(b + 1, total);
-                continue;
-            }
             let mode = Mode::Train {
                 seed: mix(mix(cfg.seed, epoch as u64), b as u64 + 1),
             };
+            #[cfg(feature = "gpu")]
+            if let Some(state) = device.as_mut() {
+                let t = Profile::start();
+                let (p, st) = (&mut self.params, &mut self.adam_states);
+                let loss = self.model.device_step(p, st, &adam, state, &batch, mode)?;
+                self.profile.record(Stage::Device, t.elapsed());
+                sum.total += f64::from(loss.total);
+                sum.bpr += f64::from(loss.bpr);
+                sum.cl += f64::from(loss.cl);
+                on_batch(b + 1, total);
+                continue;
+            }
             let (loss, grads) =
                 self.model
                     .loss_and_grad(&self.params, &batch, mode, Some(&mut self.profile))?;
@@ -261,10 +262,10 @@ impl<'d> Trainer<'d> {
             on_batch(b + 1, total);
         }
         #[cfg(feature = "gpu")]
-        if let Some(step) = device {
-            let (embedding, state) = step.download()?;
+        if let Some(state) = device {
+            let (embedding, adam_state) = self.model.device_download(&state)?;
             self.params.embedding = embedding;
-            self.adam_states[0] = state;
+            self.adam_states[0] = adam_state;
         }
         let n = total.max(1) as f64;
         let mut log = EpochLog {

@@ -192,16 +192,22 @@ pub fn dropout<F: Real>(
     if !train || p == F::zero() {
         return Ok((x.to_owned(), None));
     }
+    let mask = dropout_mask(x.dim(), p, rng);
+    Ok((&x * &mask, Some(mask)))
+}
+
+/// The mask [`dropout`] draws for a matrix of `shape` in training mode (`p` in `(0, 1)`, unchecked): zeros
+/// with probability `p`, else `1 / (1 - p)`, row-major from `rng`.
+pub(crate) fn dropout_mask<F: Real>(shape: (usize, usize), p: F, rng: &mut impl Rng) -> Array2<F> {
     let keep = F::one() / (F::one() - p);
     let pf = p.to_f64().expect("probability converts");
-    let mask = Array2::from_shape_simple_fn(x.dim(), || {
+    Array2::from_shape_simple_fn(shape, || {
         if rng.gen::<f64>() < pf {
             F::zero()
         } else {
             keep
         }
-    });
-    Ok((&x * &mask, Some(mask)))
+    })
 }
 
 /// Backward of [`dropout`]: the gradient times the mask (unchanged when there was none).
