@@ -1145,10 +1145,11 @@ mod model_backend {
         }
     }
 
-    /// Two epochs on each backend: the same losses, parameters and test metrics. `device` says whether the
-    /// GPU trainer must have used the device-resident step (timed as its own stage) or the per-op path.
-    fn trains_like_the_cpu(name: &str, cfg: RecGoatConfig, device: bool) {
+    /// Two epochs on each backend: the same losses, parameters and test metrics; the GPU trainer used the
+    /// device-resident step (timed as its own stage).
+    fn trains_like_the_cpu(name: &str, cfg: RecGoatConfig) {
         let Some(be) = gpu_backend() else { return };
+        let ot_loss = cfg.ot_sample_weight > 0.0;
         let ds = common::tiny();
         let mut cpu = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
         let mut gpu = Trainer::new(cfg, &ds, be).unwrap();
@@ -1170,13 +1171,13 @@ mod model_backend {
             }
         }
         use recgoat_core::model::Stage;
-        let timed = gpu.profile().get(Stage::Device) > 0.0;
-        assert_eq!(timed, device, "{name}: device-resident step used");
-        if device {
-            // the step's stages are not timed one by one there
-            for stage in [Stage::Loss, Stage::Propagation, Stage::Gat] {
-                assert_eq!(gpu.profile().get(stage), 0.0, "{name}: {stage:?} timed");
-            }
+        assert!(
+            gpu.profile().get(Stage::Device) > 0.0,
+            "{name}: device-resident step used"
+        );
+        // the step's stages are not timed one by one there
+        for stage in [Stage::Loss, Stage::Propagation, Stage::Gat] {
+            assert_eq!(gpu.profile().get(stage), 0.0, "{name}: {stage:?} timed");
         }
         let tol = Tolerance::new(1e-3, 1e-5);
         for ((n, a), (_, b)) in gpu.params().tensors().iter().zip(&cpu.params().tensors()) {
@@ -1199,18 +1200,18 @@ mod model_backend {
 
     #[test]
     fn paper_trains_device_resident_like_the_cpu() {
-        trains_like_the_cpu("paper", several_steps(RecGoatConfig::paper()), true);
+        trains_like_the_cpu("paper", several_steps(RecGoatConfig::paper()));
     }
 
     #[test]
     fn official_code_trains_device_resident_like_the_cpu() {
         let cfg = several_steps(RecGoatConfig::official_code());
-        trains_like_the_cpu("official_code", cfg, true);
+        trains_like_the_cpu("official_code", cfg);
     }
 
     #[test]
     fn lightgcn_trains_device_resident_like_the_cpu() {
-        trains_like_the_cpu("lightgcn", several_steps(RecGoatConfig::lightgcn()), true);
+        trains_like_the_cpu("lightgcn", several_steps(RecGoatConfig::lightgcn()));
     }
 
     /// No OAT, no fusion normalisation, two GAT layers, GATv2 scoring.
@@ -1223,17 +1224,18 @@ mod model_backend {
             gatv2: true,
             ..several_steps(RecGoatConfig::paper())
         };
-        trains_like_the_cpu("options", cfg, true);
+        trains_like_the_cpu("options", cfg);
     }
 
-    /// The user-user branch has no device-resident step: the per-op GPU path trains it.
+    /// The user-user branch and the sample-level OT loss (its `B x B` solves on the host).
     #[test]
-    fn the_user_branch_trains_per_op_like_the_cpu() {
+    fn the_user_branch_and_the_ot_loss_train_device_resident_like_the_cpu() {
         let cfg = RecGoatConfig {
             user_user: true,
+            ot_sample_weight: 0.1,
             ..several_steps(RecGoatConfig::paper())
         };
-        trains_like_the_cpu("user_user", cfg, false);
+        trains_like_the_cpu("user_user + ot loss", cfg);
     }
 
     #[test]

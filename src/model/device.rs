@@ -77,15 +77,14 @@ pub(crate) struct DeviceModel {
     pub(super) adj: GpuGraph,
     /// The attended graph of each branch: the modalities in order, then the user branch.
     pub(super) branches: Vec<GpuAttentionGraph>,
-    /// Each modality's item features (the device-resident step projects them on the device).
-    pub(super) features: Vec<GpuMatrix>,
-    /// A column of ones (`I x 1`): the bias of a projection as a rank-one product.
-    pub(super) ones: GpuMatrix,
+    /// Each branch's input features (the device-resident step projects them on the device) and a column of
+    /// ones as long (the projection's bias as a rank-one product), in the order of `branches`.
+    pub(super) features: Vec<(GpuMatrix, GpuMatrix)>,
 }
 
 impl DeviceModel {
     /// Uploads the user-item graph `adj`, each branch's kNN graph as `layer` attends over it, and each
-    /// modality's features (`n_items` rows).
+    /// branch's input features.
     ///
     /// # Errors
     /// [`Error::Param`] when `F` is not `f32`; the upload errors ([`Error::Gpu`] beyond a device limit).
@@ -94,7 +93,7 @@ impl DeviceModel {
         adj: &CsrGraph<F>,
         layer: &GatLayer<F>,
         graphs: &[&CsrGraph<F>],
-        (features, n_items): (&[&Array2<F>], usize),
+        features: &[&Array2<F>],
     ) -> Result<DeviceModel> {
         let ctx = backend.context().clone();
         let adj32: &CsrGraph<f32> = as_f32(adj, std::any::type_name::<F>())?;
@@ -105,11 +104,13 @@ impl DeviceModel {
             .collect::<Result<Vec<_>>>()?;
         let features = features
             .iter()
-            .map(|x| upload(&ctx, x.view()))
+            .map(|x| {
+                let ones = GpuMatrix::upload(&ctx, Array2::ones((x.nrows(), 1)).view())?;
+                Ok((upload(&ctx, x.view())?, ones))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(DeviceModel {
             adj: GpuGraph::upload(&ctx, adj32)?,
-            ones: GpuMatrix::upload(&ctx, Array2::ones((n_items, 1)).view())?,
             features,
             ctx,
             branches,

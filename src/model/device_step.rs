@@ -11,8 +11,8 @@
 //! gradient run on the host, as in [`crate::gpu::adaptive_transport_forward`]) and the fused items' row
 //! norms (checked as on the CPU). No `(U + I) x d` or `I x d` matrix crosses.
 //!
-//! Configurations it covers: any modalities, OAT on or off, either fusion and CMCL, dropout, any GAT depth.
-//! The user-user branch and the sample-level OT loss fall back to the per-op GPU path of [`RecGoat`].
+//! Every configuration has it. The sample-level OT loss (optional, off in the presets) solves its `B x B`
+//! problems on the host: the batch's `B x d` rows go down and their gradients come back up.
 
 use super::config::{Cmcl, Fusion};
 use super::device::{gat_grads_to_host, DeviceModel};
@@ -100,18 +100,14 @@ impl RecGoat<f32> {
             .expect("the device step runs on a model with a device")
     }
 
-    /// The embedding table and its Adam state uploaded for [`RecGoat::device_step`], when this model has the
-    /// device-resident step: a GPU backend, no user-user branch, no sample-level OT loss.
+    /// The embedding table and its Adam state uploaded for [`RecGoat::device_step`], when this model is on a
+    /// GPU backend.
     pub(crate) fn device_state(
         &self,
         embedding: ArrayView2<'_, f32>,
         state: &AdamState<f32>,
     ) -> Option<Result<DeviceState>> {
         let dm = self.device.as_deref()?;
-        let ot_loss = self.cfg.ot_sample_weight > 0.0 && self.oat.is_some();
-        if self.user_input.is_some() || ot_loss {
-            return None;
-        }
         let ctx = &*dm.ctx;
         Some((|| {
             Ok(DeviceState {
@@ -158,12 +154,12 @@ impl RecGoat<f32> {
     fn branch_pass(&self, m: usize, bp: &Branch<f32>, mode: Mode, salt: u64) -> Result<BranchPass> {
         let dm = self.device();
         let ctx = &*dm.ctx;
-        let x = &dm.features[m];
+        let (x, ones) = &dm.features[m];
         let mut h = GpuMatrix::zeros(ctx, x.rows(), bp.proj.w.ncols())?;
         let w = GpuMatrix::upload(ctx, bp.proj.w.view())?;
         gpu::gemm(ctx, 1.0, x, false, &w, false, 0.0, &mut h)?;
         if let Some(b) = &bp.proj.b {
-            gpu::gemm(ctx, 1.0, &dm.ones, false, &row(ctx, b)?, false, 1.0, &mut h)?;
+            gpu::gemm(ctx, 1.0, ones, false, &row(ctx, b)?, false, 1.0, &mut h)?;
         }
         let mut layers = Vec::with_capacity(bp.gat.len());
         for (l, gp) in bp.gat.iter().enumerate() {
@@ -209,7 +205,7 @@ impl RecGoat<f32> {
             add2(&mut gg.w_res, lg.grad_w_res);
             g = dg.grad_x;
         }
-        let x = &dm.features[m];
+        let x = &dm.features[m].0;
         let mut gw = GpuMatrix::zeros(ctx, x.cols(), g.cols())?;
         gpu::gemm(ctx, 1.0, x, true, &g, false, 0.0, &mut gw)?;
         grads.proj.w += &gw.download(ctx)?;
@@ -278,6 +274,15 @@ impl RecGoat<f32> {
         gpu::lightgcn_forward_into(ctx, &dm.adj, &state.embedding, layers, &mut z)?;
         let users = z.rows_range(ctx, 0, nu)?;
         let zcf = z.rows_range(ctx, nu, ni)?;
+        let n_modal = self.modalities.len();
+        let user_pass = match &p.user_branch {
+            Some(bp) => {
+                let pass = self.branch_pass(n_modal, bp, mode, 1000)?;
+                axpy(ctx, 1.0, &pass.out, &users)?;
+                Some(pass)
+            }
+            None => None,
+        };
         let branches = p
             .branches
             .iter()
@@ -392,6 +397,24 @@ impl RecGoat<f32> {
             }
         }
 
+        // the sample-level OT loss: B x B problems, solved on the host from the batch's rows
+        let mut ot = 0.0f64;
+        let otw = self.cfg.ot_sample_weight as f32;
+        if otw > 0.0 && !aligned.is_empty() {
+            let s_p = selection(ctx, batch.pos.iter().copied(), ni)?;
+            let yc = gather(ctx, &s_p, &zcf)?.download(ctx)?;
+            let rows: Vec<Array2<f32>> = aligned
+                .iter()
+                .map(|a| gather(ctx, &s_p, a)?.download(ctx))
+                .collect::<Result<_>>()?;
+            let (value, grads) = self.sample_ot_loss(&rows, yc.view())?;
+            ot = f64::from(value);
+            for ((gx, gy), acc) in grads.iter().zip(&g_aligned) {
+                scatter_add(ctx, &s_p, &GpuMatrix::upload(ctx, gx.view())?, acc)?;
+                scatter_add(ctx, &s_p, &GpuMatrix::upload(ctx, gy.view())?, &g_zcf)?;
+            }
+        }
+
         // the loss, checked before any update
         let terms = terms.download(ctx)?;
         if let Some(((r, c), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
@@ -402,12 +425,12 @@ impl RecGoat<f32> {
                 value: v.to_string(),
             });
         }
-        if !cl.is_finite() {
+        if !(cl.is_finite() && ot.is_finite()) {
             return Err(Error::NonFinite {
                 op: OP,
-                what: "contrastive loss".into(),
-                index: 0,
-                value: cl.to_string(),
+                what: "contrastive or sample-level OT loss".into(),
+                index: usize::from(cl.is_finite()),
+                value: if cl.is_finite() { ot } else { cl }.to_string(),
             });
         }
         let inv_b = 1.0 / bsz as f64;
@@ -419,7 +442,7 @@ impl RecGoat<f32> {
         let mut grads = Params {
             embedding: Array2::zeros((0, 0)),
             branches: p.branches.clone(),
-            user_branch: None,
+            user_branch: p.user_branch.clone(),
             deltas: p.deltas.clone(),
             fusion: p.fusion.clone(),
             norm: p.norm.clone(),
@@ -473,6 +496,12 @@ impl RecGoat<f32> {
         for (m, (g, pass)) in g_modal.into_iter().zip(&branches).enumerate() {
             self.branch_back(m, &p.branches[m], pass, g, &mut grads.branches[m])?;
         }
+        if let (Some(bp), Some(pass), Some(gb)) =
+            (&p.user_branch, &user_pass, grads.user_branch.as_mut())
+        {
+            let g = g_users.rows_range(ctx, 0, nu)?;
+            self.branch_back(n_modal, bp, pass, g, gb)?;
+        }
         let gz = zeros(n)?;
         gz.set_rows(ctx, 0, &g_users)?;
         gz.set_rows(ctx, nu, &g_zcf)?;
@@ -491,14 +520,14 @@ impl RecGoat<f32> {
         {
             adam.step(t, g, st)?;
         }
-        let cl = cl as f32;
+        let (cl, ot) = (cl as f32, ot as f32);
         let (bpr, reg_value) = (bpr as f32, reg_value as f32);
         Ok(LossParts {
-            total: bpr + reg_value + clw * cl,
+            total: bpr + reg_value + clw * cl + otw * ot,
             bpr,
             reg: reg_value,
             cl,
-            ot: 0.0,
+            ot,
         })
     }
 }

@@ -445,14 +445,13 @@ impl<F: Real> RecGoat<F> {
                 .chain(&self.user_input)
                 .map(|b| &b.graph)
                 .collect();
-            let features: Vec<&Array2<F>> = self.modalities.iter().map(|b| &b.x).collect();
-            let dm = super::device::DeviceModel::new(
-                gb,
-                &self.adj,
-                &self.gat,
-                &graphs,
-                (&features, self.n_items),
-            )?;
+            let features: Vec<&Array2<F>> = self
+                .modalities
+                .iter()
+                .chain(&self.user_input)
+                .map(|b| &b.x)
+                .collect();
+            let dm = super::device::DeviceModel::new(gb, &self.adj, &self.gat, &graphs, &features)?;
             self.device = Some(std::sync::Arc::new(dm));
         }
         Ok(())
@@ -884,7 +883,7 @@ impl<F: Real> RecGoat<F> {
         mut profile: Option<&mut Profile>,
     ) -> Result<(LossParts<F>, OutputGrads<F>)> {
         let (nu, ni) = (self.n_users, self.n_items);
-        let bsz = batch.check("RecGoat::batch_loss", nu, ni)?;
+        batch.check("RecGoat::batch_loss", nu, ni)?;
         let d = self.cfg.embedding_dim;
         let t = Profile::start();
         let mut og = OutputGrads {
@@ -984,30 +983,15 @@ impl<F: Real> RecGoat<F> {
         let otw: F = cast(self.cfg.ot_sample_weight);
         if otw > F::zero() && !fwd.aligned.is_empty() {
             let t = Profile::start();
-            let m_count = F::from_usize(fwd.aligned.len()).expect("count fits");
             let zc = nn::gather(fwd.collaborative_items(), &batch.pos)?;
-            let (yc, yn) = nn::l2_normalize(zc.view())?;
-            let w = Array1::from_elem(bsz, F::one() / F::from_usize(bsz).expect("batch fits"));
-            for (m, a) in fwd.aligned.iter().enumerate() {
-                let xa = nn::gather(a.view(), &batch.pos)?;
-                let (xn, xnorms) = nn::l2_normalize(xa.view())?;
-                let div = sinkhorn_divergence(
-                    xn.view(),
-                    yc.view(),
-                    w.view(),
-                    w.view(),
-                    &self.sample_ot,
-                    &self.backend,
-                )?;
-                ot += div.value / m_count;
-                let scale = otw / m_count;
-                let gx = nn::l2_normalize_backward(
-                    xn.view(),
-                    xnorms.view(),
-                    (div.grad_x * scale).view(),
-                )?;
-                let gy =
-                    nn::l2_normalize_backward(yc.view(), yn.view(), (div.grad_y * scale).view())?;
+            let rows = fwd
+                .aligned
+                .iter()
+                .map(|a| nn::gather(a.view(), &batch.pos))
+                .collect::<Result<Vec<_>>>()?;
+            let (value, grads) = self.sample_ot_loss(&rows, zc.view())?;
+            ot = value;
+            for (m, (gx, gy)) in grads.iter().enumerate() {
                 scatter_add(&mut og.aligned[m], &batch.pos, gx.view());
                 scatter_add(&mut og.z, &pos_rows, gy.view());
             }
@@ -1024,6 +1008,42 @@ impl<F: Real> RecGoat<F> {
             },
             og,
         ))
+    }
+
+    /// The sample-level OT loss of a batch: the mean over modalities of the debiased Sinkhorn divergence
+    /// between the L2-normalised aligned rows (`rows[m]`, `B x d`) and the normalised collaborative rows
+    /// `zc`, and per modality the gradients (already weighted by `ot_sample_weight`) of the aligned and the
+    /// collaborative rows.
+    pub(super) fn sample_ot_loss(
+        &self,
+        rows: &[Array2<F>],
+        zc: ArrayView2<'_, F>,
+    ) -> Result<(F, Vec<(Array2<F>, Array2<F>)>)> {
+        let bsz = zc.nrows();
+        let otw: F = cast(self.cfg.ot_sample_weight);
+        let m_count = F::from_usize(rows.len()).expect("count fits");
+        let (yc, yn) = nn::l2_normalize(zc)?;
+        let w = Array1::from_elem(bsz, F::one() / F::from_usize(bsz).expect("batch fits"));
+        let mut ot = F::zero();
+        let mut grads = Vec::with_capacity(rows.len());
+        for xa in rows {
+            let (xn, xnorms) = nn::l2_normalize(xa.view())?;
+            let div = sinkhorn_divergence(
+                xn.view(),
+                yc.view(),
+                w.view(),
+                w.view(),
+                &self.sample_ot,
+                &self.backend,
+            )?;
+            ot += div.value / m_count;
+            let scale = otw / m_count;
+            let gx =
+                nn::l2_normalize_backward(xn.view(), xnorms.view(), (div.grad_x * scale).view())?;
+            let gy = nn::l2_normalize_backward(yc.view(), yn.view(), (div.grad_y * scale).view())?;
+            grads.push((gx, gy));
+        }
+        Ok((ot, grads))
     }
 
     /// Gradients of the batch loss with respect to every parameter, from the forward pass and the output
