@@ -162,6 +162,9 @@ struct LayerCache<F> {
     mask: Option<Array2<F>>,
 }
 
+/// Gradients of a batch's aligned rows and collaborative rows (one modality's sample-level OT term).
+pub(super) type RowGrads<F> = (Array2<F>, Array2<F>);
+
 /// An OAT map's forward state: on the host, or on the device (with its plan read back) with the GPU backend.
 // one per modality in a forward cache: the variants' size difference costs nothing worth a box
 #[allow(clippy::large_enum_variant)]
@@ -1018,7 +1021,7 @@ impl<F: Real> RecGoat<F> {
         &self,
         rows: &[Array2<F>],
         zc: ArrayView2<'_, F>,
-    ) -> Result<(F, Vec<(Array2<F>, Array2<F>)>)> {
+    ) -> Result<(F, Vec<RowGrads<F>>)> {
         let bsz = zc.nrows();
         let otw: F = cast(self.cfg.ot_sample_weight);
         let m_count = F::from_usize(rows.len()).expect("count fits");
