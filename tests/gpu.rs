@@ -1158,10 +1158,12 @@ mod model_backend {
                 gpu.run_epoch(|_, _| {}).unwrap(),
                 cpu.run_epoch(|_, _| {}).unwrap(),
             );
+            assert_eq!(b.ot > 0.0, ot_loss, "{name}: sample-level OT loss present");
             for (what, x, y) in [
                 ("loss", a.loss, b.loss),
                 ("bpr", a.bpr, b.bpr),
                 ("cl", a.cl, b.cl),
+                ("ot", a.ot, b.ot),
             ] {
                 assert!(
                     (x - y).abs() <= 1e-4 * y.abs().max(1e-3),
