@@ -238,6 +238,7 @@ impl<'d> Trainer<'d> {
                 sum.total += f64::from(loss.total);
                 sum.bpr += f64::from(loss.bpr);
                 sum.cl += f64::from(loss.cl);
+                sum.ot += f64::from(loss.ot);
                 on_batch(b + 1, total);
                 continue;
             }
