@@ -186,7 +186,15 @@ impl DeviceModel {
             &state.x,
             &g,
         )?;
-        gat_grads_to_host(ctx, &gg)
+        let p = gat_param_grads::<F>(ctx, &gg)?;
+        Ok(GatGrads {
+            grad_x: download(ctx, &gg.grad_x)?,
+            grad_w: p.w,
+            grad_a_src: p.a_src,
+            grad_a_dst: p.a_dst,
+            grad_bias: p.bias,
+            grad_w_res: p.w_res,
+        })
     }
 
     /// [`AdaptiveTransport::forward`] on the device (the `I x d` products; the `d x d` solve on the host):
@@ -261,19 +269,18 @@ impl DeviceModel {
     }
 }
 
-/// A GAT layer's gradients read back from the device.
-pub(super) fn gat_grads_to_host<F: Real>(
+/// A GAT layer's parameter gradients read back from the device (shaped as its parameters).
+pub(super) fn gat_param_grads<F: Real>(
     ctx: &GpuContext,
     gg: &gpu::GpuGatGrads,
-) -> Result<GatGrads<F>> {
+) -> Result<GatParams<F>> {
     let get = |m: &GpuMatrix| download::<F>(ctx, m);
     let vector = |m: &GpuMatrix| -> Result<Array1<F>> { Ok(get(m)?.index_axis_move(Axis(0), 0)) };
-    Ok(GatGrads {
-        grad_x: get(&gg.grad_x)?,
-        grad_w: get(&gg.grad_w)?,
-        grad_a_src: get(&gg.grad_a_src)?,
-        grad_a_dst: gg.grad_a_dst.as_ref().map(get).transpose()?,
-        grad_bias: gg.grad_bias.as_ref().map(vector).transpose()?,
-        grad_w_res: gg.grad_w_res.as_ref().map(get).transpose()?,
+    Ok(GatParams {
+        w: get(&gg.grad_w)?,
+        a_src: get(&gg.grad_a_src)?,
+        a_dst: gg.grad_a_dst.as_ref().map(get).transpose()?,
+        bias: gg.grad_bias.as_ref().map(vector).transpose()?,
+        w_res: gg.grad_w_res.as_ref().map(get).transpose()?,
     })
 }

@@ -15,8 +15,8 @@
 //! problems on the host: the batch's `B x d` rows go down and their gradients come back up.
 
 use super::config::{Cmcl, Fusion};
-use super::device::{gat_grads_to_host, DeviceModel};
-use super::params::{add1, add2, Branch, Params};
+use super::device::{gat_param_grads, DeviceModel};
+use super::params::{add_gat, Branch, Params};
 use super::recgoat::{Batch, LossParts, RecGoat, BRANCH_SLOPE};
 use crate::attention::Mode;
 use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm};
@@ -197,12 +197,8 @@ impl RecGoat<f32> {
             let gl = leaky_relu_masked(ctx, &layer.pre, slope, layer.mask.as_ref(), Some(&g))?;
             let graph = &dm.branches[m];
             let dg = gpu::gat_backward(ctx, &self.gat, gp, graph, &layer.gat, &layer.x, &gl)?;
-            let lg = gat_grads_to_host::<f32>(ctx, &dg)?;
-            gg.w += &lg.grad_w;
-            gg.a_src += &lg.grad_a_src;
-            add2(&mut gg.a_dst, lg.grad_a_dst);
-            add1(&mut gg.bias, lg.grad_bias);
-            add2(&mut gg.w_res, lg.grad_w_res);
+            // the parameter gradients come back; the input gradient stays on the device
+            add_gat(gg, gat_param_grads(ctx, &dg)?);
             g = dg.grad_x;
         }
         let x = &dm.features[m].0;

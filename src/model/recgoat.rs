@@ -2,7 +2,7 @@
 //! batch losses, and the hand-written backward pass of the whole model.
 
 use super::config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
-use super::params::{add1, add2, Branch, Params};
+use super::params::{add1, add_gat, split_gat, Branch, Params};
 use super::profile::{Profile, Stage};
 use crate::attention::{GatCache, GatConfig, GatGrads, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
@@ -744,13 +744,9 @@ impl<F: Real> RecGoat<F> {
         {
             let gd = nn::dropout_backward(g.view(), lc.mask.as_ref());
             let gl = nn::leaky_relu_backward(lc.pre.view(), gd.view(), cast(BRANCH_SLOPE))?;
-            let lg = self.gat_backward(gp, input, &lc.gat, gl.view())?;
-            gg.w += &lg.grad_w;
-            gg.a_src += &lg.grad_a_src;
-            add2(&mut gg.a_dst, lg.grad_a_dst);
-            add1(&mut gg.bias, lg.grad_bias);
-            add2(&mut gg.w_res, lg.grad_w_res);
-            g = lg.grad_x;
+            let (gx, gp_grads) = split_gat(self.gat_backward(gp, input, &lc.gat, gl.view())?);
+            add_gat(gg, gp_grads);
+            g = gx;
         }
         let lin = p.proj.backward(input.x.view(), g.view())?;
         grads.proj.w += &lin.grad_w;
