@@ -73,6 +73,11 @@ pub struct TrainState {
 /// takes an Adam step on every parameter. Every `eval_every` epochs the validation split is ranked; the
 /// parameters with the best validation Recall@20 are kept and restored by [`Trainer::finish`].
 ///
+/// On [`Backend::Gpu`] each epoch runs the device-resident step: the embedding table and its Adam state stay
+/// on the device for the epoch and every activation of a step stays there (the README's "GPU backend of the
+/// model" lists what crosses); the parameters are back on the host at the end of the epoch, before the
+/// validation ranking, so checkpoints, [`Trainer::params`] and early stopping work as on the CPU.
+///
 /// # Example
 /// ```
 /// use recgoat_core::{Backend, data::Dataset, model::*};
