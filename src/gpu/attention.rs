@@ -184,13 +184,8 @@ fn record(
     extra: u32,
     buffers: &[&wgpu::Buffer],
 ) -> Result<()> {
-    for (start, groups) in ctx.row_dispatches(count, per_group) {
-        let p = ctx.uniform_from(&params(layer, n, count, start, extra));
-        let mut all = vec![&p];
-        all.extend_from_slice(buffers);
-        ctx.dispatch(enc, kernel, &all, groups)?;
-    }
-    Ok(())
+    let p = |start: usize| params(layer, n, count, start, extra);
+    ctx.dispatch_rows(enc, kernel, (count, per_group), p, buffers)
 }
 
 fn check_device(ctx: &GpuContext, op: &'static str, layer: &GatLayer<f32>) -> Result<()> {

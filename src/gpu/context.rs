@@ -469,6 +469,25 @@ impl GpuContext {
             .collect()
     }
 
+    /// Records `kernel` over `rows` items, `per_group` per workgroup, chunked under the dispatch limit: each
+    /// chunk binds the uniform `params(first item of the chunk)` first, then `buffers`.
+    pub(crate) fn dispatch_rows<P: bytemuck::Pod>(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: Kernel,
+        (rows, per_group): (usize, usize),
+        params: impl Fn(usize) -> P,
+        buffers: &[&wgpu::Buffer],
+    ) -> Result<()> {
+        for (start, groups) in self.row_dispatches(rows, per_group) {
+            let p = self.uniform_from(&params(start));
+            let mut all = vec![&p];
+            all.extend_from_slice(buffers);
+            self.dispatch(encoder, kernel, &all, groups)?;
+        }
+        Ok(())
+    }
+
     /// [`GpuContext::dispatch`] over an `x` by `y` grid of workgroups.
     pub(crate) fn dispatch_2d(
         &self,

@@ -257,18 +257,13 @@ fn record_rows(
     flags: u32,
     buffers: &[&wgpu::Buffer],
 ) -> Result<()> {
-    for (start, groups) in ctx.row_dispatches(rows, per_group) {
-        let params = ctx.uniform_from(&RowParams {
-            rows: rows as u32,
-            d: d as u32,
-            row_offset: start as u32,
-            _pad: flags,
-        });
-        let mut all = vec![&params];
-        all.extend_from_slice(buffers);
-        ctx.dispatch(enc, kernel, &all, groups)?;
-    }
-    Ok(())
+    let params = |start: usize| RowParams {
+        rows: rows as u32,
+        d: d as u32,
+        row_offset: start as u32,
+        _pad: flags,
+    };
+    ctx.dispatch_rows(enc, kernel, (rows, per_group), params, buffers)
 }
 
 /// Records `y = x / |x|` per row and the norms (`rows x 1`); zero rows give zero rows and norm 0.
@@ -773,24 +768,21 @@ pub(crate) fn leaky_relu_masked(
     let out = GpuMatrix::zeros(ctx, x.rows(), x.cols())?;
     let count = x.rows() * x.cols();
     let mut enc = ctx.encoder();
-    for (start, groups) in ctx.row_dispatches(count, 256) {
-        let p = ctx.uniform_from(&LeakyParams {
-            count: count as u32,
-            offset: start as u32,
-            flags: u32::from(mask.is_some()),
-            _pad: 0,
-            slope,
-            _pad1: [0.0; 3],
-        });
-        let m = mask.unwrap_or(x);
-        let g = grad.unwrap_or(x);
-        ctx.dispatch(
-            &mut enc,
-            kernel,
-            &[&p, &x.buf, &m.buf, &g.buf, &out.buf],
-            groups,
-        )?;
-    }
+    let params = |start: usize| LeakyParams {
+        count: count as u32,
+        offset: start as u32,
+        flags: u32::from(mask.is_some()),
+        _pad: 0,
+        slope,
+        _pad1: [0.0; 3],
+    };
+    let bufs = [
+        &x.buf,
+        &mask.unwrap_or(x).buf,
+        &grad.unwrap_or(x).buf,
+        &out.buf,
+    ];
+    ctx.dispatch_rows(&mut enc, kernel, (count, 256), params, &bufs)?;
     ctx.submit("gpu::leaky_relu_masked", enc)?;
     Ok(out)
 }

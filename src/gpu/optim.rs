@@ -112,27 +112,21 @@ pub fn adam_step(
     let count = param.rows() * param.cols();
     let kernel = Kernel::new("adam.wgsl", "adam");
     let mut enc = ctx.encoder();
-    for (start, groups) in ctx.row_dispatches(count, 256) {
-        let p = ctx.uniform_from(&AdamParams {
-            count: count as u32,
-            offset: start as u32,
-            _pad: [0; 2],
-            lr: adam.lr,
-            beta1: adam.beta1,
-            beta2: adam.beta2,
-            eps: adam.eps,
-            weight_decay: adam.weight_decay,
-            c1,
-            c2,
-            _pad1: 0.0,
-        });
-        ctx.dispatch(
-            &mut enc,
-            kernel,
-            &[&p, &grad.buf, &param.buf, &state.m.buf, &state.v.buf],
-            groups,
-        )?;
-    }
+    let params = |start: usize| AdamParams {
+        count: count as u32,
+        offset: start as u32,
+        _pad: [0; 2],
+        lr: adam.lr,
+        beta1: adam.beta1,
+        beta2: adam.beta2,
+        eps: adam.eps,
+        weight_decay: adam.weight_decay,
+        c1,
+        c2,
+        _pad1: 0.0,
+    };
+    let bufs = [&grad.buf, &param.buf, &state.m.buf, &state.v.buf];
+    ctx.dispatch_rows(&mut enc, kernel, (count, 256), params, &bufs)?;
     ctx.submit(OP, enc)
 }
 
@@ -177,20 +171,18 @@ pub(crate) fn bpr_rows(
     }
     let kernel = Kernel::new("bpr_rows.wgsl", "bpr_rows");
     let mut enc = ctx.encoder();
-    for (start, groups) in ctx.row_dispatches(b, 1) {
-        let p = ctx.uniform_from(&BprParams {
-            b: b as u32,
-            d: d as u32,
-            row_offset: start as u32,
-            _pad: 0,
-            inv_b: 1.0 / b as f32,
-            reg,
-            _pad1: [0.0; 2],
-        });
-        let bufs = [
-            &p, &zu.buf, &zi.buf, &e.buf, &gu.buf, &gi.buf, &ge.buf, &terms.buf,
-        ];
-        ctx.dispatch(&mut enc, kernel, &bufs, groups)?;
-    }
+    let params = |start: usize| BprParams {
+        b: b as u32,
+        d: d as u32,
+        row_offset: start as u32,
+        _pad: 0,
+        inv_b: 1.0 / b as f32,
+        reg,
+        _pad1: [0.0; 2],
+    };
+    let bufs = [
+        &zu.buf, &zi.buf, &e.buf, &gu.buf, &gi.buf, &ge.buf, &terms.buf,
+    ];
+    ctx.dispatch_rows(&mut enc, kernel, (b, 1), params, &bufs)?;
     ctx.submit(OP, enc)
 }

@@ -100,16 +100,17 @@ fn record_online(
     buffers: [&wgpu::Buffer; 9],
 ) -> Result<()> {
     let kernel = Kernel::new("sinkhorn_online.wgsl", "sinkhorn_online");
-    for (start, groups) in ctx.row_dispatches(p.n_self as usize, ONLINE_ROWS) {
-        let params = ctx.uniform_from(&OnlineParams {
-            offset: start as u32,
-            ..p
-        });
-        let mut all = vec![&params];
-        all.extend_from_slice(&buffers);
-        ctx.dispatch(enc, kernel, &all, groups)?;
-    }
-    Ok(())
+    let params = |start: usize| OnlineParams {
+        offset: start as u32,
+        ..p
+    };
+    ctx.dispatch_rows(
+        enc,
+        kernel,
+        (p.n_self as usize, ONLINE_ROWS),
+        params,
+        &buffers,
+    )
 }
 
 /// The problem on the device.
