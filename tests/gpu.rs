@@ -493,8 +493,8 @@ fn info_nce_blocks_under_a_small_binding_limit() {
 mod sinkhorn {
     use super::*;
     use recgoat_core::transport::{
-        sinkhorn, Domain, EpsScale, EpsSchedule, Epsilon, ErrorNorm, Geometry, Marginal,
-        SinkhornConfig,
+        sinkhorn, BatchProblem, Domain, EpsScale, EpsSchedule, Epsilon, ErrorNorm, Geometry,
+        Marginal, SinkhornConfig, SinkhornOutput,
     };
     use recgoat_core::Backend;
 
@@ -510,6 +510,16 @@ mod sinkhorn {
         let (a, b) = (weights(geom.n(), 80), weights(geom.m(), 81));
         let want = sinkhorn(geom, a.view(), b.view(), cfg, &Backend::Cpu(Par::Seq)).unwrap();
         let got = gpu::sinkhorn(c, geom, a.view(), b.view(), cfg).unwrap();
+        same_solution(label, &got, &want, cfg);
+    }
+
+    /// Two outputs of one problem agree up to f32 rounding (iterations within one check interval).
+    fn same_solution(
+        label: &str,
+        got: &SinkhornOutput<f32>,
+        want: &SinkhornOutput<f32>,
+        cfg: &SinkhornConfig<f32>,
+    ) {
         assert_eq!(got.converged, want.converged, "{label}: converged");
         assert_eq!(got.termination, want.termination, "{label}: termination");
         let scale = f64::from(
@@ -584,6 +594,88 @@ mod sinkhorn {
         );
         // the cap stops it before tol: MaxIterations on both
         compare(c, "capped", &dense, &base.clone().with_iters(7, 3));
+    }
+
+    /// Problems of up to 256 points a side, of several sizes, solved together in one dispatch: each as the
+    /// CPU solver solves it alone, for every norm, balanced or not, with an eps schedule; a larger problem
+    /// in the same batch goes through the per-problem path.
+    #[test]
+    fn small_problems_in_one_dispatch_match_the_cpu() {
+        let Some(c) = ctx() else { return };
+        let sizes = [(1, 1), (7, 3), (64, 64), (256, 200), (30, 256), (300, 20)];
+        let pts: Vec<(Array2<f32>, Array2<f32>)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(n, m))| {
+                let s = 90 + 2 * k as u64;
+                (randn(&mut rng(s), (n, 4)), randn(&mut rng(s + 1), (m, 4)))
+            })
+            .collect();
+        let costs: Vec<Array2<f32>> = pts
+            .iter()
+            .map(|(x, y)| {
+                Geometry::sq_euclidean(x.view(), y.view())
+                    .unwrap()
+                    .to_dense()
+            })
+            .collect();
+        let ws: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &(n, m))| (weights(n, 40 + k as u64), weights(m, 50 + k as u64)))
+            .collect();
+        let base = SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.05))
+            .with_tol(1e-4, ErrorNorm::L1)
+            .with_iters(2000, 5);
+        let configs = [
+            ("l1", base.clone()),
+            (
+                "l2 + schedule",
+                SinkhornConfig {
+                    norm: ErrorNorm::L2,
+                    schedule: EpsSchedule::Geometric {
+                        start: Epsilon::relative(EpsScale::Max, 1.0),
+                        decay: 0.5,
+                        stage_iters: 30,
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                "linf unbalanced",
+                SinkhornConfig {
+                    norm: ErrorNorm::LInf,
+                    marginal_a: Marginal::Kl(1.0),
+                    marginal_b: Marginal::Kl(2.0),
+                    ..base.clone()
+                },
+            ),
+            ("capped", base.clone().with_iters(12, 5)),
+        ];
+        for (name, cfg) in &configs {
+            let batch: Vec<BatchProblem<'_, f32>> = costs
+                .iter()
+                .zip(&pts)
+                .zip(&ws)
+                .enumerate()
+                .map(|(k, ((cost, (x, y)), (a, b)))| BatchProblem {
+                    // dense costs and point clouds both
+                    geom: if k % 2 == 0 {
+                        Geometry::dense(cost.view()).unwrap()
+                    } else {
+                        Geometry::sq_euclidean(x.view(), y.view()).unwrap()
+                    },
+                    a: a.view(),
+                    b: b.view(),
+                })
+                .collect();
+            let outs = gpu::sinkhorn_batch(c, &batch, cfg);
+            for (k, (p, got)) in batch.iter().zip(&outs).enumerate() {
+                let want = sinkhorn(&p.geom, p.a, p.b, cfg, &Backend::Cpu(Par::Seq)).unwrap();
+                let label = format!("{name}, problem {k} {:?}", sizes[k]);
+                same_solution(&label, got.as_ref().unwrap(), &want, cfg);
+            }
+        }
     }
 
     #[test]

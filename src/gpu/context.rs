@@ -87,6 +87,10 @@ pub const SHADERS: &[(&str, &str)] = &[
         composed!("sinkhorn_online.wgsl", "ot_potential.wgsl"),
     ),
     (
+        "sinkhorn_small.wgsl",
+        include_str!("../../shaders/sinkhorn_small.wgsl"),
+    ),
+    (
         "sinkhorn_update.wgsl",
         composed!("sinkhorn_update.wgsl", "ot_cost.wgsl", "ot_potential.wgsl"),
     ),

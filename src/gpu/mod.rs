@@ -91,7 +91,7 @@ pub use propagation::{
     spmm_backward_into, spmm_into,
 };
 #[cfg(feature = "gpu")]
-pub use transport::{sinkhorn, sinkhorn_batch};
+pub use transport::{sinkhorn, sinkhorn_batch, SMALL_PROBLEM};
 
 #[cfg(not(feature = "gpu"))]
 mod disabled {

@@ -513,17 +513,276 @@ pub fn sinkhorn(
     )
 }
 
-/// [`crate::transport::sinkhorn_batch`] on the GPU: each problem solved in turn on the device by
-/// [`sinkhorn`], results in input order, one `Result` per problem (a bad problem does not spoil the
-/// others). The problems share the device one after another rather than in one dispatch, so many tiny
-/// problems are better served by the CPU batch.
+/// The most points on either side of a problem that [`sinkhorn_batch`] solves in its one-dispatch kernel.
+pub const SMALL_PROBLEM: usize = 256;
+
+/// [`crate::transport::sinkhorn_batch`] on the GPU: results in input order, one `Result` per problem (a bad
+/// problem does not spoil the others).
+///
+/// In the log domain, the problems with at most [`SMALL_PROBLEM`] points on either side (dense or
+/// point-cloud costs; a cloud's cost is formed on the host) are solved together in **one dispatch**
+/// (`shaders/sinkhorn_small.wgsl`): one workgroup per problem runs its eps schedule, iterations and
+/// convergence checks on the device, so the host waits once for the whole batch; the final measurement of
+/// each runs on the host. Larger problems are solved in turn by [`sinkhorn`].
+///
+/// # Example
+/// ```no_run
+/// # #[cfg(feature = "gpu")] {
+/// use ndarray::array;
+/// use recgoat_core::gpu::{self, GpuContext};
+/// use recgoat_core::transport::{BatchProblem, Epsilon, Geometry, SinkhornConfig};
+/// let ctx = GpuContext::new()?;
+/// let c = array![[0.0f32, 1.0], [1.0, 0.0]];
+/// let w = array![0.5f32, 0.5];
+/// let problem = BatchProblem { geom: Geometry::dense(c.view())?, a: w.view(), b: w.view() };
+/// let outs = gpu::sinkhorn_batch(&ctx, &[problem.clone(), problem], &SinkhornConfig::new(Epsilon::Absolute(0.1)));
+/// assert!(outs.iter().all(|o| o.as_ref().is_ok_and(|o| o.converged)));
+/// # }
+/// # Ok::<(), recgoat_core::Error>(())
+/// ```
 pub fn sinkhorn_batch(
     ctx: &GpuContext,
     problems: &[crate::transport::BatchProblem<'_, f32>],
     cfg: &SinkhornConfig<f32>,
 ) -> Vec<Result<SinkhornOutput<f32>>> {
-    problems
-        .iter()
-        .map(|p| sinkhorn(ctx, &p.geom, p.a, p.b, cfg))
+    const OP: &str = "gpu::sinkhorn_batch";
+    let mut out: Vec<Option<Result<SinkhornOutput<f32>>>> = problems.iter().map(|_| None).collect();
+    let mut small = Vec::new();
+    for (i, p) in problems.iter().enumerate() {
+        let fits = p.geom.n() <= SMALL_PROBLEM && p.geom.m() <= SMALL_PROBLEM;
+        if cfg.domain == Domain::Log && fits {
+            match validate_problem(OP, &p.geom, p.a, p.b, cfg).and_then(|()| plan_small(p, cfg)) {
+                Ok(plan) => small.push((i, plan)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        } else {
+            out[i] = Some(sinkhorn(ctx, &p.geom, p.a, p.b, cfg));
+        }
+    }
+    if !small.is_empty() {
+        match solve_small(ctx, problems, &small, cfg) {
+            Ok(results) => {
+                for ((i, _), r) in small.iter().zip(results) {
+                    out[*i] = Some(r);
+                }
+            }
+            Err(e) => {
+                for (i, _) in &small {
+                    out[*i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.expect("every problem has a result"))
         .collect()
+}
+
+/// What the small-problem kernel needs of one problem beyond its data: the target eps, the schedule and the
+/// unbalanced marginals' rho.
+struct SmallPlan {
+    target: f32,
+    stages: Vec<(f32, usize)>,
+    rho: (Option<f32>, Option<f32>),
+}
+
+fn plan_small(
+    p: &crate::transport::BatchProblem<'_, f32>,
+    cfg: &SinkhornConfig<f32>,
+) -> Result<SmallPlan> {
+    let target = cfg.eps.resolve(&p.geom, Par::Seq)?;
+    Ok(SmallPlan {
+        target,
+        stages: crate::transport::cpu::stages(&p.geom, cfg, target, Par::Seq)?,
+        rho: (cfg.marginal_a.rho(target), cfg.marginal_b.rho(target)),
+    })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SmallParams {
+    problems: u32,
+    offset: u32,
+    check_every: u32,
+    norm: u32,
+    tol: f32,
+    _pad: [f32; 3],
+}
+
+/// Where one problem's data and results sit in the packed buffers.
+struct Packed {
+    n: usize,
+    m: usize,
+    pot: usize,
+    result: usize,
+    hist: Vec<usize>,
+}
+
+fn u32_of(op: &'static str, x: usize) -> Result<u32> {
+    u32::try_from(x).map_err(|_| Error::Gpu {
+        op,
+        reason: format!("{x} exceeds the u32 offsets the shader uses"),
+    })
+}
+
+/// Solves the planned small problems in one dispatch (chunked only past the dispatch limit) and finishes
+/// each on the host.
+fn solve_small(
+    ctx: &GpuContext,
+    problems: &[crate::transport::BatchProblem<'_, f32>],
+    small: &[(usize, SmallPlan)],
+    cfg: &SinkhornConfig<f32>,
+) -> Result<Vec<Result<SinkhornOutput<f32>>>> {
+    const OP: &str = "gpu::sinkhorn_batch";
+    let count = small.len();
+    let stage_words: usize = small.iter().map(|(_, p)| 12 * p.stages.len()).sum();
+    let mut meta: Vec<u32> = Vec::with_capacity(8 * count + stage_words);
+    meta.resize(8 * count, 0);
+    let (mut cost, mut w, mut pot) = (Vec::new(), Vec::new(), Vec::new());
+    let mut results = 0usize;
+    let mut packed = Vec::with_capacity(count);
+    for (k, (i, plan)) in small.iter().enumerate() {
+        let p = &problems[*i];
+        let (n, m) = (p.geom.n(), p.geom.m());
+        let header = [
+            n,
+            m,
+            cost.len(),
+            w.len(),
+            pot.len(),
+            plan.stages.len(),
+            meta.len(),
+            results,
+        ];
+        for (slot, v) in header.into_iter().enumerate() {
+            meta[8 * k + slot] = u32_of(OP, v)?;
+        }
+        cost.extend(p.geom.to_dense().iter().copied());
+        w.extend(p.a.iter().copied());
+        w.extend(p.a.iter().map(|v| v.ln()));
+        w.extend(p.b.iter().copied());
+        w.extend(p.b.iter().map(|v| v.ln()));
+        let pot0 = pot.len();
+        pot.resize(pot0 + n + m, 0.0);
+        let result = results;
+        results += 3 * plan.stages.len();
+        let mut hist = Vec::with_capacity(plan.stages.len());
+        let tau = |r: Option<f32>, eps: f32| r.map_or(1.0, |r| r / (r + eps));
+        for &(eps, max_iter) in &plan.stages {
+            hist.push(results);
+            let flags = u32::from(plan.rho.0.is_some()) | (u32::from(plan.rho.1.is_some()) << 1);
+            meta.extend([u32_of(OP, max_iter)?, flags, u32_of(OP, results)?, 0]);
+            meta.extend(
+                [
+                    eps,
+                    tau(plan.rho.0, eps),
+                    tau(plan.rho.1, eps),
+                    plan.rho.0.unwrap_or(1.0),
+                    plan.rho.1.unwrap_or(1.0),
+                    0.0,
+                    0.0,
+                    0.0,
+                ]
+                .map(f32::to_bits),
+            );
+            results += 2 * (max_iter / cfg.check_every + 1);
+        }
+        packed.push(Packed {
+            n,
+            m,
+            pot: pot0,
+            result,
+            hist,
+        });
+    }
+    for (what, words) in [
+        ("costs", cost.len()),
+        ("meta", meta.len()),
+        ("results", results),
+    ] {
+        ctx.check_binding(OP, what, (words * 4) as u64)?;
+        u32_of(OP, words)?;
+    }
+    let meta_buf = ctx.storage_from("sinkhorn meta", &meta);
+    let cost_buf = ctx.storage_from("sinkhorn costs", &cost);
+    let w_buf = ctx.storage_from("sinkhorn weights", &w);
+    let pot_buf = ctx.storage_from("sinkhorn potentials", &pot);
+    let out_buf = ctx.storage_zeroed("sinkhorn results", (results * 4) as u64);
+    let kernel = Kernel::new("sinkhorn_small.wgsl", "sinkhorn_small");
+    let norm = match cfg.norm {
+        crate::transport::ErrorNorm::L1 => 0,
+        crate::transport::ErrorNorm::L2 => 1,
+        crate::transport::ErrorNorm::LInf => 2,
+    };
+    let params = |start: usize| SmallParams {
+        problems: count as u32,
+        offset: start as u32,
+        check_every: cfg.check_every as u32,
+        norm,
+        tol: cfg.tol,
+        _pad: [0.0; 3],
+    };
+    let mut enc = ctx.encoder();
+    let bufs = [&meta_buf, &cost_buf, &w_buf, &pot_buf, &out_buf];
+    ctx.dispatch_rows(&mut enc, kernel, (count, 1), params, &bufs)?;
+    ctx.submit(OP, enc)?;
+    let pot: Vec<f32> = ctx.read_buffer(OP, &pot_buf, pot.len())?;
+    let res: Vec<u32> = ctx.read_buffer(OP, &out_buf, results)?;
+    Ok(small
+        .iter()
+        .zip(&packed)
+        .map(|((i, plan), pk)| {
+            let p = &problems[*i];
+            let (f_end, g_end) = (
+                &pot[pk.pot..pk.pot + pk.n],
+                &pot[pk.pot + pk.n..pk.pot + pk.n + pk.m],
+            );
+            let mut stage = 0;
+            solve_with(
+                &p.geom,
+                p.a,
+                p.b,
+                cfg,
+                plan.target,
+                Par::Seq,
+                None,
+                &mut |_, f, g| {
+                    let r = &res[pk.result + 3 * stage..pk.result + 3 * stage + 3];
+                    let h0 = pk.hist[stage];
+                    stage += 1;
+                    let history: Vec<(usize, f32)> = (0..r[2] as usize)
+                        .map(|e| {
+                            (
+                                res[h0 + 2 * e] as usize,
+                                f32::from_bits(res[h0 + 2 * e + 1]),
+                            )
+                        })
+                        .collect();
+                    f.copy_from_slice(f_end);
+                    g.copy_from_slice(g_end);
+                    // the stopping rule of the CPU stages, read from the history in order
+                    let stop = history
+                        .iter()
+                        .position(|&(_, e)| e <= cfg.tol || !e.is_finite());
+                    let (iterations, termination, history) = match stop {
+                        Some(h) => {
+                            let (it, e) = history[h];
+                            let t = if e <= cfg.tol {
+                                Termination::Converged
+                            } else {
+                                Termination::NonFinite { iteration: it }
+                            };
+                            (it, t, history[..=h].to_vec())
+                        }
+                        None => (r[0] as usize, Termination::MaxIterations, history),
+                    };
+                    Ok(StageResult {
+                        iterations,
+                        history,
+                        termination,
+                    })
+                },
+            )
+        })
+        .collect())
 }

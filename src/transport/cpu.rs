@@ -455,7 +455,7 @@ fn scaling_stage<F: Real>(
 }
 
 /// The eps of every stage, ending at `target`.
-fn stages<F: Real>(
+pub(crate) fn stages<F: Real>(
     geom: &Geometry<'_, F>,
     cfg: &SinkhornConfig<F>,
     target: F,
