@@ -58,8 +58,8 @@ fn download<F: Real>(ctx: &GpuContext, x: &GpuMatrix) -> Result<Array2<F>> {
 /// One GAT layer's forward state on the device: the layer's cache and its input.
 #[derive(Debug)]
 pub(crate) struct DeviceGat {
-    pub(super) cache: GpuGatCache,
-    pub(super) x: GpuMatrix,
+    cache: GpuGatCache,
+    x: GpuMatrix,
 }
 
 /// One OAT map's forward state on the device: the cache and the two embeddings it aligned.
