@@ -99,7 +99,7 @@ struct Args {
     /// Score with the raw weighted sum of the views (no LayerNorm / L2 normalisation of the fused items).
     #[arg(long)]
     no_fusion_normalize: bool,
-    /// Backend.
+    /// Backend: cpu, or gpu (build with `--features gpu`; trains with the device-resident step).
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
     /// CPU threads (0: all).
