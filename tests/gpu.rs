@@ -596,6 +596,78 @@ mod sinkhorn {
         compare(c, "capped", &dense, &base.clone().with_iters(7, 3));
     }
 
+    /// The gradients of a plan formed in row blocks on the device (a binding limit small enough for
+    /// several blocks, dispatch chunks of 3 workgroups) against the CPU's, for the same potentials.
+    #[test]
+    fn point_cloud_gradients_match_the_cpu_in_blocks() {
+        use recgoat_core::transport::point_cloud_gradients;
+        if ctx().is_none() {
+            return;
+        }
+        // 4 KiB per binding: plan blocks of 8 rows of 120 columns
+        let c = GpuContext::with_options(&GpuOptions {
+            max_storage_binding: Some(4096),
+            max_workgroups_per_dispatch: Some(3),
+            ..GpuOptions::from_env()
+        })
+        .unwrap();
+        let x: Array2<f32> = randn(&mut rng(60), (37, 5));
+        let y: Array2<f32> = randn(&mut rng(61), (120, 5));
+        let (a, b) = (weights(37, 62), weights(120, 63));
+        let geom = Geometry::sq_euclidean(x.view(), y.view()).unwrap();
+        let cfg = SinkhornConfig::new(Epsilon::relative(EpsScale::Mean, 0.05));
+        let out = sinkhorn(&geom, a.view(), b.view(), &cfg, &Backend::Cpu(Par::Seq)).unwrap();
+        let (wx, wy) = point_cloud_gradients(&geom, &out, a.view(), b.view(), Par::Seq).unwrap();
+        let (gx, gy) =
+            gpu::point_cloud_gradients(&c, x.view(), y.view(), &out, a.view(), b.view()).unwrap();
+        let scale = f64::from(wx.iter().chain(&wy).fold(0f32, |m, v| m.max(v.abs())));
+        let tol = Tolerance::new(1e-4, 1e-5 * scale);
+        tol.assert_close(
+            "grad x",
+            &gx.mapv(f64::from).view(),
+            &wx.mapv(f64::from).view(),
+        );
+        tol.assert_close(
+            "grad y",
+            &gy.mapv(f64::from).view(),
+            &wy.mapv(f64::from).view(),
+        );
+        let e = gpu::point_cloud_gradients(&c, x.view(), x.view(), &out, a.view(), b.view());
+        assert!(matches!(e, Err(Error::Shape { .. })), "{e:?}");
+    }
+
+    /// The debiased divergence on the device against the CPU function: value and every gradient.
+    #[test]
+    fn sinkhorn_divergence_matches_the_cpu() {
+        use recgoat_core::transport::sinkhorn_divergence;
+        let Some(c) = ctx() else { return };
+        let x: Array2<f32> = randn(&mut rng(64), (90, 4));
+        let y: Array2<f32> = randn(&mut rng(65), (70, 4)) + 0.5;
+        let (a, b) = (weights(90, 66), weights(70, 67));
+        let cfg = SinkhornConfig::new(Epsilon::Absolute(0.5))
+            .with_tol(1e-5, ErrorNorm::L1)
+            .with_iters(5000, 1);
+        let be = Backend::Cpu(Par::Seq);
+        let want = sinkhorn_divergence(x.view(), y.view(), a.view(), b.view(), &cfg, &be).unwrap();
+        let got =
+            gpu::sinkhorn_divergence(c, x.view(), y.view(), a.view(), b.view(), &cfg).unwrap();
+        assert!(want.converged && got.converged);
+        Tolerance::new(1e-3, 1e-5).assert_scalar("value", got.value.into(), want.value.into());
+        let close = |what: &str, g: &ndarray::Array2<f32>, w: &ndarray::Array2<f32>| {
+            let scale = f64::from(w.iter().fold(0f32, |m, v| m.max(v.abs())));
+            Tolerance::new(1e-3, 1e-3 * scale).assert_close(
+                what,
+                &g.mapv(f64::from).view(),
+                &w.mapv(f64::from).view(),
+            );
+        };
+        close("grad x", &got.grad_x, &want.grad_x);
+        close("grad y", &got.grad_y, &want.grad_y);
+        let vec2 = |v: &ndarray::Array1<f32>| v.clone().insert_axis(ndarray::Axis(0));
+        close("grad a", &vec2(&got.grad_a), &vec2(&want.grad_a));
+        close("grad b", &vec2(&got.grad_b), &vec2(&want.grad_b));
+    }
+
     /// Problems of up to 256 points a side, of several sizes, solved together in one dispatch: each as the
     /// CPU solver solves it alone, for every norm, balanced or not, with an eps schedule; a larger problem
     /// in the same batch goes through the per-problem path.

@@ -78,6 +78,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         "normalize_rows_backward.wgsl",
         composed!("normalize_rows_backward.wgsl", "reduce64.wgsl"),
     ),
+    ("ot_plan.wgsl", include_str!("../../shaders/ot_plan.wgsl")),
     (
         "sinkhorn_measure.wgsl",
         composed!("sinkhorn_measure.wgsl", "ot_cost.wgsl"),

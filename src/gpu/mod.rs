@@ -48,6 +48,8 @@ mod contrastive;
 #[cfg(feature = "gpu")]
 pub(crate) mod dense;
 #[cfg(feature = "gpu")]
+mod divergence;
+#[cfg(feature = "gpu")]
 mod knn;
 #[cfg(feature = "gpu")]
 mod matrix;
@@ -77,6 +79,8 @@ pub use dense::{
     gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_forward,
     softmax_fusion, softmax_fusion_backward, GpuLayerNormCache,
 };
+#[cfg(feature = "gpu")]
+pub use divergence::{point_cloud_gradients, sinkhorn_divergence};
 #[cfg(feature = "gpu")]
 pub use knn::{knn_graph, KNN_MAX_K};
 #[cfg(feature = "gpu")]

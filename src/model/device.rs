@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{self, GpuAttentionGraph, GpuContext, GpuGatCache, GpuGraph, GpuMatrix};
 use crate::graph::CsrGraph;
 use crate::simd::Real;
-use crate::transport::{AdaptiveGrads, AdaptiveTransport};
+use crate::transport::{AdaptiveGrads, AdaptiveTransport, DivergenceOutput, SinkhornConfig};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use std::any::TypeId;
 use std::sync::Arc;
@@ -244,6 +244,39 @@ impl DeviceModel {
             grad_m: download(ctx, &gg.grad_m)?,
             grad_z: download(ctx, &gg.grad_z)?,
             grad_delta: download(ctx, &gg.grad_delta)?,
+        })
+    }
+
+    /// The debiased Sinkhorn divergence between `x` and `y` with weights `w` on both sides, on the device
+    /// ([`gpu::sinkhorn_divergence`]).
+    ///
+    /// # Errors
+    /// As [`gpu::sinkhorn_divergence`].
+    pub(crate) fn sinkhorn_divergence<F: Real>(
+        &self,
+        x: ArrayView2<'_, F>,
+        y: ArrayView2<'_, F>,
+        w: ndarray::ArrayView1<'_, F>,
+        cfg: &SinkhornConfig<F>,
+    ) -> Result<DivergenceOutput<F>> {
+        let ctx = &*self.ctx;
+        let w32 = w.mapv(|v| v.to_f32().expect("f32 holds every Real"));
+        let (x32, y32) = (to_f32(x), to_f32(y));
+        let cfg = as_f32(cfg, "config")?;
+        let d = gpu::sinkhorn_divergence(ctx, x32.view(), y32.view(), w32.view(), w32.view(), cfg)?;
+        let back = |v: f32| F::c(f64::from(v));
+        let back1 = |v: ndarray::Array1<f32>| v.mapv(back);
+        Ok(DivergenceOutput {
+            value: back(d.value),
+            ot_xy: back(d.ot_xy),
+            ot_xx: back(d.ot_xx),
+            ot_yy: back(d.ot_yy),
+            eps: back(d.eps),
+            grad_x: from_f32(d.grad_x),
+            grad_y: from_f32(d.grad_y),
+            grad_a: back1(d.grad_a),
+            grad_b: back1(d.grad_b),
+            converged: d.converged,
         })
     }
 

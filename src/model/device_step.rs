@@ -11,8 +11,9 @@
 //! gradient run on the host, as in [`crate::gpu::adaptive_transport_forward`]) and the fused items' row
 //! norms (checked as on the CPU). No `(U + I) x d` or `I x d` matrix crosses.
 //!
-//! Every configuration has it. The sample-level OT loss (optional, off in the presets) solves its `B x B`
-//! problems on the host: the batch's `B x d` rows go down and their gradients come back up.
+//! Every configuration has it. The sample-level OT loss (optional, off in the presets) runs
+//! [`crate::gpu::sinkhorn_divergence`], whose API takes host arrays: the batch's `B x d` rows go down and
+//! back up, and their gradients come back.
 
 use super::config::{Cmcl, Fusion};
 use super::device::{gat_param_grads, DeviceModel};
@@ -393,7 +394,7 @@ impl RecGoat<f32> {
             }
         }
 
-        // the sample-level OT loss: B x B problems, solved on the host from the batch's rows
+        // the sample-level OT loss: B x B divergences on the device, through the host-in / host-out API
         let mut ot = 0.0f64;
         let otw = self.cfg.ot_sample_weight as f32;
         if otw > 0.0 && !aligned.is_empty() {

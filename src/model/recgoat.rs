@@ -20,7 +20,7 @@ use crate::nn::{self, Init, LayerNorm, LayerNormCache, Linear};
 use crate::simd::Real;
 use crate::transport::{
     sinkhorn_divergence, AdaptiveCache, AdaptiveGrads, AdaptiveTransport, AdaptiveTransportConfig,
-    EpsScale, Epsilon, ErrorNorm, ImplicitConfig, PlanGradient, SinkhornConfig,
+    DivergenceOutput, EpsScale, Epsilon, ErrorNorm, ImplicitConfig, PlanGradient, SinkhornConfig,
 };
 use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rand::SeedableRng;
@@ -1009,6 +1009,21 @@ impl<F: Real> RecGoat<F> {
         ))
     }
 
+    /// The debiased Sinkhorn divergence of the sample-level OT loss (uniform weights `w` on both sides) on the
+    /// model's backend.
+    fn divergence(
+        &self,
+        x: ArrayView2<'_, F>,
+        y: ArrayView2<'_, F>,
+        w: ndarray::ArrayView1<'_, F>,
+    ) -> Result<DivergenceOutput<F>> {
+        #[cfg(feature = "gpu")]
+        if let Some(dm) = &self.device {
+            return dm.sinkhorn_divergence(x, y, w, &self.sample_ot);
+        }
+        sinkhorn_divergence(x, y, w, w, &self.sample_ot, &self.backend)
+    }
+
     /// The sample-level OT loss of a batch: the mean over modalities of the debiased Sinkhorn divergence
     /// between the L2-normalised aligned rows (`rows[m]`, `B x d`) and the normalised collaborative rows
     /// `zc`, and per modality the gradients (already weighted by `ot_sample_weight`) of the aligned and the
@@ -1027,14 +1042,7 @@ impl<F: Real> RecGoat<F> {
         let mut grads = Vec::with_capacity(rows.len());
         for xa in rows {
             let (xn, xnorms) = nn::l2_normalize(xa.view())?;
-            let div = sinkhorn_divergence(
-                xn.view(),
-                yc.view(),
-                w.view(),
-                w.view(),
-                &self.sample_ot,
-                &self.backend,
-            )?;
+            let div = self.divergence(xn.view(), yc.view(), w.view())?;
             ot += div.value / m_count;
             let scale = otw / m_count;
             let gx =

@@ -99,6 +99,31 @@ fn sinkhorn_self<F: Real>(
     cpu::solve_symmetric(geom, a, cfg, target, par)
 }
 
+/// `cfg` with its eps (and a schedule's start) resolved on the cross problem's cost and made absolute, so
+/// that the three problems of a divergence share them.
+pub(crate) fn fixed_eps<F: Real>(
+    cfg: &SinkhornConfig<F>,
+    gxy: &Geometry<'_, F>,
+    par: crate::backend::Par,
+) -> Result<SinkhornConfig<F>> {
+    let mut fixed = cfg.clone();
+    fixed.eps = Epsilon::Absolute(cfg.eps.resolve(gxy, par)?);
+    if let EpsSchedule::Geometric {
+        start,
+        decay,
+        stage_iters,
+    } = cfg.schedule
+    {
+        let start = Epsilon::Absolute(start.resolve(gxy, par)?);
+        fixed.schedule = EpsSchedule::Geometric {
+            start,
+            decay,
+            stage_iters,
+        };
+    }
+    Ok(fixed)
+}
+
 /// The most bytes of cost that [`sinkhorn_divergence`] holds in memory (its three matrices together) to
 /// save recomputing them at every iteration: 256 MiB, three 2048 x 2048 f32 problems take 48 MiB.
 pub const MATERIALIZE_BYTES: usize = 1 << 28;
@@ -126,21 +151,7 @@ fn divergence<F: Real>(
     let gxy = geom(x, y)?;
     let gxx = geom(x, x)?;
     let gyy = geom(y, y)?;
-    let mut fixed = cfg.clone();
-    fixed.eps = Epsilon::Absolute(cfg.eps.resolve(&gxy, par)?);
-    if let EpsSchedule::Geometric {
-        start,
-        decay,
-        stage_iters,
-    } = cfg.schedule
-    {
-        let start = Epsilon::Absolute(start.resolve(&gxy, par)?);
-        fixed.schedule = EpsSchedule::Geometric {
-            start,
-            decay,
-            stage_iters,
-        };
-    }
+    let fixed = fixed_eps(cfg, &gxy, par)?;
     let oxy = sinkhorn(&gxy, a, b, &fixed, backend)?;
     let oxx = sinkhorn_self(&gxx, a, &fixed, backend)?;
     let oyy = sinkhorn_self(&gyy, b, &fixed, backend)?;

@@ -42,7 +42,7 @@
 mod adaptive;
 mod cost;
 pub(crate) mod cpu;
-mod divergence;
+pub(crate) mod divergence;
 mod grad;
 pub mod reference;
 
