@@ -14,8 +14,9 @@
 //! the exact cosine kNN graph (similarity blocks by GEMM, top-k selection on the device), RecGOAT's OAT map
 //! with its gradients (the `I x d` work on the device, the `d x d` plan and its gradient on the host) and
 //! graph attention (GATConv and GATv2, forward and backward, dropout included), BPR and the Adam step
-//! ([`adam_step`]). The softmax fusion of views has a GPU call too, and a batch of small Sinkhorn
-//! problems is solved in one dispatch ([`sinkhorn_batch`]). With [`crate::Backend::Gpu`] the model's
+//! ([`adam_step`]). The softmax fusion of views has a GPU call too, a batch of small Sinkhorn problems is
+//! solved in one dispatch ([`sinkhorn_batch`]), and the gradients of a large plan and the debiased
+//! divergence run here too ([`point_cloud_gradients`], [`sinkhorn_divergence`]). With [`crate::Backend::Gpu`] the model's
 //! `Trainer` runs a device-resident training step built from these.
 //!
 //! Without the `gpu` cargo feature this module still exists: [`GpuContext::new`] returns
