@@ -13,7 +13,7 @@ use super::{GpuContext, GpuMatrix};
 use crate::backend::{Backend, Par};
 use crate::error::{check_finite, Error, Result};
 use crate::transport::{dimension_cost_from_moments, AdaptiveTransport, PlanState};
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 
 /// What [`adaptive_transport_backward`] needs from the forward pass.
 #[derive(Debug)]
@@ -67,10 +67,6 @@ fn check_pair(op: &'static str, m: &GpuMatrix, z: &GpuMatrix) -> Result<()> {
     Ok(())
 }
 
-fn download_vec(ctx: &GpuContext, x: &GpuMatrix) -> Result<Array1<f32>> {
-    Ok(Array1::from(x.download(ctx)?.into_raw_vec_and_offset().0))
-}
-
 /// [`AdaptiveTransport::forward`] with the `I x d` work on the device: `(aligned, cache)`.
 ///
 /// # Errors
@@ -105,8 +101,8 @@ pub fn adaptive_transport_forward(
     ctx.submit(OP, enc)?;
     let cost = dimension_cost_from_moments(
         mtz.download(ctx)?,
-        &download_vec(ctx, &msq)?,
-        &download_vec(ctx, &zsq)?,
+        &msq.download_flat(ctx)?,
+        &zsq.download_flat(ctx)?,
         n,
         oat.config().cost_scale,
     );

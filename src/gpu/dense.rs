@@ -693,7 +693,7 @@ pub(crate) fn col_sums(ctx: &GpuContext, a: &GpuMatrix) -> Result<ndarray::Array
     let mut enc = ctx.encoder();
     record_col_sums(ctx, &mut enc, a, None, &out)?;
     ctx.submit("gpu::col_sums", enc)?;
-    Ok(out.download(ctx)?.index_axis_move(ndarray::Axis(0), 0))
+    out.download_flat(ctx)
 }
 
 fn check_views<'a>(

@@ -5,9 +5,10 @@
 //! each block right away by GEMM into `P Y`, `P^T X` and the plan's row and column sums.
 
 use super::context::Kernel;
+use super::transport::column;
 use super::{GpuContext, GpuMatrix};
 use crate::error::{Error, Result};
-use crate::transport::{envelope, DivergenceOutput, Geometry, SinkhornConfig, SinkhornOutput};
+use crate::transport::{DivergenceOutput, Geometry, SinkhornConfig, SinkhornOutput};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 #[repr(C)]
@@ -19,10 +20,6 @@ struct PlanParams {
     row0: u32,
     inv_eps: f32,
     _pad: [f32; 3],
-}
-
-fn column(ctx: &GpuContext, v: &[f32]) -> Result<GpuMatrix> {
-    GpuMatrix::upload(ctx, ArrayView2::from_shape((v.len(), 1), v).expect("n x 1"))
 }
 
 /// [`crate::transport::point_cloud_gradients`] on the GPU: the gradients of `<P, C>`-based OT values with
@@ -52,8 +49,9 @@ pub fn point_cloud_gradients(
     let (alpha, beta) = out.log_scalings(a, b);
     let xsq: Vec<f32> = x.rows().into_iter().map(|r| r.dot(&r)).collect();
     let ysq: Vec<f32> = y.rows().into_iter().map(|r| r.dot(&r)).collect();
-    let (alpha_d, beta_d) = (column(ctx, &alpha)?, column(ctx, &beta)?);
-    let (xsq_d, ysq_d) = (column(ctx, &xsq)?, column(ctx, &ysq)?);
+    let col = |v: &[f32]| column(ctx, v.iter().copied());
+    let (alpha_d, beta_d) = (col(&alpha)?, col(&beta)?);
+    let (xsq_d, ysq_d) = (col(&xsq)?, col(&ysq)?);
     let yd = GpuMatrix::upload(ctx, y)?;
     let ones_m = GpuMatrix::upload(ctx, Array2::ones((m, 1)).view())?;
     let mut ptx = GpuMatrix::zeros(ctx, m, d)?;
@@ -122,29 +120,8 @@ pub fn sinkhorn_divergence(
     let oxy = super::sinkhorn(ctx, &gxy, a, b, &fixed)?;
     let oxx = super::sinkhorn(ctx, &gxx, a, a, &fixed)?;
     let oyy = super::sinkhorn(ctx, &gyy, b, b, &fixed)?;
-    let eps = oxy.eps;
-    let mass_gap = a.sum() - b.sum();
-    let value = oxy.value - 0.5 * (oxx.value + oyy.value) + 0.5 * eps * mass_gap * mass_gap;
-    let (gx_xy, gy_xy) = point_cloud_gradients(ctx, x, y, &oxy, a, b)?;
-    let (g1, g2) = point_cloud_gradients(ctx, x, x, &oxx, a, a)?;
-    let grad_x = gx_xy - &((g1 + g2) * 0.5);
-    let (g1, g2) = point_cloud_gradients(ctx, y, y, &oyy, b, b)?;
-    let grad_y = gy_xy - &((g1 + g2) * 0.5);
-    let exy = envelope(&oxy, a, b)?;
-    let exx = envelope(&oxx, a, a)?;
-    let eyy = envelope(&oyy, b, b)?;
-    let grad_a = exy.grad_a - &((exx.grad_a + exx.grad_b) * 0.5) + eps * mass_gap;
-    let grad_b = exy.grad_b - &((eyy.grad_a + eyy.grad_b) * 0.5) - eps * mass_gap;
-    Ok(DivergenceOutput {
-        value,
-        ot_xy: oxy.value,
-        ot_xx: oxx.value,
-        ot_yy: oyy.value,
-        eps,
-        grad_x,
-        grad_y,
-        grad_a,
-        grad_b,
-        converged: oxy.converged && oxx.converged && oyy.converged,
-    })
+    let xy = (&oxy, point_cloud_gradients(ctx, x, y, &oxy, a, b)?);
+    let xx = (&oxx, point_cloud_gradients(ctx, x, x, &oxx, a, a)?);
+    let yy = (&oyy, point_cloud_gradients(ctx, y, y, &oyy, b, b)?);
+    crate::transport::divergence::assemble(xy, xx, yy, a, b)
 }

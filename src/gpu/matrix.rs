@@ -74,6 +74,16 @@ impl GpuMatrix {
         Ok(Array2::from_shape_vec((self.rows, self.cols), values).expect("rows x cols values"))
     }
 
+    /// Copies the matrix back to the host as one vector, row-major (for `1 x d` and `n x 1` matrices).
+    ///
+    /// # Errors
+    /// As [`GpuMatrix::download`].
+    pub(crate) fn download_flat(&self, ctx: &GpuContext) -> Result<ndarray::Array1<f32>> {
+        Ok(ndarray::Array1::from(
+            self.download(ctx)?.into_raw_vec_and_offset().0,
+        ))
+    }
+
     /// Overwrites the matrix with `data` (row-major, `rows * cols` values; queued before later work).
     pub(crate) fn write(&self, ctx: &GpuContext, data: &[f32]) {
         debug_assert_eq!(data.len(), self.rows * self.cols);

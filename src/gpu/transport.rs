@@ -137,7 +137,8 @@ struct Device {
     aux_unused: GpuMatrix,
 }
 
-fn column(ctx: &GpuContext, v: impl Iterator<Item = f32>) -> Result<GpuMatrix> {
+/// The values as an `n x 1` matrix on the device.
+pub(super) fn column(ctx: &GpuContext, v: impl Iterator<Item = f32>) -> Result<GpuMatrix> {
     let v: Vec<f32> = v.collect();
     let n = v.len();
     GpuMatrix::upload(

@@ -16,7 +16,7 @@ use crate::gpu::{self, GpuAttentionGraph, GpuContext, GpuGatCache, GpuGraph, Gpu
 use crate::graph::CsrGraph;
 use crate::simd::Real;
 use crate::transport::{AdaptiveGrads, AdaptiveTransport, DivergenceOutput, SinkhornConfig};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2};
 use std::any::TypeId;
 use std::sync::Arc;
 
@@ -308,7 +308,9 @@ pub(super) fn gat_param_grads<F: Real>(
     gg: &gpu::GpuGatGrads,
 ) -> Result<GatParams<F>> {
     let get = |m: &GpuMatrix| download::<F>(ctx, m);
-    let vector = |m: &GpuMatrix| -> Result<Array1<F>> { Ok(get(m)?.index_axis_move(Axis(0), 0)) };
+    let vector = |m: &GpuMatrix| -> Result<Array1<F>> {
+        Ok(m.download_flat(ctx)?.mapv(|v| F::c(f64::from(v))))
+    };
     Ok(GatParams {
         w: get(&gg.grad_w)?,
         a_src: get(&gg.grad_a_src)?,

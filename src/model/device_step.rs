@@ -23,12 +23,12 @@ use crate::attention::Mode;
 use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm};
 use crate::error::{Error, Result};
 use crate::gpu::dense::{
-    axpy, col_sums, hadamard, leaky_relu_masked, weighted_sum, weighted_sum_backward,
+    axpy, col_sums, hadamard, leaky_relu_masked, row_vector, weighted_sum, weighted_sum_backward,
 };
 use crate::gpu::{self, GpuAdamState, GpuContext, GpuGatCache, GpuGraph, GpuMatrix};
 use crate::graph::CsrGraph;
 use crate::nn::{dropout_mask, Adam, AdamState};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -84,14 +84,6 @@ fn gather(ctx: &GpuContext, s: &GpuGraph, table: &GpuMatrix) -> Result<GpuMatrix
 fn scatter_add(ctx: &GpuContext, s: &GpuGraph, g: &GpuMatrix, acc: &GpuMatrix) -> Result<()> {
     let scratch = GpuMatrix::zeros(ctx, acc.rows(), acc.cols())?;
     gpu::propagation::spmm_backward_add(ctx, s, g, &scratch, acc)
-}
-
-fn row(ctx: &GpuContext, v: &Array1<f32>) -> Result<GpuMatrix> {
-    GpuMatrix::upload(ctx, v.view().insert_axis(Axis(0)))
-}
-
-fn vector(ctx: &GpuContext, m: &GpuMatrix) -> Result<Array1<f32>> {
-    Ok(m.download(ctx)?.index_axis_move(Axis(0), 0))
 }
 
 impl RecGoat<f32> {
@@ -160,7 +152,16 @@ impl RecGoat<f32> {
         let w = GpuMatrix::upload(ctx, bp.proj.w.view())?;
         gpu::gemm(ctx, 1.0, x, false, &w, false, 0.0, &mut h)?;
         if let Some(b) = &bp.proj.b {
-            gpu::gemm(ctx, 1.0, ones, false, &row(ctx, b)?, false, 1.0, &mut h)?;
+            gpu::gemm(
+                ctx,
+                1.0,
+                ones,
+                false,
+                &row_vector(ctx, b)?,
+                false,
+                1.0,
+                &mut h,
+            )?;
         }
         let mut layers = Vec::with_capacity(bp.gat.len());
         for (l, gp) in bp.gat.iter().enumerate() {
@@ -335,11 +336,20 @@ impl RecGoat<f32> {
             .map(|_| zeros(ni))
             .collect::<Result<Vec<_>>>()?;
 
+        let clw = self.cfg.cl_weight as f32;
+        let otw = self.cfg.ot_sample_weight as f32;
+        let ot_loss = otw > 0.0 && !aligned.is_empty();
+        // the positives' selection, shared by the contrastive and the sample-level OT terms
+        let s_pos = if clw > 0.0 || ot_loss {
+            Some(selection(ctx, batch.pos.iter().copied(), ni)?)
+        } else {
+            None
+        };
+
         // the contrastive term
         let mut cl = 0.0f64;
-        let clw = self.cfg.cl_weight as f32;
         if clw > 0.0 {
-            let s_p = selection(ctx, batch.pos.iter().copied(), ni)?;
+            let s_p = s_pos.as_ref().expect("built for the contrastive term");
             let s_n = selection(ctx, batch.neg.iter().copied(), ni)?;
             // each view with where its gradient goes: 0 users, 1 fused items, 2 collaborative items,
             // 3 + m modality m; and the selection that gathered it
@@ -348,12 +358,12 @@ impl RecGoat<f32> {
             let pairs = match self.cfg.cmcl {
                 Cmcl::Paper => {
                     for (m, b) in branches.iter().enumerate() {
-                        owned.push((gather(ctx, &s_p, &b.out)?, 3 + m, &s_p));
+                        owned.push((gather(ctx, s_p, &b.out)?, 3 + m, s_p));
                     }
                     cmcl_paper_pairs::<f32>(branches.len())
                 }
                 Cmcl::OfficialCode => {
-                    for sel in [&s_p, &s_n] {
+                    for sel in [s_p, &s_n] {
                         owned.push((gather(ctx, sel, &zcf)?, 2, sel));
                         for (m, b) in branches.iter().enumerate() {
                             owned.push((gather(ctx, sel, &b.out)?, 3 + m, sel));
@@ -363,7 +373,7 @@ impl RecGoat<f32> {
                 }
             };
             let mut cl_views: Vec<(&GpuMatrix, usize, &GpuGraph)> =
-                vec![(&zu, 0, &s_u), (&ip, 1, &s_p)];
+                vec![(&zu, 0, &s_u), (&ip, 1, s_p)];
             cl_views.extend(owned.iter().map(|(v, t, s)| (v, *t, *s)));
             let grads = (0..cl_views.len())
                 .map(|_| zeros(bsz))
@@ -396,19 +406,18 @@ impl RecGoat<f32> {
 
         // the sample-level OT loss: B x B divergences on the device, through the host-in / host-out API
         let mut ot = 0.0f64;
-        let otw = self.cfg.ot_sample_weight as f32;
-        if otw > 0.0 && !aligned.is_empty() {
-            let s_p = selection(ctx, batch.pos.iter().copied(), ni)?;
-            let yc = gather(ctx, &s_p, &zcf)?.download(ctx)?;
+        if ot_loss {
+            let s_p = s_pos.as_ref().expect("built for the OT term");
+            let yc = gather(ctx, s_p, &zcf)?.download(ctx)?;
             let rows: Vec<Array2<f32>> = aligned
                 .iter()
-                .map(|a| gather(ctx, &s_p, a)?.download(ctx))
+                .map(|a| gather(ctx, s_p, a)?.download(ctx))
                 .collect::<Result<_>>()?;
             let (value, grads) = self.sample_ot_loss(&rows, yc.view())?;
             ot = f64::from(value);
             for ((gx, gy), acc) in grads.iter().zip(&g_aligned) {
-                scatter_add(ctx, &s_p, &GpuMatrix::upload(ctx, gx.view())?, acc)?;
-                scatter_add(ctx, &s_p, &GpuMatrix::upload(ctx, gy.view())?, &g_zcf)?;
+                scatter_add(ctx, s_p, &GpuMatrix::upload(ctx, gx.view())?, acc)?;
+                scatter_add(ctx, s_p, &GpuMatrix::upload(ctx, gy.view())?, &g_zcf)?;
             }
         }
 
@@ -456,8 +465,8 @@ impl RecGoat<f32> {
                     g = gpu::l2_normalize_backward(ctx, &f.items, norms, &g)?;
                     g = self.masked(g, f.mask.as_ref())?;
                     let (gx, dgamma, dbeta) = gpu::layer_norm_backward(ctx, ln, cache, &g)?;
-                    gn.gamma += &vector(ctx, &dgamma)?;
-                    gn.beta += &vector(ctx, &dbeta)?;
+                    gn.gamma += &dgamma.download_flat(ctx)?;
+                    gn.beta += &dbeta.download_flat(ctx)?;
                     g = gx;
                 } else {
                     g = self.masked(g, f.mask.as_ref())?;

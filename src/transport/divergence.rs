@@ -155,20 +155,35 @@ fn divergence<F: Real>(
     let oxy = sinkhorn(&gxy, a, b, &fixed, backend)?;
     let oxx = sinkhorn_self(&gxx, a, &fixed, backend)?;
     let oyy = sinkhorn_self(&gyy, b, &fixed, backend)?;
+    let xy = (&oxy, point_cloud_gradients(&gxy, &oxy, a, b, par)?);
+    let xx = (&oxx, point_cloud_gradients(&gxx, &oxx, a, a, par)?);
+    let yy = (&oyy, point_cloud_gradients(&gyy, &oyy, b, b, par)?);
+    assemble(xy, xx, yy, a, b)
+}
+
+/// One solved problem of a divergence with the gradients of its value with respect to its first and its
+/// second point cloud.
+pub(crate) type Term<'o, F> = (&'o SinkhornOutput<F>, (Array2<F>, Array2<F>));
+
+/// The divergence from its three solved terms `OT(x, y)`, `OT(x, x)` and `OT(y, y)`: the value (with the
+/// mass-gap correction of unequal masses), the point gradients and the weight gradients (envelope theorem).
+/// Shared by the CPU function and the GPU one, which differ only in how they solve and differentiate.
+pub(crate) fn assemble<F: Real>(
+    (oxy, (gx_xy, gy_xy)): Term<'_, F>,
+    (oxx, (gx1, gx2)): Term<'_, F>,
+    (oyy, (gy1, gy2)): Term<'_, F>,
+    a: ArrayView1<'_, F>,
+    b: ArrayView1<'_, F>,
+) -> Result<DivergenceOutput<F>> {
     let eps = oxy.eps;
     let half = F::c(0.5);
     let mass_gap = a.sum() - b.sum();
     let value = oxy.value - half * (oxx.value + oyy.value) + half * eps * mass_gap * mass_gap;
-
-    let (gx_xy, gy_xy) = point_cloud_gradients(&gxy, &oxy, a, b, par)?;
-    let (g1, g2) = point_cloud_gradients(&gxx, &oxx, a, a, par)?;
-    let grad_x = gx_xy - &((g1 + g2) * half);
-    let (g1, g2) = point_cloud_gradients(&gyy, &oyy, b, b, par)?;
-    let grad_y = gy_xy - &((g1 + g2) * half);
-
-    let exy = envelope(&oxy, a, b)?;
-    let exx = envelope(&oxx, a, a)?;
-    let eyy = envelope(&oyy, b, b)?;
+    let grad_x = gx_xy - &((gx1 + gx2) * half);
+    let grad_y = gy_xy - &((gy1 + gy2) * half);
+    let exy = envelope(oxy, a, b)?;
+    let exx = envelope(oxx, a, a)?;
+    let eyy = envelope(oyy, b, b)?;
     let grad_a = exy.grad_a - &((exx.grad_a + exx.grad_b) * half) + eps * mass_gap;
     let grad_b = exy.grad_b - &((eyy.grad_a + eyy.grad_b) * half) - eps * mass_gap;
     Ok(DivergenceOutput {
