@@ -1254,6 +1254,8 @@ mod model_backend {
             batch_size: 16,
             epochs: 2,
             eval_every: 1,
+            // the dropout masks stay in the comparison whatever the preset's dropout
+            dropout: 0.1,
             ..base
         }
     }

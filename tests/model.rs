@@ -22,6 +22,8 @@ fn tiny_config(base: RecGoatConfig) -> RecGoatConfig {
         oat_tol: 1e-13,
         oat_iters: 20_000,
         ot_sample_tol: 1e-13,
+        // the masks stay in the check whatever the preset's dropout
+        dropout: 0.1,
         ..base
     }
 }
@@ -220,6 +222,7 @@ fn small(base: RecGoatConfig) -> RecGoatConfig {
         batch_size: 32,
         epochs: 6,
         lr: 0.01,
+        dropout: 0.1,
         ..base
     }
 }

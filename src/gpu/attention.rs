@@ -107,6 +107,93 @@ impl GpuAttentionGraph {
     }
 }
 
+/// A GAT layer's parameters ([`GatParams`]) on the device, so that training can keep them there: vectors
+/// as `1 x len` matrices. [`GpuGatParams::upload`] checks them against the layer once.
+#[derive(Debug)]
+pub struct GpuGatParams {
+    w: GpuMatrix,
+    a_src: GpuMatrix,
+    a_dst: Option<GpuMatrix>,
+    bias: Option<GpuMatrix>,
+    w_res: Option<GpuMatrix>,
+    /// The configuration's shape they were checked against: `(in_dim, heads, head_dim, out_dim)`.
+    shape: (usize, usize, usize, usize),
+}
+
+fn layer_shape(layer: &GatLayer<f32>) -> (usize, usize, usize, usize) {
+    let cfg = layer.config();
+    (cfg.in_dim, cfg.heads, cfg.head_dim, cfg.out_dim())
+}
+
+impl GpuGatParams {
+    /// Copies `p` to the device after checking it against `layer`.
+    ///
+    /// # Errors
+    /// As [`GatLayer::forward`] for the parameters' shapes and values; [`Error::Gpu`].
+    pub fn upload(ctx: &GpuContext, layer: &GatLayer<f32>, p: &GatParams<f32>) -> Result<Self> {
+        p.check(layer.config())?;
+        let vector = |b: &Array1<f32>| row_vector(ctx, b);
+        Ok(GpuGatParams {
+            w: GpuMatrix::upload(ctx, p.w.view())?,
+            a_src: GpuMatrix::upload(ctx, p.a_src.view())?,
+            a_dst: p
+                .a_dst
+                .as_ref()
+                .map(|a| GpuMatrix::upload(ctx, a.view()))
+                .transpose()?,
+            bias: p.bias.as_ref().map(vector).transpose()?,
+            w_res: p
+                .w_res
+                .as_ref()
+                .map(|r| GpuMatrix::upload(ctx, r.view()))
+                .transpose()?,
+            shape: layer_shape(layer),
+        })
+    }
+
+    /// The parameters back on the host.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a failed read.
+    pub fn download(&self, ctx: &GpuContext) -> Result<GatParams<f32>> {
+        let get = |m: &GpuMatrix| m.download(ctx);
+        Ok(GatParams {
+            w: get(&self.w)?,
+            a_src: get(&self.a_src)?,
+            a_dst: self.a_dst.as_ref().map(get).transpose()?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.download_flat(ctx))
+                .transpose()?,
+            w_res: self.w_res.as_ref().map(get).transpose()?,
+        })
+    }
+
+    /// Every tensor, in [`GatParams`]' order (`w`, `a_src`, `a_dst`, `bias`, `w_res`), as
+    /// [`GpuGatGrads::param_grads`] lists their gradients.
+    pub(crate) fn tensors_mut(&mut self) -> Vec<&mut GpuMatrix> {
+        let mut v = vec![&mut self.w, &mut self.a_src];
+        v.extend(self.a_dst.as_mut());
+        v.extend(self.bias.as_mut());
+        v.extend(self.w_res.as_mut());
+        v
+    }
+
+    fn check(&self, op: &'static str, layer: &GatLayer<f32>) -> Result<()> {
+        let want = layer_shape(layer);
+        if self.shape != want {
+            return Err(Error::shape(
+                op,
+                "GpuGatParams (in_dim, heads, head_dim, out_dim)",
+                want,
+                self.shape,
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What [`gat_backward`] needs from [`gat_forward`], on the device.
 #[derive(Debug)]
 pub struct GpuGatCache {
@@ -150,6 +237,17 @@ pub struct GpuGatGrads {
     pub grad_bias: Option<GpuMatrix>,
     /// `dL/dW_res` (in_dim x out_dim).
     pub grad_w_res: Option<GpuMatrix>,
+}
+
+impl GpuGatGrads {
+    /// `dL/dX`, and the parameter gradients in [`GpuGatParams::tensors_mut`]'s order.
+    pub(crate) fn into_parts(self) -> (GpuMatrix, Vec<GpuMatrix>) {
+        let mut v = vec![self.grad_w, self.grad_a_src];
+        v.extend(self.grad_a_dst);
+        v.extend(self.grad_bias);
+        v.extend(self.grad_w_res);
+        (self.grad_x, v)
+    }
 }
 
 /// Flags beyond the layer's configuration: bias (bit 2) and an attention mask (bit 3).
@@ -212,11 +310,6 @@ fn check_device(ctx: &GpuContext, op: &'static str, layer: &GatLayer<f32>) -> Re
     Ok(())
 }
 
-fn flat(ctx: &GpuContext, parts: &[&Array2<f32>]) -> Result<GpuMatrix> {
-    let v: Array1<f32> = parts.iter().flat_map(|a| a.iter().copied()).collect();
-    row_vector(ctx, &v)
-}
-
 /// [`GatLayer::forward`] on the device: the output (N x out_dim) and the cache; in `Mode::Train` the same
 /// dropout masks as the CPU path for the seed.
 ///
@@ -231,9 +324,31 @@ pub fn gat_forward(
     x: &GpuMatrix,
     mode: Mode,
 ) -> Result<(GpuMatrix, GpuGatCache)> {
+    gat_forward_with(
+        ctx,
+        layer,
+        &GpuGatParams::upload(ctx, layer, p)?,
+        graph,
+        x,
+        mode,
+    )
+}
+
+/// [`gat_forward`] with the parameters already on the device.
+///
+/// # Errors
+/// As [`gat_forward`]; [`Error::Shape`] for parameters uploaded for a layer of another shape.
+pub fn gat_forward_with(
+    ctx: &GpuContext,
+    layer: &GatLayer<f32>,
+    p: &GpuGatParams,
+    graph: &GpuAttentionGraph,
+    x: &GpuMatrix,
+    mode: Mode,
+) -> Result<(GpuMatrix, GpuGatCache)> {
     const OP: &str = "gpu::gat_forward";
     let cfg = layer.config();
-    p.check(cfg)?;
+    p.check(OP, layer)?;
     check_device(ctx, OP, layer)?;
     if (x.rows(), x.cols()) != (graph.n, cfg.in_dim) {
         return Err(Error::shape(
@@ -245,15 +360,19 @@ pub fn gat_forward(
     }
     let (n, hn, hc) = (graph.n, cfg.heads, cfg.heads * cfg.head_dim);
     let edges = graph;
-    let w = GpuMatrix::upload(ctx, p.w.view())?;
+    let w = &p.w;
+    // a_src then a_dst (GATConv), or a (GATv2), in one buffer
     let a = match (&p.a_dst, cfg.scoring) {
-        (Some(ad), Scoring::GatConv) => flat(ctx, &[&p.a_src, ad])?,
-        _ => flat(ctx, &[&p.a_src])?,
+        (Some(ad), Scoring::GatConv) => {
+            let a = GpuMatrix::zeros(ctx, 2 * hn, cfg.head_dim)?;
+            a.set_rows(ctx, 0, &p.a_src)?;
+            a.set_rows(ctx, hn, ad)?;
+            a
+        }
+        _ => p.a_src.rows_range(ctx, 0, hn)?,
     };
-    let bias = match &p.bias {
-        Some(b) => row_vector(ctx, b)?,
-        None => GpuMatrix::zeros(ctx, 1, 1)?,
-    };
+    let placeholder = GpuMatrix::zeros(ctx, 1, 1)?;
+    let bias = p.bias.as_ref().unwrap_or(&placeholder);
     let (feat_mask, attn_mask) = dropout_masks(cfg, (n, cfg.in_dim), graph.nnz, mode);
     let has_attn_mask = attn_mask.is_some();
     let attn_mask = match attn_mask {
@@ -285,7 +404,7 @@ pub fn gat_forward(
     let x = feat.as_ref().map_or(x, |(xd, _)| xd);
     let (xo, wo, go) = (
         Operand::of(x, false),
-        Operand::of(&w, false),
+        Operand::of(w, false),
         Operand::of(&g, false),
     );
     record_gemm(ctx, &mut enc, (n, hc, cfg.in_dim), 1.0, xo, wo, 0.0, go)?;
@@ -329,8 +448,7 @@ pub fn gat_forward(
     if cfg.residual {
         match &p.w_res {
             Some(r) => {
-                let r = GpuMatrix::upload(ctx, r.view())?;
-                let (ro, oo) = (Operand::of(&r, false), Operand::of(&out, false));
+                let (ro, oo) = (Operand::of(r, false), Operand::of(&out, false));
                 record_gemm(
                     ctx,
                     &mut enc,
@@ -381,9 +499,26 @@ pub fn gat_backward(
     x: &GpuMatrix,
     grad_out: &GpuMatrix,
 ) -> Result<GpuGatGrads> {
+    let p = GpuGatParams::upload(ctx, layer, p)?;
+    gat_backward_with(ctx, layer, &p, graph, cache, x, grad_out)
+}
+
+/// [`gat_backward`] with the parameters already on the device.
+///
+/// # Errors
+/// As [`gat_backward`]; [`Error::Shape`] for parameters uploaded for a layer of another shape.
+pub fn gat_backward_with(
+    ctx: &GpuContext,
+    layer: &GatLayer<f32>,
+    p: &GpuGatParams,
+    graph: &GpuAttentionGraph,
+    cache: &GpuGatCache,
+    x: &GpuMatrix,
+    grad_out: &GpuMatrix,
+) -> Result<GpuGatGrads> {
     const OP: &str = "gpu::gat_backward";
     let cfg = layer.config();
-    p.check(cfg)?;
+    p.check(OP, layer)?;
     let n = cache.n;
     if (graph.n, graph.nnz) != (n, cache.alpha.rows()) {
         return Err(Error::Graph {
@@ -456,7 +591,7 @@ pub fn gat_backward(
     record(ctx, &mut enc, layer, k, (n, n, 1), flags, &bufs)?;
     record_col_sums(ctx, &mut enc, &a_node, None, &a_cols)?;
     // the projection: dW = X^T dg, dX = dg W^T (+ the residual's share below)
-    let w = GpuMatrix::upload(ctx, p.w.view())?;
+    let w = &p.w;
     let (xt, dgo) = (Operand::of(x_in, true), Operand::of(&dg, false));
     record_gemm(
         ctx,
@@ -475,7 +610,7 @@ pub fn gat_backward(
         (n, cfg.in_dim, hc),
         1.0,
         dgo,
-        Operand::of(&w, true),
+        Operand::of(w, true),
         0.0,
         gx,
     )?;
@@ -491,7 +626,6 @@ pub fn gat_backward(
     if cfg.residual {
         match &p.w_res {
             Some(r) => {
-                let r = GpuMatrix::upload(ctx, r.view())?;
                 let gwr = GpuMatrix::zeros(ctx, cfg.in_dim, out_w)?;
                 let go = Operand::of(grad_out, false);
                 let out = Operand::of(&gwr, false);
@@ -502,7 +636,7 @@ pub fn gat_backward(
                     (n, cfg.in_dim, out_w),
                     1.0,
                     go,
-                    Operand::of(&r, true),
+                    Operand::of(r, true),
                     1.0,
                     gx,
                 )?;
@@ -524,18 +658,14 @@ pub fn gat_backward(
         None => grad_x,
     };
     ctx.submit(OP, enc)?;
-    // split the a-gradient columns (H C for a_src / a, then H C for a_dst)
-    let cols = a_cols.download(ctx)?.into_raw_vec_and_offset().0;
-    let shaped = |v: &[f32]| {
-        GpuMatrix::upload(
-            ctx,
-            Array2::from_shape_vec((hn, c), v.to_vec())
-                .expect("H x C")
-                .view(),
-        )
+    // split the a-gradient columns (H C for a_src / a, then H C for a_dst) on the device
+    let a_rows = a_cols.reshaped(a_node.cols() / c, c);
+    let grad_a_src = a_rows.rows_range(ctx, 0, hn)?;
+    let grad_a_dst = if v2 {
+        None
+    } else {
+        Some(a_rows.rows_range(ctx, hn, hn)?)
     };
-    let grad_a_src = shaped(&cols[..hc])?;
-    let grad_a_dst = if v2 { None } else { Some(shaped(&cols[hc..])?) };
     Ok(GpuGatGrads {
         grad_x,
         grad_w,

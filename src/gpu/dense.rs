@@ -398,10 +398,77 @@ pub fn layer_norm_forward(
     ln: &crate::nn::LayerNorm<f32>,
     x: &GpuMatrix,
 ) -> Result<(GpuMatrix, GpuLayerNormCache)> {
+    check_layer_norm("gpu::layer_norm_forward", ln, x)?;
+    layer_norm_forward_with(ctx, &GpuLayerNorm::upload(ctx, ln)?, x)
+}
+
+/// A LayerNorm's parameters on the device (`gamma`, `beta` as `1 x d`), so that training can keep them there.
+#[derive(Debug)]
+pub struct GpuLayerNorm {
+    gamma: GpuMatrix,
+    beta: GpuMatrix,
+    eps: f32,
+}
+
+impl GpuLayerNorm {
+    /// Copies `ln` to the device.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for `gamma` and `beta` of different widths, [`Error::Param`] for `eps <= 0`,
+    /// [`Error::NonFinite`] for NaN/Inf parameters, [`Error::Gpu`].
+    pub fn upload(ctx: &GpuContext, ln: &crate::nn::LayerNorm<f32>) -> Result<GpuLayerNorm> {
+        let gamma = row_vector(ctx, &ln.gamma)?;
+        check_layer_norm("GpuLayerNorm::upload", ln, &gamma)?;
+        Ok(GpuLayerNorm {
+            gamma,
+            beta: row_vector(ctx, &ln.beta)?,
+            eps: ln.eps,
+        })
+    }
+
+    /// The parameters back on the host.
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a failed read.
+    pub fn download(&self, ctx: &GpuContext) -> Result<crate::nn::LayerNorm<f32>> {
+        Ok(crate::nn::LayerNorm {
+            gamma: self.gamma.download_flat(ctx)?,
+            beta: self.beta.download_flat(ctx)?,
+            eps: self.eps,
+        })
+    }
+
+    /// `gamma` and `beta`, in the order [`layer_norm_backward`] returns their gradients.
+    pub(crate) fn tensors_mut(&mut self) -> [&mut GpuMatrix; 2] {
+        [&mut self.gamma, &mut self.beta]
+    }
+
+    fn check(&self, op: &'static str, x: &GpuMatrix) -> Result<()> {
+        if self.gamma.cols() != x.cols() {
+            return Err(Error::shape(
+                op,
+                "gamma, beta vs the width of x",
+                x.cols(),
+                self.gamma.cols(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// [`layer_norm_forward`] with the parameters already on the device.
+///
+/// # Errors
+/// [`Error::Shape`] for a width other than the parameters'; [`Error::Gpu`].
+pub fn layer_norm_forward_with(
+    ctx: &GpuContext,
+    ln: &GpuLayerNorm,
+    x: &GpuMatrix,
+) -> Result<(GpuMatrix, GpuLayerNormCache)> {
     const OP: &str = "gpu::layer_norm_forward";
-    check_layer_norm(OP, ln, x)?;
+    ln.check(OP, x)?;
     let (n, d) = (x.rows(), x.cols());
-    let (gamma, beta) = (row_vector(ctx, &ln.gamma)?, row_vector(ctx, &ln.beta)?);
+    let (gamma, beta) = (&ln.gamma, &ln.beta);
     let (y, xhat) = (GpuMatrix::zeros(ctx, n, d)?, GpuMatrix::zeros(ctx, n, d)?);
     let inv_std = GpuMatrix::zeros(ctx, n, 1)?;
     let kernel = Kernel::new("layer_norm.wgsl", "layer_norm");
@@ -578,11 +645,25 @@ pub fn layer_norm_backward(
     cache: &GpuLayerNormCache,
     grad_y: &GpuMatrix,
 ) -> Result<(GpuMatrix, GpuMatrix, GpuMatrix)> {
+    check_layer_norm("gpu::layer_norm_backward", ln, grad_y)?;
+    layer_norm_backward_with(ctx, &GpuLayerNorm::upload(ctx, ln)?, cache, grad_y)
+}
+
+/// [`layer_norm_backward`] with the parameters already on the device.
+///
+/// # Errors
+/// As [`layer_norm_backward`].
+pub fn layer_norm_backward_with(
+    ctx: &GpuContext,
+    ln: &GpuLayerNorm,
+    cache: &GpuLayerNormCache,
+    grad_y: &GpuMatrix,
+) -> Result<(GpuMatrix, GpuMatrix, GpuMatrix)> {
     const OP: &str = "gpu::layer_norm_backward";
     same_shape(OP, "grad_y vs the cached input", &cache.xhat, grad_y)?;
-    check_layer_norm(OP, ln, grad_y)?;
+    ln.check(OP, grad_y)?;
     let (n, d) = (grad_y.rows(), grad_y.cols());
-    let gamma = row_vector(ctx, &ln.gamma)?;
+    let gamma = &ln.gamma;
     let dx = GpuMatrix::zeros(ctx, n, d)?;
     let (dgamma, dbeta) = (GpuMatrix::zeros(ctx, 1, d)?, GpuMatrix::zeros(ctx, 1, d)?);
     let kernel = Kernel::new("layer_norm_backward.wgsl", "layer_norm_backward");
@@ -687,13 +768,13 @@ pub(crate) fn axpy(ctx: &GpuContext, a: f32, x: &GpuMatrix, y: &GpuMatrix) -> Re
     ctx.submit("gpu::axpy", enc)
 }
 
-/// The column sums of `a` (`d` values), read back.
-pub(crate) fn col_sums(ctx: &GpuContext, a: &GpuMatrix) -> Result<ndarray::Array1<f32>> {
+/// The column sums of `a`, a `1 x d` matrix on the device.
+pub(crate) fn col_sums(ctx: &GpuContext, a: &GpuMatrix) -> Result<GpuMatrix> {
     let out = GpuMatrix::zeros(ctx, 1, a.cols())?;
     let mut enc = ctx.encoder();
     record_col_sums(ctx, &mut enc, a, None, &out)?;
     ctx.submit("gpu::col_sums", enc)?;
-    out.download_flat(ctx)
+    Ok(out)
 }
 
 fn check_views<'a>(

@@ -93,6 +93,12 @@ impl GpuMatrix {
         }
     }
 
+    /// The same buffer read as a `rows x cols` matrix (row-major; the element count must not change).
+    pub(crate) fn reshaped(self, rows: usize, cols: usize) -> GpuMatrix {
+        debug_assert_eq!(rows * cols, self.rows * self.cols);
+        GpuMatrix { rows, cols, ..self }
+    }
+
     /// Rows `r0..r0 + rows` of `self` as a new matrix (a copy on the device).
     pub(crate) fn rows_range(&self, ctx: &GpuContext, r0: usize, rows: usize) -> Result<GpuMatrix> {
         debug_assert!(r0 + rows <= self.rows);

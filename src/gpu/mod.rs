@@ -69,7 +69,8 @@ pub use adaptive::{
 };
 #[cfg(feature = "gpu")]
 pub use attention::{
-    gat_backward, gat_forward, GpuAttentionGraph, GpuGatCache, GpuGatGrads, GAT_MAX_HEADS,
+    gat_backward, gat_backward_with, gat_forward, gat_forward_with, GpuAttentionGraph, GpuGatCache,
+    GpuGatGrads, GpuGatParams, GAT_MAX_HEADS,
 };
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuOptions, SHADERS};
@@ -77,8 +78,9 @@ pub use context::{GpuContext, GpuOptions, SHADERS};
 pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
 #[cfg(feature = "gpu")]
 pub use dense::{
-    gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_forward,
-    softmax_fusion, softmax_fusion_backward, GpuLayerNormCache,
+    gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_backward_with,
+    layer_norm_forward, layer_norm_forward_with, softmax_fusion, softmax_fusion_backward,
+    GpuLayerNorm, GpuLayerNormCache,
 };
 #[cfg(feature = "gpu")]
 pub use divergence::{point_cloud_gradients, sinkhorn_divergence};

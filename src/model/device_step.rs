@@ -1,44 +1,146 @@
 //! The device-resident training step of a model on the GPU ([`crate::Backend::Gpu`]).
 //!
-//! For a whole epoch the embedding table `E` and its Adam moments stay on the device, and so does every
+//! For a whole epoch the parameters and their Adam moments stay on the device: the embedding table `E`,
+//! every branch (projection, GAT layers) and the fusion's LayerNorm ([`DeviceState`]). So does every
 //! activation of a step and its gradient: LightGCN, each branch's projection (the features are uploaded
 //! once) and graph-attention layers with their LeakyReLU and dropout, the OAT maps, the fusion, the batch
 //! gathers (SpMMs over selection graphs), BPR with the regulariser, the CMCL InfoNCE terms, the scatter-adds
-//! (SpMMs over the selection graphs' transposes) and the backward passes. Per step the host sends the batch's
-//! row ids, the dropout masks (drawn from the same seeds as the CPU path) and the small parameters (the
-//! projections, attention, `Delta`, fusion and LayerNorm tensors, which it updates with Adam), and it
-//! receives their gradients, the loss terms, each OAT map's `d x d` moments (its Sinkhorn solve and plan
-//! gradient run on the host, as in [`crate::gpu::adaptive_transport_forward`]) and the fused items' row
-//! norms (checked as on the CPU). No `(U + I) x d` or `I x d` matrix crosses.
+//! (SpMMs over the selection graphs' transposes), the backward passes and Adam.
+//!
+//! What still crosses per step: the batch's row ids and the dropout masks (drawn from the same seeds as the
+//! CPU path) go down; the loss terms (checked before any update), each OAT map's `d x d` moments (its
+//! Sinkhorn solve and plan gradient run on the host, as in [`crate::gpu::adaptive_transport_forward`]),
+//! the fused items' row norms (checked as on the CPU), and the gradients of the host-held `Delta`s and
+//! fusion logits come up, and those small tensors go back down after their Adam step. No `(U + I) x d` or
+//! `I x d` matrix crosses, and no parameter of a branch or the LayerNorm.
 //!
 //! Every configuration has it. The sample-level OT loss (optional, off in the presets) runs
 //! [`crate::gpu::sinkhorn_divergence`], whose API takes host arrays: the batch's `B x d` rows go down and
 //! back up, and their gradients come back.
 
 use super::config::{Cmcl, Fusion};
-use super::device::{gat_param_grads, DeviceModel};
-use super::params::{add_gat, Branch, Params};
+use super::device::DeviceModel;
+use super::params::{Branch, Params};
 use super::recgoat::{Batch, LossParts, RecGoat, BRANCH_SLOPE};
+use crate::attention::GatLayer;
 use crate::attention::Mode;
 use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm};
 use crate::error::{Error, Result};
 use crate::gpu::dense::{
     axpy, col_sums, hadamard, leaky_relu_masked, row_vector, weighted_sum, weighted_sum_backward,
 };
-use crate::gpu::{self, GpuAdamState, GpuContext, GpuGatCache, GpuGraph, GpuMatrix};
+use crate::gpu::{
+    self, GpuAdamState, GpuContext, GpuGatCache, GpuGatParams, GpuGraph, GpuLayerNorm, GpuMatrix,
+};
 use crate::graph::CsrGraph;
-use crate::nn::{dropout_mask, Adam, AdamState};
-use ndarray::{Array1, Array2, ArrayView2};
+use crate::nn::{dropout_mask, Adam, AdamState, Linear};
+use ndarray::{Array1, Array2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const OP: &str = "RecGoat device step";
 
-/// The embedding table and its Adam state on the device, for the device-resident step.
+/// The parameters and their Adam states on the device, for the device-resident step: the embedding table,
+/// every branch (projection and GAT layers) and the fusion's LayerNorm. The OAT corrections `Delta` and the
+/// fusion logits stay on the host (their consumers solve or normalise on the host).
 #[derive(Debug)]
 pub(crate) struct DeviceState {
     embedding: GpuMatrix,
     adam: GpuAdamState,
+    branches: Vec<DeviceBranch>,
+    user_branch: Option<DeviceBranch>,
+    norm: Option<GpuLayerNorm>,
+    /// The Adam states of the tensors of `branches`, `user_branch` and `norm`, in that order.
+    small: Vec<GpuAdamState>,
+    /// Where those tensors are in [`Params::tensors`] order.
+    held: Vec<usize>,
+}
+
+impl DeviceState {
+    /// The device-held small tensors in [`DeviceState::small`]'s order.
+    fn small_tensors_mut(&mut self) -> Vec<&mut GpuMatrix> {
+        let mut v: Vec<&mut GpuMatrix> = Vec::new();
+        for b in self.branches.iter_mut().chain(self.user_branch.as_mut()) {
+            v.extend(b.tensors_mut());
+        }
+        if let Some(n) = self.norm.as_mut() {
+            v.extend(n.tensors_mut());
+        }
+        v
+    }
+}
+
+/// Whether [`Params::tensors`]' tensor `name` lives on the device in [`DeviceState`].
+fn device_held(name: &str) -> bool {
+    name.starts_with("branch") || name.starts_with("user_branch") || name.starts_with("norm.")
+}
+
+/// Where the host-held small tensors (`Delta`s, then the fusion logits) are in [`Params::tensors`] order.
+fn host_small(p: &Params<f32>) -> Vec<usize> {
+    (p.tensors().iter().enumerate())
+        .filter(|(_, (name, _))| name.starts_with("delta") || name == "fusion")
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// A branch's parameters on the device.
+#[derive(Debug)]
+struct DeviceBranch {
+    w: GpuMatrix,
+    b: Option<GpuMatrix>,
+    gat: Vec<GpuGatParams>,
+}
+
+impl DeviceBranch {
+    fn upload(ctx: &GpuContext, layer: &GatLayer<f32>, b: &Branch<f32>) -> Result<DeviceBranch> {
+        Ok(DeviceBranch {
+            w: GpuMatrix::upload(ctx, b.proj.w.view())?,
+            b: b.proj.b.as_ref().map(|v| row_vector(ctx, v)).transpose()?,
+            gat: (b.gat.iter())
+                .map(|g| GpuGatParams::upload(ctx, layer, g))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    fn download(&self, ctx: &GpuContext) -> Result<Branch<f32>> {
+        Ok(Branch {
+            proj: Linear {
+                w: self.w.download(ctx)?,
+                b: self.b.as_ref().map(|v| v.download_flat(ctx)).transpose()?,
+            },
+            gat: (self.gat.iter())
+                .map(|g| g.download(ctx))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// The tensors in [`Params::tensors`]' order within a branch.
+    fn tensors_mut(&mut self) -> Vec<&mut GpuMatrix> {
+        let mut v = vec![&mut self.w];
+        v.extend(self.b.as_mut());
+        for g in &mut self.gat {
+            v.extend(g.tensors_mut());
+        }
+        v
+    }
+}
+
+/// A branch's parameter gradients on the device (GAT layers in layer order).
+struct BranchGrads {
+    w: GpuMatrix,
+    b: Option<GpuMatrix>,
+    /// Per layer, [`GpuGatParams::tensors_mut`]'s order.
+    gat: Vec<Vec<GpuMatrix>>,
+}
+
+impl BranchGrads {
+    /// The gradients in [`DeviceBranch::tensors_mut`]'s order.
+    fn into_tensors(self) -> Vec<GpuMatrix> {
+        let mut v = vec![self.w];
+        v.extend(self.b);
+        v.extend(self.gat.into_iter().flatten());
+        v
+    }
 }
 
 /// One GAT layer of a branch on the device: the pre-activation, the dropout mask, the layer's cache and its
@@ -93,30 +195,68 @@ impl RecGoat<f32> {
             .expect("the device step runs on a model with a device")
     }
 
-    /// The embedding table and its Adam state uploaded for [`RecGoat::device_step`], when this model is on a
-    /// GPU backend.
+    /// The parameters and their Adam states uploaded for [`RecGoat::device_step`] (see [`DeviceState`]), when
+    /// this model is on a GPU backend; `states` in [`Params::tensors`] order.
     pub(crate) fn device_state(
         &self,
-        embedding: ArrayView2<'_, f32>,
-        state: &AdamState<f32>,
+        p: &Params<f32>,
+        states: &[AdamState<f32>],
     ) -> Option<Result<DeviceState>> {
         let dm = self.device.as_deref()?;
         let ctx = &*dm.ctx;
         Some((|| {
-            Ok(DeviceState {
-                embedding: GpuMatrix::upload(ctx, embedding)?,
-                adam: GpuAdamState::upload(ctx, state)?,
-            })
+            let held: Vec<usize> = (p.tensors().iter().enumerate())
+                .filter(|(_, (name, _))| device_held(name))
+                .map(|(k, _)| k)
+                .collect();
+            let branch = |b: &Branch<f32>| DeviceBranch::upload(ctx, &self.gat, b);
+            let mut state = DeviceState {
+                embedding: GpuMatrix::upload(ctx, p.embedding.view())?,
+                adam: GpuAdamState::upload(ctx, &states[0])?,
+                branches: p.branches.iter().map(branch).collect::<Result<_>>()?,
+                user_branch: p.user_branch.as_ref().map(branch).transpose()?,
+                norm: p
+                    .norm
+                    .as_ref()
+                    .map(|n| GpuLayerNorm::upload(ctx, n))
+                    .transpose()?,
+                small: (held.iter())
+                    .map(|&k| GpuAdamState::upload(ctx, &states[k]))
+                    .collect::<Result<_>>()?,
+                held,
+            };
+            // the device order must be the host order of the same tensors
+            let n = state.small_tensors_mut().len();
+            if n != state.held.len() {
+                return Err(Error::shape(OP, "device-held tensors", state.held.len(), n));
+            }
+            Ok(state)
         })())
     }
 
-    /// The embedding table and its Adam state back on the host.
+    /// The parameters and Adam states back on the host, into `p` and `states` ([`Params::tensors`] order).
     pub(crate) fn device_download(
         &self,
         state: &DeviceState,
-    ) -> Result<(Array2<f32>, AdamState<f32>)> {
+        p: &mut Params<f32>,
+        states: &mut [AdamState<f32>],
+    ) -> Result<()> {
         let ctx = &*self.device().ctx;
-        Ok((state.embedding.download(ctx)?, state.adam.download(ctx)?))
+        p.embedding = state.embedding.download(ctx)?;
+        states[0] = state.adam.download(ctx)?;
+        for (dst, b) in p.branches.iter_mut().zip(&state.branches) {
+            *dst = b.download(ctx)?;
+        }
+        if let (Some(dst), Some(b)) = (p.user_branch.as_mut(), &state.user_branch) {
+            *dst = b.download(ctx)?;
+        }
+        if let (Some(dst), Some(n)) = (p.norm.as_mut(), &state.norm) {
+            *dst = n.download(ctx)?;
+        }
+        for (&k, st) in state.held.iter().zip(&state.small) {
+            states[k] = st.download(ctx)?;
+        }
+        Ok(())
     }
 
     /// The dropout mask of a `shape` activation (the CPU path's, for the same mode and salt), on the device.
@@ -144,31 +284,33 @@ impl RecGoat<f32> {
     }
 
     /// Branch `m`: the projection of its features, then each GAT layer with LeakyReLU and dropout.
-    fn branch_pass(&self, m: usize, bp: &Branch<f32>, mode: Mode, salt: u64) -> Result<BranchPass> {
+    fn branch_pass(
+        &self,
+        m: usize,
+        bp: &DeviceBranch,
+        mode: Mode,
+        salt: u64,
+    ) -> Result<BranchPass> {
         let dm = self.device();
         let ctx = &*dm.ctx;
         let (x, ones) = &dm.features[m];
-        let mut h = GpuMatrix::zeros(ctx, x.rows(), bp.proj.w.ncols())?;
-        let w = GpuMatrix::upload(ctx, bp.proj.w.view())?;
-        gpu::gemm(ctx, 1.0, x, false, &w, false, 0.0, &mut h)?;
-        if let Some(b) = &bp.proj.b {
-            gpu::gemm(
-                ctx,
-                1.0,
-                ones,
-                false,
-                &row_vector(ctx, b)?,
-                false,
-                1.0,
-                &mut h,
-            )?;
+        let mut h = GpuMatrix::zeros(ctx, x.rows(), bp.w.cols())?;
+        gpu::gemm(ctx, 1.0, x, false, &bp.w, false, 0.0, &mut h)?;
+        if let Some(b) = &bp.b {
+            gpu::gemm(ctx, 1.0, ones, false, b, false, 1.0, &mut h)?;
         }
         let mut layers = Vec::with_capacity(bp.gat.len());
         for (l, gp) in bp.gat.iter().enumerate() {
             let salt = salt * 64 + l as u64;
             let graph = &dm.branches[m];
-            let (pre, gat) =
-                gpu::gat_forward(ctx, &self.gat, gp, graph, &h, Self::derived(mode, 2 * salt))?;
+            let (pre, gat) = gpu::gat_forward_with(
+                ctx,
+                &self.gat,
+                gp,
+                graph,
+                &h,
+                Self::derived(mode, 2 * salt),
+            )?;
             let mask = self.device_mask((pre.rows(), pre.cols()), mode, 2 * salt + 1)?;
             let act = leaky_relu_masked(ctx, &pre, BRANCH_SLOPE as f32, mask.as_ref(), None)?;
             let x = std::mem::replace(&mut h, act);
@@ -177,44 +319,43 @@ impl RecGoat<f32> {
         Ok(BranchPass { layers, out: h })
     }
 
-    /// The backward pass of [`RecGoat::branch_pass`] for `g = dL/d out`, into `grads`.
+    /// The backward pass of [`RecGoat::branch_pass`] for `g = dL/d out`: the branch's parameter gradients.
     fn branch_back(
         &self,
         m: usize,
-        bp: &Branch<f32>,
+        bp: &DeviceBranch,
         pass: &BranchPass,
         mut g: GpuMatrix,
-        grads: &mut Branch<f32>,
-    ) -> Result<()> {
+    ) -> Result<BranchGrads> {
         let dm = self.device();
         let ctx = &*dm.ctx;
-        for ((gp, layer), gg) in bp
-            .gat
-            .iter()
-            .zip(&pass.layers)
-            .zip(grads.gat.iter_mut())
-            .rev()
-        {
+        let mut gat = Vec::with_capacity(bp.gat.len());
+        for (gp, layer) in bp.gat.iter().zip(&pass.layers).rev() {
             let slope = BRANCH_SLOPE as f32;
             let gl = leaky_relu_masked(ctx, &layer.pre, slope, layer.mask.as_ref(), Some(&g))?;
             let graph = &dm.branches[m];
-            let dg = gpu::gat_backward(ctx, &self.gat, gp, graph, &layer.gat, &layer.x, &gl)?;
-            // the parameter gradients come back; the input gradient stays on the device
-            add_gat(gg, gat_param_grads(ctx, &dg)?);
-            g = dg.grad_x;
+            let dg = gpu::gat_backward_with(ctx, &self.gat, gp, graph, &layer.gat, &layer.x, &gl)?;
+            // the input gradient goes on to the layer below; the parameter gradients stay here
+            let (gx, params) = dg.into_parts();
+            g = gx;
+            gat.push(params);
         }
+        gat.reverse();
         let x = &dm.features[m].0;
-        let mut gw = GpuMatrix::zeros(ctx, x.cols(), g.cols())?;
-        gpu::gemm(ctx, 1.0, x, true, &g, false, 0.0, &mut gw)?;
-        grads.proj.w += &gw.download(ctx)?;
-        if let Some(b) = grads.proj.b.as_mut() {
-            *b += &col_sums(ctx, &g)?;
-        }
-        Ok(())
+        let mut w = GpuMatrix::zeros(ctx, x.cols(), g.cols())?;
+        gpu::gemm(ctx, 1.0, x, true, &g, false, 0.0, &mut w)?;
+        let b = bp.b.as_ref().map(|_| col_sums(ctx, &g)).transpose()?;
+        Ok(BranchGrads { w, b, gat })
     }
 
     /// Weighted sum of the views, then (with `fusion_normalize`) LayerNorm, dropout and L2 normalisation.
-    fn fusion_pass(&self, p: &Params<f32>, views: &[&GpuMatrix], mode: Mode) -> Result<FusionPass> {
+    fn fusion_pass(
+        &self,
+        p: &Params<f32>,
+        norm: Option<&GpuLayerNorm>,
+        views: &[&GpuMatrix],
+        mode: Mode,
+    ) -> Result<FusionPass> {
         let ctx = &*self.device().ctx;
         let logits = p
             .fusion
@@ -225,9 +366,9 @@ impl RecGoat<f32> {
             Fusion::Free => (weighted_sum(ctx, views, logits)?, logits.clone()),
         };
         let mask = self.device_mask((fused.rows(), fused.cols()), mode, 2000)?;
-        let (items, norm) = match &p.norm {
+        let (items, norm) = match norm {
             Some(ln) => {
-                let (normed, cache) = gpu::layer_norm_forward(ctx, ln, &fused)?;
+                let (normed, cache) = gpu::layer_norm_forward_with(ctx, ln, &fused)?;
                 let dropped = self.masked(normed, mask.as_ref())?;
                 let (items, norms) = gpu::l2_normalize(ctx, &dropped)?;
                 (items, Some((cache, norms)))
@@ -243,10 +384,10 @@ impl RecGoat<f32> {
     }
 
     /// One device-resident training step on `batch`: the forward pass, the losses and the backward pass on
-    /// the device, then Adam on every parameter (`E` on the device, the rest on the host). `p` holds the
-    /// current small parameters (its embedding table is the host copy, stale until
-    /// [`RecGoat::device_download`]); `states` are their Adam states in [`Params::tensors`] order (the first,
-    /// the table's, is unused: the table's lives in `state`).
+    /// the device, then Adam on every parameter: those in `state` on the device, the `Delta`s and fusion
+    /// logits in `p` on the host with their Adam states in `states` ([`Params::tensors`] order). The other
+    /// tensors of `p` and `states` are stale until [`RecGoat::device_download`]; after an error, so is
+    /// `state` (the step may have stopped between updates), and the epoch is abandoned.
     ///
     /// # Errors
     /// As [`RecGoat::batch_loss`] for the batch, [`Error::NonFinite`] for a non-finite loss (before any
@@ -273,7 +414,7 @@ impl RecGoat<f32> {
         let users = z.rows_range(ctx, 0, nu)?;
         let zcf = z.rows_range(ctx, nu, ni)?;
         let n_modal = self.modalities.len();
-        let user_pass = match &p.user_branch {
+        let user_pass = match &state.user_branch {
             Some(bp) => {
                 let pass = self.branch_pass(n_modal, bp, mode, 1000)?;
                 axpy(ctx, 1.0, &pass.out, &users)?;
@@ -281,7 +422,7 @@ impl RecGoat<f32> {
             }
             None => None,
         };
-        let branches = p
+        let branches = state
             .branches
             .iter()
             .enumerate()
@@ -305,7 +446,7 @@ impl RecGoat<f32> {
         let fusion = if self.id_only() {
             None
         } else {
-            Some(self.fusion_pass(p, &views, mode)?)
+            Some(self.fusion_pass(p, state.norm.as_ref(), &views, mode)?)
         };
         let items = fusion.as_ref().map_or(&zcf, |f| &f.items);
 
@@ -444,29 +585,21 @@ impl RecGoat<f32> {
         let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
         let reg_value = f64::from(reg) * sq;
 
-        // backward
-        let mut grads = Params {
-            embedding: Array2::zeros((0, 0)),
-            branches: p.branches.clone(),
-            user_branch: p.user_branch.clone(),
-            deltas: p.deltas.clone(),
-            fusion: p.fusion.clone(),
-            norm: p.norm.clone(),
-        };
-        for (_, mut t) in grads.tensors_mut() {
-            t.fill(0.0);
-        }
+        // backward: the gradients of the device-held tensors stay on the device (`small_grads`, in
+        // `DeviceState::small` order); `Delta` and the fusion logits get theirs on the host
+        let mut small_grads: Vec<GpuMatrix> = Vec::with_capacity(state.small.len());
+        let mut deltas_grad: Vec<Array2<f32>> =
+            p.deltas.iter().map(|d| Array2::zeros(d.dim())).collect();
+        let mut fusion_grad: Option<Array1<f32>> = None;
+        let mut norm_grads: Option<[GpuMatrix; 2]> = None;
         match &fusion {
             Some(f) => {
                 let mut g = g_items;
-                if let (Some((cache, norms)), Some(ln), Some(gn)) =
-                    (&f.norm, p.norm.as_ref(), grads.norm.as_mut())
-                {
+                if let (Some((cache, norms)), Some(ln)) = (&f.norm, state.norm.as_ref()) {
                     g = gpu::l2_normalize_backward(ctx, &f.items, norms, &g)?;
                     g = self.masked(g, f.mask.as_ref())?;
-                    let (gx, dgamma, dbeta) = gpu::layer_norm_backward(ctx, ln, cache, &g)?;
-                    gn.gamma += &dgamma.download_flat(ctx)?;
-                    gn.beta += &dbeta.download_flat(ctx)?;
+                    let (gx, dgamma, dbeta) = gpu::layer_norm_backward_with(ctx, ln, cache, &g)?;
+                    norm_grads = Some([dgamma, dbeta]);
                     g = gx;
                 } else {
                     g = self.masked(g, f.mask.as_ref())?;
@@ -477,7 +610,7 @@ impl RecGoat<f32> {
                     }
                     Fusion::Free => weighted_sum_backward(ctx, &views, f.weights.view(), &g)?,
                 };
-                *grads.fusion.as_mut().expect("fusion weights exist") += &g_w;
+                fusion_grad = Some(g_w);
                 axpy(ctx, 1.0, &g_views[0], &g_zcf)?;
                 for (m, gv) in g_views[1..].iter().enumerate() {
                     let acc = if self.oat.is_some() {
@@ -496,18 +629,19 @@ impl RecGoat<f32> {
                 let ag = gpu::adaptive_transport_backward(ctx, op, cache, mo, &zcf, Some(ga), 0.0)?;
                 axpy(ctx, 1.0, &ag.grad_m, &g_modal[m])?;
                 axpy(ctx, 1.0, &ag.grad_z, &g_zcf)?;
-                grads.deltas[m] += &ag.grad_delta.download(ctx)?;
+                deltas_grad[m] = ag.grad_delta.download(ctx)?;
             }
         }
         for (m, (g, pass)) in g_modal.into_iter().zip(&branches).enumerate() {
-            self.branch_back(m, &p.branches[m], pass, g, &mut grads.branches[m])?;
+            let bg = self.branch_back(m, &state.branches[m], pass, g)?;
+            small_grads.extend(bg.into_tensors());
         }
-        if let (Some(bp), Some(pass), Some(gb)) =
-            (&p.user_branch, &user_pass, grads.user_branch.as_mut())
-        {
+        if let (Some(bp), Some(pass)) = (&state.user_branch, &user_pass) {
             let g = g_users.rows_range(ctx, 0, nu)?;
-            self.branch_back(n_modal, bp, pass, g, gb)?;
+            let bg = self.branch_back(n_modal, bp, pass, g)?;
+            small_grads.extend(bg.into_tensors());
         }
+        small_grads.extend(norm_grads.into_iter().flatten());
         let gz = zeros(n)?;
         gz.set_rows(ctx, 0, &g_users)?;
         gz.set_rows(ctx, nu, &g_zcf)?;
@@ -515,16 +649,35 @@ impl RecGoat<f32> {
         gpu::lightgcn_backward_into(ctx, &dm.adj, &gz, layers, &mut ge)?;
         scatter_add(ctx, &s_e, &geb, &ge)?;
 
-        // Adam: the table on the device, the rest on the host
+        // Adam: the table, the branches and the LayerNorm on the device; Delta and the fusion logits on the host
         gpu::adam_step(ctx, adam, &mut state.embedding, &ge, &mut state.adam)?;
-        for (((_, t), (_, g)), st) in p
-            .tensors_mut()
-            .into_iter()
-            .zip(grads.tensors())
-            .zip(states.iter_mut())
-            .skip(1)
-        {
-            adam.step(t, g, st)?;
+        let DeviceState { small, .. } = state;
+        let n_small = small.len();
+        let mut st = std::mem::take(small);
+        let params = state.small_tensors_mut();
+        if params.len() != n_small || small_grads.len() != n_small {
+            return Err(Error::shape(
+                OP,
+                "device-held tensors, gradients",
+                (n_small, n_small),
+                (params.len(), small_grads.len()),
+            ));
+        }
+        for ((t, g), s) in params.into_iter().zip(&small_grads).zip(st.iter_mut()) {
+            gpu::adam_step(ctx, adam, t, g, s)?;
+        }
+        state.small = st;
+        let host_ids = host_small(p);
+        let host = (p.deltas.iter_mut().zip(&deltas_grad))
+            .map(|(t, g)| (t.view_mut(), g.view()))
+            .chain((p.fusion.as_mut().zip(fusion_grad.as_ref())).map(|(t, g)| {
+                (
+                    t.view_mut().insert_axis(Axis(0)),
+                    g.view().insert_axis(Axis(0)),
+                )
+            }));
+        for ((t, g), k) in host.zip(host_ids) {
+            adam.step(t, g, &mut states[k])?;
         }
         let (cl, ot) = (cl as f32, ot as f32);
         let (bpr, reg_value) = (bpr as f32, reg_value as f32);

@@ -219,11 +219,12 @@ impl<'d> Trainer<'d> {
         let adam = Adam::new(cfg.lr as f32);
         let total = triples.len().div_ceil(cfg.batch_size);
         let mut sum = LossParts::<f64>::default();
-        // on the GPU the table and its Adam state stay on the device for the epoch (device-resident step)
+        // on the GPU the parameters and their Adam states stay on the device for the epoch (device-resident
+        // step; `Delta` and the fusion logits excepted)
         #[cfg(feature = "gpu")]
         let mut device = self
             .model
-            .device_state(self.params.embedding.view(), &self.adam_states[0])
+            .device_state(&self.params, &self.adam_states)
             .transpose()?;
         for (b, chunk) in triples.chunks(cfg.batch_size).enumerate() {
             let batch = Batch {
@@ -269,9 +270,8 @@ impl<'d> Trainer<'d> {
         }
         #[cfg(feature = "gpu")]
         if let Some(state) = device {
-            let (embedding, adam_state) = self.model.device_download(&state)?;
-            self.params.embedding = embedding;
-            self.adam_states[0] = adam_state;
+            let (p, st) = (&mut self.params, &mut self.adam_states);
+            self.model.device_download(&state, p, st)?;
         }
         let n = total.max(1) as f64;
         let mut log = EpochLog {
