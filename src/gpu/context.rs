@@ -59,6 +59,14 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gemm_sum.wgsl", include_str!("../../shaders/gemm_sum.wgsl")),
     ("hadamard.wgsl", include_str!("../../shaders/hadamard.wgsl")),
     (
+        "fusion_weights.wgsl",
+        composed!("fusion_weights.wgsl", "fusion.wgsl"),
+    ),
+    (
+        "fusion_logits_backward.wgsl",
+        composed!("fusion_logits_backward.wgsl", "fusion.wgsl"),
+    ),
+    (
         "leaky_relu.wgsl",
         include_str!("../../shaders/leaky_relu.wgsl"),
     ),

@@ -702,21 +702,32 @@ pub fn softmax_fusion(
     Ok((weighted_sum(ctx, views, &w)?, w))
 }
 
-/// `y = sum_m w_m views_m` (views of one shape, checked by the caller).
+/// `y = sum_m w_m views_m` (same shapes, checked by the caller).
 pub(crate) fn weighted_sum(
     ctx: &GpuContext,
     views: &[&GpuMatrix],
     w: &ndarray::Array1<f32>,
 ) -> Result<GpuMatrix> {
+    weighted_sum_scaled(ctx, views, &weight_rows(ctx, w, views[0].cols())?)
+}
+
+/// One `1 x d` row of `w_m` per weight: the column scales of [`weighted_sum_scaled`].
+fn weight_rows(ctx: &GpuContext, w: &ndarray::Array1<f32>, d: usize) -> Result<Vec<GpuMatrix>> {
+    w.iter()
+        .map(|&wm| row_vector(ctx, &ndarray::Array1::from_elem(d, wm)))
+        .collect()
+}
+
+/// `y = sum_m views_m * scales_m` with each view's weight as a `1 x d` row of column scales, on the device.
+pub(crate) fn weighted_sum_scaled(
+    ctx: &GpuContext,
+    views: &[&GpuMatrix],
+    scales: &[GpuMatrix],
+) -> Result<GpuMatrix> {
     let first = views[0];
     let y = GpuMatrix::zeros(ctx, first.rows(), first.cols())?;
     let mut enc = ctx.encoder();
-    // one row of the view's weight per view: y += view * w_m
-    let scales: Vec<GpuMatrix> = w
-        .iter()
-        .map(|&wm| row_vector(ctx, &ndarray::Array1::from_elem(first.cols(), wm)))
-        .collect::<Result<_>>()?;
-    for (v, s) in views.iter().zip(&scales) {
+    for (v, s) in views.iter().zip(scales) {
         record_add_scaled_cols(ctx, &mut enc, v, s, &y)?;
     }
     ctx.submit("gpu::weighted_sum", enc)?;
@@ -730,25 +741,83 @@ pub(crate) fn weighted_sum_backward(
     weights: ndarray::ArrayView1<'_, f32>,
     grad_y: &GpuMatrix,
 ) -> Result<(Vec<GpuMatrix>, ndarray::Array1<f32>)> {
+    let scales = weight_rows(ctx, &weights.to_owned(), grad_y.cols())?;
+    let (grads, sums) = weighted_sum_backward_scaled(ctx, views, &scales, grad_y)?;
+    let dw = sums.download(ctx)?.sum_axis(ndarray::Axis(1));
+    Ok((grads, dw))
+}
+
+/// Backward of [`weighted_sum_scaled`]: `dL/dview_m = scales_m * grad_y`, and the `V x d` column sums of
+/// `view_m * grad_y` (row `m` sums to `dL/dw_m`), all on the device.
+pub(crate) fn weighted_sum_backward_scaled(
+    ctx: &GpuContext,
+    views: &[&GpuMatrix],
+    scales: &[GpuMatrix],
+    grad_y: &GpuMatrix,
+) -> Result<(Vec<GpuMatrix>, GpuMatrix)> {
     let (n, d) = (grad_y.rows(), grad_y.cols());
     let mut enc = ctx.encoder();
     let mut grads = Vec::with_capacity(views.len());
-    let mut sums = Vec::with_capacity(views.len());
-    for (v, &wm) in views.iter().zip(&weights) {
+    let mut rows = Vec::with_capacity(views.len());
+    for (v, s) in views.iter().zip(scales) {
         let g = GpuMatrix::zeros(ctx, n, d)?;
-        let s = row_vector(ctx, &ndarray::Array1::from_elem(d, wm))?;
-        record_add_scaled_cols(ctx, &mut enc, grad_y, &s, &g)?;
+        record_add_scaled_cols(ctx, &mut enc, grad_y, s, &g)?;
         let cs = GpuMatrix::zeros(ctx, 1, d)?;
         record_col_sums(ctx, &mut enc, v, Some(grad_y), &cs)?;
         grads.push(g);
-        sums.push(cs);
+        rows.push(cs);
     }
     ctx.submit("gpu::weighted_sum_backward", enc)?;
-    let dw = sums
-        .iter()
-        .map(|cs| Ok(cs.download(ctx)?.sum()))
-        .collect::<Result<ndarray::Array1<f32>>>()?;
-    Ok((grads, dw))
+    let sums = GpuMatrix::zeros(ctx, views.len(), d)?;
+    for (m, cs) in rows.iter().enumerate() {
+        sums.set_rows(ctx, m, cs)?;
+    }
+    Ok((grads, sums))
+}
+
+/// The fusion's view weights from its logits (`1 x V`, on the device): softmax (`softmax`) or the logits
+/// themselves (free scalars), each as a `1 x d` row of column scales for [`weighted_sum_scaled`]
+/// (`shaders/fusion_weights.wgsl`).
+pub(crate) fn fusion_weight_rows(
+    ctx: &GpuContext,
+    logits: &GpuMatrix,
+    d: usize,
+    softmax: bool,
+) -> Result<Vec<GpuMatrix>> {
+    let v = logits.cols();
+    let rows = GpuMatrix::zeros(ctx, v, d)?;
+    let kernel = Kernel::new("fusion_weights.wgsl", "fusion_weights");
+    let mut enc = ctx.encoder();
+    let flags = u32::from(softmax);
+    record_rows(
+        ctx,
+        &mut enc,
+        kernel,
+        (v, d),
+        1,
+        flags,
+        &[&logits.buf, &rows.buf],
+    )?;
+    ctx.submit("gpu::fusion_weight_rows", enc)?;
+    (0..v).map(|m| rows.rows_range(ctx, m, 1)).collect()
+}
+
+/// The gradient of the fusion logits (`1 x V`, on the device) from the column sums of
+/// [`weighted_sum_backward_scaled`] (`shaders/fusion_logits_backward.wgsl`).
+pub(crate) fn fusion_logits_backward(
+    ctx: &GpuContext,
+    logits: &GpuMatrix,
+    sums: &GpuMatrix,
+    softmax: bool,
+) -> Result<GpuMatrix> {
+    let (v, d) = (sums.rows(), sums.cols());
+    let grad = GpuMatrix::zeros(ctx, 1, v)?;
+    let kernel = Kernel::new("fusion_logits_backward.wgsl", "fusion_logits_backward");
+    let mut enc = ctx.encoder();
+    let bufs = [&logits.buf, &sums.buf, &grad.buf];
+    record_rows(ctx, &mut enc, kernel, (v, d), 1, u32::from(softmax), &bufs)?;
+    ctx.submit("gpu::fusion_logits_backward", enc)?;
+    Ok(grad)
 }
 
 /// `a * b` elementwise (same shapes, checked by the caller).

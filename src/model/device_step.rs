@@ -1,18 +1,19 @@
 //! The device-resident training step of a model on the GPU ([`crate::Backend::Gpu`]).
 //!
 //! For a whole epoch the parameters and their Adam moments stay on the device: the embedding table `E`,
-//! every branch (projection, GAT layers) and the fusion's LayerNorm ([`DeviceState`]). So does every
-//! activation of a step and its gradient: LightGCN, each branch's projection (the features are uploaded
-//! once) and graph-attention layers with their LeakyReLU and dropout, the OAT maps, the fusion, the batch
-//! gathers (SpMMs over selection graphs), BPR with the regulariser, the CMCL InfoNCE terms, the scatter-adds
-//! (SpMMs over the selection graphs' transposes), the backward passes and Adam.
+//! every branch (projection, GAT layers), the fusion logits and the fusion's LayerNorm ([`DeviceState`]).
+//! So does every activation of a step and its gradient: LightGCN, each branch's projection (the features are
+//! uploaded once) and graph-attention layers with their LeakyReLU and dropout, the OAT maps, the fusion (its
+//! view weights from the logits by `shaders/fusion_weights.wgsl`), the batch gathers (SpMMs over selection
+//! graphs), BPR with the regulariser, the CMCL InfoNCE terms, the scatter-adds (SpMMs over the selection
+//! graphs' transposes), the backward passes and Adam.
 //!
 //! What still crosses per step: the batch's row ids and the dropout masks (drawn from the same seeds as the
 //! CPU path) go down; the loss terms (checked before any update), each OAT map's `d x d` moments (its
-//! Sinkhorn solve and plan gradient run on the host, as in [`crate::gpu::adaptive_transport_forward`]),
-//! the fused items' row norms (checked as on the CPU), and the gradients of the host-held `Delta`s and
-//! fusion logits come up, and those small tensors go back down after their Adam step. No `(U + I) x d` or
-//! `I x d` matrix crosses, and no parameter of a branch or the LayerNorm.
+//! Sinkhorn solve and plan gradient run on the host, as in [`crate::gpu::adaptive_transport_forward`]) and
+//! the fused items' row norms (checked as on the CPU) come up, and so does the `d x d` gradient of each
+//! `Delta`, which stays on the host (the map `d T + Delta` is formed there after the solve) with its Adam
+//! step. No `(U + I) x d` or `I x d` matrix crosses, and no other parameter or gradient.
 //!
 //! Every configuration has it. The sample-level OT loss (optional, off in the presets) runs
 //! [`crate::gpu::sinkhorn_divergence`], whose API takes host arrays: the batch's `B x d` rows go down and
@@ -27,42 +28,52 @@ use crate::attention::Mode;
 use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm};
 use crate::error::{Error, Result};
 use crate::gpu::dense::{
-    axpy, col_sums, hadamard, leaky_relu_masked, row_vector, weighted_sum, weighted_sum_backward,
+    axpy, col_sums, fusion_logits_backward, fusion_weight_rows, hadamard, leaky_relu_masked,
+    row_vector, weighted_sum_backward_scaled, weighted_sum_scaled,
 };
 use crate::gpu::{
     self, GpuAdamState, GpuContext, GpuGatCache, GpuGatParams, GpuGraph, GpuLayerNorm, GpuMatrix,
 };
 use crate::graph::CsrGraph;
 use crate::nn::{dropout_mask, Adam, AdamState, Linear};
-use ndarray::{Array1, Array2, Axis};
+use ndarray::Array2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 const OP: &str = "RecGoat device step";
 
-/// The parameters and their Adam states on the device, for the device-resident step: the embedding table,
-/// every branch (projection and GAT layers) and the fusion's LayerNorm. The OAT corrections `Delta` and the
-/// fusion logits stay on the host (their consumers solve or normalise on the host).
+/// The parameters and their Adam states on the device, for the device-resident step: the embedding table
+/// and [`DeviceParams`]. The OAT corrections `Delta` stay on the host (their consumer, the OAT map, is formed
+/// on the host after its `d x d` solve).
 #[derive(Debug)]
 pub(crate) struct DeviceState {
     embedding: GpuMatrix,
     adam: GpuAdamState,
-    branches: Vec<DeviceBranch>,
-    user_branch: Option<DeviceBranch>,
-    norm: Option<GpuLayerNorm>,
-    /// The Adam states of the tensors of `branches`, `user_branch` and `norm`, in that order.
+    params: DeviceParams,
+    /// The Adam states of [`DeviceParams::tensors_mut`], in that order.
     small: Vec<GpuAdamState>,
     /// Where those tensors are in [`Params::tensors`] order.
     held: Vec<usize>,
 }
 
-impl DeviceState {
-    /// The device-held small tensors in [`DeviceState::small`]'s order.
-    fn small_tensors_mut(&mut self) -> Vec<&mut GpuMatrix> {
+/// The small parameters on the device: every branch (projection and GAT layers), the fusion logits
+/// (`1 x V`) and the fusion's LayerNorm.
+#[derive(Debug)]
+struct DeviceParams {
+    branches: Vec<DeviceBranch>,
+    user_branch: Option<DeviceBranch>,
+    fusion: Option<GpuMatrix>,
+    norm: Option<GpuLayerNorm>,
+}
+
+impl DeviceParams {
+    /// Every tensor, in [`Params::tensors`]' order.
+    fn tensors_mut(&mut self) -> Vec<&mut GpuMatrix> {
         let mut v: Vec<&mut GpuMatrix> = Vec::new();
         for b in self.branches.iter_mut().chain(self.user_branch.as_mut()) {
             v.extend(b.tensors_mut());
         }
+        v.extend(self.fusion.as_mut());
         if let Some(n) = self.norm.as_mut() {
             v.extend(n.tensors_mut());
         }
@@ -70,15 +81,18 @@ impl DeviceState {
     }
 }
 
-/// Whether [`Params::tensors`]' tensor `name` lives on the device in [`DeviceState`].
+/// Whether [`Params::tensors`]' tensor `name` lives on the device in [`DeviceParams`].
 fn device_held(name: &str) -> bool {
-    name.starts_with("branch") || name.starts_with("user_branch") || name.starts_with("norm.")
+    name.starts_with("branch")
+        || name.starts_with("user_branch")
+        || name == "fusion"
+        || name.starts_with("norm.")
 }
 
-/// Where the host-held small tensors (`Delta`s, then the fusion logits) are in [`Params::tensors`] order.
+/// Where the host-held small tensors (the `Delta`s) are in [`Params::tensors`] order.
 fn host_small(p: &Params<f32>) -> Vec<usize> {
     (p.tensors().iter().enumerate())
-        .filter(|(_, (name, _))| name.starts_with("delta") || name == "fusion")
+        .filter(|(_, (name, _))| !device_held(name) && name != "embedding")
         .map(|(k, _)| k)
         .collect()
 }
@@ -160,7 +174,8 @@ struct BranchPass {
 
 /// The fusion's forward state on the device.
 struct FusionPass {
-    weights: Array1<f32>,
+    /// Each view's weight as a `1 x d` row of column scales.
+    scales: Vec<GpuMatrix>,
     /// LayerNorm cache and the L2 row norms, with `fusion_normalize`.
     norm: Option<(gpu::GpuLayerNormCache, GpuMatrix)>,
     mask: Option<GpuMatrix>,
@@ -213,20 +228,21 @@ impl RecGoat<f32> {
             let mut state = DeviceState {
                 embedding: GpuMatrix::upload(ctx, p.embedding.view())?,
                 adam: GpuAdamState::upload(ctx, &states[0])?,
-                branches: p.branches.iter().map(branch).collect::<Result<_>>()?,
-                user_branch: p.user_branch.as_ref().map(branch).transpose()?,
-                norm: p
-                    .norm
-                    .as_ref()
-                    .map(|n| GpuLayerNorm::upload(ctx, n))
-                    .transpose()?,
+                params: DeviceParams {
+                    branches: p.branches.iter().map(branch).collect::<Result<_>>()?,
+                    user_branch: p.user_branch.as_ref().map(branch).transpose()?,
+                    fusion: p.fusion.as_ref().map(|f| row_vector(ctx, f)).transpose()?,
+                    norm: (p.norm.as_ref())
+                        .map(|n| GpuLayerNorm::upload(ctx, n))
+                        .transpose()?,
+                },
                 small: (held.iter())
                     .map(|&k| GpuAdamState::upload(ctx, &states[k]))
                     .collect::<Result<_>>()?,
                 held,
             };
             // the device order must be the host order of the same tensors
-            let n = state.small_tensors_mut().len();
+            let n = state.params.tensors_mut().len();
             if n != state.held.len() {
                 return Err(Error::shape(OP, "device-held tensors", state.held.len(), n));
             }
@@ -244,13 +260,17 @@ impl RecGoat<f32> {
         let ctx = &*self.device().ctx;
         p.embedding = state.embedding.download(ctx)?;
         states[0] = state.adam.download(ctx)?;
-        for (dst, b) in p.branches.iter_mut().zip(&state.branches) {
+        let dp = &state.params;
+        for (dst, b) in p.branches.iter_mut().zip(&dp.branches) {
             *dst = b.download(ctx)?;
         }
-        if let (Some(dst), Some(b)) = (p.user_branch.as_mut(), &state.user_branch) {
+        if let (Some(dst), Some(b)) = (p.user_branch.as_mut(), &dp.user_branch) {
             *dst = b.download(ctx)?;
         }
-        if let (Some(dst), Some(n)) = (p.norm.as_mut(), &state.norm) {
+        if let (Some(dst), Some(f)) = (p.fusion.as_mut(), &dp.fusion) {
+            *dst = f.download_flat(ctx)?;
+        }
+        if let (Some(dst), Some(n)) = (p.norm.as_mut(), &dp.norm) {
             *dst = n.download(ctx)?;
         }
         for (&k, st) in state.held.iter().zip(&state.small) {
@@ -351,22 +371,17 @@ impl RecGoat<f32> {
     /// Weighted sum of the views, then (with `fusion_normalize`) LayerNorm, dropout and L2 normalisation.
     fn fusion_pass(
         &self,
-        p: &Params<f32>,
-        norm: Option<&GpuLayerNorm>,
+        dp: &DeviceParams,
         views: &[&GpuMatrix],
         mode: Mode,
     ) -> Result<FusionPass> {
         let ctx = &*self.device().ctx;
-        let logits = p
-            .fusion
-            .as_ref()
-            .expect("fusion weights exist with modalities");
-        let (fused, weights) = match self.cfg.fusion {
-            Fusion::Softmax => gpu::softmax_fusion(ctx, views, logits.view())?,
-            Fusion::Free => (weighted_sum(ctx, views, logits)?, logits.clone()),
-        };
+        let logits = (dp.fusion.as_ref()).expect("fusion weights exist with modalities");
+        let softmax = self.cfg.fusion == Fusion::Softmax;
+        let scales = fusion_weight_rows(ctx, logits, views[0].cols(), softmax)?;
+        let fused = weighted_sum_scaled(ctx, views, &scales)?;
         let mask = self.device_mask((fused.rows(), fused.cols()), mode, 2000)?;
-        let (items, norm) = match norm {
+        let (items, norm) = match &dp.norm {
             Some(ln) => {
                 let (normed, cache) = gpu::layer_norm_forward_with(ctx, ln, &fused)?;
                 let dropped = self.masked(normed, mask.as_ref())?;
@@ -376,7 +391,7 @@ impl RecGoat<f32> {
             None => (self.masked(fused, mask.as_ref())?, None),
         };
         Ok(FusionPass {
-            weights,
+            scales,
             norm,
             mask,
             items,
@@ -384,8 +399,8 @@ impl RecGoat<f32> {
     }
 
     /// One device-resident training step on `batch`: the forward pass, the losses and the backward pass on
-    /// the device, then Adam on every parameter: those in `state` on the device, the `Delta`s and fusion
-    /// logits in `p` on the host with their Adam states in `states` ([`Params::tensors`] order). The other
+    /// the device, then Adam on every parameter: those in `state` on the device, the `Delta`s in `p` on the
+    /// host with their Adam states in `states` ([`Params::tensors`] order). The other
     /// tensors of `p` and `states` are stale until [`RecGoat::device_download`]; after an error, so is
     /// `state` (the step may have stopped between updates), and the epoch is abandoned.
     ///
@@ -414,7 +429,7 @@ impl RecGoat<f32> {
         let users = z.rows_range(ctx, 0, nu)?;
         let zcf = z.rows_range(ctx, nu, ni)?;
         let n_modal = self.modalities.len();
-        let user_pass = match &state.user_branch {
+        let user_pass = match &state.params.user_branch {
             Some(bp) => {
                 let pass = self.branch_pass(n_modal, bp, mode, 1000)?;
                 axpy(ctx, 1.0, &pass.out, &users)?;
@@ -423,6 +438,7 @@ impl RecGoat<f32> {
             None => None,
         };
         let branches = state
+            .params
             .branches
             .iter()
             .enumerate()
@@ -446,7 +462,7 @@ impl RecGoat<f32> {
         let fusion = if self.id_only() {
             None
         } else {
-            Some(self.fusion_pass(p, state.norm.as_ref(), &views, mode)?)
+            Some(self.fusion_pass(&state.params, &views, mode)?)
         };
         let items = fusion.as_ref().map_or(&zcf, |f| &f.items);
 
@@ -586,16 +602,16 @@ impl RecGoat<f32> {
         let reg_value = f64::from(reg) * sq;
 
         // backward: the gradients of the device-held tensors stay on the device (`small_grads`, in
-        // `DeviceState::small` order); `Delta` and the fusion logits get theirs on the host
+        // `DeviceState::small` order); the `Delta`s get theirs on the host
         let mut small_grads: Vec<GpuMatrix> = Vec::with_capacity(state.small.len());
         let mut deltas_grad: Vec<Array2<f32>> =
             p.deltas.iter().map(|d| Array2::zeros(d.dim())).collect();
-        let mut fusion_grad: Option<Array1<f32>> = None;
+        let mut fusion_grad: Option<GpuMatrix> = None;
         let mut norm_grads: Option<[GpuMatrix; 2]> = None;
         match &fusion {
             Some(f) => {
                 let mut g = g_items;
-                if let (Some((cache, norms)), Some(ln)) = (&f.norm, state.norm.as_ref()) {
+                if let (Some((cache, norms)), Some(ln)) = (&f.norm, state.params.norm.as_ref()) {
                     g = gpu::l2_normalize_backward(ctx, &f.items, norms, &g)?;
                     g = self.masked(g, f.mask.as_ref())?;
                     let (gx, dgamma, dbeta) = gpu::layer_norm_backward_with(ctx, ln, cache, &g)?;
@@ -604,13 +620,10 @@ impl RecGoat<f32> {
                 } else {
                     g = self.masked(g, f.mask.as_ref())?;
                 }
-                let (g_views, g_w) = match self.cfg.fusion {
-                    Fusion::Softmax => {
-                        gpu::softmax_fusion_backward(ctx, &views, f.weights.view(), &g)?
-                    }
-                    Fusion::Free => weighted_sum_backward(ctx, &views, f.weights.view(), &g)?,
-                };
-                fusion_grad = Some(g_w);
+                let (g_views, sums) = weighted_sum_backward_scaled(ctx, &views, &f.scales, &g)?;
+                let logits = (state.params.fusion.as_ref()).expect("fusion weights exist");
+                let softmax = self.cfg.fusion == Fusion::Softmax;
+                fusion_grad = Some(fusion_logits_backward(ctx, logits, &sums, softmax)?);
                 axpy(ctx, 1.0, &g_views[0], &g_zcf)?;
                 for (m, gv) in g_views[1..].iter().enumerate() {
                     let acc = if self.oat.is_some() {
@@ -633,14 +646,15 @@ impl RecGoat<f32> {
             }
         }
         for (m, (g, pass)) in g_modal.into_iter().zip(&branches).enumerate() {
-            let bg = self.branch_back(m, &state.branches[m], pass, g)?;
+            let bg = self.branch_back(m, &state.params.branches[m], pass, g)?;
             small_grads.extend(bg.into_tensors());
         }
-        if let (Some(bp), Some(pass)) = (&state.user_branch, &user_pass) {
+        if let (Some(bp), Some(pass)) = (&state.params.user_branch, &user_pass) {
             let g = g_users.rows_range(ctx, 0, nu)?;
             let bg = self.branch_back(n_modal, bp, pass, g)?;
             small_grads.extend(bg.into_tensors());
         }
+        small_grads.extend(fusion_grad);
         small_grads.extend(norm_grads.into_iter().flatten());
         let gz = zeros(n)?;
         gz.set_rows(ctx, 0, &g_users)?;
@@ -649,35 +663,23 @@ impl RecGoat<f32> {
         gpu::lightgcn_backward_into(ctx, &dm.adj, &gz, layers, &mut ge)?;
         scatter_add(ctx, &s_e, &geb, &ge)?;
 
-        // Adam: the table, the branches and the LayerNorm on the device; Delta and the fusion logits on the host
+        // Adam: the table and the small parameters on the device, the `Delta`s on the host
         gpu::adam_step(ctx, adam, &mut state.embedding, &ge, &mut state.adam)?;
-        let DeviceState { small, .. } = state;
-        let n_small = small.len();
-        let mut st = std::mem::take(small);
-        let params = state.small_tensors_mut();
-        if params.len() != n_small || small_grads.len() != n_small {
+        let params = state.params.tensors_mut();
+        if params.len() != state.small.len() || small_grads.len() != state.small.len() {
             return Err(Error::shape(
                 OP,
                 "device-held tensors, gradients",
-                (n_small, n_small),
+                (state.small.len(), state.small.len()),
                 (params.len(), small_grads.len()),
             ));
         }
-        for ((t, g), s) in params.into_iter().zip(&small_grads).zip(st.iter_mut()) {
-            gpu::adam_step(ctx, adam, t, g, s)?;
+        for ((t, g), st) in params.into_iter().zip(&small_grads).zip(&mut state.small) {
+            gpu::adam_step(ctx, adam, t, g, st)?;
         }
-        state.small = st;
         let host_ids = host_small(p);
-        let host = (p.deltas.iter_mut().zip(&deltas_grad))
-            .map(|(t, g)| (t.view_mut(), g.view()))
-            .chain((p.fusion.as_mut().zip(fusion_grad.as_ref())).map(|(t, g)| {
-                (
-                    t.view_mut().insert_axis(Axis(0)),
-                    g.view().insert_axis(Axis(0)),
-                )
-            }));
-        for ((t, g), k) in host.zip(host_ids) {
-            adam.step(t, g, &mut states[k])?;
+        for ((t, g), k) in p.deltas.iter_mut().zip(&deltas_grad).zip(host_ids) {
+            adam.step(t.view_mut(), g.view(), &mut states[k])?;
         }
         let (cl, ot) = (cl as f32, ot as f32);
         let (bpr, reg_value) = (bpr as f32, reg_value as f32);

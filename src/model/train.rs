@@ -220,7 +220,7 @@ impl<'d> Trainer<'d> {
         let total = triples.len().div_ceil(cfg.batch_size);
         let mut sum = LossParts::<f64>::default();
         // on the GPU the parameters and their Adam states stay on the device for the epoch (device-resident
-        // step; `Delta` and the fusion logits excepted)
+        // step; the OAT corrections `Delta` excepted)
         #[cfg(feature = "gpu")]
         let mut device = self
             .model
