@@ -14,6 +14,7 @@ use super::context::Kernel;
 use super::dense::{
     record_add_scaled_cols, record_col_sums, record_gemm, record_hadamard, row_vector, Operand,
 };
+use super::matrix::record_copy_rows;
 use super::{GpuContext, GpuMatrix};
 use crate::attention::cpu::dropout_masks;
 use crate::attention::{GatLayer, GatParams, Mode, Scoring};
@@ -361,16 +362,10 @@ pub fn gat_forward_with(
     let (n, hn, hc) = (graph.n, cfg.heads, cfg.heads * cfg.head_dim);
     let edges = graph;
     let w = &p.w;
-    // a_src then a_dst (GATConv), or a (GATv2), in one buffer
-    let a = match (&p.a_dst, cfg.scoring) {
-        (Some(ad), Scoring::GatConv) => {
-            let a = GpuMatrix::zeros(ctx, 2 * hn, cfg.head_dim)?;
-            a.set_rows(ctx, 0, &p.a_src)?;
-            a.set_rows(ctx, hn, ad)?;
-            a
-        }
-        _ => p.a_src.rows_range(ctx, 0, hn)?,
-    };
+    // a_src then a_dst (GATConv), or a (GATv2), in one buffer (filled first thing in the encoder below)
+    let a_dst = p.a_dst.as_ref().filter(|_| cfg.scoring == Scoring::GatConv);
+    let a_heads = if a_dst.is_some() { 2 * hn } else { hn };
+    let a = GpuMatrix::zeros(ctx, a_heads, cfg.head_dim)?;
     let placeholder = GpuMatrix::zeros(ctx, 1, 1)?;
     let bias = p.bias.as_ref().unwrap_or(&placeholder);
     let (feat_mask, attn_mask) = dropout_masks(cfg, (n, cfg.in_dim), graph.nnz, mode);
@@ -391,6 +386,10 @@ pub fn gat_forward_with(
     let alpha = GpuMatrix::zeros(ctx, edges.nnz, hn)?;
     let out = GpuMatrix::zeros(ctx, n, cfg.out_dim())?;
     let mut enc = ctx.encoder();
+    record_copy_rows(&mut enc, (&p.a_src, 0), (&a, 0), hn);
+    if let Some(ad) = a_dst {
+        record_copy_rows(&mut enc, (ad, 0), (&a, hn), hn);
+    }
     // feature dropout: the layer sees x * mask
     let feat = match feat_mask {
         Some(m) => {
@@ -657,15 +656,18 @@ pub fn gat_backward_with(
         }
         None => grad_x,
     };
-    ctx.submit(OP, enc)?;
     // split the a-gradient columns (H C for a_src / a, then H C for a_dst) on the device
     let a_rows = a_cols.reshaped(a_node.cols() / c, c);
-    let grad_a_src = a_rows.rows_range(ctx, 0, hn)?;
+    let grad_a_src = GpuMatrix::zeros(ctx, hn, c)?;
+    record_copy_rows(&mut enc, (&a_rows, 0), (&grad_a_src, 0), hn);
     let grad_a_dst = if v2 {
         None
     } else {
-        Some(a_rows.rows_range(ctx, hn, hn)?)
+        let g = GpuMatrix::zeros(ctx, hn, c)?;
+        record_copy_rows(&mut enc, (&a_rows, hn), (&g, 0), hn);
+        Some(g)
     };
+    ctx.submit(OP, enc)?;
     Ok(GpuGatGrads {
         grad_x,
         grad_w,

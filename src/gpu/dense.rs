@@ -3,7 +3,7 @@
 //! parameter gradients by `shaders/col_sums.wgsl`).
 
 use super::context::Kernel;
-use super::matrix::same_shape;
+use super::matrix::{record_copy_rows, same_shape};
 use super::{GpuContext, GpuMatrix};
 use crate::error::{Error, Result};
 
@@ -398,8 +398,8 @@ pub fn layer_norm_forward(
     ln: &crate::nn::LayerNorm<f32>,
     x: &GpuMatrix,
 ) -> Result<(GpuMatrix, GpuLayerNormCache)> {
-    check_layer_norm("gpu::layer_norm_forward", ln, x)?;
-    layer_norm_forward_with(ctx, &GpuLayerNorm::upload(ctx, ln)?, x)
+    check_layer_norm("gpu::layer_norm_forward", ln, x.cols())?;
+    layer_norm_forward_with(ctx, &GpuLayerNorm::upload_checked(ctx, ln)?, x)
 }
 
 /// A LayerNorm's parameters on the device (`gamma`, `beta` as `1 x d`), so that training can keep them there.
@@ -417,10 +417,14 @@ impl GpuLayerNorm {
     /// [`Error::Shape`] for `gamma` and `beta` of different widths, [`Error::Param`] for `eps <= 0`,
     /// [`Error::NonFinite`] for NaN/Inf parameters, [`Error::Gpu`].
     pub fn upload(ctx: &GpuContext, ln: &crate::nn::LayerNorm<f32>) -> Result<GpuLayerNorm> {
-        let gamma = row_vector(ctx, &ln.gamma)?;
-        check_layer_norm("GpuLayerNorm::upload", ln, &gamma)?;
+        check_layer_norm("GpuLayerNorm::upload", ln, ln.gamma.len())?;
+        Self::upload_checked(ctx, ln)
+    }
+
+    /// [`GpuLayerNorm::upload`] of parameters the caller has checked.
+    fn upload_checked(ctx: &GpuContext, ln: &crate::nn::LayerNorm<f32>) -> Result<GpuLayerNorm> {
         Ok(GpuLayerNorm {
-            gamma,
+            gamma: row_vector(ctx, &ln.gamma)?,
             beta: row_vector(ctx, &ln.beta)?,
             eps: ln.eps,
         })
@@ -501,12 +505,13 @@ pub fn layer_norm_forward_with(
     Ok((y, GpuLayerNormCache { xhat, inv_std }))
 }
 
-fn check_layer_norm(op: &'static str, ln: &crate::nn::LayerNorm<f32>, x: &GpuMatrix) -> Result<()> {
-    if ln.gamma.len() != x.cols() || ln.beta.len() != x.cols() {
+/// `ln`'s parameters: widths `width` (that of the input), `eps > 0`, finite values.
+fn check_layer_norm(op: &'static str, ln: &crate::nn::LayerNorm<f32>, width: usize) -> Result<()> {
+    if ln.gamma.len() != width || ln.beta.len() != width {
         return Err(Error::shape(
             op,
             "gamma, beta vs the width of x",
-            x.cols(),
+            width,
             (ln.gamma.len(), ln.beta.len()),
         ));
     }
@@ -645,8 +650,8 @@ pub fn layer_norm_backward(
     cache: &GpuLayerNormCache,
     grad_y: &GpuMatrix,
 ) -> Result<(GpuMatrix, GpuMatrix, GpuMatrix)> {
-    check_layer_norm("gpu::layer_norm_backward", ln, grad_y)?;
-    layer_norm_backward_with(ctx, &GpuLayerNorm::upload(ctx, ln)?, cache, grad_y)
+    check_layer_norm("gpu::layer_norm_backward", ln, grad_y.cols())?;
+    layer_norm_backward_with(ctx, &GpuLayerNorm::upload_checked(ctx, ln)?, cache, grad_y)
 }
 
 /// [`layer_norm_backward`] with the parameters already on the device.
@@ -708,11 +713,15 @@ pub(crate) fn weighted_sum(
     views: &[&GpuMatrix],
     w: &ndarray::Array1<f32>,
 ) -> Result<GpuMatrix> {
-    weighted_sum_scaled(ctx, views, &weight_rows(ctx, w, views[0].cols())?)
+    weighted_sum_scaled(ctx, views, &weight_rows(ctx, w.view(), views[0].cols())?)
 }
 
 /// One `1 x d` row of `w_m` per weight: the column scales of [`weighted_sum_scaled`].
-fn weight_rows(ctx: &GpuContext, w: &ndarray::Array1<f32>, d: usize) -> Result<Vec<GpuMatrix>> {
+fn weight_rows(
+    ctx: &GpuContext,
+    w: ndarray::ArrayView1<'_, f32>,
+    d: usize,
+) -> Result<Vec<GpuMatrix>> {
     w.iter()
         .map(|&wm| row_vector(ctx, &ndarray::Array1::from_elem(d, wm)))
         .collect()
@@ -741,7 +750,7 @@ pub(crate) fn weighted_sum_backward(
     weights: ndarray::ArrayView1<'_, f32>,
     grad_y: &GpuMatrix,
 ) -> Result<(Vec<GpuMatrix>, ndarray::Array1<f32>)> {
-    let scales = weight_rows(ctx, &weights.to_owned(), grad_y.cols())?;
+    let scales = weight_rows(ctx, weights, grad_y.cols())?;
     let (grads, sums) = weighted_sum_backward_scaled(ctx, views, &scales, grad_y)?;
     let dw = sums.download(ctx)?.sum_axis(ndarray::Axis(1));
     Ok((grads, dw))
@@ -756,22 +765,18 @@ pub(crate) fn weighted_sum_backward_scaled(
     grad_y: &GpuMatrix,
 ) -> Result<(Vec<GpuMatrix>, GpuMatrix)> {
     let (n, d) = (grad_y.rows(), grad_y.cols());
+    let sums = GpuMatrix::zeros(ctx, views.len(), d)?;
     let mut enc = ctx.encoder();
     let mut grads = Vec::with_capacity(views.len());
-    let mut rows = Vec::with_capacity(views.len());
-    for (v, s) in views.iter().zip(scales) {
+    for (m, (v, s)) in views.iter().zip(scales).enumerate() {
         let g = GpuMatrix::zeros(ctx, n, d)?;
         record_add_scaled_cols(ctx, &mut enc, grad_y, s, &g)?;
         let cs = GpuMatrix::zeros(ctx, 1, d)?;
         record_col_sums(ctx, &mut enc, v, Some(grad_y), &cs)?;
+        record_copy_rows(&mut enc, (&cs, 0), (&sums, m), 1);
         grads.push(g);
-        rows.push(cs);
     }
     ctx.submit("gpu::weighted_sum_backward", enc)?;
-    let sums = GpuMatrix::zeros(ctx, views.len(), d)?;
-    for (m, cs) in rows.iter().enumerate() {
-        sums.set_rows(ctx, m, cs)?;
-    }
     Ok((grads, sums))
 }
 
@@ -798,8 +803,15 @@ pub(crate) fn fusion_weight_rows(
         flags,
         &[&logits.buf, &rows.buf],
     )?;
+    let scales = (0..v)
+        .map(|m| {
+            let s = GpuMatrix::zeros(ctx, 1, d)?;
+            record_copy_rows(&mut enc, (&rows, m), (&s, 0), 1);
+            Ok(s)
+        })
+        .collect::<Result<_>>()?;
     ctx.submit("gpu::fusion_weight_rows", enc)?;
-    (0..v).map(|m| rows.rows_range(ctx, m, 1)).collect()
+    Ok(scales)
 }
 
 /// The gradient of the fusion logits (`1 x V`, on the device) from the column sums of

@@ -101,27 +101,18 @@ impl GpuMatrix {
 
     /// Rows `r0..r0 + rows` of `self` as a new matrix (a copy on the device).
     pub(crate) fn rows_range(&self, ctx: &GpuContext, r0: usize, rows: usize) -> Result<GpuMatrix> {
-        debug_assert!(r0 + rows <= self.rows);
         let out = GpuMatrix::zeros(ctx, rows, self.cols)?;
-        if out.bytes() > 0 {
-            let mut enc = ctx.encoder();
-            let off = (r0 * self.cols * 4) as u64;
-            enc.copy_buffer_to_buffer(&self.buf, off, &out.buf, 0, out.bytes());
-            ctx.submit("GpuMatrix::rows_range", enc)?;
-        }
+        let mut enc = ctx.encoder();
+        record_copy_rows(&mut enc, (self, r0), (&out, 0), rows);
+        ctx.submit("GpuMatrix::rows_range", enc)?;
         Ok(out)
     }
 
     /// Overwrites rows `r0..r0 + src.rows()` of `self` with `src` (same width), on the device.
     pub(crate) fn set_rows(&self, ctx: &GpuContext, r0: usize, src: &GpuMatrix) -> Result<()> {
-        debug_assert!(r0 + src.rows <= self.rows && src.cols == self.cols);
-        if src.bytes() > 0 {
-            let mut enc = ctx.encoder();
-            let off = (r0 * self.cols * 4) as u64;
-            enc.copy_buffer_to_buffer(&src.buf, 0, &self.buf, off, src.bytes());
-            ctx.submit("GpuMatrix::set_rows", enc)?;
-        }
-        Ok(())
+        let mut enc = ctx.encoder();
+        record_copy_rows(&mut enc, (src, 0), (self, r0), src.rows);
+        ctx.submit("GpuMatrix::set_rows", enc)
     }
 
     /// Copies `src` (same shape) into `self` on the device.
@@ -137,6 +128,22 @@ impl GpuMatrix {
             ctx.submit(OP, enc)?;
         }
         Ok(())
+    }
+}
+
+/// Records the copy of `rows` rows from `src` (from its row `src.1`) into `dst` (from its row `dst.1`); the
+/// two matrices have one width.
+pub(crate) fn record_copy_rows(
+    enc: &mut wgpu::CommandEncoder,
+    (src, src_row): (&GpuMatrix, usize),
+    (dst, dst_row): (&GpuMatrix, usize),
+    rows: usize,
+) {
+    debug_assert!(src.cols == dst.cols && src_row + rows <= src.rows && dst_row + rows <= dst.rows);
+    let row_bytes = (src.cols * 4) as u64;
+    if rows > 0 && row_bytes > 0 {
+        let (from, to) = (src_row as u64 * row_bytes, dst_row as u64 * row_bytes);
+        enc.copy_buffer_to_buffer(&src.buf, from, &dst.buf, to, rows as u64 * row_bytes);
     }
 }
 

@@ -54,6 +54,8 @@ pub(crate) struct DeviceState {
     small: Vec<GpuAdamState>,
     /// Where those tensors are in [`Params::tensors`] order.
     held: Vec<usize>,
+    /// Where the host-held `Delta`s are in [`Params::tensors`] order.
+    deltas: Vec<usize>,
 }
 
 /// The small parameters on the device: every branch (projection and GAT layers), the fusion logits
@@ -87,14 +89,6 @@ fn device_held(name: &str) -> bool {
         || name.starts_with("user_branch")
         || name == "fusion"
         || name.starts_with("norm.")
-}
-
-/// Where the host-held small tensors (the `Delta`s) are in [`Params::tensors`] order.
-fn host_small(p: &Params<f32>) -> Vec<usize> {
-    (p.tensors().iter().enumerate())
-        .filter(|(_, (name, _))| !device_held(name) && name != "embedding")
-        .map(|(k, _)| k)
-        .collect()
 }
 
 /// A branch's parameters on the device.
@@ -220,10 +214,10 @@ impl RecGoat<f32> {
         let dm = self.device.as_deref()?;
         let ctx = &*dm.ctx;
         Some((|| {
-            let held: Vec<usize> = (p.tensors().iter().enumerate())
-                .filter(|(_, (name, _))| device_held(name))
-                .map(|(k, _)| k)
-                .collect();
+            // every tensor but the table (the first) is device-held or a host-held `Delta`
+            let names: Vec<String> = p.tensors().into_iter().map(|(name, _)| name).collect();
+            let (held, deltas): (Vec<usize>, Vec<usize>) =
+                (1..names.len()).partition(|&k| device_held(&names[k]));
             let branch = |b: &Branch<f32>| DeviceBranch::upload(ctx, &self.gat, b);
             let mut state = DeviceState {
                 embedding: GpuMatrix::upload(ctx, p.embedding.view())?,
@@ -240,11 +234,16 @@ impl RecGoat<f32> {
                     .map(|&k| GpuAdamState::upload(ctx, &states[k]))
                     .collect::<Result<_>>()?,
                 held,
+                deltas,
             };
             // the device order must be the host order of the same tensors
             let n = state.params.tensors_mut().len();
             if n != state.held.len() {
                 return Err(Error::shape(OP, "device-held tensors", state.held.len(), n));
+            }
+            if state.deltas.len() != p.deltas.len() {
+                let got = state.deltas.len();
+                return Err(Error::shape(OP, "host-held tensors", p.deltas.len(), got));
             }
             Ok(state)
         })())
@@ -604,8 +603,7 @@ impl RecGoat<f32> {
         // backward: the gradients of the device-held tensors stay on the device (`small_grads`, in
         // `DeviceState::small` order); the `Delta`s get theirs on the host
         let mut small_grads: Vec<GpuMatrix> = Vec::with_capacity(state.small.len());
-        let mut deltas_grad: Vec<Array2<f32>> =
-            p.deltas.iter().map(|d| Array2::zeros(d.dim())).collect();
+        let mut deltas_grad: Vec<Array2<f32>> = Vec::with_capacity(p.deltas.len());
         let mut fusion_grad: Option<GpuMatrix> = None;
         let mut norm_grads: Option<[GpuMatrix; 2]> = None;
         match &fusion {
@@ -642,7 +640,7 @@ impl RecGoat<f32> {
                 let ag = gpu::adaptive_transport_backward(ctx, op, cache, mo, &zcf, Some(ga), 0.0)?;
                 axpy(ctx, 1.0, &ag.grad_m, &g_modal[m])?;
                 axpy(ctx, 1.0, &ag.grad_z, &g_zcf)?;
-                deltas_grad[m] = ag.grad_delta.download(ctx)?;
+                deltas_grad.push(ag.grad_delta.download(ctx)?);
             }
         }
         for (m, (g, pass)) in g_modal.into_iter().zip(&branches).enumerate() {
@@ -677,8 +675,7 @@ impl RecGoat<f32> {
         for ((t, g), st) in params.into_iter().zip(&small_grads).zip(&mut state.small) {
             gpu::adam_step(ctx, adam, t, g, st)?;
         }
-        let host_ids = host_small(p);
-        for ((t, g), k) in p.deltas.iter_mut().zip(&deltas_grad).zip(host_ids) {
+        for ((t, g), &k) in p.deltas.iter_mut().zip(&deltas_grad).zip(&state.deltas) {
             adam.step(t.view_mut(), g.view(), &mut states[k])?;
         }
         let (cl, ot) = (cl as f32, ot as f32);
