@@ -12,6 +12,9 @@ The same formulas as the Rust GPU path, float32 everywhere (TF32 off, PyTorch's 
 * kNN graph: 7050 x 384 features, cosine, k = 20, diagonal excluded, symmetrised union (torch.unique).
 * GATConv 64 -> 8 heads x 8 (PyTorch Geometric) on a 7050-node cosine kNN graph (k = 20, union, self loops),
   forward + backward of sum(out * G).
+* A training epoch of LightGCN on Baby as the `lightgcn()` preset trains it (embedding 64, 3 layers, batch
+  2048, one uniform negative per pair rejecting positives, BPR + 1e-3 x the batch's ego-embedding L2, Adam at
+  lr 5e-3, the whole graph propagated for every batch); negatives drawn on the host, as the Rust trainer does.
 
 Times are medians of CUDA-event intervals after warm-up. Run on the GPU machine:
     python3 benches/peers/gpu_torch.py [out.json]
@@ -174,6 +177,61 @@ try:
     timed("pyg_gat_fwd_bwd", gat_fwd_bwd, reps=100)
 except ImportError as err:
     out["pyg"] = f"not available: {err}"
+
+
+# --- A LightGCN training epoch on Baby (the `lightgcn()` preset as `model_epoch_lightgcn_baby` runs it)
+def baby_pairs():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pairs = []
+    with open(os.path.join(root, "data", "baby", "train.txt")) as fh:
+        for line in fh:
+            t = [int(v) for v in line.split()]
+            pairs += [(t[0], i) for i in t[1:]]
+    return np.unique(np.array(pairs, dtype=np.int64), axis=0)
+
+
+PAIRS = baby_pairs()
+N_USERS = int(PAIRS[:, 0].max()) + 1
+N_ITEMS = N - N_USERS
+POS_KEYS = np.sort(PAIRS[:, 0] * N_ITEMS + PAIRS[:, 1])
+rng_np = np.random.default_rng(2026)
+
+
+def sample_epoch():
+    """Shuffled (user, pos, neg) triples, one uniform negative per pair, rejecting the user's positives."""
+    order = rng_np.permutation(len(PAIRS))
+    u, i = PAIRS[order, 0], PAIRS[order, 1]
+    j = rng_np.integers(0, N_ITEMS, len(u))
+    while True:
+        bad = np.isin(u * N_ITEMS + j, POS_KEYS)
+        if not bad.any():
+            return u, i, j
+        j[bad] = rng_np.integers(0, N_ITEMS, int(bad.sum()))
+
+
+emb = torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(N, 64)).to(dev))
+opt = torch.optim.Adam([emb], lr=5e-3)
+BATCH, REG = 2048, 1e-3
+
+
+def lightgcn_epoch():
+    u, i, j = (torch.from_numpy(v).to(dev) for v in sample_epoch())
+    for s in range(0, len(u), BATCH):
+        bu, bi, bj = u[s : s + BATCH], i[s : s + BATCH] + N_USERS, j[s : s + BATCH] + N_USERS
+        final = lightgcn(A, emb)
+        pos = (final[bu] * final[bi]).sum(1)
+        neg = (final[bu] * final[bj]).sum(1)
+        loss = F.softplus(neg - pos).mean()
+        for ids in (bu, bi, bj):
+            loss = loss + REG * emb[ids].pow(2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+
+out["lightgcn_epoch_batches"] = (len(PAIRS) + BATCH - 1) // BATCH
+timed("lightgcn_baby_epoch", lightgcn_epoch, reps=10, warmup=2)
 
 text = json.dumps(out, indent=1)
 print(text)

@@ -86,6 +86,15 @@ pub const SHADERS: &[(&str, &str)] = &[
         "normalize_rows_backward.wgsl",
         composed!("normalize_rows_backward.wgsl", "reduce64.wgsl"),
     ),
+    (
+        "oat_implicit.wgsl",
+        include_str!("../../shaders/oat_implicit.wgsl"),
+    ),
+    ("oat_map.wgsl", include_str!("../../shaders/oat_map.wgsl")),
+    (
+        "oat_prepare.wgsl",
+        include_str!("../../shaders/oat_prepare.wgsl"),
+    ),
     ("ot_plan.wgsl", include_str!("../../shaders/ot_plan.wgsl")),
     (
         "sinkhorn_measure.wgsl",
@@ -594,6 +603,60 @@ impl GpuContext {
         };
         staging.unmap();
         Ok(values)
+    }
+
+    /// The first `count` values of each buffer, back to the host through one staging buffer: one copy
+    /// each, one submission and one wait for all of them (small results read together at the end of a
+    /// step).
+    pub(crate) fn read_many(
+        &self,
+        op: &'static str,
+        parts: &[(&wgpu::Buffer, usize)],
+    ) -> Result<Vec<Vec<f32>>> {
+        let total: usize = parts.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return Ok(parts.iter().map(|_| Vec::new()).collect());
+        }
+        let gpu_err = |reason: String| Error::Gpu { op, reason };
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download many"),
+            size: (total * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.encoder();
+        let mut at = 0u64;
+        for (buf, n) in parts {
+            let bytes = (*n * 4) as u64;
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
+            }
+            at += bytes;
+        }
+        self.submit(op, enc)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.synchronize()?;
+        rx.recv()
+            .map_err(|e| gpu_err(e.to_string()))?
+            .map_err(|e| gpu_err(e.to_string()))?;
+        let all: Vec<f32> = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| gpu_err(e.to_string()))?;
+            bytemuck::cast_slice(&view).to_vec()
+        };
+        staging.unmap();
+        let mut out = Vec::with_capacity(parts.len());
+        let mut rest = all.as_slice();
+        for (_, n) in parts {
+            let (head, tail) = rest.split_at(*n);
+            out.push(head.to_vec());
+            rest = tail;
+        }
+        Ok(out)
     }
 
     /// A fresh command encoder.

@@ -9,7 +9,7 @@
 
 use super::context::Kernel;
 use super::dense::{
-    check_norms, record_gemm, record_normalize, record_normalize_backward, Operand,
+    judge_norms, record_gemm, record_normalize, record_normalize_backward, Operand,
 };
 use super::{GpuContext, GpuMatrix};
 use crate::contrastive::{validate_inputs, Direction, InfoNceConfig, InfoNceOutput, Reduction};
@@ -27,6 +27,40 @@ pub struct GpuInfoNceOutput {
     pub grad_v2: GpuMatrix,
     /// `dloss/dnegatives` (K x d), when negatives were given.
     pub grad_negatives: Option<GpuMatrix>,
+}
+
+/// [`info_nce_on_device`] before anything is read back: the gradients, the per-row loss terms and the
+/// normalised views' row norms, for a caller that reads the last two with other values (the
+/// device-resident training step) and judges them with [`DeferredInfoNce::judge`].
+#[derive(Debug)]
+pub(crate) struct DeferredInfoNce {
+    pub(crate) grad_v1: GpuMatrix,
+    pub(crate) grad_v2: GpuMatrix,
+    pub(crate) grad_negatives: Option<GpuMatrix>,
+    /// Per-row loss terms (`B x 1`), one matrix per direction: the loss is their sum.
+    pub(crate) losses: Vec<GpuMatrix>,
+    /// With normalisation, the row norms of each view (`v1`, `v2`, `negatives`), named.
+    pub(crate) norms: Vec<(&'static str, GpuMatrix)>,
+}
+
+impl DeferredInfoNce {
+    /// The loss from the values read back of [`DeferredInfoNce::norms`] and [`DeferredInfoNce::losses`]
+    /// (in those orders): the zero-row error of the CPU path first, then the sum of the loss terms.
+    pub(crate) fn judge(&self, norms: &[Vec<f32>], losses: &[Vec<f32>]) -> Result<f32> {
+        for ((what, _), n) in self.norms.iter().zip(norms) {
+            judge_norms("gpu::info_nce", what, n)?;
+        }
+        let loss: f64 = losses.iter().flatten().map(|&v| f64::from(v)).sum();
+        Ok(loss as f32)
+    }
+
+    /// Every buffer to read back, norms first, with its length.
+    pub(crate) fn reads(&self) -> Vec<(&wgpu::Buffer, usize)> {
+        (self.norms.iter().map(|(_, n)| n))
+            .chain(&self.losses)
+            .map(|m| (&m.buf, m.rows() * m.cols()))
+            .collect()
+    }
 }
 
 #[repr(C)]
@@ -198,6 +232,31 @@ pub fn info_nce_on_device(
     cfg: &InfoNceConfig<f32>,
 ) -> Result<GpuInfoNceOutput> {
     const OP: &str = "gpu::info_nce";
+    let out = info_nce_deferred(ctx, v1, v2, negatives, weights, cfg)?;
+    let mut read = ctx.read_many(OP, &out.reads())?;
+    let losses = read.split_off(out.norms.len());
+    let loss = out.judge(&read, &losses)?;
+    Ok(GpuInfoNceOutput {
+        loss,
+        grad_v1: out.grad_v1,
+        grad_v2: out.grad_v2,
+        grad_negatives: out.grad_negatives,
+    })
+}
+
+/// [`info_nce_on_device`] without reading anything back (see [`DeferredInfoNce`]): one submission.
+///
+/// # Errors
+/// As [`info_nce_on_device`], less the zero-row check.
+pub(crate) fn info_nce_deferred(
+    ctx: &GpuContext,
+    v1: &GpuMatrix,
+    v2: &GpuMatrix,
+    negatives: Option<&GpuMatrix>,
+    weights: Option<ArrayView1<'_, f32>>,
+    cfg: &InfoNceConfig<f32>,
+) -> Result<DeferredInfoNce> {
+    const OP: &str = "gpu::info_nce";
     cfg.validate()?;
     // shapes and weights with the CPU path's checks (on empty stand-ins for the device matrices: the
     // values were checked for NaN/Inf when they were uploaded)
@@ -210,7 +269,7 @@ pub fn info_nce_on_device(
     let (b, d) = (v1.rows(), v1.cols());
     let k = negatives.map_or(0, GpuMatrix::rows);
 
-    // normalised copies (and norms), checked for zero rows like the CPU path
+    // normalised copies (and norms, for the zero-row check of the CPU path)
     let mut enc = ctx.encoder();
     let mut normalized = |x: &GpuMatrix| -> Result<Option<(GpuMatrix, GpuMatrix)>> {
         if !cfg.normalize {
@@ -226,12 +285,6 @@ pub fn info_nce_on_device(
         Some(n) => normalized(n)?,
         None => None,
     };
-    ctx.submit(OP, enc)?;
-    for (what, x) in [("v1", &nu), ("v2", &nw), ("negatives", &nn)] {
-        if let Some((_, norms)) = x {
-            check_norms(ctx, OP, what, norms)?;
-        }
-    }
     let u = nu.as_ref().map_or(v1, |(y, _)| y);
     let w = nw.as_ref().map_or(v2, |(y, _)| y);
     let n = match (&nn, negatives) {
@@ -262,7 +315,6 @@ pub fn info_nce_on_device(
     };
     let inv_tau = 1.0 / cfg.temperature;
     let losses = [GpuMatrix::zeros(ctx, b, 1)?, GpuMatrix::zeros(ctx, b, 1)?];
-    let mut enc = ctx.encoder();
     record_direction(
         ctx,
         &mut enc,
@@ -318,18 +370,21 @@ pub fn info_nce_on_device(
         None => None,
     };
     ctx.submit(OP, enc)?;
-    let loss: f64 = losses
-        .iter()
-        .map(|l| {
-            l.download(ctx)
-                .map(|x| x.iter().map(|&v| f64::from(v)).sum::<f64>())
-        })
-        .sum::<Result<f64>>()?;
-    Ok(GpuInfoNceOutput {
-        loss: loss as f32,
+    let directions = if cfg.direction == Direction::Symmetric {
+        2
+    } else {
+        1
+    };
+    let norms = [("v1", nu), ("v2", nw), ("negatives", nn)]
+        .into_iter()
+        .filter_map(|(what, x)| x.map(|(_, n)| (what, n)))
+        .collect();
+    Ok(DeferredInfoNce {
         grad_v1,
         grad_v2,
         grad_negatives,
+        losses: losses.into_iter().take(directions).collect(),
+        norms,
     })
 }
 

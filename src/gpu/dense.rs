@@ -307,6 +307,18 @@ pub(crate) fn record_normalize_backward(
 /// [`Error::Param`] naming the first zero row (the norms are read back to check); [`Error::Gpu`].
 pub fn l2_normalize(ctx: &GpuContext, x: &GpuMatrix) -> Result<(GpuMatrix, GpuMatrix)> {
     const OP: &str = "gpu::l2_normalize";
+    let (y, norms) = l2_normalize_unchecked(ctx, x)?;
+    check_norms(ctx, OP, "x", &norms)?;
+    Ok((y, norms))
+}
+
+/// [`l2_normalize`] without reading the norms back: the caller checks them with [`judge_norms`] (zero
+/// rows give non-finite output).
+pub(crate) fn l2_normalize_unchecked(
+    ctx: &GpuContext,
+    x: &GpuMatrix,
+) -> Result<(GpuMatrix, GpuMatrix)> {
+    const OP: &str = "gpu::l2_normalize";
     let (y, norms) = (
         GpuMatrix::zeros(ctx, x.rows(), x.cols())?,
         GpuMatrix::zeros(ctx, x.rows(), 1)?,
@@ -314,7 +326,6 @@ pub fn l2_normalize(ctx: &GpuContext, x: &GpuMatrix) -> Result<(GpuMatrix, GpuMa
     let mut enc = ctx.encoder();
     record_normalize(ctx, &mut enc, x, &y, &norms)?;
     ctx.submit(OP, enc)?;
-    check_norms(ctx, OP, "x", &norms)?;
     Ok((y, norms))
 }
 
@@ -325,13 +336,17 @@ pub(crate) fn check_norms(
     what: &str,
     norms: &GpuMatrix,
 ) -> Result<()> {
-    let n = norms.download(ctx)?;
-    if let Some(i) = n.iter().position(|&v| !(v > 0.0 && v.is_finite())) {
+    judge_norms(op, what, &norms.download_flat(ctx)?.to_vec())
+}
+
+/// The error for the first row norm (read back) that is not positive and finite, if any.
+pub(crate) fn judge_norms(op: &'static str, what: &str, norms: &[f32]) -> Result<()> {
+    if let Some(i) = norms.iter().position(|&v| !(v > 0.0 && v.is_finite())) {
         return Err(Error::Param {
             op,
             name: "rows",
             value: format!("row {i} of {what}"),
-            reason: format!("norm {}: cannot be L2-normalised", n[[i, 0]]),
+            reason: format!("norm {}: cannot be L2-normalised", norms[i]),
         });
     }
     Ok(())

@@ -64,8 +64,11 @@ pub(crate) mod propagation;
 mod transport;
 
 #[cfg(feature = "gpu")]
+pub(crate) use adaptive::judge as judge_adaptive_status;
+#[cfg(feature = "gpu")]
 pub use adaptive::{
-    adaptive_transport_backward, adaptive_transport_forward, GpuAdaptiveCache, GpuAdaptiveGrads,
+    adaptive_transport_backward, adaptive_transport_backward_with, adaptive_transport_forward,
+    adaptive_transport_forward_with, GpuAdaptiveCache, GpuAdaptiveGrads,
 };
 #[cfg(feature = "gpu")]
 pub use attention::{
@@ -74,6 +77,8 @@ pub use attention::{
 };
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuOptions, SHADERS};
+#[cfg(feature = "gpu")]
+pub(crate) use contrastive::info_nce_deferred;
 #[cfg(feature = "gpu")]
 pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
 #[cfg(feature = "gpu")]

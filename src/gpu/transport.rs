@@ -619,7 +619,34 @@ struct Packed {
     hist: Vec<usize>,
 }
 
-fn u32_of(op: &'static str, x: usize) -> Result<u32> {
+/// Records [`sinkhorn_small`'s kernel](solve_small) over `problems` problems whose table, costs, weights,
+/// potentials and results are already on the device (the OAT map's solve, whose cost and eps the device
+/// computes).
+pub(super) fn record_small(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    cfg: &SinkhornConfig<f32>,
+    problems: usize,
+    bufs: [&wgpu::Buffer; 5],
+) -> Result<()> {
+    let norm = match cfg.norm {
+        crate::transport::ErrorNorm::L1 => 0,
+        crate::transport::ErrorNorm::L2 => 1,
+        crate::transport::ErrorNorm::LInf => 2,
+    };
+    let params = |start: usize| SmallParams {
+        problems: problems as u32,
+        offset: start as u32,
+        check_every: cfg.check_every as u32,
+        norm,
+        tol: cfg.tol,
+        _pad: [0.0; 3],
+    };
+    let kernel = Kernel::new("sinkhorn_small.wgsl", "sinkhorn_small");
+    ctx.dispatch_rows(enc, kernel, (problems, 1), params, &bufs)
+}
+
+pub(super) fn u32_of(op: &'static str, x: usize) -> Result<u32> {
     u32::try_from(x).map_err(|_| Error::Gpu {
         op,
         reason: format!("{x} exceeds the u32 offsets the shader uses"),
@@ -709,23 +736,9 @@ fn solve_small(
     let w_buf = ctx.storage_from("sinkhorn weights", &w);
     let pot_buf = ctx.storage_from("sinkhorn potentials", &pot);
     let out_buf = ctx.storage_zeroed("sinkhorn results", (results * 4) as u64);
-    let kernel = Kernel::new("sinkhorn_small.wgsl", "sinkhorn_small");
-    let norm = match cfg.norm {
-        crate::transport::ErrorNorm::L1 => 0,
-        crate::transport::ErrorNorm::L2 => 1,
-        crate::transport::ErrorNorm::LInf => 2,
-    };
-    let params = |start: usize| SmallParams {
-        problems: count as u32,
-        offset: start as u32,
-        check_every: cfg.check_every as u32,
-        norm,
-        tol: cfg.tol,
-        _pad: [0.0; 3],
-    };
     let mut enc = ctx.encoder();
     let bufs = [&meta_buf, &cost_buf, &w_buf, &pot_buf, &out_buf];
-    ctx.dispatch_rows(&mut enc, kernel, (count, 1), params, &bufs)?;
+    record_small(ctx, &mut enc, cfg, count, bufs)?;
     ctx.submit(OP, enc)?;
     let pot: Vec<f32> = ctx.read_buffer(OP, &pot_buf, pot.len())?;
     let res: Vec<u32> = ctx.read_buffer(OP, &out_buf, results)?;

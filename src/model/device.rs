@@ -214,7 +214,7 @@ impl DeviceModel {
         let oat32 = as_f32(oat, "OAT")?;
         let (aligned, cache) =
             gpu::adaptive_transport_forward(ctx, oat32, &m, &z, to_f32(delta).view())?;
-        let plan = from_f32(cache.plan().clone());
+        let plan = from_f32(cache.plan(ctx)?);
         Ok((download(ctx, &aligned)?, plan, DeviceOat { cache, m, z }))
     }
 

@@ -1,19 +1,21 @@
 //! The device-resident training step of a model on the GPU ([`crate::Backend::Gpu`]).
 //!
 //! For a whole epoch the parameters and their Adam moments stay on the device: the embedding table `E`,
-//! every branch (projection, GAT layers), the fusion logits and the fusion's LayerNorm ([`DeviceState`]).
-//! So does every activation of a step and its gradient: LightGCN, each branch's projection (the features are
-//! uploaded once) and graph-attention layers with their LeakyReLU and dropout, the OAT maps, the fusion (its
+//! every branch (projection, GAT layers), the OAT corrections `Delta`, the fusion logits and the fusion's
+//! LayerNorm ([`DeviceState`]). So does every activation of a step and its gradient: LightGCN, each
+//! branch's projection (the features are uploaded once) and graph-attention layers with their LeakyReLU and
+//! dropout, the OAT maps (their `d x d` Sinkhorn solves and implicit plan gradients too, in the
+//! configurations [`crate::gpu::adaptive_transport_forward_with`] solves on the device), the fusion (its
 //! view weights from the logits by `shaders/fusion_weights.wgsl`), the batch gathers (SpMMs over selection
 //! graphs), BPR with the regulariser, the CMCL InfoNCE terms, the scatter-adds (SpMMs over the selection
 //! graphs' transposes), the backward passes and Adam.
 //!
 //! What still crosses per step: the batch's row ids and the dropout masks (drawn from the same seeds as the
-//! CPU path) go down; the loss terms (checked before any update), each OAT map's `d x d` moments (its
-//! Sinkhorn solve and plan gradient run on the host, as in [`crate::gpu::adaptive_transport_forward`]) and
-//! the fused items' row norms (checked as on the CPU) come up, and so does the `d x d` gradient of each
-//! `Delta`, which stays on the host (the map `d T + Delta` is formed there after the solve) with its Adam
-//! step. No `(U + I) x d` or `I x d` matrix crosses, and no other parameter or gradient.
+//! CPU path) go down; each InfoNCE term's loss and row-norm check and the fused items' row norms (checked
+//! as on the CPU) come up, and at the end of the step the loss terms and the OAT solves' status. No
+//! `(U + I) x d` or `I x d` matrix crosses, and no parameter or gradient. The OAT configurations whose
+//! `d x d` part runs on the host (unrolled gradients, the dense linear solver) move each map's `d x d`
+//! moments, `Delta` and `Delta`'s gradient across as well.
 //!
 //! Every configuration has it. The sample-level OT loss (optional, off in the presets) runs
 //! [`crate::gpu::sinkhorn_divergence`], whose API takes host arrays: the batch's `B x d` rows go down and
@@ -28,8 +30,9 @@ use crate::attention::Mode;
 use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm};
 use crate::error::{Error, Result};
 use crate::gpu::dense::{
-    axpy, col_sums, fusion_logits_backward, fusion_weight_rows, hadamard, leaky_relu_masked,
-    row_vector, weighted_sum_backward_scaled, weighted_sum_scaled,
+    axpy, col_sums, fusion_logits_backward, fusion_weight_rows, hadamard, judge_norms,
+    l2_normalize_unchecked, leaky_relu_masked, row_vector, weighted_sum_backward_scaled,
+    weighted_sum_scaled,
 };
 use crate::gpu::{
     self, GpuAdamState, GpuContext, GpuGatCache, GpuGatParams, GpuGraph, GpuLayerNorm, GpuMatrix,
@@ -43,8 +46,7 @@ use rand_chacha::ChaCha8Rng;
 const OP: &str = "RecGoat device step";
 
 /// The parameters and their Adam states on the device, for the device-resident step: the embedding table
-/// and [`DeviceParams`]. The OAT corrections `Delta` stay on the host (their consumer, the OAT map, is formed
-/// on the host after its `d x d` solve).
+/// and [`DeviceParams`].
 #[derive(Debug)]
 pub(crate) struct DeviceState {
     embedding: GpuMatrix,
@@ -54,16 +56,15 @@ pub(crate) struct DeviceState {
     small: Vec<GpuAdamState>,
     /// Where those tensors are in [`Params::tensors`] order.
     held: Vec<usize>,
-    /// Where the host-held `Delta`s are in [`Params::tensors`] order.
-    deltas: Vec<usize>,
 }
 
-/// The small parameters on the device: every branch (projection and GAT layers), the fusion logits
-/// (`1 x V`) and the fusion's LayerNorm.
+/// The small parameters on the device: every branch (projection and GAT layers), the OAT corrections
+/// `Delta` (`d x d`), the fusion logits (`1 x V`) and the fusion's LayerNorm.
 #[derive(Debug)]
 struct DeviceParams {
     branches: Vec<DeviceBranch>,
     user_branch: Option<DeviceBranch>,
+    deltas: Vec<GpuMatrix>,
     fusion: Option<GpuMatrix>,
     norm: Option<GpuLayerNorm>,
 }
@@ -75,6 +76,7 @@ impl DeviceParams {
         for b in self.branches.iter_mut().chain(self.user_branch.as_mut()) {
             v.extend(b.tensors_mut());
         }
+        v.extend(self.deltas.iter_mut());
         v.extend(self.fusion.as_mut());
         if let Some(n) = self.norm.as_mut() {
             v.extend(n.tensors_mut());
@@ -87,6 +89,7 @@ impl DeviceParams {
 fn device_held(name: &str) -> bool {
     name.starts_with("branch")
         || name.starts_with("user_branch")
+        || name.starts_with("delta")
         || name == "fusion"
         || name.starts_with("norm.")
 }
@@ -214,10 +217,17 @@ impl RecGoat<f32> {
         let dm = self.device.as_deref()?;
         let ctx = &*dm.ctx;
         Some((|| {
-            // every tensor but the table (the first) is device-held or a host-held `Delta`
+            // every tensor but the table (the first) is one of `DeviceParams`
             let names: Vec<String> = p.tensors().into_iter().map(|(name, _)| name).collect();
-            let (held, deltas): (Vec<usize>, Vec<usize>) =
-                (1..names.len()).partition(|&k| device_held(&names[k]));
+            if let Some(k) = (1..names.len()).find(|&k| !device_held(&names[k])) {
+                return Err(Error::param(
+                    OP,
+                    "parameter",
+                    &names[k],
+                    "has no device copy",
+                ));
+            }
+            let held: Vec<usize> = (1..names.len()).collect();
             let branch = |b: &Branch<f32>| DeviceBranch::upload(ctx, &self.gat, b);
             let mut state = DeviceState {
                 embedding: GpuMatrix::upload(ctx, p.embedding.view())?,
@@ -225,6 +235,9 @@ impl RecGoat<f32> {
                 params: DeviceParams {
                     branches: p.branches.iter().map(branch).collect::<Result<_>>()?,
                     user_branch: p.user_branch.as_ref().map(branch).transpose()?,
+                    deltas: (p.deltas.iter())
+                        .map(|d| GpuMatrix::upload(ctx, d.view()))
+                        .collect::<Result<_>>()?,
                     fusion: p.fusion.as_ref().map(|f| row_vector(ctx, f)).transpose()?,
                     norm: (p.norm.as_ref())
                         .map(|n| GpuLayerNorm::upload(ctx, n))
@@ -234,16 +247,11 @@ impl RecGoat<f32> {
                     .map(|&k| GpuAdamState::upload(ctx, &states[k]))
                     .collect::<Result<_>>()?,
                 held,
-                deltas,
             };
             // the device order must be the host order of the same tensors
             let n = state.params.tensors_mut().len();
             if n != state.held.len() {
                 return Err(Error::shape(OP, "device-held tensors", state.held.len(), n));
-            }
-            if state.deltas.len() != p.deltas.len() {
-                let got = state.deltas.len();
-                return Err(Error::shape(OP, "host-held tensors", p.deltas.len(), got));
             }
             Ok(state)
         })())
@@ -265,6 +273,9 @@ impl RecGoat<f32> {
         }
         if let (Some(dst), Some(b)) = (p.user_branch.as_mut(), &dp.user_branch) {
             *dst = b.download(ctx)?;
+        }
+        for (dst, d) in p.deltas.iter_mut().zip(&dp.deltas) {
+            *dst = d.download(ctx)?;
         }
         if let (Some(dst), Some(f)) = (p.fusion.as_mut(), &dp.fusion) {
             *dst = f.download_flat(ctx)?;
@@ -384,7 +395,8 @@ impl RecGoat<f32> {
             Some(ln) => {
                 let (normed, cache) = gpu::layer_norm_forward_with(ctx, ln, &fused)?;
                 let dropped = self.masked(normed, mask.as_ref())?;
-                let (items, norms) = gpu::l2_normalize(ctx, &dropped)?;
+                // the norms are checked at the end of the step, with the loss
+                let (items, norms) = l2_normalize_unchecked(ctx, &dropped)?;
                 (items, Some((cache, norms)))
             }
             None => (self.masked(fused, mask.as_ref())?, None),
@@ -398,18 +410,16 @@ impl RecGoat<f32> {
     }
 
     /// One device-resident training step on `batch`: the forward pass, the losses and the backward pass on
-    /// the device, then Adam on every parameter: those in `state` on the device, the `Delta`s in `p` on the
-    /// host with their Adam states in `states` ([`Params::tensors`] order). The other
-    /// tensors of `p` and `states` are stale until [`RecGoat::device_download`]; after an error, so is
-    /// `state` (the step may have stopped between updates), and the epoch is abandoned.
+    /// the device, then Adam on every parameter in `state`. The tensors of the host parameters and their
+    /// Adam states are stale until [`RecGoat::device_download`]. The loss terms and the OAT solves' status
+    /// are read once, at the end of the step; after an error `state` is stale too (its updates may have run
+    /// on a non-finite loss), and the epoch is abandoned.
     ///
     /// # Errors
-    /// As [`RecGoat::batch_loss`] for the batch, [`Error::NonFinite`] for a non-finite loss (before any
-    /// update), the ops' errors.
+    /// As [`RecGoat::batch_loss`] for the batch, [`Error::NonFinite`] for a non-finite loss, the OAT solves'
+    /// errors ([`gpu::GpuAdaptiveCache::check`]), the ops' errors.
     pub(crate) fn device_step(
         &self,
-        p: &mut Params<f32>,
-        states: &mut [AdamState<f32>],
         adam: &Adam<f32>,
         state: &mut DeviceState,
         batch: &Batch,
@@ -446,8 +456,8 @@ impl RecGoat<f32> {
         let mut aligned = Vec::new();
         let mut oat = Vec::new();
         if let Some(op) = &self.oat {
-            for (b, delta) in branches.iter().zip(&p.deltas) {
-                let (a, c) = gpu::adaptive_transport_forward(ctx, op, &b.out, &zcf, delta.view())?;
+            for (b, delta) in branches.iter().zip(&state.params.deltas) {
+                let (a, c) = gpu::adaptive_transport_forward_with(ctx, op, &b.out, &zcf, delta)?;
                 aligned.push(a);
                 oat.push(c);
             }
@@ -502,8 +512,8 @@ impl RecGoat<f32> {
             None
         };
 
-        // the contrastive term
-        let mut cl = 0.0f64;
+        // the contrastive term (its loss values are read at the end of the step)
+        let mut cl_terms = Vec::new();
         if clw > 0.0 {
             let s_p = s_pos.as_ref().expect("built for the contrastive term");
             let s_n = selection(ctx, batch.neg.iter().copied(), ni)?;
@@ -540,14 +550,14 @@ impl RecGoat<f32> {
             };
             for pair in &pairs {
                 let (v1, v2) = (cl_views[pair.first].0, cl_views[pair.second].0);
-                let out = gpu::info_nce_on_device(ctx, v1, v2, None, None, &cfg)?;
-                let (value, scale) = match pair.term {
-                    PairTerm::InfoNce => (pair.weight * out.loss, pair.weight),
-                    PairTerm::OneMinusInfoNce => (pair.weight * (1.0 - out.loss), -pair.weight),
+                let out = gpu::info_nce_deferred(ctx, v1, v2, None, None, &cfg)?;
+                let scale = match pair.term {
+                    PairTerm::InfoNce => pair.weight,
+                    PairTerm::OneMinusInfoNce => -pair.weight,
                 };
-                cl += f64::from(value);
                 axpy(ctx, scale * clw, &out.grad_v1, &grads[pair.first])?;
                 axpy(ctx, scale * clw, &out.grad_v2, &grads[pair.second])?;
+                cl_terms.push((pair.term, pair.weight, out));
             }
             for ((_, target, sel), g) in cl_views.iter().zip(&grads) {
                 let acc = match target {
@@ -577,33 +587,9 @@ impl RecGoat<f32> {
             }
         }
 
-        // the loss, checked before any update
-        let terms = terms.download(ctx)?;
-        if let Some(((r, c), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                op: OP,
-                what: ["BPR term of a triple", "regulariser term of a triple"][c].into(),
-                index: r,
-                value: v.to_string(),
-            });
-        }
-        if !(cl.is_finite() && ot.is_finite()) {
-            return Err(Error::NonFinite {
-                op: OP,
-                what: "contrastive or sample-level OT loss".into(),
-                index: usize::from(cl.is_finite()),
-                value: if cl.is_finite() { ot } else { cl }.to_string(),
-            });
-        }
-        let inv_b = 1.0 / bsz as f64;
-        let bpr = terms.column(0).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
-        let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
-        let reg_value = f64::from(reg) * sq;
-
-        // backward: the gradients of the device-held tensors stay on the device (`small_grads`, in
-        // `DeviceState::small` order); the `Delta`s get theirs on the host
+        // backward: every gradient stays on the device (`small_grads`, in `DeviceState::small` order)
         let mut small_grads: Vec<GpuMatrix> = Vec::with_capacity(state.small.len());
-        let mut deltas_grad: Vec<Array2<f32>> = Vec::with_capacity(p.deltas.len());
+        let mut deltas_grad: Vec<GpuMatrix> = Vec::with_capacity(state.params.deltas.len());
         let mut fusion_grad: Option<GpuMatrix> = None;
         let mut norm_grads: Option<[GpuMatrix; 2]> = None;
         match &fusion {
@@ -637,10 +623,11 @@ impl RecGoat<f32> {
         if let Some(op) = &self.oat {
             for (m, cache) in oat.iter().enumerate() {
                 let (mo, ga) = (&branches[m].out, &g_aligned[m]);
-                let ag = gpu::adaptive_transport_backward(ctx, op, cache, mo, &zcf, Some(ga), 0.0)?;
+                let ag =
+                    gpu::adaptive_transport_backward_with(ctx, op, cache, mo, &zcf, Some(ga), 0.0)?;
                 axpy(ctx, 1.0, &ag.grad_m, &g_modal[m])?;
                 axpy(ctx, 1.0, &ag.grad_z, &g_zcf)?;
-                deltas_grad.push(ag.grad_delta.download(ctx)?);
+                deltas_grad.push(ag.grad_delta);
             }
         }
         for (m, (g, pass)) in g_modal.into_iter().zip(&branches).enumerate() {
@@ -652,6 +639,7 @@ impl RecGoat<f32> {
             let bg = self.branch_back(n_modal, bp, pass, g)?;
             small_grads.extend(bg.into_tensors());
         }
+        small_grads.extend(deltas_grad);
         small_grads.extend(fusion_grad);
         small_grads.extend(norm_grads.into_iter().flatten());
         let gz = zeros(n)?;
@@ -661,7 +649,7 @@ impl RecGoat<f32> {
         gpu::lightgcn_backward_into(ctx, &dm.adj, &gz, layers, &mut ge)?;
         scatter_add(ctx, &s_e, &geb, &ge)?;
 
-        // Adam: the table and the small parameters on the device, the `Delta`s on the host
+        // Adam, on the device
         gpu::adam_step(ctx, adam, &mut state.embedding, &ge, &mut state.adam)?;
         let params = state.params.tensors_mut();
         if params.len() != state.small.len() || small_grads.len() != state.small.len() {
@@ -675,9 +663,64 @@ impl RecGoat<f32> {
         for ((t, g), st) in params.into_iter().zip(&small_grads).zip(&mut state.small) {
             gpu::adam_step(ctx, adam, t, g, st)?;
         }
-        for ((t, g), &k) in p.deltas.iter_mut().zip(&deltas_grad).zip(&state.deltas) {
-            adam.step(t.view_mut(), g.view(), &mut states[k])?;
+        // what the step checks and reports, read together: the fused items' row norms, each InfoNCE
+        // term's norms and loss terms, the OAT solves' status and the BPR and regulariser terms
+        let fused_norms = (fusion.as_ref())
+            .and_then(|f| f.norm.as_ref())
+            .map(|(_, n)| n);
+        let statuses: Vec<&GpuMatrix> = oat.iter().filter_map(|c| c.status()).collect();
+        let mut reads: Vec<(&wgpu::Buffer, usize)> = Vec::new();
+        reads.extend(fused_norms.map(|n| (&n.buf, n.rows())));
+        for (_, _, out) in &cl_terms {
+            reads.extend(out.reads());
         }
+        reads.extend(statuses.iter().map(|m| (&m.buf, m.cols())));
+        reads.push((&terms.buf, 2 * bsz));
+        let mut values = ctx.read_many(OP, &reads)?.into_iter();
+        let mut next = |k: usize| values.by_ref().take(k).collect::<Vec<_>>();
+        if fused_norms.is_some() {
+            judge_norms(OP, "the fused items", &next(1)[0])?;
+        }
+        let mut cl = 0.0f64;
+        for (term, weight, out) in &cl_terms {
+            let norms = next(out.norms.len());
+            let loss = out.judge(&norms, &next(out.losses.len()))?;
+            cl += f64::from(match term {
+                PairTerm::InfoNce => weight * loss,
+                PairTerm::OneMinusInfoNce => weight * (1.0 - loss),
+            });
+        }
+        if let Some(op) = &self.oat {
+            for status in next(statuses.len()) {
+                gpu::judge_adaptive_status(&status, op)?;
+            }
+        }
+        let terms =
+            Array2::from_shape_vec((bsz, 2), next(1).remove(0)).map_err(|e| Error::Gpu {
+                op: OP,
+                reason: e.to_string(),
+            })?;
+        if let Some(((r, c), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                op: OP,
+                what: ["BPR term of a triple", "regulariser term of a triple"][c].into(),
+                index: r,
+                value: v.to_string(),
+            });
+        }
+        if !(cl.is_finite() && ot.is_finite()) {
+            return Err(Error::NonFinite {
+                op: OP,
+                what: "contrastive or sample-level OT loss".into(),
+                index: usize::from(cl.is_finite()),
+                value: if cl.is_finite() { ot } else { cl }.to_string(),
+            });
+        }
+        let inv_b = 1.0 / bsz as f64;
+        let bpr = terms.column(0).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
+        let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
+        let reg_value = f64::from(reg) * sq;
+
         let (cl, ot) = (cl as f32, ot as f32);
         let (bpr, reg_value) = (bpr as f32, reg_value as f32);
         Ok(LossParts {

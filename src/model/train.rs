@@ -238,8 +238,7 @@ impl<'d> Trainer<'d> {
             #[cfg(feature = "gpu")]
             if let Some(state) = device.as_mut() {
                 let t = Profile::start();
-                let (p, st) = (&mut self.params, &mut self.adam_states);
-                let loss = self.model.device_step(p, st, &adam, state, &batch, mode)?;
+                let loss = self.model.device_step(&adam, state, &batch, mode)?;
                 self.profile.record(Stage::Device, t.elapsed());
                 sum.total += f64::from(loss.total);
                 sum.bpr += f64::from(loss.bpr);
