@@ -1437,6 +1437,29 @@ mod model_backend {
         }
     }
 
+    /// A loss that turns non-finite mid-epoch (a learning rate of 1e30 overflows the scores after one step)
+    /// is an error on both backends: the CPU path stops before that step's update, the device-resident path
+    /// reads its losses at the epoch's end and abandons the epoch, keeping the parameters of its start.
+    #[test]
+    fn a_non_finite_loss_abandons_the_device_epoch() {
+        let Some(be) = gpu_backend() else { return };
+        let ds = common::tiny();
+        let cfg = RecGoatConfig {
+            lr: 1e30,
+            ..several_steps(RecGoatConfig::lightgcn())
+        };
+        let mut cpu = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+        let mut gpu = Trainer::new(cfg, &ds, be).unwrap();
+        let before = gpu.params().clone();
+        let e = cpu.run_epoch(|_, _| {}).unwrap_err();
+        assert!(matches!(e, Error::NonFinite { .. }), "cpu: {e}");
+        let e = gpu.run_epoch(|_, _| {}).unwrap_err();
+        assert!(matches!(e, Error::NonFinite { .. }), "gpu: {e}");
+        for ((n, a), (_, b)) in gpu.params().tensors().iter().zip(&before.tensors()) {
+            assert_eq!(a, b, "{n}: the epoch's start kept");
+        }
+    }
+
     #[test]
     fn paper_trains_device_resident_like_the_cpu() {
         trains_like_the_cpu("paper", several_steps(RecGoatConfig::paper()));

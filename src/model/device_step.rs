@@ -10,10 +10,12 @@
 //! graphs), BPR with the regulariser, the CMCL InfoNCE terms, the scatter-adds (SpMMs over the selection
 //! graphs' transposes), the backward passes and Adam.
 //!
-//! What still crosses per step: the batch's row ids and the dropout masks (drawn from the same seeds as the
-//! CPU path) go down; each InfoNCE term's loss and row-norm check and the fused items' row norms (checked
-//! as on the CPU) come up, and at the end of the step the loss terms and the OAT solves' status. No
-//! `(U + I) x d` or `I x d` matrix crosses, and no parameter or gradient. The OAT configurations whose
+//! What crosses per step: the batch's row ids and the dropout masks (drawn from the same seeds as the CPU
+//! path) go down, and nothing comes up: the host never waits for the device during an epoch. What a step
+//! checks and reports (the BPR and regulariser terms, each InfoNCE term's loss terms and row norms, the
+//! fused items' row norms, the OAT solves' status) stays on the device in a [`PendingLoss`] until
+//! [`RecGoat::device_losses`] reads the whole epoch's at once. No `(U + I) x d` or `I x d` matrix crosses,
+//! and no parameter or gradient. The OAT configurations whose
 //! `d x d` part runs on the host (unrolled gradients, the dense linear solver) move each map's `d x d`
 //! moments, `Delta` and `Delta`'s gradient across as well.
 //!
@@ -177,6 +179,29 @@ struct FusionPass {
     norm: Option<(gpu::GpuLayerNormCache, GpuMatrix)>,
     mask: Option<GpuMatrix>,
     items: GpuMatrix,
+}
+
+/// What a device step leaves to check and report, on the device until [`RecGoat::device_losses`] reads
+/// every step of an epoch at once.
+pub(crate) struct PendingLoss {
+    /// The fused items' L2 row norms (with `fusion_normalize`).
+    fused_norms: Option<GpuMatrix>,
+    /// Each CMCL pair: its term, weight and deferred InfoNCE (loss terms and norms).
+    cl_terms: Vec<(PairTerm, f32, gpu::DeferredInfoNce)>,
+    /// The OAT maps' forward states, for their solve status.
+    oat: Vec<gpu::GpuAdaptiveCache>,
+    /// BPR and regulariser term of each triple (`B x 2`).
+    terms: GpuMatrix,
+    bsz: usize,
+    reg: f32,
+    /// The sample-level OT loss (computed on the host).
+    ot: f64,
+}
+
+impl PendingLoss {
+    fn statuses(&self) -> impl Iterator<Item = &GpuMatrix> {
+        self.oat.iter().filter_map(|c| c.status())
+    }
 }
 
 /// A selection graph: row `k` picks row `rows[k]` of an `n`-row table (a gather by SpMM, a scatter-add by
@@ -411,20 +436,20 @@ impl RecGoat<f32> {
 
     /// One device-resident training step on `batch`: the forward pass, the losses and the backward pass on
     /// the device, then Adam on every parameter in `state`. The tensors of the host parameters and their
-    /// Adam states are stale until [`RecGoat::device_download`]. The loss terms and the OAT solves' status
-    /// are read once, at the end of the step; after an error `state` is stale too (its updates may have run
-    /// on a non-finite loss), and the epoch is abandoned.
+    /// Adam states are stale until [`RecGoat::device_download`]. Nothing is read back: the loss terms and
+    /// the deferred checks stay on the device in the [`PendingLoss`], for [`RecGoat::device_losses`] at the
+    /// end of the epoch. After an error there, `state` is stale too (later updates ran on a non-finite
+    /// loss), and the epoch is abandoned.
     ///
     /// # Errors
-    /// As [`RecGoat::batch_loss`] for the batch, [`Error::NonFinite`] for a non-finite loss, the OAT solves'
-    /// errors ([`gpu::GpuAdaptiveCache::check`]), the ops' errors.
+    /// As [`RecGoat::batch_loss`] for the batch, the ops' errors.
     pub(crate) fn device_step(
         &self,
         adam: &Adam<f32>,
         state: &mut DeviceState,
         batch: &Batch,
         mode: Mode,
-    ) -> Result<LossParts<f32>> {
+    ) -> Result<PendingLoss> {
         let dm = self.device();
         let ctx = &*dm.ctx;
         let (nu, ni, d) = (self.n_users, self.n_items, self.cfg.embedding_dim);
@@ -663,72 +688,95 @@ impl RecGoat<f32> {
         for ((t, g), st) in params.into_iter().zip(&small_grads).zip(&mut state.small) {
             gpu::adam_step(ctx, adam, t, g, st)?;
         }
-        // what the step checks and reports, read together: the fused items' row norms, each InfoNCE
-        // term's norms and loss terms, the OAT solves' status and the BPR and regulariser terms
-        let fused_norms = (fusion.as_ref())
-            .and_then(|f| f.norm.as_ref())
-            .map(|(_, n)| n);
-        let statuses: Vec<&GpuMatrix> = oat.iter().filter_map(|c| c.status()).collect();
-        let mut reads: Vec<(&wgpu::Buffer, usize)> = Vec::new();
-        reads.extend(fused_norms.map(|n| (&n.buf, n.rows())));
-        for (_, _, out) in &cl_terms {
-            reads.extend(out.reads());
-        }
-        reads.extend(statuses.iter().map(|m| (&m.buf, m.cols())));
-        reads.push((&terms.buf, 2 * bsz));
-        let mut values = ctx.read_many(OP, &reads)?.into_iter();
-        let mut next = |k: usize| values.by_ref().take(k).collect::<Vec<_>>();
-        if fused_norms.is_some() {
-            judge_norms(OP, "the fused items", &next(1)[0])?;
-        }
-        let mut cl = 0.0f64;
-        for (term, weight, out) in &cl_terms {
-            let norms = next(out.norms.len());
-            let loss = out.judge(&norms, &next(out.losses.len()))?;
-            cl += f64::from(match term {
-                PairTerm::InfoNce => weight * loss,
-                PairTerm::OneMinusInfoNce => weight * (1.0 - loss),
-            });
-        }
-        if let Some(op) = &self.oat {
-            for status in next(statuses.len()) {
-                gpu::judge_adaptive_status(&status, op)?;
-            }
-        }
-        let terms =
-            Array2::from_shape_vec((bsz, 2), next(1).remove(0)).map_err(|e| Error::Gpu {
-                op: OP,
-                reason: e.to_string(),
-            })?;
-        if let Some(((r, c), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                op: OP,
-                what: ["BPR term of a triple", "regulariser term of a triple"][c].into(),
-                index: r,
-                value: v.to_string(),
-            });
-        }
-        if !(cl.is_finite() && ot.is_finite()) {
-            return Err(Error::NonFinite {
-                op: OP,
-                what: "contrastive or sample-level OT loss".into(),
-                index: usize::from(cl.is_finite()),
-                value: if cl.is_finite() { ot } else { cl }.to_string(),
-            });
-        }
-        let inv_b = 1.0 / bsz as f64;
-        let bpr = terms.column(0).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
-        let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
-        let reg_value = f64::from(reg) * sq;
-
-        let (cl, ot) = (cl as f32, ot as f32);
-        let (bpr, reg_value) = (bpr as f32, reg_value as f32);
-        Ok(LossParts {
-            total: bpr + reg_value + clw * cl + otw * ot,
-            bpr,
-            reg: reg_value,
-            cl,
+        // what the step checks and reports stays on the device until the epoch's end
+        Ok(PendingLoss {
+            fused_norms: fusion.and_then(|f| f.norm).map(|(_, n)| n),
+            cl_terms,
+            oat,
+            terms,
+            bsz,
+            reg,
             ot,
         })
+    }
+
+    /// The losses of an epoch's device steps, read back together (one copy and one wait), and the checks
+    /// each step deferred, in step order: the fused items' row norms, each InfoNCE term's norms (the zero-row
+    /// error of the CPU path), the OAT solves' status, then a non-finite BPR, regulariser, contrastive or
+    /// sample-level OT term.
+    ///
+    /// # Errors
+    /// The first failed check, [`Error::Gpu`].
+    pub(crate) fn device_losses(&self, steps: &[PendingLoss]) -> Result<Vec<LossParts<f32>>> {
+        let ctx = &*self.device().ctx;
+        let mut reads: Vec<(&wgpu::Buffer, usize)> = Vec::new();
+        for st in steps {
+            reads.extend(st.fused_norms.as_ref().map(|n| (&n.buf, n.rows())));
+            for (_, _, out) in &st.cl_terms {
+                reads.extend(out.reads());
+            }
+            reads.extend(st.statuses().map(|m| (&m.buf, m.cols())));
+            reads.push((&st.terms.buf, 2 * st.bsz));
+        }
+        let mut values = ctx.read_many(OP, &reads)?.into_iter();
+        let mut next = |k: usize| values.by_ref().take(k).collect::<Vec<_>>();
+        let clw = self.cfg.cl_weight as f32;
+        let otw = self.cfg.ot_sample_weight as f32;
+        let mut out = Vec::with_capacity(steps.len());
+        for st in steps {
+            if st.fused_norms.is_some() {
+                judge_norms(OP, "the fused items", &next(1)[0])?;
+            }
+            let mut cl = 0.0f64;
+            for (term, weight, nce) in &st.cl_terms {
+                let norms = next(nce.norms.len());
+                let loss = nce.judge(&norms, &next(nce.losses.len()))?;
+                cl += f64::from(match term {
+                    PairTerm::InfoNce => weight * loss,
+                    PairTerm::OneMinusInfoNce => weight * (1.0 - loss),
+                });
+            }
+            if let Some(op) = &self.oat {
+                for status in next(st.statuses().count()) {
+                    gpu::judge_adaptive_status(&status, op)?;
+                }
+            }
+            let terms =
+                Array2::from_shape_vec((st.bsz, 2), next(1).remove(0)).map_err(|e| Error::Gpu {
+                    op: OP,
+                    reason: e.to_string(),
+                })?;
+            if let Some(((r, c), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    op: OP,
+                    what: ["BPR term of a triple", "regulariser term of a triple"][c].into(),
+                    index: r,
+                    value: v.to_string(),
+                });
+            }
+            let ot = st.ot;
+            if !(cl.is_finite() && ot.is_finite()) {
+                return Err(Error::NonFinite {
+                    op: OP,
+                    what: "contrastive or sample-level OT loss".into(),
+                    index: usize::from(cl.is_finite()),
+                    value: if cl.is_finite() { ot } else { cl }.to_string(),
+                });
+            }
+            let inv_b = 1.0 / st.bsz as f64;
+            let bpr = terms.column(0).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
+            let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
+            let reg_value = f64::from(st.reg) * sq;
+            let (cl, ot) = (cl as f32, ot as f32);
+            let (bpr, reg_value) = (bpr as f32, reg_value as f32);
+            out.push(LossParts {
+                total: bpr + reg_value + clw * cl + otw * ot,
+                bpr,
+                reg: reg_value,
+                cl,
+                ot,
+            });
+        }
+        Ok(out)
     }
 }

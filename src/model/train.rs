@@ -220,12 +220,14 @@ impl<'d> Trainer<'d> {
         let total = triples.len().div_ceil(cfg.batch_size);
         let mut sum = LossParts::<f64>::default();
         // on the GPU the parameters and their Adam states stay on the device for the epoch (device-resident
-        // step; the OAT corrections `Delta` excepted)
+        // step), and so do the steps' losses until the epoch's end
         #[cfg(feature = "gpu")]
         let mut device = self
             .model
             .device_state(&self.params, &self.adam_states)
             .transpose()?;
+        #[cfg(feature = "gpu")]
+        let mut pending = Vec::new();
         for (b, chunk) in triples.chunks(cfg.batch_size).enumerate() {
             let batch = Batch {
                 users: chunk.iter().map(|t| t.0).collect(),
@@ -238,12 +240,8 @@ impl<'d> Trainer<'d> {
             #[cfg(feature = "gpu")]
             if let Some(state) = device.as_mut() {
                 let t = Profile::start();
-                let loss = self.model.device_step(&adam, state, &batch, mode)?;
+                pending.push(self.model.device_step(&adam, state, &batch, mode)?);
                 self.profile.record(Stage::Device, t.elapsed());
-                sum.total += f64::from(loss.total);
-                sum.bpr += f64::from(loss.bpr);
-                sum.cl += f64::from(loss.cl);
-                sum.ot += f64::from(loss.ot);
                 on_batch(b + 1, total);
                 continue;
             }
@@ -269,8 +267,16 @@ impl<'d> Trainer<'d> {
         }
         #[cfg(feature = "gpu")]
         if let Some(state) = device {
+            let t = Profile::start();
+            for loss in self.model.device_losses(&pending)? {
+                sum.total += f64::from(loss.total);
+                sum.bpr += f64::from(loss.bpr);
+                sum.cl += f64::from(loss.cl);
+                sum.ot += f64::from(loss.ot);
+            }
             let (p, st) = (&mut self.params, &mut self.adam_states);
             self.model.device_download(&state, p, st)?;
+            self.profile.record(Stage::Device, t.elapsed());
         }
         let n = total.max(1) as f64;
         let mut log = EpochLog {
