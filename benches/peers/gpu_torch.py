@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timing import baby_adjacency
+from timing import baby_adjacency, baby_pairs
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -180,16 +180,6 @@ except ImportError as err:
 
 
 # --- A LightGCN training epoch on Baby (the `lightgcn()` preset as `model_epoch_lightgcn_baby` runs it)
-def baby_pairs():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    pairs = []
-    with open(os.path.join(root, "data", "baby", "train.txt")) as fh:
-        for line in fh:
-            t = [int(v) for v in line.split()]
-            pairs += [(t[0], i) for i in t[1:]]
-    return np.unique(np.array(pairs, dtype=np.int64), axis=0)
-
-
 PAIRS = baby_pairs()
 N_USERS = int(PAIRS[:, 0].max()) + 1
 N_ITEMS = N - N_USERS

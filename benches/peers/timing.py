@@ -16,11 +16,9 @@ def median_time(fn, reps=20, warmup=3):
     return statistics.median(ts)
 
 
-def baby_adjacency():
-    """The symmetric-normalised Baby user-item graph D^-1/2 A D^-1/2 (unique train pairs) as a CPU
-    torch CSR tensor, as benches/common/mod.rs builds it for the Rust benchmarks."""
+def baby_pairs():
+    """The unique (user, item) pairs of the bundled Baby training split, sorted, as an int64 array."""
     import numpy as np
-    import torch
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     pairs = []
@@ -28,7 +26,16 @@ def baby_adjacency():
         for line in fh:
             t = [int(v) for v in line.split()]
             pairs += [(t[0], i) for i in t[1:]]
-    pairs = np.unique(np.array(pairs), axis=0)
+    return np.unique(np.array(pairs, dtype=np.int64), axis=0)
+
+
+def baby_adjacency():
+    """The symmetric-normalised Baby user-item graph D^-1/2 A D^-1/2 (unique train pairs) as a CPU
+    torch CSR tensor, as benches/common/mod.rs builds it for the Rust benchmarks."""
+    import numpy as np
+    import torch
+
+    pairs = baby_pairs()
     users, items = pairs[:, 0].max() + 1, pairs[:, 1].max() + 1
     n = int(users + items)
     r = np.concatenate([pairs[:, 0], pairs[:, 1] + users])

@@ -573,61 +573,33 @@ impl GpuContext {
         buf: &wgpu::Buffer,
         count: usize,
     ) -> Result<Vec<T>> {
-        let bytes = (count * std::mem::size_of::<T>()) as u64;
-        if bytes == 0 {
-            return Ok(Vec::new());
-        }
-        let gpu_err = |reason: String| Error::Gpu { op, reason };
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("download"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.encoder();
-        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
-        self.submit(op, enc)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.synchronize()?;
-        rx.recv()
-            .map_err(|e| gpu_err(e.to_string()))?
-            .map_err(|e| gpu_err(e.to_string()))?;
-        let values: Vec<T> = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| gpu_err(e.to_string()))?;
-            bytemuck::cast_slice(&view).to_vec()
-        };
-        staging.unmap();
-        Ok(values)
+        Ok(self.read_many(op, &[(buf, count)])?.remove(0))
     }
 
     /// The first `count` values of each buffer, back to the host through one staging buffer: one copy
-    /// each, one submission and one wait for all of them (small results read together at the end of a
-    /// step).
-    pub(crate) fn read_many(
+    /// each, one submission and one wait for all of them (small results read together at the end of an
+    /// epoch).
+    pub(crate) fn read_many<T: bytemuck::Pod>(
         &self,
         op: &'static str,
         parts: &[(&wgpu::Buffer, usize)],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<Vec<T>>> {
+        let size = std::mem::size_of::<T>();
         let total: usize = parts.iter().map(|(_, n)| n).sum();
         if total == 0 {
             return Ok(parts.iter().map(|_| Vec::new()).collect());
         }
         let gpu_err = |reason: String| Error::Gpu { op, reason };
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("download many"),
-            size: (total * 4) as u64,
+            label: Some("download"),
+            size: (total * size) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let mut enc = self.encoder();
         let mut at = 0u64;
         for (buf, n) in parts {
-            let bytes = (*n * 4) as u64;
+            let bytes = (*n * size) as u64;
             if bytes > 0 {
                 enc.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
             }
@@ -642,7 +614,7 @@ impl GpuContext {
         rx.recv()
             .map_err(|e| gpu_err(e.to_string()))?
             .map_err(|e| gpu_err(e.to_string()))?;
-        let all: Vec<f32> = {
+        let all: Vec<T> = {
             let view = staging
                 .get_mapped_range(..)
                 .map_err(|e| gpu_err(e.to_string()))?;
