@@ -96,7 +96,8 @@ impl GpuAdaptiveCache {
             Solve::Device(s) => {
                 let d = self.shape.1;
                 let pot: Vec<f32> = ctx.read_buffer(OP, &s.pot, 2 * d)?;
-                let eps = f32::from_bits(ctx.read_buffer::<u32>(OP, &s.table, 13)?[12]);
+                let word = EPS_WORD as usize;
+                let eps = f32::from_bits(ctx.read_buffer::<u32>(OP, &s.table, word + 1)?[word]);
                 let mass: f32 = s.plan.download(ctx)?.sum();
                 let side = pot.iter().sum::<f32>() / d as f32;
                 Ok(side - eps * (mass - 1.0))
