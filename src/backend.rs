@@ -55,9 +55,11 @@ fn available_threads() -> usize {
 /// wgpu (see [`GpuBackend`]); without the `gpu` cargo feature it cannot be constructed ([`Backend::gpu`]
 /// returns [`crate::Error::GpuUnavailable`]). The enum is `#[non_exhaustive]`.
 ///
-/// Functions outside the model that take a `&Backend` (the Sinkhorn solvers, the OAT map) run their CPU
-/// code, with [`Backend::par`] as the parallelism, for either variant; their GPU twins are the functions of
-/// [`crate::gpu`], which take a [`crate::gpu::GpuContext`].
+/// Functions outside the model that take a `&Backend`: [`crate::transport::sinkhorn`],
+/// [`crate::transport::sinkhorn_batch`] and [`crate::transport::sinkhorn_divergence`] run their GPU twins
+/// (the functions of [`crate::gpu`]) on `Gpu` for f32 problems and refuse other float types there
+/// ([`crate::Error::Param`]); the OAT map ([`crate::transport::AdaptiveTransport`]) solves its plan through
+/// [`crate::transport::sinkhorn`] with the backend it is given, and runs the rest on the CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Backend {

@@ -1199,6 +1199,73 @@ fn softmax_fusion_matches_the_cpu() {
     assert!(matches!(e, Error::Empty { .. }), "{e}");
 }
 
+/// The `&Backend`-taking solvers run the GPU path on `Backend::Gpu` for f32 (the same numbers as the
+/// `gpu::` calls, close to the CPU's) and refuse f64 there.
+#[test]
+fn transport_solvers_run_on_a_gpu_backend() {
+    use recgoat_core::transport::{
+        sinkhorn, sinkhorn_batch, sinkhorn_divergence, BatchProblem, Epsilon, ErrorNorm, Geometry,
+        SinkhornConfig,
+    };
+    use recgoat_core::{Backend, GpuBackend};
+    let Some(sh) = shared() else { return };
+    let c = &**sh;
+    let be = Backend::Gpu(GpuBackend::new(sh.clone(), Par::Seq));
+    let cpu = Backend::Cpu(Par::Seq);
+    // power-of-two counts: the uniform weights sum to exactly 1 in f32
+    let x: Array2<f32> = randn(&mut rng(120), (32, 4));
+    let y: Array2<f32> = randn(&mut rng(121), (16, 4));
+    let (a, b) = (
+        ndarray::Array1::from_elem(32, 1.0f32 / 32.0),
+        ndarray::Array1::from_elem(16, 1.0f32 / 16.0),
+    );
+    let cfg = SinkhornConfig::new(Epsilon::Absolute(0.5)).with_tol(1e-5, ErrorNorm::L1);
+    for geom in [
+        Geometry::sq_euclidean(x.view(), y.view()).unwrap(),
+        Geometry::sq_euclidean_materialized(x.view(), y.view()).unwrap(),
+    ] {
+        let got = sinkhorn(&geom, a.view(), b.view(), &cfg, &be).unwrap();
+        let direct = gpu::sinkhorn(c, &geom, a.view(), b.view(), &cfg).unwrap();
+        let want = sinkhorn(&geom, a.view(), b.view(), &cfg, &cpu).unwrap();
+        assert_eq!(got.f, direct.f, "the backend call is the gpu:: call");
+        assert_eq!(got.iterations, direct.iterations);
+        Tolerance::new(1e-3, 1e-4).assert_scalar("value", got.value.into(), want.value.into());
+    }
+    let cost = Geometry::sq_euclidean(x.view(), y.view())
+        .unwrap()
+        .to_dense();
+    let dense = Geometry::dense(cost.view()).unwrap();
+    let batch = [BatchProblem {
+        geom: dense.clone(),
+        a: a.view(),
+        b: b.view(),
+    }];
+    let got = sinkhorn_batch(&batch, &cfg, &be).remove(0).unwrap();
+    let direct = gpu::sinkhorn_batch(c, &batch, &cfg).remove(0).unwrap();
+    assert_eq!(got.f, direct.f);
+    let got = sinkhorn_divergence(x.view(), y.view(), a.view(), b.view(), &cfg, &be).unwrap();
+    let direct = gpu::sinkhorn_divergence(c, x.view(), y.view(), a.view(), b.view(), &cfg).unwrap();
+    assert_eq!(got.value, direct.value);
+    assert_eq!(got.grad_x, direct.grad_x);
+    // f64 is refused on the GPU backend, by each
+    let (x64, y64) = (x.mapv(f64::from), y.mapv(f64::from));
+    let (a64, b64) = (a.mapv(f64::from), b.mapv(f64::from));
+    let cfg64 = SinkhornConfig::new(Epsilon::Absolute(0.5));
+    let g64 = Geometry::sq_euclidean(x64.view(), y64.view()).unwrap();
+    let e = sinkhorn(&g64, a64.view(), b64.view(), &cfg64, &be).unwrap_err();
+    assert!(matches!(e, Error::Param { .. }), "{e}");
+    let batch64 = [BatchProblem {
+        geom: g64,
+        a: a64.view(),
+        b: b64.view(),
+    }];
+    let e = sinkhorn_batch(&batch64, &cfg64, &be).remove(0).unwrap_err();
+    assert!(matches!(e, Error::Param { .. }), "{e}");
+    let e = sinkhorn_divergence(x64.view(), y64.view(), a64.view(), b64.view(), &cfg64, &be)
+        .unwrap_err();
+    assert!(matches!(e, Error::Param { .. }), "{e}");
+}
+
 #[test]
 fn sinkhorn_batch_solves_each_problem_in_order() {
     use recgoat_core::transport::{sinkhorn, BatchProblem, Epsilon, Geometry, SinkhornConfig};

@@ -44,6 +44,9 @@ pub struct DivergenceOutput<F> {
 /// use the symmetric averaged iteration `f <- (f + T(f)) / 2`, which converges in far fewer iterations
 /// than the alternating one on clustered clouds.
 ///
+/// On `Backend::Gpu` an f32 problem runs [`crate::gpu::sinkhorn_divergence`] (feature `gpu`), and another
+/// float type is an [`Error::Param`](crate::Error::Param).
+///
 /// # Errors
 /// As [`sinkhorn`] and [`Geometry::sq_euclidean`].
 ///
@@ -74,6 +77,10 @@ pub fn sinkhorn_divergence<F: Real>(
     cfg: &SinkhornConfig<F>,
     backend: &Backend,
 ) -> Result<DivergenceOutput<F>> {
+    #[cfg(feature = "gpu")]
+    if let Backend::Gpu(gpu) = backend {
+        return super::on_gpu::sinkhorn_divergence(gpu, (x, y), (a, b), cfg);
+    }
     let (n, m) = (x.nrows(), y.nrows());
     let bytes = [
         n.saturating_mul(m),

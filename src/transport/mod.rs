@@ -44,6 +44,8 @@ mod cost;
 pub(crate) mod cpu;
 pub(crate) mod divergence;
 mod grad;
+#[cfg(feature = "gpu")]
+mod on_gpu;
 pub mod reference;
 
 #[cfg(feature = "gpu")]
@@ -515,7 +517,9 @@ pub(crate) fn validate_problem<F: Real>(
 /// * `geom` - the cost ([`Geometry::dense`] or the online [`Geometry::sq_euclidean`]), n x m.
 /// * `a`, `b` - positive weights (n and m); equal masses when both sides are balanced.
 /// * `cfg` - eps, schedule, domain, stopping rule, marginal penalties.
-/// * `backend` - where to run (`Backend::Cpu(Par::Seq)` or parallel rows with `Par::Rayon`).
+/// * `backend` - where to run (`Backend::Cpu(Par::Seq)` or parallel rows with `Par::Rayon`); on
+///   `Backend::Gpu` an f32 problem is solved by [`crate::gpu::sinkhorn`] (feature `gpu`) and another float
+///   type is an [`Error::Param`].
 ///
 /// # Returns
 /// A [`SinkhornOutput`]: potentials, transport cost, regularised value, marginals, error history and the
@@ -550,6 +554,10 @@ pub fn sinkhorn<F: Real>(
     backend: &Backend,
 ) -> Result<SinkhornOutput<F>> {
     validate_problem("sinkhorn", geom, a, b, cfg)?;
+    #[cfg(feature = "gpu")]
+    if let Backend::Gpu(gpu) = backend {
+        return on_gpu::sinkhorn(gpu, geom, a, b, cfg);
+    }
     let par = backend.par();
     let target = cfg.eps.resolve(geom, par)?;
     cpu::solve(geom, a, b, cfg, target, par)
@@ -570,6 +578,9 @@ pub struct BatchProblem<'a, F: Real> {
 ///
 /// Each problem runs sequentially inside its task, so the batch parallelism does not oversubscribe the
 /// cores; the results are in input order and equal [`sinkhorn`] with `Par::Seq` on each problem.
+///
+/// On `Backend::Gpu` the batch goes to [`crate::gpu::sinkhorn_batch`] for f32 (feature `gpu`: the small
+/// problems in one dispatch); another float type is an [`Error::Param`] for every problem.
 ///
 /// # Returns
 /// One `Result` per problem: a bad problem does not spoil the others.
@@ -594,6 +605,10 @@ pub fn sinkhorn_batch<F: Real>(
     cfg: &SinkhornConfig<F>,
     backend: &Backend,
 ) -> Vec<Result<SinkhornOutput<F>>> {
+    #[cfg(feature = "gpu")]
+    if let Backend::Gpu(gpu) = backend {
+        return on_gpu::sinkhorn_batch(gpu, problems, cfg);
+    }
     let seq = Backend::Cpu(Par::Seq);
     map_items(backend.par(), problems, |p| {
         sinkhorn(&p.geom, p.a, p.b, cfg, &seq)
