@@ -42,7 +42,7 @@ pub struct GpuAdaptiveCache {
 #[derive(Debug)]
 enum Solve {
     Host(Box<PlanState<f32>>),
-    Device(DeviceSolve),
+    Device(Box<DeviceSolve>),
 }
 
 /// The device-side `d x d` state of one map.
@@ -56,6 +56,8 @@ struct DeviceSolve {
     pot: wgpu::Buffer,
     /// `[eps invalid (0 / 1), CG iterations or -1, CG relative residual]`.
     status: GpuMatrix,
+    /// The implicit gradient's settings (`None`: detached), as the forward pass found them.
+    implicit: Option<ImplicitConfig<f32>>,
 }
 
 /// The stage table word of the one-problem table that holds eps (header of 8 words, then the stage's 4
@@ -94,13 +96,15 @@ impl GpuAdaptiveCache {
         match &self.solve {
             Solve::Host(s) => Ok(s.value),
             Solve::Device(s) => {
-                let d = self.shape.1;
-                let pot: Vec<f32> = ctx.read_buffer(OP, &s.pot, 2 * d)?;
-                let word = EPS_WORD as usize;
-                let eps = f32::from_bits(ctx.read_buffer::<u32>(OP, &s.table, word + 1)?[word]);
-                let mass: f32 = s.plan.download(ctx)?.sum();
+                let (d, word) = (self.shape.1, EPS_WORD as usize);
+                // the table's eps word holds f32 bits
+                let parts = [(&s.pot, 2 * d), (&s.table, word + 1), (&s.plan.buf, d * d)];
+                let [pot, table, plan]: [Vec<f32>; 3] = ctx
+                    .read_many(OP, &parts)?
+                    .try_into()
+                    .expect("three parts read");
                 let side = pot.iter().sum::<f32>() / d as f32;
-                Ok(side - eps * (mass - 1.0))
+                Ok(side - table[word] * (plan.iter().sum::<f32>() - 1.0))
             }
         }
     }
@@ -315,9 +319,11 @@ pub fn adaptive_transport_forward_with(
     record_col_sums(ctx, &mut enc, z, Some(z), &zsq)?;
     let scale = oat.config().cost_scale;
     let map = GpuMatrix::zeros(ctx, d, d)?;
-    let solve = if device_plan(oat, d).is_some() {
-        let s = record_device_solve(ctx, &mut enc, oat, n, (&mtz, &msq, &zsq), delta, &map)?;
-        Solve::Device(s)
+    let solve = if let Some(implicit) = device_plan(oat, d) {
+        let moments = (&mtz, &msq, &zsq);
+        let ic = implicit.copied();
+        let s = record_device_solve(ctx, &mut enc, (oat, ic), n, moments, (delta, &map))?;
+        Solve::Device(Box::new(s))
     } else {
         // the d x d solve on the host
         ctx.submit(OP, enc)?;
@@ -358,15 +364,15 @@ pub fn adaptive_transport_forward_with(
     ))
 }
 
-/// Records the device solve of one map: the cost and eps, the Sinkhorn iterations, the plan and `map`.
+/// Records the device solve of one map (`implicit`: its gradient's settings, `None` for detached): the cost
+/// and eps, the Sinkhorn iterations, the plan and `map`.
 fn record_device_solve(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
-    oat: &AdaptiveTransport<f32>,
+    (oat, implicit): (&AdaptiveTransport<f32>, Option<ImplicitConfig<f32>>),
     n: usize,
     (mtz, msq, zsq): (&GpuMatrix, &GpuMatrix, &GpuMatrix),
-    delta: &GpuMatrix,
-    map: &GpuMatrix,
+    (delta, map): (&GpuMatrix, &GpuMatrix),
 ) -> Result<DeviceSolve> {
     const OP: &str = "gpu::adaptive_transport_forward";
     let cfg = &oat.config().sinkhorn;
@@ -415,11 +421,7 @@ fn record_device_solve(
         d: du,
         eps_word: EPS_WORD,
         _pad0: [0; 2],
-        factor: if oat.config().barycentric {
-            d as f32
-        } else {
-            1.0
-        },
+        factor: oat.plan_factor(d),
         _pad1: [0.0; 3],
     });
     let k = Kernel::new("oat_map.wgsl", "oat_map");
@@ -441,6 +443,7 @@ fn record_device_solve(
         table,
         pot,
         status,
+        implicit,
     })
 }
 
@@ -509,7 +512,7 @@ pub fn adaptive_transport_backward_with(
     let k = 2.0 * oat.config().cost_scale / n as f32;
     let (gcd, rows, cols) = match &cache.solve {
         Solve::Device(s) => {
-            let ic = device_plan(oat, d).expect("solved on the device");
+            let ic = s.implicit.as_ref();
             let gc = GpuMatrix::zeros(ctx, d, d)?;
             let (rows, cols) = (GpuMatrix::zeros(ctx, 1, d)?, GpuMatrix::zeros(ctx, 1, d)?);
             let ip = ctx.uniform_from(&ImplicitParams {
@@ -517,11 +520,7 @@ pub fn adaptive_transport_backward_with(
                 through_plan: u32::from(ic.is_some() && grad_out.is_some()),
                 max_iter: u32_of(OP, ic.map_or(0, |c| c.max_iter))?,
                 eps_word: EPS_WORD,
-                factor: if oat.config().barycentric {
-                    d as f32
-                } else {
-                    1.0
-                },
+                factor: oat.plan_factor(d),
                 grad_value,
                 k,
                 ridge_factor: ic.map_or(0.0, |c| c.ridge),

@@ -51,6 +51,8 @@ pub(crate) mod dense;
 #[cfg(feature = "gpu")]
 mod divergence;
 #[cfg(feature = "gpu")]
+pub(crate) mod f32_twin;
+#[cfg(feature = "gpu")]
 mod knn;
 #[cfg(feature = "gpu")]
 mod matrix;

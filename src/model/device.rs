@@ -2,8 +2,9 @@
 //! OAT maps and the contrastive loss, forward and backward, run on the device through [`crate::gpu`]. The user-item
 //! graph and the attended kNN graphs are uploaded once, when the model is built; each call uploads its
 //! dense input and reads its output back, and a GAT layer's forward state stays on the device for its
-//! backward pass. The rest of a step (the projections, the OAT maps' `d x d` solves, fusion, BPR, the
-//! sample-level OT loss, the optimizer) runs on the host.
+//! backward pass. The sample-level OT loss reaches the GPU through [`crate::transport::sinkhorn_divergence`]
+//! on the model's backend. The rest of a step (the projections, fusion, BPR, the optimizer) runs on the
+//! host.
 //!
 //! The GPU kernels are f32, so this path serves `RecGoat<f32>` only; building a model of another float
 //! type on a GPU backend is an [`Error::Param`].
@@ -12,20 +13,13 @@ use crate::attention::{GatGrads, GatLayer, GatParams, Mode};
 use crate::backend::GpuBackend;
 use crate::contrastive::{InfoNceConfig, InfoNceOutput};
 use crate::error::{Error, Result};
+use crate::gpu::f32_twin::{from_f32, same, to_f32};
 use crate::gpu::{self, GpuAttentionGraph, GpuContext, GpuGatCache, GpuGraph, GpuMatrix};
 use crate::graph::CsrGraph;
 use crate::simd::Real;
-use crate::transport::{AdaptiveGrads, AdaptiveTransport, DivergenceOutput, SinkhornConfig};
+use crate::transport::{AdaptiveGrads, AdaptiveTransport};
 use ndarray::{Array1, Array2, ArrayView2};
-use std::any::TypeId;
 use std::sync::Arc;
-
-/// `a` as a `&B` when `A` and `B` are the same type.
-fn same<A: 'static, B: 'static>(a: &A) -> Option<&B> {
-    (TypeId::of::<A>() == TypeId::of::<B>())
-        // SAFETY: A and B are the same type.
-        .then(|| unsafe { &*(a as *const A).cast::<B>() })
-}
 
 /// The f32 twin of a value of the model's float type (which the GPU backend requires to be f32).
 fn as_f32<'a, A: 'static, B: 'static>(a: &'a A, what: &str) -> Result<&'a B> {
@@ -37,14 +31,6 @@ fn as_f32<'a, A: 'static, B: 'static>(a: &'a A, what: &str) -> Result<&'a B> {
             "the GPU path runs f32 models only: use RecGoat::<f32>",
         )
     })
-}
-
-fn to_f32<F: Real>(x: ArrayView2<'_, F>) -> Array2<f32> {
-    x.mapv(|v| v.to_f32().expect("f32 holds every Real"))
-}
-
-fn from_f32<F: Real>(x: Array2<f32>) -> Array2<F> {
-    x.mapv(|v| F::c(f64::from(v)))
 }
 
 fn upload<F: Real>(ctx: &GpuContext, x: ArrayView2<'_, F>) -> Result<GpuMatrix> {
@@ -244,39 +230,6 @@ impl DeviceModel {
             grad_m: download(ctx, &gg.grad_m)?,
             grad_z: download(ctx, &gg.grad_z)?,
             grad_delta: download(ctx, &gg.grad_delta)?,
-        })
-    }
-
-    /// The debiased Sinkhorn divergence between `x` and `y` with weights `w` on both sides, on the device
-    /// ([`gpu::sinkhorn_divergence`]).
-    ///
-    /// # Errors
-    /// As [`gpu::sinkhorn_divergence`].
-    pub(crate) fn sinkhorn_divergence<F: Real>(
-        &self,
-        x: ArrayView2<'_, F>,
-        y: ArrayView2<'_, F>,
-        w: ndarray::ArrayView1<'_, F>,
-        cfg: &SinkhornConfig<F>,
-    ) -> Result<DivergenceOutput<F>> {
-        let ctx = &*self.ctx;
-        let w32 = w.mapv(|v| v.to_f32().expect("f32 holds every Real"));
-        let (x32, y32) = (to_f32(x), to_f32(y));
-        let cfg = as_f32(cfg, "config")?;
-        let d = gpu::sinkhorn_divergence(ctx, x32.view(), y32.view(), w32.view(), w32.view(), cfg)?;
-        let back = |v: f32| F::c(f64::from(v));
-        let back1 = |v: ndarray::Array1<f32>| v.mapv(back);
-        Ok(DivergenceOutput {
-            value: back(d.value),
-            ot_xy: back(d.ot_xy),
-            ot_xx: back(d.ot_xx),
-            ot_yy: back(d.ot_yy),
-            eps: back(d.eps),
-            grad_x: from_f32(d.grad_x),
-            grad_y: from_f32(d.grad_y),
-            grad_a: back1(d.grad_a),
-            grad_b: back1(d.grad_b),
-            converged: d.converged,
         })
     }
 

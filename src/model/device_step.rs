@@ -54,10 +54,9 @@ pub(crate) struct DeviceState {
     embedding: GpuMatrix,
     adam: GpuAdamState,
     params: DeviceParams,
-    /// The Adam states of [`DeviceParams::tensors_mut`], in that order.
+    /// The Adam states of [`DeviceParams::tensors_mut`], in that order: [`Params::tensors`]' after the
+    /// table.
     small: Vec<GpuAdamState>,
-    /// Where those tensors are in [`Params::tensors`] order.
-    held: Vec<usize>,
 }
 
 /// The small parameters on the device: every branch (projection and GAT layers), the OAT corrections
@@ -85,15 +84,6 @@ impl DeviceParams {
         }
         v
     }
-}
-
-/// Whether [`Params::tensors`]' tensor `name` lives on the device in [`DeviceParams`].
-fn device_held(name: &str) -> bool {
-    name.starts_with("branch")
-        || name.starts_with("user_branch")
-        || name.starts_with("delta")
-        || name == "fusion"
-        || name.starts_with("norm.")
 }
 
 /// A branch's parameters on the device.
@@ -192,8 +182,6 @@ pub(crate) struct PendingLoss {
     oat: Vec<gpu::GpuAdaptiveCache>,
     /// BPR and regulariser term of each triple (`B x 2`).
     terms: GpuMatrix,
-    bsz: usize,
-    reg: f32,
     /// The sample-level OT loss (computed on the host).
     ot: f64,
 }
@@ -242,17 +230,6 @@ impl RecGoat<f32> {
         let dm = self.device.as_deref()?;
         let ctx = &*dm.ctx;
         Some((|| {
-            // every tensor but the table (the first) is one of `DeviceParams`
-            let names: Vec<String> = p.tensors().into_iter().map(|(name, _)| name).collect();
-            if let Some(k) = (1..names.len()).find(|&k| !device_held(&names[k])) {
-                return Err(Error::param(
-                    OP,
-                    "parameter",
-                    &names[k],
-                    "has no device copy",
-                ));
-            }
-            let held: Vec<usize> = (1..names.len()).collect();
             let branch = |b: &Branch<f32>| DeviceBranch::upload(ctx, &self.gat, b);
             let mut state = DeviceState {
                 embedding: GpuMatrix::upload(ctx, p.embedding.view())?,
@@ -268,15 +245,19 @@ impl RecGoat<f32> {
                         .map(|n| GpuLayerNorm::upload(ctx, n))
                         .transpose()?,
                 },
-                small: (held.iter())
-                    .map(|&k| GpuAdamState::upload(ctx, &states[k]))
+                small: (states[1..].iter())
+                    .map(|st| GpuAdamState::upload(ctx, st))
                     .collect::<Result<_>>()?,
-                held,
             };
-            // the device order must be the host order of the same tensors
+            // every tensor but the table (the first) is one of `DeviceParams`, in the host order
             let n = state.params.tensors_mut().len();
-            if n != state.held.len() {
-                return Err(Error::shape(OP, "device-held tensors", state.held.len(), n));
+            if n != state.small.len() {
+                return Err(Error::shape(
+                    OP,
+                    "device-held tensors",
+                    state.small.len(),
+                    n,
+                ));
             }
             Ok(state)
         })())
@@ -308,8 +289,8 @@ impl RecGoat<f32> {
         if let (Some(dst), Some(n)) = (p.norm.as_mut(), &dp.norm) {
             *dst = n.download(ctx)?;
         }
-        for (&k, st) in state.held.iter().zip(&state.small) {
-            states[k] = st.download(ctx)?;
+        for (dst, st) in states[1..].iter_mut().zip(&state.small) {
+            *dst = st.download(ctx)?;
         }
         Ok(())
     }
@@ -694,8 +675,6 @@ impl RecGoat<f32> {
             cl_terms,
             oat,
             terms,
-            bsz,
-            reg,
             ot,
         })
     }
@@ -716,7 +695,7 @@ impl RecGoat<f32> {
                 reads.extend(out.reads());
             }
             reads.extend(st.statuses().map(|m| (&m.buf, m.cols())));
-            reads.push((&st.terms.buf, 2 * st.bsz));
+            reads.push((&st.terms.buf, 2 * st.terms.rows()));
         }
         let mut values = ctx.read_many(OP, &reads)?.into_iter();
         let mut next = |k: usize| values.by_ref().take(k).collect::<Vec<_>>();
@@ -742,9 +721,11 @@ impl RecGoat<f32> {
                 }
             }
             let terms =
-                Array2::from_shape_vec((st.bsz, 2), next(1).remove(0)).map_err(|e| Error::Gpu {
-                    op: OP,
-                    reason: e.to_string(),
+                Array2::from_shape_vec((st.terms.rows(), 2), next(1).remove(0)).map_err(|e| {
+                    Error::Gpu {
+                        op: OP,
+                        reason: e.to_string(),
+                    }
                 })?;
             if let Some(((r, c), v)) = terms.indexed_iter().find(|(_, v)| !v.is_finite()) {
                 return Err(Error::NonFinite {
@@ -763,10 +744,10 @@ impl RecGoat<f32> {
                     value: if cl.is_finite() { ot } else { cl }.to_string(),
                 });
             }
-            let inv_b = 1.0 / st.bsz as f64;
+            let inv_b = 1.0 / st.terms.rows() as f64;
             let bpr = terms.column(0).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
             let sq = terms.column(1).iter().map(|&v| f64::from(v)).sum::<f64>() * inv_b;
-            let reg_value = f64::from(st.reg) * sq;
+            let reg_value = f64::from(self.cfg.reg_weight as f32) * sq;
             let (cl, ot) = (cl as f32, ot as f32);
             let (bpr, reg_value) = (bpr as f32, reg_value as f32);
             out.push(LossParts {

@@ -1017,10 +1017,6 @@ impl<F: Real> RecGoat<F> {
         y: ArrayView2<'_, F>,
         w: ndarray::ArrayView1<'_, F>,
     ) -> Result<DivergenceOutput<F>> {
-        #[cfg(feature = "gpu")]
-        if let Some(dm) = &self.device {
-            return dm.sinkhorn_divergence(x, y, w, &self.sample_ot);
-        }
         sinkhorn_divergence(x, y, w, w, &self.sample_ot, &self.backend)
     }
 

@@ -215,7 +215,8 @@ impl<F: Real> AdaptiveTransport<F> {
         &state.plan * self.plan_factor(state.plan.nrows()) + delta
     }
 
-    fn plan_factor(&self, d: usize) -> F {
+    /// The plan's factor in the map: `d` (barycentric) or 1.
+    pub(crate) fn plan_factor(&self, d: usize) -> F {
         if self.cfg.barycentric {
             F::from_usize(d).expect("d fits")
         } else {

@@ -5,16 +5,16 @@
 use super::{BatchProblem, DivergenceOutput, Geometry, SinkhornConfig, SinkhornOutput};
 use crate::backend::GpuBackend;
 use crate::error::{Error, Result};
+use crate::gpu::f32_twin::{same, same_owned, to_f32};
 use crate::simd::Real;
 use ndarray::{Array1, Array2, ArrayView1};
-use std::any::Any;
 
 /// The configuration as `SinkhornConfig<f32>` when `F` is f32 (checked at run time).
 fn f32_config<'a, F: Real>(
     op: &'static str,
     cfg: &'a SinkhornConfig<F>,
 ) -> Result<&'a SinkhornConfig<f32>> {
-    (cfg as &dyn Any).downcast_ref().ok_or_else(|| {
+    same(cfg).ok_or_else(|| {
         Error::param(
             op,
             "float type",
@@ -26,17 +26,7 @@ fn f32_config<'a, F: Real>(
 
 /// An f32 result as the caller's float type (which the call checked is f32).
 fn back<T: 'static, U: 'static>(x: T) -> U {
-    *(Box::new(x) as Box<dyn Any>)
-        .downcast::<U>()
-        .expect("the float type was checked to be f32")
-}
-
-fn vec32<F: Real>(v: ArrayView1<'_, F>) -> Array1<f32> {
-    v.mapv(|x| x.to_f32().expect("f32 holds every Real"))
-}
-
-fn mat32<F: Real>(m: ndarray::ArrayView2<'_, F>) -> Array2<f32> {
-    m.mapv(|x| x.to_f32().expect("f32 holds every Real"))
+    same_owned(x).expect("the float type was checked to be f32")
 }
 
 /// The f32 data of a geometry (a copy; the types were checked to be equal), to view as a [`Geometry`].
@@ -52,10 +42,10 @@ enum Data {
 impl Data {
     fn of<F: Real>(geom: &Geometry<'_, F>) -> Data {
         match geom {
-            Geometry::Dense(c) => Data::Dense(mat32(c.view())),
+            Geometry::Dense(c) => Data::Dense(to_f32(c.view())),
             Geometry::SqEuclidean(pc) => Data::Cloud {
-                x: mat32(pc.x),
-                y: mat32(pc.y),
+                x: to_f32(pc.x),
+                y: to_f32(pc.y),
                 materialized: geom.is_materialized(),
             },
         }
@@ -83,7 +73,7 @@ pub(super) fn sinkhorn<F: Real>(
 ) -> Result<SinkhornOutput<F>> {
     let cfg = f32_config("sinkhorn", cfg)?;
     let data = Data::of(geom);
-    let (a, b) = (vec32(a), vec32(b));
+    let (a, b) = (to_f32(a), to_f32(b));
     let out = crate::gpu::sinkhorn(gpu.context(), &data.geometry()?, a.view(), b.view(), cfg)?;
     Ok(back(out))
 }
@@ -99,7 +89,7 @@ pub(super) fn sinkhorn_batch<F: Real>(
     };
     let data: Vec<(Data, Array1<f32>, Array1<f32>)> = problems
         .iter()
-        .map(|p| (Data::of(&p.geom), vec32(p.a), vec32(p.b)))
+        .map(|p| (Data::of(&p.geom), to_f32(p.a), to_f32(p.b)))
         .collect();
     let mut geoms = Vec::with_capacity(data.len());
     for (d, _, _) in &data {
@@ -131,7 +121,7 @@ pub(super) fn sinkhorn_divergence<F: Real>(
     cfg: &SinkhornConfig<F>,
 ) -> Result<DivergenceOutput<F>> {
     let cfg = f32_config("sinkhorn_divergence", cfg)?;
-    let (x, y, a, b) = (mat32(x), mat32(y), vec32(a), vec32(b));
+    let (x, y, a, b) = (to_f32(x), to_f32(y), to_f32(a), to_f32(b));
     let out = crate::gpu::sinkhorn_divergence(
         gpu.context(),
         x.view(),
