@@ -1,3 +1,4 @@
+// requires: lib/reduce256.wgsl
 // RecGOAT's OAT map on the device: the d x d part of its backward pass (one workgroup of 256 invocations,
 // d <= 256; invocation t owns row t and column t). With G = factor x dL/dDelta = dL/dT:
 //
@@ -37,33 +38,10 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> col_sums: array<f32>;
 @group(0) @binding(7) var<storage, read_write> status: array<f32>;
 
-const T: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
-var<workgroup> shared_f: f32;
 var<workgroup> ehf: array<f32, 256>;
 var<workgroup> dinv: array<f32, 256>;
 var<workgroup> dir: array<f32, 256>;
 var<workgroup> u: array<f32, 256>;
-
-// the sum (or the max) of v over the workgroup, uniform; call from uniform control flow only
-fn reduce(t: u32, v: f32, take_max: bool) -> f32 {
-    red[t] = v;
-    workgroupBarrier();
-    for (var half = T / 2u; half > 0u; half = half / 2u) {
-        if (t < half) {
-            if (take_max) {
-                red[t] = max(red[t], red[t + half]);
-            } else {
-                red[t] += red[t + half];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (t == 0u) {
-        shared_f = red[0];
-    }
-    return workgroupUniformLoad(&shared_f);
-}
 
 @compute @workgroup_size(256, 1, 1)
 fn oat_implicit(@builtin(local_invocation_id) lid: vec3<u32>) {
@@ -99,7 +77,7 @@ fn oat_implicit(@builtin(local_invocation_id) lid: vec3<u32>) {
         }
         dinv[t] = dinv_t;
         ehf[t] = ehf_t;
-        let ridge = p.ridge_factor * reduce(t, c, true);
+        let ridge = p.ridge_factor * reduce256(t, c, true);
         var rhs = 0.0;
         if (live) {
             rhs = ehg_t;
@@ -111,7 +89,7 @@ fn oat_implicit(@builtin(local_invocation_id) lid: vec3<u32>) {
         var x_t = 0.0;
         var res_t = rhs;
         dir[t] = rhs;
-        var rr = reduce(t, rhs * rhs, false);
+        var rr = reduce256(t, rhs * rhs, false);
         let bnorm = sqrt(rr);
         var iters = 0u;
         var converged = bnorm == 0.0;
@@ -140,14 +118,14 @@ fn oat_implicit(@builtin(local_invocation_id) lid: vec3<u32>) {
                     }
                     ad = (c + ridge) * dir[t] - s;
                 }
-                let curv = reduce(t, dir[t] * ad, false);
+                let curv = reduce256(t, dir[t] * ad, false);
                 if (!(curv > 0.0 && curv <= 3.4028235e38)) {
                     break;
                 }
                 let step = rr / curv;
                 x_t += step * dir[t];
                 res_t -= step * ad;
-                let rr_new = reduce(t, res_t * res_t, false);
+                let rr_new = reduce256(t, res_t * res_t, false);
                 dir[t] = res_t + (rr_new / rr) * dir[t];
                 rr = rr_new;
                 workgroupBarrier();

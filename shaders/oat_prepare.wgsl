@@ -1,3 +1,4 @@
+// requires: lib/reduce256.wgsl
 // RecGOAT's OAT map on the device, step 1 of its d x d solve (one workgroup of 256 invocations): the
 // dimension cost from its moments, C_ab = max(0, s (|m_a|^2 / I + |z_b|^2 / I - 2 (M^T Z)_ab / I)) as
 // transport::dimension_cost_from_moments computes it, and the Sinkhorn eps (factor x the mean cost, or the
@@ -23,9 +24,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> cost: array<f32>;
 @group(0) @binding(5) var<storage, read_write> table: array<u32>;
 
-const T: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
-
 @compute @workgroup_size(256, 1, 1)
 fn oat_prepare(@builtin(local_invocation_id) lid: vec3<u32>) {
     let t = lid.x;
@@ -38,18 +36,11 @@ fn oat_prepare(@builtin(local_invocation_id) lid: vec3<u32>) {
         cost[e] = max(c, 0.0);
         acc += max(c, 0.0);
     }
-    red[t] = acc;
-    workgroupBarrier();
-    for (var half = T / 2u; half > 0u; half = half / 2u) {
-        if (t < half) {
-            red[t] += red[t + half];
-        }
-        workgroupBarrier();
-    }
+    let total = reduce256(t, acc, false);
     if (t == 0u) {
         var eps = p.factor;
         if (p.relative == 1u) {
-            eps = p.factor * red[0] / f32(dd);
+            eps = p.factor * total / f32(dd);
         }
         table[p.eps_word] = bitcast<u32>(eps);
     }

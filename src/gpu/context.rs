@@ -88,12 +88,12 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     (
         "oat_implicit.wgsl",
-        include_str!("../../shaders/oat_implicit.wgsl"),
+        composed!("oat_implicit.wgsl", "reduce256.wgsl"),
     ),
     ("oat_map.wgsl", include_str!("../../shaders/oat_map.wgsl")),
     (
         "oat_prepare.wgsl",
-        include_str!("../../shaders/oat_prepare.wgsl"),
+        composed!("oat_prepare.wgsl", "reduce256.wgsl"),
     ),
     ("ot_plan.wgsl", include_str!("../../shaders/ot_plan.wgsl")),
     (
