@@ -78,6 +78,10 @@ struct Args {
     /// Contrastive temperature (RecGOAT presets).
     #[arg(long)]
     cl_temperature: Option<f64>,
+    /// Contrastive term over every batch row, duplicate users and items included (RecGOAT presets; the
+    /// released code's way; `paper()` uses the rows with distinct users and items).
+    #[arg(long)]
+    cl_all_rows: bool,
     /// Graph-attention layers per modality (RecGOAT presets).
     #[arg(long)]
     gat_layers: Option<usize>,
@@ -149,6 +153,7 @@ fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error>
         set!(cl_weight <- cl_weight, cl_temperature <- cl_temperature, gat_layers <- gat_layers,
              ot_sample_weight <- ot_weight);
         c.user_user |= args.user_user;
+        c.cl_distinct_rows &= !args.cl_all_rows;
         c.fusion_normalize &= !args.no_fusion_normalize;
         if args.fusion_cf_init.is_some() {
             c.fusion_cf_init = args.fusion_cf_init;

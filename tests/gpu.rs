@@ -1409,9 +1409,9 @@ mod model_backend {
         let Some(be) = gpu_backend() else { return };
         let ds = common::tiny();
         let batch = Batch {
-            users: vec![0, 3, 5, 8, 2],
-            pos: vec![0, 3, 1, 4, 10],
-            neg: vec![7, 11, 2, 6, 9],
+            users: vec![0, 3, 5, 8, 2, 3, 6],
+            pos: vec![0, 3, 1, 4, 10, 5, 1],
+            neg: vec![7, 11, 2, 6, 9, 8, 0],
         };
         for (name, cfg) in [
             ("paper", small(RecGoatConfig::paper(), true)),

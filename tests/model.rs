@@ -22,17 +22,22 @@ fn tiny_config(base: RecGoatConfig) -> RecGoatConfig {
         oat_tol: 1e-13,
         oat_iters: 20_000,
         ot_sample_tol: 1e-13,
+        // the batch repeats an item, which slows the sample-level solve at eps 0.05 past its 1000-iteration
+        // cap; at 0.5 it reaches 1e-13, so the check sees the converged value and its gradient
+        ot_sample_eps: 0.5,
         // the masks stay in the check whatever the preset's dropout
         dropout: 0.1,
         ..base
     }
 }
 
+/// A batch with a repeated user (row 5) and a repeated positive item (row 6): the contrastive term of
+/// `paper()` drops both rows, `official_code()` keeps them.
 fn batch() -> Batch {
     Batch {
-        users: vec![0, 3, 5, 8, 2],
-        pos: vec![0, 3, 1, 4, 10],
-        neg: vec![7, 11, 2, 6, 9],
+        users: vec![0, 3, 5, 8, 2, 3, 6],
+        pos: vec![0, 3, 1, 4, 10, 5, 1],
+        neg: vec![7, 11, 2, 6, 9, 8, 0],
     }
 }
 
@@ -81,6 +86,54 @@ fn gradient_check(cfg: RecGoatConfig) {
         let analytic = (&g * &dir.tensors()[k].1).sum();
         Tolerance::new(1e-5, 1e-8).assert_scalar(&tname, analytic, numeric);
     }
+}
+
+/// `paper()`'s contrastive term is the all-rows term on the batch's distinct rows, and differs from the
+/// all-rows term on a batch with repeats; BPR and the regulariser still see every row.
+#[test]
+fn contrastive_term_runs_on_the_distinct_rows() {
+    let ds = tiny();
+    let cfg = tiny_config(RecGoatConfig::paper());
+    assert!(cfg.cl_distinct_rows);
+    let all_rows = RecGoatConfig {
+        cl_distinct_rows: false,
+        ..cfg.clone()
+    };
+    let distinct = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let every = RecGoat::<f64>::new(all_rows, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let p = distinct.init_params();
+    let (b, rows) = (batch(), batch().distinct_rows());
+    assert_eq!(rows.users, vec![0, 3, 5, 8, 2]);
+    assert_eq!(rows.pos, vec![0, 3, 1, 4, 10]);
+    let a = distinct.loss(&p, &b, Mode::Eval).unwrap();
+    let c = every.loss(&p, &rows, Mode::Eval).unwrap();
+    let e = every.loss(&p, &b, Mode::Eval).unwrap();
+    assert!(a.cl > 0.0);
+    assert!((a.cl - c.cl).abs() <= 1e-12 * c.cl, "{} vs {}", a.cl, c.cl);
+    assert!(
+        (a.cl - e.cl).abs() > 1e-3 * e.cl,
+        "the repeats change the all-rows term: {} vs {}",
+        a.cl,
+        e.cl
+    );
+    assert_eq!(a.bpr, e.bpr);
+    assert_eq!(a.reg, e.reg);
+}
+
+#[test]
+fn distinct_rows_keep_first_occurrences_in_order() {
+    assert_eq!(Batch::default().distinct_rows(), Batch::default());
+    let b = Batch {
+        users: vec![4, 4, 1, 2, 1, 7],
+        pos: vec![3, 9, 3, 5, 6, 0],
+        neg: vec![0, 1, 2, 3, 4, 5],
+    };
+    // row 1 repeats user 4 and row 2 item 3; row 2 being dropped, user 1 counts as new at row 4
+    let d = b.distinct_rows();
+    assert_eq!(d.users, vec![4, 2, 1, 7]);
+    assert_eq!(d.pos, vec![3, 5, 6, 0]);
+    assert_eq!(d.neg, vec![0, 3, 4, 5]);
+    assert_eq!(d.distinct_rows(), d);
 }
 
 #[test]

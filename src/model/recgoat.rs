@@ -79,6 +79,35 @@ impl Batch {
         }
         Ok(bsz)
     }
+
+    /// The rows whose user and positive item both appear for the first time, in batch order: no two rows
+    /// share a user or a positive item. The contrastive term runs on these rows when
+    /// [`RecGoatConfig::cl_distinct_rows`] is set, so that no row's in-batch negatives hold its own user or
+    /// its own item (a duplicate would be a false negative, pushing a user away from its own positives).
+    ///
+    /// # Example
+    /// ```
+    /// use recgoat_core::model::Batch;
+    /// let batch = Batch { users: vec![0, 1, 0, 2, 3], pos: vec![5, 5, 6, 7, 8], neg: vec![1, 2, 3, 4, 0] };
+    /// let rows = batch.distinct_rows();
+    /// // row 1 repeats item 5, row 2 repeats user 0
+    /// assert_eq!(rows, Batch { users: vec![0, 2, 3], pos: vec![5, 7, 8], neg: vec![1, 4, 0] });
+    /// ```
+    pub fn distinct_rows(&self) -> Batch {
+        let mut seen_users = std::collections::HashSet::new();
+        let mut seen_items = std::collections::HashSet::new();
+        let mut out = Batch::default();
+        for ((&u, &p), &n) in self.users.iter().zip(&self.pos).zip(&self.neg) {
+            if !seen_users.contains(&u) && !seen_items.contains(&p) {
+                seen_users.insert(u);
+                seen_items.insert(p);
+                out.users.push(u);
+                out.pos.push(p);
+                out.neg.push(n);
+            }
+        }
+        out
+    }
 }
 
 /// The terms of the training loss of one batch (`total` is their weighted sum).
@@ -937,7 +966,15 @@ impl<F: Real> RecGoat<F> {
                 ..InfoNceConfig::default()
             };
             let zcf = fwd.collaborative_items();
-            let mut views = vec![u.clone(), ip.clone()];
+            let distinct;
+            let (batch, mut views) = if self.cfg.cl_distinct_rows {
+                distinct = batch.distinct_rows();
+                let u = nn::gather(fwd.users.view(), &distinct.users)?;
+                let ip = nn::gather(fwd.items.view(), &distinct.pos)?;
+                (&distinct, vec![u, ip])
+            } else {
+                (batch, vec![u.clone(), ip.clone()])
+            };
             // where each view's gradient goes: 0 users, 1 fused items, 2 collaborative items, 3 + m modality m
             let mut targets: Vec<(usize, &[usize])> = vec![(0, &batch.users), (1, &batch.pos)];
             let pairs = match self.cfg.cmcl {
