@@ -107,9 +107,9 @@ pub struct RecGoatConfig {
     pub cl_temperature: f64,
     /// Run the contrastive term on the batch rows with a user and a positive item not seen earlier in the
     /// batch ([`Batch::distinct_rows`](super::Batch::distinct_rows)), so that a duplicate user or item is
-    /// never an in-batch negative of itself. `paper()` sets it: with every row, `paper()` lost to `lightgcn()` on
-    /// Last.fm-2k at 100 epochs; with distinct rows it wins there (README). `official_code()` keeps every row,
-    /// duplicates included, as the released code does.
+    /// never an in-batch negative of itself. `paper()` sets it: with every row, `paper()` lost to
+    /// `lightgcn()` on Last.fm-2k at 100 epochs; with distinct rows it wins there (README). `official_code()`
+    /// keeps every row, duplicates included, as the released code does.
     #[serde(default)]
     pub cl_distinct_rows: bool,
     /// Contrastive objective.
@@ -200,8 +200,9 @@ impl RecGoatConfig {
 
     /// The released code's semantics (RECGOAT.md sections 3-5 and 7) for side-by-side comparison: plan
     /// without gradient and without the factor `d`, absolute eps 0.01 with 100 iterations, free fusion
-    /// scalars, the `1 - InfoNCE` CMCL at weight 0.1 over every batch row, dropout 0.1, regulariser 1e-4. The solve itself stays log-domain (the released scaling-domain solve
-    /// underflows to a zero plan); evaluation follows MMRec's protocol, not the released code's.
+    /// scalars, the `1 - InfoNCE` CMCL at weight 0.1 over every batch row, dropout 0.1, regulariser 1e-4. The
+    /// solve itself stays log-domain (the released scaling-domain solve underflows to a zero plan); evaluation
+    /// follows MMRec's protocol, not the released code's.
     pub fn official_code() -> Self {
         RecGoatConfig {
             name: "official_code".into(),

@@ -521,33 +521,31 @@ impl RecGoat<f32> {
         // the contrastive term (its loss values are read at the end of the step)
         let mut cl_terms = Vec::new();
         if clw > 0.0 {
-            // the rows of the term: every row (sharing the BPR gathers), or those with distinct users and items
-            let distinct = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
-            let own_rows = match &distinct {
-                Some(rows) => {
-                    let s_cu = selection(ctx, rows.users.iter().copied(), nu)?;
-                    let s_cp = selection(ctx, rows.pos.iter().copied(), ni)?;
-                    Some((s_cu, s_cp))
-                }
-                None => None,
-            };
-            let cl_batch = distinct.as_ref().unwrap_or(batch);
+            // the rows of the term: every row (sharing the BPR gathers and selections), or a subset with
+            // its own; each view below with where its gradient goes (0 users, 1 fused items,
+            // 2 collaborative items, 3 + m modality m) and the selection that gathered it
+            let subset = self.contrastive_subset(batch);
+            let cl_batch = subset.as_ref().unwrap_or(batch);
             let bsz = cl_batch.users.len();
-            let (s_u, s_p) = match &own_rows {
-                Some((s_cu, s_cp)) => (s_cu, s_cp),
+            let (own_sel, own_u);
+            let (s_u, s_p, zu, ip) = match &subset {
+                Some(rows) => {
+                    own_sel = (
+                        selection(ctx, rows.users.iter().copied(), nu)?,
+                        selection(ctx, rows.pos.iter().copied(), ni)?,
+                    );
+                    own_u = gather(ctx, &own_sel.0, &users)?;
+                    let ip = gather(ctx, &own_sel.1, items)?;
+                    (&own_sel.0, &own_sel.1, &own_u, ip)
+                }
                 None => (
                     &s_u,
                     s_pos.as_ref().expect("built for the contrastive term"),
+                    &zu,
+                    zi.rows_range(ctx, 0, bsz)?,
                 ),
             };
             let s_n = selection(ctx, cl_batch.neg.iter().copied(), ni)?;
-            // each view with where its gradient goes: 0 users, 1 fused items, 2 collaborative items,
-            // 3 + m modality m; and the selection that gathered it
-            let (cl_u, ip) = match &own_rows {
-                Some(_) => (Some(gather(ctx, s_u, &users)?), gather(ctx, s_p, items)?),
-                None => (None, zi.rows_range(ctx, 0, bsz)?),
-            };
-            let zu = cl_u.as_ref().unwrap_or(&zu);
             let mut owned: Vec<(GpuMatrix, usize, &GpuGraph)> = Vec::new();
             let pairs = match self.cfg.cmcl {
                 Cmcl::Paper => {

@@ -625,6 +625,12 @@ impl<F: Real> RecGoat<F> {
         self.modalities.is_empty()
     }
 
+    /// The rows of `batch` the contrastive term runs on when they are not all of them: its
+    /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], `None` otherwise.
+    pub(super) fn contrastive_subset(&self, batch: &Batch) -> Option<Batch> {
+        self.cfg.cl_distinct_rows.then(|| batch.distinct_rows())
+    }
+
     /// Fresh parameters from `cfg.seed`: `E^0 ~ N(0, 0.1^2)`, Xavier-uniform projections and `Delta`,
     /// GAT parameters as [`GatParams::init`], fusion weights with the collaborative view at
     /// `fusion_cf_init` and the modalities sharing the rest, LayerNorm at identity.
@@ -966,14 +972,13 @@ impl<F: Real> RecGoat<F> {
                 ..InfoNceConfig::default()
             };
             let zcf = fwd.collaborative_items();
-            let distinct;
-            let (batch, mut views) = if self.cfg.cl_distinct_rows {
-                distinct = batch.distinct_rows();
-                let u = nn::gather(fwd.users.view(), &distinct.users)?;
-                let ip = nn::gather(fwd.items.view(), &distinct.pos)?;
-                (&distinct, vec![u, ip])
-            } else {
-                (batch, vec![u.clone(), ip.clone()])
+            let subset = self.contrastive_subset(batch);
+            let (batch, mut views) = match &subset {
+                Some(rows) => {
+                    let u = nn::gather(fwd.users.view(), &rows.users)?;
+                    (rows, vec![u, nn::gather(fwd.items.view(), &rows.pos)?])
+                }
+                None => (batch, vec![u.clone(), ip.clone()]),
             };
             // where each view's gradient goes: 0 users, 1 fused items, 2 collaborative items, 3 + m modality m
             let mut targets: Vec<(usize, &[usize])> = vec![(0, &batch.users), (1, &batch.pos)];
