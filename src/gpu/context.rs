@@ -196,6 +196,41 @@ pub struct GpuContext {
     dispatch_cap: u32,
     pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
     profiler: Option<Profiler>,
+    counters: Counters,
+}
+
+/// Running totals of the host-side work a context has done, for counting what a training step costs
+/// (see [`GpuContext::counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    /// Compute dispatches recorded (each with its own bind group).
+    pub dispatches: u64,
+    /// Buffers created: storage, uniform and staging.
+    pub buffers: u64,
+    /// Command buffers submitted to the queue.
+    pub submissions: u64,
+}
+
+impl std::ops::Sub for GpuCounters {
+    type Output = GpuCounters;
+    fn sub(self, rhs: GpuCounters) -> GpuCounters {
+        GpuCounters {
+            dispatches: self.dispatches - rhs.dispatches,
+            buffers: self.buffers - rhs.buffers,
+            submissions: self.submissions - rhs.submissions,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    dispatches: std::sync::atomic::AtomicU64,
+    buffers: std::sync::atomic::AtomicU64,
+    submissions: std::sync::atomic::AtomicU64,
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -323,7 +358,30 @@ impl GpuContext {
             dispatch_cap,
             pipelines: Mutex::new(HashMap::new()),
             profiler,
+            counters: Counters::default(),
         })
+    }
+
+    /// The dispatches, buffer creations and submissions this context has made so far; the difference of
+    /// two readings is the cost of what ran between them.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # #[cfg(feature = "gpu")] {
+    /// use recgoat_core::gpu::{GpuContext, GpuMatrix};
+    /// let ctx = GpuContext::new().expect("a GPU adapter");
+    /// let before = ctx.counters();
+    /// let _m = GpuMatrix::zeros(&ctx, 4, 4).unwrap();
+    /// assert_eq!((ctx.counters() - before).buffers, 1);
+    /// # }
+    /// ```
+    pub fn counters(&self) -> GpuCounters {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        GpuCounters {
+            dispatches: get(&self.counters.dispatches),
+            buffers: get(&self.counters.buffers),
+            submissions: get(&self.counters.submissions),
+        }
     }
 
     /// The adapter's name (e.g. `"NVIDIA H100 80GB HBM3"`, `"llvmpipe (LLVM 15.0.6, 256 bits)"`).
@@ -430,6 +488,7 @@ impl GpuContext {
     /// A storage buffer holding `data` (at least 4 bytes: wgpu refuses empty bindings).
     pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
+        bump(&self.counters.buffers);
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let contents: &[u8] = if bytes.is_empty() { &[0u8; 4] } else { bytes };
         self.device
@@ -445,6 +504,7 @@ impl GpuContext {
     /// A zero-filled storage buffer of `bytes` bytes (at least 4). wgpu zero-initialises new buffers on the
     /// device, so nothing is built or copied on the host.
     pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        bump(&self.counters.buffers);
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
@@ -458,6 +518,7 @@ impl GpuContext {
     /// A uniform buffer holding `data`.
     pub(crate) fn uniform_from<T: bytemuck::Pod>(&self, data: &T) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
+        bump(&self.counters.buffers);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
@@ -530,6 +591,7 @@ impl GpuContext {
         groups: (u32, u32, u32),
     ) -> Result<()> {
         let pipeline = self.pipeline(k)?;
+        bump(&self.counters.dispatches);
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
             .iter()
@@ -590,6 +652,7 @@ impl GpuContext {
             return Ok(parts.iter().map(|_| Vec::new()).collect());
         }
         let gpu_err = |reason: String| Error::Gpu { op, reason };
+        bump(&self.counters.buffers);
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("download"),
             size: (total * size) as u64,
@@ -640,6 +703,7 @@ impl GpuContext {
     /// Submits `encoder`, catching validation errors as [`Error::Gpu`] for `op`.
     pub(crate) fn submit(&self, op: &'static str, encoder: wgpu::CommandEncoder) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        bump(&self.counters.submissions);
         self.queue.submit([encoder.finish()]);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {

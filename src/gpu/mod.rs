@@ -78,7 +78,7 @@ pub use attention::{
     GpuGatGrads, GpuGatParams, GAT_MAX_HEADS,
 };
 #[cfg(feature = "gpu")]
-pub use context::{GpuContext, GpuOptions, SHADERS};
+pub use context::{GpuContext, GpuCounters, GpuOptions, SHADERS};
 #[cfg(feature = "gpu")]
 pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
 #[cfg(feature = "gpu")]
