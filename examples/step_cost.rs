@@ -26,8 +26,14 @@ fn synthetic() -> Dataset {
         }
         test.push((u, (u * 7 + 3) % 40));
     }
-    Dataset::new("synthetic", train, vec![], test, vec![("a".into(), f1), ("b".into(), f2)])
-        .expect("a valid synthetic dataset")
+    Dataset::new(
+        "synthetic",
+        train,
+        vec![],
+        test,
+        vec![("a".into(), f1), ("b".into(), f2)],
+    )
+    .expect("a valid synthetic dataset")
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

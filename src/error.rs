@@ -220,32 +220,6 @@ pub(crate) fn check_finite_slice<F: num_traits::Float + std::fmt::Display>(
     check_finite(op, what, xs.iter().copied())
 }
 
-/// [`check_finite_array`] split over `par`'s chunks when the view is contiguous: for the large inputs of
-/// memory-bound ops (SpMM, propagation), where a one-thread scan of the input would be a serial phase as long
-/// as a sizeable part of the parallel op.
-pub(crate) fn check_finite_array_par<
-    F: crate::simd::Real + std::fmt::Display,
-    D: ndarray::Dimension,
->(
-    op: &'static str,
-    what: &str,
-    x: &ndarray::ArrayView<'_, F, D>,
-    par: crate::backend::Par,
-) -> Result<()> {
-    match (par, x.as_slice()) {
-        (crate::backend::Par::Rayon(_), Some(s)) => {
-            let all =
-                crate::backend::map_chunks(par, s.len(), |_, r| crate::simd::all_finite(&s[r]));
-            if all.into_iter().all(|ok| ok) {
-                Ok(())
-            } else {
-                check_finite(op, what, s.iter().copied())
-            }
-        }
-        _ => check_finite_array(op, what, x),
-    }
-}
-
 /// [`check_finite`] for an array view (fast when it is contiguous).
 pub(crate) fn check_finite_array<
     F: num_traits::Float + std::fmt::Display,

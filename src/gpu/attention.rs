@@ -171,14 +171,43 @@ impl GpuGatParams {
         })
     }
 
-    /// Every tensor, in [`GatParams`]' order (`w`, `a_src`, `a_dst`, `bias`, `w_res`), as
-    /// [`GpuGatGrads::param_grads`] lists their gradients.
-    pub(crate) fn tensors_mut(&mut self) -> Vec<&mut GpuMatrix> {
-        let mut v = vec![&mut self.w, &mut self.a_src];
-        v.extend(self.a_dst.as_mut());
-        v.extend(self.bias.as_mut());
-        v.extend(self.w_res.as_mut());
-        v
+    /// Parameters already on the device (handles on the given buffers), checked against `layer`'s shapes.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a tensor of another shape than `layer` gives its parameter.
+    pub(crate) fn from_parts(
+        layer: &GatLayer<f32>,
+        w: &GpuMatrix,
+        a_src: &GpuMatrix,
+        a_dst: Option<&GpuMatrix>,
+        bias: Option<&GpuMatrix>,
+        w_res: Option<&GpuMatrix>,
+    ) -> Result<Self> {
+        const OP: &str = "GpuGatParams::from_parts";
+        let cfg = layer.config();
+        let hc = cfg.heads * cfg.head_dim;
+        let want = (
+            (cfg.in_dim, hc),
+            (cfg.heads, cfg.head_dim),
+            ((cfg.scoring == crate::attention::Scoring::GatConv)
+                .then_some((cfg.heads, cfg.head_dim))),
+        );
+        let got = (
+            (w.rows(), w.cols()),
+            (a_src.rows(), a_src.cols()),
+            a_dst.map(|a| (a.rows(), a.cols())),
+        );
+        if want != got {
+            return Err(Error::shape(OP, "w, a_src, a_dst", want, got));
+        }
+        Ok(GpuGatParams {
+            w: w.alias(),
+            a_src: a_src.alias(),
+            a_dst: a_dst.map(GpuMatrix::alias),
+            bias: bias.map(GpuMatrix::alias),
+            w_res: w_res.map(GpuMatrix::alias),
+            shape: layer_shape(layer),
+        })
     }
 
     fn check(&self, op: &'static str, layer: &GatLayer<f32>) -> Result<()> {

@@ -457,9 +457,29 @@ impl GpuLayerNorm {
         })
     }
 
-    /// `gamma` and `beta`, in the order [`layer_norm_backward`] returns their gradients.
-    pub(crate) fn tensors_mut(&mut self) -> [&mut GpuMatrix; 2] {
-        [&mut self.gamma, &mut self.beta]
+    /// Parameters already on the device (`1 x d` handles on the given buffers).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for `gamma` and `beta` of different shapes or not one row; [`Error::Param`] for
+    /// `eps <= 0`.
+    pub(crate) fn from_parts(gamma: &GpuMatrix, beta: &GpuMatrix, eps: f32) -> Result<Self> {
+        const OP: &str = "GpuLayerNorm::from_parts";
+        if gamma.rows() != 1 || (gamma.rows(), gamma.cols()) != (beta.rows(), beta.cols()) {
+            return Err(Error::shape(
+                OP,
+                "gamma, beta (1 x d)",
+                (1, gamma.cols()),
+                ((gamma.rows(), gamma.cols()), (beta.rows(), beta.cols())),
+            ));
+        }
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(Error::param(OP, "eps", eps, "must be finite and > 0"));
+        }
+        Ok(GpuLayerNorm {
+            gamma: gamma.alias(),
+            beta: beta.alias(),
+            eps,
+        })
     }
 
     fn check(&self, op: &'static str, x: &GpuMatrix) -> Result<()> {

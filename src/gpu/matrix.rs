@@ -100,6 +100,15 @@ impl GpuMatrix {
     }
 
     /// Rows `r0..r0 + rows` of `self` as a new matrix (a copy on the device).
+    /// A second handle on the same buffer (no copy): for a caller that holds one tensor in two places.
+    pub(crate) fn alias(&self) -> GpuMatrix {
+        GpuMatrix {
+            buf: self.buf.clone(),
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+
     pub(crate) fn rows_range(&self, ctx: &GpuContext, r0: usize, rows: usize) -> Result<GpuMatrix> {
         let out = GpuMatrix::zeros(ctx, rows, self.cols)?;
         let mut enc = ctx.encoder();

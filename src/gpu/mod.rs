@@ -80,9 +80,9 @@ pub use attention::{
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuCounters, GpuOptions, SHADERS};
 #[cfg(feature = "gpu")]
-pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
+pub(crate) use contrastive::info_nce_deferred;
 #[cfg(feature = "gpu")]
-pub(crate) use contrastive::{info_nce_deferred, DeferredInfoNce};
+pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
 #[cfg(feature = "gpu")]
 pub use dense::{
     gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_backward_with,

@@ -1,8 +1,9 @@
 //! Sparse-dense products and LightGCN propagation, forward and backward.
 
 use super::CsrGraph;
+use crate::backend::check_finite_array_par;
 use crate::backend::{run_each, split_lengths, Par};
-use crate::error::{check_finite_array_par, Error, Result};
+use crate::error::{Error, Result};
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use std::sync::atomic::{AtomicBool, Ordering};

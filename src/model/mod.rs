@@ -4,14 +4,11 @@
 
 mod checkpoint;
 mod config;
-#[cfg(feature = "gpu")]
-mod device;
-#[cfg(feature = "gpu")]
-mod device_step;
 mod eval;
 mod params;
 mod profile;
 mod recgoat;
+mod step;
 mod train;
 
 pub use checkpoint::{write_atomic, write_npy_atomic};
@@ -19,5 +16,5 @@ pub use config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 pub use eval::{evaluate, evaluate_reference, Metrics};
 pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};
-pub use recgoat::{Batch, Forward, LossParts, OutputGrads, RecGoat};
+pub use recgoat::{Batch, Forward, LossParts, RecGoat};
 pub use train::{EpochLog, Split, TrainState, Trainer, EVAL_KS};

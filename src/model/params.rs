@@ -1,6 +1,6 @@
 //! The learnable parameters of [`super::RecGoat`], and the same structure used for their gradients.
 
-use crate::attention::{GatGrads, GatParams};
+use crate::attention::GatParams;
 use crate::nn::{LayerNorm, Linear};
 use crate::simd::Real;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
@@ -182,39 +182,4 @@ impl<F: Real> Params<F> {
             }),
         }
     }
-}
-
-/// Accumulates a column vector gradient into a parameter-shaped `Option<Array1>`.
-pub(crate) fn add1<F: Real>(dst: &mut Option<Array1<F>>, src: Option<Array1<F>>) {
-    if let (Some(d), Some(s)) = (dst.as_mut(), src) {
-        *d += &s;
-    }
-}
-
-/// Accumulates a matrix gradient into a parameter-shaped `Option<Array2>`.
-pub(crate) fn add2<F: Real>(dst: &mut Option<Array2<F>>, src: Option<Array2<F>>) {
-    if let (Some(d), Some(s)) = (dst.as_mut(), src) {
-        *d += &s;
-    }
-}
-
-/// Accumulates a GAT layer's parameter gradients (shaped as its parameters) into `dst`.
-pub(crate) fn add_gat<F: Real>(dst: &mut GatParams<F>, src: GatParams<F>) {
-    dst.w += &src.w;
-    dst.a_src += &src.a_src;
-    add2(&mut dst.a_dst, src.a_dst);
-    add1(&mut dst.bias, src.bias);
-    add2(&mut dst.w_res, src.w_res);
-}
-
-/// A layer's gradients split into its input gradient and its parameter gradients (shaped as the parameters).
-pub(crate) fn split_gat<F: Real>(g: GatGrads<F>) -> (Array2<F>, GatParams<F>) {
-    let params = GatParams {
-        w: g.grad_w,
-        a_src: g.grad_a_src,
-        a_dst: g.grad_a_dst,
-        bias: g.grad_bias,
-        w_res: g.grad_w_res,
-    };
-    (g.grad_x, params)
 }

@@ -1,28 +1,25 @@
 //! [`RecGoat`]: the graphs and inputs built once from a dataset, the forward pass over the full graphs, the
 //! batch losses, and the hand-written backward pass of the whole model.
 
-use super::config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
-use super::params::{add1, add_gat, split_gat, Branch, Params};
-use super::profile::{Profile, Stage};
-use crate::attention::{GatCache, GatConfig, GatGrads, GatLayer, GatParams, Mode, Scoring};
+use super::config::{Fusion, Modalities, OtGradient, RecGoatConfig};
+use super::params::{Branch, Params};
+use super::profile::Profile;
+use super::step::{Layout, State};
+use crate::attention::{GatConfig, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
-#[cfg(feature = "gpu")]
-use crate::contrastive::multi_view_with;
-use crate::contrastive::{
-    cmcl_official_pairs, cmcl_paper_pairs, multi_view_info_nce, InfoNceConfig, MultiViewOutput,
-    ViewPair,
-};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::graph::{bipartite_user_item, knn_graph, lightgcn_backward, lightgcn_forward};
+use crate::exec::cpu::CpuExec;
+use crate::exec::{Exec, Inputs};
+use crate::graph::{bipartite_user_item, knn_graph};
 use crate::graph::{CsrGraph, KnnConfig};
-use crate::nn::{self, Init, LayerNorm, LayerNormCache, Linear};
+use crate::nn::{self, Adam, AdamState, Init, LayerNorm, Linear};
 use crate::simd::Real;
 use crate::transport::{
-    sinkhorn_divergence, AdaptiveCache, AdaptiveGrads, AdaptiveTransport, AdaptiveTransportConfig,
-    DivergenceOutput, EpsScale, Epsilon, ErrorNorm, ImplicitConfig, PlanGradient, SinkhornConfig,
+    sinkhorn_divergence, AdaptiveTransport, AdaptiveTransportConfig, DivergenceOutput, EpsScale,
+    Epsilon, ErrorNorm, ImplicitConfig, PlanGradient, SinkhornConfig,
 };
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -129,17 +126,14 @@ pub struct LossParts<F> {
 #[derive(Debug, Clone)]
 pub(super) struct BranchInput<F> {
     pub(super) name: String,
-    /// Index of the branch's graph on the device: the modalities in order, then the user branch.
-    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
-    pub(super) slot: usize,
     pub(super) x: Array2<F>,
     pub(super) graph: CsrGraph<F>,
 }
 
 /// The reference RecGOAT model bound to a dataset: the normalised user-item graph, the modality features
 /// and their kNN graphs are built once here; [`RecGoat::init_params`] draws parameters, and
-/// [`RecGoat::forward`] / [`RecGoat::batch_loss`] / [`RecGoat::backward`] compute the loss and its exact
-/// gradient for any parameter set.
+/// [`RecGoat::forward`] and [`RecGoat::loss_and_grad`] compute the outputs, the loss and its exact gradient
+/// for any parameter set, on the model's backend.
 ///
 /// # Example
 /// ```
@@ -153,9 +147,9 @@ pub(super) struct BranchInput<F> {
 /// let model = RecGoat::<f64>::new(cfg, &ds, Backend::default()).unwrap();
 /// let params = model.init_params();
 /// let batch = Batch { users: vec![0, 1], pos: vec![1, 2], neg: vec![3, 0] };
-/// let fwd = model.forward(&params, Mode::Train { seed: 7 }, None).unwrap();
-/// let (loss, out_grads) = model.batch_loss(&params, &fwd, &batch, None).unwrap();
-/// let grads = model.backward(&params, &fwd, out_grads, None).unwrap();
+/// let fwd = model.forward(&params, Mode::Eval, None).unwrap();
+/// assert_eq!((fwd.users.dim(), fwd.items.dim()), ((3, 4), (4, 4)));
+/// let (loss, grads) = model.loss_and_grad(&params, &batch, Mode::Train { seed: 7 }, None).unwrap();
 /// assert!(loss.total.is_finite() && grads.embedding.dim() == (7, 4));
 /// ```
 #[derive(Debug, Clone)]
@@ -170,135 +164,64 @@ pub struct RecGoat<F: Real> {
     pub(super) oat: Option<AdaptiveTransport<F>>,
     pub(super) sample_ot: SinkhornConfig<F>,
     pub(super) backend: Backend,
-    /// The graphs on the device, with [`Backend::Gpu`].
-    #[cfg(feature = "gpu")]
-    pub(super) device: Option<std::sync::Arc<super::device::DeviceModel>>,
+    /// The inputs on the device, with [`Backend::Gpu`].
+    device: crate::exec::Device,
     /// Name and shape of every parameter tensor, in [`Params::tensors`] order.
     pub(super) shapes: Vec<(String, (usize, usize))>,
+    /// Which of those tensors is which parameter.
+    pub(super) layout: Layout,
 }
 
-/// Cache of one branch's forward pass.
-#[derive(Debug, Clone)]
-struct BranchCache<F> {
-    layers: Vec<LayerCache<F>>,
-    out: Array2<F>,
-}
-
-#[derive(Debug, Clone)]
-struct LayerCache<F> {
-    gat: LayerState<F>,
-    pre: Array2<F>,
-    mask: Option<Array2<F>>,
-}
-
-/// Gradients of a batch's aligned rows and collaborative rows (one modality's sample-level OT term).
-pub(super) type RowGrads<F> = (Array2<F>, Array2<F>);
-
-/// An OAT map's forward state: on the host, or on the device (with its plan read back) with the GPU backend.
-// one per modality in a forward cache: the variants' size difference costs nothing worth a box
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-enum OatState<F: Real> {
-    Cpu(AdaptiveCache<F>),
-    #[cfg(feature = "gpu")]
-    Gpu {
-        state: std::sync::Arc<super::device::DeviceOat>,
-        plan: Array2<F>,
-    },
-}
-
-/// A GAT layer's forward state: on the host, or on the device with the GPU backend.
-// one per layer in a forward cache: the variants' size difference costs nothing worth a box
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-enum LayerState<F> {
-    Cpu(GatCache<F>),
-    #[cfg(feature = "gpu")]
-    Gpu(std::sync::Arc<super::device::DeviceGat>),
-}
-
-#[derive(Debug, Clone)]
-struct FusionCache<F> {
-    weights: Array1<F>,
-    /// LayerNorm cache and the row norms of the L2 normalisation (`None` without `fusion_normalize`).
-    norm: Option<(LayerNormCache<F>, Array1<F>)>,
-    mask: Option<Array2<F>>,
-}
-
-/// Everything [`RecGoat::forward`] computed: the final user and item vectors (scores are their dot
-/// products) and what [`RecGoat::backward`] needs.
+/// What [`RecGoat::forward`] computed, on the host: the final user and item vectors (scores are their dot
+/// products) and the intermediate embeddings worth inspecting.
 #[derive(Debug, Clone)]
 pub struct Forward<F: Real> {
     /// Final user vectors, `U x d`.
     pub users: Array2<F>,
     /// Final item vectors (fused and L2-normalised; LightGCN's when ID-only), `I x d`.
     pub items: Array2<F>,
-    z: Array2<F>,
-    branches: Vec<BranchCache<F>>,
-    user_branch: Option<BranchCache<F>>,
-    aligned: Vec<Array2<F>>,
-    oat: Vec<OatState<F>>,
-    fusion: Option<FusionCache<F>>,
+    zcf: Array2<F>,
+    modal: Vec<Array2<F>>,
+    plans: Vec<Array2<F>>,
 }
 
 impl<F: Real> Forward<F> {
     /// The modality embeddings `z^m` (branch outputs), in modality order.
     pub fn modality_embeddings(&self) -> Vec<ArrayView2<'_, F>> {
-        self.branches.iter().map(|b| b.out.view()).collect()
+        self.modal.iter().map(|m| m.view()).collect()
     }
     /// The collaborative (LightGCN) item vectors `z^cf`.
     pub fn collaborative_items(&self) -> ArrayView2<'_, F> {
-        self.z.slice(s![self.z.nrows() - self.items.nrows().., ..])
+        self.zcf.view()
     }
     /// The OAT transport plans, one per modality (empty when OAT is off).
     pub fn plans(&self) -> Vec<&Array2<F>> {
-        self.oat
-            .iter()
-            .map(|c| match c {
-                OatState::Cpu(c) => c.plan(),
-                #[cfg(feature = "gpu")]
-                OatState::Gpu { plan, .. } => plan,
-            })
-            .collect()
+        self.plans.iter().collect()
     }
 }
 
-/// `dLoss/d` of the forward outputs, from [`RecGoat::batch_loss`]; dense, zero where the batch did not reach.
-#[derive(Debug, Clone)]
-pub struct OutputGrads<F> {
-    users: Array2<F>,
-    items: Array2<F>,
-    z: Array2<F>,
-    modal: Vec<Array2<F>>,
-    aligned: Vec<Array2<F>>,
-    /// The regulariser's gradient on ego-embedding rows: `(row ids, one gradient row per id)`.
-    embedding: Vec<(Vec<usize>, Array2<F>)>,
-}
-
-fn scatter_add<F: Real>(dst: &mut Array2<F>, ids: &[usize], rows: ArrayView2<'_, F>) {
-    for (&id, r) in ids.iter().zip(rows.rows()) {
-        dst.row_mut(id).scaled_add(F::one(), &r);
-    }
-}
-
-/// The fused views in order: the collaborative items, then per modality the OAT output (or, without OAT, the
-/// branch output).
-fn fusion_views<'a, F: Real>(
-    zcf: ArrayView2<'a, F>,
-    aligned: &'a [Array2<F>],
-    branches: &'a [BranchCache<F>],
-) -> Vec<ArrayView2<'a, F>> {
-    let mut views = vec![zcf];
-    if aligned.is_empty() {
-        views.extend(branches.iter().map(|b| b.out.view()));
-    } else {
-        views.extend(aligned.iter().map(|a| a.view()));
-    }
-    views
-}
+/// Gradients of a batch's aligned rows and collaborative rows (one modality's sample-level OT term).
+pub(super) type RowGrads<F> = (Array2<F>, Array2<F>);
 
 fn cast<F: Real>(x: f64) -> F {
     F::c(x)
+}
+
+/// Runs `$body` with `$ex` bound to the model's backend ([`Exec`]): the one place the backend is chosen.
+macro_rules! with_exec {
+    ($model:expr, $ex:ident => $body:expr) => {
+        match &$model.device {
+            #[cfg(feature = "gpu")]
+            Some(dev) => {
+                let $ex = dev.exec::<F>();
+                $body
+            }
+            _ => {
+                let $ex = CpuExec::new($model.inputs());
+                $body
+            }
+        }
+    };
 }
 
 impl<F: Real> RecGoat<F> {
@@ -352,8 +275,7 @@ impl<F: Real> RecGoat<F> {
         };
         let modalities = selected
             .iter()
-            .enumerate()
-            .map(|(slot, (name, x))| {
+            .map(|(name, x)| {
                 let mut x: Array2<F> = x.mapv(|v| F::c(v as f64));
                 if cfg.normalize_features {
                     nn::normalize_nonzero_rows_in_place(&mut x);
@@ -361,7 +283,6 @@ impl<F: Real> RecGoat<F> {
                 let graph = knn_graph(x.view(), &knn, par)?;
                 Ok(BranchInput {
                     name: name.clone(),
-                    slot,
                     x,
                     graph,
                 })
@@ -396,7 +317,6 @@ impl<F: Real> RecGoat<F> {
             let graph = knn_graph(profiles.view(), &knn, par)?;
             Some(BranchInput {
                 name: "users".into(),
-                slot: modalities.len(),
                 x: profiles,
                 graph,
             })
@@ -452,149 +372,118 @@ impl<F: Real> RecGoat<F> {
             oat,
             sample_ot,
             backend,
-            #[cfg(feature = "gpu")]
             device: None,
             shapes: Vec::new(),
+            layout: Layout::default(),
         };
-        model.attach_device()?;
-        model.shapes = model
-            .init_params()
-            .tensors()
-            .iter()
+        model.device = crate::exec::attach(&model.inputs())?;
+        let init = model.init_params();
+        model.shapes = (init.tensors().iter())
             .map(|(n, t)| (n.clone(), t.dim()))
             .collect();
+        model.layout = Layout::of(&init);
         Ok(model)
     }
 
-    /// With [`Backend::Gpu`], uploads the user-item graph and the attended graphs (the model must be
-    /// `RecGoat<f32>`); without the `gpu` feature a GPU backend cannot exist, so this is a no-op.
-    fn attach_device(&mut self) -> Result<()> {
-        #[cfg(feature = "gpu")]
-        if let Backend::Gpu(gb) = &self.backend {
-            let graphs: Vec<&CsrGraph<F>> = self
-                .modalities
-                .iter()
-                .chain(&self.user_input)
-                .map(|b| &b.graph)
-                .collect();
-            let features: Vec<&Array2<F>> = self
-                .modalities
-                .iter()
-                .chain(&self.user_input)
-                .map(|b| &b.x)
-                .collect();
-            let dm = super::device::DeviceModel::new(gb, &self.adj, &self.gat, &graphs, &features)?;
-            self.device = Some(std::sync::Arc::new(dm));
-        }
-        Ok(())
-    }
-
-    /// LightGCN over the user-item graph, or (`backward`) its gradient, on the model's backend.
-    fn propagate(&self, x: ArrayView2<'_, F>, backward: bool) -> Result<Array2<F>> {
-        let layers = self.cfg.lightgcn_layers;
-        #[cfg(feature = "gpu")]
-        if let Some(dm) = &self.device {
-            return dm.propagate(x, layers, backward);
-        }
-        let par = self.backend.par();
-        if backward {
-            lightgcn_backward(&self.adj, x, layers, par)
-        } else {
-            lightgcn_forward(&self.adj, x, layers, par)
+    /// The fixed inputs the backends bind to.
+    fn inputs(&self) -> Inputs<'_, F> {
+        Inputs {
+            adj: &self.adj,
+            layers: self.cfg.lightgcn_layers,
+            branches: (self.modalities.iter().chain(&self.user_input))
+                .map(|b| (&b.x, &b.graph))
+                .collect(),
+            gat: &self.gat,
+            oat: self.oat.as_ref(),
+            backend: &self.backend,
         }
     }
 
-    /// One GAT layer of a branch on the model's backend.
-    fn gat_forward(
+    /// The forward pass over the full graphs on the model's backend: LightGCN, each modality branch, OAT,
+    /// fusion and the user-user branch. `mode` switches dropout (its masks come from the seed). `profile`,
+    /// when given, accumulates the time of each stage (on the CPU).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for parameters that do not fit the model, and the errors of the ops (NaN/Inf values,
+    /// a Sinkhorn solve that fails).
+    pub fn forward(
         &self,
-        gp: &GatParams<F>,
-        input: &BranchInput<F>,
-        h: ArrayView2<'_, F>,
+        p: &Params<F>,
         mode: Mode,
-    ) -> Result<(Array2<F>, LayerState<F>)> {
-        #[cfg(feature = "gpu")]
-        if let Some(dm) = &self.device {
-            let (out, state) = dm.gat_forward(input.slot, &self.gat, gp, h, mode)?;
-            return Ok((out, LayerState::Gpu(std::sync::Arc::new(state))));
-        }
-        let (out, cache) = self
-            .gat
-            .forward(gp, &input.graph, h, mode, self.backend.par())?;
-        Ok((out, LayerState::Cpu(cache)))
+        profile: Option<&mut Profile>,
+    ) -> Result<Forward<F>> {
+        self.check_params(p)?;
+        with_exec!(self, ex => {
+            let st = State::upload(&ex, p)?;
+            let fwd = self.forward_on(&ex, &st, mode, profile)?;
+            self.resolve_checks(&ex, &fwd)?;
+            Ok(Forward {
+                users: ex.download(&fwd.users)?,
+                items: ex.download(fwd.items())?,
+                zcf: ex.download(&fwd.zcf)?,
+                modal: fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?,
+                plans: fwd.oat().iter().map(|o| ex.oat_plan(o)).collect::<Result<_>>()?,
+            })
+        })
     }
 
-    /// The backward pass of [`RecGoat::gat_forward`].
-    fn gat_backward(
-        &self,
-        gp: &GatParams<F>,
-        input: &BranchInput<F>,
-        state: &LayerState<F>,
-        grad_out: ArrayView2<'_, F>,
-    ) -> Result<GatGrads<F>> {
-        match state {
-            LayerState::Cpu(cache) => {
-                self.gat
-                    .backward(gp, &input.graph, cache, grad_out, self.backend.par())
-            }
-            #[cfg(feature = "gpu")]
-            LayerState::Gpu(state) => {
-                let dm = self
-                    .device
-                    .as_ref()
-                    .expect("a device state comes from a model on the device");
-                dm.gat_backward(input.slot, &self.gat, gp, state, grad_out)
-            }
-        }
+    /// The final user and item vectors only (evaluation mode): what ranking needs.
+    ///
+    /// # Errors
+    /// As [`RecGoat::forward`].
+    pub fn embeddings(&self, p: &Params<F>) -> Result<(Array2<F>, Array2<F>)> {
+        self.check_params(p)?;
+        with_exec!(self, ex => {
+            let st = State::upload(&ex, p)?;
+            let fwd = self.forward_on(&ex, &st, Mode::Eval, None)?;
+            self.resolve_checks(&ex, &fwd)?;
+            Ok((ex.download(&fwd.users)?, ex.download(fwd.items())?))
+        })
     }
 
-    /// One OAT map on the model's backend.
-    fn oat_forward(
+    /// Loss and gradient of one batch (forward pass, losses, backward pass) on the model's backend.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] for an empty batch, [`Error::Shape`] for lists of different lengths or parameters
+    /// that do not fit, [`Error::Param`] for an id out of range, [`Error::NonFinite`] for a non-finite
+    /// loss term, and the ops' errors.
+    pub fn loss_and_grad(
         &self,
-        op: &AdaptiveTransport<F>,
-        m: ArrayView2<'_, F>,
-        z: ArrayView2<'_, F>,
-        delta: ArrayView2<'_, F>,
-    ) -> Result<(Array2<F>, OatState<F>)> {
-        #[cfg(feature = "gpu")]
-        if let Some(dm) = &self.device {
-            let (aligned, plan, state) = dm.oat_forward(op, m, z, delta)?;
-            let state = std::sync::Arc::new(state);
-            return Ok((aligned, OatState::Gpu { state, plan }));
-        }
-        let (aligned, cache) = op.forward(m, z, delta, &self.backend)?;
-        Ok((aligned, OatState::Cpu(cache)))
+        p: &Params<F>,
+        batch: &Batch,
+        mode: Mode,
+        profile: Option<&mut Profile>,
+    ) -> Result<(LossParts<F>, Params<F>)> {
+        self.check_params(p)?;
+        let (loss, grads) =
+            with_exec!(self, ex => self.loss_grad_on(&ex, p, batch, mode, profile, true))?;
+        let grads =
+            grads.ok_or_else(|| Error::shape("RecGoat::loss_and_grad", "gradients", 1, 0))?;
+        Ok((loss, grads))
     }
 
-    /// The backward pass of [`RecGoat::oat_forward`] for `grad_out = dL/d aligned`.
-    fn oat_backward(
-        &self,
-        op: &AdaptiveTransport<F>,
-        state: &OatState<F>,
-        grad_out: ArrayView2<'_, F>,
-    ) -> Result<AdaptiveGrads<F>> {
-        match state {
-            OatState::Cpu(cache) => op.backward(cache, Some(grad_out), F::zero()),
-            #[cfg(feature = "gpu")]
-            OatState::Gpu { state, .. } => self
-                .device
-                .as_ref()
-                .expect("a device state comes from a model on the device")
-                .oat_backward(op, state, grad_out),
-        }
+    /// The loss alone (for gradient checks and monitoring).
+    ///
+    /// # Errors
+    /// As [`RecGoat::loss_and_grad`].
+    pub fn loss(&self, p: &Params<F>, batch: &Batch, mode: Mode) -> Result<LossParts<F>> {
+        self.check_params(p)?;
+        with_exec!(self, ex => self.loss_grad_on(&ex, p, batch, mode, None, false)).map(|r| r.0)
     }
 
-    /// The contrastive loss over views on the model's backend.
-    fn multi_view_info_nce(
+    /// One training pass over `batches` on the model's backend (see [`super::step`]'s `train_on`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn train_batches(
         &self,
-        views: &[ArrayView2<'_, F>],
-        pairs: &[ViewPair<F>],
-        cfg: &InfoNceConfig<F>,
-    ) -> Result<MultiViewOutput<F>> {
-        #[cfg(feature = "gpu")]
-        if let Some(dm) = &self.device {
-            return multi_view_with(views, pairs, |a, b| dm.info_nce(a, b, cfg));
-        }
-        multi_view_info_nce(views, pairs, cfg, self.backend.par())
+        params: &mut Params<F>,
+        states: &mut [AdamState<F>],
+        adam: &Adam<F>,
+        batches: &[(Batch, Mode)],
+        profile: &mut Profile,
+        on_batch: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<LossParts<F>>> {
+        self.check_params(params)?;
+        with_exec!(self, ex => self.train_on(&ex, params, states, adam, batches, profile, on_batch))
     }
 
     /// The configuration.
@@ -724,333 +613,6 @@ impl<F: Real> RecGoat<F> {
         }
     }
 
-    fn dropout(
-        &self,
-        x: Array2<F>,
-        mode: Mode,
-        salt: u64,
-    ) -> Result<(Array2<F>, Option<Array2<F>>)> {
-        match Self::derived(mode, salt) {
-            Mode::Train { seed } => nn::dropout(
-                x.view(),
-                cast(self.cfg.dropout),
-                true,
-                &mut ChaCha8Rng::seed_from_u64(seed),
-            ),
-            Mode::Eval => Ok((x, None)),
-        }
-    }
-
-    fn branch_forward(
-        &self,
-        p: &Branch<F>,
-        input: &BranchInput<F>,
-        mode: Mode,
-        salt: u64,
-    ) -> Result<BranchCache<F>> {
-        let mut h = p.proj.forward(input.x.view())?;
-        let mut layers = Vec::with_capacity(p.gat.len());
-        for (l, gp) in p.gat.iter().enumerate() {
-            let salt = salt * 64 + l as u64;
-            let (pre, gat) =
-                self.gat_forward(gp, input, h.view(), Self::derived(mode, 2 * salt))?;
-            let act = nn::leaky_relu(pre.view(), cast(BRANCH_SLOPE));
-            let (out, mask) = self.dropout(act, mode, 2 * salt + 1)?;
-            h = out;
-            layers.push(LayerCache { gat, pre, mask });
-        }
-        Ok(BranchCache { layers, out: h })
-    }
-
-    fn branch_backward(
-        &self,
-        p: &Branch<F>,
-        input: &BranchInput<F>,
-        cache: &BranchCache<F>,
-        mut g: Array2<F>,
-        grads: &mut Branch<F>,
-    ) -> Result<()> {
-        for ((gp, lc), gg) in p
-            .gat
-            .iter()
-            .zip(&cache.layers)
-            .zip(grads.gat.iter_mut())
-            .rev()
-        {
-            let gd = nn::dropout_backward(g.view(), lc.mask.as_ref());
-            let gl = nn::leaky_relu_backward(lc.pre.view(), gd.view(), cast(BRANCH_SLOPE))?;
-            let (gx, gp_grads) = split_gat(self.gat_backward(gp, input, &lc.gat, gl.view())?);
-            add_gat(gg, gp_grads);
-            g = gx;
-        }
-        let lin = p.proj.backward(input.x.view(), g.view())?;
-        grads.proj.w += &lin.grad_w;
-        add1(&mut grads.proj.b, lin.grad_b);
-        Ok(())
-    }
-
-    /// The forward pass over the full graphs: LightGCN, each modality branch, OAT, fusion, and the user-user
-    /// branch. `mode` switches dropout (its masks come from the seed). `profile`, when given, accumulates
-    /// the time of each stage.
-    ///
-    /// # Errors
-    /// [`Error::Shape`] for parameters that do not fit the model, and the errors of the ops (NaN/Inf values,
-    /// a Sinkhorn solve that fails).
-    pub fn forward(
-        &self,
-        p: &Params<F>,
-        mode: Mode,
-        mut profile: Option<&mut Profile>,
-    ) -> Result<Forward<F>> {
-        self.check_params(p)?;
-        let nu = self.n_users;
-        let t = Profile::start();
-        let z = self.propagate(p.embedding.view(), false)?;
-        Profile::add(&mut profile, Stage::Propagation, t);
-
-        let t = Profile::start();
-        let branches = self
-            .modalities
-            .iter()
-            .zip(&p.branches)
-            .enumerate()
-            .map(|(m, (input, bp))| self.branch_forward(bp, input, mode, 1 + m as u64))
-            .collect::<Result<Vec<_>>>()?;
-        let user_branch = match (&self.user_input, &p.user_branch) {
-            (Some(input), Some(bp)) => Some(self.branch_forward(bp, input, mode, 1000)?),
-            _ => None,
-        };
-        Profile::add(&mut profile, Stage::Gat, t);
-
-        let mut users = z.slice(s![..nu, ..]).to_owned();
-        if let Some(ub) = &user_branch {
-            users += &ub.out;
-        }
-        let zcf = z.slice(s![nu.., ..]);
-        let t = Profile::start();
-        let mut aligned = Vec::new();
-        let mut oat = Vec::new();
-        if let Some(op) = &self.oat {
-            for (b, delta) in branches.iter().zip(&p.deltas) {
-                let (a, c) = self.oat_forward(op, b.out.view(), zcf, delta.view())?;
-                aligned.push(a);
-                oat.push(c);
-            }
-        }
-        Profile::add(&mut profile, Stage::Transport, t);
-
-        let t = Profile::start();
-        let (items, fusion) = if self.id_only() {
-            (zcf.to_owned(), None)
-        } else {
-            let (items, cache) = self.fuse(p, fusion_views(zcf, &aligned, &branches), mode)?;
-            (items, Some(cache))
-        };
-        Profile::add(&mut profile, Stage::Fusion, t);
-        Ok(Forward {
-            users,
-            items,
-            z,
-            branches,
-            user_branch,
-            aligned,
-            oat,
-            fusion,
-        })
-    }
-
-    /// Weighted sum of the views, then (with `fusion_normalize`) LayerNorm, dropout and L2 normalisation.
-    fn fuse(
-        &self,
-        p: &Params<F>,
-        views: Vec<ArrayView2<'_, F>>,
-        mode: Mode,
-    ) -> Result<(Array2<F>, FusionCache<F>)> {
-        let logits = p
-            .fusion
-            .as_ref()
-            .expect("fusion weights exist with modalities");
-        let (fused, weights) = match self.cfg.fusion {
-            Fusion::Softmax => nn::softmax_fusion(&views, logits.view())?,
-            Fusion::Free => {
-                let mut y = Array2::zeros(views[0].dim());
-                for (v, &w) in views.iter().zip(logits) {
-                    y.scaled_add(w, v);
-                }
-                (y, logits.clone())
-            }
-        };
-        let (items, mask, norm) = match &p.norm {
-            Some(ln) => {
-                let (normed, norm_cache) = ln.forward(fused.view())?;
-                let (dropped, mask) = self.dropout(normed, mode, 2000)?;
-                let (items, norms) = nn::l2_normalize(dropped.view())?;
-                (items, mask, Some((norm_cache, norms)))
-            }
-            None => {
-                let (items, mask) = self.dropout(fused, mode, 2000)?;
-                (items, mask, None)
-            }
-        };
-        Ok((
-            items,
-            FusionCache {
-                weights,
-                norm,
-                mask,
-            },
-        ))
-    }
-
-    /// The loss of one batch on a forward pass, and its gradient with respect to the forward outputs:
-    /// BPR on `z_u . z_i`, the regulariser on the batch's ego embeddings, the contrastive term and the
-    /// sample-level OT term as configured.
-    ///
-    /// # Errors
-    /// [`Error::Empty`] for an empty batch, [`Error::Shape`] for lists of different lengths,
-    /// [`Error::Param`] for an id out of range, and the losses' errors.
-    pub fn batch_loss(
-        &self,
-        p: &Params<F>,
-        fwd: &Forward<F>,
-        batch: &Batch,
-        mut profile: Option<&mut Profile>,
-    ) -> Result<(LossParts<F>, OutputGrads<F>)> {
-        let (nu, ni) = (self.n_users, self.n_items);
-        batch.check("RecGoat::batch_loss", nu, ni)?;
-        let d = self.cfg.embedding_dim;
-        let t = Profile::start();
-        let mut og = OutputGrads {
-            users: Array2::zeros((nu, d)),
-            items: Array2::zeros((ni, d)),
-            z: Array2::zeros((nu + ni, d)),
-            modal: fwd
-                .branches
-                .iter()
-                .map(|_| Array2::zeros((ni, d)))
-                .collect(),
-            aligned: fwd.aligned.iter().map(|_| Array2::zeros((ni, d))).collect(),
-            embedding: Vec::new(),
-        };
-        let u = nn::gather(fwd.users.view(), &batch.users)?;
-        let ip = nn::gather(fwd.items.view(), &batch.pos)?;
-        let ineg = nn::gather(fwd.items.view(), &batch.neg)?;
-        let sp = (&u * &ip).sum_axis(Axis(1));
-        let sn = (&u * &ineg).sum_axis(Axis(1));
-        let (bpr, gp, gn) = nn::bpr_loss(sp.view(), sn.view())?;
-        let gpc = gp.view().insert_axis(Axis(1));
-        let gnc = gn.view().insert_axis(Axis(1));
-        scatter_add(
-            &mut og.users,
-            &batch.users,
-            (&ip * &gpc + &ineg * &gnc).view(),
-        );
-        scatter_add(&mut og.items, &batch.pos, (&u * &gpc).view());
-        scatter_add(&mut og.items, &batch.neg, (&u * &gnc).view());
-
-        let shifted = |ids: &[usize]| ids.iter().map(|&i| nu + i).collect::<Vec<_>>();
-        let (pos_rows, neg_rows) = (shifted(&batch.pos), shifted(&batch.neg));
-        let e_u = nn::gather(p.embedding.view(), &batch.users)?;
-        let e_p = nn::gather(p.embedding.view(), &pos_rows)?;
-        let e_n = nn::gather(p.embedding.view(), &neg_rows)?;
-        let (reg, rg) = nn::l2_regularization(
-            &[e_u.view(), e_p.view(), e_n.view()],
-            cast(self.cfg.reg_weight),
-        );
-        og.embedding = [batch.users.clone(), pos_rows.clone(), neg_rows.clone()]
-            .into_iter()
-            .zip(rg)
-            .collect();
-        Profile::add(&mut profile, Stage::Loss, t);
-
-        let mut cl = F::zero();
-        let clw: F = cast(self.cfg.cl_weight);
-        if clw > F::zero() {
-            let t = Profile::start();
-            let cfg = InfoNceConfig {
-                temperature: cast(self.cfg.cl_temperature),
-                ..InfoNceConfig::default()
-            };
-            let zcf = fwd.collaborative_items();
-            let subset = self.contrastive_subset(batch);
-            let (batch, mut views) = match &subset {
-                Some(rows) => {
-                    let u = nn::gather(fwd.users.view(), &rows.users)?;
-                    (rows, vec![u, nn::gather(fwd.items.view(), &rows.pos)?])
-                }
-                None => (batch, vec![u.clone(), ip.clone()]),
-            };
-            // where each view's gradient goes: 0 users, 1 fused items, 2 collaborative items, 3 + m modality m
-            let mut targets: Vec<(usize, &[usize])> = vec![(0, &batch.users), (1, &batch.pos)];
-            let pairs = match self.cfg.cmcl {
-                Cmcl::Paper => {
-                    for (m, b) in fwd.branches.iter().enumerate() {
-                        views.push(nn::gather(b.out.view(), &batch.pos)?);
-                        targets.push((3 + m, &batch.pos));
-                    }
-                    cmcl_paper_pairs(fwd.branches.len())
-                }
-                Cmcl::OfficialCode => {
-                    for ids in [&batch.pos, &batch.neg] {
-                        views.push(nn::gather(zcf, ids)?);
-                        targets.push((2, ids));
-                        for (m, b) in fwd.branches.iter().enumerate() {
-                            views.push(nn::gather(b.out.view(), ids)?);
-                            targets.push((3 + m, ids));
-                        }
-                    }
-                    cmcl_official_pairs(1 + fwd.branches.len())
-                }
-            };
-            let vv: Vec<ArrayView2<'_, F>> = views.iter().map(|v| v.view()).collect();
-            let out = self.multi_view_info_nce(&vv, &pairs, &cfg)?;
-            cl = out.loss;
-            for ((target, ids), g) in targets.into_iter().zip(out.grads) {
-                let g = g * clw;
-                match target {
-                    0 => scatter_add(&mut og.users, ids, g.view()),
-                    1 => scatter_add(&mut og.items, ids, g.view()),
-                    2 => {
-                        let rows = shifted(ids);
-                        scatter_add(&mut og.z, &rows, g.view());
-                    }
-                    m => scatter_add(&mut og.modal[m - 3], ids, g.view()),
-                }
-            }
-            Profile::add(&mut profile, Stage::Contrastive, t);
-        }
-
-        let mut ot = F::zero();
-        let otw: F = cast(self.cfg.ot_sample_weight);
-        if otw > F::zero() && !fwd.aligned.is_empty() {
-            let t = Profile::start();
-            let zc = nn::gather(fwd.collaborative_items(), &batch.pos)?;
-            let rows = fwd
-                .aligned
-                .iter()
-                .map(|a| nn::gather(a.view(), &batch.pos))
-                .collect::<Result<Vec<_>>>()?;
-            let (value, grads) = self.sample_ot_loss(&rows, zc.view())?;
-            ot = value;
-            for (m, (gx, gy)) in grads.iter().enumerate() {
-                scatter_add(&mut og.aligned[m], &batch.pos, gx.view());
-                scatter_add(&mut og.z, &pos_rows, gy.view());
-            }
-            Profile::add(&mut profile, Stage::Transport, t);
-        }
-        let total = bpr + reg + clw * cl + otw * ot;
-        Ok((
-            LossParts {
-                total,
-                bpr,
-                reg,
-                cl,
-                ot,
-            },
-            og,
-        ))
-    }
-
     /// The debiased Sinkhorn divergence of the sample-level OT loss (uniform weights `w` on both sides) on the
     /// model's backend.
     fn divergence(
@@ -1089,140 +651,5 @@ impl<F: Real> RecGoat<F> {
             grads.push((gx, gy));
         }
         Ok((ot, grads))
-    }
-
-    /// Gradients of the batch loss with respect to every parameter, from the forward pass and the output
-    /// gradients of [`RecGoat::batch_loss`].
-    ///
-    /// # Errors
-    /// As the ops' backward passes (for example a non-converged implicit OT solve).
-    pub fn backward(
-        &self,
-        p: &Params<F>,
-        fwd: &Forward<F>,
-        og: OutputGrads<F>,
-        mut profile: Option<&mut Profile>,
-    ) -> Result<Params<F>> {
-        let nu = self.n_users;
-        let mut grads = p.zeros_like();
-        let OutputGrads {
-            users: g_users,
-            items: g_items,
-            mut z,
-            mut modal,
-            mut aligned,
-            embedding,
-        } = og;
-        let t = Profile::start();
-        if let (Some(input), Some(bp), Some(cache), Some(gb)) = (
-            &self.user_input,
-            &p.user_branch,
-            &fwd.user_branch,
-            grads.user_branch.as_mut(),
-        ) {
-            self.branch_backward(bp, input, cache, g_users.clone(), gb)?;
-        }
-        Profile::add(&mut profile, Stage::Gat, t);
-        z.slice_mut(s![..nu, ..]).scaled_add(F::one(), &g_users);
-
-        if let Some(fc) = &fwd.fusion {
-            let t = Profile::start();
-            let g = match (&fc.norm, p.norm.as_ref(), grads.norm.as_mut()) {
-                (Some((ln_cache, norms)), Some(ln), Some(gn)) => {
-                    let g =
-                        nn::l2_normalize_backward(fwd.items.view(), norms.view(), g_items.view())?;
-                    let g = nn::dropout_backward(g.view(), fc.mask.as_ref());
-                    let (g, g_gamma, g_beta) = ln.backward(ln_cache, g.view())?;
-                    gn.gamma += &g_gamma;
-                    gn.beta += &g_beta;
-                    g
-                }
-                _ => nn::dropout_backward(g_items.view(), fc.mask.as_ref()),
-            };
-            let zcf = fwd.collaborative_items();
-            let views = fusion_views(zcf, &fwd.aligned, &fwd.branches);
-            let (g_views, g_w) = match self.cfg.fusion {
-                Fusion::Softmax => {
-                    nn::softmax_fusion_backward(&views, fc.weights.view(), g.view())?
-                }
-                Fusion::Free => (
-                    fc.weights.iter().map(|&w| &g * w).collect(),
-                    views.iter().map(|v| (v * &g).sum()).collect(),
-                ),
-            };
-            *grads.fusion.as_mut().expect("fusion weights exist") += &g_w;
-            let mut g_views = g_views.into_iter();
-            z.slice_mut(s![nu.., ..])
-                .scaled_add(F::one(), &g_views.next().expect("collaborative view"));
-            for (m, gv) in g_views.enumerate() {
-                if self.oat.is_some() {
-                    aligned[m] += &gv;
-                } else {
-                    modal[m] += &gv;
-                }
-            }
-            Profile::add(&mut profile, Stage::Fusion, t);
-        } else {
-            z.slice_mut(s![nu.., ..]).scaled_add(F::one(), &g_items);
-        }
-
-        if let Some(op) = &self.oat {
-            let t = Profile::start();
-            for (m, cache) in fwd.oat.iter().enumerate() {
-                let ag = self.oat_backward(op, cache, aligned[m].view())?;
-                modal[m] += &ag.grad_m;
-                z.slice_mut(s![nu.., ..]).scaled_add(F::one(), &ag.grad_z);
-                grads.deltas[m] += &ag.grad_delta;
-            }
-            Profile::add(&mut profile, Stage::Transport, t);
-        }
-
-        let t = Profile::start();
-        for (m, g) in modal.into_iter().enumerate() {
-            self.branch_backward(
-                &p.branches[m],
-                &self.modalities[m],
-                &fwd.branches[m],
-                g,
-                &mut grads.branches[m],
-            )?;
-        }
-        Profile::add(&mut profile, Stage::Gat, t);
-
-        let t = Profile::start();
-        let mut ge = self.propagate(z.view(), true)?;
-        for (ids, g) in &embedding {
-            scatter_add(&mut ge, ids, g.view());
-        }
-        grads.embedding = ge;
-        Profile::add(&mut profile, Stage::Propagation, t);
-        Ok(grads)
-    }
-
-    /// Loss and gradient of one batch in one call: [`RecGoat::forward`], [`RecGoat::batch_loss`],
-    /// [`RecGoat::backward`].
-    ///
-    /// # Errors
-    /// As those three.
-    pub fn loss_and_grad(
-        &self,
-        p: &Params<F>,
-        batch: &Batch,
-        mode: Mode,
-        mut profile: Option<&mut Profile>,
-    ) -> Result<(LossParts<F>, Params<F>)> {
-        let fwd = self.forward(p, mode, profile.as_deref_mut())?;
-        let (loss, og) = self.batch_loss(p, &fwd, batch, profile.as_deref_mut())?;
-        let grads = self.backward(p, &fwd, og, profile)?;
-        Ok((loss, grads))
-    }
-
-    /// The loss alone (for gradient checks and monitoring).
-    ///
-    /// # Errors
-    /// As [`RecGoat::loss_and_grad`].
-    pub fn loss(&self, p: &Params<F>, batch: &Batch, mode: Mode) -> Result<LossParts<F>> {
-        let fwd = self.forward(p, mode, None)?;
-        Ok(self.batch_loss(p, &fwd, batch, None)?.0)
     }
 }

@@ -217,66 +217,35 @@ impl<'d> Trainer<'d> {
         let triples = self.sample_epoch(&mut rng);
         self.profile.record(Stage::Sampling, t.elapsed());
         let adam = Adam::new(cfg.lr as f32);
-        let total = triples.len().div_ceil(cfg.batch_size);
+        let batches: Vec<(Batch, Mode)> = (triples.chunks(cfg.batch_size).enumerate())
+            .map(|(b, chunk)| {
+                let batch = Batch {
+                    users: chunk.iter().map(|t| t.0).collect(),
+                    pos: chunk.iter().map(|t| t.1).collect(),
+                    neg: chunk.iter().map(|t| t.2).collect(),
+                };
+                let mode = Mode::Train {
+                    seed: mix(mix(cfg.seed, epoch as u64), b as u64 + 1),
+                };
+                (batch, mode)
+            })
+            .collect();
+        let total = batches.len();
+        // the parameters and their Adam states stay on the backend for the epoch; the losses are read at its end
+        let losses = self.model.train_batches(
+            &mut self.params,
+            &mut self.adam_states,
+            &adam,
+            &batches,
+            &mut self.profile,
+            &mut on_batch,
+        )?;
         let mut sum = LossParts::<f64>::default();
-        // on the GPU the parameters and their Adam states stay on the device for the epoch (device-resident
-        // step), and so do the steps' losses until the epoch's end
-        #[cfg(feature = "gpu")]
-        let mut device = self
-            .model
-            .device_state(&self.params, &self.adam_states)
-            .transpose()?;
-        #[cfg(feature = "gpu")]
-        let mut pending = Vec::new();
-        for (b, chunk) in triples.chunks(cfg.batch_size).enumerate() {
-            let batch = Batch {
-                users: chunk.iter().map(|t| t.0).collect(),
-                pos: chunk.iter().map(|t| t.1).collect(),
-                neg: chunk.iter().map(|t| t.2).collect(),
-            };
-            let mode = Mode::Train {
-                seed: mix(mix(cfg.seed, epoch as u64), b as u64 + 1),
-            };
-            #[cfg(feature = "gpu")]
-            if let Some(state) = device.as_mut() {
-                let t = Profile::start();
-                pending.push(self.model.device_step(&adam, state, &batch, mode)?);
-                self.profile.record(Stage::Device, t.elapsed());
-                on_batch(b + 1, total);
-                continue;
-            }
-            let (loss, grads) =
-                self.model
-                    .loss_and_grad(&self.params, &batch, mode, Some(&mut self.profile))?;
-            let t = Profile::start();
-            for (((_, p), (_, g)), st) in self
-                .params
-                .tensors_mut()
-                .into_iter()
-                .zip(grads.tensors())
-                .zip(self.adam_states.iter_mut())
-            {
-                adam.step(p, g, st)?;
-            }
-            self.profile.record(Stage::Optimizer, t.elapsed());
-            sum.total += loss.total as f64;
-            sum.bpr += loss.bpr as f64;
-            sum.cl += loss.cl as f64;
-            sum.ot += loss.ot as f64;
-            on_batch(b + 1, total);
-        }
-        #[cfg(feature = "gpu")]
-        if let Some(state) = device {
-            let t = Profile::start();
-            for loss in self.model.device_losses(&pending)? {
-                sum.total += f64::from(loss.total);
-                sum.bpr += f64::from(loss.bpr);
-                sum.cl += f64::from(loss.cl);
-                sum.ot += f64::from(loss.ot);
-            }
-            let (p, st) = (&mut self.params, &mut self.adam_states);
-            self.model.device_download(&state, p, st)?;
-            self.profile.record(Stage::Device, t.elapsed());
+        for loss in losses {
+            sum.total += f64::from(loss.total);
+            sum.bpr += f64::from(loss.bpr);
+            sum.cl += f64::from(loss.cl);
+            sum.ot += f64::from(loss.ot);
         }
         let n = total.max(1) as f64;
         let mut log = EpochLog {
@@ -343,8 +312,7 @@ impl<'d> Trainer<'d> {
     /// # Errors
     /// The model's forward errors.
     pub fn embeddings(&self) -> Result<(Array2<f32>, Array2<f32>)> {
-        let fwd = self.model.forward(&self.params, Mode::Eval, None)?;
-        Ok((fwd.users, fwd.items))
+        self.model.embeddings(&self.params)
     }
 
     /// Ranks all items for a split with the MMRec protocol (Recall / NDCG / Precision / Hit at 10, 20, 50).

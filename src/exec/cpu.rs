@@ -1,0 +1,356 @@
+//! [`CpuExec`]: the model's backend on the host, `ndarray` matrices through the crate's CPU ops.
+
+use super::{BprOut, Exec, GatRefs, Inputs};
+use crate::attention::{GatCache, GatParams, Mode};
+use crate::contrastive::{multi_view_info_nce, InfoNceConfig, ViewPair};
+use crate::error::{Error, Result};
+use crate::graph::{lightgcn_backward, lightgcn_forward};
+use crate::nn::{self, Adam, AdamState, LayerNorm, LayerNormCache, Linear};
+use crate::simd::Real;
+use crate::transport::AdaptiveCache;
+use crate::Par;
+use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
+
+/// The host backend of a model: its inputs by reference, ops parallel as the model's backend says.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuExec<'a, F: Real> {
+    inputs: Inputs<'a, F>,
+    par: Par,
+}
+
+impl<'a, F: Real> CpuExec<'a, F> {
+    pub(crate) fn new(inputs: Inputs<'a, F>) -> Self {
+        let par = inputs.backend.par();
+        CpuExec { inputs, par }
+    }
+
+    fn gat_params(p: GatRefs<'_, Array2<F>>) -> GatParams<F> {
+        GatParams {
+            w: p.w.clone(),
+            a_src: p.a_src.clone(),
+            a_dst: p.a_dst.cloned(),
+            bias: p.bias.map(row),
+            w_res: p.w_res.cloned(),
+        }
+    }
+
+    fn branch(&self, slot: usize) -> Result<(&'a Array2<F>, &'a crate::graph::CsrGraph<F>)> {
+        self.inputs
+            .branches
+            .get(slot)
+            .copied()
+            .ok_or_else(|| Error::param("CpuExec", "branch", slot, "no such branch in the model"))
+    }
+}
+
+/// Row 0 of a `1 x n` matrix.
+fn row<F: Real>(m: &Array2<F>) -> Array1<F> {
+    m.row(0).to_owned()
+}
+
+fn as_row<F: Real>(v: Array1<F>) -> Array2<F> {
+    v.insert_axis(Axis(0))
+}
+
+fn layer_norm<F: Real>((gamma, beta, eps): (&Array2<F>, &Array2<F>, F)) -> LayerNorm<F> {
+    LayerNorm {
+        gamma: row(gamma),
+        beta: row(beta),
+        eps,
+    }
+}
+
+impl<F: Real> Exec for CpuExec<'_, F> {
+    type F = F;
+    type M = Array2<F>;
+    type Sel = Vec<usize>;
+    type GatCache = GatCache<F>;
+    type NormCache = LayerNormCache<F>;
+    type Oat = AdaptiveCache<F>;
+    type Fusion = Array1<F>;
+    type Adam = AdamState<F>;
+    type Scalar = f64;
+    const DEFERRED: bool = false;
+
+    fn upload(&self, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
+        Ok(x.to_owned())
+    }
+    fn download(&self, x: &Array2<F>) -> Result<Array2<F>> {
+        Ok(x.clone())
+    }
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Array2<F>> {
+        Ok(Array2::zeros((rows, cols)))
+    }
+    fn dim(&self, x: &Array2<F>) -> (usize, usize) {
+        x.dim()
+    }
+    fn rows(&self, x: &Array2<F>, r0: usize, n: usize) -> Result<Array2<F>> {
+        Ok(x.slice(s![r0..r0 + n, ..]).to_owned())
+    }
+    fn concat_rows(&self, a: &Array2<F>, b: &Array2<F>) -> Result<Array2<F>> {
+        concatenate(Axis(0), &[a.view(), b.view()])
+            .map_err(|e| Error::shape("CpuExec::concat_rows", "widths", a.ncols(), e))
+    }
+    fn axpy(&self, a: F, x: &Array2<F>, y: &mut Array2<F>) -> Result<()> {
+        y.scaled_add(a, x);
+        Ok(())
+    }
+    fn masked(&self, x: Array2<F>, mask: Option<&Array2<F>>) -> Result<Array2<F>> {
+        Ok(match mask {
+            Some(m) => x * m,
+            None => x,
+        })
+    }
+
+    fn propagate(&self, x: &Array2<F>, backward: bool) -> Result<Array2<F>> {
+        let (adj, layers) = (self.inputs.adj, self.inputs.layers);
+        if backward {
+            lightgcn_backward(adj, x.view(), layers, self.par)
+        } else {
+            lightgcn_forward(adj, x.view(), layers, self.par)
+        }
+    }
+    fn project(&self, slot: usize, w: &Array2<F>, b: Option<&Array2<F>>) -> Result<Array2<F>> {
+        let lin = Linear {
+            w: w.clone(),
+            b: b.map(row),
+        };
+        lin.forward(self.branch(slot)?.0.view())
+    }
+    fn project_backward(
+        &self,
+        slot: usize,
+        g: &Array2<F>,
+        bias: bool,
+    ) -> Result<(Array2<F>, Option<Array2<F>>)> {
+        let x = self.branch(slot)?.0;
+        Ok((x.t().dot(g), bias.then(|| as_row(g.sum_axis(Axis(0))))))
+    }
+    fn gat_forward(
+        &self,
+        slot: usize,
+        p: GatRefs<'_, Array2<F>>,
+        x: &Array2<F>,
+        mode: Mode,
+    ) -> Result<(Array2<F>, GatCache<F>)> {
+        let graph = self.branch(slot)?.1;
+        let gp = Self::gat_params(p);
+        self.inputs
+            .gat
+            .forward(&gp, graph, x.view(), mode, self.par)
+    }
+    fn gat_backward(
+        &self,
+        slot: usize,
+        p: GatRefs<'_, Array2<F>>,
+        cache: &GatCache<F>,
+        _x: &Array2<F>,
+        g: &Array2<F>,
+    ) -> Result<(Array2<F>, Vec<Array2<F>>)> {
+        let graph = self.branch(slot)?.1;
+        let gp = Self::gat_params(p);
+        let gg = self
+            .inputs
+            .gat
+            .backward(&gp, graph, cache, g.view(), self.par)?;
+        let mut params = vec![gg.grad_w, gg.grad_a_src];
+        params.extend(gg.grad_a_dst);
+        params.extend(gg.grad_bias.map(as_row));
+        params.extend(gg.grad_w_res);
+        Ok((gg.grad_x, params))
+    }
+    fn leaky_relu_masked(
+        &self,
+        pre: &Array2<F>,
+        slope: F,
+        mask: Option<&Array2<F>>,
+    ) -> Result<Array2<F>> {
+        self.masked(nn::leaky_relu(pre.view(), slope), mask)
+    }
+    fn leaky_relu_masked_backward(
+        &self,
+        pre: &Array2<F>,
+        slope: F,
+        mask: Option<&Array2<F>>,
+        g: &Array2<F>,
+    ) -> Result<Array2<F>> {
+        let gd = nn::dropout_backward(g.view(), mask);
+        nn::leaky_relu_backward(pre.view(), gd.view(), slope)
+    }
+
+    fn oat_forward(
+        &self,
+        m: &Array2<F>,
+        z: &Array2<F>,
+        delta: &Array2<F>,
+    ) -> Result<(Array2<F>, AdaptiveCache<F>, Option<f64>)> {
+        let op = self.inputs.oat.ok_or_else(|| {
+            Error::param("CpuExec::oat_forward", "oat", "off", "the model has no OAT")
+        })?;
+        let (a, c) = op.forward(m.view(), z.view(), delta.view(), self.inputs.backend)?;
+        Ok((a, c, None))
+    }
+    fn oat_backward(
+        &self,
+        oat: &AdaptiveCache<F>,
+        _m: &Array2<F>,
+        _z: &Array2<F>,
+        g: &Array2<F>,
+    ) -> Result<[Array2<F>; 3]> {
+        let op = self.inputs.oat.ok_or_else(|| {
+            Error::param(
+                "CpuExec::oat_backward",
+                "oat",
+                "off",
+                "the model has no OAT",
+            )
+        })?;
+        let ag = op.backward(oat, Some(g.view()), F::zero())?;
+        Ok([ag.grad_m, ag.grad_z, ag.grad_delta])
+    }
+    fn oat_plan(&self, oat: &AdaptiveCache<F>) -> Result<Array2<F>> {
+        Ok(oat.plan().clone())
+    }
+    fn fusion(
+        &self,
+        views: &[&Array2<F>],
+        logits: &Array2<F>,
+        softmax: bool,
+    ) -> Result<(Array2<F>, Array1<F>)> {
+        let views: Vec<ArrayView2<'_, F>> = views.iter().map(|v| v.view()).collect();
+        if softmax {
+            return nn::softmax_fusion(&views, logits.row(0));
+        }
+        let mut y = Array2::zeros(views[0].dim());
+        for (v, &w) in views.iter().zip(logits.row(0)) {
+            y.scaled_add(w, v);
+        }
+        Ok((y, row(logits)))
+    }
+    fn fusion_backward(
+        &self,
+        views: &[&Array2<F>],
+        weights: &Array1<F>,
+        _logits: &Array2<F>,
+        softmax: bool,
+        g: &Array2<F>,
+    ) -> Result<(Vec<Array2<F>>, Array2<F>)> {
+        let views: Vec<ArrayView2<'_, F>> = views.iter().map(|v| v.view()).collect();
+        let (g_views, g_w) = if softmax {
+            nn::softmax_fusion_backward(&views, weights.view(), g.view())?
+        } else {
+            (
+                weights.iter().map(|&w| g * w).collect(),
+                views.iter().map(|v| (v * g).sum()).collect(),
+            )
+        };
+        Ok((g_views, as_row(g_w)))
+    }
+    fn layer_norm(
+        &self,
+        ln: (&Array2<F>, &Array2<F>, F),
+        x: &Array2<F>,
+    ) -> Result<(Array2<F>, LayerNormCache<F>)> {
+        layer_norm(ln).forward(x.view())
+    }
+    fn layer_norm_backward(
+        &self,
+        ln: (&Array2<F>, &Array2<F>, F),
+        cache: &LayerNormCache<F>,
+        g: &Array2<F>,
+    ) -> Result<(Array2<F>, Array2<F>, Array2<F>)> {
+        let (gx, gg, gb) = layer_norm(ln).backward(cache, g.view())?;
+        Ok((gx, as_row(gg), as_row(gb)))
+    }
+    fn l2_normalize(
+        &self,
+        x: &Array2<F>,
+        _what: &'static str,
+    ) -> Result<(Array2<F>, Array2<F>, Option<f64>)> {
+        let (y, norms) = nn::l2_normalize(x.view())?;
+        Ok((y, norms.insert_axis(Axis(1)), None))
+    }
+    fn l2_normalize_backward(
+        &self,
+        y: &Array2<F>,
+        norms: &Array2<F>,
+        g: &Array2<F>,
+    ) -> Result<Array2<F>> {
+        nn::l2_normalize_backward(y.view(), norms.column(0), g.view())
+    }
+
+    fn select(&self, ids: &[usize], _n: usize) -> Result<Vec<usize>> {
+        Ok(ids.to_vec())
+    }
+    fn gather(&self, s: &Vec<usize>, table: &Array2<F>) -> Result<Array2<F>> {
+        nn::gather(table.view(), s)
+    }
+    fn scatter_add(&self, s: &Vec<usize>, g: &Array2<F>, acc: &mut Array2<F>) -> Result<()> {
+        for (&id, r) in s.iter().zip(g.rows()) {
+            acc.row_mut(id).scaled_add(F::one(), &r);
+        }
+        Ok(())
+    }
+    fn bpr(&self, zu: &Array2<F>, zi: &Array2<F>, e: &Array2<F>, reg: F) -> Result<BprOut<Self>> {
+        let b = zu.nrows();
+        let (ip, ineg) = (zi.slice(s![..b, ..]), zi.slice(s![b.., ..]));
+        let sp = (zu * &ip).sum_axis(Axis(1));
+        let sn = (zu * &ineg).sum_axis(Axis(1));
+        let (bpr, gp, gn) = nn::bpr_loss(sp.view(), sn.view())?;
+        let gpc = gp.view().insert_axis(Axis(1));
+        let gnc = gn.view().insert_axis(Axis(1));
+        let grad_users = &ip * &gpc + &ineg * &gnc;
+        let grad_items = concatenate(Axis(0), &[(zu * &gpc).view(), (zu * &gnc).view()])
+            .map_err(|e| Error::shape("CpuExec::bpr", "item rows", 2 * b, e))?;
+        let blocks = [
+            e.slice(s![..b, ..]),
+            e.slice(s![b..2 * b, ..]),
+            e.slice(s![2 * b.., ..]),
+        ];
+        let (value, rg) = nn::l2_regularization(&blocks, reg);
+        let views: Vec<ArrayView2<'_, F>> = rg.iter().map(|g| g.view()).collect();
+        let grad_ego = concatenate(Axis(0), &views)
+            .map_err(|e| Error::shape("CpuExec::bpr", "ego rows", 3 * b, e))?;
+        Ok(BprOut {
+            bpr: bpr.to_f64().unwrap_or(f64::NAN),
+            reg: value.to_f64().unwrap_or(f64::NAN),
+            grad_users,
+            grad_items,
+            grad_ego,
+        })
+    }
+    fn info_nce(
+        &self,
+        views: &[&Array2<F>],
+        pairs: &[ViewPair<F>],
+        cfg: &InfoNceConfig<F>,
+        scale: F,
+    ) -> Result<(Vec<f64>, Vec<Array2<F>>)> {
+        let views: Vec<ArrayView2<'_, F>> = views.iter().map(|v| v.view()).collect();
+        let out = multi_view_info_nce(&views, pairs, cfg, self.par)?;
+        let grads = out.grads.into_iter().map(|g| g * scale).collect();
+        Ok((vec![out.loss.to_f64().unwrap_or(f64::NAN)], grads))
+    }
+    fn scalar(&self, v: f64) -> f64 {
+        v
+    }
+    fn read(&self, xs: &[&f64]) -> Result<Vec<Result<f64>>> {
+        Ok(xs.iter().map(|&&v| Ok(v)).collect())
+    }
+
+    fn adam_state(&self, st: &AdamState<F>) -> Result<AdamState<F>> {
+        Ok(st.clone())
+    }
+    fn adam_state_download(&self, st: &AdamState<F>) -> Result<AdamState<F>> {
+        Ok(st.clone())
+    }
+    fn adam_step(
+        &self,
+        adam: &Adam<F>,
+        p: &mut Array2<F>,
+        g: &Array2<F>,
+        st: &mut AdamState<F>,
+    ) -> Result<()> {
+        adam.step(p.view_mut(), g.view(), st)
+    }
+}

@@ -1,0 +1,793 @@
+//! The model's one definition: the forward pass over the full graphs, the batch losses and the hand-written
+//! backward pass, written once over [`Exec`] and run by every backend (the CPU's `ndarray` ops, the GPU's
+//! kernels). A backend supplies storage and kernels; which terms the loss has, where each gradient goes and
+//! in which order it accumulates is decided here.
+//!
+//! Parameters live on the backend as one tensor list in [`Params::tensors`]' order ([`State`]); the
+//! [`Layout`] says which tensor is which.
+
+use super::config::{Cmcl, Fusion};
+use super::params::{Branch, Params};
+use super::profile::{Profile, Stage};
+use super::recgoat::{Batch, LossParts, RecGoat, BRANCH_SLOPE};
+use crate::attention::{GatParams, Mode};
+use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig};
+use crate::error::{Error, Result};
+use crate::exec::{Exec, GatRefs};
+use crate::nn::{dropout_mask, Adam, AdamState};
+use crate::simd::Real;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const OP: &str = "RecGoat step";
+
+/// Where a graph-attention layer's tensors sit in the tensor list.
+#[derive(Debug, Clone)]
+pub(super) struct GatIdx {
+    w: usize,
+    a_src: usize,
+    a_dst: Option<usize>,
+    bias: Option<usize>,
+    w_res: Option<usize>,
+}
+
+impl GatIdx {
+    fn refs<'a, M>(&self, t: &'a [M]) -> GatRefs<'a, M> {
+        GatRefs {
+            w: &t[self.w],
+            a_src: &t[self.a_src],
+            a_dst: self.a_dst.map(|k| &t[k]),
+            bias: self.bias.map(|k| &t[k]),
+            w_res: self.w_res.map(|k| &t[k]),
+        }
+    }
+    /// In [`GatRefs`]' field order, as [`Exec::gat_backward`] returns the gradients.
+    fn indices(&self) -> impl Iterator<Item = usize> {
+        [
+            Some(self.w),
+            Some(self.a_src),
+            self.a_dst,
+            self.bias,
+            self.w_res,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// Where a branch's tensors sit in the tensor list.
+#[derive(Debug, Clone)]
+pub(super) struct BranchIdx {
+    w: usize,
+    b: Option<usize>,
+    gat: Vec<GatIdx>,
+}
+
+/// Which tensor of [`Params::tensors`]' list (the embedding table first) is which parameter.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Layout {
+    branches: Vec<BranchIdx>,
+    user: Option<BranchIdx>,
+    deltas: Vec<usize>,
+    fusion: Option<usize>,
+    norm: Option<(usize, usize)>,
+    len: usize,
+}
+
+impl Layout {
+    /// The layout of `p`'s structure, in the order of [`Params::tensors`].
+    pub(super) fn of<F: Real>(p: &Params<F>) -> Layout {
+        let mut k = 1; // the embedding table is tensor 0
+        let mut take = || {
+            k += 1;
+            k - 1
+        };
+        let branch = |b: &Branch<F>, take: &mut dyn FnMut() -> usize| BranchIdx {
+            w: take(),
+            b: b.proj.b.as_ref().map(|_| take()),
+            gat: (b.gat.iter())
+                .map(|g: &GatParams<F>| GatIdx {
+                    w: take(),
+                    a_src: take(),
+                    a_dst: g.a_dst.as_ref().map(|_| take()),
+                    bias: g.bias.as_ref().map(|_| take()),
+                    w_res: g.w_res.as_ref().map(|_| take()),
+                })
+                .collect(),
+        };
+        let branches = p.branches.iter().map(|b| branch(b, &mut take)).collect();
+        let user = p.user_branch.as_ref().map(|b| branch(b, &mut take));
+        let deltas = p.deltas.iter().map(|_| take()).collect();
+        let fusion = p.fusion.as_ref().map(|_| take());
+        let norm = p.norm.as_ref().map(|_| (take(), take()));
+        Layout {
+            branches,
+            user,
+            deltas,
+            fusion,
+            norm,
+            len: take(),
+        }
+    }
+}
+
+/// A model's parameters on a backend: [`Params::tensors`]' list, and the fusion LayerNorm's `eps`.
+pub(crate) struct State<E: Exec> {
+    t: Vec<E::M>,
+    eps: E::F,
+}
+
+impl<E: Exec> State<E> {
+    pub(super) fn upload(ex: &E, p: &Params<E::F>) -> Result<Self> {
+        Ok(State {
+            t: (p.tensors().iter())
+                .map(|(_, v)| ex.upload(*v))
+                .collect::<Result<_>>()?,
+            eps: p.norm.as_ref().map_or(E::F::c(1e-5), |n| n.eps),
+        })
+    }
+}
+
+/// Copies `tensors` (in [`Params::tensors`]' order) into `p`.
+fn download_into<E: Exec>(ex: &E, tensors: &[E::M], p: &mut Params<E::F>) -> Result<()> {
+    let mut dst = p.tensors_mut();
+    if dst.len() != tensors.len() {
+        return Err(Error::shape(OP, "tensor count", dst.len(), tensors.len()));
+    }
+    for ((name, d), m) in dst.iter_mut().zip(tensors) {
+        let host = ex.download(m)?;
+        if host.dim() != d.dim() {
+            return Err(Error::shape(OP, name.clone(), d.dim(), host.dim()));
+        }
+        d.assign(&host);
+    }
+    Ok(())
+}
+
+struct LayerRec<E: Exec> {
+    pre: E::M,
+    mask: Option<E::M>,
+    cache: E::GatCache,
+    /// The layer's input.
+    x: E::M,
+}
+
+struct BranchRec<E: Exec> {
+    layers: Vec<LayerRec<E>>,
+    out: E::M,
+}
+
+struct FusionRec<E: Exec> {
+    weights: E::Fusion,
+    /// LayerNorm cache and the L2 row norms, with `fusion_normalize`.
+    norm: Option<(E::NormCache, E::M)>,
+    mask: Option<E::M>,
+    items: E::M,
+}
+
+/// A forward pass on a backend: the final user vectors, the collaborative items, every branch, OAT map and
+/// the fusion with what the backward pass needs, and the checks the backend deferred.
+pub(super) struct Fwd<E: Exec> {
+    pub(super) users: E::M,
+    pub(super) zcf: E::M,
+    branches: Vec<BranchRec<E>>,
+    user_branch: Option<BranchRec<E>>,
+    aligned: Vec<E::M>,
+    oat: Vec<E::Oat>,
+    fusion: Option<FusionRec<E>>,
+    checks: Vec<E::Scalar>,
+}
+
+impl<E: Exec> Fwd<E> {
+    /// The final item vectors (the fused ones; LightGCN's when ID-only).
+    pub(super) fn items(&self) -> &E::M {
+        self.fusion.as_ref().map_or(&self.zcf, |f| &f.items)
+    }
+    /// The branch outputs `z^m`, in modality order.
+    pub(super) fn modal(&self) -> impl Iterator<Item = &E::M> {
+        self.branches.iter().map(|b| &b.out)
+    }
+    /// The OAT states, in modality order.
+    pub(super) fn oat(&self) -> &[E::Oat] {
+        &self.oat
+    }
+    /// The fused views: the collaborative items, then per modality its OAT output (or branch output).
+    fn views(&self) -> Vec<&E::M> {
+        let mut v = vec![&self.zcf];
+        if self.aligned.is_empty() {
+            v.extend(self.modal());
+        } else {
+            v.extend(self.aligned.iter());
+        }
+        v
+    }
+}
+
+/// `dLoss/d` of a forward pass's outputs, dense.
+struct OutGrads<E: Exec> {
+    users: E::M,
+    items: E::M,
+    zcf: E::M,
+    modal: Vec<E::M>,
+    aligned: Vec<E::M>,
+    /// The regulariser's gradient of the batch's ego rows and their selection.
+    ego: (E::Sel, E::M),
+}
+
+/// What a step leaves to read: the forward pass's checks, the BPR and regulariser terms, the contrastive
+/// term's parts and the sample-level OT term.
+pub(crate) struct Pending<S> {
+    checks: Vec<S>,
+    bpr: S,
+    reg: S,
+    cl: Vec<S>,
+    ot: S,
+}
+
+impl<F: Real> RecGoat<F> {
+    /// The dropout mask of a `shape` activation for `mode` and `salt` (drawn on the host from the seed, so
+    /// every backend uses the same), on the backend.
+    fn mask<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        shape: (usize, usize),
+        mode: Mode,
+        salt: u64,
+    ) -> Result<Option<E::M>> {
+        match Self::derived(mode, salt) {
+            Mode::Train { seed } if self.cfg.dropout > 0.0 => {
+                let p = F::c(self.cfg.dropout);
+                let m = dropout_mask(shape, p, &mut ChaCha8Rng::seed_from_u64(seed));
+                Ok(Some(ex.upload(m.view())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Branch `slot`: the projection of its features, then each GAT layer with LeakyReLU and dropout.
+    fn branch_forward<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        t: &[E::M],
+        idx: &BranchIdx,
+        slot: usize,
+        mode: Mode,
+        salt: u64,
+    ) -> Result<BranchRec<E>> {
+        let mut h = ex.project(slot, &t[idx.w], idx.b.map(|k| &t[k]))?;
+        let mut layers = Vec::with_capacity(idx.gat.len());
+        for (l, gi) in idx.gat.iter().enumerate() {
+            let salt = salt * 64 + l as u64;
+            let (pre, cache) =
+                ex.gat_forward(slot, gi.refs(t), &h, Self::derived(mode, 2 * salt))?;
+            let mask = self.mask(ex, ex.dim(&pre), mode, 2 * salt + 1)?;
+            let act = ex.leaky_relu_masked(&pre, F::c(BRANCH_SLOPE), mask.as_ref())?;
+            let x = std::mem::replace(&mut h, act);
+            layers.push(LayerRec {
+                pre,
+                mask,
+                cache,
+                x,
+            });
+        }
+        Ok(BranchRec { layers, out: h })
+    }
+
+    /// The backward pass of [`RecGoat::branch_forward`] for `g = dL/d out`, into `grads`.
+    fn branch_backward<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        t: &[E::M],
+        (idx, slot): (&BranchIdx, usize),
+        rec: &BranchRec<E>,
+        g_out: &E::M,
+        grads: &mut [Option<E::M>],
+    ) -> Result<()> {
+        let mut owned: Option<E::M> = None;
+        for (gi, layer) in idx.gat.iter().zip(&rec.layers).rev() {
+            let g = owned.as_ref().unwrap_or(g_out);
+            let slope = F::c(BRANCH_SLOPE);
+            let gl = ex.leaky_relu_masked_backward(&layer.pre, slope, layer.mask.as_ref(), g)?;
+            let (gx, params) = ex.gat_backward(slot, gi.refs(t), &layer.cache, &layer.x, &gl)?;
+            for (k, gk) in gi.indices().zip(params) {
+                grads[k] = Some(gk);
+            }
+            owned = Some(gx);
+        }
+        let g = owned.as_ref().unwrap_or(g_out);
+        let (gw, gb) = ex.project_backward(slot, g, idx.b.is_some())?;
+        grads[idx.w] = Some(gw);
+        if let (Some(k), Some(gb)) = (idx.b, gb) {
+            grads[k] = Some(gb);
+        }
+        Ok(())
+    }
+
+    /// The forward pass over the full graphs: LightGCN, each modality branch, OAT, fusion and the user-user
+    /// branch. `mode` switches dropout; `profile`, when given, accumulates each stage's time.
+    pub(super) fn forward_on<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        st: &State<E>,
+        mode: Mode,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<Fwd<E>> {
+        let (nu, ni) = (self.n_users, self.n_items);
+        let (t, layout) = (&st.t, &self.layout);
+        let t0 = Profile::start();
+        let z = ex.propagate(&t[0], false)?;
+        let mut users = ex.rows(&z, 0, nu)?;
+        let zcf = ex.rows(&z, nu, ni)?;
+        drop(z);
+        Profile::add(&mut profile, Stage::Propagation, t0);
+
+        let t0 = Profile::start();
+        let branches = (layout.branches.iter().enumerate())
+            .map(|(m, idx)| self.branch_forward(ex, t, idx, m, mode, 1 + m as u64))
+            .collect::<Result<Vec<_>>>()?;
+        let user_branch = match &layout.user {
+            Some(idx) => {
+                let rec = self.branch_forward(ex, t, idx, branches.len(), mode, 1000)?;
+                ex.axpy(F::one(), &rec.out, &mut users)?;
+                Some(rec)
+            }
+            None => None,
+        };
+        Profile::add(&mut profile, Stage::Gat, t0);
+
+        let t0 = Profile::start();
+        let (mut aligned, mut oat, mut checks) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, &k) in branches.iter().zip(&layout.deltas) {
+            let (a, state, check) = ex.oat_forward(&b.out, &zcf, &t[k])?;
+            aligned.push(a);
+            oat.push(state);
+            checks.extend(check);
+        }
+        Profile::add(&mut profile, Stage::Transport, t0);
+
+        let mut fwd = Fwd {
+            users,
+            zcf,
+            branches,
+            user_branch,
+            aligned,
+            oat,
+            fusion: None,
+            checks,
+        };
+        if let Some(fi) = layout.fusion {
+            let t0 = Profile::start();
+            let softmax = self.cfg.fusion == Fusion::Softmax;
+            let (fused, weights) = ex.fusion(&fwd.views(), &t[fi], softmax)?;
+            let mask = self.mask(ex, ex.dim(&fused), mode, 2000)?;
+            let (items, norm) = match layout.norm {
+                Some((g, b)) => {
+                    let (normed, cache) = ex.layer_norm((&t[g], &t[b], st.eps), &fused)?;
+                    let dropped = ex.masked(normed, mask.as_ref())?;
+                    let (items, norms, check) = ex.l2_normalize(&dropped, "the fused items")?;
+                    fwd.checks.extend(check);
+                    (items, Some((cache, norms)))
+                }
+                None => (ex.masked(fused, mask.as_ref())?, None),
+            };
+            fwd.fusion = Some(FusionRec {
+                weights,
+                norm,
+                mask,
+                items,
+            });
+            Profile::add(&mut profile, Stage::Fusion, t0);
+        }
+        Ok(fwd)
+    }
+
+    /// The loss of one batch on a forward pass and its gradient with respect to the forward outputs: BPR on
+    /// `z_u . z_i`, the regulariser on the batch's ego embeddings, the contrastive term and the sample-level
+    /// OT term as configured.
+    fn loss_on<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        st: &State<E>,
+        fwd: &Fwd<E>,
+        batch: &Batch,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<(Pending<E::Scalar>, OutGrads<E>)> {
+        let (nu, ni, d) = (self.n_users, self.n_items, self.cfg.embedding_dim);
+        let bsz = batch.check(OP, nu, ni)?;
+        let t0 = Profile::start();
+        let items = fwd.items();
+        let s_u = ex.select(&batch.users, nu)?;
+        let pos_neg: Vec<usize> = batch.pos.iter().chain(&batch.neg).copied().collect();
+        let s_i = ex.select(&pos_neg, ni)?;
+        let ego: Vec<usize> = (batch.users.iter().copied())
+            .chain(pos_neg.iter().map(|&i| nu + i))
+            .collect();
+        let s_e = ex.select(&ego, nu + ni)?;
+        let zu = ex.gather(&s_u, &fwd.users)?;
+        let zi = ex.gather(&s_i, items)?;
+        let eb = ex.gather(&s_e, &st.t[0])?;
+        let bo = ex.bpr(&zu, &zi, &eb, F::c(self.cfg.reg_weight))?;
+        let mut g_users = ex.zeros(nu, d)?;
+        ex.scatter_add(&s_u, &bo.grad_users, &mut g_users)?;
+        let mut g_items = ex.zeros(ni, d)?;
+        ex.scatter_add(&s_i, &bo.grad_items, &mut g_items)?;
+        let mut g_zcf = ex.zeros(ni, d)?;
+        let mut g_modal = (0..fwd.branches.len())
+            .map(|_| ex.zeros(ni, d))
+            .collect::<Result<Vec<_>>>()?;
+        let mut g_aligned = (0..fwd.aligned.len())
+            .map(|_| ex.zeros(ni, d))
+            .collect::<Result<Vec<_>>>()?;
+        Profile::add(&mut profile, Stage::Loss, t0);
+
+        let clw = self.cfg.cl_weight;
+        let otw = self.cfg.ot_sample_weight;
+        let ot_loss = otw > 0.0 && !fwd.aligned.is_empty();
+        // the positives' selection, shared by the contrastive and the sample-level OT terms
+        let s_pos = if clw > 0.0 || ot_loss {
+            Some(ex.select(&batch.pos, ni)?)
+        } else {
+            None
+        };
+
+        let mut cl = Vec::new();
+        if clw > 0.0 {
+            let t0 = Profile::start();
+            // the term's rows: every row (sharing the BPR gathers and selections), or a subset with its own
+            let subset = self.contrastive_subset(batch);
+            let own;
+            let (s_cu, s_cp, cu, cp) = match &subset {
+                Some(rows) => {
+                    let (su, sp) = (ex.select(&rows.users, nu)?, ex.select(&rows.pos, ni)?);
+                    let (u, p) = (ex.gather(&su, &fwd.users)?, ex.gather(&sp, items)?);
+                    own = (su, sp, u);
+                    (&own.0, &own.1, &own.2, p)
+                }
+                None => {
+                    let sp = s_pos.as_ref().expect("built for the contrastive term");
+                    (&s_u, sp, &zu, ex.rows(&zi, 0, bsz)?)
+                }
+            };
+            let rows = subset.as_ref().unwrap_or(batch);
+            // each further view with where its gradient goes (2 collaborative items, 3 + m modality m)
+            let mut extra: Vec<(E::M, usize, &E::Sel)> = Vec::new();
+            let s_n;
+            let pairs = match self.cfg.cmcl {
+                Cmcl::Paper => {
+                    for (m, b) in fwd.branches.iter().enumerate() {
+                        extra.push((ex.gather(s_cp, &b.out)?, 3 + m, s_cp));
+                    }
+                    cmcl_paper_pairs::<F>(fwd.branches.len())
+                }
+                Cmcl::OfficialCode => {
+                    s_n = ex.select(&rows.neg, ni)?;
+                    for sel in [s_cp, &s_n] {
+                        extra.push((ex.gather(sel, &fwd.zcf)?, 2, sel));
+                        for (m, b) in fwd.branches.iter().enumerate() {
+                            extra.push((ex.gather(sel, &b.out)?, 3 + m, sel));
+                        }
+                    }
+                    cmcl_official_pairs::<F>(1 + fwd.branches.len())
+                }
+            };
+            let mut views: Vec<(&E::M, usize, &E::Sel)> = vec![(cu, 0, s_cu), (&cp, 1, s_cp)];
+            views.extend(extra.iter().map(|(v, target, s)| (v, *target, *s)));
+            let cfg = InfoNceConfig {
+                temperature: F::c(self.cfg.cl_temperature),
+                ..InfoNceConfig::default()
+            };
+            let refs: Vec<&E::M> = views.iter().map(|v| v.0).collect();
+            let (terms, grads) = ex.info_nce(&refs, &pairs, &cfg, F::c(clw))?;
+            for ((_, target, sel), g) in views.into_iter().zip(&grads) {
+                let acc = match target {
+                    0 => &mut g_users,
+                    1 => &mut g_items,
+                    2 => &mut g_zcf,
+                    m => &mut g_modal[m - 3],
+                };
+                ex.scatter_add(sel, g, acc)?;
+            }
+            cl = terms;
+            Profile::add(&mut profile, Stage::Contrastive, t0);
+        }
+
+        let mut ot = 0.0;
+        if ot_loss {
+            // B x B divergences through the transport module's host-in / host-out API
+            let t0 = Profile::start();
+            let s_p = s_pos.as_ref().expect("built for the OT term");
+            let yc = ex.download(&ex.gather(s_p, &fwd.zcf)?)?;
+            let rows = (fwd.aligned.iter())
+                .map(|a| ex.download(&ex.gather(s_p, a)?))
+                .collect::<Result<Vec<_>>>()?;
+            let (value, grads) = self.sample_ot_loss(&rows, yc.view())?;
+            ot = value.to_f64().unwrap_or(f64::NAN);
+            for ((gx, gy), acc) in grads.iter().zip(&mut g_aligned) {
+                ex.scatter_add(s_p, &ex.upload(gx.view())?, acc)?;
+                ex.scatter_add(s_p, &ex.upload(gy.view())?, &mut g_zcf)?;
+            }
+            Profile::add(&mut profile, Stage::Transport, t0);
+        }
+        let pending = Pending {
+            checks: Vec::new(),
+            bpr: bo.bpr,
+            reg: bo.reg,
+            cl,
+            ot: ex.scalar(ot),
+        };
+        let og = OutGrads {
+            users: g_users,
+            items: g_items,
+            zcf: g_zcf,
+            modal: g_modal,
+            aligned: g_aligned,
+            ego: (s_e, bo.grad_ego),
+        };
+        Ok((pending, og))
+    }
+
+    /// Gradients of the batch loss with respect to every parameter (in [`Params::tensors`]' order), from
+    /// the forward pass and the output gradients.
+    fn backward_on<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        st: &State<E>,
+        fwd: &Fwd<E>,
+        og: OutGrads<E>,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<Vec<E::M>> {
+        let (t, layout) = (&st.t, &self.layout);
+        let mut grads: Vec<Option<E::M>> = (0..layout.len).map(|_| None).collect();
+        let OutGrads {
+            users: g_users,
+            items: g_items,
+            zcf: mut g_zcf,
+            mut modal,
+            mut aligned,
+            ego: (s_e, g_ego),
+        } = og;
+        let one = F::one();
+        let t0 = Profile::start();
+        if let (Some(idx), Some(rec)) = (&layout.user, &fwd.user_branch) {
+            let slot = layout.branches.len();
+            self.branch_backward(ex, t, (idx, slot), rec, &g_users, &mut grads)?;
+        }
+        Profile::add(&mut profile, Stage::Gat, t0);
+
+        match (&fwd.fusion, layout.fusion) {
+            (Some(f), Some(fi)) => {
+                let t0 = Profile::start();
+                let mut g = g_items;
+                match (&f.norm, layout.norm) {
+                    (Some((cache, norms)), Some((gk, bk))) => {
+                        g = ex.l2_normalize_backward(&f.items, norms, &g)?;
+                        g = ex.masked(g, f.mask.as_ref())?;
+                        let ln = (&t[gk], &t[bk], st.eps);
+                        let (gx, g_gamma, g_beta) = ex.layer_norm_backward(ln, cache, &g)?;
+                        grads[gk] = Some(g_gamma);
+                        grads[bk] = Some(g_beta);
+                        g = gx;
+                    }
+                    _ => g = ex.masked(g, f.mask.as_ref())?,
+                }
+                let softmax = self.cfg.fusion == Fusion::Softmax;
+                let (g_views, g_logits) =
+                    ex.fusion_backward(&fwd.views(), &f.weights, &t[fi], softmax, &g)?;
+                grads[fi] = Some(g_logits);
+                let mut g_views = g_views.into_iter();
+                if let Some(g0) = g_views.next() {
+                    ex.axpy(one, &g0, &mut g_zcf)?;
+                }
+                for (m, gv) in g_views.enumerate() {
+                    let acc = if fwd.aligned.is_empty() {
+                        &mut modal[m]
+                    } else {
+                        &mut aligned[m]
+                    };
+                    ex.axpy(one, &gv, acc)?;
+                }
+                Profile::add(&mut profile, Stage::Fusion, t0);
+            }
+            _ => ex.axpy(one, &g_items, &mut g_zcf)?,
+        }
+
+        let t0 = Profile::start();
+        for (m, state) in fwd.oat.iter().enumerate() {
+            let out = &fwd.branches[m].out;
+            let [gm, gz, gd] = ex.oat_backward(state, out, &fwd.zcf, &aligned[m])?;
+            ex.axpy(one, &gm, &mut modal[m])?;
+            ex.axpy(one, &gz, &mut g_zcf)?;
+            grads[layout.deltas[m]] = Some(gd);
+        }
+        Profile::add(&mut profile, Stage::Transport, t0);
+
+        let t0 = Profile::start();
+        for (m, g) in modal.iter().enumerate() {
+            let idx = &layout.branches[m];
+            self.branch_backward(ex, t, (idx, m), &fwd.branches[m], g, &mut grads)?;
+        }
+        Profile::add(&mut profile, Stage::Gat, t0);
+
+        let t0 = Profile::start();
+        let gz = ex.concat_rows(&g_users, &g_zcf)?;
+        let mut ge = ex.propagate(&gz, true)?;
+        ex.scatter_add(&s_e, &g_ego, &mut ge)?;
+        grads[0] = Some(ge);
+        Profile::add(&mut profile, Stage::Propagation, t0);
+        (grads.into_iter().enumerate())
+            .map(|(k, g)| g.ok_or_else(|| Error::shape(OP, "gradient of tensor", k, "none")))
+            .collect()
+    }
+
+    /// The checks a forward pass deferred, read and judged.
+    ///
+    /// # Errors
+    /// The first failed check.
+    pub(super) fn resolve_checks<E: Exec<F = F>>(&self, ex: &E, fwd: &Fwd<E>) -> Result<()> {
+        let refs: Vec<&E::Scalar> = fwd.checks.iter().collect();
+        for v in ex.read(&refs)? {
+            v?;
+        }
+        Ok(())
+    }
+
+    /// One batch's forward pass, losses and backward pass: what to read of its loss, and every parameter's
+    /// gradient.
+    pub(super) fn step_on<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        st: &State<E>,
+        batch: &Batch,
+        mode: Mode,
+        mut profile: Option<&mut Profile>,
+        with_grads: bool,
+    ) -> Result<(Pending<E::Scalar>, Vec<E::M>)> {
+        let mut fwd = self.forward_on(ex, st, mode, profile.as_deref_mut())?;
+        let (mut pending, og) = self.loss_on(ex, st, &fwd, batch, profile.as_deref_mut())?;
+        pending.checks = std::mem::take(&mut fwd.checks);
+        let grads = if with_grads {
+            self.backward_on(ex, st, &fwd, og, profile)?
+        } else {
+            Vec::new()
+        };
+        Ok((pending, grads))
+    }
+
+    /// The losses of `steps`, read from the backend in one go and judged in step order: the forward
+    /// pass's checks, the contrastive term's, then a non-finite term.
+    ///
+    /// # Errors
+    /// The first failed check; [`Error::NonFinite`] for a non-finite loss term.
+    pub(super) fn resolve<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        steps: &[Pending<E::Scalar>],
+    ) -> Result<Vec<LossParts<F>>> {
+        let refs: Vec<&E::Scalar> = (steps.iter())
+            .flat_map(|p| p.checks.iter().chain(&p.cl).chain([&p.bpr, &p.reg, &p.ot]))
+            .collect();
+        let mut values = ex.read(&refs)?.into_iter();
+        let mut next = || {
+            values
+                .next()
+                .unwrap_or_else(|| Err(Error::shape(OP, "values read", refs.len(), "fewer")))
+        };
+        let (clw, otw) = (self.cfg.cl_weight, self.cfg.ot_sample_weight);
+        let mut out = Vec::with_capacity(steps.len());
+        for p in steps {
+            for _ in &p.checks {
+                next()?;
+            }
+            let mut cl = 0.0;
+            for _ in &p.cl {
+                cl += next()?;
+            }
+            let (bpr, reg, ot) = (next()?, next()?, next()?);
+            for (what, v) in [("contrastive loss", cl), ("sample-level OT loss", ot)] {
+                if !v.is_finite() {
+                    return Err(Error::NonFinite {
+                        op: OP,
+                        what: what.into(),
+                        index: 0,
+                        value: v.to_string(),
+                    });
+                }
+            }
+            let c = |v: f64| F::c(v);
+            let (bpr, reg, cl, ot) = (c(bpr), c(reg), c(cl), c(ot));
+            out.push(LossParts {
+                total: bpr + reg + c(clw) * cl + c(otw) * ot,
+                bpr,
+                reg,
+                cl,
+                ot,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs `batches` on a backend: each step's forward, loss, backward and an Adam update of every
+    /// parameter, the parameters and their Adam states kept on the backend throughout; then the losses are
+    /// read in one go and the parameters and states come back into `params` and `states`. After an error
+    /// `params` and `states` are those of the start.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn train_on<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        params: &mut Params<F>,
+        states: &mut [AdamState<F>],
+        adam: &Adam<F>,
+        batches: &[(Batch, Mode)],
+        profile: &mut Profile,
+        on_batch: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<LossParts<F>>> {
+        // on a deferring backend the stages overlap on the device: the whole step is timed as one
+        let t0 = Profile::start();
+        let mut st = State::upload(ex, params)?;
+        let mut adam_states = (states.iter())
+            .map(|s| ex.adam_state(s))
+            .collect::<Result<Vec<_>>>()?;
+        if adam_states.len() != st.t.len() {
+            return Err(Error::shape(
+                OP,
+                "Adam states",
+                st.t.len(),
+                adam_states.len(),
+            ));
+        }
+        if E::DEFERRED {
+            profile.record(Stage::Device, t0.elapsed());
+        }
+        let mut pending = Vec::with_capacity(batches.len());
+        for (b, (batch, mode)) in batches.iter().enumerate() {
+            let t0 = Profile::start();
+            let stages = (!E::DEFERRED).then_some(&mut *profile);
+            let (p, grads) = self.step_on(ex, &st, batch, *mode, stages, true)?;
+            let t1 = Profile::start();
+            for ((t, g), s) in st.t.iter_mut().zip(&grads).zip(&mut adam_states) {
+                ex.adam_step(adam, t, g, s)?;
+            }
+            if E::DEFERRED {
+                profile.record(Stage::Device, t0.elapsed());
+            } else {
+                profile.record(Stage::Optimizer, t1.elapsed());
+            }
+            pending.push(p);
+            on_batch(b + 1, batches.len());
+        }
+        let t0 = Profile::start();
+        let losses = self.resolve(ex, &pending)?;
+        let mut new_params = params.clone();
+        download_into(ex, &st.t, &mut new_params)?;
+        let new_states = (adam_states.iter())
+            .map(|s| ex.adam_state_download(s))
+            .collect::<Result<Vec<_>>>()?;
+        *params = new_params;
+        states.clone_from_slice(&new_states);
+        if E::DEFERRED {
+            profile.record(Stage::Device, t0.elapsed());
+        }
+        Ok(losses)
+    }
+
+    /// One batch's loss and (with `with_grads`) its gradient on a backend, into host values.
+    pub(super) fn loss_grad_on<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        p: &Params<F>,
+        batch: &Batch,
+        mode: Mode,
+        profile: Option<&mut Profile>,
+        with_grads: bool,
+    ) -> Result<(LossParts<F>, Option<Params<F>>)> {
+        let st = State::upload(ex, p)?;
+        let (pending, grads) = self.step_on(ex, &st, batch, mode, profile, with_grads)?;
+        let loss = self.resolve(ex, &[pending])?.remove(0);
+        if !with_grads {
+            return Ok((loss, None));
+        }
+        let mut g = p.zeros_like();
+        download_into(ex, &grads, &mut g)?;
+        Ok((loss, Some(g)))
+    }
+}
