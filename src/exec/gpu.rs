@@ -11,11 +11,12 @@ use crate::attention::{GatLayer, Mode};
 use crate::backend::GpuBackend;
 use crate::contrastive::{InfoNceConfig, PairTerm, ViewPair};
 use crate::error::{Error, Result};
-use crate::gpu::dense::{
-    axpy, col_sums, fusion_logits_backward, fusion_weight_rows, hadamard, judge_norms,
-    l2_normalize_unchecked, leaky_relu_masked, weighted_sum_backward_scaled, weighted_sum_scaled,
-};
+use crate::gpu::elementwise::{axpy, col_sums, hadamard, leaky_relu_masked};
 use crate::gpu::f32_twin::{from_f32, same, to_f32};
+use crate::gpu::fusion::{
+    fusion_logits_backward, fusion_weight_rows, weighted_sum_backward_scaled, weighted_sum_scaled,
+};
+use crate::gpu::norm::{judge_norms, l2_normalize_unchecked};
 use crate::gpu::{
     self, GpuAdamState, GpuAdaptiveCache, GpuAttentionGraph, GpuContext, GpuGatCache, GpuGatParams,
     GpuGraph, GpuLayerNorm, GpuLayerNormCache, GpuMatrix,
@@ -451,7 +452,7 @@ impl<F: Real> Exec for GpuExec<'_, F> {
         );
         let terms = self.zeros(b, 2)?;
         let reg = Self::f(reg);
-        gpu::optim::bpr_rows(self.ctx, (zu, zi, e), reg, (&gu, &gi, &ge, &terms))?;
+        gpu::bpr::bpr_rows(self.ctx, (zu, zi, e), reg, (&gu, &gi, &ge, &terms))?;
         Ok(BprOut {
             bpr: GpuScalar::Terms {
                 terms: terms.alias(),

@@ -19,7 +19,8 @@
 //!
 //! [`PlanGradient`]: crate::transport::PlanGradient
 
-use super::dense::{record_add_scaled_cols, record_col_sums, record_gemm, row_vector, Operand};
+use super::elementwise::{record_add_scaled_cols, record_col_sums, row_vector};
+use super::gemm::{record_gemm, Operand};
 use super::transport::{record_small, u32_of, SMALL_PROBLEM};
 use super::{context::Kernel, GpuContext, GpuMatrix};
 use crate::backend::{Backend, Par};

@@ -11,9 +11,8 @@
 //! sums and GEMMs.
 
 use super::context::Kernel;
-use super::dense::{
-    record_add_scaled_cols, record_col_sums, record_gemm, record_hadamard, row_vector, Operand,
-};
+use super::elementwise::{record_add_scaled_cols, record_col_sums, record_hadamard, row_vector};
+use super::gemm::{record_gemm, Operand};
 use super::matrix::record_copy_rows;
 use super::{GpuContext, GpuMatrix};
 use crate::attention::cpu::dropout_masks;

@@ -8,9 +8,8 @@
 //! keep the similarity buffer under the device's storage-binding size.
 
 use super::context::Kernel;
-use super::dense::{
-    judge_norms, record_gemm, record_normalize, record_normalize_backward, Operand,
-};
+use super::gemm::{record_gemm, Operand};
+use super::norm::{judge_norms, record_normalize, record_normalize_backward};
 use super::{GpuContext, GpuMatrix};
 use crate::contrastive::{validate_inputs, Direction, InfoNceConfig, InfoNceOutput, Reduction};
 use crate::error::{Error, Result};

@@ -3,7 +3,8 @@
 //! assembly on the host, shared with [`crate::graph::knn_graph`].
 
 use super::context::Kernel;
-use super::dense::{record_gemm, record_normalize, Operand};
+use super::gemm::{record_gemm, Operand};
+use super::norm::record_normalize;
 use super::{GpuContext, GpuMatrix};
 use crate::error::{Error, Result};
 use crate::graph::{knn_lists_to_graph, validate_knn, CsrGraph, KnnConfig};

@@ -43,19 +43,27 @@ mod adaptive;
 #[cfg(feature = "gpu")]
 mod attention;
 #[cfg(feature = "gpu")]
+pub(crate) mod bpr;
+#[cfg(feature = "gpu")]
 mod context;
 #[cfg(feature = "gpu")]
 mod contrastive;
 #[cfg(feature = "gpu")]
-pub(crate) mod dense;
-#[cfg(feature = "gpu")]
 mod divergence;
 #[cfg(feature = "gpu")]
+pub(crate) mod elementwise;
+#[cfg(feature = "gpu")]
 pub(crate) mod f32_twin;
+#[cfg(feature = "gpu")]
+pub(crate) mod fusion;
+#[cfg(feature = "gpu")]
+pub(crate) mod gemm;
 #[cfg(feature = "gpu")]
 mod knn;
 #[cfg(feature = "gpu")]
 mod matrix;
+#[cfg(feature = "gpu")]
+pub(crate) mod norm;
 #[cfg(feature = "gpu")]
 pub(crate) mod optim;
 #[cfg(feature = "gpu")]
@@ -84,17 +92,20 @@ pub(crate) use contrastive::info_nce_deferred;
 #[cfg(feature = "gpu")]
 pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
 #[cfg(feature = "gpu")]
-pub use dense::{
-    gemm, l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_backward_with,
-    layer_norm_forward, layer_norm_forward_with, softmax_fusion, softmax_fusion_backward,
-    GpuLayerNorm, GpuLayerNormCache,
-};
-#[cfg(feature = "gpu")]
 pub use divergence::{point_cloud_gradients, sinkhorn_divergence};
+#[cfg(feature = "gpu")]
+pub use fusion::{softmax_fusion, softmax_fusion_backward};
+#[cfg(feature = "gpu")]
+pub use gemm::gemm;
 #[cfg(feature = "gpu")]
 pub use knn::{knn_graph, KNN_MAX_K};
 #[cfg(feature = "gpu")]
 pub use matrix::{GpuGraph, GpuMatrix};
+#[cfg(feature = "gpu")]
+pub use norm::{
+    l2_normalize, l2_normalize_backward, layer_norm_backward, layer_norm_backward_with,
+    layer_norm_forward, layer_norm_forward_with, GpuLayerNorm, GpuLayerNormCache,
+};
 #[cfg(feature = "gpu")]
 pub use optim::{adam_step, GpuAdamState};
 #[cfg(feature = "gpu")]
