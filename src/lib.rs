@@ -6,6 +6,7 @@ pub mod backend;
 pub mod contrastive;
 pub mod data;
 pub mod error;
+pub mod eval;
 mod exec;
 pub mod gpu;
 pub mod graph;

@@ -308,3 +308,42 @@ impl Dataset {
         Ok(())
     }
 }
+
+/// Each user's profile: the mean of the feature rows of the user's training items, the feature matrices
+/// `feats` (one row per item) side by side; zeros for a user without training items.
+///
+/// # Example
+/// ```
+/// let f = ndarray::array![[1.0f32, 0.0], [0.0, 2.0]];
+/// let p = recgoat_core::data::user_profiles(2, &[(0, 0), (0, 1)], &[&f]);
+/// assert_eq!(p, ndarray::array![[0.5, 1.0], [0.0, 0.0]]);
+/// ```
+///
+/// # Panics
+/// When a pair names a user or an item beyond the profiles or the features (a validated dataset's pairs
+/// never do).
+pub fn user_profiles<F: crate::simd::Real>(
+    n_users: usize,
+    train: &[Pair],
+    feats: &[&Array2<F>],
+) -> Array2<F> {
+    let width: usize = feats.iter().map(|x| x.ncols()).sum();
+    let mut profiles = Array2::<F>::zeros((n_users, width));
+    let mut counts = vec![0usize; n_users];
+    for &(u, i) in train {
+        counts[u] += 1;
+        let mut col = 0;
+        for x in feats {
+            let w = x.ncols();
+            profiles
+                .slice_mut(ndarray::s![u, col..col + w])
+                .scaled_add(F::one(), &x.row(i));
+            col += w;
+        }
+    }
+    for (mut r, &c) in profiles.rows_mut().into_iter().zip(&counts) {
+        let n = F::from_usize(c.max(1)).unwrap_or_else(F::one);
+        r.mapv_inplace(|v| v / n);
+    }
+    profiles
+}

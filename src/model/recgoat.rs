@@ -16,10 +16,10 @@ use crate::graph::{CsrGraph, KnnConfig};
 use crate::nn::{self, Adam, AdamState, Init, LayerNorm, Linear};
 use crate::simd::Real;
 use crate::transport::{
-    sinkhorn_divergence, AdaptiveTransport, AdaptiveTransportConfig, DivergenceOutput, EpsScale,
-    Epsilon, ErrorNorm, ImplicitConfig, PlanGradient, SinkhornConfig,
+    sinkhorn_divergence, AdaptiveTransport, AdaptiveTransportConfig, EpsScale, Epsilon, ErrorNorm,
+    ImplicitConfig, PlanGradient, SinkhornConfig,
 };
-use ndarray::{s, Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -297,23 +297,8 @@ impl<F: Real> RecGoat<F> {
                     "user profiles are built from item features: select at least one modality",
                 ));
             }
-            let width: usize = modalities.iter().map(|m| m.x.ncols()).sum();
-            let mut profiles = Array2::<F>::zeros((n_users, width));
-            let mut counts = vec![0usize; n_users];
-            for &(u, i) in &data.train {
-                counts[u] += 1;
-                let mut col = 0;
-                for m in &modalities {
-                    let w = m.x.ncols();
-                    profiles
-                        .slice_mut(s![u, col..col + w])
-                        .scaled_add(F::one(), &m.x.row(i));
-                    col += w;
-                }
-            }
-            for (mut r, &c) in profiles.rows_mut().into_iter().zip(&counts) {
-                r.mapv_inplace(|v| v / F::from_usize(c.max(1)).expect("count fits"));
-            }
+            let feats: Vec<&Array2<F>> = modalities.iter().map(|m| &m.x).collect();
+            let profiles = crate::data::user_profiles(n_users, &data.train, &feats);
             let graph = knn_graph(profiles.view(), &knn, par)?;
             Some(BranchInput {
                 name: "users".into(),
@@ -613,17 +598,6 @@ impl<F: Real> RecGoat<F> {
         }
     }
 
-    /// The debiased Sinkhorn divergence of the sample-level OT loss (uniform weights `w` on both sides) on the
-    /// model's backend.
-    fn divergence(
-        &self,
-        x: ArrayView2<'_, F>,
-        y: ArrayView2<'_, F>,
-        w: ndarray::ArrayView1<'_, F>,
-    ) -> Result<DivergenceOutput<F>> {
-        sinkhorn_divergence(x, y, w, w, &self.sample_ot, &self.backend)
-    }
-
     /// The sample-level OT loss of a batch: the mean over modalities of the debiased Sinkhorn divergence
     /// between the L2-normalised aligned rows (`rows[m]`, `B x d`) and the normalised collaborative rows
     /// `zc`, and per modality the gradients (already weighted by `ot_sample_weight`) of the aligned and the
@@ -642,7 +616,8 @@ impl<F: Real> RecGoat<F> {
         let mut grads = Vec::with_capacity(rows.len());
         for xa in rows {
             let (xn, xnorms) = nn::l2_normalize(xa.view())?;
-            let div = self.divergence(xn.view(), yc.view(), w.view())?;
+            let (x, y, w) = (xn.view(), yc.view(), w.view());
+            let div = sinkhorn_divergence(x, y, w, w, &self.sample_ot, &self.backend)?;
             ot += div.value / m_count;
             let scale = otw / m_count;
             let gx =

@@ -2,7 +2,6 @@
 //! early stopping on validation Recall@20 and restore of the best parameters.
 
 use super::config::RecGoatConfig;
-use super::eval::{by_user, evaluate, Metrics};
 use super::params::Params;
 use super::profile::{Profile, Stage};
 use super::recgoat::{Batch, LossParts, RecGoat};
@@ -10,6 +9,7 @@ use crate::attention::Mode;
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::eval::{by_user, evaluate, Metrics};
 use crate::nn::{Adam, AdamState};
 use ndarray::Array2;
 use rand::seq::SliceRandom;

@@ -1,4 +1,5 @@
-//! All-item ranking evaluation with the MMRec protocol.
+//! All-item ranking evaluation with the MMRec protocol, for any user and item embeddings (the model's
+//! [`crate::model::Trainer::evaluate`] uses it).
 
 use crate::backend::{map_chunks, Par};
 use crate::data::Pair;
