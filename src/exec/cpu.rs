@@ -9,7 +9,7 @@ use crate::nn::{self, Adam, AdamState, LayerNorm, LayerNormCache, Linear};
 use crate::simd::Real;
 use crate::transport::AdaptiveCache;
 use crate::Par;
-use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis, Zip};
 
 /// The host backend of a model: its inputs by reference, ops parallel as the model's backend says.
 #[derive(Debug, Clone)]
@@ -300,17 +300,22 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         let gpc = gp.view().insert_axis(Axis(1));
         let gnc = gn.view().insert_axis(Axis(1));
         let grad_users = &ip * &gpc + &ineg * &gnc;
-        let grad_items = concatenate(Axis(0), &[(zu * &gpc).view(), (zu * &gnc).view()])
-            .map_err(|e| Error::shape("CpuExec::bpr", "item rows", 2 * b, e))?;
-        let blocks = [
-            e.slice(s![..b, ..]),
-            e.slice(s![b..2 * b, ..]),
-            e.slice(s![2 * b.., ..]),
-        ];
-        let (value, rg) = nn::l2_regularization(&blocks, reg);
-        let views: Vec<ArrayView2<'_, F>> = rg.iter().map(|g| g.view()).collect();
-        let grad_ego = concatenate(Axis(0), &views)
-            .map_err(|e| Error::shape("CpuExec::bpr", "ego rows", 3 * b, e))?;
+        // the item rows' gradients written in place, [positives; negatives]
+        let mut grad_items = Array2::zeros(zi.dim());
+        for (half, g) in [(0, &gpc), (b, &gnc)] {
+            Zip::from(grad_items.slice_mut(s![half..half + b, ..]))
+                .and(zu)
+                .and_broadcast(g)
+                .for_each(|o, &u, &g| *o = u * g);
+        }
+        // nn::l2_regularization over the three blocks of b rows each, without splitting and re-joining them
+        let n = F::from_usize(b.max(1)).unwrap_or_else(F::one);
+        let mut value = F::zero();
+        for k in 0..3 {
+            let block = e.slice(s![k * b..(k + 1) * b, ..]);
+            value += reg * block.iter().map(|&v| v * v).sum::<F>() / n;
+        }
+        let grad_ego = e.mapv(|v| F::c(2.0) * reg * v / n);
         Ok(BprOut {
             bpr: bpr.to_f64().unwrap_or(f64::NAN),
             reg: value.to_f64().unwrap_or(f64::NAN),

@@ -73,10 +73,11 @@ pub struct TrainState {
 /// takes an Adam step on every parameter. Every `eval_every` epochs the validation split is ranked; the
 /// parameters with the best validation Recall@20 are kept and restored by [`Trainer::finish`].
 ///
-/// On [`Backend::Gpu`] each epoch runs the device-resident step: the embedding table and its Adam state stay
-/// on the device for the epoch and every activation of a step stays there (the README's "GPU backend of the
-/// model" lists what crosses); the parameters are back on the host at the end of the epoch, before the
-/// validation ranking, so checkpoints, [`Trainer::params`] and early stopping work as on the CPU.
+/// Every backend runs the same step: the parameters and their Adam states stay on the backend for the epoch
+/// (on [`Backend::Gpu`], every activation of a step too: the README's "GPU backend of the model" lists what
+/// crosses), the steps' losses are read at the epoch's end, and the parameters are back in
+/// [`Trainer::params`] before the validation ranking, so checkpoints and early stopping work alike. An epoch
+/// that fails (a non-finite loss, a failed check) leaves the parameters of its start.
 ///
 /// # Example
 /// ```
