@@ -330,6 +330,31 @@ pub(crate) fn par_t_dot<F: crate::simd::Real>(
     acc
 }
 
+/// [`crate::error::check_finite_array`] split over `par`'s chunks when the view is contiguous: for the large inputs of
+/// memory-bound ops (SpMM, propagation), where a one-thread scan of the input would be a serial phase as long
+/// as a sizeable part of the parallel op.
+pub(crate) fn check_finite_array_par<
+    F: crate::simd::Real + std::fmt::Display,
+    D: ndarray::Dimension,
+>(
+    op: &'static str,
+    what: &str,
+    x: &ndarray::ArrayView<'_, F, D>,
+    par: Par,
+) -> crate::Result<()> {
+    match (par, x.as_slice()) {
+        (Par::Rayon(_), Some(s)) => {
+            let all = map_chunks(par, s.len(), |_, r| crate::simd::all_finite(&s[r]));
+            if all.into_iter().all(|ok| ok) {
+                Ok(())
+            } else {
+                crate::error::check_finite(op, what, s.iter().copied())
+            }
+        }
+        _ => crate::error::check_finite_array(op, what, x),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,30 +411,5 @@ mod tests {
                 &a.t().dot(&c).view(),
             );
         }
-    }
-}
-
-/// [`crate::error::check_finite_array`] split over `par`'s chunks when the view is contiguous: for the large inputs of
-/// memory-bound ops (SpMM, propagation), where a one-thread scan of the input would be a serial phase as long
-/// as a sizeable part of the parallel op.
-pub(crate) fn check_finite_array_par<
-    F: crate::simd::Real + std::fmt::Display,
-    D: ndarray::Dimension,
->(
-    op: &'static str,
-    what: &str,
-    x: &ndarray::ArrayView<'_, F, D>,
-    par: Par,
-) -> crate::Result<()> {
-    match (par, x.as_slice()) {
-        (Par::Rayon(_), Some(s)) => {
-            let all = map_chunks(par, s.len(), |_, r| crate::simd::all_finite(&s[r]));
-            if all.into_iter().all(|ok| ok) {
-                Ok(())
-            } else {
-                crate::error::check_finite(op, what, s.iter().copied())
-            }
-        }
-        _ => crate::error::check_finite_array(op, what, x),
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct BprOut<E: Exec + ?Sized> {
 ///
 /// Every method validates what the underlying op validates; a backend whose values stay on the device
 /// returns the checks it cannot make yet as [`Exec::Scalar`]s.
+// the ops return tuples of the trait's associated types: one-off structs would only rename them
+#[allow(clippy::type_complexity)]
 pub(crate) trait Exec {
     /// The float type of the host values (parameters, losses).
     type F: Real;

@@ -59,7 +59,7 @@ impl GpuAdamState {
     /// The state back on the host.
     ///
     /// # Errors
-    /// [`Error::Gpu`] for a failed read.
+    /// [`Error::Gpu`](crate::Error::Gpu) for a failed read.
     pub fn download(&self, ctx: &GpuContext) -> Result<AdamState<f32>> {
         Ok(AdamState::from_moments(
             self.m.download(ctx)?,
@@ -74,8 +74,8 @@ impl GpuAdamState {
 /// host); callers check a value that depends on it, as the model's device step checks its loss.
 ///
 /// # Errors
-/// [`Error::Param`] for invalid hyper-parameters, [`Error::Shape`] when `grad` or the moments do not have
-/// `param`'s shape, [`Error::Gpu`].
+/// [`Error::Param`](crate::Error::Param) for invalid hyper-parameters, [`Error::Shape`](crate::Error::Shape) when `grad` or the moments do not have
+/// `param`'s shape, [`Error::Gpu`](crate::Error::Gpu).
 ///
 /// # Example
 /// ```no_run

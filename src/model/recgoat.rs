@@ -4,7 +4,7 @@
 use super::config::{Fusion, Modalities, OtGradient, RecGoatConfig};
 use super::params::{Branch, Params};
 use super::profile::Profile;
-use super::step::{Layout, State};
+use super::step::{Layout, State, TrainPass};
 use crate::attention::{GatConfig, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
 use crate::data::Dataset;
@@ -13,7 +13,7 @@ use crate::exec::cpu::CpuExec;
 use crate::exec::{Exec, Inputs};
 use crate::graph::{bipartite_user_item, knn_graph};
 use crate::graph::{CsrGraph, KnnConfig};
-use crate::nn::{self, Adam, AdamState, Init, LayerNorm, Linear};
+use crate::nn::{self, Init, LayerNorm, Linear};
 use crate::simd::Real;
 use crate::transport::{
     sinkhorn_divergence, AdaptiveTransport, AdaptiveTransportConfig, EpsScale, Epsilon, ErrorNorm,
@@ -456,19 +456,10 @@ impl<F: Real> RecGoat<F> {
         with_exec!(self, ex => self.loss_grad_on(&ex, p, batch, mode, None, false)).map(|r| r.0)
     }
 
-    /// One training pass over `batches` on the model's backend (see [`super::step`]'s `train_on`).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn train_batches(
-        &self,
-        params: &mut Params<F>,
-        states: &mut [AdamState<F>],
-        adam: &Adam<F>,
-        batches: &[(Batch, Mode)],
-        profile: &mut Profile,
-        on_batch: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<LossParts<F>>> {
-        self.check_params(params)?;
-        with_exec!(self, ex => self.train_on(&ex, params, states, adam, batches, profile, on_batch))
+    /// One pass of training steps on the model's backend (see [`TrainPass`]).
+    pub(super) fn train_pass(&self, pass: TrainPass<'_, F>) -> Result<Vec<LossParts<F>>> {
+        self.check_params(pass.params)?;
+        with_exec!(self, ex => self.train_on(&ex, pass))
     }
 
     /// The configuration.

@@ -214,6 +214,18 @@ struct OutGrads<E: Exec> {
     ego: (E::Sel, E::M),
 }
 
+/// One pass of training steps: the parameters and their Adam states (updated in place when the pass
+/// succeeds), the optimiser, the batches with their modes, the profile and a callback after each batch
+/// (`done`, `total`).
+pub(crate) struct TrainPass<'a, F> {
+    pub(crate) params: &'a mut Params<F>,
+    pub(crate) states: &'a mut [AdamState<F>],
+    pub(crate) adam: &'a Adam<F>,
+    pub(crate) batches: &'a [(Batch, Mode)],
+    pub(crate) profile: &'a mut Profile,
+    pub(crate) on_batch: &'a mut dyn FnMut(usize, usize),
+}
+
 /// What a step leaves to read: the forward pass's checks, the BPR and regulariser terms, the contrastive
 /// term's parts and the sample-level OT term.
 pub(crate) struct Pending<S> {
@@ -633,6 +645,7 @@ impl<F: Real> RecGoat<F> {
 
     /// One batch's forward pass, losses and backward pass: what to read of its loss, and every parameter's
     /// gradient.
+    #[allow(clippy::type_complexity)]
     pub(super) fn step_on<E: Exec<F = F>>(
         &self,
         ex: &E,
@@ -710,17 +723,19 @@ impl<F: Real> RecGoat<F> {
     /// parameter, the parameters and their Adam states kept on the backend throughout; then the losses are
     /// read in one go and the parameters and states come back into `params` and `states`. After an error
     /// `params` and `states` are those of the start.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn train_on<E: Exec<F = F>>(
         &self,
         ex: &E,
-        params: &mut Params<F>,
-        states: &mut [AdamState<F>],
-        adam: &Adam<F>,
-        batches: &[(Batch, Mode)],
-        profile: &mut Profile,
-        on_batch: &mut dyn FnMut(usize, usize),
+        pass: TrainPass<'_, F>,
     ) -> Result<Vec<LossParts<F>>> {
+        let TrainPass {
+            params,
+            states,
+            adam,
+            batches,
+            profile,
+            on_batch,
+        } = pass;
         // on a deferring backend the stages overlap on the device: the whole step is timed as one
         let t0 = Profile::start();
         let mut st = State::upload(ex, params)?;

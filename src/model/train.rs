@@ -5,6 +5,7 @@ use super::config::RecGoatConfig;
 use super::params::Params;
 use super::profile::{Profile, Stage};
 use super::recgoat::{Batch, LossParts, RecGoat};
+use super::step::TrainPass;
 use crate::attention::Mode;
 use crate::backend::Backend;
 use crate::data::Dataset;
@@ -233,14 +234,14 @@ impl<'d> Trainer<'d> {
             .collect();
         let total = batches.len();
         // the parameters and their Adam states stay on the backend for the epoch; the losses are read at its end
-        let losses = self.model.train_batches(
-            &mut self.params,
-            &mut self.adam_states,
-            &adam,
-            &batches,
-            &mut self.profile,
-            &mut on_batch,
-        )?;
+        let losses = self.model.train_pass(TrainPass {
+            params: &mut self.params,
+            states: &mut self.adam_states,
+            adam: &adam,
+            batches: &batches,
+            profile: &mut self.profile,
+            on_batch: &mut on_batch,
+        })?;
         let mut sum = LossParts::<f64>::default();
         for loss in losses {
             sum.total += f64::from(loss.total);
