@@ -102,6 +102,16 @@ pub enum Error {
         /// The system's or the decoder's message.
         reason: String,
     },
+    /// A file could not be written.
+    #[error("{op}: cannot write {path}: {reason}")]
+    Write {
+        /// Operation that wrote the file.
+        op: &'static str,
+        /// The file.
+        path: String,
+        /// The system's message.
+        reason: String,
+    },
     /// A line of a data file is malformed, or the data it holds is inconsistent.
     #[error("{path}:{line}: {reason}")]
     Data {

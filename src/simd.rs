@@ -159,6 +159,12 @@ pub fn positive_finite<F: Float>(x: F) -> bool {
     x > F::zero() && x.is_finite()
 }
 
+/// `x > 0`, a normal number (not subnormal) whose reciprocal is finite: a scale the ops divide by (a
+/// temperature, an eps) without overflowing to infinity and then NaN.
+pub fn positive_normal<F: Float>(x: F) -> bool {
+    x > F::zero() && x.is_normal() && x.recip().is_finite()
+}
+
 /// Scalar reference of [`Real::exp_affine_sum`], also the fallback.
 pub fn exp_affine_sum_scalar<F: Float + Sum>(
     alpha: F,

@@ -277,6 +277,14 @@ impl<F: Real> GatParams<F> {
         }
         check_finite(OP, "w", self.w.iter().copied())?;
         check_finite(OP, "a_src", self.a_src.iter().copied())?;
+        for (what, t) in [("a_dst", &self.a_dst), ("w_res", &self.w_res)] {
+            if let Some(t) = t {
+                check_finite(OP, what, t.iter().copied())?;
+            }
+        }
+        if let Some(b) = &self.bias {
+            check_finite(OP, "bias", b.iter().copied())?;
+        }
         Ok(())
     }
 }

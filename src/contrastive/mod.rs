@@ -24,7 +24,7 @@ mod cpu;
 use crate::backend::Par;
 use crate::error::{check_finite_array, Error, Result};
 use crate::nn::{normalize_rows, normalize_rows_backward};
-use crate::simd::{positive_finite, Real};
+use crate::simd::{positive_normal, Real};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 /// Which way the views are contrasted.
@@ -81,12 +81,12 @@ impl<F: Real> InfoNceConfig<F> {
     /// [`Error::Param`] for a temperature that is not finite and > 0, or `block_rows == 0`.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "InfoNceConfig";
-        if !positive_finite(self.temperature) {
+        if !positive_normal(self.temperature) {
             return Err(Error::param(
                 OP,
                 "temperature",
                 self.temperature,
-                "must be finite and > 0",
+                "must be finite, > 0 and large enough to divide by (a normal float)",
             ));
         }
         if self.block_rows == 0 {

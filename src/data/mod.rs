@@ -5,6 +5,10 @@
 //! an id out of range, ids that are not contiguous, users present only in the test split, feature rows that do
 //! not match the item count, NaN/Inf features, an empty training split.
 
+mod batch;
+
+pub use batch::Batch;
+
 use crate::error::{Error, Result};
 use ndarray::Array2;
 use std::path::Path;
@@ -45,34 +49,68 @@ fn data_err(path: &Path, line: usize, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Reads a LightGCN split file: one line per user, `user item item ...`, whitespace separated, 0-based ids.
-/// Blank lines and lines with a user and no items are allowed.
-///
-/// # Errors
-/// [`Error::Io`] when the file cannot be read; [`Error::Data`] with the line number for a token that is not
-/// a non-negative integer.
-pub fn read_lightgcn_split(path: impl AsRef<Path>) -> Result<Vec<Pair>> {
-    let path = path.as_ref();
+/// The largest user or item id the loaders accept: ids index 32-bit graph offsets (on the GPU too).
+pub const MAX_ID: usize = u32::MAX as usize - 1;
+
+/// A non-negative integer id of at most [`MAX_ID`], or the error naming `path`, `line` and the token.
+fn parse_id(tok: &str, path: &Path, line: usize, what: &str) -> Result<usize> {
+    let id = tok.parse::<u64>().map_err(|_| {
+        data_err(
+            path,
+            line,
+            format!("{what} `{tok}` is not a non-negative integer id"),
+        )
+    })?;
+    usize::try_from(id)
+        .ok()
+        .filter(|&id| id <= MAX_ID)
+        .ok_or_else(|| {
+            data_err(
+                path,
+                line,
+                format!("{what} {id} exceeds the largest id, {MAX_ID}"),
+            )
+        })
+}
+
+/// Where the pairs of a split came from: the file and each pair's 1-based line.
+#[derive(Debug, Clone, Default)]
+struct Origin {
+    path: std::path::PathBuf,
+    lines: Vec<usize>,
+}
+
+/// [`read_lightgcn_split`] with each pair's line.
+fn read_split_lines(path: &Path) -> Result<(Vec<Pair>, Origin)> {
     let text = read_text("read_lightgcn_split", path)?;
-    let mut pairs = Vec::new();
+    let (mut pairs, mut lines) = (Vec::new(), Vec::new());
     for (no, line) in text.lines().enumerate() {
-        let mut ids = line.split_whitespace().map(|tok| {
-            tok.parse::<usize>().map_err(|_| {
-                data_err(
-                    path,
-                    no + 1,
-                    format!("`{tok}` is not a non-negative integer id"),
-                )
-            })
-        });
+        let mut ids = line
+            .split_whitespace()
+            .map(|tok| parse_id(tok, path, no + 1, "id"));
         if let Some(user) = ids.next() {
             let user = user?;
             for item in ids {
                 pairs.push((user, item?));
+                lines.push(no + 1);
             }
         }
     }
-    Ok(pairs)
+    let origin = Origin {
+        path: path.to_path_buf(),
+        lines,
+    };
+    Ok((pairs, origin))
+}
+
+/// Reads a LightGCN split file: one line per user, `user item item ...`, whitespace separated, 0-based ids
+/// (at most [`MAX_ID`]). Blank lines and lines with a user and no items are allowed.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::Data`] with the line number for a token that is not
+/// a non-negative integer or an id above [`MAX_ID`].
+pub fn read_lightgcn_split(path: impl AsRef<Path>) -> Result<Vec<Pair>> {
+    Ok(read_split_lines(path.as_ref())?.0)
 }
 
 /// Reads an MMRec `.inter` file: a tab-separated header naming at least `userID`, `itemID` and `x_label`, then
@@ -80,7 +118,7 @@ pub fn read_lightgcn_split(path: impl AsRef<Path>) -> Result<Vec<Pair>> {
 ///
 /// # Errors
 /// [`Error::Io`]; [`Error::Data`] for a missing column in the header, a line with too few fields, a non-integer
-/// id, or an `x_label` other than 0, 1, 2 (with its line number).
+/// id or one above [`MAX_ID`], or an `x_label` other than 0, 1, 2 (with its line number).
 pub fn read_mmrec_inter(path: impl AsRef<Path>) -> Result<(Vec<Pair>, Vec<Pair>, Vec<Pair>)> {
     let path = path.as_ref();
     let text = read_text("read_mmrec_inter", path)?;
@@ -111,20 +149,14 @@ pub fn read_mmrec_inter(path: impl AsRef<Path>) -> Result<(Vec<Pair>, Vec<Pair>,
                 format!("{} fields, the header needs {need}", f.len()),
             ));
         }
-        let int = |k: usize, what: &str| {
-            f[k].parse::<usize>().map_err(|_| {
-                data_err(
-                    path,
-                    no + 1,
-                    format!("{what} `{}` is not a non-negative integer", f[k]),
-                )
-            })
-        };
-        let pair = (int(cu, "userID")?, int(ci, "itemID")?);
-        match int(cx, "x_label")? {
-            0 => splits.0.push(pair),
-            1 => splits.1.push(pair),
-            2 => splits.2.push(pair),
+        let pair = (
+            parse_id(f[cu], path, no + 1, "userID")?,
+            parse_id(f[ci], path, no + 1, "itemID")?,
+        );
+        match f[cx] {
+            "0" => splits.0.push(pair),
+            "1" => splits.1.push(pair),
+            "2" => splits.2.push(pair),
             x => {
                 return Err(data_err(
                     path,
@@ -137,22 +169,99 @@ pub fn read_mmrec_inter(path: impl AsRef<Path>) -> Result<(Vec<Pair>, Vec<Pair>,
     Ok(splits)
 }
 
-/// Reads a feature matrix from `.npy` (float32 or float64, C order), as f32.
+/// The shape and data offset an `.npy` header claims, checked against the file's length before anything is
+/// allocated for it: a 2-D, C-order, little-endian float32 or float64 array.
+fn npy_layout(path: &Path, bytes: &[u8]) -> Result<()> {
+    let bad = |reason: String| Error::Io {
+        op: "read_features",
+        path: path.display().to_string(),
+        reason,
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not an .npy file (no \\x93NUMPY magic)".into()));
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => {
+            let l = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+            (l as usize, 12)
+        }
+        v => return Err(bad(format!("unsupported .npy version {v}"))),
+    };
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| {
+            bad(format!(
+                "header of {len} bytes runs past the end of the file"
+            ))
+        })?;
+    let header = String::from_utf8_lossy(&bytes[start..end]);
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest)
+    };
+    let itemsize = match field("descr").map(|d| &d[..d.find(',').unwrap_or(d.len())]) {
+        Some("'<f4'") => 4usize,
+        Some("'<f8'") => 8,
+        d => return Err(bad(format!("dtype {d:?}: expected '<f4' or '<f8'"))),
+    };
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err(bad("Fortran-order arrays are not supported".into()));
+    }
+    let shape = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("header has no shape".into()))?;
+    let dims = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<usize>()
+                .map_err(|_| bad(format!("shape ({shape}) is not integers")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if dims.len() != 2 {
+        return Err(bad(format!("shape ({shape}): expected a 2-D matrix")));
+    }
+    let data = bytes.len() - end;
+    let claimed = dims[0]
+        .checked_mul(dims[1])
+        .and_then(|n| n.checked_mul(itemsize));
+    if claimed != Some(data) {
+        return Err(bad(format!(
+            "shape ({shape}) of {itemsize}-byte values needs {} bytes of data, the file has {data}",
+            claimed.map_or("more than 2^64".to_string(), |c| c.to_string())
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a feature matrix from `.npy` (float32 or float64, little-endian, C order), as f32. The header's
+/// shape is checked against the file's length before the matrix is allocated.
 ///
 /// # Errors
-/// [`Error::Io`] for a missing file or an unsupported dtype / shape; [`Error::Data`] for NaN/Inf (naming the
-/// row).
+/// [`Error::Io`] for a missing file, a malformed header, a shape the file's length does not hold, or an
+/// unsupported dtype / order / rank; [`Error::Data`] for NaN/Inf (naming the row).
 pub fn read_features(path: impl AsRef<Path>) -> Result<Array2<f32>> {
-    use ndarray_npy::{read_npy, ReadNpyError};
+    use ndarray_npy::{ReadNpyError, ReadNpyExt};
     let path = path.as_ref();
     let io = |e: ReadNpyError| Error::Io {
         op: "read_features",
         path: path.display().to_string(),
         reason: e.to_string(),
     };
-    let x: Array2<f32> = match read_npy::<_, Array2<f32>>(path) {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        op: "read_features",
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    npy_layout(path, &bytes)?;
+    let x: Array2<f32> = match Array2::<f32>::read_npy(&bytes[..]) {
         Ok(x) => x,
-        Err(ReadNpyError::WrongDescriptor(_)) => read_npy::<_, Array2<f64>>(path)
+        Err(ReadNpyError::WrongDescriptor(_)) => Array2::<f64>::read_npy(&bytes[..])
             .map_err(io)?
             .mapv(|v| v as f32),
         Err(e) => return Err(io(e)),
@@ -172,9 +281,59 @@ pub fn read_features(path: impl AsRef<Path>) -> Result<Array2<f32>> {
     Ok(x)
 }
 
+/// Where a dataset came from, for error messages: the source, and when loaded from files each split's
+/// file and lines and each feature matrix's file.
+#[derive(Debug)]
+struct Sources<'a> {
+    source: &'a Path,
+    splits: Option<[Origin; 3]>,
+    features: Vec<std::path::PathBuf>,
+}
+
+impl Sources<'_> {
+    /// The file and line of pair `k` of split `s` (0 train, 1 valid, 2 test).
+    fn at(&self, s: usize, k: usize) -> (&Path, usize) {
+        match &self.splits {
+            Some(o) => (&o[s].path, o[s].lines.get(k).copied().unwrap_or(0)),
+            None => (self.source, 0),
+        }
+    }
+    fn split_file(&self, s: usize) -> &Path {
+        self.splits.as_ref().map_or(self.source, |o| &o[s].path)
+    }
+}
+
+const SPLITS: [&str; 3] = ["train", "valid", "test"];
+
 impl Dataset {
+    /// A short fingerprint of the training data: the counts and a CRC-32 of the training pairs. Checkpoints
+    /// store it, so that resuming on another dataset of the same shape is refused.
+    ///
+    /// # Example
+    /// ```
+    /// use recgoat_core::data::Dataset;
+    /// let a = Dataset::new("a", vec![(0, 0), (1, 1)], vec![], vec![(0, 1)], vec![]).unwrap();
+    /// let b = Dataset::new("b", vec![(0, 1), (1, 0)], vec![], vec![(0, 0)], vec![]).unwrap();
+    /// assert_ne!(a.fingerprint(), b.fingerprint());
+    /// ```
+    pub fn fingerprint(&self) -> String {
+        let mut h = crc32fast::Hasher::new();
+        for &(u, i) in &self.train {
+            h.update(&(u as u64).to_le_bytes());
+            h.update(&(i as u64).to_le_bytes());
+        }
+        format!(
+            "{} users, {} items, {} training pairs, crc32 {:08x}",
+            self.n_users,
+            self.n_items,
+            self.train.len(),
+            h.finalize()
+        )
+    }
+
     /// Loads a LightGCN-format folder (`train.txt`, `valid.txt` (optional), `test.txt`) and the named `.npy`
-    /// item features in it, and validates the whole.
+    /// item features in it, and validates the whole; an error names the file and, where one line holds
+    /// the problem, the line.
     ///
     /// # Errors
     /// As the readers, and as [`Dataset::validate`].
@@ -188,24 +347,26 @@ impl Dataset {
     /// ```
     pub fn load_lightgcn_dir(dir: impl AsRef<Path>, features: &[&str]) -> Result<Self> {
         let dir = dir.as_ref();
-        let train = read_lightgcn_split(dir.join("train.txt"))?;
+        let (train, train_at) = read_split_lines(&dir.join("train.txt"))?;
         let valid_path = dir.join("valid.txt");
-        let valid = if valid_path.exists() {
-            read_lightgcn_split(&valid_path)?
+        let (valid, valid_at) = if valid_path.exists() {
+            read_split_lines(&valid_path)?
         } else {
-            Vec::new()
+            (Vec::new(), Origin::default())
         };
-        let test = read_lightgcn_split(dir.join("test.txt"))?;
-        let item_features = features
-            .iter()
-            .map(|name| {
-                Ok((
-                    name.to_string(),
-                    read_features(dir.join(format!("{name}.npy")))?,
-                ))
-            })
+        let (test, test_at) = read_split_lines(&dir.join("test.txt"))?;
+        let paths: Vec<_> = (features.iter())
+            .map(|name| dir.join(format!("{name}.npy")))
+            .collect();
+        let item_features = (features.iter().zip(&paths))
+            .map(|(name, p)| Ok((name.to_string(), read_features(p)?)))
             .collect::<Result<Vec<_>>>()?;
-        Dataset::new(dir, train, valid, test, item_features)
+        let sources = Sources {
+            source: dir,
+            splits: Some([train_at, valid_at, test_at]),
+            features: paths,
+        };
+        Dataset::assemble(sources, [train, valid, test], item_features)
     }
 
     /// A dataset from interactions, with the id counts inferred and everything validated (`source` names the
@@ -220,88 +381,156 @@ impl Dataset {
         test: Vec<Pair>,
         item_features: Vec<(String, Array2<f32>)>,
     ) -> Result<Self> {
+        let sources = Sources {
+            source: source.as_ref(),
+            splits: None,
+            features: Vec::new(),
+        };
+        Dataset::assemble(sources, [train, valid, test], item_features)
+    }
+
+    fn assemble(
+        mut sources: Sources<'_>,
+        [train, valid, test]: [Vec<Pair>; 3],
+        item_features: Vec<(String, Array2<f32>)>,
+    ) -> Result<Self> {
+        // the largest ids (checked: they bound the counts, which validation bounds before allocating)
         let all = train.iter().chain(&valid).chain(&test);
-        let n_users = all.clone().map(|p| p.0 + 1).max().unwrap_or(0);
-        let n_items = all.map(|p| p.1 + 1).max().unwrap_or(0);
-        let mut train = train;
-        train.sort_unstable();
-        train.dedup();
+        let count = |id: usize| id.saturating_add(1);
+        let n_users = all.clone().map(|p| count(p.0)).max().unwrap_or(0);
+        let n_items = all.map(|p| count(p.1)).max().unwrap_or(0);
+        // training pairs sorted and de-duplicated, each keeping the line it first came from
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.sort_by_key(|&k| (train[k], k));
+        order.dedup_by_key(|k| train[*k]);
+        if let Some(o) = sources.splits.as_mut() {
+            let lines = &o[0].lines;
+            o[0].lines = order
+                .iter()
+                .map(|&k| lines.get(k).copied().unwrap_or(0))
+                .collect();
+        }
         let ds = Dataset {
             n_users,
             n_items,
-            train,
+            train: order.iter().map(|&k| train[k]).collect(),
             valid,
             test,
             item_features,
         };
-        ds.validate(source.as_ref())?;
+        ds.check(&sources)?;
         Ok(ds)
     }
 
     /// Checks the dataset: a non-empty training split, contiguous user ids all present in training (no user
     /// only in valid/test), contiguous item ids (every id in some split), and feature matrices with one finite
-    /// row per item.
+    /// row per item. The counts are checked against the interactions before anything is allocated for them.
     ///
     /// # Errors
     /// [`Error::Data`] naming the problem and the offending id or matrix.
     pub fn validate(&self, source: &Path) -> Result<()> {
-        let err = |reason: String| Err(data_err(source, 0, reason));
+        self.check(&Sources {
+            source,
+            splits: None,
+            features: Vec::new(),
+        })
+    }
+
+    fn check(&self, src: &Sources<'_>) -> Result<()> {
+        let splits = [&self.train, &self.valid, &self.test];
         if self.train.is_empty() {
-            return err("the training split is empty".into());
+            let path = src.split_file(0);
+            return Err(data_err(path, 0, "the training split is empty"));
         }
-        for (name, split) in [
-            ("train", &self.train),
-            ("valid", &self.valid),
-            ("test", &self.test),
-        ] {
-            if let Some(p) = split
+        for (s, split) in splits.iter().enumerate() {
+            if let Some(k) = split
                 .iter()
-                .find(|p| p.0 >= self.n_users || p.1 >= self.n_items)
+                .position(|p| p.0 >= self.n_users || p.1 >= self.n_items)
             {
-                return err(format!(
-                    "{name}: pair {p:?} out of range ({} users, {} items)",
-                    self.n_users, self.n_items
+                let (path, line) = src.at(s, k);
+                return Err(data_err(
+                    path,
+                    line,
+                    format!(
+                        "{}: pair {:?} out of range ({} users, {} items)",
+                        SPLITS[s], split[k], self.n_users, self.n_items
+                    ),
                 ));
             }
         }
-        let mut user_in_train = vec![false; self.n_users];
-        for p in &self.train {
-            user_in_train[p.0] = true;
-        }
-        for (name, split) in [("valid", &self.valid), ("test", &self.test)] {
-            if let Some(p) = split.iter().find(|p| !user_in_train[p.0]) {
-                return err(format!(
-                    "user {} appears in {name} but has no training interaction",
-                    p.0
+        // sorted distinct ids: memory follows the interactions, never the counts the ids claim
+        let distinct = |ids: &mut dyn Iterator<Item = usize>| {
+            let mut v: Vec<usize> = ids.collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        // the first id below `n` missing from sorted distinct `ids`
+        let first_gap = |ids: &[usize], n: usize| {
+            let k = ids.iter().enumerate().position(|(k, &id)| id != k);
+            k.or((ids.len() < n).then_some(ids.len()))
+        };
+        let train_users = distinct(&mut self.train.iter().map(|p| p.0));
+        for s in [1, 2] {
+            let missing = |p: &&Pair| train_users.binary_search(&p.0).is_err();
+            if let Some(k) = splits[s].iter().position(|p| missing(&p)) {
+                let (path, line) = src.at(s, k);
+                return Err(data_err(
+                    path,
+                    line,
+                    format!(
+                        "user {} appears in {} but has no training interaction",
+                        splits[s][k].0, SPLITS[s]
+                    ),
                 ));
             }
         }
-        if let Some(u) = user_in_train.iter().position(|&t| !t) {
-            return err(format!(
-                "user ids are not contiguous: user {u} has no interaction"
+        // where the largest id stands: with a gap, the likeliest culprit
+        let largest = |split_ids: &[usize], by: fn(&Pair) -> usize| {
+            let (s, k) = (split_ids.iter().copied())
+                .flat_map(|s| (0..splits[s].len()).map(move |k| (s, k)))
+                .max_by_key(|&(s, k)| (by(&splits[s][k]), std::cmp::Reverse((s, k))))?;
+            let (path, line) = src.at(s, k);
+            Some((path, line, by(&splits[s][k])))
+        };
+        if let Some(u) = first_gap(&train_users, self.n_users) {
+            let (path, line, id) = largest(&[0], |p| p.0).unwrap_or((src.split_file(0), 0, 0));
+            return Err(data_err(
+                path,
+                line,
+                format!("user ids are not contiguous: user {u} has no interaction (the largest user id is {id})"),
             ));
         }
-        let mut item_seen = vec![false; self.n_items];
-        for p in self.train.iter().chain(&self.valid).chain(&self.test) {
-            item_seen[p.1] = true;
-        }
-        if let Some(i) = item_seen.iter().position(|&t| !t) {
-            return err(format!(
-                "item ids are not contiguous: item {i} has no interaction"
+        let items = distinct(&mut splits.iter().flat_map(|s| s.iter().map(|p| p.1)));
+        if let Some(i) = first_gap(&items, self.n_items) {
+            let (path, line, id) = largest(&[0, 1, 2], |p| p.1).unwrap_or((src.source, 0, 0));
+            return Err(data_err(
+                path,
+                line,
+                format!("item ids are not contiguous: item {i} has no interaction (the largest item id is {id})"),
             ));
         }
-        for (name, f) in &self.item_features {
+        for (m, (name, f)) in self.item_features.iter().enumerate() {
+            let path = src.features.get(m).map_or(src.source, |p| p.as_path());
             if f.nrows() != self.n_items {
-                return err(format!(
-                    "features `{name}` have {} rows for {} items",
-                    f.nrows(),
-                    self.n_items
+                return Err(data_err(
+                    path,
+                    0,
+                    format!(
+                        "features `{name}` have {} rows for {} items",
+                        f.nrows(),
+                        self.n_items
+                    ),
                 ));
             }
             if let Some(k) = f.iter().position(|v| !v.is_finite()) {
-                return err(format!(
-                    "features `{name}`: row {} has a NaN or infinite value",
-                    k / f.ncols().max(1)
+                return Err(data_err(
+                    path,
+                    0,
+                    format!(
+                        "features `{name}`: row {} has a NaN or infinite value",
+                        k / f.ncols().max(1)
+                    ),
                 ));
             }
         }

@@ -165,7 +165,7 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         slope: F,
         mask: Option<&Array2<F>>,
     ) -> Result<Array2<F>> {
-        self.masked(nn::leaky_relu(pre.view(), slope), mask)
+        self.masked(nn::leaky_relu(pre.view(), slope)?, mask)
     }
     fn leaky_relu_masked_backward(
         &self,
@@ -174,7 +174,7 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         mask: Option<&Array2<F>>,
         g: &Array2<F>,
     ) -> Result<Array2<F>> {
-        let gd = nn::dropout_backward(g.view(), mask);
+        let gd = nn::dropout_backward(g.view(), mask)?;
         nn::leaky_relu_backward(pre.view(), gd.view(), slope)
     }
 

@@ -61,11 +61,7 @@ impl GpuAdamState {
     /// # Errors
     /// [`Error::Gpu`](crate::Error::Gpu) for a failed read.
     pub fn download(&self, ctx: &GpuContext) -> Result<AdamState<f32>> {
-        Ok(AdamState::from_moments(
-            self.m.download(ctx)?,
-            self.v.download(ctx)?,
-            self.t,
-        ))
+        AdamState::from_moments(self.m.download(ctx)?, self.v.download(ctx)?, self.t)
     }
 }
 

@@ -121,6 +121,12 @@ impl<F: Real> CsrGraph<F> {
                     reason: format!("indptr decreases at row {i}: {s} > {e}"),
                 });
             }
+            if e > indices.len() {
+                return Err(Error::Graph {
+                    op: OP,
+                    reason: format!("indptr[{}] = {e} beyond nnz = {}", i + 1, indices.len()),
+                });
+            }
             let row = &indices[s..e];
             for (k, &c) in row.iter().enumerate() {
                 if c as usize >= n_cols {

@@ -1,5 +1,5 @@
 //! Checkpoints in safetensors (parameters, best parameters, Adam moments, configuration, progress), written
-//! atomically and verified on load; atomic `.npy` export of the final embeddings.
+//! atomically and verified on load; `.npy` export of the final embeddings.
 
 use super::config::RecGoatConfig;
 use super::params::Params;
@@ -8,15 +8,42 @@ use super::train::{TrainState, Trainer};
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::io::{write_atomic, write_npy_atomic};
 use crate::nn::AdamState;
-use ndarray::{Array2, ArrayView2};
+use ndarray::ArrayView2;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
-/// Format tag stored in every checkpoint.
-const FORMAT: &str = "recgoat-core/checkpoint-v1";
+/// Format tag stored in every checkpoint. Version 2 adds the checksum and the dataset fingerprint; a
+/// version 1 checkpoint still loads, unverified.
+const FORMAT: &str = "recgoat-core/checkpoint-v2";
+const FORMAT_V1: &str = "recgoat-core/checkpoint-v1";
+
+/// CRC-32 over every tensor (name, dtype, shape, bytes, by name) and every metadata field but the checksum
+/// (key and value, by key): any flipped byte or edited field changes it.
+fn checksum<'a>(
+    tensors: impl Iterator<Item = (String, TensorView<'a>)>,
+    meta: &HashMap<String, String>,
+) -> String {
+    let mut h = crc32fast::Hasher::new();
+    let mut tensors: Vec<_> = tensors.collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in &tensors {
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", t.dtype(), t.shape()).as_bytes());
+        h.update(t.data());
+    }
+    let mut keys: Vec<&String> = meta.keys().filter(|k| *k != "checksum").collect();
+    keys.sort();
+    for k in keys {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+        h.update(meta[k].as_bytes());
+        h.update(&[0]);
+    }
+    format!("{:08x}", h.finalize())
+}
 
 /// Config fields that may differ between a checkpoint and the run that resumes it (they only bound how
 /// long training goes on).
@@ -37,45 +64,15 @@ fn ckpt_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed
-/// over `path`. A crash leaves either the old file or the new one, never a half-written one.
-///
-/// # Errors
-/// [`Error::Io`] naming the path when any step fails (the temporary file is removed).
-pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    const OP: &str = "write_atomic";
-    let path = path.as_ref();
-    let name = path
-        .file_name()
-        .ok_or_else(|| io_err(OP, path, "not a file path"))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(OP, path, e));
-    }
-    Ok(())
-}
-
-/// Writes a matrix as a little-endian `.npy` file, atomically.
-///
-/// # Errors
-/// As [`write_atomic`].
-pub fn write_npy_atomic(path: impl AsRef<Path>, a: &Array2<f32>) -> Result<()> {
-    let path = path.as_ref();
-    let mut buf = Vec::new();
-    ndarray_npy::WriteNpyExt::write_npy(a, &mut buf)
-        .map_err(|e| io_err("write_npy_atomic", path, e))?;
-    write_atomic(path, &buf)
+/// `bytes` (a checkpoint) with the checksum its contents have: what a crafted file holds. `None` when the
+/// file does not parse. For the fuzz harness, which must reach the checks behind the checksum.
+pub(crate) fn resign_checkpoint(bytes: &[u8]) -> Option<Vec<u8>> {
+    let st = SafeTensors::deserialize(bytes).ok()?;
+    let (_, metadata) = SafeTensors::read_metadata(bytes).ok()?;
+    let mut meta = metadata.metadata().clone()?;
+    let sum = checksum(st.tensors().into_iter(), &meta);
+    meta.insert("checksum".into(), sum);
+    safetensors::tensor::serialize(st.tensors(), Some(meta)).ok()
 }
 
 fn le_bytes(t: ArrayView2<'_, f32>) -> Vec<u8> {
@@ -140,8 +137,9 @@ impl<'d> Trainer<'d> {
             .collect::<Result<Vec<_>>>()?;
         let (nu, ni) = self.model.shape();
         let adam_t: Vec<u64> = self.adam_states.iter().map(|s| s.t).collect();
-        let meta: HashMap<String, String> = [
+        let mut meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
+            ("dataset", self.data.fingerprint()),
             (
                 "config",
                 serde_json::to_string(self.model.config()).expect("serialises"),
@@ -164,6 +162,8 @@ impl<'d> Trainer<'d> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        let sum = checksum(views.iter().cloned(), &meta);
+        meta.insert("checksum".into(), sum);
         let bytes = safetensors::tensor::serialize(views, Some(meta))
             .map_err(|e| ckpt_err(path, e.to_string()))?;
         write_atomic(path, &bytes)
@@ -187,9 +187,17 @@ impl<'d> Trainer<'d> {
     ) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| io_err("Trainer::resume", path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(path, e.to_string()))?;
-        let (_, metadata) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(path, e.to_string()))?;
+        let corrupt = |e: safetensors::SafeTensorError| {
+            ckpt_err(
+                path,
+                format!(
+                    "truncated or corrupt ({} bytes): not a readable safetensors file: {e}",
+                    bytes.len()
+                ),
+            )
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(corrupt)?;
+        let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
         let meta = metadata
             .metadata()
             .clone()
@@ -198,11 +206,34 @@ impl<'d> Trainer<'d> {
             meta.get(k)
                 .ok_or_else(|| ckpt_err(path, format!("metadata field `{k}` missing")))
         };
-        if get("format")? != FORMAT {
+        let verified = get("format")? == FORMAT;
+        if !verified && get("format")? != FORMAT_V1 {
             return Err(ckpt_err(
                 path,
                 format!("format {:?}, expected {FORMAT:?}", get("format")?),
             ));
+        }
+        if verified {
+            let want = checksum(st.tensors().into_iter(), &meta);
+            if get("checksum")? != &want {
+                return Err(ckpt_err(
+                    path,
+                    format!(
+                        "checksum {} does not match its contents ({want}): the file is corrupt or was edited",
+                        get("checksum")?
+                    ),
+                ));
+            }
+            if get("dataset")? != &data.fingerprint() {
+                return Err(ckpt_err(
+                    path,
+                    format!(
+                        "made for another dataset ({}), this one is {}",
+                        get("dataset")?,
+                        data.fingerprint()
+                    ),
+                ));
+            }
         }
         let parse_err =
             |k: &str, e: serde_json::Error| ckpt_err(path, format!("metadata `{k}`: {e}"));
@@ -219,6 +250,8 @@ impl<'d> Trainer<'d> {
             cfg.epochs = want.epochs;
             cfg.patience = want.patience;
         }
+        cfg.validate()
+            .map_err(|e| ckpt_err(path, format!("its configuration is invalid: {e}")))?;
         let state: TrainState =
             serde_json::from_str(get("state")?).map_err(|e| parse_err("state", e))?;
         let adam_t: Vec<u64> =
@@ -268,6 +301,12 @@ impl<'d> Trainer<'d> {
                 for (dst, c) in t.iter_mut().zip(v.data().chunks_exact(4)) {
                     *dst = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
+                if let Some(k) = t.iter().position(|x| !x.is_finite()) {
+                    return Err(ckpt_err(
+                        path,
+                        format!("tensor `{key}` holds a non-finite value at {k}"),
+                    ));
+                }
             }
             Ok(p)
         };
@@ -292,7 +331,8 @@ impl<'d> Trainer<'d> {
             .zip(v.tensors())
             .zip(adam_t)
         {
-            *s = AdamState::from_moments(mm.to_owned(), vv.to_owned(), t);
+            *s = AdamState::from_moments(mm.to_owned(), vv.to_owned(), t)
+                .map_err(|e| ckpt_err(path, e.to_string()))?;
         }
         trainer.best = best;
         trainer.state = state;

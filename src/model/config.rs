@@ -265,18 +265,24 @@ impl RecGoatConfig {
     /// [`Error::Param`] naming the first bad field and its value.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "RecGoatConfig";
-        let positive = |name: &'static str, v: usize| {
-            if v == 0 {
-                Err(Error::param(OP, name, v, "must be >= 1"))
-            } else {
+        // sizes a file or a caller claims are bounded before anything is allocated for them
+        let within = |name: &'static str, v: usize, (lo, hi): (usize, usize)| {
+            if (lo..=hi).contains(&v) {
                 Ok(())
+            } else {
+                Err(Error::param(OP, name, v, format!("must be in {lo}..={hi}")))
             }
         };
-        positive("embedding_dim", self.embedding_dim)?;
+        let positive = |name, v| within(name, v, (1, 1 << 30));
+        within("embedding_dim", self.embedding_dim, (1, 1 << 16))?;
         positive("batch_size", self.batch_size)?;
         positive("epochs", self.epochs)?;
         positive("eval_every", self.eval_every)?;
         positive("oat_iters", self.oat_iters)?;
+        within("gat_layers", self.gat_layers, (0, 64))?;
+        within("lightgcn_layers", self.lightgcn_layers, (0, 64))?;
+        within("gat_heads", self.gat_heads, (0, 1 << 10))?;
+        within("knn_k", self.knn_k, (0, 1 << 12))?;
         if !self.id_only() || self.user_user {
             positive("gat_heads", self.gat_heads)?;
             positive("knn_k", self.knn_k)?;

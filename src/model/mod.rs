@@ -11,10 +11,12 @@ mod recgoat;
 mod step;
 mod train;
 
+pub use crate::data::Batch;
 pub use crate::eval::{evaluate, evaluate_reference, Metrics};
-pub use checkpoint::{write_atomic, write_npy_atomic};
+pub use crate::io::{write_atomic, write_npy_atomic};
+pub(crate) use checkpoint::resign_checkpoint;
 pub use config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};
-pub use recgoat::{Batch, Forward, LossParts, RecGoat};
+pub use recgoat::{Forward, LossParts, RecGoat};
 pub use train::{EpochLog, Split, TrainState, Trainer, EVAL_KS};

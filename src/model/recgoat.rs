@@ -7,7 +7,7 @@ use super::profile::Profile;
 use super::step::{Layout, State, TrainPass};
 use crate::attention::{GatConfig, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
-use crate::data::Dataset;
+use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
 use crate::exec::cpu::CpuExec;
 use crate::exec::{Exec, Inputs};
@@ -26,86 +26,6 @@ use rand_distr::{Distribution, Normal};
 
 /// LeakyReLU slope after each GAT layer of a branch (RECGOAT.md section 2).
 pub(super) const BRANCH_SLOPE: f64 = 0.2;
-
-/// A batch of `(user, positive item, negative item)` triples.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Batch {
-    /// User ids.
-    pub users: Vec<usize>,
-    /// Positive item ids (a training interaction of the user).
-    pub pos: Vec<usize>,
-    /// Negative item ids.
-    pub neg: Vec<usize>,
-}
-
-impl Batch {
-    /// The batch size, after checking that the lists are non-empty, of one length, and in range.
-    ///
-    /// # Errors
-    /// [`Error::Empty`] for an empty batch, [`Error::Shape`] for lists of different lengths,
-    /// [`Error::Param`] for an id out of range (`n_users` users, `n_items` items).
-    pub(crate) fn check(&self, op: &'static str, n_users: usize, n_items: usize) -> Result<usize> {
-        let bsz = self.users.len();
-        if bsz == 0 {
-            return Err(Error::Empty {
-                op,
-                what: "batch".into(),
-            });
-        }
-        if self.pos.len() != bsz || self.neg.len() != bsz {
-            return Err(Error::shape(
-                op,
-                "pos / neg lengths vs users",
-                bsz,
-                (self.pos.len(), self.neg.len()),
-            ));
-        }
-        for (what, ids, n) in [
-            ("users", &self.users, n_users),
-            ("pos", &self.pos, n_items),
-            ("neg", &self.neg, n_items),
-        ] {
-            if let Some((k, &id)) = ids.iter().enumerate().find(|(_, &id)| id >= n) {
-                return Err(Error::param(
-                    op,
-                    "batch",
-                    format!("{what}[{k}] = {id}"),
-                    format!("out of range ({n})"),
-                ));
-            }
-        }
-        Ok(bsz)
-    }
-
-    /// The rows whose user and positive item both appear for the first time, in batch order: no two rows
-    /// share a user or a positive item. The contrastive term runs on these rows when
-    /// [`RecGoatConfig::cl_distinct_rows`] is set, so that no row's in-batch negatives hold its own user or
-    /// its own item (a duplicate would be a false negative, pushing a user away from its own positives).
-    ///
-    /// # Example
-    /// ```
-    /// use recgoat_core::model::Batch;
-    /// let batch = Batch { users: vec![0, 1, 0, 2, 3], pos: vec![5, 5, 6, 7, 8], neg: vec![1, 2, 3, 4, 0] };
-    /// let rows = batch.distinct_rows();
-    /// // row 1 repeats item 5, row 2 repeats user 0
-    /// assert_eq!(rows, Batch { users: vec![0, 2, 3], pos: vec![5, 7, 8], neg: vec![1, 4, 0] });
-    /// ```
-    pub fn distinct_rows(&self) -> Batch {
-        let mut seen_users = std::collections::HashSet::new();
-        let mut seen_items = std::collections::HashSet::new();
-        let mut out = Batch::default();
-        for ((&u, &p), &n) in self.users.iter().zip(&self.pos).zip(&self.neg) {
-            if !seen_users.contains(&u) && !seen_items.contains(&p) {
-                seen_users.insert(u);
-                seen_items.insert(p);
-                out.users.push(u);
-                out.pos.push(p);
-                out.neg.push(n);
-            }
-        }
-        out
-    }
-}
 
 /// The terms of the training loss of one batch (`total` is their weighted sum).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -239,6 +159,16 @@ impl<F: Real> RecGoat<F> {
         data.validate(std::path::Path::new("dataset"))?;
         let par = backend.par();
         let (n_users, n_items) = (data.n_users, data.n_items);
+        let table = (n_users + n_items).checked_mul(cfg.embedding_dim);
+        if table.map_or(true, |t| t > 1 << 32) {
+            let dims = format!("({n_users} + {n_items}) x {}", cfg.embedding_dim);
+            return Err(Error::param(
+                OP,
+                "embedding_dim",
+                dims,
+                "the table exceeds 2^32 values",
+            ));
+        }
         let adj = bipartite_user_item::<F>(n_users, n_items, &data.train)?.sym_normalized()?;
         let selected: Vec<&(String, Array2<f32>)> = match &cfg.modalities {
             Modalities::All => data.item_features.iter().collect(),

@@ -9,9 +9,10 @@
 use super::config::{Cmcl, Fusion};
 use super::params::{Branch, Params};
 use super::profile::{Profile, Stage};
-use super::recgoat::{Batch, LossParts, RecGoat, BRANCH_SLOPE};
+use super::recgoat::{LossParts, RecGoat, BRANCH_SLOPE};
 use crate::attention::{GatParams, Mode};
 use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig};
+use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::exec::{Exec, GatRefs};
 use crate::nn::{dropout_mask, Adam, AdamState};
@@ -696,7 +697,12 @@ impl<F: Real> RecGoat<F> {
                 cl += next()?;
             }
             let (bpr, reg, ot) = (next()?, next()?, next()?);
-            for (what, v) in [("contrastive loss", cl), ("sample-level OT loss", ot)] {
+            let terms = [
+                ("BPR loss", bpr),
+                ("regulariser", reg),
+                ("contrastive loss", cl),
+            ];
+            for (what, v) in terms.into_iter().chain([("sample-level OT loss", ot)]) {
                 if !v.is_finite() {
                     return Err(Error::NonFinite {
                         op: OP,

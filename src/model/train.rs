@@ -4,10 +4,11 @@
 use super::config::RecGoatConfig;
 use super::params::Params;
 use super::profile::{Profile, Stage};
-use super::recgoat::{Batch, LossParts, RecGoat};
+use super::recgoat::{LossParts, RecGoat};
 use super::step::TrainPass;
 use crate::attention::Mode;
 use crate::backend::Backend;
+use crate::data::Batch;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::{by_user, evaluate, Metrics};
@@ -241,6 +242,24 @@ impl<'d> Trainer<'d> {
             batches: &batches,
             profile: &mut self.profile,
             on_batch: &mut on_batch,
+        });
+        // a non-finite value mid-training is divergence more often than bad data: say what to change
+        let losses = losses.map_err(|e| match e {
+            Error::NonFinite {
+                op,
+                what,
+                index,
+                value,
+            } => Error::NonFinite {
+                op,
+                what: format!(
+                    "{what} (training diverged in epoch {epoch} at learning rate {}: lower it)",
+                    cfg.lr
+                ),
+                index,
+                value,
+            },
+            e => e,
         })?;
         let mut sum = LossParts::<f64>::default();
         for loss in losses {

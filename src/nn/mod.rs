@@ -142,8 +142,15 @@ impl<F: Real> Linear<F> {
 }
 
 /// `LeakyReLU(x) = x` for `x > 0`, `slope x` otherwise.
-pub fn leaky_relu<F: Real>(x: ArrayView2<'_, F>, slope: F) -> Array2<F> {
-    x.mapv(|v| if v > F::zero() { v } else { v * slope })
+///
+/// # Errors
+/// [`Error::Param`] for a non-finite slope; [`Error::NonFinite`] for NaN/Inf in `x`.
+pub fn leaky_relu<F: Real>(x: ArrayView2<'_, F>, slope: F) -> Result<Array2<F>> {
+    if !slope.is_finite() {
+        return Err(Error::param("leaky_relu", "slope", slope, "must be finite"));
+    }
+    check_finite_array("leaky_relu", "x", &x)?;
+    Ok(x.mapv(|v| if v > F::zero() { v } else { v * slope }))
 }
 
 /// Backward of [`leaky_relu`] given the forward input.
@@ -211,8 +218,23 @@ pub(crate) fn dropout_mask<F: Real>(shape: (usize, usize), p: F, rng: &mut impl 
 }
 
 /// Backward of [`dropout`]: the gradient times the mask (unchanged when there was none).
-pub fn dropout_backward<F: Real>(grad_y: ArrayView2<'_, F>, mask: Option<&Array2<F>>) -> Array2<F> {
-    mask.map_or_else(|| grad_y.to_owned(), |m| &grad_y * m)
+///
+/// # Errors
+/// [`Error::Shape`] when the mask's shape is not the gradient's.
+pub fn dropout_backward<F: Real>(
+    grad_y: ArrayView2<'_, F>,
+    mask: Option<&Array2<F>>,
+) -> Result<Array2<F>> {
+    match mask {
+        Some(m) if m.dim() != grad_y.dim() => Err(Error::shape(
+            "dropout_backward",
+            "mask vs grad_y",
+            grad_y.dim(),
+            m.dim(),
+        )),
+        Some(m) => Ok(&grad_y * m),
+        None => Ok(grad_y.to_owned()),
+    }
 }
 
 /// Layer normalisation over each row with affine parameters: `y = gamma * (x - mean) / sqrt(var + eps) + beta`.
@@ -251,7 +273,7 @@ impl<F: Real> LayerNorm<F> {
     pub fn forward(&self, x: ArrayView2<'_, F>) -> Result<(Array2<F>, LayerNormCache<F>)> {
         const OP: &str = "LayerNorm::forward";
         check_rows(OP, "x", &x, self.gamma.len())?;
-        if !positive_finite(self.eps) {
+        if !crate::simd::positive_normal(self.eps) {
             return Err(Error::param(OP, "eps", self.eps, "must be finite and > 0"));
         }
         let d = F::from_usize(x.ncols()).expect("width fits");
@@ -537,7 +559,25 @@ pub fn bpr_loss<F: Real>(
 
 /// `lambda * mean over rows of |row|^2`, summed over the given blocks (RecGOAT's regulariser on the ego
 /// embeddings of a batch: users, positives, negatives), and the gradient of each block.
-pub fn l2_regularization<F: Real>(blocks: &[ArrayView2<'_, F>], lambda: F) -> (F, Vec<Array2<F>>) {
+///
+/// # Errors
+/// [`Error::Param`] for a negative or non-finite `lambda`; [`Error::NonFinite`] for NaN/Inf in a block.
+pub fn l2_regularization<F: Real>(
+    blocks: &[ArrayView2<'_, F>],
+    lambda: F,
+) -> Result<(F, Vec<Array2<F>>)> {
+    const OP: &str = "l2_regularization";
+    if !(lambda >= F::zero() && lambda.is_finite()) {
+        return Err(Error::param(
+            OP,
+            "lambda",
+            lambda,
+            "must be finite and >= 0",
+        ));
+    }
+    for (k, b) in blocks.iter().enumerate() {
+        check_finite_array(OP, &format!("block {k}"), b)?;
+    }
     let mut value = F::zero();
     let grads = blocks
         .iter()
@@ -547,7 +587,7 @@ pub fn l2_regularization<F: Real>(blocks: &[ArrayView2<'_, F>], lambda: F) -> (F
             b.mapv(|v| F::c(2.0) * lambda * v / n)
         })
         .collect();
-    (value, grads)
+    Ok((value, grads))
 }
 
 /// Adam with bias correction and optional L2 weight decay added to the gradient (`grad + wd * param`, as
@@ -586,11 +626,20 @@ impl<F: Real> AdamState<F> {
     }
     /// Moments restored from a checkpoint (shapes must agree; `t` steps taken).
     ///
-    /// # Panics
-    /// When `m` and `v` differ in shape.
-    pub fn from_moments(m: Array2<F>, v: Array2<F>, t: u64) -> Self {
-        assert_eq!(m.dim(), v.dim(), "moment shapes differ");
-        AdamState { m, v, t }
+    /// # Errors
+    /// [`Error::Shape`] when `m` and `v` differ in shape; [`Error::NonFinite`] for NaN/Inf moments;
+    /// [`Error::Param`] for a negative second moment.
+    pub fn from_moments(m: Array2<F>, v: Array2<F>, t: u64) -> Result<Self> {
+        const OP: &str = "AdamState::from_moments";
+        if m.dim() != v.dim() {
+            return Err(Error::shape(OP, "v vs m", m.dim(), v.dim()));
+        }
+        check_finite_array(OP, "m", &m.view())?;
+        check_finite_array(OP, "v", &v.view())?;
+        if let Some(x) = v.iter().find(|&&x| x < F::zero()) {
+            return Err(Error::param(OP, "v", x, "second moments must be >= 0"));
+        }
+        Ok(AdamState { m, v, t })
     }
     /// First moment.
     pub fn m(&self) -> &Array2<F> {

@@ -64,7 +64,7 @@ pub use grad::{
 
 use crate::backend::{map_items, Backend, Par};
 use crate::error::{Error, Result};
-use crate::simd::{positive_finite, Real};
+use crate::simd::{positive_finite, positive_normal, Real};
 use ndarray::{Array1, Array2, ArrayView1};
 
 /// Which summary of the cost entries a relative eps multiplies.
@@ -103,12 +103,12 @@ impl<F: Real> Epsilon<F> {
             Epsilon::Absolute(e) => e,
             Epsilon::Relative { factor, .. } => factor,
         };
-        if !positive_finite(v) {
+        if !positive_normal(v) {
             return Err(Error::param(
                 "SinkhornConfig",
                 name,
                 v,
-                "eps (or its factor) must be finite and > 0",
+                "eps (or its factor) must be finite, > 0 and a normal float (1 / eps finite)",
             ));
         }
         Ok(())
@@ -123,7 +123,7 @@ impl<F: Real> Epsilon<F> {
             Epsilon::Absolute(e) => e,
             Epsilon::Relative { scale, factor } => factor * geom.statistic(scale, par),
         };
-        if !positive_finite(e) {
+        if !positive_normal(e) {
             return Err(Error::param(
                 "SinkhornConfig",
                 "eps",

@@ -1,0 +1,116 @@
+//! Files written so that a crash never leaves a half-written one: a temporary file in the same folder,
+//! flushed to disk, then renamed over the target.
+
+use crate::error::{Error, Result};
+use ndarray::Array2;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn write_err(op: &'static str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Write {
+        op,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The temporary file a writer with process id `pid` uses for `path`.
+fn temporary(path: &Path, name: &str, pid: u32) -> PathBuf {
+    path.with_file_name(format!(".{name}.tmp-{pid}"))
+}
+
+/// Removes the temporary files that writers of `path` left when they were killed mid-write: those of
+/// processes that no longer run (known on Linux through `/proc`; elsewhere they are left, and ignored: no
+/// reader ever opens them).
+fn remove_stale_temporaries(path: &Path, name: &str) {
+    let (Some(dir), true) = (path.parent(), Path::new("/proc/self").exists()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let pid = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix)?.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed
+/// over `path`. A crash leaves either the old file or the new one, never a half-written one; the temporary
+/// files of writers that were killed are removed by the next write.
+///
+/// # Errors
+/// [`Error::Write`] naming the path when any step fails (the temporary file is removed).
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    const OP: &str = "write_atomic";
+    let path = path.as_ref();
+    let name = path
+        .file_name()
+        .ok_or_else(|| write_err(OP, path, "not a file path"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = temporary(path, &name, std::process::id());
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(OP, path, e));
+    }
+    remove_stale_temporaries(path, &name);
+    Ok(())
+}
+
+/// Writes a matrix as a little-endian `.npy` file, atomically.
+///
+/// # Errors
+/// As [`write_atomic`].
+pub fn write_npy_atomic(path: impl AsRef<Path>, a: &Array2<f32>) -> Result<()> {
+    let path = path.as_ref();
+    let mut buf = Vec::new();
+    ndarray_npy::WriteNpyExt::write_npy(a, &mut buf)
+        .map_err(|e| write_err("write_npy_atomic", path, e))?;
+    write_atomic(path, &buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_writers_temporary_file_is_removed_and_a_failed_write_says_write() {
+        let dir = std::env::temp_dir().join(format!("recgoat-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.bin");
+        // a pid above the kernel's maximum (2^22) never runs
+        let stale = temporary(&path, "x.bin", 4_194_305);
+        std::fs::write(&stale, b"half").unwrap();
+        write_atomic(&path, b"whole").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        if Path::new("/proc/self").exists() {
+            assert!(!stale.exists(), "stale temporary file left");
+        }
+        let e = write_atomic(dir.join("no-such-dir").join("y.bin"), b"z").unwrap_err();
+        assert!(
+            matches!(e, Error::Write { .. }) && e.to_string().contains("cannot write"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
