@@ -16,6 +16,7 @@ use recgoat_core::data::Dataset;
 use recgoat_core::model::{
     write_atomic, Metrics, Modalities, RecGoatConfig, Split, Stage, Trainer,
 };
+use recgoat_core::recommend::Recommender;
 use recgoat_core::{Backend, Error, Par};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -218,6 +219,7 @@ fn train_one(mut trainer: Trainer<'_>, label: &str, dir: &Path) -> Result<RunRes
     let valid = trainer.evaluate(Split::Valid)?;
     let test = trainer.evaluate(Split::Test)?;
     trainer.export_embeddings(dir)?;
+    Recommender::from_trainer(&trainer)?.save(dir.join("recommender.safetensors"))?;
     let st = trainer.state();
     let train_secs: f64 = st.history.iter().map(|h| h.train_seconds).sum();
     let p = trainer.profile();
@@ -494,6 +496,9 @@ fn run() -> Result<(), Error> {
             })
         })
         .collect();
+    let labels: Vec<&str> = (groups.iter().flat_map(|(_, rs)| rs.iter()))
+        .map(|r| r.label.as_str())
+        .collect();
     write_atomic(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&json)
@@ -501,8 +506,10 @@ fn run() -> Result<(), Error> {
             .as_bytes(),
     )?;
     println!(
-        "\nwrote {0}/curve.svg, {0}/results.json and per run <label>/checkpoint.safetensors, users.npy, items.npy",
-        args.out.display()
+        "\nwrote {0}/curve.svg, {0}/results.json and, per run, {0}/<run>/checkpoint.safetensors, \
+         recommender.safetensors, users.npy, items.npy (runs: {1})",
+        args.out.display(),
+        labels.join(", ")
     );
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod graph;
 pub mod io;
 pub mod model;
 pub mod nn;
+pub mod recommend;
 pub mod simd;
 pub mod testing;
 pub mod transport;
