@@ -411,8 +411,8 @@ mod tests {
         let all: Vec<usize> = (0..150).collect();
         for par in [Par::Seq, Par::Rayon(3)] {
             let got = rec.clone().with_par(par).recommend(&all, 10).unwrap();
-            for u in 0..150 {
-                let ids: Vec<usize> = got[u].iter().map(|x| x.0).collect();
+            for (u, top) in got.iter().enumerate() {
+                let ids: Vec<usize> = top.iter().map(|x| x.0).collect();
                 assert_eq!(ids, brute(&rec, u, 10), "user {u}");
             }
         }
