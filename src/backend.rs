@@ -1,18 +1,43 @@
 //! Where an op runs: the CPU with a given parallelism, or a GPU.
 //!
+//! One way to say it: every op takes `impl Into<Par>` or `&Backend`, and a [`Backend`] converts into its
+//! host [`Par`], so a program passes its one `Backend` (or a `Par`) everywhere. One default: both
+//! `Par::default()` and `Backend::default()` are rayon over all cores.
+//!
 //! Parallelism is a value passed to each call, never a global setting, so two callers in one process can run
 //! the same op sequentially and in parallel side by side. Reductions are chunked by the `Par` value alone,
 //! which makes every result deterministic for a given `Par` (and the same across runs on one machine).
 
-/// CPU parallelism of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// CPU parallelism of one call. The default is [`Par::rayon`], as for [`Backend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Par {
     /// One thread, no rayon.
-    #[default]
     Seq,
     /// Split the work into this many chunks on rayon's global pool; `0` means one chunk per rayon thread.
     /// Without the `rayon` feature this runs the same chunks one after the other (same numbers).
     Rayon(usize),
+}
+
+impl Default for Par {
+    fn default() -> Self {
+        Par::rayon()
+    }
+}
+
+/// A backend's host parallelism: what the CPU ops run with when given the backend.
+///
+/// ```
+/// use recgoat_core::{Backend, Par};
+/// let g = recgoat_core::graph::CsrGraph::<f32>::new(1, 1, vec![0, 1], vec![0], None).unwrap();
+/// let x = ndarray::array![[2.0f32]];
+/// let be = Backend::default();
+/// assert_eq!(recgoat_core::graph::spmm(&g, x.view(), &be).unwrap(), x);
+/// assert_eq!(Par::from(&be), Par::default());
+/// ```
+impl From<&Backend> for Par {
+    fn from(b: &Backend) -> Par {
+        b.par()
+    }
 }
 
 impl Par {

@@ -80,8 +80,9 @@ pub fn evaluate(
     ground_truth: &[Pair],
     masked: &[&[Pair]],
     ks: &[usize],
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<Metrics> {
+    let par: Par = par.into();
     const OP: &str = "evaluate";
     let (n_users, n_items) = (users.nrows(), items.nrows());
     if users.ncols() != items.ncols() {

@@ -197,6 +197,18 @@ pub struct GatParams<F> {
 }
 
 impl<F: Real> GatParams<F> {
+    /// [`GatParams::init`] from a seed (a ChaCha8 generator): no `rand` types in the call.
+    ///
+    /// # Example
+    /// ```
+    /// use recgoat_core::attention::{GatConfig, GatParams};
+    /// let cfg = GatConfig::<f32>::new(4, 8, 2).unwrap();
+    /// assert_eq!(GatParams::seeded(&cfg, 7), GatParams::seeded(&cfg, 7));
+    /// ```
+    pub fn seeded(cfg: &GatConfig<F>, seed: u64) -> Self {
+        Self::init(cfg, &mut crate::testing::rng(seed))
+    }
+
     /// Xavier-normal initialisation with gain `sqrt(2)` (as DGL's GATConv), zero bias.
     pub fn init(cfg: &GatConfig<F>, rng: &mut impl Rng) -> Self {
         let hc = cfg.heads * cfg.head_dim;
@@ -409,8 +421,9 @@ impl<F: Real> GatLayer<F> {
         graph: &CsrGraph<F>,
         x: ArrayView2<'_, F>,
         mode: Mode,
-        par: Par,
+        par: impl Into<Par>,
     ) -> Result<(Array2<F>, GatCache<F>)> {
+        let par: Par = par.into();
         const OP: &str = "GatLayer::forward";
         params.check(&self.cfg)?;
         if x.dim() != (graph.n_rows(), self.cfg.in_dim) {
@@ -447,8 +460,9 @@ impl<F: Real> GatLayer<F> {
         graph: &CsrGraph<F>,
         cache: &GatCache<F>,
         grad_out: ArrayView2<'_, F>,
-        par: Par,
+        par: impl Into<Par>,
     ) -> Result<GatGrads<F>> {
+        let par: Par = par.into();
         const OP: &str = "GatLayer::backward";
         params.check(&self.cfg)?;
         if graph.structure_fingerprint() != cache.fingerprint {

@@ -199,8 +199,9 @@ pub fn info_nce<F: Real>(
     negatives: Option<ArrayView2<'_, F>>,
     weights: Option<ArrayView1<'_, F>>,
     cfg: &InfoNceConfig<F>,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<InfoNceOutput<F>> {
+    let par: Par = par.into();
     const OP: &str = "info_nce";
     cfg.validate()?;
     validate_inputs(OP, v1, v2, negatives, weights)?;
@@ -394,8 +395,9 @@ pub fn multi_view_info_nce<F: Real>(
     views: &[ArrayView2<'_, F>],
     pairs: &[ViewPair<F>],
     cfg: &InfoNceConfig<F>,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<MultiViewOutput<F>> {
+    let par: Par = par.into();
     multi_view_with(views, pairs, |a, b| info_nce(a, b, None, None, cfg, par))
 }
 

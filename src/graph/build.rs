@@ -97,8 +97,9 @@ impl KnnConfig {
 pub fn knn_graph<F: Real>(
     features: ArrayView2<'_, F>,
     cfg: &KnnConfig,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<CsrGraph<F>> {
+    let par: Par = par.into();
     const OP: &str = "knn_graph";
     validate_knn(OP, features, cfg)?;
     let n = features.nrows();

@@ -361,8 +361,9 @@ pub fn spmm_into<F: Real>(
     a: &CsrGraph<F>,
     x: ArrayView2<'_, F>,
     mut y: ArrayViewMut2<'_, F>,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<()> {
+    let par: Par = par.into();
     const OP: &str = "spmm_into";
     check_rows(OP, "x", a.n_cols(), x)?;
     if y.dim() != (a.n_rows(), x.ncols()) {
@@ -400,7 +401,12 @@ pub fn spmm_into<F: Real>(
 /// let y = spmm(&a, array![[1.0f32], [10.0]].view(), Par::Seq).unwrap();
 /// assert_eq!(y, array![[21.0], [30.0]]);
 /// ```
-pub fn spmm<F: Real>(a: &CsrGraph<F>, x: ArrayView2<'_, F>, par: Par) -> Result<Array2<F>> {
+pub fn spmm<F: Real>(
+    a: &CsrGraph<F>,
+    x: ArrayView2<'_, F>,
+    par: impl Into<Par>,
+) -> Result<Array2<F>> {
+    let par: Par = par.into();
     check_rows("spmm", "x", a.n_cols(), x)?;
     spmm_checked("spmm", "x", a, x, par)
 }
@@ -412,8 +418,9 @@ pub fn spmm<F: Real>(a: &CsrGraph<F>, x: ArrayView2<'_, F>, par: Par) -> Result<
 pub fn spmm_backward<F: Real>(
     a: &CsrGraph<F>,
     grad_y: ArrayView2<'_, F>,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<Array2<F>> {
+    let par: Par = par.into();
     check_rows("spmm_backward", "grad_y", a.n_rows(), grad_y)?;
     spmm_checked(
         "spmm_backward",
@@ -494,8 +501,9 @@ pub fn lightgcn_forward<F: Real>(
     a: &CsrGraph<F>,
     e0: ArrayView2<'_, F>,
     layers: usize,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<Array2<F>> {
+    let par: Par = par.into();
     propagate_owned("lightgcn_forward", Side::Forward, a, e0, layers, par)
 }
 
@@ -510,8 +518,9 @@ pub fn lightgcn_forward_into<F: Real>(
     layers: usize,
     out: ArrayViewMut2<'_, F>,
     buffers: &mut PropagationBuffers<F>,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<()> {
+    let par: Par = par.into();
     propagate_checked(
         "lightgcn_forward_into",
         Side::Forward,
@@ -532,8 +541,9 @@ pub fn lightgcn_backward<F: Real>(
     a: &CsrGraph<F>,
     grad_out: ArrayView2<'_, F>,
     layers: usize,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<Array2<F>> {
+    let par: Par = par.into();
     propagate_owned(
         "lightgcn_backward",
         Side::Backward,
@@ -554,8 +564,9 @@ pub fn lightgcn_backward_into<F: Real>(
     layers: usize,
     out: ArrayViewMut2<'_, F>,
     buffers: &mut PropagationBuffers<F>,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<()> {
+    let par: Par = par.into();
     propagate_checked(
         "lightgcn_backward_into",
         Side::Backward,

@@ -286,7 +286,8 @@ impl<'a, F: Real> Geometry<'a, F> {
     /// squared norms, in one pass over the points). `Median` is exact for dense costs; for point clouds with
     /// more than 2^20 pairs it is the median of the pairs of every k-th row (a deterministic subsample of
     /// about 2^20 entries), so no `n x m` buffer is allocated.
-    pub fn statistic(&self, which: super::EpsScale, par: Par) -> F {
+    pub fn statistic(&self, which: super::EpsScale, par: impl Into<Par>) -> F {
+        let par: Par = par.into();
         use super::EpsScale;
         let (n, m) = (self.n(), self.m());
         // mean_ij |x_i - y_j|^2 = mean |x|^2 + mean |y|^2 - 2 mean(x) . mean(y): one pass over the points

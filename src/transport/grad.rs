@@ -108,8 +108,9 @@ pub fn point_cloud_gradients<F: Real>(
     out: &SinkhornOutput<F>,
     a: ArrayView1<'_, F>,
     b: ArrayView1<'_, F>,
-    par: Par,
+    par: impl Into<Par>,
 ) -> Result<(Array2<F>, Array2<F>)> {
+    let par: Par = par.into();
     const OP: &str = "point_cloud_gradients";
     let Geometry::SqEuclidean(pc) = geom else {
         return Err(Error::param(

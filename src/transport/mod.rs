@@ -118,7 +118,8 @@ impl<F: Real> Epsilon<F> {
     ///
     /// # Errors
     /// [`Error::Param`] when a relative eps resolves to 0 (an all-zero cost).
-    pub fn resolve(&self, geom: &Geometry<'_, F>, par: Par) -> Result<F> {
+    pub fn resolve(&self, geom: &Geometry<'_, F>, par: impl Into<Par>) -> Result<F> {
+        let par: Par = par.into();
         let e = match *self {
             Epsilon::Absolute(e) => e,
             Epsilon::Relative { scale, factor } => factor * geom.statistic(scale, par),
