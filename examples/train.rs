@@ -31,7 +31,8 @@ enum BackendArg {
 #[derive(Parser, Debug)]
 #[command(about = "Train RecGOAT on a LightGCN-format dataset and compare it with LightGCN")]
 struct Args {
-    /// Dataset folder (train.txt, valid.txt, test.txt and optional <name>.npy item features).
+    /// Dataset folder: LightGCN split files (train.txt, valid.txt, test.txt) or one MMRec .inter file, and
+    /// optional <name>.npy item features.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k"))]
     data: PathBuf,
     /// Feature files to load (names without .npy); default: every .npy in the folder.
@@ -441,7 +442,7 @@ fn run() -> Result<(), Error> {
     };
     let refs: Vec<&str> = features.iter().map(String::as_str).collect();
     let t = Instant::now();
-    let ds = Dataset::load_lightgcn_dir(&args.data, &refs)?;
+    let ds = Dataset::load_dir(&args.data, &refs)?;
     println!(
         "{}: {} users, {} items, {} / {} / {} interactions, features {:?} ({:.1}s to load)",
         args.data.display(),
@@ -456,6 +457,13 @@ fn run() -> Result<(), Error> {
             .collect::<Vec<_>>(),
         t.elapsed().as_secs_f64()
     );
+    let (cold_users, cold_items) = (ds.cold_users().len(), ds.cold_items().len());
+    if cold_users + cold_items > 0 {
+        println!(
+            "{cold_users} users and {cold_items} items have no training interaction: the users are left out \
+             of the metrics, the items stay in the ranking"
+        );
+    }
     let mut presets = vec![args.preset.clone()];
     if args.baseline != "none" && args.baseline != args.preset {
         presets.push(args.baseline.clone());

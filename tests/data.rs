@@ -71,11 +71,30 @@ fn inconsistent_datasets_are_refused() {
             .unwrap_err()
             .to_string()
     };
-    assert!(make("0 0 1\n1 1\n", "2 0\n")
-        .contains("user 2 appears in test but has no training interaction"));
     assert!(make("0 0 3\n1 1\n", "0 1\n").contains("item 2 has no interaction"));
     assert!(make("0 0\n2 1\n", "0 1\n").contains("user 1 has no interaction"));
     assert!(make("\n", "").contains("training split is empty"));
+}
+
+/// A user or item with held-out interactions only loads (a cold user or item), is counted, and cold users
+/// are left out of the ranking metrics.
+#[test]
+fn users_and_items_without_training_interactions_load_and_are_counted() {
+    let dir = scratch("cold");
+    std::fs::write(dir.join("train.txt"), "0 0 1\n1 1 2\n").unwrap();
+    std::fs::write(dir.join("test.txt"), "0 2\n2 0\n1 3\n").unwrap();
+    let ds = Dataset::load_lightgcn_dir(&dir, &[]).unwrap();
+    assert_eq!((ds.n_users, ds.n_items), (3, 4));
+    assert_eq!((ds.cold_users(), ds.cold_items()), (vec![2], vec![3]));
+    use recgoat_core::model::{RecGoatConfig, Split, Trainer};
+    let cfg = RecGoatConfig {
+        embedding_dim: 8,
+        epochs: 1,
+        ..RecGoatConfig::lightgcn()
+    };
+    let t = Trainer::new(cfg, &ds, recgoat_core::Backend::Cpu(recgoat_core::Par::Seq)).unwrap();
+    // users 0 and 1 are evaluated, user 2 (cold) is not
+    assert_eq!(t.evaluate(Split::Test).unwrap().users, 2);
 }
 
 #[test]
@@ -138,4 +157,21 @@ fn mmrec_inter_files() {
         .unwrap_err()
         .to_string()
         .contains("2 fields"));
+}
+
+#[test]
+fn an_mmrec_folder_loads_as_a_dataset_and_errors_name_the_inter_line() {
+    let dir = scratch("mmrec-dir");
+    let text = "userID\titemID\tx_label\n0\t0\t0\n0\t1\t0\n1\t1\t0\n1\t2\t0\n0\t2\t2\n1\t0\t1\n";
+    std::fs::write(dir.join("toy.inter"), text).unwrap();
+    ndarray_npy::write_npy(dir.join("f.npy"), &Array2::<f32>::ones((3, 2))).unwrap();
+    let ds = Dataset::load_dir(&dir, &["f"]).unwrap();
+    assert_eq!((ds.n_users, ds.n_items, ds.train.len()), (2, 3, 4));
+    assert_eq!((ds.valid.len(), ds.test.len(), ds.item_features.len()), (1, 1, 1));
+    // user 7 on line 8 leaves users 2 to 6 without interactions
+    std::fs::write(dir.join("toy.inter"), format!("{text}7\t0\t2\n")).unwrap();
+    let e = Dataset::load_dir(&dir, &[]).unwrap_err().to_string();
+    assert!(e.contains("toy.inter:8") && e.contains("user 2 has no interaction"), "{e}");
+    std::fs::write(dir.join("other.inter"), text).unwrap();
+    assert!(Dataset::load_dir(&dir, &[]).unwrap_err().to_string().contains("2 .inter files"));
 }

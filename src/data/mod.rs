@@ -120,7 +120,12 @@ pub fn read_lightgcn_split(path: impl AsRef<Path>) -> Result<Vec<Pair>> {
 /// [`Error::Io`]; [`Error::Data`] for a missing column in the header, a line with too few fields, a non-integer
 /// id or one above [`MAX_ID`], or an `x_label` other than 0, 1, 2 (with its line number).
 pub fn read_mmrec_inter(path: impl AsRef<Path>) -> Result<(Vec<Pair>, Vec<Pair>, Vec<Pair>)> {
-    let path = path.as_ref();
+    let ([train, valid, test], _) = read_inter_lines(path.as_ref())?;
+    Ok((train, valid, test))
+}
+
+/// [`read_mmrec_inter`] with each pair's line.
+fn read_inter_lines(path: &Path) -> Result<([Vec<Pair>; 3], [Origin; 3])> {
     let text = read_text("read_mmrec_inter", path)?;
     let mut lines = text.lines().enumerate();
     let header = lines.next().map(|(_, h)| h).unwrap_or_default();
@@ -136,7 +141,11 @@ pub fn read_mmrec_inter(path: impl AsRef<Path>) -> Result<(Vec<Pair>, Vec<Pair>,
     };
     let (cu, ci, cx) = (col("userID")?, col("itemID")?, col("x_label")?);
     let need = cu.max(ci).max(cx) + 1;
-    let mut splits = (Vec::new(), Vec::new(), Vec::new());
+    let mut splits: [Vec<Pair>; 3] = Default::default();
+    let mut origins: [Origin; 3] = std::array::from_fn(|_| Origin {
+        path: path.to_path_buf(),
+        lines: Vec::new(),
+    });
     for (no, line) in lines {
         if line.trim().is_empty() {
             continue;
@@ -153,10 +162,10 @@ pub fn read_mmrec_inter(path: impl AsRef<Path>) -> Result<(Vec<Pair>, Vec<Pair>,
             parse_id(f[cu], path, no + 1, "userID")?,
             parse_id(f[ci], path, no + 1, "itemID")?,
         );
-        match f[cx] {
-            "0" => splits.0.push(pair),
-            "1" => splits.1.push(pair),
-            "2" => splits.2.push(pair),
+        let k = match f[cx] {
+            "0" => 0,
+            "1" => 1,
+            "2" => 2,
             x => {
                 return Err(data_err(
                     path,
@@ -164,9 +173,11 @@ pub fn read_mmrec_inter(path: impl AsRef<Path>) -> Result<(Vec<Pair>, Vec<Pair>,
                     format!("x_label {x} is not 0 (train), 1 (valid) or 2 (test)"),
                 ))
             }
-        }
+        };
+        splits[k].push(pair);
+        origins[k].lines.push(no + 1);
     }
-    Ok(splits)
+    Ok((splits, origins))
 }
 
 /// The shape and data offset an `.npy` header claims, checked against the file's length before anything is
@@ -306,6 +317,27 @@ impl Sources<'_> {
 const SPLITS: [&str; 3] = ["train", "valid", "test"];
 
 impl Dataset {
+    /// Users with no training interaction, ascending: they have only held-out interactions. The model has
+    /// nothing to learn their vectors from, so the ranking metrics leave them out (and the trainer counts
+    /// them); they can still be scored.
+    pub fn cold_users(&self) -> Vec<usize> {
+        let mut warm = vec![false; self.n_users];
+        for &(u, _) in &self.train {
+            warm[u] = true;
+        }
+        (0..self.n_users).filter(|&u| !warm[u]).collect()
+    }
+
+    /// Items with no training interaction, ascending: the ID embedding learns nothing for them, their
+    /// modality features still place them (cold-start items stay in the ranking).
+    pub fn cold_items(&self) -> Vec<usize> {
+        let mut warm = vec![false; self.n_items];
+        for &(_, i) in &self.train {
+            warm[i] = true;
+        }
+        (0..self.n_items).filter(|&i| !warm[i]).collect()
+    }
+
     /// A short fingerprint of the training data: the counts and a CRC-32 of the training pairs. Checkpoints
     /// store it, so that resuming on another dataset of the same shape is refused.
     ///
@@ -369,6 +401,69 @@ impl Dataset {
         Dataset::assemble(sources, [train, valid, test], item_features)
     }
 
+    /// Loads an MMRec dataset: the `.inter` file at `inter` (splits by `x_label`) and the named `.npy` item
+    /// features in the same folder, and validates the whole; errors name the file and the line.
+    ///
+    /// # Errors
+    /// As [`read_mmrec_inter`], [`read_features`] and [`Dataset::validate`].
+    pub fn load_mmrec(inter: impl AsRef<Path>, features: &[&str]) -> Result<Self> {
+        let inter = inter.as_ref();
+        let dir = inter.parent().unwrap_or(Path::new("."));
+        let (splits, origins) = read_inter_lines(inter)?;
+        let paths: Vec<_> = (features.iter())
+            .map(|name| dir.join(format!("{name}.npy")))
+            .collect();
+        let item_features = (features.iter().zip(&paths))
+            .map(|(name, p)| Ok((name.to_string(), read_features(p)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let sources = Sources {
+            source: inter,
+            splits: Some(origins),
+            features: paths,
+        };
+        Dataset::assemble(sources, splits, item_features)
+    }
+
+    /// Loads a dataset folder in either format: LightGCN split files when it has `train.txt`, else MMRec
+    /// when it has exactly one `.inter` file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for a folder with neither; as [`Dataset::load_lightgcn_dir`] and
+    /// [`Dataset::load_mmrec`].
+    ///
+    /// # Example
+    /// ```
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/baby");
+    /// let ds = recgoat_core::data::Dataset::load_dir(dir, &[]).unwrap();
+    /// assert_eq!((ds.n_users, ds.n_items), (19_445, 7_050));
+    /// ```
+    pub fn load_dir(dir: impl AsRef<Path>, features: &[&str]) -> Result<Self> {
+        let dir = dir.as_ref();
+        if dir.join("train.txt").exists() {
+            return Dataset::load_lightgcn_dir(dir, features);
+        }
+        let io = |reason: String| Error::Io {
+            op: "Dataset::load_dir",
+            path: dir.display().to_string(),
+            reason,
+        };
+        let inters: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| io(e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "inter"))
+            .collect();
+        match inters.as_slice() {
+            [one] => Dataset::load_mmrec(one, features),
+            [] => Err(io(
+                "no train.txt (LightGCN split files) and no .inter file (MMRec)".into(),
+            )),
+            many => Err(io(format!(
+                "{} .inter files: name one with Dataset::load_mmrec",
+                many.len()
+            ))),
+        }
+    }
+
     /// A dataset from interactions, with the id counts inferred and everything validated (`source` names the
     /// data in error messages).
     ///
@@ -422,9 +517,10 @@ impl Dataset {
         Ok(ds)
     }
 
-    /// Checks the dataset: a non-empty training split, contiguous user ids all present in training (no user
-    /// only in valid/test), contiguous item ids (every id in some split), and feature matrices with one finite
-    /// row per item. The counts are checked against the interactions before anything is allocated for them.
+    /// Checks the dataset: a non-empty training split, contiguous user and item ids (every id in some split),
+    /// and feature matrices with one finite row per item. The counts are checked against the interactions
+    /// before anything is allocated for them. Users and items with no training interaction are allowed (see
+    /// [`Dataset::cold_users`]).
     ///
     /// # Errors
     /// [`Error::Data`] naming the problem and the offending id or matrix.
@@ -470,21 +566,8 @@ impl Dataset {
             let k = ids.iter().enumerate().position(|(k, &id)| id != k);
             k.or((ids.len() < n).then_some(ids.len()))
         };
-        let train_users = distinct(&mut self.train.iter().map(|p| p.0));
-        for s in [1, 2] {
-            let missing = |p: &&Pair| train_users.binary_search(&p.0).is_err();
-            if let Some(k) = splits[s].iter().position(|p| missing(&p)) {
-                let (path, line) = src.at(s, k);
-                return Err(data_err(
-                    path,
-                    line,
-                    format!(
-                        "user {} appears in {} but has no training interaction",
-                        splits[s][k].0, SPLITS[s]
-                    ),
-                ));
-            }
-        }
+        // users with no training interaction (cold users) are kept: the metrics leave them out and count them
+        let users = distinct(&mut splits.iter().flat_map(|s| s.iter().map(|p| p.0)));
         // where the largest id stands: with a gap, the likeliest culprit
         let largest = |split_ids: &[usize], by: fn(&Pair) -> usize| {
             let (s, k) = (split_ids.iter().copied())
@@ -493,8 +576,9 @@ impl Dataset {
             let (path, line) = src.at(s, k);
             Some((path, line, by(&splits[s][k])))
         };
-        if let Some(u) = first_gap(&train_users, self.n_users) {
-            let (path, line, id) = largest(&[0], |p| p.0).unwrap_or((src.split_file(0), 0, 0));
+        if let Some(u) = first_gap(&users, self.n_users) {
+            let (path, line, id) =
+                largest(&[0, 1, 2], |p| p.0).unwrap_or((src.split_file(0), 0, 0));
             return Err(data_err(
                 path,
                 line,

@@ -336,31 +336,23 @@ impl<'d> Trainer<'d> {
         self.model.embeddings(&self.params)
     }
 
-    /// Ranks all items for a split with the MMRec protocol (Recall / NDCG / Precision / Hit at 10, 20, 50).
+    /// Ranks all items for a split with the MMRec protocol (Recall / NDCG / Precision / Hit at 10, 20, 50),
+    /// over the users with training interactions ([`Dataset::cold_users`] are left out).
     ///
     /// # Errors
     /// The model's forward errors, and those of [`evaluate`].
     pub fn evaluate(&self, split: Split) -> Result<Metrics> {
         let (users, items) = self.embeddings()?;
-        let par = self.model.backend().par();
         let d = self.data;
-        match split {
-            Split::Valid => evaluate(
-                users.view(),
-                items.view(),
-                &d.valid,
-                &[&d.train],
-                &EVAL_KS,
-                par,
-            ),
-            Split::Test => evaluate(
-                users.view(),
-                items.view(),
-                &d.test,
-                &[&d.train, &d.valid],
-                &EVAL_KS,
-                par,
-            ),
-        }
+        let (truth, masked): (&[_], Vec<&[_]>) = match split {
+            Split::Valid => (&d.valid, vec![&d.train]),
+            Split::Test => (&d.test, vec![&d.train, &d.valid]),
+        };
+        // users with no training interaction (cold users) are left out: the model learnt nothing about them
+        let warm: Vec<_> = (truth.iter().copied())
+            .filter(|&(u, _)| !self.positives[u].is_empty())
+            .collect();
+        let par = self.model.backend().par();
+        evaluate(users.view(), items.view(), &warm, &masked, &EVAL_KS, par)
     }
 }
