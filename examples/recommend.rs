@@ -57,11 +57,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         format!("{e}\n(run `cargo run --release --example train` first, or pass --model)")
     })?;
     let names = descriptions(&args.items)?;
-    let name = |i: usize| names.get(&i).cloned().unwrap_or_default();
+    // a description, else the item's original id when the data had its own ids
+    let original = |i: usize| rec.ids().and_then(|m| m.items.get(i)).cloned();
+    let name = |i: usize| {
+        names
+            .get(&i)
+            .cloned()
+            .or_else(|| original(i))
+            .unwrap_or_default()
+    };
+    let user_name = |u: usize| {
+        rec.ids()
+            .and_then(|m| m.users.get(u))
+            .map(|s| format!(" ({s})"))
+    };
     let (n_users, n_items) = rec.shape();
     println!("{}: {n_users} users, {n_items} items", args.model.display());
     for (u, top) in args.users.iter().zip(rec.recommend(&args.users, args.k)?) {
-        println!("\nuser {u}: top {} unseen items", args.k);
+        println!(
+            "\nuser {u}{}: top {} unseen items",
+            user_name(*u).unwrap_or_default(),
+            args.k
+        );
         for (rank, (i, score)) in top.iter().enumerate() {
             println!(
                 "{:>3}. item {i:>5}  score {score:>7.3}  {}",

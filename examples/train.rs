@@ -12,7 +12,7 @@
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use recgoat_core::data::Dataset;
+use recgoat_core::data::{read_features, read_interactions, Dataset, IdMap};
 use recgoat_core::model::{
     write_atomic, Metrics, Modalities, RecGoatConfig, Split, Stage, Trainer,
 };
@@ -31,8 +31,10 @@ enum BackendArg {
 #[derive(Parser, Debug)]
 #[command(about = "Train RecGOAT on a LightGCN-format dataset and compare it with LightGCN")]
 struct Args {
-    /// Dataset folder: LightGCN split files (train.txt, valid.txt, test.txt) or one MMRec .inter file, and
-    /// optional <name>.npy item features.
+    /// Dataset: a folder with LightGCN split files (train.txt, valid.txt, test.txt) or one MMRec .inter file
+    /// and optional <name>.npy item features; or a CSV / TSV file of `user,item[,timestamp]` lines with any
+    /// ids (each user's last 10 % to test, the 10 % before to validation; the id mapping is saved with the
+    /// recommender).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k"))]
     data: PathBuf,
     /// Feature files to load (names without .npy); default: every .npy in the folder.
@@ -170,7 +172,12 @@ fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error>
     Ok(c)
 }
 
-fn train_one(mut trainer: Trainer<'_>, label: &str, dir: &Path) -> Result<RunResult, Error> {
+fn train_one(
+    mut trainer: Trainer<'_>,
+    label: &str,
+    dir: &Path,
+    ids: Option<&IdMap>,
+) -> Result<RunResult, Error> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cfg = trainer.config().clone();
     let bar = ProgressBar::new(cfg.epochs as u64);
@@ -220,7 +227,11 @@ fn train_one(mut trainer: Trainer<'_>, label: &str, dir: &Path) -> Result<RunRes
     let valid = trainer.evaluate(Split::Valid)?;
     let test = trainer.evaluate(Split::Test)?;
     trainer.export_embeddings(dir)?;
-    Recommender::from_trainer(&trainer)?.save(dir.join("recommender.safetensors"))?;
+    let mut rec = Recommender::from_trainer(&trainer)?;
+    if let Some(ids) = ids {
+        rec = rec.with_ids(ids.clone())?;
+    }
+    rec.save(dir.join("recommender.safetensors"))?;
     let st = trainer.state();
     let train_secs: f64 = st.history.iter().map(|h| h.train_seconds).sum();
     let p = trainer.profile();
@@ -421,8 +432,10 @@ fn run() -> Result<(), Error> {
             ))
         }
     };
+    let is_file = args.data.is_file();
     let features: Vec<String> = match &args.features {
         Some(f) => f.clone(),
+        None if is_file => Vec::new(),
         None => {
             let mut names: Vec<String> = std::fs::read_dir(&args.data)
                 .map_err(io_err(&args.data))?
@@ -442,7 +455,22 @@ fn run() -> Result<(), Error> {
     };
     let refs: Vec<&str> = features.iter().map(String::as_str).collect();
     let t = Instant::now();
-    let ds = Dataset::load_dir(&args.data, &refs)?;
+    // a folder in LightGCN or MMRec format, or a CSV / TSV file of `user,item[,timestamp]` with any ids
+    let (ds, ids) = if is_file {
+        let x = read_interactions(&args.data)?;
+        let features = (refs.iter())
+            .map(|n| {
+                Ok((
+                    n.to_string(),
+                    read_features(args.data.with_file_name(format!("{n}.npy")))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let ds = Dataset::from_interactions(&args.data, &x, 0.1, features)?;
+        (ds, Some(x.ids))
+    } else {
+        (Dataset::load_dir(&args.data, &refs)?, None)
+    };
     println!(
         "{}: {} users, {} items, {} / {} / {} interactions, features {:?} ({:.1}s to load)",
         args.data.display(),
@@ -485,7 +513,7 @@ fn run() -> Result<(), Error> {
             if setup > 0.5 {
                 println!("{label}: graphs and parameters built in {setup:.1}s");
             }
-            runs.push(train_one(trainer, &label, &dir)?);
+            runs.push(train_one(trainer, &label, &dir, ids.as_ref())?);
         }
         groups.push((preset.clone(), runs));
     }

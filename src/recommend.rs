@@ -16,6 +16,7 @@
 //! ```
 
 use crate::backend::{map_chunks, Par};
+use crate::data::IdMap;
 use crate::error::{check_finite_array, Error, Result};
 use crate::io::write_atomic;
 use ndarray::{Array2, ArrayView2};
@@ -36,6 +37,8 @@ pub struct Recommender {
     items: Array2<f32>,
     /// Each user's items to leave out of recommendations (the training items), sorted.
     seen: Vec<Vec<u32>>,
+    /// The original user and item ids, when the data had its own.
+    ids: Option<IdMap>,
     par: Par,
 }
 
@@ -92,6 +95,7 @@ impl Recommender {
             users,
             items,
             seen,
+            ids: None,
             par: Par::rayon(),
         })
     }
@@ -108,6 +112,28 @@ impl Recommender {
             seen[u].push(i);
         }
         Recommender::new(users, items, seen)
+    }
+
+    /// The same recommender knowing the original ids behind its contiguous ones (saved with it).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the map does not have one id per user and per item.
+    pub fn with_ids(mut self, ids: IdMap) -> Result<Self> {
+        if (ids.users.len(), ids.items.len()) != self.shape() {
+            return Err(Error::shape(
+                "Recommender::with_ids",
+                "ids (users, items)",
+                self.shape(),
+                (ids.users.len(), ids.items.len()),
+            ));
+        }
+        self.ids = Some(ids);
+        Ok(self)
+    }
+
+    /// The original ids, when known.
+    pub fn ids(&self) -> Option<&IdMap> {
+        self.ids.as_ref()
     }
 
     /// The same recommender running on `par`.
@@ -269,7 +295,10 @@ impl Recommender {
             .map(|(n, v)| v.map(|v| (n.to_string(), v)))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(err)?;
-        let meta: HashMap<String, String> = [("format".to_string(), FORMAT.to_string())].into();
+        let mut meta: HashMap<String, String> = [("format".to_string(), FORMAT.to_string())].into();
+        if let Some(ids) = &self.ids {
+            meta.insert("ids".into(), serde_json::to_string(ids).unwrap_or_default());
+        }
         let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(err)?;
         write_atomic(path, &bytes)
     }
@@ -353,7 +382,15 @@ impl Recommender {
                     .collect()
             })
             .collect();
-        Recommender::new(users, items, seen).map_err(|e| fail(e.to_string()))
+        let rec = Recommender::new(users, items, seen).map_err(|e| fail(e.to_string()))?;
+        match meta.metadata().as_ref().and_then(|m| m.get("ids")) {
+            Some(json) => {
+                let ids: IdMap =
+                    serde_json::from_str(json).map_err(|e| fail(format!("ids: {e}")))?;
+                rec.with_ids(ids).map_err(|e| fail(e.to_string()))
+            }
+            None => Ok(rec),
+        }
     }
 
     /// The final user vectors.
@@ -407,7 +444,14 @@ mod tests {
         let seen: Vec<Vec<usize>> = (0..150)
             .map(|u| (0..u % 7).map(|k| (u * 3 + k * 11) % 90).collect())
             .collect();
-        let rec = Recommender::new(users, items, seen).unwrap();
+        let ids = IdMap {
+            users: (0..150).map(|u| format!("u{u}")).collect(),
+            items: (0..90).map(|i| format!("i{i}")).collect(),
+        };
+        let rec = Recommender::new(users, items, seen)
+            .unwrap()
+            .with_ids(ids)
+            .unwrap();
         let all: Vec<usize> = (0..150).collect();
         for par in [Par::Seq, Par::Rayon(3)] {
             let got = rec.clone().with_par(par).recommend(&all, 10).unwrap();

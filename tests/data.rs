@@ -167,11 +167,49 @@ fn an_mmrec_folder_loads_as_a_dataset_and_errors_name_the_inter_line() {
     ndarray_npy::write_npy(dir.join("f.npy"), &Array2::<f32>::ones((3, 2))).unwrap();
     let ds = Dataset::load_dir(&dir, &["f"]).unwrap();
     assert_eq!((ds.n_users, ds.n_items, ds.train.len()), (2, 3, 4));
-    assert_eq!((ds.valid.len(), ds.test.len(), ds.item_features.len()), (1, 1, 1));
+    assert_eq!(
+        (ds.valid.len(), ds.test.len(), ds.item_features.len()),
+        (1, 1, 1)
+    );
     // user 7 on line 8 leaves users 2 to 6 without interactions
     std::fs::write(dir.join("toy.inter"), format!("{text}7\t0\t2\n")).unwrap();
     let e = Dataset::load_dir(&dir, &[]).unwrap_err().to_string();
-    assert!(e.contains("toy.inter:8") && e.contains("user 2 has no interaction"), "{e}");
+    assert!(
+        e.contains("toy.inter:8") && e.contains("user 2 has no interaction"),
+        "{e}"
+    );
     std::fs::write(dir.join("other.inter"), text).unwrap();
-    assert!(Dataset::load_dir(&dir, &[]).unwrap_err().to_string().contains("2 .inter files"));
+    assert!(Dataset::load_dir(&dir, &[])
+        .unwrap_err()
+        .to_string()
+        .contains("2 .inter files"));
+}
+
+#[test]
+fn a_csv_of_any_ids_becomes_a_dataset_split_by_time() {
+    let dir = scratch("csv");
+    let mut text = String::from("user_id,item_id,timestamp\n");
+    // 4 users x 10 interactions over 12 items, timestamps in reverse file order for user a
+    for (k, u) in ["a", "b", "c", "d"].iter().enumerate() {
+        for j in 0..10 {
+            let ts = if *u == "a" { 100 - j } else { j };
+            text.push_str(&format!("{u},item-{},{ts}\n", (k * 3 + j) % 12));
+        }
+    }
+    std::fs::write(dir.join("x.csv"), &text).unwrap();
+    let x = read_interactions(dir.join("x.csv")).unwrap();
+    assert_eq!(
+        (x.ids.users.len(), x.ids.items.len(), x.pairs.len()),
+        (4, 12, 40)
+    );
+    let ds = Dataset::from_interactions("x.csv", &x, 0.1, vec![]).unwrap();
+    assert_eq!((ds.train.len(), ds.valid.len(), ds.test.len()), (32, 4, 4));
+    // user a's latest interaction is its first line (item-0), so it is the held-out test item
+    let a = x.ids.user("a").unwrap();
+    let item0 = x.ids.item("item-0").unwrap();
+    assert!(ds.test.contains(&(a, item0)));
+    std::fs::write(dir.join("y.tsv"), "u1\ti1\t5\nu2\n").unwrap();
+    let e = read_interactions(dir.join("y.tsv")).unwrap_err();
+    assert!(matches!(e, Error::Data { line: 2, .. }), "{e}");
+    assert!(Dataset::from_interactions("x", &x, 0.7, vec![]).is_err());
 }

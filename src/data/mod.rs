@@ -6,8 +6,10 @@
 //! not match the item count, NaN/Inf features, an empty training split.
 
 mod batch;
+mod interactions;
 
 pub use batch::Batch;
+pub use interactions::{read_interactions, IdMap, Interactions};
 
 use crate::error::{Error, Result};
 use ndarray::Array2;
