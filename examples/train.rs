@@ -37,9 +37,13 @@ struct Args {
     /// recommender).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k"))]
     data: PathBuf,
-    /// Feature files to load (names without .npy); default: every .npy in the folder.
+    /// Feature files to load (names without .npy); default: every .npy in the folder but the user features.
     #[arg(long, value_delimiter = ',')]
     features: Option<Vec<String>>,
+    /// User feature files in the data folder (names without .npy, one row per user): the user-user branch's
+    /// profiles (with --user-user) instead of the mean of each user's items' features.
+    #[arg(long, value_delimiter = ',')]
+    user_features: Vec<String>,
     /// Model preset: paper, official_code, lightgcn.
     #[arg(long, default_value = "paper")]
     preset: String,
@@ -449,6 +453,7 @@ fn run() -> Result<(), Error> {
                     }
                 })
                 .collect();
+            names.retain(|n| !args.user_features.contains(n));
             names.sort();
             names
         }
@@ -471,6 +476,15 @@ fn run() -> Result<(), Error> {
     } else {
         (Dataset::load_dir(&args.data, &refs)?, None)
     };
+    let folder = if is_file {
+        args.data.parent().unwrap_or(Path::new(".")).to_path_buf()
+    } else {
+        args.data.clone()
+    };
+    let mut ds = ds;
+    for name in &args.user_features {
+        ds = ds.with_user_features(name, read_features(folder.join(format!("{name}.npy")))?)?;
+    }
     println!(
         "{}: {} users, {} items, {} / {} / {} interactions, features {:?} ({:.1}s to load)",
         args.data.display(),

@@ -213,3 +213,27 @@ fn a_csv_of_any_ids_becomes_a_dataset_split_by_time() {
     assert!(matches!(e, Error::Data { line: 2, .. }), "{e}");
     assert!(Dataset::from_interactions("x", &x, 0.7, vec![]).is_err());
 }
+
+#[test]
+fn user_features_become_the_user_branch_profiles() {
+    use recgoat_core::model::{RecGoat, RecGoatConfig};
+    let dir = scratch("user-feat");
+    std::fs::write(dir.join("train.txt"), "0 0 1\n1 1 2\n2 2 0\n").unwrap();
+    std::fs::write(dir.join("test.txt"), "0 2\n").unwrap();
+    ndarray_npy::write_npy(dir.join("items.npy"), &Array2::<f32>::eye(3)).unwrap();
+    let ds = Dataset::load_lightgcn_dir(&dir, &["items"]).unwrap();
+    let profile = ndarray::array![[1.0f32, 0.0, 0.5, 0.2, 0.0], [0.0, 1.0, 0.1, 0.0, 0.3], [0.5, 0.5, 0.0, 1.0, 0.0]];
+    assert!(ds.clone().with_user_features("bad", Array2::zeros((2, 5))).is_err());
+    let ds = ds.with_user_features("profile", profile).unwrap();
+    let cfg = RecGoatConfig {
+        embedding_dim: 4,
+        gat_heads: 2,
+        knn_k: 1,
+        user_user: true,
+        ..RecGoatConfig::paper()
+    };
+    let model = RecGoat::<f64>::new(cfg, &ds, recgoat_core::Backend::Cpu(recgoat_core::Par::Seq)).unwrap();
+    // the user branch projects the 5-wide user features, not the 3-wide item profiles
+    let p = model.init_params();
+    assert_eq!(p.user_branch.unwrap().proj.w.nrows(), 5);
+}

@@ -33,6 +33,9 @@ pub struct Dataset {
     pub test: Vec<Pair>,
     /// Item features by name, each `n_items x d_m`, f32.
     pub item_features: Vec<(String, Array2<f32>)>,
+    /// User features by name, each `n_users x d`, f32: the user-user branch's profiles when given (see
+    /// [`Dataset::with_user_features`]).
+    pub user_features: Vec<(String, Array2<f32>)>,
 }
 
 fn read_text(op: &'static str, path: &Path) -> Result<String> {
@@ -319,6 +322,34 @@ impl Sources<'_> {
 const SPLITS: [&str; 3] = ["train", "valid", "test"];
 
 impl Dataset {
+    /// The dataset with a user feature matrix added (one row per user; read one with [`read_features`]).
+    /// With [`crate::model::RecGoatConfig::user_user`], the user-user branch takes the user features (side by
+    /// side) as its profiles instead of the mean of each user's training items' features.
+    ///
+    /// # Errors
+    /// [`Error::Data`] for a matrix without one finite row per user.
+    pub fn with_user_features(mut self, name: &str, x: Array2<f32>) -> Result<Self> {
+        let at = Path::new(name);
+        if x.nrows() != self.n_users {
+            let reason = format!(
+                "user features `{name}` have {} rows for {} users",
+                x.nrows(),
+                self.n_users
+            );
+            return Err(data_err(at, 0, reason));
+        }
+        if let Some(k) = x.iter().position(|v| !v.is_finite()) {
+            let row = k / x.ncols().max(1);
+            return Err(data_err(
+                at,
+                0,
+                format!("user features `{name}`: row {row} has a NaN or infinite value"),
+            ));
+        }
+        self.user_features.push((name.to_string(), x));
+        Ok(self)
+    }
+
     /// Users with no training interaction, ascending: they have only held-out interactions. The model has
     /// nothing to learn their vectors from, so the ranking metrics leave them out (and the trainer counts
     /// them); they can still be scored.
@@ -514,6 +545,7 @@ impl Dataset {
             valid,
             test,
             item_features,
+            user_features: Vec::new(),
         };
         ds.check(&sources)?;
         Ok(ds)
@@ -595,6 +627,18 @@ impl Dataset {
                 line,
                 format!("item ids are not contiguous: item {i} has no interaction (the largest item id is {id})"),
             ));
+        }
+        if let Some((name, f)) = self
+            .user_features
+            .iter()
+            .find(|(_, f)| f.nrows() != self.n_users)
+        {
+            let reason = format!(
+                "user features `{name}` have {} rows for {} users",
+                f.nrows(),
+                self.n_users
+            );
+            return Err(data_err(src.source, 0, reason));
         }
         for (m, (name, f)) in self.item_features.iter().enumerate() {
             let path = src.features.get(m).map_or(src.source, |p| p.as_path());
