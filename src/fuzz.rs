@@ -245,7 +245,7 @@ fn reframe(bytes: &mut Vec<u8>, new_end: usize, resign: bool) {
     let len = (new_end - 8) as u64;
     bytes[..8].copy_from_slice(&len.to_le_bytes());
     if resign {
-        if let Some(fixed) = crate::model::resign_checkpoint(bytes) {
+        if let Some(fixed) = crate::io::resign(bytes) {
             *bytes = fixed;
         }
     }

@@ -18,7 +18,7 @@
 use crate::backend::{map_chunks, Par};
 use crate::data::IdMap;
 use crate::error::{check_finite_array, Error, Result};
-use crate::io::write_atomic;
+use crate::io::{content_checksum, write_atomic};
 use ndarray::{Array2, ArrayView2};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -299,6 +299,8 @@ impl Recommender {
         if let Some(ids) = &self.ids {
             meta.insert("ids".into(), serde_json::to_string(ids).unwrap_or_default());
         }
+        let sum = content_checksum(views.iter().cloned(), &meta);
+        meta.insert("checksum".into(), sum);
         let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(err)?;
         write_atomic(path, &bytes)
     }
@@ -327,6 +329,14 @@ impl Recommender {
             .and_then(|m| m.get("format").cloned());
         if format.as_deref() != Some(FORMAT) {
             return Err(fail(format!("format {format:?}, expected {FORMAT:?}")));
+        }
+        let m = meta.metadata().clone().unwrap_or_default();
+        let want = content_checksum(st.tensors().into_iter(), &m);
+        if m.get("checksum") != Some(&want) {
+            return Err(fail(format!(
+                "checksum {:?} does not match its contents ({want}): the file is corrupt or was edited",
+                m.get("checksum")
+            )));
         }
         let tensor = |name: &str, dtype: Dtype| {
             let t = st

@@ -222,8 +222,15 @@ fn user_features_become_the_user_branch_profiles() {
     std::fs::write(dir.join("test.txt"), "0 2\n").unwrap();
     ndarray_npy::write_npy(dir.join("items.npy"), &Array2::<f32>::eye(3)).unwrap();
     let ds = Dataset::load_lightgcn_dir(&dir, &["items"]).unwrap();
-    let profile = ndarray::array![[1.0f32, 0.0, 0.5, 0.2, 0.0], [0.0, 1.0, 0.1, 0.0, 0.3], [0.5, 0.5, 0.0, 1.0, 0.0]];
-    assert!(ds.clone().with_user_features("bad", Array2::zeros((2, 5))).is_err());
+    let profile = ndarray::array![
+        [1.0f32, 0.0, 0.5, 0.2, 0.0],
+        [0.0, 1.0, 0.1, 0.0, 0.3],
+        [0.5, 0.5, 0.0, 1.0, 0.0]
+    ];
+    assert!(ds
+        .clone()
+        .with_user_features("bad", Array2::zeros((2, 5)))
+        .is_err());
     let ds = ds.with_user_features("profile", profile).unwrap();
     let cfg = RecGoatConfig {
         embedding_dim: 4,
@@ -232,7 +239,8 @@ fn user_features_become_the_user_branch_profiles() {
         user_user: true,
         ..RecGoatConfig::paper()
     };
-    let model = RecGoat::<f64>::new(cfg, &ds, recgoat_core::Backend::Cpu(recgoat_core::Par::Seq)).unwrap();
+    let model =
+        RecGoat::<f64>::new(cfg, &ds, recgoat_core::Backend::Cpu(recgoat_core::Par::Seq)).unwrap();
     // the user branch projects the 5-wide user features, not the 3-wide item profiles
     let p = model.init_params();
     assert_eq!(p.user_branch.unwrap().proj.w.nrows(), 5);

@@ -350,6 +350,29 @@ impl Dataset {
         Ok(self)
     }
 
+    /// The user-user branch's profiles: the user features side by side (rows scaled to unit length with
+    /// `normalize`) when the dataset has any, else [`user_profiles`] of the given item features.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the user feature matrices do not have one row per user.
+    pub fn user_profiles<F: crate::simd::Real>(
+        &self,
+        item_features: &[&Array2<F>],
+        normalize: bool,
+    ) -> Result<Array2<F>> {
+        if self.user_features.is_empty() {
+            return Ok(user_profiles(self.n_users, &self.train, item_features));
+        }
+        let views: Vec<_> = self.user_features.iter().map(|(_, x)| x.view()).collect();
+        let mut x = ndarray::concatenate(ndarray::Axis(1), &views)
+            .map_err(|e| Error::shape("Dataset::user_profiles", "user features", self.n_users, e))?
+            .mapv(|v| F::c(f64::from(v)));
+        if normalize {
+            crate::nn::normalize_nonzero_rows_in_place(&mut x);
+        }
+        Ok(x)
+    }
+
     /// Users with no training interaction, ascending: they have only held-out interactions. The model has
     /// nothing to learn their vectors from, so the ranking metrics leave them out (and the trainer counts
     /// them); they can still be scored.

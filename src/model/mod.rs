@@ -14,7 +14,6 @@ mod train;
 pub use crate::data::Batch;
 pub use crate::eval::{evaluate, evaluate_reference, Metrics};
 pub use crate::io::{write_atomic, write_npy_atomic};
-pub(crate) use checkpoint::resign_checkpoint;
 pub use config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};

@@ -227,20 +227,8 @@ impl<F: Real> RecGoat<F> {
                     "user profiles need user features or item features: give either",
                 ));
             }
-            // the dataset's user features side by side, else the mean of each user's training items' features
-            let profiles = if data.user_features.is_empty() {
-                let feats: Vec<&Array2<F>> = modalities.iter().map(|m| &m.x).collect();
-                crate::data::user_profiles(n_users, &data.train, &feats)
-            } else {
-                let views: Vec<_> = data.user_features.iter().map(|(_, x)| x.view()).collect();
-                let mut x = ndarray::concatenate(ndarray::Axis(1), &views)
-                    .map_err(|e| Error::shape(OP, "user features", n_users, e))?
-                    .mapv(|v| F::c(v as f64));
-                if cfg.normalize_features {
-                    nn::normalize_nonzero_rows_in_place(&mut x);
-                }
-                x
-            };
+            let feats: Vec<&Array2<F>> = modalities.iter().map(|m| &m.x).collect();
+            let profiles = data.user_profiles(&feats, cfg.normalize_features)?;
             let graph = knn_graph(profiles.view(), &knn, par)?;
             Some(BranchInput {
                 name: "users".into(),
