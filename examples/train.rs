@@ -29,7 +29,10 @@ enum BackendArg {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "Train RecGOAT on a LightGCN-format dataset and compare it with LightGCN")]
+#[command(
+    about = "Train RecGOAT on a LightGCN-format dataset and compare it with LightGCN",
+    after_help = presets_help()
+)]
 struct Args {
     /// Dataset: a folder with LightGCN split files (train.txt, valid.txt, test.txt) or one MMRec .inter file
     /// and optional <name>.npy item features; or a CSV / TSV file of `user,item[,timestamp]` lines with any
@@ -44,11 +47,11 @@ struct Args {
     /// profiles (with --user-user) instead of the mean of each user's items' features.
     #[arg(long, value_delimiter = ',')]
     user_features: Vec<String>,
-    /// Model preset: paper, official_code, lightgcn.
-    #[arg(long, default_value = "paper")]
+    /// Model preset (their defaults are listed below).
+    #[arg(long, default_value = "paper", value_parser = ["paper", "official_code", "lightgcn"])]
     preset: String,
     /// Baseline trained the same way for the comparison table ("none" to skip).
-    #[arg(long, default_value = "lightgcn")]
+    #[arg(long, default_value = "lightgcn", value_parser = ["paper", "official_code", "lightgcn", "none"])]
     baseline: String,
     /// Seeds per model (mean +- std over them); seed, seed + 1, ...
     #[arg(long, default_value_t = 1)]
@@ -56,9 +59,10 @@ struct Args {
     /// First seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Maximum epochs (the default keeps the default run to a few minutes on 2 cores).
-    #[arg(long, default_value_t = 40)]
-    epochs: usize,
+    /// Maximum epochs [default: 40, which keeps the default run to a few minutes on 2 cores]; with --resume,
+    /// the epoch to extend the resumed run to (it must be beyond the epochs it has run).
+    #[arg(long)]
+    epochs: Option<usize>,
     /// Early-stopping patience in evaluations (0: off).
     #[arg(long)]
     patience: Option<usize>,
@@ -137,6 +141,25 @@ struct RunResult {
     profile: Vec<(&'static str, f64, f64)>,
 }
 
+/// Each preset's main defaults, for `--help`.
+fn presets_help() -> String {
+    let mut out = String::from("Preset defaults (before the options above override them):\n");
+    for name in ["paper", "official_code", "lightgcn"] {
+        let Ok(c) = RecGoatConfig::preset(name) else {
+            continue;
+        };
+        out += &format!(
+            "  {name:<14} dim {}, LightGCN layers {}, GAT layers {} x {} heads, kNN k {}, OAT {}, fusion {:?}{}, \
+             CL weight {} (tau {}), dropout {}, reg {}, lr {}, batch {}, patience {}\n",
+            c.embedding_dim, c.lightgcn_layers, c.gat_layers, c.gat_heads, c.knn_k,
+            if c.oat { "on" } else { "off" }, c.fusion,
+            if c.fusion_normalize { " normalised" } else { "" },
+            c.cl_weight, c.cl_temperature, c.dropout, c.reg_weight, c.lr, c.batch_size, c.patience
+        );
+    }
+    out
+}
+
 /// Maps an I/O failure on `path` to the crate's error.
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::Io {
@@ -152,7 +175,7 @@ fn configure(name: &str, args: &Args, seed: u64) -> Result<RecGoatConfig, Error>
     macro_rules! set {
         ($($field:ident <- $arg:ident),*) => {$(if let Some(v) = args.$arg.clone() { c.$field = v; })*};
     }
-    c.epochs = args.epochs;
+    c.epochs = args.epochs.unwrap_or(40);
     c.lr = args.lr;
     set!(patience <- patience, eval_every <- eval_every,
          embedding_dim <- dim, batch_size <- batch_size, lightgcn_layers <- layers, reg_weight <- reg,
@@ -184,13 +207,11 @@ fn train_one(
 ) -> Result<RunResult, Error> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cfg = trainer.config().clone();
-    let bar = ProgressBar::new(cfg.epochs as u64);
+    let bar = ProgressBar::new(trainer.config().epochs as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>22} [{elapsed_precise}] {bar:30.cyan/blue} {pos:>4}/{len} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>16} {bar:16.cyan/blue} {pos:>3}/{len:3} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
     bar.set_position(trainer.state().epoch as u64);
@@ -205,10 +226,11 @@ fn train_one(
         let st = trainer.state();
         let valid = log
             .valid
-            .map_or(String::new(), |(r, _)| format!(" valid R@20 {r:.4}"));
+            .map_or(String::new(), |(r, _)| format!("R@20 {r:.4} "));
+        // fits 80 columns with the bar: "label  bar  epoch/max  R@20 x best x@e t s"
         let msg = format!(
-            "loss {:.4}{valid} | best {:.4} @ {} | {:.2}s/epoch",
-            log.loss, st.best_recall, st.best_epoch, log.train_seconds
+            "{valid}best {:.4}@{} {:.2}s",
+            st.best_recall, st.best_epoch, log.train_seconds
         );
         if !tty && (st.epoch % 10 == 0 || st.epoch == 1) {
             println!("{label} epoch {:>4}: {msg}", st.epoch);
@@ -218,7 +240,7 @@ fn train_one(
     }
     let epochs_run = trainer.state().epoch - first_epoch;
     let done = format!(
-        "done: best valid R@20 {:.4} at epoch {} ({:.0}s)",
+        "done: best R@20 {:.4}@{} ({:.0}s)",
         trainer.state().best_recall,
         trainer.state().best_epoch,
         started.elapsed().as_secs_f64()
@@ -339,8 +361,10 @@ fn print_table(groups: &[(String, Vec<RunResult>)]) {
 }
 
 /// A line chart of validation Recall@20 per epoch, one polyline per run, as a standalone SVG.
-fn curve_svg(groups: &[(String, Vec<RunResult>)]) -> String {
-    let (w, h, l, r, t, b) = (760.0, 420.0, 70.0, 180.0, 30.0, 50.0);
+/// Validation Recall@20 per epoch for every run, the y axis fitted to the values, each run's best epoch
+/// marked, titled with the dataset.
+fn curve_svg(groups: &[(String, Vec<RunResult>)], title: &str) -> String {
+    let (w, h, l, r, t, b) = (760.0, 440.0, 70.0, 180.0, 50.0, 50.0);
     let runs: Vec<&RunResult> = groups.iter().flat_map(|(_, rs)| rs.iter()).collect();
     let max_e = runs
         .iter()
@@ -348,14 +372,16 @@ fn curve_svg(groups: &[(String, Vec<RunResult>)]) -> String {
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let max_y = runs
-        .iter()
-        .flat_map(|r| r.curve.iter().map(|c| c.1))
-        .fold(0.0f64, f64::max)
-        .max(1e-6)
-        * 1.1;
+    let ys = || runs.iter().flat_map(|r| r.curve.iter().map(|c| c.1));
+    let (lo, hi) = (
+        ys().fold(f64::INFINITY, f64::min),
+        ys().fold(0.0f64, f64::max),
+    );
+    let lo = if lo.is_finite() { lo } else { 0.0 };
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let (min_y, max_y) = ((lo - pad).max(0.0), hi + pad);
     let px = |e: f64| l + (w - l - r) * e / max_e;
-    let py = |y: f64| h - b - (h - t - b) * y / max_y;
+    let py = |y: f64| h - b - (h - t - b) * (y - min_y) / (max_y - min_y);
     let colors = [
         "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
     ];
@@ -367,20 +393,28 @@ fn curve_svg(groups: &[(String, Vec<RunResult>)]) -> String {
         h - b,
         w - r
     );
+    s += &format!(
+        "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">validation Recall@20, {}</text>\n",
+        (l + w - r) / 2.0,
+        title.replace('&', "&amp;").replace('<', "&lt;")
+    );
     for k in 0..=5 {
-        let y = max_y * k as f64 / 5.0;
+        let y = min_y + (max_y - min_y) * k as f64 / 5.0;
         s += &format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.3}</text><line x1=\"{l}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#ddd\"/>\n",
             l - 6.0,
             py(y),
             w - r
         );
-        let e = max_e * k as f64 / 5.0;
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{e:.0}</text>\n",
-            px(e),
-            h - b + 18.0
-        );
+        // whole epochs on the x axis
+        let e = (max_e / 5.0).ceil() * k as f64;
+        if e <= max_e {
+            s += &format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{e:.0}</text>\n",
+                px(e),
+                h - b + 18.0
+            );
+        }
     }
     s += &format!(
         "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">epoch</text><text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">validation Recall@20</text>\n",
@@ -400,6 +434,15 @@ fn curve_svg(groups: &[(String, Vec<RunResult>)]) -> String {
             "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
             pts.join(" ")
         );
+        // the best validation epoch, the one the run reports
+        if let Some(&(e, y)) = run.curve.iter().find(|c| c.0 == run.best_epoch) {
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{c}\"><title>{} best epoch {e}: {y:.4}</title></circle>\n",
+                px(e as f64),
+                py(y),
+                run.label
+            );
+        }
         let ly = t + 18.0 * k as f64;
         s += &format!(
             "<line x1=\"{0}\" y1=\"{ly}\" x2=\"{1}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{2}\" y=\"{3}\">{4}</text>\n",
@@ -520,7 +563,13 @@ fn run() -> Result<(), Error> {
             let dir = args.out.join(&label);
             let t = Instant::now();
             let trainer = match (&args.resume, pi, s) {
-                (Some(path), 0, 0) => Trainer::resume(path, &ds, backend.clone(), None)?,
+                (Some(path), 0, 0) => {
+                    let mut t = Trainer::resume(path, &ds, backend.clone(), None)?;
+                    if let Some(e) = args.epochs {
+                        t.set_epochs(e)?;
+                    }
+                    t
+                }
                 _ => Trainer::new(configure(preset, &args, seed)?, &ds, backend.clone())?,
             };
             let setup = t.elapsed().as_secs_f64();
@@ -533,7 +582,14 @@ fn run() -> Result<(), Error> {
     }
     print_table(&groups);
     std::fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;
-    write_atomic(args.out.join("curve.svg"), curve_svg(&groups).as_bytes())?;
+    let title = args
+        .data
+        .file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    write_atomic(
+        args.out.join("curve.svg"),
+        curve_svg(&groups, &title).as_bytes(),
+    )?;
     let json: Vec<serde_json::Value> = groups
         .iter()
         .flat_map(|(_, rs)| rs.iter())

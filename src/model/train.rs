@@ -182,6 +182,27 @@ impl<'d> Trainer<'d> {
         &self.profile
     }
 
+    /// Sets the epoch budget: a resumed run goes on to `epochs` (the configuration's `epochs` changes too).
+    ///
+    /// # Errors
+    /// [`Error::Param`] when `epochs` is below the epochs already run.
+    pub fn set_epochs(&mut self, epochs: usize) -> Result<()> {
+        if epochs < self.state.epoch.max(1) {
+            let reason = format!(
+                "{} epochs have run already: give more to extend the run",
+                self.state.epoch
+            );
+            return Err(Error::param(
+                "Trainer::set_epochs",
+                "epochs",
+                epochs,
+                reason,
+            ));
+        }
+        self.model.cfg.epochs = epochs;
+        Ok(())
+    }
+
     /// Whether training is over: the epoch budget is spent or patience ran out.
     pub fn done(&self) -> bool {
         let cfg = self.model.config();
