@@ -613,7 +613,7 @@ fn run() -> Result<(), Error> {
     )?;
     println!(
         "\nwrote {0}/curve.svg, {0}/results.json and, per run, {0}/<run>/checkpoint.safetensors, \
-         recommender.safetensors, users.npy, items.npy (runs: {1})",
+         recommender.safetensors, users.npy, items.npy, embeddings.json (runs: {1})",
         args.out.display(),
         labels.join(", ")
     );

@@ -304,7 +304,7 @@ impl<'d> Trainer<'d> {
     }
 
     /// Writes the final user and item vectors (evaluation mode) as `users.npy` and `items.npy` in `dir`,
-    /// each atomically.
+    /// each atomically, with `embeddings.json` naming their format version, shapes and dataset.
     ///
     /// # Errors
     /// [`Error::Io`] when the folder cannot be written, and the forward pass's errors.
@@ -313,6 +313,9 @@ impl<'d> Trainer<'d> {
         std::fs::create_dir_all(dir).map_err(|e| io_err("export_embeddings", dir, e))?;
         let (users, items) = self.embeddings()?;
         write_npy_atomic(dir.join("users.npy"), &users)?;
-        write_npy_atomic(dir.join("items.npy"), &items)
+        write_npy_atomic(dir.join("items.npy"), &items)?;
+        let about = serde_json::json!({"format": "recgoat-core/embeddings-v1", "users": users.dim(),
+            "items": items.dim(), "score": "dot product", "dataset": self.data.fingerprint()});
+        write_atomic(dir.join("embeddings.json"), about.to_string().as_bytes())
     }
 }
