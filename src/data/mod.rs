@@ -443,6 +443,18 @@ impl Dataset {
             (Vec::new(), Origin::default())
         };
         let (test, test_at) = read_split_lines(&dir.join("test.txt"))?;
+        let origins = [train_at, valid_at, test_at];
+        Dataset::from_files((dir, dir), [train, valid, test], origins, features)
+    }
+
+    /// The dataset of splits read from `source` (with each pair's line) and the named `.npy` item features in
+    /// `dir`, validated.
+    fn from_files(
+        (source, dir): (&Path, &Path),
+        splits: [Vec<Pair>; 3],
+        origins: [Origin; 3],
+        features: &[&str],
+    ) -> Result<Self> {
         let paths: Vec<_> = (features.iter())
             .map(|name| dir.join(format!("{name}.npy")))
             .collect();
@@ -450,11 +462,11 @@ impl Dataset {
             .map(|(name, p)| Ok((name.to_string(), read_features(p)?)))
             .collect::<Result<Vec<_>>>()?;
         let sources = Sources {
-            source: dir,
-            splits: Some([train_at, valid_at, test_at]),
+            source,
+            splits: Some(origins),
             features: paths,
         };
-        Dataset::assemble(sources, [train, valid, test], item_features)
+        Dataset::assemble(sources, splits, item_features)
     }
 
     /// Loads an MMRec dataset: the `.inter` file at `inter` (splits by `x_label`) and the named `.npy` item
@@ -466,18 +478,7 @@ impl Dataset {
         let inter = inter.as_ref();
         let dir = inter.parent().unwrap_or(Path::new("."));
         let (splits, origins) = read_inter_lines(inter)?;
-        let paths: Vec<_> = (features.iter())
-            .map(|name| dir.join(format!("{name}.npy")))
-            .collect();
-        let item_features = (features.iter().zip(&paths))
-            .map(|(name, p)| Ok((name.to_string(), read_features(p)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let sources = Sources {
-            source: inter,
-            splits: Some(origins),
-            features: paths,
-        };
-        Dataset::assemble(sources, splits, item_features)
+        Dataset::from_files((inter, dir), splits, origins, features)
     }
 
     /// Loads a dataset folder in either format: LightGCN split files when it has `train.txt`, else MMRec
