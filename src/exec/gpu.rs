@@ -11,12 +11,14 @@ use crate::attention::{GatLayer, Mode};
 use crate::backend::GpuBackend;
 use crate::contrastive::{InfoNceConfig, PairTerm, ViewPair};
 use crate::error::{Error, Result};
+
 use crate::gpu::elementwise::{axpy, col_sums, hadamard, leaky_relu_masked};
 use crate::gpu::f32_twin::{from_f32, same, to_f32};
 use crate::gpu::fusion::{
     fusion_logits_backward, fusion_weight_rows, weighted_sum_backward_scaled, weighted_sum_scaled,
 };
 use crate::gpu::norm::{judge_norms, l2_normalize_unchecked};
+use crate::gpu::PendingInfoNce;
 use crate::gpu::{
     self, GpuAdamState, GpuAdaptiveCache, GpuAttentionGraph, GpuContext, GpuGatCache, GpuGatParams,
     GpuGraph, GpuLayerNorm, GpuLayerNormCache, GpuMatrix,
@@ -121,8 +123,7 @@ pub(crate) enum GpuScalar {
     Nce {
         term: PairTerm,
         weight: f32,
-        losses: Vec<GpuMatrix>,
-        norms: Vec<(&'static str, GpuMatrix)>,
+        pending: PendingInfoNce,
     },
     /// `scale` times the mean of column `col` of a `b x 2` matrix of per-triple terms, all finite.
     Terms {
@@ -138,10 +139,7 @@ impl GpuScalar {
             GpuScalar::Host(_) => Vec::new(),
             GpuScalar::Norms(_, n) => vec![(&n.buf, n.rows())],
             GpuScalar::Status(s) => vec![(&s.buf, s.cols())],
-            GpuScalar::Nce { losses, norms, .. } => (norms.iter().map(|(_, n)| n))
-                .chain(losses)
-                .map(|m| (&m.buf, m.rows() * m.cols()))
-                .collect(),
+            GpuScalar::Nce { pending, .. } => pending.reads(),
             GpuScalar::Terms { terms, .. } => vec![(&terms.buf, 2 * terms.rows())],
         }
     }
@@ -165,19 +163,10 @@ impl GpuScalar {
             GpuScalar::Nce {
                 term,
                 weight,
-                losses,
-                norms,
+                pending,
             } => {
-                let norm_values: Vec<Vec<f32>> = norms.iter().map(|_| next()).collect();
-                let loss_values: Vec<Vec<f32>> = losses.iter().map(|_| next()).collect();
-                for ((what, _), n) in norms.iter().zip(&norm_values) {
-                    judge_norms("gpu::info_nce", what, n)?;
-                }
-                let loss = loss_values
-                    .iter()
-                    .flatten()
-                    .map(|&v| f64::from(v))
-                    .sum::<f64>() as f32;
+                let n = pending.reads().len();
+                let loss = pending.judge((0..n).map(|_| next()))?;
                 Ok(f64::from(match term {
                     PairTerm::InfoNce => weight * loss,
                     PairTerm::OneMinusInfoNce => weight * (1.0 - loss),
@@ -502,8 +491,7 @@ impl<F: Real> Exec for GpuExec<'_, F> {
             terms.push(GpuScalar::Nce {
                 term: pair.term,
                 weight,
-                losses: out.losses,
-                norms: out.norms,
+                pending: out.pending,
             });
         }
         Ok((terms, grads))

@@ -28,28 +28,37 @@ pub struct GpuInfoNceOutput {
     pub grad_negatives: Option<GpuMatrix>,
 }
 
-/// [`info_nce_on_device`] before anything is read back: the gradients, the per-row loss terms and the
-/// normalised views' row norms, for a caller that reads the last two with other values (the
-/// device-resident training step) and judges them with [`DeferredInfoNce::judge`].
+/// [`info_nce_on_device`] before anything is read back: the gradients, and the values to read and judge
+/// later ([`PendingInfoNce`]), for a caller that reads those with other values (the model's GPU backend).
 #[derive(Debug)]
 pub(crate) struct DeferredInfoNce {
     pub(crate) grad_v1: GpuMatrix,
     pub(crate) grad_v2: GpuMatrix,
     pub(crate) grad_negatives: Option<GpuMatrix>,
-    /// Per-row loss terms (`B x 1`), one matrix per direction: the loss is their sum.
-    pub(crate) losses: Vec<GpuMatrix>,
-    /// With normalisation, the row norms of each view (`v1`, `v2`, `negatives`), named.
-    pub(crate) norms: Vec<(&'static str, GpuMatrix)>,
+    pub(crate) pending: PendingInfoNce,
 }
 
-impl DeferredInfoNce {
-    /// The loss from the values read back of [`DeferredInfoNce::norms`] and [`DeferredInfoNce::losses`]
-    /// (in those orders): the zero-row error of the CPU path first, then the sum of the loss terms.
-    pub(crate) fn judge(&self, norms: &[Vec<f32>], losses: &[Vec<f32>]) -> Result<f32> {
-        for ((what, _), n) in self.norms.iter().zip(norms) {
+/// What an InfoNCE on the device leaves to read: its per-row loss terms and the row norms of its views.
+#[derive(Debug)]
+pub(crate) struct PendingInfoNce {
+    /// Per-row loss terms (`B x 1`), one matrix per direction: the loss is their sum.
+    losses: Vec<GpuMatrix>,
+    /// With normalisation, the row norms of each view (`v1`, `v2`, `negatives`), named.
+    norms: Vec<(&'static str, GpuMatrix)>,
+}
+
+impl PendingInfoNce {
+    /// The loss from the values [`PendingInfoNce::reads`] read back, in that order: the zero-row error of
+    /// the CPU path first, then the sum of the loss terms.
+    pub(crate) fn judge(&self, mut values: impl Iterator<Item = Vec<f32>>) -> Result<f32> {
+        let norms: Vec<Vec<f32>> = values.by_ref().take(self.norms.len()).collect();
+        for ((what, _), n) in self.norms.iter().zip(&norms) {
             judge_norms("gpu::info_nce", what, n)?;
         }
-        let loss: f64 = losses.iter().flatten().map(|&v| f64::from(v)).sum();
+        let loss: f64 = (values.take(self.losses.len()))
+            .flatten()
+            .map(f64::from)
+            .sum();
         Ok(loss as f32)
     }
 
@@ -232,9 +241,8 @@ pub fn info_nce_on_device(
 ) -> Result<GpuInfoNceOutput> {
     const OP: &str = "gpu::info_nce";
     let out = info_nce_deferred(ctx, v1, v2, negatives, weights, cfg)?;
-    let mut read = ctx.read_many(OP, &out.reads())?;
-    let losses = read.split_off(out.norms.len());
-    let loss = out.judge(&read, &losses)?;
+    let read = ctx.read_many(OP, &out.pending.reads())?;
+    let loss = out.pending.judge(read.into_iter())?;
     Ok(GpuInfoNceOutput {
         loss,
         grad_v1: out.grad_v1,
@@ -382,8 +390,10 @@ pub(crate) fn info_nce_deferred(
         grad_v1,
         grad_v2,
         grad_negatives,
-        losses: losses.into_iter().take(directions).collect(),
-        norms,
+        pending: PendingInfoNce {
+            losses: losses.into_iter().take(directions).collect(),
+            norms,
+        },
     })
 }
 

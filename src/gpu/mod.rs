@@ -88,9 +88,9 @@ pub use attention::{
 #[cfg(feature = "gpu")]
 pub use context::{GpuContext, GpuCounters, GpuOptions, SHADERS};
 #[cfg(feature = "gpu")]
-pub(crate) use contrastive::info_nce_deferred;
-#[cfg(feature = "gpu")]
 pub use contrastive::{info_nce, info_nce_on_device, GpuInfoNceOutput};
+#[cfg(feature = "gpu")]
+pub(crate) use contrastive::{info_nce_deferred, PendingInfoNce};
 #[cfg(feature = "gpu")]
 pub use divergence::{point_cloud_gradients, sinkhorn_divergence};
 #[cfg(feature = "gpu")]
