@@ -1415,6 +1415,7 @@ mod model_backend {
         };
         for (name, cfg) in [
             ("paper", small(RecGoatConfig::paper(), true)),
+            ("paper_reading", small(RecGoatConfig::paper_reading(), true)),
             (
                 "official_code",
                 small(RecGoatConfig::official_code(), false),
@@ -1538,6 +1539,12 @@ mod model_backend {
     }
 
     #[test]
+    fn paper_reading_trains_device_resident_like_the_cpu() {
+        let cfg = several_steps(RecGoatConfig::paper_reading());
+        trains_like_the_cpu("paper_reading", cfg);
+    }
+
+    #[test]
     fn official_code_trains_device_resident_like_the_cpu() {
         let cfg = several_steps(RecGoatConfig::official_code());
         trains_like_the_cpu("official_code", cfg);
@@ -1556,9 +1563,23 @@ mod model_backend {
             fusion_normalize: false,
             gat_layers: 2,
             gatv2: true,
-            ..several_steps(RecGoatConfig::paper())
+            ..several_steps(RecGoatConfig::paper_reading())
         };
         trains_like_the_cpu("options", cfg);
+    }
+
+    /// The residual fusion with the item-graph view (two layers over the modality item-item graph).
+    #[test]
+    fn the_residual_fusion_and_item_graph_train_device_resident_like_the_cpu() {
+        let cfg = RecGoatConfig {
+            fusion: recgoat_core::model::Fusion::Residual,
+            fusion_gate_init: 0.2,
+            fusion_normalize: false,
+            item_graph_layers: 2,
+            item_graph_k: 3,
+            ..several_steps(RecGoatConfig::paper_reading())
+        };
+        trains_like_the_cpu("residual + item graph", cfg);
     }
 
     /// The user-user branch and the sample-level OT loss (its `B x B` solves on the host).
@@ -1567,7 +1588,7 @@ mod model_backend {
         let cfg = RecGoatConfig {
             user_user: true,
             ot_sample_weight: 0.1,
-            ..several_steps(RecGoatConfig::paper())
+            ..several_steps(RecGoatConfig::paper_reading())
         };
         trains_like_the_cpu("user_user + ot loss", cfg);
     }
@@ -1613,7 +1634,7 @@ mod model_backend {
     #[test]
     fn an_f64_model_on_the_gpu_is_an_error() {
         let Some(be) = gpu_backend() else { return };
-        let cfg = small(RecGoatConfig::paper(), false);
+        let cfg = small(RecGoatConfig::paper_reading(), false);
         let e = RecGoat::<f64>::new(cfg, &common::tiny(), be).unwrap_err();
         assert!(
             matches!(e, Error::Param { .. }) && e.to_string().contains("f32"),

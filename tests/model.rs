@@ -93,7 +93,7 @@ fn gradient_check(cfg: RecGoatConfig) {
 #[test]
 fn contrastive_term_runs_on_the_distinct_rows() {
     let ds = tiny();
-    let cfg = tiny_config(RecGoatConfig::paper());
+    let cfg = tiny_config(RecGoatConfig::paper_reading());
     assert!(cfg.cl_distinct_rows);
     let all_rows = RecGoatConfig {
         cl_distinct_rows: false,
@@ -142,6 +142,11 @@ fn gradient_paper() {
 }
 
 #[test]
+fn gradient_paper_reading() {
+    gradient_check(tiny_config(RecGoatConfig::paper_reading()));
+}
+
+#[test]
 fn gradient_paper_unrolled_with_sample_ot_and_user_branch() {
     gradient_check(tiny_config(RecGoatConfig {
         oat_gradient: OtGradient::Unrolled(30),
@@ -149,7 +154,7 @@ fn gradient_paper_unrolled_with_sample_ot_and_user_branch() {
         user_user: true,
         gatv2: true,
         gat_layers: 2,
-        ..RecGoatConfig::paper()
+        ..RecGoatConfig::paper_reading()
     }));
 }
 
@@ -204,7 +209,7 @@ fn fusion_weights_start_where_configured() {
         let cfg = tiny_config(RecGoatConfig {
             fusion,
             fusion_cf_init: Some(0.7),
-            ..RecGoatConfig::paper()
+            ..RecGoatConfig::paper_reading()
         });
         let p = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq))
             .unwrap()
@@ -224,6 +229,103 @@ fn fusion_weights_start_where_configured() {
     }
 }
 
+/// The residual fusion with the item-graph view: the gates and the item graph's path into the embedding
+/// table are checked with everything else.
+#[test]
+fn gradient_residual_with_item_graph() {
+    gradient_check(tiny_config(RecGoatConfig {
+        fusion: Fusion::Residual,
+        fusion_gate_init: 0.3,
+        fusion_normalize: false,
+        item_graph_layers: 2,
+        item_graph_k: 3,
+        ..RecGoatConfig::paper_reading()
+    }));
+}
+
+#[test]
+fn residual_fusion_starts_at_its_weights_and_at_the_backbone() {
+    let ds = tiny();
+    let residual = |item_graph_layers| {
+        let cfg = tiny_config(RecGoatConfig {
+            fusion: Fusion::Residual,
+            fusion_gate_init: 0.25,
+            fusion_normalize: false,
+            item_graph_layers,
+            item_graph_k: 3,
+            ..RecGoatConfig::paper_reading()
+        });
+        RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap()
+    };
+    // the item-graph view at 1, each modality's gate at fusion_gate_init (the collaborative items are added)
+    let w = residual(1).init_params().fusion.unwrap();
+    assert_eq!(w.to_vec(), vec![1.0, 0.25, 0.25]);
+    let w = residual(0).init_params().fusion.unwrap();
+    assert_eq!(w.to_vec(), vec![0.25, 0.25]);
+    // with closed gates and no item graph, the items are LightGCN's
+    let model = residual(0);
+    let mut p = model.init_params();
+    p.fusion.as_mut().unwrap().fill(0.0);
+    let items = model.forward(&p, Mode::Eval, None).unwrap().items;
+    let lgcn = tiny_config(RecGoatConfig::lightgcn());
+    let backbone = RecGoat::<f64>::new(lgcn, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let mut q = backbone.init_params();
+    q.embedding.assign(&p.embedding);
+    let want = backbone.forward(&q, Mode::Eval, None).unwrap().items;
+    Tolerance::new(1e-12, 1e-14).assert_close("items", &items.view(), &want.view());
+    // and the item graph needs the residual fusion
+    let cfg = RecGoatConfig {
+        item_graph_layers: 1,
+        ..RecGoatConfig::paper_reading()
+    };
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("item_graph_layers"), "{e}");
+}
+
+#[test]
+fn configs_are_set_from_text() {
+    let mut cfg = RecGoatConfig::paper_reading();
+    cfg.set("lr=0.002").unwrap();
+    cfg.set("fusion=Residual").unwrap();
+    cfg.set("oat_gradient={\"Unrolled\": 7}").unwrap();
+    assert_eq!(
+        (cfg.lr, cfg.fusion, cfg.oat_gradient),
+        (0.002, Fusion::Residual, OtGradient::Unrolled(7))
+    );
+    for bad in ["lr", "nope=1", "lr=\"fast\"", "lr=-1", "gat_heads=5"] {
+        let before = cfg.clone();
+        let e = cfg.set(bad).unwrap_err().to_string();
+        assert!(e.contains("RecGoatConfig"), "{bad}: {e}");
+        assert_eq!(cfg, before, "{bad} left the config unchanged");
+    }
+}
+
+/// A configuration saved before the residual fusion, the item graph and the weight decay existed (as older
+/// checkpoints hold it) reads with them off.
+#[test]
+fn configs_without_the_newer_fields_still_read() {
+    let mut json = serde_json::to_value(RecGoatConfig::paper_reading()).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    for k in [
+        "fusion_gate_init",
+        "item_graph_layers",
+        "item_graph_k",
+        "weight_decay",
+    ] {
+        assert!(obj.remove(k).is_some(), "{k} is a field");
+    }
+    let cfg: RecGoatConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        (
+            cfg.item_graph_layers,
+            cfg.weight_decay,
+            cfg.fusion_gate_init
+        ),
+        (0, 0.0, 0.0)
+    );
+    cfg.validate().unwrap();
+}
+
 #[test]
 fn gradient_lightgcn() {
     gradient_check(tiny_config(RecGoatConfig::lightgcn()));
@@ -235,7 +337,7 @@ fn gradient_without_oat() {
         oat: false,
         fusion: Fusion::Free,
         fusion_normalize: false,
-        ..RecGoatConfig::paper()
+        ..RecGoatConfig::paper_reading()
     }));
 }
 
@@ -289,7 +391,7 @@ fn train_params(cfg: RecGoatConfig, ds: &Dataset, par: Par) -> (Params<f32>, Tra
 #[test]
 fn training_is_deterministic_per_seed_and_learns() {
     let ds = clustered();
-    let cfg = small(RecGoatConfig::paper());
+    let cfg = small(RecGoatConfig::paper_reading());
     let (a, sa) = train_params(cfg.clone(), &ds, Par::Seq);
     let (b, sb) = train_params(cfg.clone(), &ds, Par::Seq);
     assert_eq!(a, b, "same seed, same parameters");
@@ -323,6 +425,43 @@ fn training_is_deterministic_per_seed_and_learns() {
     let r10 = m.at(&m.recall, 10).unwrap();
     // random: 10 of the 53 unmasked items -> 0.19; ranking the 13 unmasked group items first -> >= 0.75
     assert!(r10 > 0.6, "test Recall@10 {r10}");
+}
+
+/// Weight decay reaches the projections, graph-attention layers and the residual gates, and spares the
+/// embedding table and the non-residual fusion weights. Full-batch epochs: after one step the spared tensors
+/// are as without decay (later steps see the decayed ones through the loss); Adam's first step is the sign
+/// of the gradient, so the decayed tensors are compared after two.
+#[test]
+fn weight_decay_spares_the_embeddings_and_the_backbone_weights() {
+    let ds = clustered();
+    for fusion in [Fusion::Residual, Fusion::Free] {
+        let cfg = |weight_decay, epochs| RecGoatConfig {
+            weight_decay,
+            fusion,
+            fusion_gate_init: 0.5,
+            epochs,
+            eval_every: 1000,
+            batch_size: 100_000,
+            ..small(RecGoatConfig::paper())
+        };
+        let differs = |epochs: usize, k: usize| {
+            let (a, _) = train_params(cfg(0.0, epochs), &ds, Par::Seq);
+            let (b, _) = train_params(cfg(0.5, epochs), &ds, Par::Seq);
+            a.tensors()[k].1 != b.tensors()[k].1
+        };
+        let names: Vec<String> = (train_params(cfg(0.0, 1), &ds, Par::Seq).0.tensors())
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        for (k, name) in names.iter().enumerate() {
+            let spared = name == "embedding" || (name == "fusion" && fusion != Fusion::Residual);
+            if spared {
+                assert!(!differs(1, k), "{name} spared, {fusion:?}");
+            } else if name.ends_with("proj.w") || name == "fusion" {
+                assert!(differs(2, k), "{name} decayed, {fusion:?}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -373,7 +512,7 @@ fn tmp_dir(name: &str) -> std::path::PathBuf {
 #[test]
 fn resume_from_checkpoint_continues_identically() {
     let ds = clustered();
-    let cfg = small(RecGoatConfig::paper());
+    let cfg = small(RecGoatConfig::paper_reading());
     let dir = tmp_dir("resume");
     let path = dir.join("ckpt.safetensors");
     let mut a = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
@@ -415,7 +554,7 @@ fn resume_from_checkpoint_continues_identically() {
 #[test]
 fn checkpoint_mismatches_are_errors() {
     let ds = clustered();
-    let cfg = small(RecGoatConfig::paper());
+    let cfg = small(RecGoatConfig::paper_reading());
     let dir = tmp_dir("mismatch");
     let path = dir.join("ckpt.safetensors");
     let t = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
@@ -470,15 +609,15 @@ fn bad_configs_and_batches_are_errors() {
     let bad = [
         RecGoatConfig {
             gat_heads: 3,
-            ..tiny_config(RecGoatConfig::paper())
+            ..tiny_config(RecGoatConfig::paper_reading())
         },
         RecGoatConfig {
             dropout: 1.0,
-            ..RecGoatConfig::paper()
+            ..RecGoatConfig::paper_reading()
         },
         RecGoatConfig {
             lr: -1.0,
-            ..RecGoatConfig::paper()
+            ..RecGoatConfig::paper_reading()
         },
         RecGoatConfig {
             oat: true,
@@ -486,11 +625,11 @@ fn bad_configs_and_batches_are_errors() {
         },
         RecGoatConfig {
             modalities: Modalities::Named(vec!["nope".into()]),
-            ..tiny_config(RecGoatConfig::paper())
+            ..tiny_config(RecGoatConfig::paper_reading())
         },
         RecGoatConfig {
             knn_k: 12,
-            ..tiny_config(RecGoatConfig::paper())
+            ..tiny_config(RecGoatConfig::paper_reading())
         },
     ];
     let names = ["gat_heads", "dropout", "lr", "modalities", "nope", "k"];
@@ -501,7 +640,7 @@ fn bad_configs_and_batches_are_errors() {
         assert!(e.contains(name), "{e}");
     }
     let model = RecGoat::<f64>::new(
-        tiny_config(RecGoatConfig::paper()),
+        tiny_config(RecGoatConfig::paper_reading()),
         &ds,
         Backend::Cpu(Par::Seq),
     )

@@ -4,7 +4,7 @@ use super::{BprOut, Exec, GatRefs, Inputs};
 use crate::attention::{GatCache, GatParams, Mode};
 use crate::contrastive::{multi_view_info_nce, InfoNceConfig, ViewPair};
 use crate::error::{Error, Result};
-use crate::graph::{lightgcn_backward, lightgcn_forward};
+use crate::graph::{lightgcn_backward, lightgcn_forward, spmm, spmm_backward};
 use crate::nn::{self, Adam, AdamState, LayerNorm, LayerNormCache, Linear};
 use crate::simd::Real;
 use crate::transport::AdaptiveCache;
@@ -109,6 +109,19 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         } else {
             lightgcn_forward(adj, x.view(), layers, self.par)
         }
+    }
+    fn item_propagate(&self, x: &Array2<F>, backward: bool) -> Result<Array2<F>> {
+        let (s, layers) = (self.inputs.item_graph)
+            .ok_or_else(|| Error::param("CpuExec", "item_graph", "none", "the model has none"))?;
+        let mut h = x.clone();
+        for _ in 0..layers {
+            h = if backward {
+                spmm_backward(s, h.view(), self.par)?
+            } else {
+                spmm(s, h.view(), self.par)?
+            };
+        }
+        Ok(h)
     }
     fn project(&self, slot: usize, w: &Array2<F>, b: Option<&Array2<F>>) -> Result<Array2<F>> {
         let lin = Linear {

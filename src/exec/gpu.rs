@@ -51,6 +51,7 @@ pub(crate) struct GpuInputs {
     ctx: Arc<GpuContext>,
     adj: GpuGraph,
     layers: usize,
+    item_graph: Option<(GpuGraph, usize)>,
     /// Each branch's attended graph, features and a column of ones as long (the projection's bias as a
     /// rank-one product).
     branches: Vec<(GpuAttentionGraph, GpuMatrix, GpuMatrix)>,
@@ -86,6 +87,10 @@ impl GpuInputs {
         Ok(GpuInputs {
             adj: GpuGraph::upload(&ctx, adj)?,
             layers: inputs.layers,
+            item_graph: match inputs.item_graph {
+                Some((g, l)) => Some((GpuGraph::upload(&ctx, f32_of(g, name)?)?, l)),
+                None => None,
+            },
             branches,
             gat: gat.clone(),
             oat,
@@ -269,6 +274,21 @@ impl<F: Real> Exec for GpuExec<'_, F> {
             gpu::lightgcn_forward_into(self.ctx, adj, x, layers, &mut out)?;
         }
         Ok(out)
+    }
+    fn item_propagate(&self, x: &GpuMatrix, backward: bool) -> Result<GpuMatrix> {
+        let (s, layers) = (self.dev.item_graph.as_ref())
+            .ok_or_else(|| Error::param("GpuExec", "item_graph", "none", "the model has none"))?;
+        let mut h = self.rows(x, 0, x.rows())?;
+        for _ in 0..*layers {
+            let mut next = self.zeros(x.rows(), x.cols())?;
+            if backward {
+                gpu::spmm_backward_into(self.ctx, s, &h, &mut next)?;
+            } else {
+                gpu::spmm_into(self.ctx, s, &h, &mut next)?;
+            }
+            h = next;
+        }
+        Ok(h)
     }
     fn project(&self, slot: usize, w: &GpuMatrix, b: Option<&GpuMatrix>) -> Result<GpuMatrix> {
         let (_, x, ones) = self.branch(slot)?;

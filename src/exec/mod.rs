@@ -94,6 +94,8 @@ pub(crate) trait Exec {
     // --- graphs and branches
     /// LightGCN over the user-item graph, or (`backward`) its gradient.
     fn propagate(&self, x: &Self::M, backward: bool) -> Result<Self::M>;
+    /// `S^L x` over the item-item graph, or (`backward`) `(S^T)^L x`.
+    fn item_propagate(&self, x: &Self::M, backward: bool) -> Result<Self::M>;
     /// `X W + 1 b` of branch `slot`'s features.
     fn project(&self, slot: usize, w: &Self::M, b: Option<&Self::M>) -> Result<Self::M>;
     /// `(X^T g, colsum(g))` of branch `slot`'s features (the sums when `bias`).
@@ -239,6 +241,8 @@ pub(crate) trait Exec {
 pub(crate) struct Inputs<'a, F: Real> {
     pub(crate) adj: &'a crate::graph::CsrGraph<F>,
     pub(crate) layers: usize,
+    /// The item-item graph and its layers, when the model has the item-graph view.
+    pub(crate) item_graph: Option<(&'a crate::graph::CsrGraph<F>, usize)>,
     pub(crate) branches: Vec<(&'a Array2<F>, &'a crate::graph::CsrGraph<F>)>,
     pub(crate) gat: &'a crate::attention::GatLayer<F>,
     pub(crate) oat: Option<&'a crate::transport::AdaptiveTransport<F>>,

@@ -187,3 +187,54 @@ pub(crate) fn knn_lists_to_graph<F: Real>(
     }
     CsrGraph::from_edges(n, n, &edges, None)
 }
+
+/// The item-item graph of several feature matrices over the same rows (FREEDOM's frozen modality graph):
+/// each matrix's rows scaled to unit length and set side by side, so that the cosine of two rows is the mean
+/// of their per-matrix cosines; then every row's `k` most similar rows ([`knn_graph`], symmetrised as a
+/// union, no self loops), normalised as `D^-1/2 A D^-1/2`.
+///
+/// # Errors
+/// [`Error::Empty`] for no matrices; [`Error::Shape`] for matrices with different row counts; as
+/// [`knn_graph`].
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// use recgoat_core::{Par, graph::multi_view_knn_graph};
+/// let text = array![[1.0f32, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]];
+/// let audio = array![[1.0f32], [1.0], [-1.0], [-1.0]];
+/// let g = multi_view_knn_graph(&[text.view(), audio.view()], 1, Par::Seq).unwrap();
+/// assert_eq!(g.row(0), &[1]);
+/// assert!((g.weight(0) - 1.0).abs() < 1e-6); // one neighbour each way: 1 / sqrt(1 * 1)
+/// ```
+pub fn multi_view_knn_graph<F: Real>(
+    views: &[ArrayView2<'_, F>],
+    k: usize,
+    par: impl Into<Par>,
+) -> Result<CsrGraph<F>> {
+    const OP: &str = "multi_view_knn_graph";
+    let Some(first) = views.first() else {
+        return Err(Error::Empty {
+            op: OP,
+            what: "feature matrices (none given)".into(),
+        });
+    };
+    if let Some(v) = views.iter().find(|v| v.nrows() != first.nrows()) {
+        return Err(Error::shape(
+            OP,
+            "rows of every matrix",
+            first.nrows(),
+            v.nrows(),
+        ));
+    }
+    let mut blocks = Vec::with_capacity(views.len());
+    for v in views {
+        let mut x = v.to_owned();
+        crate::nn::normalize_nonzero_rows_in_place(&mut x);
+        blocks.push(x);
+    }
+    let side: Vec<ArrayView2<'_, F>> = blocks.iter().map(|b| b.view()).collect();
+    let x = ndarray::concatenate(Axis(1), &side)
+        .map_err(|e| Error::shape(OP, "feature matrices", first.nrows(), e.to_string()))?;
+    knn_graph(x.view(), &KnnConfig::new(k), par)?.sym_normalized()
+}

@@ -13,7 +13,7 @@
 mod build;
 mod spmm;
 
-pub use build::{bipartite_user_item, knn_graph, KnnConfig};
+pub use build::{bipartite_user_item, knn_graph, multi_view_knn_graph, KnnConfig};
 #[cfg(feature = "gpu")]
 pub(crate) use build::{knn_lists_to_graph, validate_knn};
 #[cfg(feature = "gpu")]

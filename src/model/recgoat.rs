@@ -11,7 +11,7 @@ use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
 use crate::exec::cpu::CpuExec;
 use crate::exec::{Exec, Inputs};
-use crate::graph::{bipartite_user_item, knn_graph};
+use crate::graph::{bipartite_user_item, knn_graph, multi_view_knn_graph};
 use crate::graph::{CsrGraph, KnnConfig};
 use crate::nn::{self, Init, LayerNorm, Linear};
 use crate::simd::Real;
@@ -80,6 +80,8 @@ pub struct RecGoat<F: Real> {
     pub(super) adj: CsrGraph<F>,
     pub(super) modalities: Vec<BranchInput<F>>,
     pub(super) user_input: Option<BranchInput<F>>,
+    /// The frozen modality item-item graph of the item-graph view.
+    pub(super) item_graph: Option<CsrGraph<F>>,
     pub(super) gat: GatLayer<F>,
     pub(super) oat: Option<AdaptiveTransport<F>>,
     pub(super) sample_ot: SinkhornConfig<F>,
@@ -98,7 +100,7 @@ pub struct RecGoat<F: Real> {
 pub struct Forward<F: Real> {
     /// Final user vectors, `U x d`.
     pub users: Array2<F>,
-    /// Final item vectors (fused and L2-normalised; LightGCN's when ID-only), `I x d`.
+    /// Final item vectors (fused, and L2-normalised with `fusion_normalize`; LightGCN's when ID-only), `I x d`.
     pub items: Array2<F>,
     zcf: Array2<F>,
     modal: Vec<Array2<F>>,
@@ -218,6 +220,12 @@ impl<F: Real> RecGoat<F> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let item_graph = if cfg.item_graph_layers > 0 {
+            let views: Vec<_> = modalities.iter().map(|m| m.x.view()).collect();
+            Some(multi_view_knn_graph(&views, cfg.item_graph_k, par)?)
+        } else {
+            None
+        };
         let user_input = if cfg.user_user {
             if modalities.is_empty() && data.user_features.is_empty() {
                 return Err(Error::param(
@@ -283,6 +291,7 @@ impl<F: Real> RecGoat<F> {
             adj,
             modalities,
             user_input,
+            item_graph,
             gat,
             oat,
             sample_ot,
@@ -305,6 +314,7 @@ impl<F: Real> RecGoat<F> {
         Inputs {
             adj: &self.adj,
             layers: self.cfg.lightgcn_layers,
+            item_graph: (self.item_graph.as_ref()).map(|g| (g, self.cfg.item_graph_layers)),
             branches: (self.modalities.iter().chain(&self.user_input))
                 .map(|b| (&b.x, &b.graph))
                 .collect(),
@@ -455,6 +465,7 @@ impl<F: Real> RecGoat<F> {
         let cf = self.cfg.fusion_cf_init.unwrap_or(match self.cfg.fusion {
             Fusion::Softmax => 1.0 / (m + 1) as f64,
             Fusion::Free => 0.15,
+            Fusion::Residual => 1.0, // unused: the collaborative items enter with weight 1
         });
         let rest = (1.0 - cf) / m.max(1) as f64;
         let fusion = (!self.id_only()).then(|| match self.cfg.fusion {
@@ -467,6 +478,13 @@ impl<F: Real> RecGoat<F> {
             Fusion::Free => {
                 let mut w = Array1::from_elem(m + 1, F::c(rest));
                 w[0] = F::c(cf);
+                w
+            }
+            // the item-graph view's weight (when on), then the modality gates
+            Fusion::Residual => {
+                let g = usize::from(self.item_graph.is_some());
+                let mut w = Array1::from_elem(g + m, F::c(self.cfg.fusion_gate_init));
+                w.slice_mut(ndarray::s![..g]).fill(F::one());
                 w
             }
         });

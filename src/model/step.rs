@@ -171,6 +171,8 @@ struct FusionRec<E: Exec> {
 pub(super) struct Fwd<E: Exec> {
     pub(super) users: E::M,
     pub(super) zcf: E::M,
+    /// The item-graph view `S^L E_items`.
+    ig: Option<E::M>,
     branches: Vec<BranchRec<E>>,
     user_branch: Option<BranchRec<E>>,
     aligned: Vec<E::M>,
@@ -192,9 +194,11 @@ impl<E: Exec> Fwd<E> {
     pub(super) fn oat(&self) -> &[E::Oat] {
         &self.oat
     }
-    /// The fused views: the collaborative items, then per modality its OAT output (or branch output).
-    fn views(&self) -> Vec<&E::M> {
-        let mut v = vec![&self.zcf];
+    /// The weighted views: the collaborative items (unless the fusion is residual: they are then added with
+    /// weight 1), the item-graph view, then per modality its OAT output (or branch output).
+    fn views(&self, residual: bool) -> Vec<&E::M> {
+        let mut v = if residual { vec![] } else { vec![&self.zcf] };
+        v.extend(&self.ig);
         if self.aligned.is_empty() {
             v.extend(self.modal());
         } else {
@@ -221,6 +225,8 @@ struct OutGrads<E: Exec> {
 pub(crate) struct TrainPass<'a, F> {
     pub(crate) params: &'a mut Params<F>,
     pub(crate) states: &'a mut [AdamState<F>],
+    /// The optimiser; its weight decay applies to every parameter but the embedding table and the
+    /// non-residual fusion weights.
     pub(crate) adam: &'a Adam<F>,
     pub(crate) batches: &'a [(Batch, Mode)],
     pub(crate) profile: &'a mut Profile,
@@ -238,6 +244,14 @@ pub(crate) struct Pending<S> {
 }
 
 impl<F: Real> RecGoat<F> {
+    /// Whether the fusion weights go through a softmax, and whether it is residual.
+    fn fusion_kind(&self) -> (bool, bool) {
+        (
+            self.cfg.fusion == Fusion::Softmax,
+            self.cfg.fusion == Fusion::Residual,
+        )
+    }
+
     /// The dropout mask of a `shape` activation for `mode` and `salt` (drawn on the host from the seed, so
     /// every backend uses the same), on the backend.
     fn mask<E: Exec<F = F>>(
@@ -332,6 +346,10 @@ impl<F: Real> RecGoat<F> {
         let mut users = ex.rows(&z, 0, nu)?;
         let zcf = ex.rows(&z, nu, ni)?;
         drop(z);
+        let ig = match &self.item_graph {
+            Some(_) => Some(ex.item_propagate(&ex.rows(&t[0], nu, ni)?, false)?),
+            None => None,
+        };
         Profile::add(&mut profile, Stage::Propagation, t0);
 
         let t0 = Profile::start();
@@ -361,6 +379,7 @@ impl<F: Real> RecGoat<F> {
         let mut fwd = Fwd {
             users,
             zcf,
+            ig,
             branches,
             user_branch,
             aligned,
@@ -370,8 +389,11 @@ impl<F: Real> RecGoat<F> {
         };
         if let Some(fi) = layout.fusion {
             let t0 = Profile::start();
-            let softmax = self.cfg.fusion == Fusion::Softmax;
-            let (fused, weights) = ex.fusion(&fwd.views(), &t[fi], softmax)?;
+            let (softmax, residual) = self.fusion_kind();
+            let (mut fused, weights) = ex.fusion(&fwd.views(residual), &t[fi], softmax)?;
+            if residual {
+                ex.axpy(F::one(), &fwd.zcf, &mut fused)?;
+            }
             let mask = self.mask(ex, ex.dim(&fused), mode, 2000)?;
             let (items, norm) = match layout.norm {
                 Some((g, b)) => {
@@ -560,6 +582,7 @@ impl<F: Real> RecGoat<F> {
             ego: (s_e, g_ego),
         } = og;
         let one = F::one();
+        let mut g_ig = None;
         let t0 = Profile::start();
         if let (Some(idx), Some(rec)) = (&layout.user, &fwd.user_branch) {
             let slot = layout.branches.len();
@@ -583,13 +606,17 @@ impl<F: Real> RecGoat<F> {
                     }
                     _ => g = ex.masked(g, f.mask.as_ref())?,
                 }
-                let softmax = self.cfg.fusion == Fusion::Softmax;
+                let (softmax, residual) = self.fusion_kind();
                 let (g_views, g_logits) =
-                    ex.fusion_backward(&fwd.views(), &f.weights, &t[fi], softmax, &g)?;
+                    ex.fusion_backward(&fwd.views(residual), &f.weights, &t[fi], softmax, &g)?;
                 grads[fi] = Some(g_logits);
                 let mut g_views = g_views.into_iter();
-                if let Some(g0) = g_views.next() {
+                let g0 = if residual { Some(g) } else { g_views.next() };
+                if let Some(g0) = g0 {
                     ex.axpy(one, &g0, &mut g_zcf)?;
+                }
+                if fwd.ig.is_some() {
+                    g_ig = g_views.next();
                 }
                 for (m, gv) in g_views.enumerate() {
                     let acc = if fwd.aligned.is_empty() {
@@ -624,6 +651,11 @@ impl<F: Real> RecGoat<F> {
         let t0 = Profile::start();
         let gz = ex.concat_rows(&g_users, &g_zcf)?;
         let mut ge = ex.propagate(&gz, true)?;
+        if let Some(g) = g_ig {
+            let gi = ex.item_propagate(&g, true)?;
+            let pad = ex.zeros(self.n_users, self.cfg.embedding_dim)?;
+            ex.axpy(one, &ex.concat_rows(&pad, &gi)?, &mut ge)?;
+        }
         ex.scatter_add(&s_e, &g_ego, &mut ge)?;
         grads[0] = Some(ge);
         Profile::add(&mut profile, Stage::Propagation, t0);
@@ -765,8 +797,21 @@ impl<F: Real> RecGoat<F> {
             let stages = (!E::DEFERRED).then_some(&mut *profile);
             let (p, grads) = self.step_on(ex, &st, batch, *mode, stages, true)?;
             let t1 = Profile::start();
-            for ((t, g), s) in st.t.iter_mut().zip(&grads).zip(&mut adam_states) {
-                ex.adam_step(adam, t, g, s)?;
+            // the embedding table has its own regulariser, and the fusion weights but the residual gates
+            // scale the backbone: the decay is for the other parameters
+            let plain = Adam {
+                weight_decay: F::zero(),
+                ..*adam
+            };
+            let gates = self.fusion_kind().1;
+            for (k, ((t, g), s)) in
+                st.t.iter_mut()
+                    .zip(&grads)
+                    .zip(&mut adam_states)
+                    .enumerate()
+            {
+                let decay = k != 0 && (gates || Some(k) != self.layout.fusion);
+                ex.adam_step(if decay { adam } else { &plain }, t, g, s)?;
             }
             if E::DEFERRED {
                 profile.record(Stage::Device, t0.elapsed());

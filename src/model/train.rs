@@ -240,7 +240,10 @@ impl<'d> Trainer<'d> {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch as u64));
         let triples = self.sample_epoch(&mut rng);
         self.profile.record(Stage::Sampling, t.elapsed());
-        let adam = Adam::new(cfg.lr as f32);
+        let adam = Adam {
+            weight_decay: cfg.weight_decay as f32,
+            ..Adam::new(cfg.lr as f32)
+        };
         let batches: Vec<(Batch, Mode)> = (triples.chunks(cfg.batch_size).enumerate())
             .map(|(b, chunk)| {
                 let batch = Batch {
