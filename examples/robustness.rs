@@ -54,8 +54,8 @@ struct Args {
     /// The multimodal model's preset.
     #[arg(long, default_value = "paper", value_parser = ["paper", "paper_reading", "official_code"])]
     preset: String,
-    /// The baseline's preset.
-    #[arg(long, default_value = "lightgcn", value_parser = ["lightgcn", "paper", "paper_reading", "official_code"])]
+    /// The baseline's preset ("none": the multimodal model alone, for a quick look at its validation scores).
+    #[arg(long, default_value = "lightgcn", value_parser = ["lightgcn", "paper", "paper_reading", "official_code", "none"])]
     baseline: String,
     /// Seeds per model: seed, seed + 1, ...
     #[arg(long, default_value_t = 3)]
@@ -254,9 +254,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for s in 0..args.seeds {
             let seed = args.seed + s;
             for (preset, main) in [(&args.preset, true), (&args.baseline, false)] {
-                runs.push(train(entry, &ds, configure(preset, seed, main)?, &backend)?);
+                if preset != "none" {
+                    runs.push(train(entry, &ds, configure(preset, seed, main)?, &backend)?);
+                }
             }
         }
+    }
+    if args.baseline == "none" {
+        return Ok(());
     }
     let md = table(&runs, &args.preset, &args.baseline);
     let sets = if args.sets.is_empty() {

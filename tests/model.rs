@@ -308,6 +308,7 @@ fn configs_without_the_newer_fields_still_read() {
     let obj = json.as_object_mut().unwrap();
     for k in [
         "fusion_gate_init",
+        "fusion_gate_lr",
         "item_graph_layers",
         "item_graph_k",
         "weight_decay",
@@ -323,7 +324,30 @@ fn configs_without_the_newer_fields_still_read() {
         ),
         (0, 0.0, 0.0)
     );
+    assert_eq!(cfg.fusion_gate_lr, 1.0);
     cfg.validate().unwrap();
+}
+
+/// `cl_modality_weight` scales the modality terms of the paper's CMCL: the contrastive loss is linear in it,
+/// and at 0 it is the user term alone.
+#[test]
+fn modality_terms_scale_with_their_weight() {
+    let ds = tiny();
+    let cl = |cl_modality_weight| {
+        let cfg = tiny_config(RecGoatConfig {
+            cl_modality_weight,
+            ..RecGoatConfig::paper()
+        });
+        let model = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap();
+        let p = model.init_params();
+        model.loss(&p, &batch(), Mode::Eval).unwrap().cl
+    };
+    let (none, half, full) = (cl(0.0), cl(0.5), cl(1.0));
+    assert!(full > none, "{full} {none}");
+    assert!(
+        (half - 0.5 * (none + full)).abs() < 1e-12,
+        "{none} {half} {full}"
+    );
 }
 
 #[test]
@@ -439,6 +463,7 @@ fn weight_decay_spares_the_embeddings_and_the_backbone_weights() {
             weight_decay,
             fusion,
             fusion_gate_init: 0.5,
+            fusion_gate_lr: 1.0,
             epochs,
             eval_every: 1000,
             batch_size: 100_000,
@@ -462,6 +487,36 @@ fn weight_decay_spares_the_embeddings_and_the_backbone_weights() {
             }
         }
     }
+}
+
+/// The residual gates learn at `fusion_gate_lr` times the rate: frozen at 0, moving otherwise, and the rest of
+/// the model trains either way.
+#[test]
+fn residual_gates_learn_at_their_own_rate() {
+    let ds = clustered();
+    let cfg = |fusion_gate_lr| RecGoatConfig {
+        fusion_gate_lr,
+        fusion_gate_init: 0.25,
+        epochs: 2,
+        eval_every: 1000,
+        ..small(RecGoatConfig::paper())
+    };
+    let start = RecGoat::<f32>::new(cfg(0.0), &ds, Backend::Cpu(Par::Seq))
+        .unwrap()
+        .init_params();
+    let (frozen, _) = train_params(cfg(0.0), &ds, Par::Seq);
+    let (slow, _) = train_params(cfg(0.1), &ds, Par::Seq);
+    let (full, _) = train_params(cfg(1.0), &ds, Par::Seq);
+    let gates = |p: &Params<f32>| p.fusion.clone().unwrap();
+    assert_eq!(gates(&frozen), gates(&start));
+    assert_ne!(frozen.embedding, start.embedding);
+    let moved = |p: &Params<f32>| (&gates(p) - &gates(&start)).mapv(f32::abs).sum();
+    assert!(
+        0.0 < moved(&slow) && moved(&slow) < moved(&full),
+        "{} {}",
+        moved(&slow),
+        moved(&full)
+    );
 }
 
 #[test]

@@ -489,10 +489,17 @@ impl<F: Real> RecGoat<F> {
             let s_n;
             let pairs = match self.cfg.cmcl {
                 Cmcl::Paper => {
-                    for (m, b) in fwd.branches.iter().enumerate() {
+                    // the modality terms at `cl_modality_weight` (0: the user term alone)
+                    let mw = self.cfg.cl_modality_weight;
+                    let modal = if mw > 0.0 { fwd.branches.len() } else { 0 };
+                    for (m, b) in fwd.branches.iter().take(modal).enumerate() {
                         extra.push((ex.gather(s_cp, &b.out)?, 3 + m, s_cp));
                     }
-                    cmcl_paper_pairs::<F>(fwd.branches.len())
+                    let mut pairs = cmcl_paper_pairs::<F>(modal);
+                    for p in &mut pairs[1..] {
+                        p.weight *= F::c(mw);
+                    }
+                    pairs
                 }
                 Cmcl::OfficialCode => {
                     s_n = ex.select(&rows.neg, ni)?;
@@ -791,27 +798,45 @@ impl<F: Real> RecGoat<F> {
         if E::DEFERRED {
             profile.record(Stage::Device, t0.elapsed());
         }
+        // the embedding table has its own regulariser and the non-residual fusion weights scale the backbone:
+        // neither is decayed; the residual gates learn at `fusion_gate_lr` times the rate (0: frozen)
+        let plain = Adam {
+            weight_decay: F::zero(),
+            ..*adam
+        };
+        let (rate, residual) = (self.cfg.fusion_gate_lr, self.fusion_kind().1);
+        let gates = (rate > 0.0).then(|| Adam {
+            lr: adam.lr * F::c(rate),
+            ..*adam
+        });
+        let optimisers: Vec<Option<Adam<F>>> = (0..st.t.len())
+            .map(|k| match k {
+                0 => Some(plain),
+                k if Some(k) == self.layout.fusion => {
+                    if residual {
+                        gates
+                    } else {
+                        Some(plain)
+                    }
+                }
+                _ => Some(*adam),
+            })
+            .collect();
         let mut pending = Vec::with_capacity(batches.len());
         for (b, (batch, mode)) in batches.iter().enumerate() {
             let t0 = Profile::start();
             let stages = (!E::DEFERRED).then_some(&mut *profile);
             let (p, grads) = self.step_on(ex, &st, batch, *mode, stages, true)?;
             let t1 = Profile::start();
-            // the embedding table has its own regulariser, and the fusion weights but the residual gates
-            // scale the backbone: the decay is for the other parameters
-            let plain = Adam {
-                weight_decay: F::zero(),
-                ..*adam
-            };
-            let gates = self.fusion_kind().1;
             for (k, ((t, g), s)) in
                 st.t.iter_mut()
                     .zip(&grads)
                     .zip(&mut adam_states)
                     .enumerate()
             {
-                let decay = k != 0 && (gates || Some(k) != self.layout.fusion);
-                ex.adam_step(if decay { adam } else { &plain }, t, g, s)?;
+                if let Some(a) = &optimisers[k] {
+                    ex.adam_step(a, t, g, s)?;
+                }
             }
             if E::DEFERRED {
                 profile.record(Stage::Device, t0.elapsed());
