@@ -1582,6 +1582,17 @@ mod model_backend {
         trains_like_the_cpu("residual + item graph", cfg);
     }
 
+    /// Grouped steps (`steps_per_epoch`): several batches' losses on one forward pass, their mean gradient
+    /// through one backward pass, on the device.
+    #[test]
+    fn grouped_steps_train_device_resident_like_the_cpu() {
+        let cfg = RecGoatConfig {
+            steps_per_epoch: 2,
+            ..several_steps(RecGoatConfig::paper_reading())
+        };
+        trains_like_the_cpu("paper_reading, 2 steps per epoch", cfg);
+    }
+
     /// The user-user branch and the sample-level OT loss (its `B x B` solves on the host).
     #[test]
     fn the_user_branch_and_the_ot_loss_train_device_resident_like_the_cpu() {

@@ -168,6 +168,15 @@ pub struct RecGoatConfig {
     pub weight_decay: f64,
     /// Triples per batch.
     pub batch_size: usize,
+    /// Optimiser steps per epoch. 0 (every preset): one step per batch, each with its own forward and
+    /// backward pass over the whole graphs, as the released code trains; an epoch then costs
+    /// `batches x graph`, which grows with the square of the data. `k > 0`: the epoch's batches are split
+    /// into `k` groups of consecutive batches; a group shares one forward pass, its batches' gradients are
+    /// averaged through one backward pass and applied as one step (gradient accumulation), so an epoch costs
+    /// `k` graph passes plus the batch losses: linear in the interactions. Fewer steps per epoch need more
+    /// epochs or a higher `lr`; docs/SCALE.md measures the trade.
+    #[serde(default)]
+    pub steps_per_epoch: usize,
     /// Maximum epochs.
     pub epochs: usize,
     /// Evaluate on the validation split every this many epochs.
@@ -239,6 +248,7 @@ impl RecGoatConfig {
             lr: 1e-3,
             weight_decay: 0.01,
             batch_size: 2048,
+            steps_per_epoch: 0,
             epochs: 200,
             eval_every: 1,
             patience: 20,
@@ -382,6 +392,7 @@ impl RecGoatConfig {
         let positive = |name, v| within(name, v, (1, 1 << 30));
         within("embedding_dim", self.embedding_dim, (1, 1 << 16))?;
         positive("batch_size", self.batch_size)?;
+        within("steps_per_epoch", self.steps_per_epoch, (0, 1 << 30))?;
         positive("epochs", self.epochs)?;
         positive("eval_every", self.eval_every)?;
         positive("oat_iters", self.oat_iters)?;

@@ -379,12 +379,34 @@ impl<F: Real> RecGoat<F> {
         mode: Mode,
         profile: Option<&mut Profile>,
     ) -> Result<(LossParts<F>, Params<F>)> {
+        let (mut losses, grads) =
+            self.batches_loss_and_grad(p, std::slice::from_ref(batch), mode, profile)?;
+        Ok((losses.remove(0), grads))
+    }
+
+    /// The losses of several batches on one forward pass (`mode` sets its dropout) and the gradient of their
+    /// mean loss: what one step applies when `steps_per_epoch` groups batches. With one batch this is
+    /// [`RecGoat::loss_and_grad`].
+    ///
+    /// # Errors
+    /// As [`RecGoat::loss_and_grad`]; [`Error::Shape`] for an empty list.
+    pub fn batches_loss_and_grad(
+        &self,
+        p: &Params<F>,
+        batches: &[Batch],
+        mode: Mode,
+        profile: Option<&mut Profile>,
+    ) -> Result<(Vec<LossParts<F>>, Params<F>)> {
+        const OP: &str = "RecGoat::batches_loss_and_grad";
         self.check_params(p)?;
-        let (loss, grads) =
-            with_exec!(self, ex => self.loss_grad_on(&ex, p, batch, mode, profile, true))?;
-        let grads =
-            grads.ok_or_else(|| Error::shape("RecGoat::loss_and_grad", "gradients", 1, 0))?;
-        Ok((loss, grads))
+        if batches.is_empty() {
+            return Err(Error::shape(OP, "batches", ">= 1", 0));
+        }
+        let steps: Vec<(Batch, Mode)> = batches.iter().map(|b| (b.clone(), mode)).collect();
+        let (losses, grads) =
+            with_exec!(self, ex => self.loss_grad_on(&ex, p, &steps, profile, true))?;
+        let grads = grads.ok_or_else(|| Error::shape(OP, "gradients", 1, 0))?;
+        Ok((losses, grads))
     }
 
     /// The loss alone (for gradient checks and monitoring).
@@ -393,7 +415,10 @@ impl<F: Real> RecGoat<F> {
     /// As [`RecGoat::loss_and_grad`].
     pub fn loss(&self, p: &Params<F>, batch: &Batch, mode: Mode) -> Result<LossParts<F>> {
         self.check_params(p)?;
-        with_exec!(self, ex => self.loss_grad_on(&ex, p, batch, mode, None, false)).map(|r| r.0)
+        let steps = [(batch.clone(), mode)];
+        let (mut losses, _) =
+            with_exec!(self, ex => self.loss_grad_on(&ex, p, &steps, None, false))?;
+        Ok(losses.remove(0))
     }
 
     /// One pass of training steps on the model's backend (see [`TrainPass`]).

@@ -215,8 +215,45 @@ struct OutGrads<E: Exec> {
     zcf: E::M,
     modal: Vec<E::M>,
     aligned: Vec<E::M>,
-    /// The regulariser's gradient of the batch's ego rows and their selection.
-    ego: (E::Sel, E::M),
+    /// The regulariser's gradients of the batches' ego rows with their selections.
+    ego: Vec<(E::Sel, E::M)>,
+}
+
+impl<E: Exec> OutGrads<E> {
+    /// `self += w * other`.
+    fn add_scaled(&mut self, ex: &E, w: E::F, other: OutGrads<E>) -> Result<()> {
+        ex.axpy(w, &other.users, &mut self.users)?;
+        ex.axpy(w, &other.items, &mut self.items)?;
+        ex.axpy(w, &other.zcf, &mut self.zcf)?;
+        for (acc, g) in (self.modal.iter_mut().chain(&mut self.aligned))
+            .zip(other.modal.iter().chain(&other.aligned))
+        {
+            ex.axpy(w, g, acc)?;
+        }
+        for (sel, g) in other.ego {
+            let (r, c) = ex.dim(&g);
+            let mut scaled = ex.zeros(r, c)?;
+            ex.axpy(w, &g, &mut scaled)?;
+            self.ego.push((sel, scaled));
+        }
+        Ok(())
+    }
+
+    /// Zeros shaped as `like`, with no ego rows.
+    fn zeros_like(ex: &E, like: &OutGrads<E>) -> Result<Self> {
+        let z = |m: &E::M| {
+            let (r, c) = ex.dim(m);
+            ex.zeros(r, c)
+        };
+        Ok(OutGrads {
+            users: z(&like.users)?,
+            items: z(&like.items)?,
+            zcf: z(&like.zcf)?,
+            modal: like.modal.iter().map(z).collect::<Result<_>>()?,
+            aligned: like.aligned.iter().map(z).collect::<Result<_>>()?,
+            ego: Vec::new(),
+        })
+    }
 }
 
 /// One pass of training steps: the parameters and their Adam states (updated in place when the pass
@@ -563,7 +600,7 @@ impl<F: Real> RecGoat<F> {
             zcf: g_zcf,
             modal: g_modal,
             aligned: g_aligned,
-            ego: (s_e, bo.grad_ego),
+            ego: vec![(s_e, bo.grad_ego)],
         };
         Ok((pending, og))
     }
@@ -586,7 +623,7 @@ impl<F: Real> RecGoat<F> {
             zcf: mut g_zcf,
             mut modal,
             mut aligned,
-            ego: (s_e, g_ego),
+            ego,
         } = og;
         let one = F::one();
         let mut g_ig = None;
@@ -663,7 +700,9 @@ impl<F: Real> RecGoat<F> {
             let pad = ex.zeros(self.n_users, self.cfg.embedding_dim)?;
             ex.axpy(one, &ex.concat_rows(&pad, &gi)?, &mut ge)?;
         }
-        ex.scatter_add(&s_e, &g_ego, &mut ge)?;
+        for (s_e, g_ego) in &ego {
+            ex.scatter_add(s_e, g_ego, &mut ge)?;
+        }
         grads[0] = Some(ge);
         Profile::add(&mut profile, Stage::Propagation, t0);
         (grads.into_iter().enumerate())
@@ -683,27 +722,46 @@ impl<F: Real> RecGoat<F> {
         Ok(())
     }
 
-    /// One batch's forward pass, losses and backward pass: what to read of its loss, and every parameter's
-    /// gradient.
+    /// One step: a forward pass (with the first batch's mode), each batch's losses on it, and the backward
+    /// pass of the batches' mean loss: what to read of each batch's loss, and every parameter's gradient.
+    /// One batch is the exact step; several are gradient accumulation over one forward pass.
     #[allow(clippy::type_complexity)]
     pub(super) fn step_on<E: Exec<F = F>>(
         &self,
         ex: &E,
         st: &State<E>,
-        batch: &Batch,
-        mode: Mode,
+        batches: &[(Batch, Mode)],
         mut profile: Option<&mut Profile>,
         with_grads: bool,
-    ) -> Result<(Pending<E::Scalar>, Vec<E::M>)> {
-        let mut fwd = self.forward_on(ex, st, mode, profile.as_deref_mut())?;
-        let (mut pending, og) = self.loss_on(ex, st, &fwd, batch, profile.as_deref_mut())?;
-        pending.checks = std::mem::take(&mut fwd.checks);
-        let grads = if with_grads {
-            self.backward_on(ex, st, &fwd, og, profile)?
-        } else {
-            Vec::new()
+    ) -> Result<(Vec<Pending<E::Scalar>>, Vec<E::M>)> {
+        let Some((_, mode)) = batches.first() else {
+            return Err(Error::shape(OP, "batches in a step", ">= 1", 0));
         };
-        Ok((pending, grads))
+        let mut fwd = self.forward_on(ex, st, *mode, profile.as_deref_mut())?;
+        let w = F::one() / F::c(batches.len() as f64);
+        let (mut pendings, mut acc) = (Vec::with_capacity(batches.len()), None::<OutGrads<E>>);
+        for (batch, _) in batches {
+            let (pending, og) = self.loss_on(ex, st, &fwd, batch, profile.as_deref_mut())?;
+            pendings.push(pending);
+            acc = Some(match acc {
+                None if batches.len() == 1 => og,
+                None => {
+                    let mut a = OutGrads::zeros_like(ex, &og)?;
+                    a.add_scaled(ex, w, og)?;
+                    a
+                }
+                Some(mut a) => {
+                    a.add_scaled(ex, w, og)?;
+                    a
+                }
+            });
+        }
+        pendings[0].checks = std::mem::take(&mut fwd.checks);
+        let grads = match acc {
+            Some(og) if with_grads => self.backward_on(ex, st, &fwd, og, profile)?,
+            _ => Vec::new(),
+        };
+        Ok((pendings, grads))
     }
 
     /// The losses of `steps`, read from the backend in one go and judged in step order: the forward
@@ -822,11 +880,16 @@ impl<F: Real> RecGoat<F> {
                 _ => Some(*adam),
             })
             .collect();
+        // one step per batch, or `steps_per_epoch` groups of consecutive batches (gradient accumulation)
+        let group = match self.cfg.steps_per_epoch {
+            0 => 1,
+            k => batches.len().div_ceil(k).max(1),
+        };
         let mut pending = Vec::with_capacity(batches.len());
-        for (b, (batch, mode)) in batches.iter().enumerate() {
+        for steps in batches.chunks(group) {
             let t0 = Profile::start();
             let stages = (!E::DEFERRED).then_some(&mut *profile);
-            let (p, grads) = self.step_on(ex, &st, batch, *mode, stages, true)?;
+            let (p, grads) = self.step_on(ex, &st, steps, stages, true)?;
             let t1 = Profile::start();
             for (k, ((t, g), s)) in
                 st.t.iter_mut()
@@ -843,8 +906,8 @@ impl<F: Real> RecGoat<F> {
             } else {
                 profile.record(Stage::Optimizer, t1.elapsed());
             }
-            pending.push(p);
-            on_batch(b + 1, batches.len());
+            pending.extend(p);
+            on_batch(pending.len(), batches.len());
         }
         let t0 = Profile::start();
         let losses = self.resolve(ex, &pending)?;
@@ -861,24 +924,25 @@ impl<F: Real> RecGoat<F> {
         Ok(losses)
     }
 
-    /// One batch's loss and (with `with_grads`) its gradient on a backend, into host values.
+    /// Each step's batch losses and (with `with_grads`) the gradient of their mean through one forward
+    /// pass (see [`RecGoat::step_on`]), into host values.
+    #[allow(clippy::type_complexity)]
     pub(super) fn loss_grad_on<E: Exec<F = F>>(
         &self,
         ex: &E,
         p: &Params<F>,
-        batch: &Batch,
-        mode: Mode,
+        steps: &[(Batch, Mode)],
         profile: Option<&mut Profile>,
         with_grads: bool,
-    ) -> Result<(LossParts<F>, Option<Params<F>>)> {
+    ) -> Result<(Vec<LossParts<F>>, Option<Params<F>>)> {
         let st = State::upload(ex, p)?;
-        let (pending, grads) = self.step_on(ex, &st, batch, mode, profile, with_grads)?;
-        let loss = self.resolve(ex, &[pending])?.remove(0);
+        let (pending, grads) = self.step_on(ex, &st, steps, profile, with_grads)?;
+        let losses = self.resolve(ex, &pending)?;
         if !with_grads {
-            return Ok((loss, None));
+            return Ok((losses, None));
         }
         let mut g = p.zeros_like();
         download_into(ex, &grads, &mut g)?;
-        Ok((loss, Some(g)))
+        Ok((losses, Some(g)))
     }
 }
