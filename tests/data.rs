@@ -245,3 +245,94 @@ fn user_features_become_the_user_branch_profiles() {
     let p = model.init_params();
     assert_eq!(p.user_branch.unwrap().proj.w.nrows(), 5);
 }
+
+/// Sorted degrees of `ids` (users: `p.0`, items: `p.1`) over `pairs`, ids that appear only.
+fn degrees(pairs: &[Pair], item: bool) -> Vec<usize> {
+    let mut count = std::collections::HashMap::new();
+    for p in pairs {
+        *count.entry(if item { p.1 } else { p.0 }).or_insert(0usize) += 1;
+    }
+    let mut d: Vec<usize> = count.into_values().collect();
+    d.sort_unstable();
+    d
+}
+
+/// The scale-up keeps the user and item degree distributions of every split (each original's degrees
+/// `factor` times, less the few repeated draws it drops), rewires the pairs, keeps splits apart per user,
+/// gives every item copy its original's features plus a little noise, and is deterministic per seed.
+#[test]
+fn scale_up_keeps_the_degree_distributions() {
+    let base = Dataset::load_lightgcn_dir(bundled("lfm2k"), &["text_feat"]).unwrap();
+    let f = 4;
+    let big = scale_up(&base, f, 1).unwrap();
+    assert!(big.n_users <= f * base.n_users && big.n_users >= f * base.n_users - 8);
+    assert!(big.n_items <= f * base.n_items && big.n_items >= f * base.n_items - 8);
+    for (what, a, b) in [
+        ("train", &base.train, &big.train),
+        ("valid", &base.valid, &big.valid),
+        ("test", &base.test, &big.test),
+    ] {
+        // drops: at most 0.5 % of the draws
+        let want = f * a.len();
+        assert!(
+            b.len() <= want && b.len() * 1000 >= want * 995,
+            "{what}: {} of {want}",
+            b.len()
+        );
+        for item in [false, true] {
+            let (da, db) = (degrees(a, item), degrees(b, item));
+            // the quantiles of the degree distribution agree (drops lower a few degrees by one)
+            for q in [0.1, 0.5, 0.9, 0.99] {
+                let (x, y) = (
+                    da[(q * da.len() as f64) as usize],
+                    db[(q * db.len() as f64) as usize],
+                );
+                assert!(
+                    x.abs_diff(y) <= 1 + x / 50,
+                    "{what} item={item} q{q}: {x} vs {y}"
+                );
+            }
+            let (ma, mb) = (da[da.len() - 1], db[db.len() - 1]);
+            assert!(
+                mb <= ma && mb + 1 + ma / 50 >= ma,
+                "{what} item={item} max {ma} vs {mb}"
+            );
+        }
+    }
+    // new pairs, not copies: few of the first copy's training pairs are the original's
+    let orig: std::collections::HashSet<Pair> = base.train.iter().copied().collect();
+    let same = big.train.iter().filter(|p| orig.contains(p)).count();
+    assert!(same * 20 < base.train.len(), "{same} pairs copied");
+    // no user has a pair in two splits
+    let train: std::collections::HashSet<Pair> = big.train.iter().copied().collect();
+    assert!(big
+        .valid
+        .iter()
+        .chain(&big.test)
+        .all(|p| !train.contains(p)));
+    // features: one row per item, near some original row's scale
+    let (name, x) = &big.item_features[0];
+    assert_eq!(name, "text_feat");
+    assert_eq!(x.dim(), (big.n_items, base.item_features[0].1.ncols()));
+    let norms = |m: &Array2<f32>| {
+        m.rows().into_iter().map(|r| r.dot(&r).sqrt()).sum::<f32>() / m.nrows() as f32
+    };
+    let (nb, ns) = (norms(&base.item_features[0].1), norms(x));
+    assert!((ns / nb - 1.0).abs() < 0.2, "mean row norm {nb} -> {ns}");
+    assert_eq!(
+        scale_up(&base, f, 1).unwrap().train,
+        big.train,
+        "deterministic"
+    );
+    assert_ne!(scale_up(&base, f, 2).unwrap().train, big.train, "seeded");
+}
+
+#[test]
+fn scale_up_refuses_bad_factors() {
+    let base = Dataset::new("toy", vec![(0, 0), (1, 1)], vec![], vec![], vec![]).unwrap();
+    let err = scale_up(&base, 0, 1).unwrap_err().to_string();
+    assert!(err.contains("factor") && err.contains(">= 1"), "{err}");
+    // ids past the limit are refused before anything is allocated
+    let err = scale_up(&base, usize::MAX / 2, 1).unwrap_err().to_string();
+    assert!(err.contains("would exceed"), "{err}");
+}

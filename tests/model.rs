@@ -457,7 +457,15 @@ fn training_is_deterministic_per_seed_and_learns() {
 #[test]
 fn batch_groups_average_their_gradients() {
     let ds = tiny();
-    for base in [RecGoatConfig::paper(), RecGoatConfig::paper_reading()] {
+    let with_ot = RecGoatConfig {
+        ot_sample_weight: 0.1,
+        ..RecGoatConfig::paper_reading()
+    };
+    for base in [
+        RecGoatConfig::paper(),
+        with_ot,
+        RecGoatConfig::official_code(),
+    ] {
         let cfg = RecGoatConfig {
             dropout: 0.0,
             ..tiny_config(base)

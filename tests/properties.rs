@@ -305,7 +305,7 @@ mod graphs {
         fn knn_equals_brute_force(seed in 0u64..10_000, n in 2usize..30, k in 1usize..6, block in 1usize..9) {
             prop_assume!(k < n);
             let x: Array2<f64> = randn(&mut rng(seed), (n, 4));
-            let cfg = KnnConfig { k, block_rows: block, symmetric: false, self_loops: false };
+            let cfg = KnnConfig { k, block_rows: block, symmetric: false, self_loops: false, ..KnnConfig::new(k) };
             let g = knn_graph(x.view(), &cfg, Par::Rayon(3)).unwrap();
             let norms: Array1<f64> = x.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
             for i in 0..n {

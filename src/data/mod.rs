@@ -7,9 +7,11 @@
 
 mod batch;
 mod interactions;
+mod synthetic;
 
 pub use batch::Batch;
 pub use interactions::{read_interactions, IdMap, Interactions};
+pub use synthetic::{scale_up, MAX_SCALED_INTERACTIONS};
 
 use crate::error::{Error, Result};
 use ndarray::Array2;

@@ -38,6 +38,10 @@ pub fn knn_graph(
     cfg: &KnnConfig,
 ) -> Result<CsrGraph<f32>> {
     const OP: &str = "gpu::knn_graph";
+    if cfg.method != crate::graph::KnnMethod::Exact {
+        let why = "the GPU build is exact: use graph::knn_graph for HNSW";
+        return Err(Error::param(OP, "method", format!("{:?}", cfg.method), why));
+    }
     validate_knn(OP, features, cfg)?;
     if cfg.k > KNN_MAX_K {
         return Err(Error::param(

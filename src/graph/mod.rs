@@ -10,11 +10,16 @@
 //! every transposed entry the id of the original edge, so backward passes run over sources without atomics
 //! and still find per-edge values (attention coefficients) by edge id.
 
+#[cfg(feature = "ann")]
+mod ann;
 mod build;
 mod spmm;
 
-pub use build::{bipartite_user_item, knn_graph, multi_view_knn_graph, KnnConfig};
-#[cfg(feature = "gpu")]
+pub use build::{
+    bipartite_user_item, knn_graph, multi_view_knn_graph, neighbour_recall, HnswConfig, KnnConfig,
+    KnnMethod,
+};
+#[cfg(any(feature = "gpu", feature = "ann"))]
 pub(crate) use build::{knn_lists_to_graph, validate_knn};
 #[cfg(feature = "gpu")]
 pub(crate) use spmm::check_layers;

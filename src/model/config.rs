@@ -1,6 +1,7 @@
 //! [`RecGoatConfig`]: every setting of the reference model and its training, with the three presets.
 
 use crate::error::{Error, Result};
+use crate::graph::KnnMethod;
 use serde::{Deserialize, Serialize};
 
 /// Which item feature matrices of the dataset the model uses.
@@ -82,6 +83,12 @@ pub struct RecGoatConfig {
     pub gatv2: bool,
     /// Neighbours per node in the kNN graphs.
     pub knn_k: usize,
+    /// How the kNN graphs (modality, user-user and item-item) are found: exact (every preset), or
+    /// approximate through HNSW for catalogues where exact kNN's `O(items^2)` work is too slow
+    /// (docs/SCALE.md: recall and build times). From text: `knn_method={"Hnsw":{"ef_construction":100,
+    /// "ef_search":100,"seed":0}}`.
+    #[serde(default)]
+    pub knn_method: KnnMethod,
     /// OAT (the transport map `M (d T + Delta)`); off: the modality embedding enters the fusion as is.
     pub oat: bool,
     /// Barycentric map `d T` (paper) rather than the raw plan `T` (released code).
@@ -219,6 +226,7 @@ impl RecGoatConfig {
             gat_heads: 8,
             gatv2: false,
             knn_k: 20,
+            knn_method: KnnMethod::Exact,
             oat: false,
             oat_barycentric: true,
             oat_cost_scale: 100.0,
@@ -424,6 +432,18 @@ impl RecGoatConfig {
                     self.gat_heads,
                     format!("must divide embedding_dim = {}", self.embedding_dim),
                 ));
+            }
+        }
+        if let KnnMethod::Hnsw(h) = self.knn_method {
+            within(
+                "knn_method.ef_construction",
+                h.ef_construction,
+                (1, 1 << 16),
+            )?;
+            within("knn_method.ef_search", h.ef_search, (0, 1 << 16))?;
+            if cfg!(not(feature = "ann")) {
+                let why = "the approximate build needs the crate's `ann` feature";
+                return Err(Error::param(OP, "knn_method", "Hnsw", why));
             }
         }
         if let OtGradient::Unrolled(0) = self.oat_gradient {

@@ -203,7 +203,14 @@ impl<F: Real> RecGoat<F> {
         }
         let knn = KnnConfig {
             self_loops: true,
+            method: cfg.knn_method,
             ..KnnConfig::new(cfg.knn_k)
+        };
+        // only graph attention reads a branch's kNN graph: without GAT layers it stays edgeless (no
+        // O(items^2) build)
+        let branch_graph = |x: ArrayView2<'_, F>| match cfg.gat_layers {
+            0 => CsrGraph::from_edges(x.nrows(), x.nrows(), &[], None),
+            _ => knn_graph(x, &knn, par),
         };
         let modalities = selected
             .iter()
@@ -212,7 +219,7 @@ impl<F: Real> RecGoat<F> {
                 if cfg.normalize_features {
                     nn::normalize_nonzero_rows_in_place(&mut x);
                 }
-                let graph = knn_graph(x.view(), &knn, par)?;
+                let graph = branch_graph(x.view())?;
                 Ok(BranchInput {
                     name: name.clone(),
                     x,
@@ -222,7 +229,12 @@ impl<F: Real> RecGoat<F> {
             .collect::<Result<Vec<_>>>()?;
         let item_graph = if cfg.item_graph_layers > 0 {
             let views: Vec<_> = modalities.iter().map(|m| m.x.view()).collect();
-            Some(multi_view_knn_graph(&views, cfg.item_graph_k, par)?)
+            Some(multi_view_knn_graph(
+                &views,
+                cfg.item_graph_k,
+                cfg.knn_method,
+                par,
+            )?)
         } else {
             None
         };
@@ -237,7 +249,7 @@ impl<F: Real> RecGoat<F> {
             }
             let feats: Vec<&Array2<F>> = modalities.iter().map(|m| &m.x).collect();
             let profiles = data.user_profiles(&feats, cfg.normalize_features)?;
-            let graph = knn_graph(profiles.view(), &knn, par)?;
+            let graph = branch_graph(profiles.view())?;
             Some(BranchInput {
                 name: "users".into(),
                 x: profiles,
@@ -446,7 +458,8 @@ impl<F: Real> RecGoat<F> {
     pub fn backend(&self) -> &Backend {
         &self.backend
     }
-    /// The kNN graph of each modality (with self loops), in order.
+    /// The kNN graph of each modality (with self loops), in order; edgeless without graph-attention layers
+    /// (`gat_layers` 0), which alone read them.
     pub fn item_graphs(&self) -> Vec<&CsrGraph<F>> {
         self.modalities.iter().map(|m| &m.graph).collect()
     }

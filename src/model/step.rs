@@ -220,40 +220,29 @@ struct OutGrads<E: Exec> {
 }
 
 impl<E: Exec> OutGrads<E> {
-    /// `self += w * other`.
-    fn add_scaled(&mut self, ex: &E, w: E::F, other: OutGrads<E>) -> Result<()> {
-        ex.axpy(w, &other.users, &mut self.users)?;
-        ex.axpy(w, &other.items, &mut self.items)?;
-        ex.axpy(w, &other.zcf, &mut self.zcf)?;
-        for (acc, g) in (self.modal.iter_mut().chain(&mut self.aligned))
-            .zip(other.modal.iter().chain(&other.aligned))
-        {
-            ex.axpy(w, g, acc)?;
-        }
-        for (sel, g) in other.ego {
-            let (r, c) = ex.dim(&g);
-            let mut scaled = ex.zeros(r, c)?;
-            ex.axpy(w, &g, &mut scaled)?;
-            self.ego.push((sel, scaled));
-        }
-        Ok(())
-    }
-
-    /// Zeros shaped as `like`, with no ego rows.
-    fn zeros_like(ex: &E, like: &OutGrads<E>) -> Result<Self> {
-        let z = |m: &E::M| {
-            let (r, c) = ex.dim(m);
-            ex.zeros(r, c)
-        };
+    /// Zero gradients of a forward pass's outputs (no ego rows yet).
+    fn zeros(ex: &E, (nu, ni, d): (usize, usize, usize), fwd: &Fwd<E>) -> Result<Self> {
+        let items = |n: usize| (0..n).map(|_| ex.zeros(ni, d)).collect::<Result<Vec<_>>>();
         Ok(OutGrads {
-            users: z(&like.users)?,
-            items: z(&like.items)?,
-            zcf: z(&like.zcf)?,
-            modal: like.modal.iter().map(z).collect::<Result<_>>()?,
-            aligned: like.aligned.iter().map(z).collect::<Result<_>>()?,
+            users: ex.zeros(nu, d)?,
+            items: ex.zeros(ni, d)?,
+            zcf: ex.zeros(ni, d)?,
+            modal: items(fwd.branches.len())?,
+            aligned: items(fwd.aligned.len())?,
             ego: Vec::new(),
         })
     }
+}
+
+/// `w x` (`x` itself when `w` is 1).
+fn scaled<E: Exec>(ex: &E, w: E::F, x: E::M) -> Result<E::M> {
+    if w == <E::F as num_traits::One>::one() {
+        return Ok(x);
+    }
+    let (r, c) = ex.dim(&x);
+    let mut out = ex.zeros(r, c)?;
+    ex.axpy(w, &x, &mut out)?;
+    Ok(out)
 }
 
 /// One pass of training steps: the parameters and their Adam states (updated in place when the pass
@@ -461,10 +450,11 @@ impl<F: Real> RecGoat<F> {
         ex: &E,
         st: &State<E>,
         fwd: &Fwd<E>,
-        batch: &Batch,
+        (batch, w): (&Batch, F),
+        og: &mut OutGrads<E>,
         mut profile: Option<&mut Profile>,
-    ) -> Result<(Pending<E::Scalar>, OutGrads<E>)> {
-        let (nu, ni, d) = (self.n_users, self.n_items, self.cfg.embedding_dim);
+    ) -> Result<Pending<E::Scalar>> {
+        let (nu, ni) = (self.n_users, self.n_items);
         let bsz = batch.check(OP, nu, ni)?;
         let t0 = Profile::start();
         let items = fwd.items();
@@ -479,17 +469,17 @@ impl<F: Real> RecGoat<F> {
         let zi = ex.gather(&s_i, items)?;
         let eb = ex.gather(&s_e, &st.t[0])?;
         let bo = ex.bpr(&zu, &zi, &eb, F::c(self.cfg.reg_weight))?;
-        let mut g_users = ex.zeros(nu, d)?;
-        ex.scatter_add(&s_u, &bo.grad_users, &mut g_users)?;
-        let mut g_items = ex.zeros(ni, d)?;
-        ex.scatter_add(&s_i, &bo.grad_items, &mut g_items)?;
-        let mut g_zcf = ex.zeros(ni, d)?;
-        let mut g_modal = (0..fwd.branches.len())
-            .map(|_| ex.zeros(ni, d))
-            .collect::<Result<Vec<_>>>()?;
-        let mut g_aligned = (0..fwd.aligned.len())
-            .map(|_| ex.zeros(ni, d))
-            .collect::<Result<Vec<_>>>()?;
+        let OutGrads {
+            users: g_users,
+            items: g_items,
+            zcf: g_zcf,
+            modal: g_modal,
+            aligned: g_aligned,
+            ego: g_ego,
+        } = og;
+        ex.scatter_add(&s_u, &scaled(ex, w, bo.grad_users)?, g_users)?;
+        ex.scatter_add(&s_i, &scaled(ex, w, bo.grad_items)?, g_items)?;
+        g_ego.push((s_e, scaled(ex, w, bo.grad_ego)?));
         Profile::add(&mut profile, Stage::Loss, t0);
 
         let clw = self.cfg.cl_weight;
@@ -556,12 +546,13 @@ impl<F: Real> RecGoat<F> {
                 ..InfoNceConfig::default()
             };
             let refs: Vec<&E::M> = views.iter().map(|v| v.0).collect();
-            let (terms, grads) = ex.info_nce(&refs, &pairs, &cfg, F::c(clw))?;
+            // the terms are read unweighted; their gradients carry the batch's share `w` of the step
+            let (terms, grads) = ex.info_nce(&refs, &pairs, &cfg, F::c(clw) * w)?;
             for ((_, target, sel), g) in views.into_iter().zip(&grads) {
                 let acc = match target {
-                    0 => &mut g_users,
-                    1 => &mut g_items,
-                    2 => &mut g_zcf,
+                    0 => &mut *g_users,
+                    1 => &mut *g_items,
+                    2 => &mut *g_zcf,
                     m => &mut g_modal[m - 3],
                 };
                 ex.scatter_add(sel, g, acc)?;
@@ -581,9 +572,9 @@ impl<F: Real> RecGoat<F> {
                 .collect::<Result<Vec<_>>>()?;
             let (value, grads) = self.sample_ot_loss(&rows, yc.view())?;
             ot = value.to_f64().unwrap_or(f64::NAN);
-            for ((gx, gy), acc) in grads.iter().zip(&mut g_aligned) {
-                ex.scatter_add(s_p, &ex.upload(gx.view())?, acc)?;
-                ex.scatter_add(s_p, &ex.upload(gy.view())?, &mut g_zcf)?;
+            for ((gx, gy), acc) in grads.iter().zip(g_aligned.iter_mut()) {
+                ex.scatter_add(s_p, &ex.upload(gx.mapv(|v| v * w).view())?, acc)?;
+                ex.scatter_add(s_p, &ex.upload(gy.mapv(|v| v * w).view())?, g_zcf)?;
             }
             Profile::add(&mut profile, Stage::Transport, t0);
         }
@@ -594,15 +585,7 @@ impl<F: Real> RecGoat<F> {
             cl,
             ot: ex.scalar(ot),
         };
-        let og = OutGrads {
-            users: g_users,
-            items: g_items,
-            zcf: g_zcf,
-            modal: g_modal,
-            aligned: g_aligned,
-            ego: vec![(s_e, bo.grad_ego)],
-        };
-        Ok((pending, og))
+        Ok(pending)
     }
 
     /// Gradients of the batch loss with respect to every parameter (in [`Params::tensors`]' order), from
@@ -739,27 +722,21 @@ impl<F: Real> RecGoat<F> {
         };
         let mut fwd = self.forward_on(ex, st, *mode, profile.as_deref_mut())?;
         let w = F::one() / F::c(batches.len() as f64);
-        let (mut pendings, mut acc) = (Vec::with_capacity(batches.len()), None::<OutGrads<E>>);
+        let mut og = OutGrads::zeros(
+            ex,
+            (self.n_users, self.n_items, self.cfg.embedding_dim),
+            &fwd,
+        )?;
+        let mut pendings = Vec::with_capacity(batches.len());
         for (batch, _) in batches {
-            let (pending, og) = self.loss_on(ex, st, &fwd, batch, profile.as_deref_mut())?;
-            pendings.push(pending);
-            acc = Some(match acc {
-                None if batches.len() == 1 => og,
-                None => {
-                    let mut a = OutGrads::zeros_like(ex, &og)?;
-                    a.add_scaled(ex, w, og)?;
-                    a
-                }
-                Some(mut a) => {
-                    a.add_scaled(ex, w, og)?;
-                    a
-                }
-            });
+            let p = self.loss_on(ex, st, &fwd, (batch, w), &mut og, profile.as_deref_mut())?;
+            pendings.push(p);
         }
         pendings[0].checks = std::mem::take(&mut fwd.checks);
-        let grads = match acc {
-            Some(og) if with_grads => self.backward_on(ex, st, &fwd, og, profile)?,
-            _ => Vec::new(),
+        let grads = if with_grads {
+            self.backward_on(ex, st, &fwd, og, profile)?
+        } else {
+            Vec::new()
         };
         Ok((pendings, grads))
     }
