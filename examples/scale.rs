@@ -253,9 +253,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     std::fs::create_dir_all(&args.out)?;
-    write_atomic(&args.out.join("scale.md"), md.as_bytes())?;
+    write_atomic(args.out.join("scale.md"), md.as_bytes())?;
     write_atomic(
-        &args.out.join("scale.json"),
+        args.out.join("scale.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     eprintln!("wrote {}", args.out.join("scale.md").display());

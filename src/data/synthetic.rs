@@ -73,7 +73,7 @@ pub fn scale_up(base: &Dataset, factor: usize, seed: u64) -> Result<Dataset> {
         for c in 0..factor {
             for (i, &k) in item_deg.iter().enumerate() {
                 let id = (c * ni + i) as u32;
-                stubs.extend(std::iter::repeat_n(id, k));
+                stubs.extend(std::iter::repeat(id).take(k));
             }
         }
         stubs.shuffle(&mut rng);
@@ -107,10 +107,8 @@ pub fn scale_up(base: &Dataset, factor: usize, seed: u64) -> Result<Dataset> {
         for id in used {
             map[id] = 0;
         }
-        let mut k = 0;
-        for m in map.iter_mut().filter(|m| **m == 0) {
+        for (k, m) in map.iter_mut().filter(|m| **m == 0).enumerate() {
             *m = k;
-            k += 1;
         }
         map
     };
