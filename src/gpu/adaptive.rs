@@ -344,7 +344,7 @@ pub fn adaptive_transport_forward_with(
             oat.map(&state, delta.view())
                 .as_slice()
                 .expect("standard layout"),
-        );
+        )?;
         Solve::Host(Box::new(state))
     };
     let aligned = GpuMatrix::zeros(ctx, n, d)?;

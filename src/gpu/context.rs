@@ -195,9 +195,21 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     dispatch_cap: u32,
     pipelines: Mutex<HashMap<Kernel, Arc<wgpu::ComputePipeline>>>,
+    /// Uniform buffers by content: an op's parameters repeat from step to step, and a uniform buffer is
+    /// never written after creation, so one buffer serves every dispatch with the same parameters.
+    uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
+    /// Command buffers finished but not yet submitted: submitted together, in order, before anything the
+    /// host observes (a read, a synchronisation, a queue write) or when [`PENDING_MAX`] have gathered.
+    pending: Mutex<Vec<wgpu::CommandBuffer>>,
     profiler: Option<Profiler>,
     counters: Counters,
 }
+
+/// Command buffers gathered before a submission is forced.
+const PENDING_MAX: usize = 256;
+
+/// Distinct uniform buffers kept before the cache starts over.
+const UNIFORMS_MAX: usize = 4096;
 
 /// Running totals of the host-side work a context has done, for counting what a training step costs
 /// (see [`GpuContext::counters`]).
@@ -207,7 +219,7 @@ pub struct GpuCounters {
     pub dispatches: u64,
     /// Buffers created: storage, uniform and staging.
     pub buffers: u64,
-    /// Command buffers submitted to the queue.
+    /// Queue submissions (each carries every command buffer finished since the one before).
     pub submissions: u64,
 }
 
@@ -357,6 +369,8 @@ impl GpuContext {
             limits,
             dispatch_cap,
             pipelines: Mutex::new(HashMap::new()),
+            uniforms: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
             profiler,
             counters: Counters::default(),
         })
@@ -422,6 +436,7 @@ impl GpuContext {
     /// # Errors
     /// [`Error::Gpu`] when the device is lost or the wait fails.
     pub fn synchronize(&self) -> Result<()> {
+        self.flush("GpuContext::synchronize")?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
@@ -515,16 +530,27 @@ impl GpuContext {
         })
     }
 
-    /// A uniform buffer holding `data`.
+    /// A uniform buffer holding `data`: created on first use of these bytes, then shared.
     pub(crate) fn uniform_from<T: bytemuck::Pod>(&self, data: &T) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
+        let bytes = bytemuck::bytes_of(data);
+        let mut cache = self.uniforms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = cache.get(bytes) {
+            return b.clone();
+        }
+        if cache.len() >= UNIFORMS_MAX {
+            cache.clear();
+        }
         bump(&self.counters.buffers);
-        self.device
+        let buf = self
+            .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
-                contents: bytemuck::bytes_of(data),
+                contents: bytes,
                 usage: wgpu::BufferUsages::UNIFORM,
-            })
+            });
+        cache.insert(bytes.to_vec(), buf.clone());
+        buf
     }
 
     /// Records one compute dispatch of `k` over `groups` workgroups (x) with `buffers` bound to group 0
@@ -669,6 +695,8 @@ impl GpuContext {
             at += bytes;
         }
         self.submit(op, enc)?;
+        // the copies (and all work before them) reach the queue before the staging buffer is mapped
+        self.flush(op)?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
@@ -700,19 +728,53 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
     }
 
-    /// Submits `encoder`, catching validation errors as [`Error::Gpu`] for `op`.
+    /// Finishes `encoder` (catching validation errors as [`Error::Gpu`] for `op`) and queues its commands
+    /// after everything recorded before: they reach the device with the next [`GpuContext::flush`], which
+    /// every read, synchronisation and queue write does first. With the profiler on, each op is submitted
+    /// at once, so that its timestamps are collected.
     pub(crate) fn submit(&self, op: &'static str, encoder: wgpu::CommandEncoder) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        bump(&self.counters.submissions);
-        self.queue.submit([encoder.finish()]);
+        let commands = encoder.finish();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {
                 op,
                 reason: e.to_string(),
             });
         }
+        let full = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.push(commands);
+            pending.len() >= PENDING_MAX
+        };
+        if full || self.profiler.is_some() {
+            self.flush(op)?;
+        }
         match &self.profiler {
             Some(p) => p.collect(&self.device, op),
+            None => Ok(()),
+        }
+    }
+
+    /// Submits the queued command buffers in one submission (nothing when none are queued).
+    ///
+    /// # Errors
+    /// [`Error::Gpu`] for a validation error of the submission, naming `op`.
+    pub(crate) fn flush(&self, op: &'static str) -> Result<()> {
+        // the lock is held through the submission: a context shared between threads must not let one
+        // thread's later commands reach the queue before its earlier ones taken by another thread
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        bump(&self.counters.submissions);
+        self.queue.submit(pending.drain(..));
+        drop(pending);
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(Error::Gpu {
+                op,
+                reason: e.to_string(),
+            }),
             None => Ok(()),
         }
     }

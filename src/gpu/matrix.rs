@@ -85,12 +85,15 @@ impl GpuMatrix {
     }
 
     /// Overwrites the matrix with `data` (row-major, `rows * cols` values; queued before later work).
-    pub(crate) fn write(&self, ctx: &GpuContext, data: &[f32]) {
+    pub(crate) fn write(&self, ctx: &GpuContext, data: &[f32]) -> Result<()> {
         debug_assert_eq!(data.len(), self.rows * self.cols);
+        // a queue write runs before the next submission: the commands recorded so far go first
+        ctx.flush("GpuMatrix::write")?;
         if !data.is_empty() {
             ctx.queue
                 .write_buffer(&self.buf, 0, bytemuck::cast_slice(data));
         }
+        Ok(())
     }
 
     /// The same buffer read as a `rows x cols` matrix (row-major; the element count must not change).

@@ -302,8 +302,8 @@ impl Device {
         const OP: &str = "gpu::sinkhorn (measure)";
         let kernel = Kernel::new("sinkhorn_measure.wgsl", "sinkhorn_measure");
         // the potentials' spare copies hold the scalings (the stages are over)
-        self.f_prev.write(ctx, alpha);
-        self.g_prev.write(ctx, beta);
+        self.f_prev.write(ctx, alpha)?;
+        self.g_prev.write(ctx, beta)?;
         let (n, m) = (self.n, self.m);
         let mass = [GpuMatrix::zeros(ctx, n, 1)?, GpuMatrix::zeros(ctx, m, 1)?];
         let share = [GpuMatrix::zeros(ctx, n, 1)?, GpuMatrix::zeros(ctx, m, 1)?];
@@ -398,8 +398,8 @@ impl Device {
         g: &mut [f32],
     ) -> Result<StageResult<f32>> {
         const OP: &str = "gpu::sinkhorn";
-        self.f.write(ctx, f);
-        self.g.write(ctx, g);
+        self.f.write(ctx, f)?;
+        self.g.write(ctx, g)?;
         let mut history = Vec::new();
         let mut it = 0;
         let done = |me: &Device, f: &mut [f32], g: &mut [f32], from_prev: bool| -> Result<()> {
