@@ -11,12 +11,11 @@
 //! `--sample` random rows by brute force. Writes `--out/ann.md`.
 
 use clap::Parser;
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::ArrayView2;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
-use recgoat_core::data::Dataset;
+use recgoat_core::data::{clustered_features, Dataset};
 use recgoat_core::graph::{
-    knn_graph, neighbour_recall, CsrGraph, HnswConfig, KnnConfig, KnnMethod,
+    knn_graph, neighbour_recall, sampled_neighbour_recall, HnswConfig, KnnConfig, KnnMethod,
 };
 use recgoat_core::model::write_atomic;
 use recgoat_core::Par;
@@ -74,48 +73,6 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (v, t.elapsed().as_secs_f64())
 }
 
-/// `n x dim` rows around `n / 100` Gaussian centres.
-fn synthetic(n: usize, dim: usize, seed: u64) -> Array2<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let clusters = (n / 100).max(1);
-    let centres =
-        Array2::<f32>::from_shape_simple_fn((clusters, dim), || StandardNormal.sample(&mut rng));
-    let mut x = Array2::<f32>::zeros((n, dim));
-    for (i, mut row) in x.axis_iter_mut(Axis(0)).enumerate() {
-        let c = centres.row(i % clusters);
-        for (o, &m) in row.iter_mut().zip(c) {
-            let e: f32 = StandardNormal.sample(&mut rng);
-            *o = m + e;
-        }
-    }
-    x
-}
-
-/// Recall@k of `approx` on `rows`, the exact neighbours found by brute force.
-fn sampled_recall(x: ArrayView2<'_, f32>, approx: &CsrGraph<f32>, rows: &[usize], k: usize) -> f64 {
-    let norms: Vec<f32> = x
-        .rows()
-        .into_iter()
-        .map(|r| r.dot(&r).sqrt().max(1e-30))
-        .collect();
-    let mut sum = 0.0;
-    for &i in rows {
-        let sims = x.dot(&x.row(i)) / norms[i];
-        let mut order: Vec<(f32, usize)> = (sims.iter().enumerate())
-            .filter(|&(j, _)| j != i)
-            .map(|(j, &s)| (s / norms[j], j))
-            .collect();
-        order.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let have = approx.row(i);
-        let hits = order[..k]
-            .iter()
-            .filter(|(_, j)| have.contains(&(*j as u32)))
-            .count();
-        sum += hits as f64 / k as f64;
-    }
-    sum / rows.len() as f64
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if args.threads > 0 {
@@ -167,7 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let rows: Vec<usize> = (0..args.sample.min(n))
                         .map(|_| rng.gen_range(0..n))
                         .collect();
-                    let r = sampled_recall(x, &g, &rows, args.k);
+                    let r = sampled_neighbour_recall(x, &g, &rows, args.k)?;
                     (r, format!(" ({} sampled rows)", rows.len()))
                 }
             };
@@ -188,7 +145,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     for &n in &args.sizes {
-        let (x, gen_s) = timed(|| synthetic(n, args.dim, n as u64));
+        let (x, gen_s) = timed(|| clustered_features(n, args.dim, 100, 1.0, n as u64));
+        let x = x?;
         eprintln!("synthetic {n} x {}: generated in {gen_s:.1} s", args.dim);
         row(
             &mut md,

@@ -8,8 +8,8 @@
 //! cargo run --release --example scale -- --factors 1,2,4 --epochs 3 --steps 16
 //! ```
 //! Prints one row per scale-up and schedule (median seconds per epoch over `--epochs` epochs, the model's
-//! build time with its kNN graphs) and the log-log slope of epoch time against interactions per schedule:
-//! 2 is quadratic, 1 linear. Writes the table to `--out/scale.md` and the runs to `--out/scale.json`.
+//! build time with its kNN graphs) and the log-log slope of epoch time against interactions per schedule,
+//! over all sizes and between consecutive ones: 2 is quadratic, 1 linear. Writes the table to `--out/scale.md` and the runs to `--out/scale.json`.
 
 use clap::Parser;
 use recgoat_core::data::{scale_up, Dataset};
@@ -222,9 +222,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     writeln!(
         md,
-        "| schedule | epoch | graph stages | batch stages | sizes |"
+        "| schedule | epoch | graph stages | batch stages | sizes | epoch, between consecutive sizes |"
     )?;
-    writeln!(md, "|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
     for (name, _) in &schedules {
         let of = |f: &dyn Fn(&Run) -> f64| {
             let points: Vec<(f64, f64)> = (runs.iter().filter(|r| &r.schedule == name))
@@ -232,13 +232,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect();
             log_log_slope(&points).map_or("-".into(), |s| format!("{s:.2}"))
         };
-        let sizes = runs.iter().filter(|r| &r.schedule == name).count();
+        let mine: Vec<&Run> = runs.iter().filter(|r| &r.schedule == name).collect();
+        // the slope from each size to the next: where the cost's constant settles
+        let steps: Vec<String> = (mine.windows(2))
+            .filter_map(|w| {
+                let points = [w[0], w[1]].map(|r| (r.interactions as f64, median(&r.epoch_s)));
+                log_log_slope(&points).map(|s| format!("{}x-{}x {s:.2}", w[0].factor, w[1].factor))
+            })
+            .collect();
         writeln!(
             md,
-            "| {name} | **{}** | {} | {} | {sizes} |",
+            "| {name} | **{}** | {} | {} | {} | {} |",
             of(&|r| median(&r.epoch_s)),
             of(&|r| r.graph_s),
-            of(&|r| r.batch_s)
+            of(&|r| r.batch_s),
+            mine.len(),
+            if steps.is_empty() {
+                "-".into()
+            } else {
+                steps.join(", ")
+            }
         )?;
     }
     println!("\n{md}");

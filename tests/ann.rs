@@ -3,7 +3,9 @@
 #![cfg(feature = "ann")]
 
 use ndarray::Array2;
-use recgoat_core::graph::{knn_graph, neighbour_recall, HnswConfig, KnnConfig, KnnMethod};
+use recgoat_core::graph::{
+    knn_graph, neighbour_recall, sampled_neighbour_recall, HnswConfig, KnnConfig, KnnMethod,
+};
 use recgoat_core::model::{RecGoatConfig, Trainer};
 use recgoat_core::{testing, Backend, Par};
 
@@ -46,6 +48,8 @@ fn hnsw_finds_most_exact_neighbours() {
         seed: 0,
     });
     let poor = knn_graph(x.view(), &directed(10, narrow), Par::default()).unwrap();
+    // rows the sparse index reaches too few others from are completed by a scan: k per row still
+    assert_eq!(poor.nnz(), 3000 * 10);
     let low = neighbour_recall(&poor, &exact).unwrap();
     assert!(low < recall, "narrow search recall {low} vs {recall}");
     assert_eq!(neighbour_recall(&exact, &exact).unwrap(), 1.0);
@@ -119,4 +123,67 @@ fn the_model_builds_its_graphs_with_hnsw() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("ef_construction"), "{e}");
+}
+
+#[test]
+fn sampled_recall_on_every_row_is_the_graph_recall() {
+    let x = clustered(300, 21);
+    let exact = knn_graph(x.view(), &directed(6, KnnMethod::Exact), Par::Seq).unwrap();
+    let all: Vec<usize> = (0..300).collect();
+    assert_eq!(
+        sampled_neighbour_recall(x.view(), &exact, &all, 6).unwrap(),
+        1.0
+    );
+    // drop the first listed neighbour of every third row: each such row keeps 5 of its 6
+    let mut edges = Vec::new();
+    for i in 0..300 {
+        let skip = usize::from(i % 3 == 0);
+        edges.extend(exact.row(i).iter().skip(skip).map(|&j| (i, j as usize)));
+    }
+    let damaged = recgoat_core::graph::CsrGraph::<f32>::from_edges(300, 300, &edges, None).unwrap();
+    let whole = neighbour_recall(&damaged, &exact).unwrap();
+    assert!(
+        (whole - (1.0 - 100.0 / 300.0 / 6.0)).abs() < 1e-12,
+        "{whole}"
+    );
+    let sampled = sampled_neighbour_recall(x.view(), &damaged, &all, 6).unwrap();
+    assert!((sampled - whole).abs() < 1e-12, "{sampled} vs {whole}");
+    // only damaged rows, then only intact ones
+    let thirds: Vec<usize> = (0..300).step_by(3).collect();
+    let r = sampled_neighbour_recall(x.view(), &damaged, &thirds, 6).unwrap();
+    assert!((r - 5.0 / 6.0).abs() < 1e-12, "{r}");
+    assert_eq!(
+        sampled_neighbour_recall(x.view(), &damaged, &[1, 2, 4], 6).unwrap(),
+        1.0
+    );
+    // an HNSW graph measured on a sample lands near its whole-graph recall
+    let approx = knn_graph(
+        x.view(),
+        &directed(6, KnnMethod::Hnsw(HnswConfig::default())),
+        Par::Seq,
+    )
+    .unwrap();
+    let a = sampled_neighbour_recall(x.view(), &approx, &all, 6).unwrap();
+    assert!((a - neighbour_recall(&approx, &exact).unwrap()).abs() < 1e-12);
+}
+
+#[test]
+fn sampled_recall_refuses_bad_requests() {
+    let x = clustered(50, 3);
+    let g = knn_graph(x.view(), &directed(4, KnnMethod::Exact), Par::Seq).unwrap();
+    let err = |r: recgoat_core::Result<f64>| r.unwrap_err().to_string();
+    assert!(err(sampled_neighbour_recall(x.view(), &g, &[], 4)).contains("rows"));
+    assert!(err(sampled_neighbour_recall(x.view(), &g, &[0], 0)).contains("k"));
+    assert!(err(sampled_neighbour_recall(x.view(), &g, &[0], 50)).contains("k"));
+    assert!(err(sampled_neighbour_recall(x.view(), &g, &[0, 50], 4)).contains("50"));
+    let small = knn_graph(
+        x.slice(ndarray::s![..40, ..]),
+        &directed(4, KnnMethod::Exact),
+        Par::Seq,
+    )
+    .unwrap();
+    assert!(err(sampled_neighbour_recall(x.view(), &small, &[0], 4)).contains("40"));
+    let mut bad = x.clone();
+    bad[[7, 3]] = f32::NAN;
+    assert!(sampled_neighbour_recall(bad.view(), &g, &[0], 4).is_err());
 }

@@ -336,3 +336,41 @@ fn scale_up_refuses_bad_factors() {
     let err = scale_up(&base, usize::MAX / 2, 1).unwrap_err().to_string();
     assert!(err.contains("would exceed"), "{err}");
 }
+
+#[test]
+fn clustered_features_are_deterministic_and_clustered() {
+    let x = clustered_features(600, 8, 100, 0.1, 3).unwrap();
+    assert_eq!(x.dim(), (600, 8));
+    assert_eq!(x, clustered_features(600, 8, 100, 0.1, 3).unwrap());
+    assert_ne!(x, clustered_features(600, 8, 100, 0.1, 4).unwrap());
+    // 6 clusters, row i in cluster i mod 6: rows of one cluster lie close, rows of two apart
+    let d = |a: usize, b: usize| (&x.row(a) - &x.row(b)).mapv(|v| v * v).sum().sqrt();
+    let same: f32 = (0..100).map(|i| d(i, i + 6)).sum::<f32>() / 100.0;
+    let other: f32 = (0..100).map(|i| d(i, i + 1)).sum::<f32>() / 100.0;
+    assert!(same < 0.6 && other > 2.0, "same {same}, other {other}");
+    // noise 0: every row is its centre
+    let c = clustered_features(30, 4, 10, 0.0, 1).unwrap();
+    assert_eq!(c.row(0), c.row(3));
+    assert_ne!(c.row(0), c.row(1));
+}
+
+#[test]
+fn clustered_features_refuse_bad_sizes() {
+    for (n, dim, per, noise) in [
+        (0, 4, 10, 1.0),
+        (10, 0, 10, 1.0),
+        (10, 4, 0, 1.0),
+        (10, 4, 10, -1.0),
+        (10, 4, 10, f32::NAN),
+    ] {
+        assert!(
+            matches!(
+                clustered_features(n, dim, per, noise, 0),
+                Err(Error::Param { .. })
+            ),
+            "{n} {dim} {per} {noise}"
+        );
+    }
+    let err = clustered_features(1 << 20, 1 << 12, 100, 1.0, 0).unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
+}

@@ -11,7 +11,7 @@ mod synthetic;
 
 pub use batch::Batch;
 pub use interactions::{read_interactions, IdMap, Interactions};
-pub use synthetic::{scale_up, MAX_SCALED_INTERACTIONS};
+pub use synthetic::{clustered_features, scale_up, MAX_SCALED_INTERACTIONS, MAX_SYNTHETIC_VALUES};
 
 use crate::error::{Error, Result};
 use ndarray::Array2;

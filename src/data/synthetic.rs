@@ -6,7 +6,7 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, Normal, StandardNormal};
 use std::collections::HashSet;
 
 const OP: &str = "data::scale_up";
@@ -149,4 +149,65 @@ pub fn scale_up(base: &Dataset, factor: usize, seed: u64) -> Result<Dataset> {
         .map_err(|_| Error::shape(OP, "splits", 3, "fewer"))?;
     let name = format!("synthetic scale-up x{factor} (seed {seed})");
     Dataset::new(name, train, valid, test, features)
+}
+
+/// The most values [`clustered_features`] makes (2^31, 8 GiB of `f32`).
+pub const MAX_SYNTHETIC_VALUES: usize = 1 << 31;
+
+/// `n` feature rows of width `dim` with cluster structure, for measuring kNN builds on catalogues of any
+/// size: `max(n / per_cluster, 1)` centres drawn from the standard normal, row `i` the centre `i mod
+/// clusters` plus standard normal noise times `noise` (1: each row's noise as large as the spread of the
+/// centres). Deterministic per `seed`.
+///
+/// # Errors
+/// [`Error::Param`] for `n`, `dim` or `per_cluster` of 0, a negative or non-finite `noise`, or more than
+/// [`MAX_SYNTHETIC_VALUES`] values.
+///
+/// # Example
+/// ```
+/// use recgoat_core::data::clustered_features;
+/// let x = clustered_features(1000, 16, 100, 1.0, 7)?;
+/// assert_eq!(x.dim(), (1000, 16));
+/// assert_eq!(x, clustered_features(1000, 16, 100, 1.0, 7)?);
+/// # Ok::<(), recgoat_core::Error>(())
+/// ```
+pub fn clustered_features(
+    n: usize,
+    dim: usize,
+    per_cluster: usize,
+    noise: f32,
+    seed: u64,
+) -> Result<Array2<f32>> {
+    const OP: &str = "data::clustered_features";
+    for (name, v) in [("n", n), ("dim", dim), ("per_cluster", per_cluster)] {
+        if v == 0 {
+            return Err(Error::param(OP, name, 0, "must be >= 1"));
+        }
+    }
+    if !(noise.is_finite() && noise >= 0.0) {
+        return Err(Error::param(OP, "noise", noise, "must be finite and >= 0"));
+    }
+    match n.checked_mul(dim) {
+        Some(v) if v <= MAX_SYNTHETIC_VALUES => {}
+        _ => {
+            return Err(Error::param(
+                OP,
+                "n",
+                n,
+                format!("n x dim (dim {dim}) must be at most {MAX_SYNTHETIC_VALUES} values"),
+            ))
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let clusters = (n / per_cluster).max(1);
+    let centres =
+        Array2::<f32>::from_shape_simple_fn((clusters, dim), || StandardNormal.sample(&mut rng));
+    let mut x = Array2::<f32>::zeros((n, dim));
+    for (i, mut row) in x.rows_mut().into_iter().enumerate() {
+        for (o, &m) in row.iter_mut().zip(centres.row(i % clusters)) {
+            let e: f32 = StandardNormal.sample(&mut rng);
+            *o = m + noise * e;
+        }
+    }
+    Ok(x)
 }

@@ -31,6 +31,17 @@ impl Point for UnitRow<'_> {
 }
 
 /// The HNSW build of [`super::knn_graph`] (`cfg.method` is [`super::KnnMethod::Hnsw`]).
+/// Row `i`'s `k` nearest other rows by a scan of all of them (ties to the smaller index).
+fn scanned_row(points: &[UnitRow<'_>], i: usize, k: usize) -> Vec<u32> {
+    let mut all: Vec<(f32, u32)> = (0..points.len())
+        .filter(|&j| j != i)
+        .map(|j| (points[i].distance(&points[j]), j as u32))
+        .collect();
+    all.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.truncate(k);
+    all.into_iter().map(|(_, j)| j).collect()
+}
+
 pub(super) fn hnsw_knn_graph<F: Real>(
     features: ArrayView2<'_, F>,
     cfg: &KnnConfig,
@@ -93,13 +104,10 @@ pub(super) fn hnsw_knn_graph<F: Real>(
                     .take(k),
             );
             if out.len() - start < k {
-                return Err(Error::Graph {
-                    op: OP,
-                    reason: format!(
-                        "row {i}: the search found {} of its {k} neighbours; raise ef_search",
-                        out.len() - start
-                    ),
-                });
+                // an index too sparsely linked (a small ef_construction) can leave a search with fewer
+                // than k other rows: that row is completed by a scan of every row, so each lists k
+                out.truncate(start);
+                out.extend(scanned_row(&points, i, k));
             }
             out[start..].sort_unstable();
         }

@@ -78,7 +78,9 @@ pub enum KnnMethod {
 pub struct HnswConfig {
     /// Candidates kept while inserting a point (`efConstruction`; higher: better graph, slower build).
     pub ef_construction: usize,
-    /// Candidates kept while searching a row's neighbours (`ef`; raised to `k + 1` when below).
+    /// Candidates kept while searching a row's neighbours (`ef`; raised to `k + 1` when below). A row whose
+    /// search reaches fewer than `k` other rows (an index built with a very small `ef_construction`) is
+    /// completed by a scan of every row, so each row lists `k` neighbours.
     pub ef_search: usize,
     /// Seed of the index's layer assignment. With `Par::Seq` the graph is the same on every run; with
     /// threads the insertion order, and so a few neighbours, may vary from run to run.
@@ -343,4 +345,78 @@ pub fn neighbour_recall<F: Real>(approx: &CsrGraph<F>, exact: &CsrGraph<F>) -> R
         rows += 1;
     }
     Ok(if rows == 0 { 1.0 } else { sum / rows as f64 })
+}
+
+/// Recall@k of `approx` on some rows of `x`, each row's exact neighbours found by brute force: the measure of
+/// [`neighbour_recall`] for catalogues too large for the exact graph. A row's neighbours are the `k` other
+/// rows of highest cosine similarity (ties to the smaller index; a zero row is similar to nothing); the
+/// result is the mean over `rows` of the fraction of them that `approx`'s row lists.
+///
+/// # Errors
+/// [`Error::Empty`] for no rows or an empty `x`; [`Error::Shape`] when `approx` has another row count than
+/// `x`; [`Error::Param`] for `k` not in `1..n` or a row out of range; [`Error::NonFinite`] for NaN/Inf in `x`.
+///
+/// # Complexity
+/// `O(rows.len() * n * d)` time, `O(n)` extra memory.
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// use recgoat_core::{Par, graph::{knn_graph, sampled_neighbour_recall, KnnConfig}};
+/// let x = array![[1.0f32, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]];
+/// let g = knn_graph(x.view(), &KnnConfig { symmetric: false, ..KnnConfig::new(1) }, Par::Seq).unwrap();
+/// assert_eq!(sampled_neighbour_recall(x.view(), &g, &[0, 2], 1).unwrap(), 1.0);
+/// ```
+pub fn sampled_neighbour_recall<F: Real>(
+    x: ArrayView2<'_, F>,
+    approx: &CsrGraph<F>,
+    rows: &[usize],
+    k: usize,
+) -> Result<f64> {
+    const OP: &str = "sampled_neighbour_recall";
+    let (n, d) = x.dim();
+    if n == 0 || d == 0 || rows.is_empty() {
+        return Err(Error::Empty {
+            op: OP,
+            what: format!("features of shape {:?} or rows ({})", (n, d), rows.len()),
+        });
+    }
+    if approx.n_rows() != n {
+        return Err(Error::shape(OP, "approx rows", n, approx.n_rows()));
+    }
+    if k == 0 || k >= n {
+        return Err(Error::param(OP, "k", k, format!("must be in 1..{n}")));
+    }
+    if let Some(&bad) = rows.iter().find(|&&i| i >= n) {
+        return Err(Error::param(OP, "rows", bad, format!("must be below {n}")));
+    }
+    check_finite(OP, "x", x.iter().copied())?;
+    let inv: Vec<f64> = (x.rows().into_iter())
+        .map(|r| {
+            let nn: f64 = r.iter().map(|&v| v.to_f64().unwrap_or(0.0).powi(2)).sum();
+            if nn > 0.0 {
+                1.0 / nn.sqrt()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut sum = 0.0;
+    let mut order: Vec<(f64, usize)> = Vec::with_capacity(n);
+    for &i in rows {
+        let sims = x.dot(&x.row(i));
+        order.clear();
+        order.extend(
+            (sims.iter().enumerate())
+                .filter(|&(j, _)| j != i)
+                .map(|(j, &s)| (s.to_f64().unwrap_or(0.0) * inv[i] * inv[j], j)),
+        );
+        order.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let have = approx.row(i);
+        let hits = (order[..k].iter())
+            .filter(|&&(_, j)| have.binary_search(&(j as u32)).is_ok())
+            .count();
+        sum += hits as f64 / k as f64;
+    }
+    Ok(sum / rows.len() as f64)
 }

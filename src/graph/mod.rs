@@ -16,8 +16,8 @@ mod build;
 mod spmm;
 
 pub use build::{
-    bipartite_user_item, knn_graph, multi_view_knn_graph, neighbour_recall, HnswConfig, KnnConfig,
-    KnnMethod,
+    bipartite_user_item, knn_graph, multi_view_knn_graph, neighbour_recall,
+    sampled_neighbour_recall, HnswConfig, KnnConfig, KnnMethod,
 };
 #[cfg(any(feature = "gpu", feature = "ann"))]
 pub(crate) use build::{knn_lists_to_graph, validate_knn};
