@@ -109,6 +109,95 @@ fn spmm_matches_the_cpu_reference() {
 }
 
 #[test]
+fn spmm_vec4_path_matches_the_cpu_at_every_lane_count() {
+    // widths that are multiples of 4 take spmm_vec4.wgsl: 1, 2, 4, 8, 16, 32 and 64 lanes per row, rows per
+    // workgroup from 64 down to 1, widths above 64 vec4s looping; 37 rows fill no group evenly
+    let Some(c) = ctx() else { return };
+    for (i, d) in [4, 8, 12, 16, 32, 64, 128, 256, 260, 516]
+        .into_iter()
+        .enumerate()
+    {
+        let weighted = i % 2 == 0;
+        let g = random_graph(70 + i as u64, 37, 23, 5, weighted);
+        let x: Array2<f64> = randn(&mut rng(80 + i as u64), (23, d));
+        let want = graph::spmm_reference(&g, &f64_of(&f32_of(&x)));
+        let got = gpu::spmm(c, &to_f32(&g), f32_of(&x).view()).unwrap();
+        TOL.assert_close(
+            &format!("spmm vec4 d={d} weighted={weighted}"),
+            &f64_of(&got).view(),
+            &want.view(),
+        );
+        // the transpose (backward) and the running mean (LightGCN) through the same kernel
+        let dy: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(90 + i as u64), (37, d))));
+        let (gg, dyd) = (
+            GpuGraph::upload(c, &to_f32(&g)).unwrap(),
+            GpuMatrix::upload(c, f32_of(&dy).view()).unwrap(),
+        );
+        let mut dx = GpuMatrix::zeros(c, 23, d).unwrap();
+        gpu::spmm_backward_into(c, &gg, &dyd, &mut dx).unwrap();
+        let want = graph::spmm_backward(&g, dy.view(), Par::Seq).unwrap();
+        TOL.assert_close(
+            &format!("spmm vec4 backward d={d}"),
+            &f64_of(&dx.download(c).unwrap()).view(),
+            &want.view(),
+        );
+    }
+    let g = user_item_graph();
+    for (layers, d) in [(2, 4), (3, 260)] {
+        let e0 = f64_of(&f32_of(&randn::<f64, _, _>(&mut rng(95), (g.n_rows(), d))));
+        let want = graph::lightgcn_forward(&g, e0.view(), layers, Par::Seq).unwrap();
+        let got = gpu::lightgcn_forward(c, &to_f32(&g), f32_of(&e0).view(), layers).unwrap();
+        TOL.assert_close(
+            &format!("vec4 forward L={layers} d={d}"),
+            &f64_of(&got).view(),
+            &want.view(),
+        );
+    }
+}
+
+#[test]
+fn repeated_ops_share_uniforms_and_reach_the_queue_at_the_next_read() {
+    // a context of its own: the shared one counts the other tests' work too
+    if ctx().is_none() {
+        return;
+    }
+    let c = GpuContext::with_options(&GpuOptions::from_env()).unwrap();
+    let g = random_graph(31, 40, 40, 3, true);
+    let gg = GpuGraph::upload(&c, &to_f32(&g)).unwrap();
+    let x: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(32), (40, 8))));
+    let xd = GpuMatrix::upload(&c, f32_of(&x).view()).unwrap();
+    let mut y = GpuMatrix::zeros(&c, 40, 8).unwrap();
+    let mut z = GpuMatrix::zeros(&c, 40, 8).unwrap();
+    gpu::spmm_into(&c, &gg, &xd, &mut y).unwrap();
+    let before = c.counters();
+    // y = A x five more times, then z = A y: every later dispatch has parameters seen before
+    for _ in 0..5 {
+        gpu::spmm_into(&c, &gg, &xd, &mut y).unwrap();
+    }
+    gpu::spmm_into(&c, &gg, &y, &mut z).unwrap();
+    let d = c.counters() - before;
+    assert_eq!(d.dispatches, 6);
+    assert_eq!(d.buffers, 0, "the same parameters share one uniform buffer");
+    assert_eq!(
+        d.submissions, 0,
+        "nothing reaches the queue before the host looks"
+    );
+    let got = z.download(&c).unwrap();
+    assert_eq!(
+        (c.counters() - before).submissions,
+        1,
+        "one submission at the read"
+    );
+    let ax = graph::spmm_reference(&g, &x);
+    let want = graph::spmm_reference(&g, &f64_of(&f32_of(&ax)));
+    TOL.assert_close(
+        "A (A x) after queued work",
+        &f64_of(&got).view(),
+        &want.view(),
+    );
+}
+
+#[test]
 fn spmm_backward_matches_the_transpose() {
     let Some(c) = ctx() else { return };
     let g = random_graph(5, 30, 20, 3, true);
@@ -198,6 +287,18 @@ fn large_inputs_are_chunked_under_the_dispatch_limit() {
     let want = graph::lightgcn_forward(&g, x.view(), 2, Par::Seq).unwrap();
     let got = gpu::lightgcn_forward(&c, &to_f32(&g), f32_of(&x).view(), 2).unwrap();
     TOL.assert_close("chunked propagation", &f64_of(&got).view(), &want.view());
+    // the vec4 kernel's chunks: 1 row per workgroup (d = 256, 25 dispatches) and 64 (d = 4, 300 rows)
+    for (n, d) in [(50, 256), (300, 4)] {
+        let g = random_graph(23, n, n, 3, true);
+        let x: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(24), (n, d))));
+        let want = graph::lightgcn_forward(&g, x.view(), 2, Par::Seq).unwrap();
+        let got = gpu::lightgcn_forward(&c, &to_f32(&g), f32_of(&x).view(), 2).unwrap();
+        TOL.assert_close(
+            &format!("chunked vec4 propagation d={d}"),
+            &f64_of(&got).view(),
+            &want.view(),
+        );
+    }
 }
 
 #[test]

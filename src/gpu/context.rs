@@ -114,6 +114,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("spmm.wgsl", include_str!("../../shaders/spmm.wgsl")),
     (
+        "spmm_vec4.wgsl",
+        include_str!("../../shaders/spmm_vec4.wgsl"),
+    ),
+    (
         "topk_rows.wgsl",
         include_str!("../../shaders/topk_rows.wgsl"),
     ),

@@ -180,9 +180,9 @@ fn check_size(ctx: &GpuContext, op: &'static str, rows: usize, cols: usize) -> R
 pub(crate) struct GpuCsr {
     pub(crate) indptr: wgpu::Buffer,
     pub(crate) indices: wgpu::Buffer,
-    /// `None`: every edge weighs 1 (a 4-byte placeholder is bound).
+    /// `None`: every edge weighs 1 (a placeholder is bound).
     pub(crate) weights: Option<wgpu::Buffer>,
-    /// 4-byte buffers bound where a kernel's optional input (read) or output (read-write) is unused: one
+    /// 16-byte buffers bound where a kernel's optional input (read) or output (read-write) is unused: one
     /// buffer cannot be bound both ways in one dispatch.
     pub(crate) placeholder: wgpu::Buffer,
     pub(crate) placeholder_rw: wgpu::Buffer,
@@ -211,8 +211,9 @@ impl GpuCsr {
             indptr: ctx.storage_from("indptr", &indptr),
             indices: ctx.storage_from("indices", g.indices()),
             weights: weights.map(|w| ctx.storage_from("weights", &w)),
-            placeholder: ctx.storage_from("placeholder", &[0f32]),
-            placeholder_rw: ctx.storage_from("placeholder_rw", &[0f32]),
+            // 16 bytes: bound where a kernel reads f32 or vec4<f32>
+            placeholder: ctx.storage_from("placeholder", &[0f32; 4]),
+            placeholder_rw: ctx.storage_from("placeholder_rw", &[0f32; 4]),
             n_rows: g.n_rows(),
             n_cols: g.n_cols(),
         })

@@ -35,8 +35,27 @@ fn csr(g: &GpuGraph, dir: Dir) -> &GpuCsr {
     }
 }
 
+/// Parameters of `spmm_vec4.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Vec4Params {
+    n_rows: u32,
+    d4: u32,
+    row_offset: u32,
+    flags: u32,
+    scale: f32,
+    lanes: u32,
+    _pad: [u32; 2],
+}
+
+/// Invocations per row in `spmm_vec4.wgsl` for a width of `d4` vec4s: the smallest power of two covering
+/// the row, at most the workgroup's 64.
+fn vec4_lanes(d4: usize) -> usize {
+    d4.next_power_of_two().min(64)
+}
+
 /// Records `y = A x` (and `sum = (sum + y) * scale` when `sum` is given), chunked in rows under the
-/// dispatch limit.
+/// dispatch limit: `spmm_vec4.wgsl` when the width is a multiple of 4, else `spmm.wgsl`.
 fn record_spmm(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
@@ -45,32 +64,46 @@ fn record_spmm(
     y: &GpuMatrix,
     sum: Option<(&GpuMatrix, f32)>,
 ) -> Result<()> {
-    let kernel = Kernel::new("spmm.wgsl", "spmm");
     let weights = a.weights.as_ref().unwrap_or(&a.placeholder);
     let (sum_buf, scale) = match sum {
         Some((s, scale)) => (&s.buf, scale),
         None => (&a.placeholder_rw, 1.0),
     };
     let flags = u32::from(a.weights.is_some()) | (u32::from(sum.is_some()) << 1);
-    for (start, groups) in ctx.row_dispatches(a.n_rows, ROWS_PER_GROUP) {
-        let params = ctx.uniform_from(&Params {
+    let buffers = [&a.indptr, &a.indices, weights, &x.buf, &y.buf, sum_buf];
+    let d = x.cols();
+    if d % 4 == 0 && d > 0 {
+        let lanes = vec4_lanes(d / 4);
+        return ctx.dispatch_rows(
+            enc,
+            Kernel::new("spmm_vec4.wgsl", "spmm_vec4"),
+            (a.n_rows, 64 / lanes),
+            |start| Vec4Params {
+                n_rows: a.n_rows as u32,
+                d4: (d / 4) as u32,
+                row_offset: start as u32,
+                flags,
+                scale,
+                lanes: lanes as u32,
+                _pad: [0; 2],
+            },
+            &buffers,
+        );
+    }
+    ctx.dispatch_rows(
+        enc,
+        Kernel::new("spmm.wgsl", "spmm"),
+        (a.n_rows, ROWS_PER_GROUP),
+        |start| Params {
             n_rows: a.n_rows as u32,
-            d: x.cols() as u32,
+            d: d as u32,
             row_offset: start as u32,
             flags,
             scale,
             _pad: [0; 3],
-        });
-        ctx.dispatch(
-            enc,
-            kernel,
-            &[
-                &params, &a.indptr, &a.indices, weights, &x.buf, &y.buf, sum_buf,
-            ],
-            groups,
-        )?;
-    }
-    Ok(())
+        },
+        &buffers,
+    )
 }
 
 fn check_operands(op: &'static str, a: &GpuCsr, x: &GpuMatrix, y: &GpuMatrix) -> Result<()> {
