@@ -23,6 +23,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
 #[derive(Parser, Debug)]
 #[command(about = "HNSW kNN graphs against exact ones: recall and build time")]
 struct Args {
@@ -75,11 +77,7 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if args.threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(args.threads)
-            .build_global()?;
-    }
+    common::rayon_threads(args.threads)?;
     let par = Par::default();
     let hnsw = |ef_search| {
         KnnMethod::Hnsw(HnswConfig {

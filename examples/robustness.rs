@@ -34,6 +34,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
 const ENTRIES: [&str; 6] = [
     "lfm-all",
     "lfm-text",
@@ -228,11 +230,7 @@ fn table(runs: &[Run], preset: &str, baseline: &str) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if args.threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(args.threads)
-            .build_global()?;
-    }
+    common::rayon_threads(args.threads)?;
     let backend = Backend::Cpu(Par::default());
     let configure = |preset: &str, seed: u64, main: bool| -> Result<RecGoatConfig, Error> {
         let mut c = RecGoatConfig::preset(preset)?;

@@ -19,6 +19,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
 #[derive(Parser, Debug)]
 #[command(about = "Epoch time against data size, exact and grouped schedules")]
 struct Args {
@@ -101,11 +103,7 @@ fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if args.threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(args.threads)
-            .build_global()?;
-    }
+    common::rayon_threads(args.threads)?;
     if args.epochs == 0 || args.factors.is_empty() || args.factors.contains(&0) {
         return Err("--epochs and every --factors value must be >= 1".into());
     }

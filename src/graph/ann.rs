@@ -30,7 +30,6 @@ impl Point for UnitRow<'_> {
     }
 }
 
-/// The HNSW build of [`super::knn_graph`] (`cfg.method` is [`super::KnnMethod::Hnsw`]).
 /// Row `i`'s `k` nearest other rows by a scan of all of them (ties to the smaller index).
 fn scanned_row(points: &[UnitRow<'_>], i: usize, k: usize) -> Vec<u32> {
     let mut all: Vec<(f32, u32)> = (0..points.len())
@@ -42,6 +41,7 @@ fn scanned_row(points: &[UnitRow<'_>], i: usize, k: usize) -> Vec<u32> {
     all.into_iter().map(|(_, j)| j).collect()
 }
 
+/// The HNSW build of [`super::knn_graph`] (`cfg.method` is [`super::KnnMethod::Hnsw`]).
 pub(super) fn hnsw_knn_graph<F: Real>(
     features: ArrayView2<'_, F>,
     cfg: &KnnConfig,
@@ -111,8 +111,7 @@ pub(super) fn hnsw_knn_graph<F: Real>(
             }
             out[start..].sort_unstable();
         }
-        Ok(out)
+        out
     });
-    let lists = lists.into_iter().collect::<Result<Vec<_>>>()?;
     knn_lists_to_graph(n, &lists.concat(), cfg)
 }
