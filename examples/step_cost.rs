@@ -1,5 +1,6 @@
-//! Counts the host-side cost of GPU training: compute dispatches and buffer creations per step of the
-//! device-resident `Trainer`, and queue submissions per epoch, for each preset, on a small synthetic
+//! Counts the host-side cost of GPU training: compute dispatches, buffer creations, storage buffers reused
+//! from the context's pool and bind groups created per step of the device-resident `Trainer`, and queue
+//! submissions per epoch, for each preset, on a small synthetic
 //! dataset (the counts depend on the configuration, not on the data's size, below the device's dispatch
 //! limits). Commands are gathered and submitted together, at a read of the device or when 256 command
 //! buffers are waiting, so submissions are counted over the epoch rather than per step.
@@ -43,8 +44,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("adapter: {}", ctx.adapter_name());
     let ds = synthetic();
     println!(
-        "{:<14} {:>5} {:>16} {:>16} {:>20}",
-        "preset", "steps", "dispatches/step", "buffers/step", "submissions/epoch"
+        "{:<14} {:>5} {:>16} {:>14} {:>14} {:>18} {:>18}",
+        "preset",
+        "steps",
+        "dispatches/step",
+        "buffers/step",
+        "reused/step",
+        "bind groups/step",
+        "submissions/epoch"
     );
     let presets = [
         ("paper", RecGoatConfig::paper()),
@@ -79,11 +86,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         println!(
-            "{:<14} {:>5} {:>16} {:>16} {:>20}",
+            "{:<14} {:>5} {:>16} {:>14} {:>14} {:>18} {:>18}",
             name,
             steps.len(),
             range(|c| c.dispatches),
             range(|c| c.buffers),
+            range(|c| c.buffers_reused),
+            range(|c| c.bind_groups),
             epoch.submissions,
         );
     }

@@ -562,6 +562,19 @@ fn info_nce_matches_the_cpu_for_every_option() {
         },
         false,
     );
+    // several 64-column tiles of positives and of negatives, and logits up to 1 / tau = 100, whose
+    // exponentials overflow f32 unless each row's maximum is taken out first
+    nce_case(
+        c,
+        "several tiles, sharp temperature",
+        (150, 24, 70),
+        InfoNceConfig {
+            direction: Direction::Symmetric,
+            temperature: 0.01,
+            ..base
+        },
+        true,
+    );
 }
 
 #[test]
@@ -583,6 +596,14 @@ fn info_nce_blocks_under_a_small_binding_limit() {
         ..InfoNceConfig::default()
     };
     nce_case(&c, "blocked", (21, 4, 5), cfg, true);
+    // blocks of 3 rows of 70 + 66 columns (3 dispatch chunks of 2 x 64 columns), 46 blocks for B = 70
+    let c = GpuContext::with_options(&GpuOptions {
+        max_storage_binding: Some(2048),
+        max_workgroups_per_dispatch: Some(1),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    nce_case(&c, "blocked, chunked", (70, 4, 66), cfg, true);
     // a matrix beyond the binding is refused with the limit named
     let e = GpuMatrix::zeros(&c, 100, 100).unwrap_err();
     assert!(

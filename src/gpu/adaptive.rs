@@ -21,6 +21,7 @@
 
 use super::elementwise::{record_add_scaled_cols, record_col_sums, row_vector};
 use super::gemm::{record_gemm, Operand};
+use super::pool::Buf;
 use super::transport::{record_small, u32_of, SMALL_PROBLEM};
 use super::{context::Kernel, GpuContext, GpuMatrix};
 use crate::backend::{Backend, Par};
@@ -52,9 +53,9 @@ struct DeviceSolve {
     cost: GpuMatrix,
     plan: GpuMatrix,
     /// The small solver's table (its eps word is [`EPS_WORD`]).
-    table: wgpu::Buffer,
+    table: Buf,
     /// `f` then `g`.
-    pot: wgpu::Buffer,
+    pot: Buf,
     /// `[eps invalid (0 / 1), CG iterations or -1, CG relative residual]`.
     status: GpuMatrix,
     /// The implicit gradient's settings (`None`: detached), as the forward pass found them.
@@ -99,7 +100,7 @@ impl GpuAdaptiveCache {
             Solve::Device(s) => {
                 let (d, word) = (self.shape.1, EPS_WORD as usize);
                 // the table's eps word holds f32 bits
-                let parts = [(&s.pot, 2 * d), (&s.table, word + 1), (&s.plan.buf, d * d)];
+                let parts = [(&*s.pot, 2 * d), (&s.table, word + 1), (&s.plan.buf, d * d)];
                 let [pot, table, plan]: [Vec<f32>; 3] = ctx
                     .read_many(OP, &parts)?
                     .try_into()

@@ -14,6 +14,7 @@ use super::context::Kernel;
 use super::elementwise::{record_add_scaled_cols, record_col_sums, record_hadamard, row_vector};
 use super::gemm::{record_gemm, Operand};
 use super::matrix::record_copy_rows;
+use super::pool::Buf;
 use super::{GpuContext, GpuMatrix};
 use crate::attention::cpu::dropout_masks;
 use crate::attention::{GatLayer, GatParams, Mode, Scoring};
@@ -44,12 +45,12 @@ struct Params {
 /// layer configuration; forward and backward passes reuse it.
 #[derive(Debug)]
 pub struct GpuAttentionGraph {
-    indptr: wgpu::Buffer,
-    indices: wgpu::Buffer,
-    dst: wgpu::Buffer,
-    t_indptr: wgpu::Buffer,
-    t_indices: wgpu::Buffer,
-    t_edge_ids: wgpu::Buffer,
+    indptr: Buf,
+    indices: Buf,
+    dst: Buf,
+    t_indptr: Buf,
+    t_indices: Buf,
+    t_edge_ids: Buf,
     nnz: usize,
     n: usize,
 }

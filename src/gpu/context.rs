@@ -1,5 +1,6 @@
 //! Adapter and device acquisition, limits, the pipeline cache and submission helpers.
 
+use super::pool::{size_class, BindCache, Buf, Encoder, Pool};
 use super::profile::{KernelTime, Profiler};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -55,7 +56,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         "gat_node_scores.wgsl",
         composed!("gat_node_scores.wgsl", "gat.wgsl"),
     ),
-    ("gemm.wgsl", include_str!("../../shaders/gemm.wgsl")),
+    ("gemm.wgsl", composed!("gemm.wgsl", "gemm_tile.wgsl")),
     ("gemm_sum.wgsl", include_str!("../../shaders/gemm_sum.wgsl")),
     ("hadamard.wgsl", include_str!("../../shaders/hadamard.wgsl")),
     (
@@ -122,9 +123,14 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/topk_rows.wgsl"),
     ),
     (
-        "xent_rows.wgsl",
-        include_str!("../../shaders/xent_rows.wgsl"),
+        "xent_grad.wgsl",
+        composed!("xent_grad.wgsl", "gemm_tile.wgsl"),
     ),
+    (
+        "xent_logits.wgsl",
+        composed!("xent_logits.wgsl", "gemm_tile.wgsl"),
+    ),
+    ("xent_lse.wgsl", include_str!("../../shaders/xent_lse.wgsl")),
 ];
 
 fn shader(file: &'static str) -> &'static str {
@@ -204,13 +210,28 @@ pub struct GpuContext {
     uniforms: Mutex<HashMap<Vec<u8>, wgpu::Buffer>>,
     /// Command buffers finished but not yet submitted: submitted together, in order, before anything the
     /// host observes (a read, a synchronisation, a queue write) or when [`PENDING_MAX`] have gathered.
-    pending: Mutex<Vec<wgpu::CommandBuffer>>,
+    pending: Mutex<Pending>,
+    /// Storage buffers whose handles have all dropped, for reuse (`pool.rs`).
+    pool: Arc<Pool>,
+    /// Bind groups over pooled and uniform buffers, for reuse.
+    binds: Mutex<BindCache>,
+    /// See [`GpuContext::placeholders`].
+    placeholders: std::sync::OnceLock<(Buf, Buf)>,
     profiler: Option<Profiler>,
     counters: Counters,
 }
 
-/// Command buffers gathered before a submission is forced.
+/// Ops' command buffers gathered before a submission is forced.
 const PENDING_MAX: usize = 256;
+
+/// Command buffers waiting for the next submission, in order: ops' commands and, before them, the clears of
+/// pooled buffers handed out as zeros.
+#[derive(Default)]
+struct Pending {
+    buffers: Vec<wgpu::CommandBuffer>,
+    /// How many of `buffers` are ops' (the count that forces a submission).
+    ops: usize,
+}
 
 /// Distinct uniform buffers kept before the cache starts over.
 const UNIFORMS_MAX: usize = 4096;
@@ -219,10 +240,15 @@ const UNIFORMS_MAX: usize = 4096;
 /// (see [`GpuContext::counters`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GpuCounters {
-    /// Compute dispatches recorded (each with its own bind group).
+    /// Compute dispatches recorded.
     pub dispatches: u64,
-    /// Buffers created: storage, uniform and staging.
+    /// Buffers created: storage, uniform and staging (a storage buffer reused from the context's pool is
+    /// not created again, and counts in `buffers_reused`).
     pub buffers: u64,
+    /// Storage buffers handed out again from the pool instead of created.
+    pub buffers_reused: u64,
+    /// Bind groups created (a dispatch over the same buffers as an earlier one reuses its group).
+    pub bind_groups: u64,
     /// Queue submissions (each carries every command buffer finished since the one before).
     pub submissions: u64,
 }
@@ -233,6 +259,8 @@ impl std::ops::Sub for GpuCounters {
         GpuCounters {
             dispatches: self.dispatches - rhs.dispatches,
             buffers: self.buffers - rhs.buffers,
+            buffers_reused: self.buffers_reused - rhs.buffers_reused,
+            bind_groups: self.bind_groups - rhs.bind_groups,
             submissions: self.submissions - rhs.submissions,
         }
     }
@@ -242,6 +270,7 @@ impl std::ops::Sub for GpuCounters {
 struct Counters {
     dispatches: std::sync::atomic::AtomicU64,
     buffers: std::sync::atomic::AtomicU64,
+    bind_groups: std::sync::atomic::AtomicU64,
     submissions: std::sync::atomic::AtomicU64,
 }
 
@@ -374,7 +403,10 @@ impl GpuContext {
             dispatch_cap,
             pipelines: Mutex::new(HashMap::new()),
             uniforms: Mutex::new(HashMap::new()),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
+            pool: Arc::new(Pool::default()),
+            binds: Mutex::new(BindCache::default()),
+            placeholders: std::sync::OnceLock::new(),
             profiler,
             counters: Counters::default(),
         })
@@ -398,6 +430,8 @@ impl GpuContext {
         GpuCounters {
             dispatches: get(&self.counters.dispatches),
             buffers: get(&self.counters.buffers),
+            buffers_reused: self.pool.reused(),
+            bind_groups: get(&self.counters.bind_groups),
             submissions: get(&self.counters.submissions),
         }
     }
@@ -504,34 +538,67 @@ impl GpuContext {
         Ok(())
     }
 
-    /// A storage buffer holding `data` (at least 4 bytes: wgpu refuses empty bindings).
-    pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
+    /// A new storage buffer holding `data` (at least 4 bytes: wgpu refuses empty bindings), sized to its
+    /// size class; it joins the pool when its last handle drops. (Never a reused one: a queue write would
+    /// reach the buffer before the commands still queued on its old contents.)
+    pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Buf {
         bump(&self.counters.buffers);
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let contents: &[u8] = if bytes.is_empty() { &[0u8; 4] } else { bytes };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size_class(bytes.len() as u64),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        if !bytes.is_empty() {
+            let mut view = buf
+                .slice(..bytes.len() as u64)
+                .get_mapped_range_mut()
+                .expect("a buffer mapped at creation");
+            view.copy_from_slice(bytes);
+        }
+        buf.unmap();
+        Buf::new(buf, self.pool.clone())
     }
 
-    /// A zero-filled storage buffer of `bytes` bytes (at least 4). wgpu zero-initialises new buffers on the
-    /// device, so nothing is built or copied on the host.
-    pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+    /// A zero-filled storage buffer of at least `bytes` bytes: a free one of the pool (cleared on the
+    /// device before the next commands), or a new one (wgpu zero-initialises those).
+    pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> Buf {
+        let size = size_class(bytes);
+        if let Some(buf) = self.pool.take_zeroed(size) {
+            return Buf::new(buf, self.pool.clone());
+        }
         bump(&self.counters.buffers);
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
+            size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        })
+        });
+        Buf::new(buf, self.pool.clone())
+    }
+
+    /// Two 16-byte buffers (room for one `vec4<f32>`), made once per context, bound where a kernel's
+    /// optional input (the first, read) or output (the second, read-write) is unused: one buffer cannot be
+    /// bound both ways in one dispatch. What a kernel writes to the second is never read.
+    pub(crate) fn placeholders(&self) -> (Buf, Buf) {
+        self.placeholders
+            .get_or_init(|| {
+                let read = self.storage_from("placeholder", &[0f32; 4]);
+                (read, self.storage_from("placeholder_rw", &[0f32; 4]))
+            })
+            .clone()
+    }
+
+    /// Lets go of the storage buffers kept for reuse and of the cached bind groups (their memory returns to
+    /// the device once no matrix holds them). The context keeps up to 512 MiB of free buffers otherwise.
+    pub fn release_cached_buffers(&self) {
+        self.pool.clear();
+        self.binds.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// A uniform buffer holding `data`: created on first use of these bytes, then shared.
@@ -622,20 +689,7 @@ impl GpuContext {
     ) -> Result<()> {
         let pipeline = self.pipeline(k)?;
         bump(&self.counters.dispatches);
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(k.entry),
-            layout: &layout,
-            entries: &entries,
-        });
+        let bind = self.bind_group(k, &pipeline, buffers);
         let timestamps = self.profiler.as_ref().map(|p| p.query_set(&self.device));
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -656,6 +710,41 @@ impl GpuContext {
             p.after_pass(&self.device, encoder, set, k.entry);
         }
         Ok(())
+    }
+
+    /// The bind group of `buffers` at bindings 0, 1, ... for `k`: the one made for an earlier dispatch over
+    /// the same buffers, or a new one. Every buffer a kernel binds is a pooled storage buffer or a cached
+    /// uniform, which outlive their groups here; when the pool destroys a buffer, the groups are let go.
+    fn bind_group(
+        &self,
+        k: Kernel,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let mut cache = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+        if self.pool.discarded() {
+            cache.clear();
+        }
+        if let Some(group) = cache.get(k, buffers) {
+            return group;
+        }
+        bump(&self.counters.bind_groups);
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(k.entry),
+            layout: &layout,
+            entries: &entries,
+        });
+        cache.insert(k, buffers, group.clone());
+        group
     }
 
     /// Copies the first `count` values of `buf` back to the host (waits for the work queued before).
@@ -726,19 +815,39 @@ impl GpuContext {
         Ok(out)
     }
 
-    /// A fresh command encoder.
-    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    /// A fresh command encoder (counted open until it is submitted or dropped: see `pool.rs`).
+    pub(crate) fn encoder(&self) -> Encoder {
+        let enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        Encoder::new(enc, self.pool.clone())
+    }
+
+    /// Queues the clears of the pooled buffers handed out as zeros since the last call (before whatever
+    /// is queued next, after everything queued before).
+    fn queue_clears(&self, pending: &mut Pending) {
+        let clears = self.pool.take_clears();
+        if clears.is_empty() {
+            return;
+        }
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("pool clears"),
+            });
+        for buf in &clears {
+            enc.clear_buffer(buf, 0, None);
+        }
+        pending.buffers.push(enc.finish());
     }
 
     /// Finishes `encoder` (catching validation errors as [`Error::Gpu`] for `op`) and queues its commands
     /// after everything recorded before: they reach the device with the next [`GpuContext::flush`], which
     /// every read, synchronisation and queue write does first. With the profiler on, each op is submitted
     /// at once, so that its timestamps are collected.
-    pub(crate) fn submit(&self, op: &'static str, encoder: wgpu::CommandEncoder) -> Result<()> {
+    pub(crate) fn submit(&self, op: &'static str, mut encoder: Encoder) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let commands = encoder.finish();
+        let commands = encoder.finish_commands();
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {
                 op,
@@ -747,9 +856,13 @@ impl GpuContext {
         }
         let full = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.push(commands);
-            pending.len() >= PENDING_MAX
+            self.queue_clears(&mut pending);
+            pending.buffers.push(commands);
+            pending.ops += 1;
+            pending.ops >= PENDING_MAX
         };
+        // the commands are queued: buffers dropped while they were recorded may now be reused
+        drop(encoder);
         if full || self.profiler.is_some() {
             self.flush(op)?;
         }
@@ -767,12 +880,14 @@ impl GpuContext {
         // the lock is held through the submission: a context shared between threads must not let one
         // thread's later commands reach the queue before its earlier ones taken by another thread
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if pending.is_empty() {
+        self.queue_clears(&mut pending);
+        if pending.buffers.is_empty() {
             return Ok(());
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         bump(&self.counters.submissions);
-        self.queue.submit(pending.drain(..));
+        pending.ops = 0;
+        self.queue.submit(pending.buffers.drain(..));
         drop(pending);
         match pollster::block_on(scope.pop()) {
             Some(e) => Err(Error::Gpu {

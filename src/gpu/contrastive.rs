@@ -1,14 +1,20 @@
 //! InfoNCE forward and backward on the GPU: the same loss and gradients as
 //! [`crate::contrastive::info_nce`] (one-way or symmetric, optional normalisation, extra negatives, pair
-//! weights, mean or sum), built from the GEMM, row-normalisation and `xent_rows.wgsl` kernels.
+//! weights, mean or sum), built from the row-normalisation kernels and three kernels on the GEMM tile.
 //!
-//! Per direction and block of anchor rows: `S = X [P; N]^T / tau` (two GEMMs into one `R x (B + K)` block),
-//! the row softmax cross-entropy in place (`S <- coef (softmax(S) - onehot)`, per-row losses), then
-//! `dX += S [P; N] / tau`, `dP += S[:, :B]^T X / tau`, `dN += S[:, B:]^T X / tau`. No float atomics; blocks
-//! keep the similarity buffer under the device's storage-binding size.
+//! Per direction and block of anchor rows:
+//! 1. `S = X [P; N]^T / tau` into one `R x (B + K)` block (`xent_logits.wgsl`, one product for `P` and one
+//!    for `N`), each 64-column tile's row maximum and sum of exponentials computed as the tile is stored;
+//! 2. per row, the log-sum-exp from those statistics and the loss term (`xent_lse.wgsl`);
+//! 3. `dX += G [P; N] / tau`, `dP += G[:, :B]^T X / tau`, `dN += G[:, B:]^T X / tau` (`xent_grad.wgsl`),
+//!    where `G = coef (softmax(S) - onehot)` is formed from `S` and the log-sum-exp as the products load it.
+//!
+//! The `R x (B + K)` block is written once and read by the two backward products, never rewritten: no
+//! separate softmax pass over it. No float atomics; blocks keep the similarity buffer under the device's
+//! storage-binding size.
 
 use super::context::Kernel;
-use super::gemm::{record_gemm, Operand};
+use super::gemm::{record_gemm_as, record_xent_logits, GemmA, Operand};
 use super::norm::{judge_norms, record_normalize, record_normalize_backward};
 use super::{GpuContext, GpuMatrix};
 use crate::contrastive::{validate_inputs, Direction, InfoNceConfig, InfoNceOutput, Reduction};
@@ -73,13 +79,25 @@ impl PendingInfoNce {
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct XentParams {
+struct LseParams {
     rows: u32,
-    m: u32,
+    slots: u32,
     ld: u32,
-    row_offset: u32,
     pos_offset: u32,
+    row_offset: u32,
     _pad: [u32; 3],
+}
+
+/// Edge of the similarity tiles whose row statistics `xent_logits.wgsl` writes (the GEMM tile).
+const STAT_TILE: usize = 64;
+
+/// The scratch of one direction's blocks: the similarity block, the tiles' row statistics and the
+/// log-sum-exp of every anchor.
+struct Scratch<'a> {
+    s: &'a GpuMatrix,
+    stats: &'a wgpu::Buffer,
+    lse: &'a wgpu::Buffer,
+    coef: &'a GpuMatrix,
 }
 
 /// The largest similarity block the device takes in one binding (and at most 256 MiB).
@@ -112,16 +130,19 @@ fn record_direction<'a>(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
     a: &DirectionArgs<'a>,
-    coef: &GpuMatrix,
+    scratch: &Scratch<'_>,
     inv_tau: f32,
-    s: &GpuMatrix,
     rows_per_block: usize,
 ) -> Result<()> {
     let (b, d) = (a.anchors.rows(), a.anchors.cols());
     let k = a.negatives.map_or(0, GpuMatrix::rows);
     let m = b + k;
-    let xent = Kernel::new("xent_rows.wgsl", "xent_rows");
+    let (pos_tiles, slots) = (
+        b.div_ceil(STAT_TILE),
+        b.div_ceil(STAT_TILE) + k.div_ceil(STAT_TILE),
+    );
     let at = |x: &'a GpuMatrix, r0: usize| Operand::rows_from(x, r0);
+    let s = scratch.s;
     let s_block = |off: usize, trans: bool| Operand {
         buf: &s.buf,
         ld: m,
@@ -130,95 +151,73 @@ fn record_direction<'a>(
     };
     for r0 in (0..b).step_by(rows_per_block) {
         let r = (b - r0).min(rows_per_block);
-        // S = X[r0..r0+r] [P; N]^T / tau
+        // S = X[r0..r0+r] [P; N]^T / tau, with each tile's row statistics
         let pt = Operand::of(a.positives, true);
-        record_gemm(
+        let stats = scratch.stats;
+        record_xent_logits(
             ctx,
             enc,
             (r, b, d),
             inv_tau,
             at(a.anchors, r0),
             pt,
-            0.0,
             s_block(0, false),
+            stats,
+            (0, slots),
         )?;
         if let Some(n) = a.negatives {
             let nt = Operand::of(n, true);
-            record_gemm(
+            let out = s_block(b, false);
+            let first = (pos_tiles, slots);
+            record_xent_logits(
                 ctx,
                 enc,
                 (r, k, d),
                 inv_tau,
                 at(a.anchors, r0),
                 nt,
-                0.0,
-                s_block(b, false),
+                out,
+                stats,
+                first,
             )?;
         }
-        for (start, groups) in ctx.row_dispatches(r, 1) {
-            let params = ctx.uniform_from(&XentParams {
-                rows: r as u32,
-                m: m as u32,
-                ld: m as u32,
-                row_offset: start as u32,
-                pos_offset: r0 as u32,
-                _pad: [0; 3],
-            });
-            ctx.dispatch(
-                enc,
-                xent,
-                &[&params, &coef.buf, &s.buf, &a.loss.buf],
-                groups,
-            )?;
-        }
-        // dX[r0..] += dS [P; N] / tau
+        let lse = Kernel::new("xent_lse.wgsl", "xent_lse");
+        let params = |start: usize| LseParams {
+            rows: r as u32,
+            slots: slots as u32,
+            ld: m as u32,
+            pos_offset: r0 as u32,
+            row_offset: start as u32,
+            _pad: [0; 3],
+        };
+        let bufs = [stats, &s.buf, &scratch.coef.buf, scratch.lse, &a.loss.buf];
+        ctx.dispatch_rows(enc, lse, (r, 64), params, &bufs)?;
+        let grad = GemmA::XentGrad {
+            coef: &scratch.coef.buf,
+            lse: scratch.lse,
+            pos_offset: r0,
+        };
+        let gemm = |enc: &mut wgpu::CommandEncoder, mnk, a_op, b_op, c_op| {
+            record_gemm_as(ctx, enc, grad, mnk, inv_tau, a_op, b_op, 1.0, c_op)
+        };
+        // dX[r0..] += G [P; N] / tau
         let ga = at(a.grad_anchors, r0);
-        record_gemm(
-            ctx,
+        gemm(
             enc,
             (r, d, b),
-            inv_tau,
             s_block(0, false),
             Operand::of(a.positives, false),
-            1.0,
             ga,
         )?;
         if let Some(n) = a.negatives {
-            record_gemm(
-                ctx,
-                enc,
-                (r, d, k),
-                inv_tau,
-                s_block(b, false),
-                Operand::of(n, false),
-                1.0,
-                ga,
-            )?;
+            gemm(enc, (r, d, k), s_block(b, false), Operand::of(n, false), ga)?;
         }
-        // dP += dS[:, :B]^T X[r0..] / tau, dN += dS[:, B:]^T X[r0..] / tau
+        // dP += G[:, :B]^T X[r0..] / tau, dN += G[:, B:]^T X[r0..] / tau
         let gp = Operand::of(a.grad_positives, false);
-        record_gemm(
-            ctx,
-            enc,
-            (b, d, r),
-            inv_tau,
-            s_block(0, true),
-            at(a.anchors, r0),
-            1.0,
-            gp,
-        )?;
+        gemm(enc, (b, d, r), s_block(0, true), at(a.anchors, r0), gp)?;
         if let Some(gn) = a.grad_negatives {
             let gn = Operand::of(gn, false);
-            record_gemm(
-                ctx,
-                enc,
-                (k, d, r),
-                inv_tau,
-                s_block(b, true),
-                at(a.anchors, r0),
-                1.0,
-                gn,
-            )?;
+            gemm(enc, (k, d, r), s_block(b, true), at(a.anchors, r0), gn)?;
         }
     }
     Ok(())
@@ -315,6 +314,17 @@ pub(crate) fn info_nce_deferred(
     let m = b + k;
     let rows_per_block = block_rows(ctx, b, m)?;
     let s = GpuMatrix::zeros(ctx, rows_per_block, m)?;
+    let slots = b.div_ceil(STAT_TILE) + k.div_ceil(STAT_TILE);
+    let stats_bytes = (rows_per_block * slots * 2 * 4) as u64;
+    ctx.check_binding(OP, "similarity tile statistics", stats_bytes)?;
+    let stats = ctx.storage_zeroed("infonce tile statistics", stats_bytes);
+    let lse = ctx.storage_zeroed("infonce log-sum-exp", (b * 4) as u64);
+    let scratch = Scratch {
+        s: &s,
+        stats: &stats,
+        lse: &lse,
+        coef: &coef,
+    };
     let (gu, gw) = (GpuMatrix::zeros(ctx, b, d)?, GpuMatrix::zeros(ctx, b, d)?);
     let gn = match negatives {
         Some(_) => Some(GpuMatrix::zeros(ctx, k, d)?),
@@ -334,9 +344,8 @@ pub(crate) fn info_nce_deferred(
             grad_negatives: gn.as_ref(),
             loss: &losses[0],
         },
-        &coef,
+        &scratch,
         inv_tau,
-        &s,
         rows_per_block,
     )?;
     if cfg.direction == Direction::Symmetric {
@@ -352,9 +361,8 @@ pub(crate) fn info_nce_deferred(
                 grad_negatives: gn.as_ref(),
                 loss: &losses[1],
             },
-            &coef,
+            &scratch,
             inv_tau,
-            &s,
             rows_per_block,
         )?;
     }

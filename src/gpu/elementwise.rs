@@ -64,7 +64,7 @@ pub(crate) fn record_col_sums(
     let chunk = rows.div_ceil(slices).max(1);
     let part =
         (slices > 1).then(|| ctx.storage_zeroed("column-sum slices", (slices * d * 4) as u64));
-    let dst = part.as_ref().unwrap_or(&out.buf);
+    let dst = part.as_deref().unwrap_or(&out.buf);
     for (start, groups) in ctx.row_dispatches(d, LANES) {
         let params = ctx.uniform_from(&ColSumParams {
             d: d as u32,

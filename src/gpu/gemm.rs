@@ -1,5 +1,8 @@
 //! GEMM on the GPU (`shaders/gemm.wgsl`): `C = alpha op(A) op(B) + beta C`, tiled, with split-K for
-//! small outputs over long inner dimensions.
+//! small outputs over long inner dimensions; and the two InfoNCE kernels built on the same tile
+//! (`shaders/lib/gemm_tile.wgsl`): the similarity product with its row statistics (`xent_logits.wgsl`) and
+//! the backward product that forms the cross-entropy's gradient as it loads the similarities
+//! (`xent_grad.wgsl`).
 
 use super::context::Kernel;
 use super::{GpuContext, GpuMatrix};
@@ -25,7 +28,7 @@ struct GemmParams {
     beta: f32,
     k_chunk: u32,
     c_stride: u32,
-    _pad: [u32; 2],
+    aux: [u32; 2],
 }
 
 #[repr(C)]
@@ -91,12 +94,42 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// What a product reads as its `A`: the matrix as stored, or (InfoNCE's backward products) a similarity
+/// block turned into the softmax cross-entropy's gradient `coef_r (exp(s_rj - lse_r) - [j == r])` as it is
+/// loaded (`xent_grad.wgsl`): the block at element 0 of its buffer, its stored row `r` the anchor
+/// `pos_offset + r`, `coef` and `lse` indexed by anchor.
+#[derive(Clone, Copy)]
+pub(crate) enum GemmA<'a> {
+    AsStored,
+    XentGrad {
+        coef: &'a wgpu::Buffer,
+        lse: &'a wgpu::Buffer,
+        pos_offset: usize,
+    },
+}
+
 /// Records `C[m x n] = alpha op(A) op(B) + beta C` for operands addressed in place, chunked in both output
 /// dimensions under the dispatch limit. Shapes are the caller's responsibility.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_gemm(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
+    mnk: (usize, usize, usize),
+    alpha: f32,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    beta: f32,
+    c: Operand<'_>,
+) -> Result<()> {
+    record_gemm_as(ctx, enc, GemmA::AsStored, mnk, alpha, a, b, beta, c)
+}
+
+/// [`record_gemm`] with `A` read as `how` says.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_gemm_as(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    how: GemmA<'_>,
     (m, n, k): (usize, usize, usize),
     alpha: f32,
     a: Operand<'_>,
@@ -107,7 +140,18 @@ pub(crate) fn record_gemm(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let kernel = Kernel::new("gemm.wgsl", "gemm");
+    let (kernel, extra, aux) = match how {
+        GemmA::AsStored => (Kernel::new("gemm.wgsl", "gemm"), vec![], [0, 0]),
+        GemmA::XentGrad {
+            coef,
+            lse,
+            pos_offset,
+        } => (
+            Kernel::new("xent_grad.wgsl", "xent_grad"),
+            vec![coef, lse],
+            [pos_offset as u32, 0],
+        ),
+    };
     let step = ctx.dispatch_cap() as usize * TILE;
     for i0 in (0..m).step_by(step) {
         for j0 in (0..n).step_by(step) {
@@ -138,12 +182,14 @@ pub(crate) fn record_gemm(
                     beta,
                     k_chunk: k_chunk.max(1) as u32,
                     c_stride: c_stride as u32,
-                    _pad: [0; 2],
+                    aux,
                 })
             };
             if slices == 1 {
                 let p = params(k, 0, c.ld, c_off, beta);
-                ctx.dispatch_2d(enc, kernel, &[&p, a.buf, b.buf, c.buf], groups)?;
+                let mut all = vec![&p, a.buf, b.buf, c.buf];
+                all.extend_from_slice(&extra);
+                ctx.dispatch_2d(enc, kernel, &all, groups)?;
                 continue;
             }
             // split K: partial products (alpha applied) into slices of a scratch buffer, then summed into C
@@ -151,14 +197,61 @@ pub(crate) fn record_gemm(
             let slices = k.div_ceil(chunk);
             let part = ctx.storage_zeroed("gemm slices", (slices * mm * nn * 4) as u64);
             let p = params(chunk, mm * nn, nn, 0, 0.0);
-            ctx.dispatch_3d(
-                enc,
-                kernel,
-                &[&p, a.buf, b.buf, &part],
-                (groups.0, groups.1, slices as u32),
-            )?;
+            let grid = (groups.0, groups.1, slices as u32);
+            let mut all = vec![&p, a.buf, b.buf, &part];
+            all.extend_from_slice(&extra);
+            ctx.dispatch_3d(enc, kernel, &all, grid)?;
             let c_block = Operand { off: c_off, ..c };
             record_slice_sum(ctx, enc, &part, slices, (mm, nn), c_block, beta)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records InfoNCE's similarity product `C[m x n] = alpha op(A) op(B)` (`xent_logits.wgsl`, no split K) with, for each row and 64-column tile, the tile's maximum and sum of
+/// `exp(c - maximum)` into `stats` (two floats per slot, `slots` per row, this product's tiles from slot
+/// `first_slot`). Shapes are the caller's responsibility.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_xent_logits(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    c: Operand<'_>,
+    stats: &wgpu::Buffer,
+    (first_slot, slots): (usize, usize),
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let kernel = Kernel::new("xent_logits.wgsl", "xent_logits");
+    let step = ctx.dispatch_cap() as usize * TILE;
+    for i0 in (0..m).step_by(step) {
+        for j0 in (0..n).step_by(step) {
+            let (mm, nn) = ((m - i0).min(step), (n - j0).min(step));
+            let p = ctx.uniform_from(&GemmParams {
+                m: mm as u32,
+                n: nn as u32,
+                k: k as u32,
+                flags: u32::from(a.trans) | (u32::from(b.trans) << 1),
+                lda: a.ld as u32,
+                ldb: b.ld as u32,
+                ldc: c.ld as u32,
+                a_off: (a.off + if a.trans { i0 } else { i0 * a.ld }) as u32,
+                b_off: (b.off + if b.trans { j0 * b.ld } else { j0 }) as u32,
+                c_off: (c.off + i0 * c.ld + j0) as u32,
+                alpha,
+                beta: 0.0,
+                k_chunk: k.max(1) as u32,
+                c_stride: 0,
+                // the kernel's slot of (row, tile) is row * slots + aux0 + tile: this chunk's rows and
+                // tiles start at row i0 and tile j0 / TILE
+                aux: [(i0 * slots + first_slot + j0 / TILE) as u32, slots as u32],
+            });
+            let grid = (nn.div_ceil(TILE) as u32, mm.div_ceil(TILE) as u32);
+            ctx.dispatch_2d(enc, kernel, &[&p, a.buf, b.buf, c.buf, stats], grid)?;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! Device-resident data: dense f32 matrices and CSR graphs (with their transposes).
 
+use super::pool::Buf;
 use super::GpuContext;
 use crate::error::{check_finite_array, Error, Result};
 use crate::graph::CsrGraph;
@@ -10,6 +11,9 @@ use ndarray::{Array2, ArrayView2};
 #[derive(Debug)]
 pub struct GpuMatrix {
     pub(crate) buf: wgpu::Buffer,
+    /// The pool's handle on `buf`: the buffer returns to the context's pool when the matrix and its
+    /// aliases have all dropped.
+    lease: Buf,
     rows: usize,
     cols: usize,
 }
@@ -26,11 +30,11 @@ impl GpuMatrix {
         check_size(ctx, OP, x.nrows(), x.ncols())?;
         let x = x.as_standard_layout();
         let data = x.as_slice().expect("standard layout");
-        Ok(GpuMatrix {
-            buf: ctx.storage_from("matrix", data),
-            rows: x.nrows(),
-            cols: x.ncols(),
-        })
+        Ok(GpuMatrix::leased(
+            ctx.storage_from("matrix", data),
+            x.nrows(),
+            x.ncols(),
+        ))
     }
 
     /// A `rows x cols` matrix of zeros on the device.
@@ -39,11 +43,20 @@ impl GpuMatrix {
     /// As [`GpuMatrix::upload`] for the size.
     pub fn zeros(ctx: &GpuContext, rows: usize, cols: usize) -> Result<GpuMatrix> {
         check_size(ctx, "GpuMatrix::zeros", rows, cols)?;
-        Ok(GpuMatrix {
-            buf: ctx.storage_zeroed("matrix", (rows * cols * 4) as u64),
+        Ok(GpuMatrix::leased(
+            ctx.storage_zeroed("matrix", (rows * cols * 4) as u64),
             rows,
             cols,
-        })
+        ))
+    }
+
+    fn leased(lease: Buf, rows: usize, cols: usize) -> GpuMatrix {
+        GpuMatrix {
+            buf: (*lease).clone(),
+            lease,
+            rows,
+            cols,
+        }
     }
 
     /// Rows.
@@ -102,16 +115,17 @@ impl GpuMatrix {
         GpuMatrix { rows, cols, ..self }
     }
 
-    /// Rows `r0..r0 + rows` of `self` as a new matrix (a copy on the device).
     /// A second handle on the same buffer (no copy): for a caller that holds one tensor in two places.
     pub(crate) fn alias(&self) -> GpuMatrix {
         GpuMatrix {
             buf: self.buf.clone(),
+            lease: self.lease.clone(),
             rows: self.rows,
             cols: self.cols,
         }
     }
 
+    /// Rows `r0..r0 + rows` of `self` as a new matrix (a copy on the device).
     pub(crate) fn rows_range(&self, ctx: &GpuContext, r0: usize, rows: usize) -> Result<GpuMatrix> {
         let out = GpuMatrix::zeros(ctx, rows, self.cols)?;
         let mut enc = ctx.encoder();
@@ -178,14 +192,14 @@ fn check_size(ctx: &GpuContext, op: &'static str, rows: usize, cols: usize) -> R
 /// One direction of a graph on the device: CSR arrays as u32 / f32 storage buffers.
 #[derive(Debug)]
 pub(crate) struct GpuCsr {
-    pub(crate) indptr: wgpu::Buffer,
-    pub(crate) indices: wgpu::Buffer,
+    pub(crate) indptr: Buf,
+    pub(crate) indices: Buf,
     /// `None`: every edge weighs 1 (a placeholder is bound).
-    pub(crate) weights: Option<wgpu::Buffer>,
-    /// 16-byte buffers bound where a kernel's optional input (read) or output (read-write) is unused: one
-    /// buffer cannot be bound both ways in one dispatch.
-    pub(crate) placeholder: wgpu::Buffer,
-    pub(crate) placeholder_rw: wgpu::Buffer,
+    pub(crate) weights: Option<Buf>,
+    /// The context's placeholders ([`GpuContext::placeholders`]), bound where a kernel's optional input
+    /// (read) or output (read-write) is unused.
+    pub(crate) placeholder: Buf,
+    pub(crate) placeholder_rw: Buf,
     pub(crate) n_rows: usize,
     pub(crate) n_cols: usize,
 }
@@ -211,9 +225,8 @@ impl GpuCsr {
             indptr: ctx.storage_from("indptr", &indptr),
             indices: ctx.storage_from("indices", g.indices()),
             weights: weights.map(|w| ctx.storage_from("weights", &w)),
-            // 16 bytes: bound where a kernel reads f32 or vec4<f32>
-            placeholder: ctx.storage_from("placeholder", &[0f32; 4]),
-            placeholder_rw: ctx.storage_from("placeholder_rw", &[0f32; 4]),
+            placeholder: ctx.placeholders().0,
+            placeholder_rw: ctx.placeholders().1,
             n_rows: g.n_rows(),
             n_cols: g.n_cols(),
         })

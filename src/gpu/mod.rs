@@ -67,6 +67,8 @@ pub(crate) mod norm;
 #[cfg(feature = "gpu")]
 pub(crate) mod optim;
 #[cfg(feature = "gpu")]
+mod pool;
+#[cfg(feature = "gpu")]
 mod profile;
 #[cfg(feature = "gpu")]
 pub(crate) mod propagation;

@@ -67,7 +67,7 @@ fn record_spmm(
     let weights = a.weights.as_ref().unwrap_or(&a.placeholder);
     let (sum_buf, scale) = match sum {
         Some((s, scale)) => (&s.buf, scale),
-        None => (&a.placeholder_rw, 1.0),
+        None => (&*a.placeholder_rw, 1.0),
     };
     let flags = u32::from(a.weights.is_some()) | (u32::from(sum.is_some()) << 1);
     let buffers = [&a.indptr, &a.indices, weights, &x.buf, &y.buf, sum_buf];

@@ -737,7 +737,7 @@ fn solve_small(
     let pot_buf = ctx.storage_from("sinkhorn potentials", &pot);
     let out_buf = ctx.storage_zeroed("sinkhorn results", (results * 4) as u64);
     let mut enc = ctx.encoder();
-    let bufs = [&meta_buf, &cost_buf, &w_buf, &pot_buf, &out_buf];
+    let bufs = [&*meta_buf, &cost_buf, &w_buf, &pot_buf, &out_buf];
     record_small(ctx, &mut enc, cfg, count, bufs)?;
     ctx.submit(OP, enc)?;
     let pot: Vec<f32> = ctx.read_buffer(OP, &pot_buf, pot.len())?;
