@@ -976,6 +976,30 @@ fn knn_graph_matches_brute_force() {
         assert_eq!(got.indptr(), want.indptr(), "k = {}", cfg.k);
         assert_eq!(got.indices(), want.indices(), "k = {}", cfg.k);
     }
+    // a hub: every row leans towards one direction and row 0 lies on it, so row 0 is in most lists and,
+    // symmetrised, holds over 200 neighbours (a row sorted over several passes of the workgroup)
+    let centre: Array2<f32> = randn(&mut rng(97), (1, 16));
+    let hub = Array2::from_shape_fn((300, 16), |(_, j)| 3.0 * centre[[0, j]])
+        + randn::<f32, _, _>(&mut rng(98), (300, 16));
+    let mut hub = hub;
+    hub.row_mut(0).assign(&centre.row(0));
+    for cfg in [
+        KnnConfig::new(20),
+        KnnConfig {
+            self_loops: true,
+            ..KnnConfig::new(7)
+        },
+    ] {
+        let want = knn_graph(hub.view(), &cfg, Par::Seq).unwrap();
+        let got = gpu::knn_graph(c, hub.view(), &cfg).unwrap();
+        assert!(
+            cfg.k < 20 || want.row(0).len() > 200,
+            "the hub has {}",
+            want.row(0).len()
+        );
+        assert_eq!(got.indptr(), want.indptr(), "hub, k = {}", cfg.k);
+        assert_eq!(got.indices(), want.indices(), "hub, k = {}", cfg.k);
+    }
     let e = gpu::knn_graph(c, x.view(), &KnnConfig::new(65)).unwrap_err();
     assert!(matches!(e, Error::Param { name: "k", .. }), "{e}");
     let e = gpu::knn_graph(c, x.view(), &KnnConfig::new(150)).unwrap_err();
@@ -1000,6 +1024,30 @@ fn knn_graph_blocks_under_a_small_binding_limit() {
     let got = gpu::knn_graph(&c, x.view(), &cfg).unwrap();
     assert_eq!(got.indices(), want.indices());
     assert_eq!(got.indptr(), want.indptr());
+    // the lists (40 x 6 x 4 = 960 bytes) fit 1024 bytes, the assembled columns (up to 40 x 13 x 4) do not:
+    // the lists are read back and assembled on the host, to the same graph
+    let c = GpuContext::with_options(&GpuOptions {
+        max_storage_binding: Some(1024),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let cfg = KnnConfig::new(6);
+    let want = knn_graph(x.view(), &cfg, Par::Seq).unwrap();
+    let got = gpu::knn_graph(&c, x.view(), &cfg).unwrap();
+    assert_eq!(got, want);
+    // dispatches of one workgroup: the edge passes and the row sorts in chunks
+    let c = GpuContext::with_options(&GpuOptions {
+        max_workgroups_per_dispatch: Some(1),
+        ..GpuOptions::from_env()
+    })
+    .unwrap();
+    let x: Array2<f32> = randn(&mut rng(99), (70, 5));
+    let cfg = KnnConfig {
+        self_loops: true,
+        ..KnnConfig::new(9)
+    };
+    let want = knn_graph(x.view(), &cfg, Par::Seq).unwrap();
+    assert_eq!(gpu::knn_graph(&c, x.view(), &cfg).unwrap(), want);
 }
 
 #[test]

@@ -119,6 +119,19 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/spmm_vec4.wgsl"),
     ),
     (
+        "knn_degrees.wgsl",
+        include_str!("../../shaders/knn_degrees.wgsl"),
+    ),
+    ("knn_fill.wgsl", include_str!("../../shaders/knn_fill.wgsl")),
+    (
+        "knn_indptr.wgsl",
+        include_str!("../../shaders/knn_indptr.wgsl"),
+    ),
+    (
+        "sort_rows.wgsl",
+        include_str!("../../shaders/sort_rows.wgsl"),
+    ),
+    (
         "topk_rows.wgsl",
         include_str!("../../shaders/topk_rows.wgsl"),
     ),
