@@ -155,6 +155,80 @@ fn spmm_vec4_path_matches_the_cpu_at_every_lane_count() {
     }
 }
 
+/// `got` against `want` for sums of up to `terms` f32 products per element: within the forward error bound
+/// of f32 summation, `terms * eps` times the sum of the terms' magnitudes (`magnitude`), doubled.
+fn assert_within_sum_bound(
+    label: &str,
+    got: &Array2<f64>,
+    want: &Array2<f64>,
+    magnitude: &Array2<f64>,
+    terms: usize,
+) {
+    for (((idx, g), w), m) in got.indexed_iter().zip(want).zip(magnitude) {
+        let bound = 2.0 * terms as f64 * f64::from(f32::EPSILON) * m + 1e-7;
+        assert!(
+            (g - w).abs() <= bound,
+            "{label}: {idx:?}: {g} vs {w} (bound {bound})"
+        );
+    }
+}
+
+#[test]
+fn spmm_vec4_long_rows_match_the_cpu() {
+    // rows 0, 7 and 100 are hubs of 100+ edges (over the 64-edge and 8x-mean threshold: a workgroup each),
+    // and every row links column 5, a hub of the transpose; at 64 lanes (d = 256) the hubs stay in place
+    let Some(c) = ctx() else { return };
+    let mut r = rng(140);
+    let mut pairs = Vec::new();
+    for i in 0..200 {
+        let deg = if [0, 7, 100].contains(&i) {
+            100 + i % 40
+        } else {
+            i % 4
+        };
+        for _ in 0..deg {
+            pairs.push((i, r.gen_range(0..150)));
+        }
+        pairs.push((i, 5));
+    }
+    let w: Vec<f64> = (0..pairs.len()).map(|_| r.gen_range(0.1..2.0)).collect();
+    for (i, d) in [4, 8, 12, 64, 128, 256].into_iter().enumerate() {
+        let weighted = i % 2 == 1;
+        let g = CsrGraph::from_edges(200, 150, &pairs, weighted.then_some(&w[..])).unwrap();
+        assert!(g.row(7).len() > 64 && g.transposed().graph.row(5).len() == 200);
+        let x: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(141 + i as u64), (150, d))));
+        let want = graph::spmm_reference(&g, &x);
+        let got = gpu::spmm(c, &to_f32(&g), f32_of(&x).view()).unwrap();
+        let label = format!("long rows d={d} weighted={weighted}");
+        // the hubs sum 100 to 200 terms: f32 rounding grows with them
+        let size = graph::spmm_reference(&g, &x.mapv(f64::abs));
+        assert_within_sum_bound(&label, &f64_of(&got), &want, &size, 200);
+        let dy: Array2<f64> = f64_of(&f32_of(&randn(&mut rng(151 + i as u64), (200, d))));
+        let gg = GpuGraph::upload(c, &to_f32(&g)).unwrap();
+        let dyd = GpuMatrix::upload(c, f32_of(&dy).view()).unwrap();
+        let mut dx = GpuMatrix::zeros(c, 150, d).unwrap();
+        gpu::spmm_backward_into(c, &gg, &dyd, &mut dx).unwrap();
+        let want = graph::spmm_backward(&g, dy.view(), Par::Seq).unwrap();
+        let dx = f64_of(&dx.download(c).unwrap());
+        let size = graph::spmm_backward(&g, dy.mapv(f64::abs).view(), Par::Seq).unwrap();
+        assert_within_sum_bound(&format!("{label}, backward"), &dx, &want, &size, 200);
+    }
+    // LightGCN's running mean through the long-row kernel: a user who rated every item
+    let mut pairs: Vec<(usize, usize)> = (0..90).map(|j| (0, j)).collect();
+    pairs.extend((1..40).map(|u| (u, (u * 7) % 90)));
+    let g = bipartite_user_item::<f64>(40, 90, &pairs)
+        .unwrap()
+        .sym_normalized()
+        .unwrap();
+    for (layers, d) in [(2, 8), (3, 64)] {
+        let e0 = f64_of(&f32_of(&randn::<f64, _, _>(&mut rng(160), (g.n_rows(), d))));
+        let want = graph::lightgcn_forward(&g, e0.view(), layers, Par::Seq).unwrap();
+        let got = gpu::lightgcn_forward(c, &to_f32(&g), f32_of(&e0).view(), layers).unwrap();
+        let label = format!("long rows, lightgcn L={layers} d={d}");
+        TOL.assert_close(&label, &f64_of(&got).view(), &want.view());
+    }
+}
+
 #[test]
 fn repeated_ops_share_uniforms_and_reach_the_queue_at_the_next_read() {
     // a context of its own: the shared one counts the other tests' work too

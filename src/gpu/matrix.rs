@@ -200,6 +200,10 @@ pub(crate) struct GpuCsr {
     /// (read) or output (read-write) is unused.
     pub(crate) placeholder: Buf,
     pub(crate) placeholder_rw: Buf,
+    /// The rows longer than [`GpuCsr::long_row`] edges, in order (`spmm_vec4.wgsl`'s balance), if any.
+    pub(crate) long_rows: Option<(Buf, usize)>,
+    /// The row length above which a row is long: at least 64 edges and 8 times the mean.
+    pub(crate) long_row: usize,
     pub(crate) n_rows: usize,
     pub(crate) n_cols: usize,
 }
@@ -221,12 +225,20 @@ impl GpuCsr {
                 reason: format!("{} edges exceed the u32 offsets the shaders use", g.nnz()),
             })?;
         ctx.check_binding(op, "graph indices", (g.nnz() * 4) as u64)?;
+        let long_row = (8 * g.nnz().div_ceil(g.n_rows().max(1))).max(64);
+        let long: Vec<u32> = (0..g.n_rows())
+            .filter(|&r| g.row(r).len() > long_row)
+            .map(|r| r as u32)
+            .collect();
         Ok(GpuCsr {
             indptr: ctx.storage_from("indptr", &indptr),
             indices: ctx.storage_from("indices", g.indices()),
             weights: weights.map(|w| ctx.storage_from("weights", &w)),
             placeholder: ctx.placeholders().0,
             placeholder_rw: ctx.placeholders().1,
+            long_rows: (!long.is_empty())
+                .then(|| (ctx.storage_from("long rows", &long), long.len())),
+            long_row,
             n_rows: g.n_rows(),
             n_cols: g.n_cols(),
         })

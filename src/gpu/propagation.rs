@@ -45,7 +45,8 @@ struct Vec4Params {
     flags: u32,
     scale: f32,
     lanes: u32,
-    _pad: [u32; 2],
+    long_row: u32,
+    n_long: u32,
 }
 
 /// Invocations per row in `spmm_vec4.wgsl` for a width of `d4` vec4s: the smallest power of two covering
@@ -74,21 +75,30 @@ fn record_spmm(
     let d = x.cols();
     if d % 4 == 0 && d > 0 {
         let lanes = vec4_lanes(d / 4);
-        return ctx.dispatch_rows(
-            enc,
-            Kernel::new("spmm_vec4.wgsl", "spmm_vec4"),
-            (a.n_rows, 64 / lanes),
-            |start| Vec4Params {
-                n_rows: a.n_rows as u32,
-                d4: (d / 4) as u32,
-                row_offset: start as u32,
-                flags,
-                scale,
-                lanes: lanes as u32,
-                _pad: [0; 2],
+        // long rows get a workgroup each where a row's lanes leave room for more than one group of them
+        let long = a.long_rows.as_ref().filter(|_| lanes < 64);
+        let list = long.map_or(&*a.placeholder, |(list, _)| list);
+        let n_long = long.map_or(0, |(_, n)| *n);
+        let params = |start: usize| Vec4Params {
+            n_rows: a.n_rows as u32,
+            d4: (d / 4) as u32,
+            row_offset: start as u32,
+            flags,
+            scale,
+            lanes: lanes as u32,
+            long_row: if long.is_some() {
+                a.long_row as u32
+            } else {
+                u32::MAX
             },
-            &buffers,
-        );
+            n_long: n_long as u32,
+        };
+        let mut all = buffers.to_vec();
+        all.push(list);
+        let kernel = Kernel::new("spmm_vec4.wgsl", "spmm_vec4");
+        ctx.dispatch_rows(enc, kernel, (a.n_rows, 64 / lanes), params, &all)?;
+        let kernel = Kernel::new("spmm_vec4.wgsl", "spmm_vec4_long");
+        return ctx.dispatch_rows(enc, kernel, (n_long, 1), params, &all);
     }
     ctx.dispatch_rows(
         enc,
