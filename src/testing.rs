@@ -194,6 +194,26 @@ pub fn central_difference(mut f: impl FnMut(f64) -> f64, h: f64) -> f64 {
     (f(h) - f(-h)) / (2.0 * h)
 }
 
+/// A GPU context for a test: `Some` when an adapter opens; `None` when none does, after a line on stderr
+/// (the caller skips its test), unless the environment sets `RECGOAT_REQUIRE_GPU=1`, which turns a missing
+/// adapter into a panic (continuous integration sets it, so that no GPU test passes without running).
+///
+/// # Panics
+/// With `RECGOAT_REQUIRE_GPU=1` and no adapter.
+#[cfg(feature = "gpu")]
+pub fn gpu_context() -> Option<crate::gpu::GpuContext> {
+    match crate::gpu::GpuContext::new() {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var("RECGOAT_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("RECGOAT_REQUIRE_GPU=1 but no GPU context: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,58 @@ fn contrastive_term_runs_on_the_distinct_rows() {
     assert_eq!(a.reg, e.reg);
 }
 
+/// `cl_max_rows` keeps the first rows of those the contrastive term would run on: with distinct rows, the
+/// term equals the uncapped term on the first distinct rows; without, on the batch's first rows; a cap at or
+/// above the count changes nothing. BPR and the regulariser still see every row.
+#[test]
+fn contrastive_term_runs_on_at_most_cl_max_rows() {
+    let ds = tiny();
+    let cfg = tiny_config(RecGoatConfig::paper_reading());
+    let with = |distinct: bool, cap: usize| {
+        let c = RecGoatConfig {
+            cl_distinct_rows: distinct,
+            cl_max_rows: cap,
+            ..cfg.clone()
+        };
+        RecGoat::<f64>::new(c, &ds, Backend::Cpu(Par::Seq)).unwrap()
+    };
+    let p = with(false, 0).init_params();
+    let b = batch();
+    let first = |n: usize| Batch {
+        users: b.users[..n].to_vec(),
+        pos: b.pos[..n].to_vec(),
+        neg: b.neg[..n].to_vec(),
+    };
+    // distinct rows of batch(): users 0, 3, 5, 8, 2, the first five rows
+    let capped = with(true, 3).loss(&p, &b, Mode::Eval).unwrap();
+    let want = with(false, 0).loss(&p, &first(3), Mode::Eval).unwrap();
+    assert!(
+        (capped.cl - want.cl).abs() <= 1e-12 * want.cl,
+        "{} vs {}",
+        capped.cl,
+        want.cl
+    );
+    let full = with(true, 0).loss(&p, &b, Mode::Eval).unwrap();
+    assert!(
+        (capped.cl - full.cl).abs() > 1e-3 * full.cl,
+        "the cap changes the term"
+    );
+    assert_eq!((capped.bpr, capped.reg), (full.bpr, full.reg));
+    // every row, capped: the batch's first rows (a repeated user among them)
+    let capped = with(false, 6).loss(&p, &b, Mode::Eval).unwrap();
+    let want = with(false, 0).loss(&p, &first(6), Mode::Eval).unwrap();
+    assert!(
+        (capped.cl - want.cl).abs() <= 1e-12 * want.cl,
+        "{} vs {}",
+        capped.cl,
+        want.cl
+    );
+    // a cap at the count of distinct rows, or above the batch, changes nothing
+    assert_eq!(with(true, 5).loss(&p, &b, Mode::Eval).unwrap().cl, full.cl);
+    let all = with(false, 0).loss(&p, &b, Mode::Eval).unwrap();
+    assert_eq!(with(false, 7).loss(&p, &b, Mode::Eval).unwrap().cl, all.cl);
+}
+
 #[test]
 fn distinct_rows_keep_first_occurrences_in_order() {
     assert_eq!(Batch::default().distinct_rows(), Batch::default());

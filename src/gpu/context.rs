@@ -120,9 +120,12 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     (
         "knn_degrees.wgsl",
-        include_str!("../../shaders/knn_degrees.wgsl"),
+        composed!("knn_degrees.wgsl", "knn_edges.wgsl"),
     ),
-    ("knn_fill.wgsl", include_str!("../../shaders/knn_fill.wgsl")),
+    (
+        "knn_fill.wgsl",
+        composed!("knn_fill.wgsl", "knn_edges.wgsl"),
+    ),
     (
         "knn_indptr.wgsl",
         include_str!("../../shaders/knn_indptr.wgsl"),

@@ -187,8 +187,7 @@ pub(crate) fn record_gemm_as(
             };
             if slices == 1 {
                 let p = params(k, 0, c.ld, c_off, beta);
-                let mut all = vec![&p, a.buf, b.buf, c.buf];
-                all.extend_from_slice(&extra);
+                let all = [&[&p, a.buf, b.buf, c.buf][..], &extra].concat();
                 ctx.dispatch_2d(enc, kernel, &all, groups)?;
                 continue;
             }
@@ -198,8 +197,7 @@ pub(crate) fn record_gemm_as(
             let part = ctx.storage_zeroed("gemm slices", (slices * mm * nn * 4) as u64);
             let p = params(chunk, mm * nn, nn, 0, 0.0);
             let grid = (groups.0, groups.1, slices as u32);
-            let mut all = vec![&p, a.buf, b.buf, &part];
-            all.extend_from_slice(&extra);
+            let all = [&[&p, a.buf, b.buf, &part][..], &extra].concat();
             ctx.dispatch_3d(enc, kernel, &all, grid)?;
             let c_block = Operand { off: c_off, ..c };
             record_slice_sum(ctx, enc, &part, slices, (mm, nn), c_block, beta)?;

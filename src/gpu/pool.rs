@@ -240,19 +240,9 @@ mod tests {
     use crate::gpu::{GpuContext, GpuMatrix};
     use ndarray::array;
 
-    /// A context of its own (the counters are per context), or `None` without an adapter unless
-    /// `RECGOAT_REQUIRE_GPU=1`.
+    /// A context of its own: the counters are per context.
     fn context() -> Option<GpuContext> {
-        match GpuContext::new() {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var("RECGOAT_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
-                panic!("RECGOAT_REQUIRE_GPU=1 but no GPU context: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping GPU test: {e}");
-                None
-            }
-        }
+        crate::testing::gpu_context()
     }
 
     #[test]

@@ -125,6 +125,14 @@ pub struct RecGoatConfig {
     /// (docs/RESULTS.md). `official_code()` keeps every row, duplicates included, as the released code does.
     #[serde(default)]
     pub cl_distinct_rows: bool,
+    /// At most this many rows per batch for the contrastive term (0, every preset: no cap): the first ones,
+    /// in batch order, of the rows `cl_distinct_rows` leaves. InfoNCE costs the square of its rows, and with
+    /// distinct rows their count grows with the data (a batch of 2048 on Last.fm-2k has about 670, on a
+    /// 16-fold scale-up about 1,800), so without a cap a batch costs more as the data grows. With a cap the
+    /// batch cost is fixed and, with `steps_per_epoch`, the epoch linear in the interactions; docs/SCALE.md
+    /// measures what it costs in accuracy.
+    #[serde(default)]
+    pub cl_max_rows: usize,
     /// Contrastive objective.
     pub cmcl: Cmcl,
     /// Weight of [`Cmcl::Paper`]'s modality terms (each modality against the fused item) relative to its
@@ -241,6 +249,7 @@ impl RecGoatConfig {
             cl_weight: 0.05,
             cl_temperature: 0.2,
             cl_distinct_rows: true,
+            cl_max_rows: 0,
             cmcl: Cmcl::Paper,
             cl_modality_weight: 0.25,
             fusion: Fusion::Residual,
@@ -303,6 +312,7 @@ impl RecGoatConfig {
             oat_gradient: OtGradient::Detached,
             cl_weight: 0.1,
             cl_distinct_rows: false,
+            cl_max_rows: 0,
             dropout: 0.1,
             reg_weight: 1e-4,
             cmcl: Cmcl::OfficialCode,
@@ -401,6 +411,7 @@ impl RecGoatConfig {
         within("embedding_dim", self.embedding_dim, (1, 1 << 16))?;
         positive("batch_size", self.batch_size)?;
         within("steps_per_epoch", self.steps_per_epoch, (0, 1 << 30))?;
+        within("cl_max_rows", self.cl_max_rows, (0, 1 << 30))?;
         positive("epochs", self.epochs)?;
         positive("eval_every", self.eval_every)?;
         positive("oat_iters", self.oat_iters)?;

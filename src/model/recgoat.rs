@@ -469,9 +469,21 @@ impl<F: Real> RecGoat<F> {
     }
 
     /// The rows of `batch` the contrastive term runs on when they are not all of them: its
-    /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], `None` otherwise.
+    /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], then the first
+    /// [`RecGoatConfig::cl_max_rows`] of those when that is set and fewer; `None` when every row is kept.
     pub(super) fn contrastive_subset(&self, batch: &Batch) -> Option<Batch> {
-        self.cfg.cl_distinct_rows.then(|| batch.distinct_rows())
+        let rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
+        let cap = self.cfg.cl_max_rows;
+        let len = rows.as_ref().unwrap_or(batch).users.len();
+        if cap == 0 || len <= cap {
+            return rows;
+        }
+        let from = rows.as_ref().unwrap_or(batch);
+        Some(Batch {
+            users: from.users[..cap].to_vec(),
+            pos: from.pos[..cap].to_vec(),
+            neg: from.neg[..cap].to_vec(),
+        })
     }
 
     /// Fresh parameters from `cfg.seed`: `E^0 ~ N(0, 0.1^2)`, Xavier-uniform projections and `Delta`,
