@@ -127,8 +127,8 @@ pub struct RecGoatConfig {
     pub cl_distinct_rows: bool,
     /// At most this many rows per batch for the contrastive term (0, every preset: no cap): the first ones,
     /// in batch order, of the rows `cl_distinct_rows` leaves. InfoNCE costs the square of its rows, and with
-    /// distinct rows their count grows with the data (a batch of 2048 on Last.fm-2k has about 670, on a
-    /// 16-fold scale-up about 1,800), so without a cap a batch costs more as the data grows. With a cap the
+    /// distinct rows their count grows with the data (a batch of 2048 has about 670 on Last.fm-2k and 1,390
+    /// on Baby, whose users and items repeat less), so without a cap a batch costs more as the data grows. With a cap the
     /// batch cost is fixed and, with `steps_per_epoch`, the epoch linear in the interactions; docs/SCALE.md
     /// measures what it costs in accuracy.
     #[serde(default)]
