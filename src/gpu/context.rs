@@ -554,15 +554,15 @@ impl GpuContext {
         Ok(())
     }
 
-    /// A new storage buffer holding `data` (at least 4 bytes: wgpu refuses empty bindings), sized to its
-    /// size class; it joins the pool when its last handle drops. (Never a reused one: a queue write would
-    /// reach the buffer before the commands still queued on its old contents.)
+    /// A new storage buffer holding `data` (at least 4 bytes: wgpu refuses empty bindings), let go when its
+    /// last handle drops. (Never a reused one: a queue write would reach the buffer before the commands still
+    /// queued on its old contents; and never kept for reuse: see `pool.rs`.)
     pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Buf {
         bump(&self.counters.buffers);
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: size_class(bytes.len() as u64),
+            size: (bytes.len() as u64).max(4).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
@@ -576,15 +576,15 @@ impl GpuContext {
             view.copy_from_slice(bytes);
         }
         buf.unmap();
-        Buf::new(buf, self.pool.clone())
+        Buf::transient(buf, self.pool.clone())
     }
 
     /// A zero-filled storage buffer of at least `bytes` bytes: a free one of the pool (cleared on the
     /// device before the next commands), or a new one (wgpu zero-initialises those).
     pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> Buf {
         let size = size_class(bytes);
-        if let Some(buf) = self.pool.take_zeroed(size) {
-            return Buf::new(buf, self.pool.clone());
+        if let Some((id, buf)) = self.pool.take_zeroed(size) {
+            return Buf::pooled(buf, Some(id), self.pool.clone());
         }
         bump(&self.counters.buffers);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -595,7 +595,7 @@ impl GpuContext {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Buf::new(buf, self.pool.clone())
+        Buf::pooled(buf, None, self.pool.clone())
     }
 
     /// Two 16-byte buffers (room for one `vec4<f32>`), made once per context, bound where a kernel's
@@ -614,6 +614,7 @@ impl GpuContext {
     /// the device once no matrix holds them). The context keeps up to 512 MiB of free buffers otherwise.
     pub fn release_cached_buffers(&self) {
         self.pool.clear();
+        self.pool.take_dead();
         self.binds.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
@@ -738,8 +739,9 @@ impl GpuContext {
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
         let mut cache = self.binds.lock().unwrap_or_else(|e| e.into_inner());
-        if self.pool.discarded() {
-            cache.clear();
+        let dead = self.pool.take_dead();
+        if !dead.is_empty() {
+            cache.forget(&dead);
         }
         if let Some(group) = cache.get(k, buffers) {
             return group;

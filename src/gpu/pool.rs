@@ -12,11 +12,18 @@
 //!   recorded later runs after those;
 //! - a free buffer handed out as zeros is cleared by a command that the context queues before the next
 //!   command buffer or submission ([`Pool::take_clears`]);
-//! - uploads never reuse a buffer (a queue write would run before commands still queued): they create one,
-//!   which joins the pool when it drops.
+//! - uploads never reuse a buffer (a queue write would run before commands still queued) and never join
+//!   the pool: a step uploads new inputs every time, and kept, their buffers would pile up in the pool and
+//!   crowd out the ones a step's zeros reuse (which keeps those, and the bind groups over them, the same
+//!   from step to step).
 //!
-//! Free buffers are kept up to [`POOL_MAX_BYTES`]; beyond that a dropped buffer is destroyed, and the bind
-//! groups cached so far are let go (they may hold it).
+//! Of the free buffers of a size class the pool hands out the one made first. A step that allocates and
+//! frees in the same pattern as the step before, from the same free buffers, then gets the same buffers
+//! at the same places (a last-in-first-out pool would rotate them from step to step), so its dispatches
+//! bind what they bound before and find their bind groups cached.
+//!
+//! Free buffers are kept up to [`POOL_MAX_BYTES`]. A buffer that is let go (an upload's, or a pooled one
+//! beyond that size) takes the cached bind groups that bind it with it: they would keep it alive.
 
 use super::context::Kernel;
 use std::collections::HashMap;
@@ -49,11 +56,29 @@ pub(crate) struct Buf(Arc<Held>);
 struct Held {
     buf: wgpu::Buffer,
     pool: Arc<Pool>,
+    /// The pool's number for a buffer it reuses (the order of creation); `None`: let go when dropped.
+    id: Option<u64>,
 }
 
 impl Buf {
-    pub(crate) fn new(buf: wgpu::Buffer, pool: Arc<Pool>) -> Buf {
-        Buf(Arc::new(Held { buf, pool }))
+    /// A buffer that returns to the pool when its last handle drops: a new one (`id: None`, numbered here)
+    /// or a free one the pool handed out with its number.
+    pub(crate) fn pooled(buf: wgpu::Buffer, id: Option<u64>, pool: Arc<Pool>) -> Buf {
+        let id = id.unwrap_or_else(|| pool.number());
+        Buf(Arc::new(Held {
+            buf,
+            pool,
+            id: Some(id),
+        }))
+    }
+
+    /// A buffer that is let go when its last handle drops (an upload's).
+    pub(crate) fn transient(buf: wgpu::Buffer, pool: Arc<Pool>) -> Buf {
+        Buf(Arc::new(Held {
+            buf,
+            pool,
+            id: None,
+        }))
     }
 }
 
@@ -66,7 +91,10 @@ impl std::ops::Deref for Buf {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.pool.release(self.buf.clone());
+        match self.id {
+            Some(id) => self.pool.release(id, self.buf.clone()),
+            None => self.pool.state().dead.push(self.buf.clone()),
+        }
     }
 }
 
@@ -122,18 +150,20 @@ pub(crate) struct Pool {
 
 #[derive(Debug, Default)]
 struct PoolState {
-    /// Buffers free to hand out, by size.
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Buffers free to hand out, by size, then by number (the first made goes out first).
+    free: HashMap<u64, std::collections::BTreeMap<u64, wgpu::Buffer>>,
     free_bytes: u64,
     /// Dropped while an encoder was open: their last commands may not be finished yet.
-    released: Vec<wgpu::Buffer>,
+    released: Vec<(u64, wgpu::Buffer)>,
     open_encoders: usize,
     /// Handed out as zeros, not cleared yet.
     to_clear: Vec<wgpu::Buffer>,
-    /// Whether a buffer was destroyed since the bind-group cache last looked ([`Pool::discarded`]).
-    discarded: bool,
+    /// Let go since the bind-group cache last looked ([`Pool::take_dead`]): its groups over these go too.
+    dead: Vec<wgpu::Buffer>,
     /// Requests served from the free buffers.
     reused: u64,
+    /// Buffers numbered so far.
+    numbered: u64,
 }
 
 impl Pool {
@@ -143,13 +173,13 @@ impl Pool {
 
     /// A free buffer of exactly `size` bytes (a size class), to be read as zeros: cleared before the next
     /// command buffer reaches the queue.
-    pub(crate) fn take_zeroed(&self, size: u64) -> Option<wgpu::Buffer> {
+    pub(crate) fn take_zeroed(&self, size: u64) -> Option<(u64, wgpu::Buffer)> {
         let mut s = self.state();
-        let buf = s.free.get_mut(&size)?.pop()?;
+        let (id, buf) = s.free.get_mut(&size)?.pop_first()?;
         s.free_bytes -= size;
         s.reused += 1;
         s.to_clear.push(buf.clone());
-        Some(buf)
+        Some((id, buf))
     }
 
     /// The buffers handed out since the last call that still need clearing.
@@ -157,9 +187,9 @@ impl Pool {
         std::mem::take(&mut self.state().to_clear)
     }
 
-    /// Whether a pooled buffer was destroyed since the last call (the bind groups made before may hold it).
-    pub(crate) fn discarded(&self) -> bool {
-        std::mem::take(&mut self.state().discarded)
+    /// The buffers let go since the last call (the bind groups made before may hold them).
+    pub(crate) fn take_dead(&self) -> Vec<wgpu::Buffer> {
+        std::mem::take(&mut self.state().dead)
     }
 
     /// Requests served by reuse so far.
@@ -167,12 +197,18 @@ impl Pool {
         self.state().reused
     }
 
-    fn release(&self, buf: wgpu::Buffer) {
+    fn number(&self) -> u64 {
+        let mut s = self.state();
+        s.numbered += 1;
+        s.numbered
+    }
+
+    fn release(&self, id: u64, buf: wgpu::Buffer) {
         let mut s = self.state();
         if s.open_encoders > 0 {
-            s.released.push(buf);
+            s.released.push((id, buf));
         } else {
-            s.keep(buf);
+            s.keep(id, buf);
         }
     }
 
@@ -180,8 +216,8 @@ impl Pool {
         let mut s = self.state();
         s.open_encoders -= 1;
         if s.open_encoders == 0 {
-            for buf in std::mem::take(&mut s.released) {
-                s.keep(buf);
+            for (id, buf) in std::mem::take(&mut s.released) {
+                s.keep(id, buf);
             }
         }
     }
@@ -189,21 +225,21 @@ impl Pool {
     /// Drops every free buffer.
     pub(crate) fn clear(&self) {
         let mut s = self.state();
-        s.free.clear();
+        let free: Vec<wgpu::Buffer> = s.free.drain().flat_map(|(_, v)| v.into_values()).collect();
+        s.dead.extend(free);
         s.free_bytes = 0;
-        s.discarded = true;
     }
 }
 
 impl PoolState {
-    fn keep(&mut self, buf: wgpu::Buffer) {
+    fn keep(&mut self, id: u64, buf: wgpu::Buffer) {
         let size = buf.size();
         if self.free_bytes + size > POOL_MAX_BYTES {
-            self.discarded = true;
+            self.dead.push(buf);
             return;
         }
         self.free_bytes += size;
-        self.free.entry(size).or_default().push(buf);
+        self.free.entry(size).or_default().insert(id, buf);
     }
 }
 
@@ -230,6 +266,15 @@ impl BindCache {
 
     pub(crate) fn clear(&mut self) {
         self.groups.clear();
+    }
+
+    /// Drops the groups that bind any of `dead`.
+    // a wgpu::Buffer hashes and compares by identity, which its interior state never changes
+    #[allow(clippy::mutable_key_type)]
+    pub(crate) fn forget(&mut self, dead: &[wgpu::Buffer]) {
+        let dead: std::collections::HashSet<&wgpu::Buffer> = dead.iter().collect();
+        self.groups
+            .retain(|(_, bound), _| !bound.iter().any(|b| dead.contains(b)));
     }
 }
 
@@ -296,6 +341,39 @@ mod tests {
         let before = ctx.counters();
         let _z = GpuMatrix::zeros(&ctx, 2, 2).unwrap();
         assert_eq!((ctx.counters() - before).buffers_reused, 0);
+    }
+
+    #[test]
+    fn a_repeated_step_gets_the_same_buffers_and_bind_groups() {
+        let Some(ctx) = context() else { return };
+        let a = GpuMatrix::upload(&ctx, array![[1.0f32, 2.0], [3.0, 4.0]].view()).unwrap();
+        // three temporaries dropped in the order 0, 2, 1: a last-in-first-out pool would hand them out
+        // rotated by one place each step (a cycle of three steps), so every dispatch would bind new buffers
+        let step = || {
+            let mut t: Vec<GpuMatrix> = (0..3)
+                .map(|_| GpuMatrix::zeros(&ctx, 2, 2).unwrap())
+                .collect();
+            crate::gpu::gemm(&ctx, 1.0, &a, false, &a, false, 0.0, &mut t[0]).unwrap();
+            let (head, tail) = t.split_at_mut(1);
+            crate::gpu::gemm(&ctx, 1.0, &head[0], false, &a, false, 0.0, &mut tail[0]).unwrap();
+            let (head, tail) = t.split_at_mut(2);
+            crate::gpu::gemm(&ctx, 1.0, &head[1], false, &a, false, 0.0, &mut tail[0]).unwrap();
+            let last = t[2].download(&ctx).unwrap();
+            let (t1, t2) = (t.pop().unwrap(), t.pop().unwrap());
+            drop(t);
+            drop(t1);
+            drop(t2);
+            last
+        };
+        let want = array![[199.0f32, 290.0], [435.0, 634.0]]; // a^4
+        assert_eq!(step(), want);
+        let before = ctx.counters();
+        for _ in 0..2 {
+            assert_eq!(step(), want);
+        }
+        let used = ctx.counters() - before;
+        assert_eq!((used.dispatches, used.buffers_reused), (6, 6));
+        assert_eq!(used.bind_groups, 0, "the same buffers at the same places");
     }
 
     #[test]
