@@ -582,7 +582,13 @@ impl GpuContext {
     /// A zero-filled storage buffer of at least `bytes` bytes: a free one of the pool (cleared on the
     /// device before the next commands), or a new one (wgpu zero-initialises those).
     pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> Buf {
-        let size = size_class(bytes);
+        // a class above what one binding (or buffer) may hold would make a request that fits unbindable:
+        // such a buffer keeps its own size
+        let most = (self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size);
+        let size = match size_class(bytes) {
+            class if class > most => bytes.max(4).next_multiple_of(4),
+            class => class,
+        };
         if let Some((id, buf)) = self.pool.take_zeroed(size) {
             return Buf::pooled(buf, Some(id), self.pool.clone());
         }

@@ -377,6 +377,21 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_is_never_sized_past_one_binding() {
+        if context().is_none() {
+            return;
+        }
+        let ctx = GpuContext::with_options(&crate::gpu::GpuOptions {
+            max_storage_binding: Some(1000),
+            ..crate::gpu::GpuOptions::from_env()
+        })
+        .unwrap();
+        // 1000 bytes: its class (1024) would not fit the binding, so it keeps its size; 600 takes its class
+        assert_eq!(GpuMatrix::zeros(&ctx, 250, 1).unwrap().buf.size(), 1000);
+        assert_eq!(GpuMatrix::zeros(&ctx, 150, 1).unwrap().buf.size(), 768);
+    }
+
+    #[test]
     fn a_repeated_dispatch_reuses_its_bind_group() {
         let Some(ctx) = context() else { return };
         let a = GpuMatrix::upload(&ctx, array![[1.0f32, 2.0], [3.0, 4.0]].view()).unwrap();
