@@ -27,10 +27,19 @@ pub fn baby_lightgcn_inputs() -> (recgoat_core::graph::CsrGraph<f32>, ndarray::A
     (adj, e0)
 }
 
+/// The bundled datasets' folder: `RECGOAT_DATA_DIR` when set (a benchmark binary run from another checkout
+/// than the one it was built in), else the crate's `data/`.
+pub fn data_dir() -> std::path::PathBuf {
+    std::env::var_os("RECGOAT_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+}
+
 /// The Baby train pairs (LightGCN split format: `user item item ...`): `(users, items, pairs)`.
 pub fn baby_pairs() -> (usize, usize, Vec<(usize, usize)>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/baby/train.txt");
-    let text = std::fs::read_to_string(path).expect("data/baby/train.txt is bundled");
+    let path = data_dir().join("baby/train.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (the bundled Baby split)", path.display()));
     let mut pairs = Vec::new();
     for line in text.lines() {
         let mut it = line
