@@ -35,9 +35,9 @@ pub(crate) const POOL_MAX_BYTES: u64 = 512 << 20;
 /// Bind groups kept before the cache starts over.
 const BIND_GROUPS_MAX: usize = 4096;
 
-/// The size a request of `bytes` is served with: at least 4 bytes, rounded up to its size class (multiples
-/// of 256 bytes up to 4 KiB, then 8 classes per power of two), so that requests of nearby sizes share
-/// buffers at most 12.5 % larger than they asked for.
+/// The size a request of `bytes` is served with, its size class: a multiple of 256 bytes up to 4 KiB, then 8
+/// classes per power of two (at most 12.5 % above the request), so that requests of nearby sizes share
+/// buffers.
 pub(crate) fn size_class(bytes: u64) -> u64 {
     let bytes = bytes.max(4);
     if bytes <= 4096 {
@@ -47,8 +47,8 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
     bytes.next_multiple_of(step)
 }
 
-/// A storage buffer of the pool, shared by every handle on it (a matrix and its aliases); when the last
-/// handle drops, the buffer goes back to the pool.
+/// A storage buffer of the context, shared by every handle on it (a matrix and its aliases); when the last
+/// handle drops, the buffer goes back to the pool ([`Buf::pooled`]) or is let go ([`Buf::transient`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Buf(Arc<Held>);
 
