@@ -135,22 +135,23 @@ fn contrastive_term_runs_on_at_most_cl_max_rows() {
         };
         RecGoat::<f64>::new(c, &ds, Backend::Cpu(Par::Seq)).unwrap()
     };
-    let p = with(false, 0).init_params();
+    let every = with(false, 0);
+    let p = every.init_params();
     let b = batch();
     let first = |n: usize| Batch {
         users: b.users[..n].to_vec(),
         pos: b.pos[..n].to_vec(),
         neg: b.neg[..n].to_vec(),
     };
+    // the capped model's term on batch() is the uncapped all-rows term on the batch's first n rows
+    let same_as_first = |capped: &RecGoat<f64>, n: usize| {
+        let got = capped.loss(&p, &b, Mode::Eval).unwrap().cl;
+        let want = every.loss(&p, &first(n), Mode::Eval).unwrap().cl;
+        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+    };
     // distinct rows of batch(): users 0, 3, 5, 8, 2, the first five rows
+    same_as_first(&with(true, 3), 3);
     let capped = with(true, 3).loss(&p, &b, Mode::Eval).unwrap();
-    let want = with(false, 0).loss(&p, &first(3), Mode::Eval).unwrap();
-    assert!(
-        (capped.cl - want.cl).abs() <= 1e-12 * want.cl,
-        "{} vs {}",
-        capped.cl,
-        want.cl
-    );
     let full = with(true, 0).loss(&p, &b, Mode::Eval).unwrap();
     assert!(
         (capped.cl - full.cl).abs() > 1e-3 * full.cl,
@@ -158,17 +159,10 @@ fn contrastive_term_runs_on_at_most_cl_max_rows() {
     );
     assert_eq!((capped.bpr, capped.reg), (full.bpr, full.reg));
     // every row, capped: the batch's first rows (a repeated user among them)
-    let capped = with(false, 6).loss(&p, &b, Mode::Eval).unwrap();
-    let want = with(false, 0).loss(&p, &first(6), Mode::Eval).unwrap();
-    assert!(
-        (capped.cl - want.cl).abs() <= 1e-12 * want.cl,
-        "{} vs {}",
-        capped.cl,
-        want.cl
-    );
+    same_as_first(&with(false, 6), 6);
     // a cap at the count of distinct rows, or above the batch, changes nothing
     assert_eq!(with(true, 5).loss(&p, &b, Mode::Eval).unwrap().cl, full.cl);
-    let all = with(false, 0).loss(&p, &b, Mode::Eval).unwrap();
+    let all = every.loss(&p, &b, Mode::Eval).unwrap();
     assert_eq!(with(false, 7).loss(&p, &b, Mode::Eval).unwrap().cl, all.cl);
 }
 

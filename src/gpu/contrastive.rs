@@ -14,7 +14,7 @@
 //! storage-binding size.
 
 use super::context::Kernel;
-use super::gemm::{record_gemm_as, record_xent_logits, GemmA, Operand};
+use super::gemm::{record_gemm_as, GemmKind, Operand};
 use super::norm::{judge_norms, record_normalize, record_normalize_backward};
 use super::{GpuContext, GpuMatrix};
 use crate::contrastive::{validate_inputs, Direction, InfoNceConfig, InfoNceOutput, Reduction};
@@ -91,6 +91,13 @@ struct LseParams {
 /// Edge of the similarity tiles whose row statistics `xent_logits.wgsl` writes (the GEMM tile).
 const STAT_TILE: usize = 64;
 
+/// The row statistics' slots of a similarity block over `b` positives and `k` negatives: the positives'
+/// tiles, and all the tiles of a row.
+fn stat_slots(b: usize, k: usize) -> (usize, usize) {
+    let pos = b.div_ceil(STAT_TILE);
+    (pos, pos + k.div_ceil(STAT_TILE))
+}
+
 /// The scratch of one direction's blocks: the similarity block, the tiles' row statistics and the
 /// log-sum-exp of every anchor.
 struct Scratch<'a> {
@@ -137,10 +144,7 @@ fn record_direction<'a>(
     let (b, d) = (a.anchors.rows(), a.anchors.cols());
     let k = a.negatives.map_or(0, GpuMatrix::rows);
     let m = b + k;
-    let (pos_tiles, slots) = (
-        b.div_ceil(STAT_TILE),
-        b.div_ceil(STAT_TILE) + k.div_ceil(STAT_TILE),
-    );
+    let (pos_tiles, slots) = stat_slots(b, k);
     let at = |x: &'a GpuMatrix, r0: usize| Operand::rows_from(x, r0);
     let s = scratch.s;
     let s_block = |off: usize, trans: bool| Operand {
@@ -152,34 +156,19 @@ fn record_direction<'a>(
     for r0 in (0..b).step_by(rows_per_block) {
         let r = (b - r0).min(rows_per_block);
         // S = X[r0..r0+r] [P; N]^T / tau, with each tile's row statistics
-        let pt = Operand::of(a.positives, true);
         let stats = scratch.stats;
-        record_xent_logits(
-            ctx,
-            enc,
-            (r, b, d),
-            inv_tau,
-            at(a.anchors, r0),
-            pt,
-            s_block(0, false),
+        let logits = |first_slot| GemmKind::XentLogits {
             stats,
-            (0, slots),
-        )?;
+            first_slot,
+            slots,
+        };
+        let (x, pt) = (at(a.anchors, r0), Operand::of(a.positives, true));
+        let out = s_block(0, false);
+        record_gemm_as(ctx, enc, logits(0), (r, b, d), inv_tau, x, pt, 0.0, out)?;
         if let Some(n) = a.negatives {
-            let nt = Operand::of(n, true);
-            let out = s_block(b, false);
-            let first = (pos_tiles, slots);
-            record_xent_logits(
-                ctx,
-                enc,
-                (r, k, d),
-                inv_tau,
-                at(a.anchors, r0),
-                nt,
-                out,
-                stats,
-                first,
-            )?;
+            let (nt, out) = (Operand::of(n, true), s_block(b, false));
+            let how = logits(pos_tiles);
+            record_gemm_as(ctx, enc, how, (r, k, d), inv_tau, x, nt, 0.0, out)?;
         }
         let lse = Kernel::new("xent_lse.wgsl", "xent_lse");
         let params = |start: usize| LseParams {
@@ -192,7 +181,7 @@ fn record_direction<'a>(
         };
         let bufs = [stats, &s.buf, &scratch.coef.buf, scratch.lse, &a.loss.buf];
         ctx.dispatch_rows(enc, lse, (r, 64), params, &bufs)?;
-        let grad = GemmA::XentGrad {
+        let grad = GemmKind::XentGrad {
             coef: &scratch.coef.buf,
             lse: scratch.lse,
             pos_offset: r0,
@@ -314,7 +303,7 @@ pub(crate) fn info_nce_deferred(
     let m = b + k;
     let rows_per_block = block_rows(ctx, b, m)?;
     let s = GpuMatrix::zeros(ctx, rows_per_block, m)?;
-    let slots = b.div_ceil(STAT_TILE) + k.div_ceil(STAT_TILE);
+    let slots = stat_slots(b, k).1;
     let stats_bytes = (rows_per_block * slots * 2 * 4) as u64;
     ctx.check_binding(OP, "similarity tile statistics", stats_bytes)?;
     let stats = ctx.storage_zeroed("infonce tile statistics", stats_bytes);

@@ -94,13 +94,23 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// What a product reads as its `A`: the matrix as stored, or (InfoNCE's backward products) a similarity
-/// block turned into the softmax cross-entropy's gradient `coef_r (exp(s_rj - lse_r) - [j == r])` as it is
-/// loaded (`xent_grad.wgsl`): the block at element 0 of its buffer, its stored row `r` the anchor
-/// `pos_offset + r`, `coef` and `lse` indexed by anchor.
+/// Which kernel on the GEMM tile a product runs.
 #[derive(Clone, Copy)]
-pub(crate) enum GemmA<'a> {
-    AsStored,
+pub(crate) enum GemmKind<'a> {
+    /// `gemm.wgsl`: `A` as stored.
+    Plain,
+    /// `xent_logits.wgsl` (InfoNCE's similarities; `beta` 0, never split in K): for each row and 64-column
+    /// tile of `C`, the tile's maximum and sum of `exp(c - maximum)` also go to `stats` (two floats per
+    /// slot, `slots` per row, this product's tiles from slot `first_slot`).
+    XentLogits {
+        stats: &'a wgpu::Buffer,
+        first_slot: usize,
+        slots: usize,
+    },
+    /// `xent_grad.wgsl` (InfoNCE's backward products): `A` is a similarity block turned into the softmax
+    /// cross-entropy's gradient `coef_r (exp(s_rj - lse_r) - [j == r])` as it is loaded: the block at
+    /// element 0 of its buffer, its stored row `r` the anchor `pos_offset + r`, `coef` and `lse` indexed by
+    /// anchor.
     XentGrad {
         coef: &'a wgpu::Buffer,
         lse: &'a wgpu::Buffer,
@@ -121,15 +131,15 @@ pub(crate) fn record_gemm(
     beta: f32,
     c: Operand<'_>,
 ) -> Result<()> {
-    record_gemm_as(ctx, enc, GemmA::AsStored, mnk, alpha, a, b, beta, c)
+    record_gemm_as(ctx, enc, GemmKind::Plain, mnk, alpha, a, b, beta, c)
 }
 
-/// [`record_gemm`] with `A` read as `how` says.
+/// [`record_gemm`] with the kernel `how` names.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_gemm_as(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
-    how: GemmA<'_>,
+    how: GemmKind<'_>,
     (m, n, k): (usize, usize, usize),
     alpha: f32,
     a: Operand<'_>,
@@ -140,17 +150,24 @@ pub(crate) fn record_gemm_as(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (kernel, extra, aux) = match how {
-        GemmA::AsStored => (Kernel::new("gemm.wgsl", "gemm"), vec![], [0, 0]),
-        GemmA::XentGrad {
-            coef,
-            lse,
-            pos_offset,
-        } => (
-            Kernel::new("xent_grad.wgsl", "xent_grad"),
-            vec![coef, lse],
-            [pos_offset as u32, 0],
-        ),
+    let (kernel, extra) = match how {
+        GemmKind::Plain => (Kernel::new("gemm.wgsl", "gemm"), vec![]),
+        GemmKind::XentLogits { stats, .. } => {
+            (Kernel::new("xent_logits.wgsl", "xent_logits"), vec![stats])
+        }
+        GemmKind::XentGrad { coef, lse, .. } => {
+            (Kernel::new("xent_grad.wgsl", "xent_grad"), vec![coef, lse])
+        }
+    };
+    // the kernel's own two parameters, for the output block at (i0, j0)
+    let aux = |i0: usize, j0: usize| match how {
+        GemmKind::Plain => [0, 0],
+        // the slot of (row, tile) is row * slots + aux0 + tile: this block's rows and tiles start at row
+        // i0 and tile j0 / TILE
+        GemmKind::XentLogits {
+            first_slot, slots, ..
+        } => [(i0 * slots + first_slot + j0 / TILE) as u32, slots as u32],
+        GemmKind::XentGrad { pos_offset, .. } => [pos_offset as u32, 0],
     };
     let step = ctx.dispatch_cap() as usize * TILE;
     for i0 in (0..m).step_by(step) {
@@ -165,7 +182,10 @@ pub(crate) fn record_gemm_as(
             let max_slices = (ctx.limits().max_storage_buffer_binding_size as usize
                 / (4 * mm * nn))
                 .min(ctx.dispatch_cap() as usize);
-            let slices = k_slices(tiles, k).min(max_slices).max(1);
+            let slices = match how {
+                GemmKind::XentLogits { .. } => 1,
+                _ => k_slices(tiles, k).min(max_slices).max(1),
+            };
             let params = |k_chunk: usize, c_stride: usize, ldc: usize, c_off: usize, beta: f32| {
                 ctx.uniform_from(&GemmParams {
                     m: mm as u32,
@@ -182,7 +202,7 @@ pub(crate) fn record_gemm_as(
                     beta,
                     k_chunk: k_chunk.max(1) as u32,
                     c_stride: c_stride as u32,
-                    aux,
+                    aux: aux(i0, j0),
                 })
             };
             if slices == 1 {
@@ -201,55 +221,6 @@ pub(crate) fn record_gemm_as(
             ctx.dispatch_3d(enc, kernel, &all, grid)?;
             let c_block = Operand { off: c_off, ..c };
             record_slice_sum(ctx, enc, &part, slices, (mm, nn), c_block, beta)?;
-        }
-    }
-    Ok(())
-}
-
-/// Records InfoNCE's similarity product `C[m x n] = alpha op(A) op(B)` (`xent_logits.wgsl`, no split K) with, for each row and 64-column tile, the tile's maximum and sum of
-/// `exp(c - maximum)` into `stats` (two floats per slot, `slots` per row, this product's tiles from slot
-/// `first_slot`). Shapes are the caller's responsibility.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_xent_logits(
-    ctx: &GpuContext,
-    enc: &mut wgpu::CommandEncoder,
-    (m, n, k): (usize, usize, usize),
-    alpha: f32,
-    a: Operand<'_>,
-    b: Operand<'_>,
-    c: Operand<'_>,
-    stats: &wgpu::Buffer,
-    (first_slot, slots): (usize, usize),
-) -> Result<()> {
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    let kernel = Kernel::new("xent_logits.wgsl", "xent_logits");
-    let step = ctx.dispatch_cap() as usize * TILE;
-    for i0 in (0..m).step_by(step) {
-        for j0 in (0..n).step_by(step) {
-            let (mm, nn) = ((m - i0).min(step), (n - j0).min(step));
-            let p = ctx.uniform_from(&GemmParams {
-                m: mm as u32,
-                n: nn as u32,
-                k: k as u32,
-                flags: u32::from(a.trans) | (u32::from(b.trans) << 1),
-                lda: a.ld as u32,
-                ldb: b.ld as u32,
-                ldc: c.ld as u32,
-                a_off: (a.off + if a.trans { i0 } else { i0 * a.ld }) as u32,
-                b_off: (b.off + if b.trans { j0 * b.ld } else { j0 }) as u32,
-                c_off: (c.off + i0 * c.ld + j0) as u32,
-                alpha,
-                beta: 0.0,
-                k_chunk: k.max(1) as u32,
-                c_stride: 0,
-                // the kernel's slot of (row, tile) is row * slots + aux0 + tile: this chunk's rows and
-                // tiles start at row i0 and tile j0 / TILE
-                aux: [(i0 * slots + first_slot + j0 / TILE) as u32, slots as u32],
-            });
-            let grid = (nn.div_ceil(TILE) as u32, mm.div_ceil(TILE) as u32);
-            ctx.dispatch_2d(enc, kernel, &[&p, a.buf, b.buf, c.buf, stats], grid)?;
         }
     }
     Ok(())

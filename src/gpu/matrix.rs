@@ -11,7 +11,8 @@ use ndarray::{Array2, ArrayView2};
 #[derive(Debug)]
 pub struct GpuMatrix {
     pub(crate) buf: wgpu::Buffer,
-    /// The pool's handle on `buf`: the buffer returns to the context's pool when the matrix and its
+    /// The pool's handle on `buf` (the same buffer; `buf` is a plain handle so that every kernel binds
+    /// `&m.buf` as a `wgpu::Buffer`): the buffer returns to the context's pool when the matrix and its
     /// aliases have all dropped.
     lease: Buf,
     rows: usize,
@@ -194,12 +195,8 @@ fn check_size(ctx: &GpuContext, op: &'static str, rows: usize, cols: usize) -> R
 pub(crate) struct GpuCsr {
     pub(crate) indptr: Buf,
     pub(crate) indices: Buf,
-    /// `None`: every edge weighs 1 (a placeholder is bound).
+    /// `None`: every edge weighs 1 (the context's placeholder is bound, [`GpuContext::placeholders`]).
     pub(crate) weights: Option<Buf>,
-    /// The context's placeholders ([`GpuContext::placeholders`]), bound where a kernel's optional input
-    /// (read) or output (read-write) is unused.
-    pub(crate) placeholder: Buf,
-    pub(crate) placeholder_rw: Buf,
     /// The rows longer than [`GpuCsr::long_row`] edges, in order (`spmm_vec4.wgsl`'s balance), if any.
     pub(crate) long_rows: Option<(Buf, usize)>,
     /// The row length above which a row is long: at least 64 edges and 8 times the mean.
@@ -234,8 +231,6 @@ impl GpuCsr {
             indptr: ctx.storage_from("indptr", &indptr),
             indices: ctx.storage_from("indices", g.indices()),
             weights: weights.map(|w| ctx.storage_from("weights", &w)),
-            placeholder: ctx.placeholders().0,
-            placeholder_rw: ctx.placeholders().1,
             long_rows: (!long.is_empty())
                 .then(|| (ctx.storage_from("long rows", &long), long.len())),
             long_row,

@@ -65,10 +65,11 @@ fn record_spmm(
     y: &GpuMatrix,
     sum: Option<(&GpuMatrix, f32)>,
 ) -> Result<()> {
-    let weights = a.weights.as_ref().unwrap_or(&a.placeholder);
+    let (placeholder, placeholder_rw) = ctx.placeholders();
+    let weights = a.weights.as_ref().unwrap_or(&placeholder);
     let (sum_buf, scale) = match sum {
         Some((s, scale)) => (&s.buf, scale),
-        None => (&*a.placeholder_rw, 1.0),
+        None => (&*placeholder_rw, 1.0),
     };
     let flags = u32::from(a.weights.is_some()) | (u32::from(sum.is_some()) << 1);
     let buffers = [&a.indptr, &a.indices, weights, &x.buf, &y.buf, sum_buf];
@@ -77,7 +78,7 @@ fn record_spmm(
         let lanes = vec4_lanes(d / 4);
         // long rows get a workgroup each where a row's lanes leave room for more than one group of them
         let long = a.long_rows.as_ref().filter(|_| lanes < 64);
-        let list = long.map_or(&*a.placeholder, |(list, _)| list);
+        let list = long.map_or(&*placeholder, |(list, _)| list);
         let n_long = long.map_or(0, |(_, n)| *n);
         let params = |start: usize| Vec4Params {
             n_rows: a.n_rows as u32,
