@@ -320,7 +320,7 @@ fn model_epoch(c: &mut Criterion) {
         baby = data("baby", &[]);
         cases = vec![
             ("lightgcn_baby", RecGoatConfig::lightgcn(), &baby),
-            ("paper_lfm2k", RecGoatConfig::paper(), &lfm),
+            ("paper_lfm2k", RecGoatConfig::recgoat(), &lfm),
         ];
     }
     let backends = [

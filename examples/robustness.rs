@@ -54,10 +54,10 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = ENTRIES.map(String::from), value_parser = ENTRIES)]
     entries: Vec<String>,
     /// The multimodal model's preset.
-    #[arg(long, default_value = "paper", value_parser = ["paper", "paper_reading", "official_code"])]
+    #[arg(long, default_value = "recgoat", value_parser = ["recgoat", "paper", "official_code"])]
     preset: String,
     /// The baseline's preset ("none": the multimodal model alone, for a quick look at its validation scores).
-    #[arg(long, default_value = "lightgcn", value_parser = ["lightgcn", "paper", "paper_reading", "official_code", "none"])]
+    #[arg(long, default_value = "lightgcn", value_parser = ["lightgcn", "recgoat", "paper", "official_code", "none"])]
     baseline: String,
     /// Seeds per model: seed, seed + 1, ...
     #[arg(long, default_value_t = 3)]
@@ -139,7 +139,7 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
     let (model, seed) = (cfg.name.clone(), cfg.seed);
     let mut t = Trainer::new(cfg, ds, backend.clone())?;
     t.fit(|_, _| {})?;
-    t.finish();
+    t.finish()?;
     let (st, c) = (t.state(), t.config());
     let capped = st.epoch >= c.epochs && st.epoch - st.best_epoch < c.patience * c.eval_every;
     let test = t.evaluate(Split::Test)?;

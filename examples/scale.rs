@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16])]
     factors: Vec<usize>,
     /// The model's preset.
-    #[arg(long, default_value = "paper", value_parser = ["paper", "paper_reading", "official_code", "lightgcn"])]
+    #[arg(long, default_value = "recgoat", value_parser = ["recgoat", "paper", "official_code", "lightgcn"])]
     preset: String,
     /// Optimiser steps per epoch of the grouped schedule.
     #[arg(long, default_value_t = 8)]

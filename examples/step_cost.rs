@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "submissions/epoch"
     );
     let presets = [
-        ("paper", RecGoatConfig::paper()),
+        ("recgoat", RecGoatConfig::recgoat()),
         ("official_code", RecGoatConfig::official_code()),
         ("lightgcn", RecGoatConfig::lightgcn()),
     ];

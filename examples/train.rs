@@ -16,6 +16,7 @@
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use recgoat_core::data::{read_features, read_interactions, Dataset, IdMap};
+use recgoat_core::eval::evaluate_split;
 use recgoat_core::model::{
     write_atomic, Metrics, Modalities, RecGoatConfig, Split, Stage, Trainer,
 };
@@ -51,10 +52,10 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     user_features: Vec<String>,
     /// Model preset (their defaults are listed below).
-    #[arg(long, default_value = "paper", value_parser = ["paper", "paper_reading", "official_code", "lightgcn"])]
+    #[arg(long, default_value = "recgoat", value_parser = ["recgoat", "paper", "official_code", "lightgcn"])]
     preset: String,
     /// Baseline trained the same way for the comparison table ("none" to skip).
-    #[arg(long, default_value = "lightgcn", value_parser = ["paper", "paper_reading", "official_code", "lightgcn", "none"])]
+    #[arg(long, default_value = "lightgcn", value_parser = ["recgoat", "paper", "official_code", "lightgcn", "none"])]
     baseline: String,
     /// Seeds per model (mean +- std over them); seed, seed + 1, ...
     #[arg(long, default_value_t = 1)]
@@ -137,6 +138,14 @@ struct Args {
     /// Resume the main model's run from this checkpoint (its configuration is used).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Hold out this fraction of the items entirely (every interaction of half of them to validation, of
+    /// the other half to test): a cold-item split, whose metrics come apart for warm and cold items beside
+    /// the raw-feature cosine baseline.
+    #[arg(long)]
+    cold_items: Option<f64>,
+    /// Seed of the cold-item split.
+    #[arg(long, default_value_t = 7)]
+    split_seed: u64,
 }
 
 struct RunResult {
@@ -156,7 +165,7 @@ struct RunResult {
 /// Each preset's main defaults, for `--help`.
 fn presets_help() -> String {
     let mut out = String::from("Preset defaults (before the options above override them):\n");
-    for name in ["paper", "paper_reading", "official_code", "lightgcn"] {
+    for name in ["recgoat", "paper", "official_code", "lightgcn"] {
         let Ok(c) = RecGoatConfig::preset(name) else {
             continue;
         };
@@ -267,7 +276,24 @@ fn train_one(
         println!("{label} {done}");
     }
     bar.finish_with_message(done);
-    trainer.finish();
+    trainer.finish()?;
+    let trials = &trainer.state().cold_trials;
+    if !trials.is_empty() {
+        let tried: Vec<String> = (trials.iter())
+            .map(|t| {
+                format!(
+                    "{}: {:.4} (warm {:.4}, cold {:.4})",
+                    t.scale, t.recall, t.warm, t.cold
+                )
+            })
+            .collect();
+        println!(
+            "{label}: cold-item scale {} chosen on validation Recall@20 (warm items may lose {} %); tried {}",
+            trainer.state().cold_scale,
+            100.0 * cfg.content_warm_tolerance,
+            tried.join(", ")
+        );
+    }
     let valid = trainer.evaluate(Split::Valid)?;
     let test = trainer.evaluate(Split::Test)?;
     trainer.export_embeddings(dir)?;
@@ -389,6 +415,60 @@ fn print_table(groups: &[(String, Vec<RunResult>)]) {
             }
         }
     }
+}
+
+/// Warm and cold items apart (when the splits hold items without training interactions), beside the
+/// raw-feature cosine baseline on the same split.
+fn print_item_groups(groups: &[(String, Vec<RunResult>)], ds: &Dataset) -> Result<(), Error> {
+    let has = |m: &Metrics| m.cold.is_some();
+    if !groups
+        .iter()
+        .flat_map(|(_, r)| r)
+        .any(|r| has(&r.test) || has(&r.valid))
+    {
+        return Ok(());
+    }
+    let part = |m: &Metrics, cold: bool| -> (f64, f64) {
+        let g = if cold { &m.cold } else { &m.warm };
+        g.as_ref()
+            .map_or((f64::NAN, f64::NAN), |g| g.recall_ndcg(20))
+    };
+    let cell = |runs: &[&Metrics], cold: bool| -> String {
+        let r: Vec<f64> = runs.iter().map(|m| part(m, cold).0).collect();
+        let n: Vec<f64> = runs.iter().map(|m| part(m, cold).1).collect();
+        format!("{} | {}", fmt_ms(&r), fmt_ms(&n))
+    };
+    println!();
+    println!(
+        "| model | valid warm R@20 | valid warm N@20 | valid cold R@20 | valid cold N@20 | test warm R@20 | test warm N@20 | test cold R@20 | test cold N@20 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, runs) in groups {
+        let v: Vec<&Metrics> = runs.iter().map(|r| &r.valid).collect();
+        let t: Vec<&Metrics> = runs.iter().map(|r| &r.test).collect();
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            cell(&v, false),
+            cell(&v, true),
+            cell(&t, false),
+            cell(&t, true)
+        );
+    }
+    if !ds.item_features.is_empty() {
+        let x: Vec<_> = ds.item_features.iter().map(|(_, x)| x.view()).collect();
+        let (users, items) = recgoat_core::eval::feature_cosine(ds.n_users, &ds.train, &x)?;
+        let ev = |split| evaluate_split(ds, users.view(), items.view(), split, Par::rayon());
+        let (v, t) = (ev(Split::Valid)?, ev(Split::Test)?);
+        println!(
+            "| feature cosine (no training) | {} | {} | {} | {} |",
+            cell(&[&v], false),
+            cell(&[&v], true),
+            cell(&[&t], false),
+            cell(&[&t], true)
+        );
+    }
+    println!("one all-item ranking per user; warm and cold columns score its warm and its cold held-out items");
+    Ok(())
 }
 
 /// A line chart of validation Recall@20 per epoch, one polyline per run, as a standalone SVG.
@@ -556,6 +636,9 @@ fn run() -> Result<(), Error> {
         args.data.clone()
     };
     let mut ds = ds;
+    if let Some(fraction) = args.cold_items {
+        ds = ds.hold_out_items(fraction, args.split_seed)?;
+    }
     for name in &args.user_features {
         ds = ds.with_user_features(name, read_features(folder.join(format!("{name}.npy")))?)?;
     }
@@ -584,7 +667,7 @@ fn run() -> Result<(), Error> {
     if args.baseline != "none" && args.baseline != args.preset {
         presets.push(args.baseline.clone());
     }
-    let first_seed = args.seed.unwrap_or(RecGoatConfig::paper().seed);
+    let first_seed = args.seed.unwrap_or(RecGoatConfig::recgoat().seed);
     let mut groups: Vec<(String, Vec<RunResult>)> = Vec::new();
     for (pi, preset) in presets.iter().enumerate() {
         let mut runs = Vec::new();
@@ -612,6 +695,7 @@ fn run() -> Result<(), Error> {
         groups.push((preset.clone(), runs));
     }
     print_table(&groups);
+    print_item_groups(&groups, &ds)?;
     std::fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;
     let title = args
         .data

@@ -2,7 +2,7 @@
 //! [`crate::model::Trainer::evaluate`] uses it).
 
 use crate::backend::{map_chunks, Par};
-use crate::data::Pair;
+use crate::data::{Dataset, Pair};
 use crate::error::{check_finite_array, Error, Result};
 use ndarray::{s, Array2, ArrayView2};
 
@@ -21,6 +21,13 @@ pub struct Metrics {
     pub hit: Vec<f64>,
     /// Users evaluated.
     pub users: usize,
+    /// The same metrics over the ground-truth items that have training interactions (warm items), on the
+    /// same all-item ranking, averaged over the users with at least one such item; present when the
+    /// ground truth also holds items without training interactions ([`evaluate_grouped`]).
+    pub warm: Option<Box<Metrics>>,
+    /// The same over the ground-truth items without training interactions (cold items): how well a model
+    /// places new items among the whole catalogue; present beside [`Metrics::warm`].
+    pub cold: Option<Box<Metrics>>,
 }
 
 impl Metrics {
@@ -28,6 +35,21 @@ impl Metrics {
     pub fn at(&self, metric: &[f64], k: usize) -> Option<f64> {
         self.ks.iter().position(|&x| x == k).map(|i| metric[i])
     }
+
+    /// Recall@`k` and NDCG@`k` (NaN when `k` was not asked for).
+    pub fn recall_ndcg(&self, k: usize) -> (f64, f64) {
+        let at = |m: &[f64]| self.at(m, k).unwrap_or(f64::NAN);
+        (at(&self.recall), at(&self.ndcg))
+    }
+}
+
+/// Which held-out split to rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Validation: train items masked.
+    Valid,
+    /// Test: train and validation items masked.
+    Test,
 }
 
 /// Sorted, de-duplicated per-user item lists from pairs.
@@ -82,6 +104,74 @@ pub fn evaluate(
     ks: &[usize],
     par: impl Into<Par>,
 ) -> Result<Metrics> {
+    evaluate_grouped(users, items, ground_truth, masked, &[], ks, par)
+}
+
+/// [`evaluate`] with the metrics also given apart for warm and cold ground-truth items, on the one all-item
+/// ranking: `cold[i]` says that item `i` has no training interaction. When the ground truth holds both
+/// kinds, [`Metrics::warm`] averages over the users with a warm ground-truth item the metrics of their warm
+/// items alone (so a cold item ranked above them costs them, as it would in a served list), and
+/// [`Metrics::cold`] likewise for cold items; an empty `cold` (or a ground truth of one kind) gives none.
+///
+/// # Errors
+/// As [`evaluate`]; [`Error::Shape`] for a non-empty `cold` whose length is not the item count.
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// use recgoat_core::{Par, eval::evaluate_grouped};
+/// let users = array![[1.0f32, 0.0]];
+/// let items = array![[0.9f32, 0.0], [0.5, 0.0], [0.1, 0.0]];
+/// // item 2 is new (cold): the user's truth is items 1 (ranked 2nd) and 2 (ranked 3rd)
+/// let m = evaluate_grouped(users.view(), items.view(), &[(0, 1), (0, 2)], &[], &[false, false, true],
+///                          &[2], Par::Seq).unwrap();
+/// assert_eq!(m.recall, vec![0.5]);
+/// assert_eq!((m.warm.unwrap().recall[0], m.cold.unwrap().recall[0]), (1.0, 0.0));
+/// ```
+pub fn evaluate_grouped(
+    users: ArrayView2<'_, f32>,
+    items: ArrayView2<'_, f32>,
+    ground_truth: &[Pair],
+    masked: &[&[Pair]],
+    cold: &[bool],
+    ks: &[usize],
+    par: impl Into<Par>,
+) -> Result<Metrics> {
+    let mut out = evaluate_cold_scales(users, items, ground_truth, masked, cold, &[1.0], ks, par)?;
+    Ok(out.remove(0))
+}
+
+/// [`evaluate_grouped`] for each of several scales of the cold items' scores at once: with scale `s` the
+/// cold items score `s (user . item)` (what scaling their vectors by `s` gives), the warm items as they
+/// are. One scoring pass ranks the warm and the cold items apart; each scale's ranking merges the two.
+/// Masked items keep their place at the end whatever the scale. Scale 1 is [`evaluate_grouped`].
+///
+/// # Errors
+/// As [`evaluate_grouped`]; [`Error::Param`] for a scale that is not finite and >= 0, or none.
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// use recgoat_core::{Par, eval::evaluate_cold_scales};
+/// let users = array![[1.0f32, 0.0]];
+/// let items = array![[0.9f32, 0.0], [0.5, 0.0], [0.1, 0.0]];
+/// let cold = [false, false, true];
+/// let m = evaluate_cold_scales(users.view(), items.view(), &[(0, 1), (0, 2)], &[], &cold, &[1.0, 10.0],
+///                              &[1], Par::Seq).unwrap();
+/// // scaled tenfold, the cold item (score 1.0) ranks first
+/// assert_eq!((m[0].recall[0], m[1].recall[0]), (0.0, 0.5));
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_cold_scales(
+    users: ArrayView2<'_, f32>,
+    items: ArrayView2<'_, f32>,
+    ground_truth: &[Pair],
+    masked: &[&[Pair]],
+    cold: &[bool],
+    scales: &[f64],
+    ks: &[usize],
+    par: impl Into<Par>,
+) -> Result<Vec<Metrics>> {
     let par: Par = par.into();
     const OP: &str = "evaluate";
     let (n_users, n_items) = (users.nrows(), items.nrows());
@@ -92,6 +182,18 @@ pub fn evaluate(
             users.ncols(),
             items.ncols(),
         ));
+    }
+    if !cold.is_empty() && cold.len() != n_items {
+        return Err(Error::shape(
+            OP,
+            "cold flags (one per item)",
+            n_items,
+            cold.len(),
+        ));
+    }
+    if scales.is_empty() || scales.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {
+        let why = "give at least one, each finite and >= 0";
+        return Err(Error::param(OP, "scales", format!("{scales:?}"), why));
     }
     check_finite_array(OP, "users", &users)?;
     check_finite_array(OP, "items", &items)?;
@@ -119,63 +221,283 @@ pub fn evaluate(
         }
     }
     let truth = by_user(ground_truth, n_users);
+    let is_cold = |i: u32| cold.get(i as usize).copied().unwrap_or(false);
+    // the groups: every item, then (when the truth holds both kinds) warm and cold items apart
+    let n_cold = ground_truth.iter().filter(|p| is_cold(p.1 as u32)).count();
+    let grouped = n_cold > 0 && n_cold < ground_truth.len();
+    let groups: Vec<Vec<Vec<u32>>> = if grouped {
+        let part = |want: bool| -> Vec<Vec<u32>> {
+            (truth.iter())
+                .map(|t| t.iter().copied().filter(|&i| is_cold(i) == want).collect())
+                .collect()
+        };
+        vec![part(false), part(true)]
+    } else {
+        Vec::new()
+    };
     let mut mask = vec![Vec::new(); n_users];
     for split in masked {
         for &(u, i) in *split {
             mask[u].push(i as u32);
         }
     }
+    let (warm_ids, cold_ids): (Vec<u32>, Vec<u32>) =
+        (0..n_items as u32).partition(|&i| !is_cold(i));
     let evaluated: Vec<usize> = (0..n_users).filter(|&u| !truth[u].is_empty()).collect();
     let kmax = ks[ks.len() - 1].min(n_items);
     let nk = ks.len();
+    // per scale and group (all, then warm and cold): 4 metrics x nk sums and the user count
+    let n_groups = 1 + groups.len();
+    let width = 4 * nk + 1;
+    let per_scale = n_groups * width;
     let blocks: Vec<&[usize]> = evaluated.chunks(BLOCK).collect();
     let sums = map_chunks(par, blocks.len(), |_, range| {
-        let mut acc = vec![0.0f64; 4 * nk];
-        let mut order: Vec<u32> = Vec::with_capacity(n_items);
+        let mut acc = vec![0.0f64; scales.len() * per_scale];
+        let (mut warm_top, mut cold_top, mut cold_zero) = (Vec::new(), Vec::new(), Vec::new());
+        let mut merged: Vec<u32> = Vec::with_capacity(kmax);
         for blk in &blocks[range] {
             let ub = Array2::from_shape_fn((blk.len(), users.ncols()), |(r, c)| users[[blk[r], c]]);
             let scores = ub.dot(&items.t());
             for (r, &u) in blk.iter().enumerate() {
-                let row = scores.slice(s![r, ..]);
-                let mut row = row.to_vec();
+                let mut row = scores.slice(s![r, ..]).to_vec();
                 for &i in &mask[u] {
                     row[i as usize] = f32::NEG_INFINITY;
                 }
-                order.clear();
-                order.extend(0..n_items as u32);
-                let cmp =
+                let by_score =
                     |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-                if kmax < n_items {
-                    order.select_nth_unstable_by(kmax, cmp);
+                top_into(&warm_ids, kmax, by_score, &mut warm_top);
+                top_into(&cold_ids, kmax, by_score, &mut cold_top);
+                // at scale 0 every unmasked cold item scores 0: they tie, the smaller id first
+                let masked_last = |a: &u32, b: &u32| {
+                    let m = |i: &u32| row[*i as usize] == f32::NEG_INFINITY;
+                    m(a).cmp(&m(b)).then(a.cmp(b))
+                };
+                top_into(&cold_ids, kmax, masked_last, &mut cold_zero);
+                for (k, &scale) in scales.iter().enumerate() {
+                    let sf = scale as f32;
+                    let cold_score = |i: u32| match row[i as usize] {
+                        v if v == f32::NEG_INFINITY => v,
+                        v => sf * v,
+                    };
+                    let cold_list = if scale == 0.0 { &cold_zero } else { &cold_top };
+                    merge_top(
+                        (&warm_top, |i: u32| row[i as usize]),
+                        (cold_list, cold_score),
+                        kmax,
+                        &mut merged,
+                    );
+                    let truths = std::iter::once(&truth[u]).chain(groups.iter().map(|g| &g[u]));
+                    for (g, t) in truths.enumerate() {
+                        if !t.is_empty() {
+                            let at = k * per_scale + g * width;
+                            let a = &mut acc[at..at + width];
+                            score_user(&merged, t, &ks, &mut a[..4 * nk]);
+                            a[4 * nk] += 1.0;
+                        }
+                    }
                 }
-                let top = &mut order[..kmax];
-                top.sort_unstable_by(cmp);
-                score_user(top, &truth[u], &ks, &mut acc);
             }
         }
         acc
     });
-    let mut acc = vec![0.0f64; 4 * nk];
+    let mut acc = vec![0.0f64; scales.len() * per_scale];
     for part in sums {
         for (a, p) in acc.iter_mut().zip(part) {
             *a += p;
         }
     }
-    let n = evaluated.len().max(1) as f64;
-    let take = |m: usize| {
-        acc[m * nk..(m + 1) * nk]
-            .iter()
-            .map(|v| v / n)
-            .collect::<Vec<f64>>()
+    let group = |k: usize, g: usize| {
+        let a = &acc[k * per_scale + g * width..k * per_scale + (g + 1) * width];
+        let users = a[4 * nk] as usize;
+        let n = users.max(1) as f64;
+        let take = |m: usize| {
+            a[m * nk..(m + 1) * nk]
+                .iter()
+                .map(|v| v / n)
+                .collect::<Vec<f64>>()
+        };
+        Metrics {
+            ks: ks.clone(),
+            recall: take(0),
+            ndcg: take(1),
+            precision: take(2),
+            hit: take(3),
+            users,
+            warm: None,
+            cold: None,
+        }
     };
-    Ok(Metrics {
-        ks,
-        recall: take(0),
-        ndcg: take(1),
-        precision: take(2),
-        hit: take(3),
-        users: evaluated.len(),
-    })
+    Ok((0..scales.len())
+        .map(|k| {
+            let mut out = group(k, 0);
+            if grouped {
+                out.warm = Some(Box::new(group(k, 1)));
+                out.cold = Some(Box::new(group(k, 2)));
+            }
+            out
+        })
+        .collect())
+}
+
+/// The first `k` of `ids` in the order `cmp`, sorted, into `out`.
+fn top_into(
+    ids: &[u32],
+    k: usize,
+    cmp: impl Fn(&u32, &u32) -> std::cmp::Ordering,
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    out.extend_from_slice(ids);
+    let k = k.min(out.len());
+    if k < out.len() {
+        out.select_nth_unstable_by(k, &cmp);
+        out.truncate(k);
+    }
+    out.sort_unstable_by(&cmp);
+}
+
+/// The first `k` of two lists, each sorted by its scores (descending, the smaller id first on ties), merged
+/// in that order, into `out`.
+fn merge_top(
+    (a, sa): (&[u32], impl Fn(u32) -> f32),
+    (b, sb): (&[u32], impl Fn(u32) -> f32),
+    k: usize,
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    while out.len() < k && (i < a.len() || j < b.len()) {
+        let take_a = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) => sa(x).total_cmp(&sb(y)).then(y.cmp(&x)).is_ge(),
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if take_a {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+}
+
+/// The ranking protocol on a dataset's split: the users with training interactions rank every item (the
+/// training items masked, and the validation items when ranking test) by `user . item`, with the metrics
+/// at [`EVAL_KS`] and, when the split holds items without training interactions, apart for warm and cold
+/// items ([`evaluate_grouped`]). Users without training interactions ([`Dataset::cold_users`]) are left out:
+/// nothing is known of them.
+///
+/// # Errors
+/// As [`evaluate_grouped`]; [`Error::Shape`] for vectors that do not have one row per user and per item.
+pub fn evaluate_split(
+    data: &Dataset,
+    users: ArrayView2<'_, f32>,
+    items: ArrayView2<'_, f32>,
+    split: Split,
+    par: impl Into<Par>,
+) -> Result<Metrics> {
+    let mut out = evaluate_split_scales(data, users, items, split, &[1.0], par)?;
+    Ok(out.remove(0))
+}
+
+/// [`evaluate_split`] for several scales of the cold items' scores at once ([`evaluate_cold_scales`]).
+///
+/// # Errors
+/// As [`evaluate_cold_scales`]; [`Error::Shape`] for vectors that do not have one row per user and per
+/// item.
+pub fn evaluate_split_scales(
+    data: &Dataset,
+    users: ArrayView2<'_, f32>,
+    items: ArrayView2<'_, f32>,
+    split: Split,
+    scales: &[f64],
+    par: impl Into<Par>,
+) -> Result<Vec<Metrics>> {
+    const OP: &str = "evaluate_split";
+    if (users.nrows(), items.nrows()) != (data.n_users, data.n_items) {
+        return Err(Error::shape(
+            OP,
+            "(user rows, item rows)",
+            (data.n_users, data.n_items),
+            (users.nrows(), items.nrows()),
+        ));
+    }
+    let (truth, masked): (&[Pair], Vec<&[Pair]>) = match split {
+        Split::Valid => (&data.valid, vec![&data.train]),
+        Split::Test => (&data.test, vec![&data.train, &data.valid]),
+    };
+    let mut warm_user = vec![false; data.n_users];
+    let mut cold = vec![true; data.n_items];
+    for &(u, i) in &data.train {
+        warm_user[u] = true;
+        cold[i] = false;
+    }
+    let truth: Vec<Pair> = truth.iter().copied().filter(|p| warm_user[p.0]).collect();
+    evaluate_cold_scales(users, items, &truth, &masked, &cold, scales, &EVAL_KS, par)
+}
+
+/// Cut-offs every evaluation of the protocol reports.
+pub const EVAL_KS: [usize; 3] = [10, 20, 50];
+
+/// The raw-feature baseline of the cold-start literature: every item is its feature rows scaled to unit
+/// length per matrix, side by side (each matrix weighted alike), and every user the mean of its training
+/// items' rows; both scaled to unit length, so that `user . item` is their cosine. It needs no training and
+/// ranks new items as it ranks the others: the figure a content encoder has to beat on cold items.
+///
+/// # Errors
+/// [`Error::Empty`] for no feature matrix; [`Error::Shape`] for a matrix without one row per item.
+///
+/// # Example
+/// ```
+/// use recgoat_core::{data::Dataset, eval::{evaluate_split, feature_cosine, Split}};
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k");
+/// let ds = Dataset::load_lightgcn_dir(dir, &["text_feat"])?;
+/// let x: Vec<_> = ds.item_features.iter().map(|(_, x)| x.view()).collect();
+/// let (users, items) = feature_cosine(ds.n_users, &ds.train, &x)?;
+/// let m = evaluate_split(&ds, users.view(), items.view(), Split::Test, recgoat_core::Par::Seq)?;
+/// assert!((m.recall_ndcg(20).0 - 0.208).abs() < 0.01); // data/README.md's sanity figure
+/// # Ok::<(), recgoat_core::Error>(())
+/// ```
+pub fn feature_cosine(
+    n_users: usize,
+    train: &[Pair],
+    features: &[ArrayView2<'_, f32>],
+) -> Result<(Array2<f32>, Array2<f32>)> {
+    const OP: &str = "feature_cosine";
+    let Some(first) = features.first() else {
+        return Err(Error::Empty {
+            op: OP,
+            what: "feature matrices".into(),
+        });
+    };
+    let n_items = first.nrows();
+    if let Some(x) = features.iter().find(|x| x.nrows() != n_items) {
+        return Err(Error::shape(
+            OP,
+            "feature rows (one per item)",
+            n_items,
+            x.nrows(),
+        ));
+    }
+    let weight = 1.0 / (features.len() as f32).sqrt();
+    let blocks: Vec<Array2<f32>> = (features.iter())
+        .map(|x| {
+            let mut x = x.to_owned();
+            crate::nn::normalize_nonzero_rows_in_place(&mut x);
+            x * weight
+        })
+        .collect();
+    let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
+    let items = ndarray::concatenate(ndarray::Axis(1), &views)
+        .map_err(|e| Error::shape(OP, "feature matrices", n_items, e))?;
+    if let Some(p) = train.iter().find(|p| p.0 >= n_users || p.1 >= n_items) {
+        let why = format!("out of range for {n_users} users, {n_items} items");
+        return Err(Error::param(OP, "train", format!("{p:?}"), why));
+    }
+    let mut users = crate::data::user_profiles(n_users, train, &[&items]);
+    crate::nn::normalize_nonzero_rows_in_place(&mut users);
+    Ok((users, items))
 }
 
 /// Adds one user's recall, NDCG, precision and hit at every cut-off into `acc` (4 blocks of `ks.len()`).
@@ -218,6 +540,8 @@ pub fn evaluate_reference(
         precision: vec![0.0; ks.len()],
         hit: vec![0.0; ks.len()],
         users: 0,
+        warm: None,
+        cold: None,
     };
     for u in 0..n_users {
         if truth[u].is_empty() {

@@ -140,7 +140,7 @@ impl Corpus {
             }
             Target::Checkpoint => {
                 let mut files = Vec::new();
-                for base in [RecGoatConfig::paper(), RecGoatConfig::lightgcn()] {
+                for base in [RecGoatConfig::recgoat(), RecGoatConfig::lightgcn()] {
                     let cfg = RecGoatConfig {
                         embedding_dim: 4,
                         gat_heads: 2,

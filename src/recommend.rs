@@ -1,5 +1,9 @@
 //! Serving a trained model: [`Recommender`] holds the final user and item vectors (a score is their dot
-//! product) and each user's training items, saved and loaded on its own, without the training data.
+//! product) and each user's training items, saved and loaded on its own, without the training data. A
+//! recommender made from a trainer ([`Recommender::from_trainer`]) also keeps what serving new data needs
+//! without retraining: the content encoder that gives a new item its vector from its feature rows
+//! ([`Recommender::add_items`], [`ContentEncoder`]) and the LightGCN tables that give a user a vector from
+//! an item history ([`Recommender::recommend_history`]).
 //!
 //! # Example
 //! ```
@@ -19,16 +23,184 @@ use crate::backend::{map_chunks, Par};
 use crate::data::IdMap;
 use crate::error::{check_finite_array, Error, Result};
 use crate::io::{content_checksum, write_atomic};
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Format tag of a saved [`Recommender`].
-pub const FORMAT: &str = "recgoat-core/recommender-v1";
+/// Format tag of a saved [`Recommender`]. Version 2 adds the content encoder and the fold-in tables; a
+/// version 1 file still loads, without them.
+pub const FORMAT: &str = "recgoat-core/recommender-v2";
+const FORMAT_V1: &str = "recgoat-core/recommender-v1";
 
 /// Users scored together: a block of `BLOCK x items` scores at a time, never a users x items matrix.
 const BLOCK: usize = 64;
+
+/// Gives a new item its vector from its feature rows, in the space of the model's vectors: per modality
+/// `m` a projection `x W_m + b_m` of the feature row (scaled to unit length first when the model
+/// normalised its features), combined as `sum_m t_m (x_m W_m + b_m)` with the trusts `t_m` (times the cold
+/// items' scale) the model fitted on its probe items. This is how the model scored its own items without
+/// training interactions, so new items land on the scale of the catalogue's.
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// use recgoat_core::recommend::ContentEncoder;
+/// // one 2-wide modality projected to 2 dimensions, trust 0.5
+/// let enc = ContentEncoder::new(vec![("text".into(), 2)], false, vec![array![[1.0f32, 0.0], [0.0, 2.0]]],
+///                               vec![array![0.0f32, 1.0]], vec![0.5])?;
+/// let v = enc.encode(&[("text", array![[1.0f32, 1.0]].view())])?;
+/// assert_eq!(v, array![[0.5f32, 1.5]]);
+/// assert!(enc.encode(&[("audio", array![[1.0f32, 1.0]].view())]).is_err());
+/// # Ok::<(), recgoat_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentEncoder {
+    modalities: Vec<(String, usize)>,
+    normalize: bool,
+    weights: Vec<Array2<f32>>,
+    biases: Vec<Array1<f32>>,
+    trust: Vec<f32>,
+}
+
+impl ContentEncoder {
+    /// An encoder of `modalities` (name and feature width, in order), rows scaled to unit length first with
+    /// `normalize`, projections `weights[m]` (`width x d`) and `biases[m]` (`d`), and trusts `trust[m]`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for lists of different lengths or shapes that do not fit; [`Error::Param`] for no
+    /// modality, a repeated name or a trust that is negative; [`Error::NonFinite`] for NaN/Inf values.
+    pub fn new(
+        modalities: Vec<(String, usize)>,
+        normalize: bool,
+        weights: Vec<Array2<f32>>,
+        biases: Vec<Array1<f32>>,
+        trust: Vec<f32>,
+    ) -> Result<Self> {
+        const OP: &str = "ContentEncoder::new";
+        let m = modalities.len();
+        if m == 0 {
+            return Err(Error::param(OP, "modalities", "[]", "give at least one"));
+        }
+        for (what, n) in [
+            ("weights", weights.len()),
+            ("biases", biases.len()),
+            ("trust", trust.len()),
+        ] {
+            if n != m {
+                return Err(Error::shape(OP, format!("{what} (one per modality)"), m, n));
+            }
+        }
+        let d = weights[0].ncols();
+        for (k, ((name, width), (w, b))) in modalities
+            .iter()
+            .zip(weights.iter().zip(&biases))
+            .enumerate()
+        {
+            if modalities[..k].iter().any(|(n, _)| n == name) {
+                return Err(Error::param(OP, "modalities", name, "named twice"));
+            }
+            if w.dim() != (*width, d) || b.len() != d {
+                return Err(Error::shape(
+                    OP,
+                    format!("modality `{name}` projection and bias"),
+                    ((*width, d), d),
+                    (w.dim(), b.len()),
+                ));
+            }
+            check_finite_array(OP, "weights", &w.view())?;
+            check_finite_array(OP, "biases", &b.view().insert_axis(ndarray::Axis(0)))?;
+        }
+        if let Some(t) = trust.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            return Err(Error::param(OP, "trust", t, "must be finite and >= 0"));
+        }
+        Ok(ContentEncoder {
+            modalities,
+            normalize,
+            weights,
+            biases,
+            trust,
+        })
+    }
+
+    /// The modalities it encodes, with their feature widths, in order.
+    pub fn modalities(&self) -> &[(String, usize)] {
+        &self.modalities
+    }
+
+    /// The trusts of the modalities (times the cold items' scale), in order.
+    pub fn trust(&self) -> &[f32] {
+        &self.trust
+    }
+
+    /// The width of the vectors it gives.
+    pub fn dim(&self) -> usize {
+        self.weights[0].ncols()
+    }
+
+    /// The vectors of `n` items from their feature rows, one matrix per modality by name (any order), each
+    /// `n x width`.
+    ///
+    /// # Errors
+    /// [`Error::Param`] naming a modality the encoder lacks, one given twice or one missing;
+    /// [`Error::Shape`] for a matrix of another width or row count; [`Error::NonFinite`] for NaN/Inf
+    /// features; [`Error::Empty`] for no rows.
+    pub fn encode(&self, features: &[(&str, ArrayView2<'_, f32>)]) -> Result<Array2<f32>> {
+        const OP: &str = "ContentEncoder::encode";
+        let have: Vec<&str> = self.modalities.iter().map(|(n, _)| n.as_str()).collect();
+        for (k, (name, _)) in features.iter().enumerate() {
+            if !have.contains(name) {
+                let why = format!("the model was trained with modalities {have:?}");
+                return Err(Error::param(OP, "features", name, why));
+            }
+            if features[..k].iter().any(|(n, _)| n == name) {
+                return Err(Error::param(OP, "features", name, "given twice"));
+            }
+        }
+        let n = features.first().map_or(0, |(_, x)| x.nrows());
+        if n == 0 {
+            return Err(Error::Empty {
+                op: OP,
+                what: "feature rows".into(),
+            });
+        }
+        let mut out = Array2::<f32>::zeros((n, self.dim()));
+        for (k, (name, width)) in self.modalities.iter().enumerate() {
+            let x =
+                (features.iter().find(|(f, _)| f == name).map(|(_, x)| x)).ok_or_else(|| {
+                    Error::param(OP, "features", name, "missing: every modality is needed")
+                })?;
+            if x.dim() != (n, *width) {
+                return Err(Error::shape(
+                    OP,
+                    format!("features `{name}` (rows, width)"),
+                    (n, *width),
+                    x.dim(),
+                ));
+            }
+            check_finite_array(OP, name, x)?;
+            let mut x = x.to_owned();
+            if self.normalize {
+                crate::nn::normalize_nonzero_rows_in_place(&mut x);
+            }
+            let mut h = x.dot(&self.weights[k]);
+            h += &self.biases[k];
+            out.scaled_add(self.trust[k], &h);
+        }
+        Ok(out)
+    }
+}
+
+/// What folding a user in from an item history needs ([`crate::model::RecGoat::fold_in_tables`]).
+#[derive(Debug, Clone, PartialEq)]
+struct FoldIn {
+    /// Per item `f_i`.
+    items: Array2<f32>,
+    /// Per user its ego term.
+    users: Array2<f32>,
+    /// LightGCN's layers `L` (items added later get `f_i = L z_i / (L + 1)`).
+    layers: usize,
+}
 
 /// Top-k items for users, scores for pairs and item neighbours, from final user and item vectors.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +212,8 @@ pub struct Recommender {
     /// The original user and item ids, when the data had its own.
     ids: Option<IdMap>,
     par: Par,
+    encoder: Option<ContentEncoder>,
+    fold: Option<FoldIn>,
 }
 
 fn bad(what: &str, reason: impl Into<String>) -> Error {
@@ -48,7 +222,8 @@ fn bad(what: &str, reason: impl Into<String>) -> Error {
 
 impl Recommender {
     /// A recommender from final user vectors (`U x d`), item vectors (`I x d`) and each user's seen items
-    /// (one list per user, or none at all), parallel over users with rayon.
+    /// (one list per user, or none at all), parallel over users with rayon. It has no content encoder and
+    /// no fold-in tables ([`Recommender::from_trainer`] adds them).
     ///
     /// # Errors
     /// [`Error::Shape`] for widths that differ or a seen list per user that does not match; [`Error::Param`]
@@ -97,21 +272,51 @@ impl Recommender {
             seen,
             ids: None,
             par: Par::rayon(),
+            encoder: None,
+            fold: None,
         })
     }
 
     /// The recommender of a trainer's current parameters (call [`crate::model::Trainer::finish`] first for
-    /// the best epoch's), leaving out each user's training items.
+    /// the best epoch's), leaving out each user's training items. With the content term and projection-only
+    /// encoders (no graph-attention layers, whose output depends on the catalogue's graph) it keeps the
+    /// [`ContentEncoder`]; without a user-user branch, the fold-in tables
+    /// ([`crate::model::RecGoat::fold_in_tables`]).
     ///
     /// # Errors
     /// The forward pass's errors.
     pub fn from_trainer(t: &crate::model::Trainer<'_>) -> Result<Self> {
+        let model = t.model();
         let (users, items) = t.embeddings()?;
         let mut seen = vec![Vec::new(); users.nrows()];
         for &(u, i) in &t.data.train {
             seen[u].push(i);
         }
-        Recommender::new(users, items, seen)
+        let mut rec = Recommender::new(users, items, seen)?;
+        let cfg = model.config();
+        if model.content_on() && cfg.gat_layers == 0 {
+            let fwd = model.forward(t.params(), crate::attention::Mode::Eval, None)?;
+            let scale = model.cold_scale() as f32;
+            let branches = &t.params().branches;
+            rec.encoder = Some(ContentEncoder::new(
+                model.modalities(),
+                cfg.normalize_features,
+                branches.iter().map(|b| b.proj.w.clone()).collect(),
+                (branches.iter())
+                    .map(|b| (b.proj.b.clone()).unwrap_or_else(|| Array1::zeros(b.proj.w.ncols())))
+                    .collect(),
+                fwd.content_trust().iter().map(|t| t * scale).collect(),
+            )?);
+        }
+        if !cfg.user_user {
+            let (items, users) = model.fold_in_tables(t.params())?;
+            rec.fold = Some(FoldIn {
+                items,
+                users,
+                layers: cfg.lightgcn_layers,
+            });
+        }
+        Ok(rec)
     }
 
     /// The same recommender knowing the original ids behind its contiguous ones (saved with it).
@@ -245,7 +450,184 @@ impl Recommender {
         Ok(top_k(&sims, k, &[item as u32]))
     }
 
-    /// Saves the vectors and the seen items (safetensors, atomically) with the format tag [`FORMAT`].
+    /// The items a user has seen (left out of its recommendations), ascending.
+    ///
+    /// # Errors
+    /// [`Error::Param`] for a user out of range.
+    pub fn seen_items(&self, user: usize) -> Result<Vec<usize>> {
+        self.check_user(user)?;
+        Ok(self.seen[user].iter().map(|&i| i as usize).collect())
+    }
+
+    /// The content encoder that gives new items their vectors, when the recommender has one.
+    pub fn encoder(&self) -> Option<&ContentEncoder> {
+        self.encoder.as_ref()
+    }
+
+    fn need_encoder(&self, op: &'static str) -> Result<&ContentEncoder> {
+        self.encoder.as_ref().ok_or_else(|| {
+            let why = "this recommender has no content encoder: its model had no content term (or had \
+                       graph-attention layers), or it was saved before encoders were (format v1): export it \
+                       again from a trainer of a model with the content term";
+            Error::param(op, "recommender", "no content encoder", why)
+        })
+    }
+
+    /// The vectors new items would have, from their feature rows (one matrix per modality, by the names
+    /// and widths the model was trained with), without adding them.
+    ///
+    /// # Errors
+    /// [`Error::Param`] when the recommender has no content encoder; as [`ContentEncoder::encode`].
+    pub fn embed_items(&self, features: &[(&str, ArrayView2<'_, f32>)]) -> Result<Array2<f32>> {
+        self.need_encoder("Recommender::embed_items")?
+            .encode(features)
+    }
+
+    /// Adds new items to the catalogue from their feature rows: from now on they are recommended, scored
+    /// and folded in like the others (no user has seen them). Returns their ids. When the recommender
+    /// knows original ids, `ids` gives the new items' (one each); otherwise pass `None`.
+    ///
+    /// # Errors
+    /// As [`Recommender::embed_items`]; [`Error::Param`] for ids missing, given where none are kept, of
+    /// the wrong count, or already used.
+    pub fn add_items(
+        &mut self,
+        features: &[(&str, ArrayView2<'_, f32>)],
+        ids: Option<Vec<String>>,
+    ) -> Result<std::ops::Range<usize>> {
+        const OP: &str = "Recommender::add_items";
+        let vectors = self.embed_items(features)?;
+        let n = vectors.nrows();
+        match (&self.ids, &ids) {
+            (Some(map), Some(new)) => {
+                if new.len() != n {
+                    return Err(Error::shape(OP, "ids (one per new item)", n, new.len()));
+                }
+                let mut all: std::collections::HashSet<&String> = map.items.iter().collect();
+                if let Some(dup) = new.iter().find(|id| !all.insert(id)) {
+                    return Err(Error::param(OP, "ids", dup, "already names an item"));
+                }
+            }
+            (Some(_), None) => {
+                let why = "the recommender knows original item ids: give one per new item";
+                return Err(Error::param(OP, "ids", "none", why));
+            }
+            (None, Some(_)) => {
+                let why = "the recommender keeps no original ids: pass None";
+                return Err(Error::param(OP, "ids", "some", why));
+            }
+            (None, None) => {}
+        }
+        let first = self.items.nrows();
+        if first + n > crate::data::MAX_ID {
+            let why = format!("the catalogue would exceed {} items", crate::data::MAX_ID);
+            return Err(Error::param(OP, "features", n, why));
+        }
+        if let Some(f) = &mut self.fold {
+            let share = f.layers as f32 / (f.layers + 1) as f32;
+            let rows = vectors.mapv(|v| v * share);
+            f.items = ndarray::concatenate(ndarray::Axis(0), &[f.items.view(), rows.view()])
+                .map_err(|e| Error::shape(OP, "fold-in rows", f.items.ncols(), e))?;
+        }
+        self.items = ndarray::concatenate(ndarray::Axis(0), &[self.items.view(), vectors.view()])
+            .map_err(|e| Error::shape(OP, "item vectors", self.items.ncols(), e))?;
+        if let (Some(map), Some(new)) = (&mut self.ids, ids) {
+            map.items.extend(new);
+        }
+        Ok(first..first + n)
+    }
+
+    /// Whether the recommender can fold a user in from an item history (it was made from a trainer of a
+    /// model without a user-user branch).
+    pub fn can_fold_in(&self) -> bool {
+        self.fold.is_some()
+    }
+
+    /// The vector of a user from an item history, without a gradient step: LightGCN's propagation of the
+    /// user's row over its items' layers ([`crate::model::RecGoat::fold_in_tables`]). For a new user
+    /// (`user` `None`) the history is every item it interacted with; for a known user, the items it
+    /// interacted with since training (its training items are added). A known user's training items alone
+    /// give back its trained vector.
+    ///
+    /// # Errors
+    /// [`Error::Param`] when the recommender has no fold-in tables, for a user or item out of range, or an
+    /// empty history for a new user.
+    pub fn fold_in(&self, user: Option<usize>, history: &[usize]) -> Result<Array1<f32>> {
+        const OP: &str = "Recommender::fold_in";
+        let fold = self.fold.as_ref().ok_or_else(|| {
+            let why =
+                "this recommender has no fold-in tables: its model had a user-user branch, or it \
+                       was saved before they were (format v1): export it again from a trainer";
+            Error::param(OP, "recommender", "no fold-in tables", why)
+        })?;
+        let items = self.history_items(user, history)?;
+        if items.is_empty() {
+            return Err(Error::param(
+                OP,
+                "history",
+                "[]",
+                "a new user needs at least one item",
+            ));
+        }
+        let mut z = match user {
+            Some(u) => fold.users.row(u).to_owned(),
+            None => Array1::zeros(self.items.ncols()),
+        };
+        let w = 1.0 / (items.len() as f32).sqrt();
+        for &i in &items {
+            z.scaled_add(w, &fold.items.row(i as usize));
+        }
+        Ok(z)
+    }
+
+    /// The sorted, distinct items of a history, a known user's seen items included.
+    fn history_items(&self, user: Option<usize>, history: &[usize]) -> Result<Vec<u32>> {
+        if let Some(u) = user {
+            self.check_user(u)?;
+        }
+        let n = self.items.nrows();
+        if let Some(i) = history.iter().find(|&&i| i >= n) {
+            return Err(bad("history", format!("item {i} out of range ({n} items)")));
+        }
+        let mut items: Vec<u32> = history.iter().map(|&i| i as u32).collect();
+        if let Some(u) = user {
+            items.extend(&self.seen[u]);
+        }
+        items.sort_unstable();
+        items.dedup();
+        Ok(items)
+    }
+
+    /// The `k` best items for a user given by an item history ([`Recommender::fold_in`]), the history's
+    /// items (and a known user's seen items) left out, best first, as `(item, score)`.
+    ///
+    /// # Errors
+    /// As [`Recommender::fold_in`]; [`Error::Param`] for `k == 0`.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use recgoat_core::recommend::Recommender;
+    /// let rec = Recommender::load("out/train/recgoat-s2026/recommender.safetensors")?;
+    /// let top = rec.recommend_history(None, &[3, 17, 42], 10)?; // a new user who liked items 3, 17, 42
+    /// # Ok::<(), recgoat_core::Error>(())
+    /// ```
+    pub fn recommend_history(
+        &self,
+        user: Option<usize>,
+        history: &[usize],
+        k: usize,
+    ) -> Result<Vec<(usize, f32)>> {
+        if k == 0 {
+            return Err(bad("k", "must be >= 1"));
+        }
+        let z = self.fold_in(user, history)?;
+        let exclude = self.history_items(user, history)?;
+        let scores = self.items.dot(&z);
+        Ok(top_k(scores.as_slice().unwrap_or(&[]), k, &exclude))
+    }
+
+    /// Saves the vectors, the seen items, the ids, the content encoder and the fold-in tables (safetensors,
+    /// atomically) with the format tag [`FORMAT`] and a checksum of the contents.
     ///
     /// # Errors
     /// [`Error::Write`] when the file cannot be written.
@@ -256,7 +638,8 @@ impl Recommender {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        let f32s = |a: &Array2<f32>| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let f32s =
+            |a: ArrayView2<'_, f32>| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
         let indptr: Vec<u8> = std::iter::once(0u64)
             .chain(self.seen.iter().scan(0u64, |acc, s| {
                 *acc += s.len() as u64;
@@ -264,48 +647,81 @@ impl Recommender {
             }))
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let indices: Vec<u8> = self
-            .seen
-            .iter()
-            .flatten()
+        let indices: Vec<u8> = (self.seen.iter().flatten())
             .flat_map(|v| v.to_le_bytes())
             .collect();
-        let (u, i) = (f32s(&self.users), f32s(&self.items));
         let nnz = self.seen.iter().map(Vec::len).sum::<usize>();
-        let views = vec![
+        // (name, dtype, shape, bytes)
+        let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
             (
-                "users",
-                TensorView::new(Dtype::F32, self.users.shape().to_vec(), &u),
+                "users".into(),
+                Dtype::F32,
+                self.users.shape().to_vec(),
+                f32s(self.users.view()),
             ),
             (
-                "items",
-                TensorView::new(Dtype::F32, self.items.shape().to_vec(), &i),
+                "items".into(),
+                Dtype::F32,
+                self.items.shape().to_vec(),
+                f32s(self.items.view()),
             ),
             (
-                "seen_indptr",
-                TensorView::new(Dtype::U64, vec![self.seen.len() + 1], &indptr),
+                "seen_indptr".into(),
+                Dtype::U64,
+                vec![self.seen.len() + 1],
+                indptr,
             ),
-            (
-                "seen_indices",
-                TensorView::new(Dtype::U32, vec![nnz], &indices),
-            ),
+            ("seen_indices".into(), Dtype::U32, vec![nnz], indices),
         ];
-        let views = views
-            .into_iter()
-            .map(|(n, v)| v.map(|v| (n.to_string(), v)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(err)?;
         let mut meta: HashMap<String, String> = [("format".to_string(), FORMAT.to_string())].into();
         if let Some(ids) = &self.ids {
             meta.insert("ids".into(), serde_json::to_string(ids).unwrap_or_default());
         }
+        if let Some(enc) = &self.encoder {
+            for (k, (w, b)) in enc.weights.iter().zip(&enc.biases).enumerate() {
+                owned.push((
+                    format!("encoder/{k}/w"),
+                    Dtype::F32,
+                    w.shape().to_vec(),
+                    f32s(w.view()),
+                ));
+                let b = b.view().insert_axis(ndarray::Axis(0));
+                owned.push((format!("encoder/{k}/b"), Dtype::F32, vec![b.len()], f32s(b)));
+            }
+            let about = serde_json::json!({"modalities": enc.modalities, "normalize": enc.normalize,
+                "trust": enc.trust});
+            meta.insert("encoder".into(), about.to_string());
+        }
+        if let Some(f) = &self.fold {
+            owned.push((
+                "fold_items".into(),
+                Dtype::F32,
+                f.items.shape().to_vec(),
+                f32s(f.items.view()),
+            ));
+            owned.push((
+                "fold_users".into(),
+                Dtype::F32,
+                f.users.shape().to_vec(),
+                f32s(f.users.view()),
+            ));
+            meta.insert("fold_layers".into(), f.layers.to_string());
+        }
+        let views = (owned.iter())
+            .map(|(n, dt, shape, bytes)| {
+                TensorView::new(*dt, shape.clone(), bytes).map(|v| (n.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(err)?;
         let sum = content_checksum(views.iter().cloned(), &meta);
         meta.insert("checksum".into(), sum);
         let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(err)?;
         write_atomic(path, &bytes)
     }
 
-    /// Loads a recommender saved by [`Recommender::save`], checking its format tag, shapes and values.
+    /// Loads a recommender saved by [`Recommender::save`], checking its format tag, checksum, shapes and
+    /// values. A file of format version 1 loads without a content encoder and fold-in tables (adding items
+    /// and folding users in then say so).
     ///
     /// # Errors
     /// [`Error::Io`] for an unreadable file; [`Error::Checkpoint`] for another format or a malformed file.
@@ -323,14 +739,13 @@ impl Recommender {
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(e.to_string()))?;
-        let format = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("format").cloned());
-        if format.as_deref() != Some(FORMAT) {
-            return Err(fail(format!("format {format:?}, expected {FORMAT:?}")));
-        }
         let m = meta.metadata().clone().unwrap_or_default();
+        let format = m.get("format").cloned();
+        if format.as_deref() != Some(FORMAT) && format.as_deref() != Some(FORMAT_V1) {
+            return Err(fail(format!(
+                "format {format:?}, expected {FORMAT:?} (or {FORMAT_V1:?})"
+            )));
+        }
         let want = content_checksum(st.tensors().into_iter(), &m);
         if m.get("checksum") != Some(&want) {
             return Err(fail(format!(
@@ -350,19 +765,18 @@ impl Recommender {
             }
             Ok(t)
         };
-        let matrix = |name: &str| -> Result<Array2<f32>> {
+        let floats = |name: &str| -> Result<(Vec<usize>, Vec<f32>)> {
             let t = tensor(name, Dtype::F32)?;
-            let &[r, c] = t.shape() else {
-                return Err(fail(format!(
-                    "tensor `{name}` is not a matrix: {:?}",
-                    t.shape()
-                )));
-            };
-            let v: Vec<f32> = t
-                .data()
-                .chunks_exact(4)
+            let v = (t.data().chunks_exact(4))
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
+            Ok((t.shape().to_vec(), v))
+        };
+        let matrix = |name: &str| -> Result<Array2<f32>> {
+            let (shape, v) = floats(name)?;
+            let &[r, c] = shape.as_slice() else {
+                return Err(fail(format!("tensor `{name}` is not a matrix: {shape:?}")));
+            };
             Array2::from_shape_vec((r, c), v).map_err(|e| fail(format!("tensor `{name}`: {e}")))
         };
         let (users, items) = (matrix("users")?, matrix("items")?);
@@ -392,8 +806,67 @@ impl Recommender {
                     .collect()
             })
             .collect();
-        let rec = Recommender::new(users, items, seen).map_err(|e| fail(e.to_string()))?;
-        match meta.metadata().as_ref().and_then(|m| m.get("ids")) {
+        let mut rec = Recommender::new(users, items, seen).map_err(|e| fail(e.to_string()))?;
+        if let Some(json) = m.get("encoder") {
+            #[derive(serde::Deserialize)]
+            struct About {
+                modalities: Vec<(String, usize)>,
+                normalize: bool,
+                trust: Vec<f32>,
+            }
+            let about: About =
+                serde_json::from_str(json).map_err(|e| fail(format!("metadata `encoder`: {e}")))?;
+            let n = about.modalities.len();
+            let weights = (0..n)
+                .map(|k| matrix(&format!("encoder/{k}/w")))
+                .collect::<Result<Vec<_>>>()?;
+            let biases = (0..n)
+                .map(|k| floats(&format!("encoder/{k}/b")).map(|(_, v)| Array1::from_vec(v)))
+                .collect::<Result<Vec<_>>>()?;
+            let enc = ContentEncoder::new(
+                about.modalities,
+                about.normalize,
+                weights,
+                biases,
+                about.trust,
+            )
+            .map_err(|e| fail(format!("its content encoder: {e}")))?;
+            if enc.dim() != rec.items.ncols() {
+                return Err(fail(format!(
+                    "its content encoder gives {}-wide vectors for {}-wide items",
+                    enc.dim(),
+                    rec.items.ncols()
+                )));
+            }
+            rec.encoder = Some(enc);
+        }
+        if let Some(layers) = m.get("fold_layers") {
+            let layers: usize = (layers.parse().ok()).filter(|&l| l <= 64).ok_or_else(|| {
+                fail(format!(
+                    "metadata `fold_layers` {layers:?} is not a layer count"
+                ))
+            })?;
+            let (fi, fu) = (matrix("fold_items")?, matrix("fold_users")?);
+            if fi.dim() != rec.items.dim() || fu.dim() != rec.users.dim() {
+                return Err(fail(format!(
+                    "fold-in tables of shapes {:?} and {:?} for items {:?} and users {:?}",
+                    fi.dim(),
+                    fu.dim(),
+                    rec.items.dim(),
+                    rec.users.dim()
+                )));
+            }
+            for (name, t) in [("fold_items", &fi), ("fold_users", &fu)] {
+                check_finite_array("Recommender::load", name, &t.view())
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+            rec.fold = Some(FoldIn {
+                items: fi,
+                users: fu,
+                layers,
+            });
+        }
+        match m.get("ids") {
             Some(json) => {
                 let ids: IdMap =
                     serde_json::from_str(json).map_err(|e| fail(format!("ids: {e}")))?;

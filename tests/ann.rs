@@ -110,7 +110,7 @@ fn the_model_builds_its_graphs_with_hnsw() {
         gat_layers: 1,
         epochs: 2,
         batch_size: 8,
-        ..RecGoatConfig::paper()
+        ..RecGoatConfig::recgoat()
     };
     cfg.set(r#"knn_method={"Hnsw":{"ef_construction":50,"ef_search":20,"seed":3}}"#)
         .unwrap();

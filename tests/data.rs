@@ -237,7 +237,7 @@ fn user_features_become_the_user_branch_profiles() {
         gat_heads: 2,
         knn_k: 1,
         user_user: true,
-        ..RecGoatConfig::paper_reading()
+        ..RecGoatConfig::paper()
     };
     let model =
         RecGoat::<f64>::new(cfg, &ds, recgoat_core::Backend::Cpu(recgoat_core::Par::Seq)).unwrap();

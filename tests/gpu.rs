@@ -1650,8 +1650,8 @@ mod model_backend {
             neg: vec![7, 11, 2, 6, 9, 8, 0],
         };
         for (name, cfg) in [
+            ("recgoat", small(RecGoatConfig::recgoat(), true)),
             ("paper", small(RecGoatConfig::paper(), true)),
-            ("paper_reading", small(RecGoatConfig::paper_reading(), true)),
             (
                 "official_code",
                 small(RecGoatConfig::official_code(), false),
@@ -1710,6 +1710,7 @@ mod model_backend {
                 ("bpr", a.bpr, b.bpr),
                 ("cl", a.cl, b.cl),
                 ("ot", a.ot, b.ot),
+                ("content", a.content, b.content),
             ] {
                 assert!(
                     (x - y).abs() <= 1e-4 * y.abs().max(1e-3),
@@ -1770,14 +1771,14 @@ mod model_backend {
     }
 
     #[test]
-    fn paper_trains_device_resident_like_the_cpu() {
-        trains_like_the_cpu("paper", several_steps(RecGoatConfig::paper()));
+    fn recgoat_trains_device_resident_like_the_cpu() {
+        trains_like_the_cpu("recgoat", several_steps(RecGoatConfig::recgoat()));
     }
 
     #[test]
-    fn paper_reading_trains_device_resident_like_the_cpu() {
-        let cfg = several_steps(RecGoatConfig::paper_reading());
-        trains_like_the_cpu("paper_reading", cfg);
+    fn paper_trains_device_resident_like_the_cpu() {
+        let cfg = several_steps(RecGoatConfig::paper());
+        trains_like_the_cpu("paper", cfg);
     }
 
     #[test]
@@ -1799,7 +1800,7 @@ mod model_backend {
             fusion_normalize: false,
             gat_layers: 2,
             gatv2: true,
-            ..several_steps(RecGoatConfig::paper_reading())
+            ..several_steps(RecGoatConfig::paper())
         };
         trains_like_the_cpu("options", cfg);
     }
@@ -1813,7 +1814,7 @@ mod model_backend {
             fusion_normalize: false,
             item_graph_layers: 2,
             item_graph_k: 3,
-            ..several_steps(RecGoatConfig::paper_reading())
+            ..several_steps(RecGoatConfig::paper())
         };
         trains_like_the_cpu("residual + item graph", cfg);
     }
@@ -1824,7 +1825,7 @@ mod model_backend {
     fn grouped_steps_train_device_resident_like_the_cpu() {
         let cfg = RecGoatConfig {
             steps_per_epoch: 2,
-            ..several_steps(RecGoatConfig::paper_reading())
+            ..several_steps(RecGoatConfig::paper())
         };
         trains_like_the_cpu("paper_reading, 2 steps per epoch", cfg);
     }
@@ -1835,7 +1836,7 @@ mod model_backend {
         let cfg = RecGoatConfig {
             user_user: true,
             ot_sample_weight: 0.1,
-            ..several_steps(RecGoatConfig::paper_reading())
+            ..several_steps(RecGoatConfig::paper())
         };
         trains_like_the_cpu("user_user + ot loss", cfg);
     }
@@ -1881,7 +1882,7 @@ mod model_backend {
     #[test]
     fn an_f64_model_on_the_gpu_is_an_error() {
         let Some(be) = gpu_backend() else { return };
-        let cfg = small(RecGoatConfig::paper_reading(), false);
+        let cfg = small(RecGoatConfig::paper(), false);
         let e = RecGoat::<f64>::new(cfg, &common::tiny(), be).unwrap_err();
         assert!(
             matches!(e, Error::Param { .. }) && e.to_string().contains("f32"),

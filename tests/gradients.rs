@@ -648,7 +648,7 @@ fn multi_view_gradients_match_central_differences_in_both_readings() {
         ..InfoNceConfig::default()
     };
     for (name, pairs, n_views) in [
-        ("paper", cmcl_paper_pairs::<f64>(3), 5),
+        ("recgoat", cmcl_paper_pairs::<f64>(3), 5),
         ("official", cmcl_official_pairs::<f64>(3), 8),
     ] {
         let vs: Vec<_> = views[..n_views].iter().map(|v| v.view()).collect();

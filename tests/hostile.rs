@@ -97,11 +97,11 @@ fn configs_claiming_huge_sizes_are_refused_before_the_model_is_built() {
     for cfg in [
         RecGoatConfig {
             embedding_dim: 1 << 40,
-            ..small(RecGoatConfig::paper_reading())
+            ..small(RecGoatConfig::paper())
         },
         RecGoatConfig {
             gat_layers: 100_000_000,
-            ..small(RecGoatConfig::paper_reading())
+            ..small(RecGoatConfig::paper())
         },
         RecGoatConfig {
             lightgcn_layers: 1 << 20,
@@ -132,12 +132,7 @@ fn malformed_graphs_and_moments_are_errors_not_panics() {
 
 /// A trained tiny trainer's checkpoint bytes.
 fn checkpoint(ds: &Dataset, dir: &std::path::Path) -> (PathBuf, Vec<u8>) {
-    let mut t = Trainer::new(
-        small(RecGoatConfig::paper_reading()),
-        ds,
-        Backend::Cpu(Par::Seq),
-    )
-    .unwrap();
+    let mut t = Trainer::new(small(RecGoatConfig::paper()), ds, Backend::Cpu(Par::Seq)).unwrap();
     t.run_epoch(|_, _| {}).unwrap();
     let path = dir.join("a.safetensors");
     t.save_checkpoint(&path).unwrap();

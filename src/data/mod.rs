@@ -6,6 +6,7 @@
 //! not match the item count, NaN/Inf features, an empty training split.
 
 mod batch;
+mod cold;
 mod interactions;
 mod synthetic;
 
@@ -386,8 +387,10 @@ impl Dataset {
         (0..self.n_users).filter(|&u| !warm[u]).collect()
     }
 
-    /// Items with no training interaction, ascending: the ID embedding learns nothing for them, their
-    /// modality features still place them (cold-start items stay in the ranking).
+    /// Items with no training interaction, ascending: the ID embedding learns nothing for them. A model
+    /// with a content encoder ([`crate::model::RecGoatConfig::content_weight`]) scores them from their
+    /// features; an ID-only model cannot rank them. The ranking metrics report them apart
+    /// ([`crate::eval::Metrics::cold`]).
     pub fn cold_items(&self) -> Vec<usize> {
         let mut warm = vec![false; self.n_items];
         for &(_, i) in &self.train {

@@ -139,6 +139,28 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         let x = self.branch(slot)?.0;
         Ok((x.t().dot(g), bias.then(|| as_row(g.sum_axis(Axis(0))))))
     }
+    fn project_rows(
+        &self,
+        slot: usize,
+        s: &Vec<usize>,
+        w: &Array2<F>,
+        b: Option<&Array2<F>>,
+    ) -> Result<(Array2<F>, Array2<F>)> {
+        let x = nn::gather(self.branch(slot)?.0.view(), s)?;
+        let lin = Linear {
+            w: w.clone(),
+            b: b.map(row),
+        };
+        Ok((lin.forward(x.view())?, x))
+    }
+    fn project_rows_backward(
+        &self,
+        x: &Array2<F>,
+        g: &Array2<F>,
+        bias: bool,
+    ) -> Result<(Array2<F>, Option<Array2<F>>)> {
+        Ok((x.t().dot(g), bias.then(|| as_row(g.sum_axis(Axis(0))))))
+    }
     fn gat_forward(
         &self,
         slot: usize,
@@ -348,6 +370,22 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         let out = multi_view_info_nce(&views, pairs, cfg, self.par)?;
         let grads = out.grads.into_iter().map(|g| g * scale).collect();
         Ok((vec![out.loss.to_f64().unwrap_or(f64::NAN)], grads))
+    }
+    fn sq_dist(
+        &self,
+        a: &Array2<F>,
+        t: &Array2<F>,
+        scale: F,
+        parts: F,
+    ) -> Result<(f64, Array2<F>)> {
+        if a.dim() != t.dim() {
+            return Err(Error::shape("CpuExec::sq_dist", "target", a.dim(), t.dim()));
+        }
+        let rows = F::c(a.nrows().max(1) as f64);
+        let diff = a - t;
+        let value = diff.iter().map(|&v| v * v).sum::<F>() / rows / parts;
+        let grad = diff * (F::c(2.0) * scale / rows);
+        Ok((value.to_f64().unwrap_or(f64::NAN), grad))
     }
     fn scalar(&self, v: f64) -> f64 {
         v

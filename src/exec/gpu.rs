@@ -136,6 +136,12 @@ pub(crate) enum GpuScalar {
         col: usize,
         scale: f64,
     },
+    /// `scale` times the mean of a `rows x 1` matrix of per-row values, all finite (`what` names them).
+    RowMean {
+        values: GpuMatrix,
+        scale: f64,
+        what: &'static str,
+    },
 }
 
 impl GpuScalar {
@@ -146,6 +152,7 @@ impl GpuScalar {
             GpuScalar::Status(s) => vec![(&s.buf, s.cols())],
             GpuScalar::Nce { pending, .. } => pending.reads(),
             GpuScalar::Terms { terms, .. } => vec![(&terms.buf, 2 * terms.rows())],
+            GpuScalar::RowMean { values, .. } => vec![(&values.buf, values.rows())],
         }
     }
 
@@ -195,6 +202,27 @@ impl GpuScalar {
                     sum += f64::from(v);
                 }
                 Ok(scale * sum / b as f64)
+            }
+            GpuScalar::RowMean {
+                values,
+                scale,
+                what,
+            } => {
+                let all = next();
+                let mut sum = 0.0f64;
+                for r in 0..values.rows() {
+                    let v = all.get(r).copied().unwrap_or(f32::NAN);
+                    if !v.is_finite() {
+                        return Err(Error::NonFinite {
+                            op: OP,
+                            what: (*what).into(),
+                            index: r,
+                            value: v.to_string(),
+                        });
+                    }
+                    sum += f64::from(v);
+                }
+                Ok(scale * sum / values.rows().max(1) as f64)
             }
         }
     }
@@ -306,6 +334,33 @@ impl<F: Real> Exec for GpuExec<'_, F> {
         bias: bool,
     ) -> Result<(GpuMatrix, Option<GpuMatrix>)> {
         let x = &self.branch(slot)?.1;
+        let mut w = self.zeros(x.cols(), g.cols())?;
+        gpu::gemm(self.ctx, 1.0, x, true, g, false, 0.0, &mut w)?;
+        let b = bias.then(|| col_sums(self.ctx, g)).transpose()?;
+        Ok((w, b))
+    }
+    fn project_rows(
+        &self,
+        slot: usize,
+        s: &GpuGraph,
+        w: &GpuMatrix,
+        b: Option<&GpuMatrix>,
+    ) -> Result<(GpuMatrix, GpuMatrix)> {
+        let x = self.gather(s, &self.branch(slot)?.1)?;
+        let mut h = self.zeros(x.rows(), w.cols())?;
+        gpu::gemm(self.ctx, 1.0, &x, false, w, false, 0.0, &mut h)?;
+        if let Some(b) = b {
+            let ones = GpuMatrix::upload(self.ctx, Array2::ones((x.rows(), 1)).view())?;
+            gpu::gemm(self.ctx, 1.0, &ones, false, b, false, 1.0, &mut h)?;
+        }
+        Ok((h, x))
+    }
+    fn project_rows_backward(
+        &self,
+        x: &GpuMatrix,
+        g: &GpuMatrix,
+        bias: bool,
+    ) -> Result<(GpuMatrix, Option<GpuMatrix>)> {
         let mut w = self.zeros(x.cols(), g.cols())?;
         gpu::gemm(self.ctx, 1.0, x, true, g, false, 0.0, &mut w)?;
         let b = bias.then(|| col_sums(self.ctx, g)).transpose()?;
@@ -515,6 +570,52 @@ impl<F: Real> Exec for GpuExec<'_, F> {
             });
         }
         Ok((terms, grads))
+    }
+    fn sq_dist(
+        &self,
+        a: &GpuMatrix,
+        t: &GpuMatrix,
+        scale: F,
+        parts: F,
+    ) -> Result<(GpuScalar, GpuMatrix)> {
+        let (rows, cols) = (a.rows(), a.cols());
+        if (t.rows(), t.cols()) != (rows, cols) {
+            return Err(Error::shape(
+                OP,
+                "sq_dist target",
+                (rows, cols),
+                (t.rows(), t.cols()),
+            ));
+        }
+        let diff = self.zeros(rows, cols)?;
+        axpy(self.ctx, 1.0, a, &diff)?;
+        axpy(self.ctx, -1.0, t, &diff)?;
+        let grad = self.zeros(rows, cols)?;
+        axpy(
+            self.ctx,
+            2.0 * Self::f(scale) / rows.max(1) as f32,
+            &diff,
+            &grad,
+        )?;
+        let squares = hadamard(self.ctx, &diff, &diff)?;
+        let ones = GpuMatrix::upload(self.ctx, Array2::ones((cols, 1)).view())?;
+        let mut values = self.zeros(rows, 1)?;
+        gpu::gemm(
+            self.ctx,
+            1.0,
+            &squares,
+            false,
+            &ones,
+            false,
+            0.0,
+            &mut values,
+        )?;
+        let value = GpuScalar::RowMean {
+            values,
+            scale: 1.0 / f64::from(Self::f(parts)),
+            what: "content term of an item",
+        };
+        Ok((value, grad))
     }
     fn scalar(&self, v: f64) -> GpuScalar {
         GpuScalar::Host(v)

@@ -105,6 +105,22 @@ pub(crate) trait Exec {
         g: &Self::M,
         bias: bool,
     ) -> Result<(Self::M, Option<Self::M>)>;
+    /// `X_s W + 1 b` for the rows `s` of branch `slot`'s features, and those rows (what
+    /// [`Exec::project_rows_backward`] needs).
+    fn project_rows(
+        &self,
+        slot: usize,
+        s: &Self::Sel,
+        w: &Self::M,
+        b: Option<&Self::M>,
+    ) -> Result<(Self::M, Self::M)>;
+    /// `(x^T g, colsum(g))` for the feature rows `x` of [`Exec::project_rows`] (the sums when `bias`).
+    fn project_rows_backward(
+        &self,
+        x: &Self::M,
+        g: &Self::M,
+        bias: bool,
+    ) -> Result<(Self::M, Option<Self::M>)>;
     /// One graph-attention layer over branch `slot`'s graph.
     fn gat_forward(
         &self,
@@ -214,6 +230,16 @@ pub(crate) trait Exec {
         cfg: &InfoNceConfig<Self::F>,
         scale: Self::F,
     ) -> Result<(Vec<Self::Scalar>, Vec<Self::M>)>;
+    /// The squared distances of the rows of `a` to those of `t`, averaged over the rows and divided by
+    /// `parts`, as a scalar; and the gradient of their mean with respect to `a`, times `scale`
+    /// (`2 scale (a - t) / rows`; `t` is held fixed).
+    fn sq_dist(
+        &self,
+        a: &Self::M,
+        t: &Self::M,
+        scale: Self::F,
+        parts: Self::F,
+    ) -> Result<(Self::Scalar, Self::M)>;
     /// A value known on the host.
     fn scalar(&self, v: f64) -> Self::Scalar;
     /// Every scalar's value (or the error of its check), in order, read in one go.

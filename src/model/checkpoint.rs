@@ -299,6 +299,15 @@ impl<'d> Trainer<'d> {
                 .map_err(|e| ckpt_err(path, e.to_string()))?;
         }
         trainer.best = best;
+        trainer
+            .model
+            .set_cold_scale(state.cold_scale)
+            .map_err(|e| ckpt_err(path, e.to_string()))?;
+        if !state.modality_trust.is_empty() {
+            (trainer.model)
+                .set_modality_trust(&state.modality_trust)
+                .map_err(|e| ckpt_err(path, format!("its modality trusts: {e}")))?;
+        }
         trainer.state = state;
         Ok(trainer)
     }

@@ -47,17 +47,20 @@ pub enum Fusion {
     /// `fusion_gate_init`, so that the model starts as its ID backbone (plus the item graph), and the
     /// modalities add what the loss supports; `weight_decay` applies to the gates.
     Residual,
+    /// No fusion: the item vectors are the backbone's (`z_cf`), and the modalities act through the
+    /// contrastive and content terms alone. Their encoders then only run on the rows those terms use.
+    None,
 }
 
 /// Every setting of the reference RecGOAT model and its training loop. Start from a preset
-/// ([`RecGoatConfig::paper`], [`RecGoatConfig::paper_reading`], [`RecGoatConfig::official_code`],
+/// ([`RecGoatConfig::recgoat`], [`RecGoatConfig::paper`], [`RecGoatConfig::official_code`],
 /// [`RecGoatConfig::lightgcn`]) and change
 /// fields; [`RecGoatConfig::validate`] (called by the model and the trainer) names any bad field.
 ///
 /// # Example
 /// ```
 /// use recgoat_core::model::RecGoatConfig;
-/// let mut cfg = RecGoatConfig::paper();
+/// let mut cfg = RecGoatConfig::recgoat();
 /// cfg.embedding_dim = 32;
 /// cfg.validate().unwrap();
 /// cfg.gat_heads = 5; // does not divide 32
@@ -113,14 +116,14 @@ pub struct RecGoatConfig {
     pub ot_sample_eps: f64,
     /// Stopping tolerance of the sample-level solves.
     pub ot_sample_tol: f64,
-    /// Weight of the contrastive loss (0: off). `paper()` uses 0.05: above 0 and 0.1 on Last.fm-2k's validation
+    /// Weight of the contrastive loss (0: off). `recgoat()` uses 0.05: above 0 and 0.1 on Last.fm-2k's validation
     /// Recall@20 (docs/ROBUSTNESS.md).
     pub cl_weight: f64,
     /// InfoNCE temperature.
     pub cl_temperature: f64,
     /// Run the contrastive term on the batch rows with a user and a positive item not seen earlier in the
     /// batch ([`Batch::distinct_rows`](super::Batch::distinct_rows)), so that a duplicate user or item is
-    /// never an in-batch negative of itself. `paper()` and `paper_reading()` set it: with every row, the
+    /// never an in-batch negative of itself. `recgoat()` and `paper()` set it: with every row, the
     /// paper's reading lost to `lightgcn()` on Last.fm-2k at 100 epochs; with distinct rows it won there
     /// (docs/RESULTS.md). `official_code()` keeps every row, duplicates included, as the released code does.
     #[serde(default)]
@@ -139,6 +142,12 @@ pub struct RecGoatConfig {
     /// user term; 0 leaves them out.
     #[serde(default = "one")]
     pub cl_modality_weight: f64,
+    /// Weigh each modality's contrastive term by the modality's trust, `min(t_m, 1)`
+    /// ([`crate::model::Forward::content_trust`], refitted after every epoch; 0 before the first): a
+    /// modality whose encoder does not predict the items' vectors on the probe items pulls nothing, one
+    /// that does pulls at up to `cl_modality_weight`. Needs the content term.
+    #[serde(default)]
+    pub cl_modality_trust: bool,
     /// View weighting in the fusion.
     pub fusion: Fusion,
     /// Initial fusion weight of the collaborative view, the modalities sharing the rest equally (in `(0, 1)`);
@@ -165,11 +174,11 @@ pub struct RecGoatConfig {
     /// The user-user graph-attention branch (paper only): kNN over user profiles (mean of the features of the
     /// user's training items), projection and GAT, added to the LightGCN user vector.
     pub user_user: bool,
-    /// Dropout probability (GAT feature and attention dropout, branch output, fusion). `paper()` and
-    /// `paper_reading()` use 0: the paper's 0.1 gave a lower validation Recall@20 on Last.fm-2k with the
+    /// Dropout probability (GAT feature and attention dropout, branch output, fusion). `recgoat()` and
+    /// `paper()` use 0: the paper's 0.1 gave a lower validation Recall@20 on Last.fm-2k with the
     /// paper's fusion (docs/RESULTS.md); `official_code()` keeps 0.1.
     pub dropout: f64,
-    /// Weight of `mean(||E0_u||^2 + ||E0_pos||^2 + ||E0_neg||^2)`. `paper()`, `paper_reading()` and
+    /// Weight of `mean(||E0_u||^2 + ||E0_pos||^2 + ||E0_neg||^2)`. `recgoat()`, `paper()` and
     /// `lightgcn()` use 1e-3: with it the paper's reading kept improving on Last.fm-2k's validation split to
     /// epoch 179 of 200, where RECGOAT.md's 1e-4 peaked at epoch 86 (docs/RESULTS.md); `official_code()`
     /// keeps 1e-4.
@@ -181,6 +190,30 @@ pub struct RecGoatConfig {
     /// which scale the backbone too, have none.
     #[serde(default)]
     pub weight_decay: f64,
+    /// Weight of the content term, which trains each modality's encoder (its branch: the projection and any
+    /// graph-attention layers) to output the item's final vector, held fixed (distillation from the warm
+    /// items): `mean over items and modalities of ||z^m_i - z_i||^2`, on the batch's distinct positive items
+    /// that are not probe items ([`RecGoatConfig::content_probe`]). The encoders then place items that have
+    /// no training interaction: their vector is `sum_m t_m z^m_i`, the per-modality trusts `t_m` (>= 0)
+    /// fitted by least squares in score space on the probe items, which the term never trains on
+    /// ([`crate::model::Forward::content_trust`]). 0: off (items without training interactions keep
+    /// whatever the model gives them; an ID-only model gives them nothing to rank them by).
+    #[serde(default)]
+    pub content_weight: f64,
+    /// Fraction of the items with training interactions held out of the content term as probe items, on
+    /// which the trusts are fitted (a modality whose encoder does not generalise gets a trust near 0).
+    #[serde(default = "default_probe")]
+    pub content_probe: f64,
+    /// At most this many items per batch for the content term (0: every distinct positive item).
+    #[serde(default)]
+    pub content_max_rows: usize,
+    /// How much of the warm items' validation Recall@20 the cold items may cost when
+    /// [`crate::model::Trainer::validate`] scales the cold items' vectors on a validation split that holds
+    /// items without training interactions (0.01: 1 %; 1: any, the scale that maximises the overall
+    /// Recall@20). A cold item placed in a list takes the place of a warm one: this is how many warm hits
+    /// the new items may take.
+    #[serde(default = "default_warm_tolerance")]
+    pub content_warm_tolerance: f64,
     /// Triples per batch.
     pub batch_size: usize,
     /// Optimiser steps per epoch. 0 (every preset): one step per batch, each with its own forward and
@@ -207,25 +240,37 @@ fn one() -> f64 {
     1.0
 }
 
+/// The default of [`RecGoatConfig::content_warm_tolerance`].
+fn default_warm_tolerance() -> f64 {
+    0.01
+}
+
+/// The default probe fraction of the content term.
+fn default_probe() -> f64 {
+    0.1
+}
+
 impl Default for RecGoatConfig {
     fn default() -> Self {
-        Self::paper()
+        Self::recgoat()
     }
 }
 
 impl RecGoatConfig {
-    /// The project's RecGOAT (the default): the LightGCN backbone scores (`z_u . z_i`, unnormalised), trained
-    /// with BPR and the paper's CMCL at weight 0.05: the user against its positive item, and at a quarter of
-    /// that weight each modality's projection against the item (on the batch rows with distinct users and
-    /// items), which pulls items with similar features together. The residual fusion
-    /// ([`Fusion::Residual`]) holds its modality gates at 0 (`fusion_gate_lr` 0), so the scores are the
-    /// backbone's. Graph attention, OAT, learned gates, the item-item view, softmax fusion and LayerNorm stay
-    /// settings (`paper_reading()` has the paper's parts all on); none raised validation Recall@20 with this
-    /// model on Last.fm-2k and Baby, and learned gates and full-weight modality terms lowered it where the
-    /// features are weak or noise (docs/ROBUSTNESS.md has the ablations).
-    pub fn paper() -> Self {
+    /// The recommended model (the default): the LightGCN backbone scores warm items (`z_u . z_i`,
+    /// unnormalised), trained with BPR and the paper's CMCL at weight 0.05: the user against its positive
+    /// item and, at a quarter of that weight (`cl_modality_weight`), each modality's encoder against the item
+    /// (on the batch rows with distinct users and items), which pulls items with similar features together.
+    /// Each modality's encoder (a projection of its features) is also distilled towards the items' final
+    /// vectors (`content_weight`), so that an item without training interactions is ranked from its
+    /// features, through the trusts fitted on probe items ([`RecGoatConfig::content_weight`]). The residual
+    /// fusion ([`Fusion::Residual`]) holds its modality gates at 0 (`fusion_gate_lr` 0): warm items keep the
+    /// backbone's vectors. Graph attention, OAT, learned gates, the item-item view, softmax fusion and
+    /// LayerNorm stay settings ([`RecGoatConfig::paper`] has the paper's parts all on); none raised
+    /// validation Recall@20 on Last.fm-2k and Baby (docs/ROBUSTNESS.md has the ablations).
+    pub fn recgoat() -> Self {
         RecGoatConfig {
-            name: "paper".into(),
+            name: "recgoat".into(),
             embedding_dim: 64,
             lightgcn_layers: 3,
             modalities: Modalities::All,
@@ -251,8 +296,9 @@ impl RecGoatConfig {
             cl_distinct_rows: true,
             cl_max_rows: 0,
             cmcl: Cmcl::Paper,
-            cl_modality_weight: 0.25,
-            fusion: Fusion::Residual,
+            cl_modality_weight: 0.0,
+            cl_modality_trust: false,
+            fusion: Fusion::None,
             fusion_cf_init: None,
             fusion_gate_init: 0.0,
             fusion_gate_lr: 0.0,
@@ -263,7 +309,11 @@ impl RecGoatConfig {
             dropout: 0.0,
             reg_weight: 1e-3,
             lr: 1e-3,
-            weight_decay: 0.01,
+            weight_decay: 0.001,
+            content_weight: 1.0,
+            content_probe: 0.1,
+            content_max_rows: 256,
+            content_warm_tolerance: 0.01,
             batch_size: 2048,
             steps_per_epoch: 0,
             epochs: 200,
@@ -273,23 +323,26 @@ impl RecGoatConfig {
         }
     }
 
-    /// The paper reading with the library's numerical fixes: one graph-attention layer per modality, OAT (log-domain Sinkhorn, implicit gradients
-    /// through the plan, barycentric map `d T + Delta`), softmax fusion weights with LayerNorm and L2
-    /// normalisation, CMCL (modality vs fused) at weight 0.05 on the batch rows with distinct users and
-    /// items. The default before [`RecGoatConfig::paper`] became the residual model; kept for comparison and
-    /// for every part of the paper in one configuration.
-    pub fn paper_reading() -> Self {
+    /// The paper's RecGOAT, read with the library's numerical fixes: one graph-attention layer per modality,
+    /// OAT (log-domain Sinkhorn, implicit gradients through the plan, barycentric map `d T + Delta`),
+    /// softmax fusion weights with LayerNorm and L2 normalisation, CMCL (modality vs fused) at weight 0.05
+    /// on the batch rows with distinct users and items. Every part of the paper in one configuration, for
+    /// comparison; no content term (the paper has none: its items without training interactions keep their
+    /// untrained ID part in the fusion). [`RecGoatConfig::recgoat`] is the recommended model.
+    pub fn paper() -> Self {
         RecGoatConfig {
-            name: "paper_reading".into(),
+            name: "paper".into(),
             gat_layers: 1,
             cl_modality_weight: 1.0,
+            cl_modality_trust: false,
             fusion_gate_lr: 1.0,
             oat: true,
             cl_weight: 0.05,
             fusion: Fusion::Softmax,
             fusion_normalize: true,
             weight_decay: 0.0,
-            ..Self::paper()
+            content_weight: 0.0,
+            ..Self::recgoat()
         }
     }
 
@@ -310,6 +363,7 @@ impl RecGoatConfig {
             oat_eps_absolute: 0.01,
             oat_iters: 100,
             oat_gradient: OtGradient::Detached,
+            cl_modality_trust: false,
             cl_weight: 0.1,
             cl_distinct_rows: false,
             cl_max_rows: 0,
@@ -319,7 +373,8 @@ impl RecGoatConfig {
             fusion: Fusion::Free,
             fusion_normalize: true,
             weight_decay: 0.0,
-            ..Self::paper()
+            content_weight: 0.0,
+            ..Self::recgoat()
         }
     }
 
@@ -335,25 +390,29 @@ impl RecGoatConfig {
             cl_weight: 0.0,
             ot_sample_weight: 0.0,
             weight_decay: 0.0,
-            ..Self::paper()
+            content_weight: 0.0,
+            content_max_rows: 0,
+            cl_modality_trust: false,
+            ..Self::recgoat()
         }
     }
 
-    /// A preset by name: `paper`, `paper_reading`, `official_code` (or `official`), `lightgcn`.
+    /// A preset by name: `recgoat`, `paper` (or `paper_reading`), `official_code` (or `official`),
+    /// `lightgcn`.
     ///
     /// # Errors
     /// [`Error::Param`] for an unknown name.
     pub fn preset(name: &str) -> Result<Self> {
         match name {
-            "paper" => Ok(Self::paper()),
-            "paper_reading" => Ok(Self::paper_reading()),
+            "recgoat" => Ok(Self::recgoat()),
+            "paper" | "paper_reading" => Ok(Self::paper()),
             "official_code" | "official" => Ok(Self::official_code()),
             "lightgcn" => Ok(Self::lightgcn()),
             other => Err(Error::param(
                 "RecGoatConfig::preset",
                 "name",
                 other,
-                "one of paper, paper_reading, official_code, lightgcn",
+                "one of recgoat, paper, official_code, lightgcn",
             )),
         }
     }
@@ -368,7 +427,7 @@ impl RecGoatConfig {
     /// # Example
     /// ```
     /// use recgoat_core::model::{Fusion, RecGoatConfig};
-    /// let mut cfg = RecGoatConfig::paper();
+    /// let mut cfg = RecGoatConfig::recgoat();
     /// cfg.set("fusion=Residual").unwrap();
     /// assert_eq!(cfg.fusion, Fusion::Residual);
     /// assert!(cfg.set("no_such_field=1").is_err());
@@ -412,6 +471,7 @@ impl RecGoatConfig {
         positive("batch_size", self.batch_size)?;
         within("steps_per_epoch", self.steps_per_epoch, (0, 1 << 30))?;
         within("cl_max_rows", self.cl_max_rows, (0, 1 << 30))?;
+        within("content_max_rows", self.content_max_rows, (0, 1 << 30))?;
         positive("epochs", self.epochs)?;
         positive("eval_every", self.eval_every)?;
         positive("oat_iters", self.oat_iters)?;
@@ -497,10 +557,27 @@ impl RecGoatConfig {
             ("weight_decay", self.weight_decay),
             ("fusion_gate_lr", self.fusion_gate_lr),
             ("cl_modality_weight", self.cl_modality_weight),
+            ("content_weight", self.content_weight),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::param(OP, name, v, "must be finite and >= 0"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.content_warm_tolerance) {
+            return Err(Error::param(
+                OP,
+                "content_warm_tolerance",
+                self.content_warm_tolerance,
+                "must be in [0, 1]",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.content_probe) {
+            return Err(Error::param(
+                OP,
+                "content_probe",
+                self.content_probe,
+                "must be in [0, 1)",
+            ));
         }
         if let Some(w) = self.fusion_cf_init {
             if !(w > 0.0 && w < 1.0) {
@@ -515,13 +592,32 @@ impl RecGoatConfig {
                 "must be in [0, 1)",
             ));
         }
-        if self.id_only() && (self.oat || self.cl_weight > 0.0 || self.ot_sample_weight > 0.0) {
+        if self.id_only()
+            && (self.oat
+                || self.cl_weight > 0.0
+                || self.ot_sample_weight > 0.0
+                || self.content_weight > 0.0)
+        {
             return Err(Error::param(
                 OP,
                 "modalities",
                 "[] (ID only)",
-                "OAT, the contrastive and the OT sample losses need at least one modality: turn them off",
+                "OAT, the contrastive, the OT sample and the content terms need at least one modality: turn them off",
             ));
+        }
+        if self.cl_modality_trust && self.content_weight == 0.0 {
+            let why = "the trusts are fitted from the content encoders: needs content_weight > 0";
+            return Err(Error::param(OP, "cl_modality_trust", true, why));
+        }
+        if self.fusion == Fusion::None && !self.id_only() {
+            let why = |what: &str| format!("{what} feeds the fusion: fusion None has none");
+            if self.oat {
+                return Err(Error::param(OP, "oat", true, why("OAT")));
+            }
+            if self.fusion_normalize {
+                let why = why("the normalisation of the fused items");
+                return Err(Error::param(OP, "fusion_normalize", true, why));
+            }
         }
         if self.ot_sample_weight > 0.0 && !self.oat {
             return Err(Error::param(

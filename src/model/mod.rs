@@ -17,5 +17,5 @@ pub use crate::io::{write_atomic, write_npy_atomic};
 pub use config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};
-pub use recgoat::{Forward, LossParts, RecGoat};
-pub use train::{EpochLog, Split, TrainState, Trainer, EVAL_KS};
+pub use recgoat::{content_trust, Forward, LossParts, RecGoat};
+pub use train::{ColdTrial, EpochLog, Split, TrainState, Trainer, EVAL_KS};

@@ -40,6 +40,9 @@ pub struct LossParts<F> {
     pub cl: F,
     /// Sample-level OT loss (unweighted mean over modalities).
     pub ot: F,
+    /// Content term (unweighted): the mean squared distance of the modality encoders' outputs to the items'
+    /// final vectors.
+    pub content: F,
 }
 
 /// The inputs of one graph-attention branch: node features and the attended kNN graph.
@@ -62,7 +65,7 @@ pub(super) struct BranchInput<F> {
 /// let feats = ndarray::Array2::from_shape_fn((4, 3), |(i, j)| ((i * 3 + j) as f32).sin());
 /// let train = vec![(0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3)];
 /// let ds = Dataset::new("toy", train, vec![], vec![(0, 3)], vec![("f".into(), feats)]).unwrap();
-/// let mut cfg = RecGoatConfig::paper();
+/// let mut cfg = RecGoatConfig::recgoat();
 /// (cfg.embedding_dim, cfg.gat_heads, cfg.knn_k) = (4, 2, 2);
 /// let model = RecGoat::<f64>::new(cfg, &ds, Backend::default()).unwrap();
 /// let params = model.init_params();
@@ -92,6 +95,16 @@ pub struct RecGoat<F: Real> {
     pub(super) shapes: Vec<(String, (usize, usize))>,
     /// Which of those tensors is which parameter.
     pub(super) layout: Layout,
+    /// Items without training interactions: scored through the content encoders when the model has them.
+    pub(super) cold: Vec<bool>,
+    /// Warm items held out of the content term, ascending: the trusts are fitted on them.
+    pub(super) probe: Vec<usize>,
+    /// Whether an item is a probe item.
+    pub(super) is_probe: Vec<bool>,
+    /// The scale of the cold items' content vectors (1: as the trusts fit them).
+    pub(super) cold_scale: f64,
+    /// The modalities' trusts as last fitted, weighing their contrastive terms with `cl_modality_trust`.
+    pub(super) modality_trust: Vec<f64>,
 }
 
 /// What [`RecGoat::forward`] computed, on the host: the final user and item vectors (scores are their dot
@@ -105,6 +118,7 @@ pub struct Forward<F: Real> {
     zcf: Array2<F>,
     modal: Vec<Array2<F>>,
     plans: Vec<Array2<F>>,
+    trust: Vec<F>,
 }
 
 impl<F: Real> Forward<F> {
@@ -120,6 +134,83 @@ impl<F: Real> Forward<F> {
     pub fn plans(&self) -> Vec<&Array2<F>> {
         self.plans.iter().collect()
     }
+    /// The per-modality trusts `t_m` that score items without training interactions as
+    /// `sum_m t_m z^m_i` (empty without the content term, [`RecGoatConfig::content_weight`]).
+    pub fn content_trust(&self) -> &[F] {
+        &self.trust
+    }
+}
+
+/// The probe items of the content term: a seeded `fraction` of the warm items (`cold[i]` false), ascending;
+/// none when that rounds to 0 or would leave no warm item for the term itself.
+fn probe_items(cold: &[bool], fraction: f64, seed: u64) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let mut warm: Vec<usize> = (0..cold.len()).filter(|&i| !cold[i]).collect();
+    let k = (fraction * warm.len() as f64).round() as usize;
+    if k == 0 || k >= warm.len() {
+        return Vec::new();
+    }
+    warm.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_C0DE_D1CE_F00D));
+    let mut probe = warm[..k].to_vec();
+    probe.sort_unstable();
+    probe
+}
+
+/// The per-modality trusts of the content encoders: `t >= 0` minimising, over the items `rows`,
+/// `sum_i (z_i - sum_m t_m c^m_i)^T G (z_i - sum_m t_m c^m_i)` with `G = users^T users / U`, the squared
+/// error of the scores `u . z_i` averaged over the users: the content vector `sum_m t_m c^m_i` is the best
+/// non-negative combination of the encoders for ranking. Solved by projected coordinate descent on the
+/// `M x M` normal equations (a convex quadratic); encoders that carry nothing the others do not get 0.
+///
+/// # Errors
+/// [`Error::Shape`] for encoder outputs that are not `items`' shape.
+pub fn content_trust<F: Real>(
+    users: ArrayView2<'_, F>,
+    items: ArrayView2<'_, F>,
+    encoders: &[ArrayView2<'_, F>],
+    rows: &[usize],
+) -> Result<Vec<F>> {
+    const OP: &str = "content_trust";
+    if let Some(c) = encoders.iter().find(|c| c.dim() != items.dim()) {
+        return Err(Error::shape(OP, "encoder output", items.dim(), c.dim()));
+    }
+    let m = encoders.len();
+    let to64 = |a: ArrayView2<'_, F>| a.mapv(|v| v.to_f64().unwrap_or(0.0));
+    let u = to64(users);
+    let g = u.t().dot(&u) / (u.nrows().max(1) as f64);
+    let z = crate::nn::gather(to64(items).view(), rows)?;
+    let c: Vec<Array2<f64>> = (encoders.iter())
+        .map(|e| crate::nn::gather(to64(*e).view(), rows))
+        .collect::<Result<_>>()?;
+    // in the metric G: <x, y>_G = sum_i x_i^T G y_i
+    let gc: Vec<Array2<f64>> = c.iter().map(|x| x.dot(&g)).collect();
+    let mut a = Array2::<f64>::zeros((m, m));
+    let mut b = vec![0.0; m];
+    for p in 0..m {
+        b[p] = (&gc[p] * &z).sum();
+        for q in 0..m {
+            a[[p, q]] = (&gc[p] * &c[q]).sum();
+        }
+    }
+    let scale = (0..m).map(|p| a[[p, p]]).sum::<f64>() / m.max(1) as f64;
+    let mut t = vec![0.0f64; m];
+    for _ in 0..500 {
+        let mut change = 0.0f64;
+        for p in 0..m {
+            let diag = a[[p, p]] + 1e-9 * scale;
+            if diag <= 0.0 {
+                continue;
+            }
+            let rest: f64 = (0..m).filter(|&q| q != p).map(|q| a[[p, q]] * t[q]).sum();
+            let new = ((b[p] - rest) / diag).max(0.0);
+            change = change.max((new - t[p]).abs());
+            t[p] = new;
+        }
+        if change <= 1e-12 * (1.0 + t.iter().fold(0.0f64, |x, y| x.max(*y))) {
+            break;
+        }
+    }
+    Ok(t.into_iter().map(F::c).collect())
 }
 
 /// Gradients of a batch's aligned rows and collaborative rows (one modality's sample-level OT term).
@@ -296,6 +387,15 @@ impl<F: Real> RecGoat<F> {
         let sample_ot = SinkhornConfig::new(Epsilon::Absolute(cast(cfg.ot_sample_eps)))
             .with_tol(cast(cfg.ot_sample_tol), ErrorNorm::L1)
             .with_iters(1000, 10);
+        let mut cold = vec![true; n_items];
+        for &(_, i) in &data.train {
+            cold[i] = false;
+        }
+        let probe = probe_items(&cold, cfg.content_probe, cfg.seed);
+        let mut is_probe = vec![false; n_items];
+        for &i in &probe {
+            is_probe[i] = true;
+        }
         let mut model = RecGoat {
             cfg,
             n_users,
@@ -311,6 +411,11 @@ impl<F: Real> RecGoat<F> {
             device: None,
             shapes: Vec::new(),
             layout: Layout::default(),
+            cold,
+            probe,
+            is_probe,
+            cold_scale: 1.0,
+            modality_trust: Vec::new(),
         };
         model.device = crate::exec::attach(&model.inputs())?;
         let init = model.init_params();
@@ -318,6 +423,7 @@ impl<F: Real> RecGoat<F> {
             .map(|(n, t)| (n.clone(), t.dim()))
             .collect();
         model.layout = Layout::of(&init);
+        model.modality_trust = vec![0.0; model.modalities.len()];
         Ok(model)
     }
 
@@ -354,28 +460,234 @@ impl<F: Real> RecGoat<F> {
             let st = State::upload(&ex, p)?;
             let fwd = self.forward_on(&ex, &st, mode, profile)?;
             self.resolve_checks(&ex, &fwd)?;
+            let users = ex.download(&fwd.users)?;
+            let mut items = ex.download(fwd.items())?;
+            let modal: Vec<Array2<F>> = fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
+            let trust = self.place_cold_items(users.view(), &mut items, &modal, self.cold_scale)?;
             Ok(Forward {
-                users: ex.download(&fwd.users)?,
-                items: ex.download(fwd.items())?,
+                users,
+                items,
                 zcf: ex.download(&fwd.zcf)?,
-                modal: fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?,
+                modal,
                 plans: fwd.oat().iter().map(|o| ex.oat_plan(o)).collect::<Result<_>>()?,
+                trust,
             })
         })
     }
 
-    /// The final user and item vectors only (evaluation mode): what ranking needs.
+    /// The final user and item vectors only (evaluation mode): what ranking needs. With the content term,
+    /// the items without training interactions have their content vectors ([`Forward::content_trust`]).
     ///
     /// # Errors
     /// As [`RecGoat::forward`].
     pub fn embeddings(&self, p: &Params<F>) -> Result<(Array2<F>, Array2<F>)> {
+        self.embeddings_with_cold_scale(p, self.cold_scale)
+    }
+
+    /// [`RecGoat::embeddings`] with the cold items' vectors at `scale` instead of [`RecGoat::cold_scale`].
+    ///
+    /// # Errors
+    /// As [`RecGoat::embeddings`]; [`Error::Param`] for a scale that is not finite and >= 0.
+    pub fn embeddings_with_cold_scale(
+        &self,
+        p: &Params<F>,
+        scale: f64,
+    ) -> Result<(Array2<F>, Array2<F>)> {
+        let (users, items, _) = self.vectors_and_trust(p, scale)?;
+        Ok((users, items))
+    }
+
+    /// [`RecGoat::embeddings_with_cold_scale`] and the trusts fitted on the way (empty without the
+    /// content term).
+    pub(crate) fn vectors_and_trust(
+        &self,
+        p: &Params<F>,
+        scale: f64,
+    ) -> Result<(Array2<F>, Array2<F>, Vec<F>)> {
+        if !(scale.is_finite() && scale >= 0.0) {
+            let why = "must be finite and >= 0";
+            return Err(Error::param(
+                "RecGoat::embeddings",
+                "cold scale",
+                scale,
+                why,
+            ));
+        }
         self.check_params(p)?;
         with_exec!(self, ex => {
             let st = State::upload(&ex, p)?;
             let fwd = self.forward_on(&ex, &st, Mode::Eval, None)?;
             self.resolve_checks(&ex, &fwd)?;
-            Ok((ex.download(&fwd.users)?, ex.download(fwd.items())?))
+            let users = ex.download(&fwd.users)?;
+            let mut items = ex.download(fwd.items())?;
+            let mut trust = Vec::new();
+            if self.content_on() {
+                let modal: Vec<Array2<F>> =
+                    fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
+                trust = self.place_cold_items(users.view(), &mut items, &modal, scale)?;
+            }
+            Ok((users, items, trust))
         })
+    }
+
+    /// What folding a user in from an item history needs ([`crate::recommend::Recommender::fold_in`]):
+    /// per item `f_i = sum_{l<L} e_i^(l) / ((L + 1) sqrt(d_i))`, the item's first `L` LightGCN layers
+    /// scaled by its training degree `d_i`, and per user its ego embedding `e_u^(0) / (L + 1)`. A user of
+    /// history `H` then has `z_u = e_u^(0) / (L + 1) + sum_{i in H} f_i / sqrt(|H|)` (no ego term for a new
+    /// user): LightGCN's own propagation of the user's row with the items' layers held fixed, which gives a
+    /// known user its trained vector back from its training items. Items without training interactions
+    /// get `f_i = L z_i / (L + 1)` from their final vector `z_i` (as if each layer were that vector at
+    /// degree 1).
+    ///
+    /// # Errors
+    /// [`Error::Param`] when the model has a user-user branch (its vectors do not come from the history
+    /// alone); as [`RecGoat::embeddings`].
+    pub fn fold_in_tables(&self, p: &Params<F>) -> Result<(Array2<F>, Array2<F>)> {
+        const OP: &str = "RecGoat::fold_in_tables";
+        if self.user_input.is_some() {
+            let why = "a user-user branch adds to each user what its history alone does not give";
+            return Err(Error::param(OP, "user_user", true, why));
+        }
+        self.check_params(p)?;
+        let (nu, ni, layers) = (self.n_users, self.n_items, self.cfg.lightgcn_layers);
+        let (_, items) = self.embeddings(p)?;
+        let norm = F::c(1.0 / (layers + 1) as f64);
+        let par = self.backend.par();
+        let mut e = p.embedding.clone();
+        let mut acc = Array2::<F>::zeros((ni, self.cfg.embedding_dim));
+        for l in 0..layers {
+            acc += &e.slice(ndarray::s![nu.., ..]);
+            if l + 1 < layers {
+                e = crate::graph::spmm(&self.adj, e.view(), par)?;
+            }
+        }
+        let indptr = self.adj.indptr();
+        for (i, mut row) in acc.rows_mut().into_iter().enumerate() {
+            let degree = indptr[nu + i + 1] - indptr[nu + i];
+            if degree == 0 {
+                row.assign(&(&items.row(i) * F::c(layers as f64)));
+            } else {
+                row.mapv_inplace(|v| v / F::c(degree as f64).sqrt());
+            }
+            row.mapv_inplace(|v| v * norm);
+        }
+        let ego = p.embedding.slice(ndarray::s![..nu, ..]).mapv(|v| v * norm);
+        Ok((acc, ego))
+    }
+
+    /// Whether the model has the content term (and scores items without training interactions through
+    /// its encoders).
+    pub fn content_on(&self) -> bool {
+        self.cfg.content_weight > 0.0 && !self.modalities.is_empty()
+    }
+
+    /// Items without training interactions, as flags by item id.
+    pub fn cold_items(&self) -> &[bool] {
+        &self.cold
+    }
+
+    /// The probe items: items with training interactions that the content term never trains on, on which
+    /// the trusts are fitted (ascending).
+    pub fn probe_items(&self) -> &[usize] {
+        &self.probe
+    }
+
+    /// The modalities' trusts as last set ([`RecGoat::set_modality_trust`]; 0 each until then), which
+    /// weigh their contrastive terms when [`RecGoatConfig::cl_modality_trust`] is set.
+    pub fn modality_trust(&self) -> &[f64] {
+        &self.modality_trust
+    }
+
+    /// Sets the modalities' trusts (the trainer sets those fitted after each epoch,
+    /// [`Forward::content_trust`]).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a count other than the modalities'; [`Error::Param`] for a trust that is not
+    /// finite and >= 0.
+    pub fn set_modality_trust(&mut self, trust: &[f64]) -> Result<()> {
+        const OP: &str = "RecGoat::set_modality_trust";
+        if trust.len() != self.modalities.len() {
+            return Err(Error::shape(
+                OP,
+                "trusts",
+                self.modalities.len(),
+                trust.len(),
+            ));
+        }
+        if let Some(t) = trust.iter().find(|t| !(t.is_finite() && **t >= 0.0)) {
+            return Err(Error::param(OP, "trust", t, "must be finite and >= 0"));
+        }
+        self.modality_trust = trust.to_vec();
+        Ok(())
+    }
+
+    /// The weight of each modality's contrastive term (its share of [`Cmcl::Paper`]'s modality terms):
+    /// `cl_modality_weight / M`, times `min(trust, 1)` with `cl_modality_trust`.
+    pub(super) fn modality_term_weights(&self) -> Vec<f64> {
+        let m = self.modalities.len();
+        let w = self.cfg.cl_modality_weight / m.max(1) as f64;
+        (0..m)
+            .map(|k| match self.cfg.cl_modality_trust {
+                true => w * self.modality_trust.get(k).copied().unwrap_or(0.0).min(1.0),
+                false => w,
+            })
+            .collect()
+    }
+
+    /// The scale of the cold items' content vectors: 1 as the trusts fit them on the probe items, or what
+    /// [`crate::model::Trainer::validate`] chose on the validation split's cold items.
+    pub fn cold_scale(&self) -> f64 {
+        self.cold_scale
+    }
+
+    /// Sets the scale of the cold items' content vectors (`s * sum_m t_m z^m_i`).
+    ///
+    /// # Errors
+    /// [`Error::Param`] for a scale that is not finite and >= 0.
+    pub fn set_cold_scale(&mut self, s: f64) -> Result<()> {
+        if !(s.is_finite() && s >= 0.0) {
+            return Err(Error::param(
+                "RecGoat::set_cold_scale",
+                "scale",
+                s,
+                "must be finite and >= 0",
+            ));
+        }
+        self.cold_scale = s;
+        Ok(())
+    }
+
+    /// With the content term: fits the trusts on the probe items and writes each cold item's content
+    /// vector `s sum_m t_m z^m_i` into `items` (`s` the [`RecGoat::cold_scale`]); returns the trusts (empty
+    /// without the term).
+    fn place_cold_items(
+        &self,
+        users: ArrayView2<'_, F>,
+        items: &mut Array2<F>,
+        modal: &[Array2<F>],
+        scale: f64,
+    ) -> Result<Vec<F>> {
+        if !self.content_on() {
+            return Ok(Vec::new());
+        }
+        let views: Vec<ArrayView2<'_, F>> = modal.iter().map(|m| m.view()).collect();
+        let warm: Vec<usize> = (0..self.n_items).filter(|&i| !self.cold[i]).collect();
+        // the probe items, or (a catalogue too small to spare any) every warm item, in sample
+        let fit_on = if self.probe.is_empty() {
+            &warm
+        } else {
+            &self.probe
+        };
+        let trust = content_trust(users, items.view(), &views, fit_on)?;
+        let scale = F::c(scale);
+        for (i, _) in self.cold.iter().enumerate().filter(|(_, &c)| c) {
+            let mut row = items.row_mut(i);
+            row.fill(F::zero());
+            for (t, z) in trust.iter().zip(&views) {
+                row.scaled_add(*t * scale, &z.row(i));
+            }
+        }
+        Ok(trust)
     }
 
     /// Loss and gradient of one batch (forward pass, losses, backward pass) on the model's backend.
@@ -469,10 +781,25 @@ impl<F: Real> RecGoat<F> {
     }
 
     /// The rows of `batch` the contrastive term runs on when they are not all of them: its
-    /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], then the first
-    /// [`RecGoatConfig::cl_max_rows`] of those when that is set and fewer; `None` when every row is kept.
+    /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], without the rows of probe items
+    /// when the model has the content term, then the first [`RecGoatConfig::cl_max_rows`] of those when
+    /// that is set and fewer; `None` when every row is kept.
     pub(super) fn contrastive_subset(&self, batch: &Batch) -> Option<Batch> {
-        let rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
+        let mut rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
+        // the modality terms train the encoders: the probe items stay out, as they do of the content term
+        if self.content_on() {
+            let from = rows.as_ref().unwrap_or(batch);
+            if from.pos.iter().any(|&i| self.is_probe[i]) {
+                let keep: Vec<usize> = (0..from.pos.len())
+                    .filter(|&k| !self.is_probe[from.pos[k]])
+                    .collect();
+                rows = Some(Batch {
+                    users: keep.iter().map(|&k| from.users[k]).collect(),
+                    pos: keep.iter().map(|&k| from.pos[k]).collect(),
+                    neg: keep.iter().map(|&k| from.neg[k]).collect(),
+                });
+            }
+        }
         let cap = self.cfg.cl_max_rows;
         let len = rows.as_ref().unwrap_or(batch).users.len();
         if cap == 0 || len <= cap {
@@ -484,6 +811,20 @@ impl<F: Real> RecGoat<F> {
             pos: from.pos[..cap].to_vec(),
             neg: from.neg[..cap].to_vec(),
         })
+    }
+
+    /// The items of `batch` the content term runs on: its distinct positive items that are not probe items,
+    /// in batch order, at most [`RecGoatConfig::content_max_rows`] of them when that is set.
+    pub(super) fn content_rows(&self, batch: &Batch) -> Vec<usize> {
+        let mut seen = std::collections::HashSet::new();
+        let cap = match self.cfg.content_max_rows {
+            0 => usize::MAX,
+            c => c,
+        };
+        (batch.pos.iter().copied())
+            .filter(|&i| !self.is_probe[i] && seen.insert(i))
+            .take(cap)
+            .collect()
     }
 
     /// Fresh parameters from `cfg.seed`: `E^0 ~ N(0, 0.1^2)`, Xavier-uniform projections and `Delta`,
@@ -515,10 +856,12 @@ impl<F: Real> RecGoat<F> {
         let cf = self.cfg.fusion_cf_init.unwrap_or(match self.cfg.fusion {
             Fusion::Softmax => 1.0 / (m + 1) as f64,
             Fusion::Free => 0.15,
-            Fusion::Residual => 1.0, // unused: the collaborative items enter with weight 1
+            // unused: the collaborative items enter with weight 1, or alone
+            Fusion::Residual | Fusion::None => 1.0,
         });
         let rest = (1.0 - cf) / m.max(1) as f64;
-        let fusion = (!self.id_only()).then(|| match self.cfg.fusion {
+        let fused = !self.id_only() && self.cfg.fusion != Fusion::None;
+        let fusion = fused.then(|| match self.cfg.fusion {
             // logits whose softmax is (cf, rest, ..., rest)
             Fusion::Softmax => {
                 let mut w = Array1::from_elem(m + 1, F::c(rest.ln()));
@@ -531,7 +874,7 @@ impl<F: Real> RecGoat<F> {
                 w
             }
             // the item-graph view's weight (when on), then the modality gates
-            Fusion::Residual => {
+            Fusion::Residual | Fusion::None => {
                 let g = usize::from(self.item_graph.is_some());
                 let mut w = Array1::from_elem(g + m, F::c(self.cfg.fusion_gate_init));
                 w.slice_mut(ndarray::s![..g]).fill(F::one());
@@ -544,7 +887,7 @@ impl<F: Real> RecGoat<F> {
             user_branch,
             deltas,
             fusion,
-            norm: (!self.id_only() && self.cfg.fusion_normalize).then(|| LayerNorm::new(d)),
+            norm: (fused && self.cfg.fusion_normalize).then(|| LayerNorm::new(d)),
         }
     }
 

@@ -11,7 +11,9 @@ use super::params::{Branch, Params};
 use super::profile::{Profile, Stage};
 use super::recgoat::{LossParts, RecGoat, BRANCH_SLOPE};
 use crate::attention::{GatParams, Mode};
-use crate::contrastive::{cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig};
+use crate::contrastive::{
+    cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm, ViewPair,
+};
 use crate::data::Batch;
 use crate::error::{Error, Result};
 use crate::exec::{Exec, GatRefs};
@@ -179,6 +181,9 @@ pub(super) struct Fwd<E: Exec> {
     oat: Vec<E::Oat>,
     fusion: Option<FusionRec<E>>,
     checks: Vec<E::Scalar>,
+    /// The modality branches were not run over every item: the batch terms project the rows they use
+    /// ([`RecGoat::rowwise_branches`]).
+    rowwise: bool,
 }
 
 impl<E: Exec> Fwd<E> {
@@ -217,11 +222,14 @@ struct OutGrads<E: Exec> {
     aligned: Vec<E::M>,
     /// The regulariser's gradients of the batches' ego rows with their selections.
     ego: Vec<(E::Sel, E::M)>,
+    /// With row-wise branches, per modality the feature rows the batch terms projected and the gradients
+    /// of those projections.
+    rows: Vec<Vec<(E::M, E::M)>>,
 }
 
 impl<E: Exec> OutGrads<E> {
     /// Zero gradients of a forward pass's outputs (no ego rows yet).
-    fn zeros(ex: &E, (nu, ni, d): (usize, usize, usize), fwd: &Fwd<E>) -> Result<Self> {
+    fn zeros(ex: &E, (nu, ni, d, m): (usize, usize, usize, usize), fwd: &Fwd<E>) -> Result<Self> {
         let items = |n: usize| (0..n).map(|_| ex.zeros(ni, d)).collect::<Result<Vec<_>>>();
         Ok(OutGrads {
             users: ex.zeros(nu, d)?,
@@ -230,6 +238,7 @@ impl<E: Exec> OutGrads<E> {
             modal: items(fwd.branches.len())?,
             aligned: items(fwd.aligned.len())?,
             ego: Vec::new(),
+            rows: (0..m).map(|_| Vec::new()).collect(),
         })
     }
 }
@@ -267,6 +276,8 @@ pub(crate) struct Pending<S> {
     reg: S,
     cl: Vec<S>,
     ot: S,
+    /// The content term's parts (their sum is the term).
+    content: Vec<S>,
 }
 
 impl<F: Real> RecGoat<F> {
@@ -363,8 +374,71 @@ impl<F: Real> RecGoat<F> {
         ex: &E,
         st: &State<E>,
         mode: Mode,
-        mut profile: Option<&mut Profile>,
+        profile: Option<&mut Profile>,
     ) -> Result<Fwd<E>> {
+        self.forward_branches(ex, st, mode, profile, true)
+    }
+
+    /// Whether the modality branches can run on the rows the batch terms use alone: projections with no
+    /// graph attention whose outputs over every item nothing else reads (no OAT, no fusion).
+    pub(super) fn rowwise_branches(&self) -> bool {
+        self.cfg.gat_layers == 0
+            && self.oat.is_none()
+            && self.cfg.fusion == Fusion::None
+            && self.cfg.cmcl == Cmcl::Paper
+    }
+
+    /// Modality `m`'s encoder output at the rows of `sel`: gathered from its output over every item, or,
+    /// with row-wise branches, projected there (with the feature rows, for the backward pass).
+    fn encode_rows<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        st: &State<E>,
+        fwd: &Fwd<E>,
+        m: usize,
+        sel: &E::Sel,
+    ) -> Result<(E::M, Option<E::M>)> {
+        if fwd.rowwise {
+            let idx = &self.layout.branches[m];
+            let (out, x) = ex.project_rows(m, sel, &st.t[idx.w], idx.b.map(|k| &st.t[k]))?;
+            Ok((out, Some(x)))
+        } else {
+            Ok((ex.gather(sel, &fwd.branches[m].out)?, None))
+        }
+    }
+
+    /// Routes the gradient `g` of [`RecGoat::encode_rows`]' output for modality `m`: into the dense
+    /// gradient of its output over every item, or (row-wise) beside the feature rows it came from.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_rows_grad<E: Exec<F = F>>(
+        ex: &E,
+        modal: &mut [E::M],
+        rows: &mut [Vec<(E::M, E::M)>],
+        m: usize,
+        sel: &E::Sel,
+        x: Option<E::M>,
+        g: E::M,
+    ) -> Result<()> {
+        match x {
+            Some(x) => {
+                rows[m].push((x, g));
+                Ok(())
+            }
+            None => ex.scatter_add(sel, &g, &mut modal[m]),
+        }
+    }
+
+    /// [`RecGoat::forward_on`], the modality branches over every item when `full` or when
+    /// [`RecGoat::rowwise_branches`] does not hold, else left to the batch terms.
+    fn forward_branches<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        st: &State<E>,
+        mode: Mode,
+        mut profile: Option<&mut Profile>,
+        full: bool,
+    ) -> Result<Fwd<E>> {
+        let rowwise = !full && self.rowwise_branches();
         let (nu, ni) = (self.n_users, self.n_items);
         let (t, layout) = (&st.t, &self.layout);
         let t0 = Profile::start();
@@ -379,12 +453,15 @@ impl<F: Real> RecGoat<F> {
         Profile::add(&mut profile, Stage::Propagation, t0);
 
         let t0 = Profile::start();
-        let branches = (layout.branches.iter().enumerate())
-            .map(|(m, idx)| self.branch_forward(ex, t, idx, m, mode, 1 + m as u64))
-            .collect::<Result<Vec<_>>>()?;
+        let branches = match rowwise {
+            true => Vec::new(),
+            false => (layout.branches.iter().enumerate())
+                .map(|(m, idx)| self.branch_forward(ex, t, idx, m, mode, 1 + m as u64))
+                .collect::<Result<Vec<_>>>()?,
+        };
         let user_branch = match &layout.user {
             Some(idx) => {
-                let rec = self.branch_forward(ex, t, idx, branches.len(), mode, 1000)?;
+                let rec = self.branch_forward(ex, t, idx, layout.branches.len(), mode, 1000)?;
                 ex.axpy(F::one(), &rec.out, &mut users)?;
                 Some(rec)
             }
@@ -412,6 +489,7 @@ impl<F: Real> RecGoat<F> {
             oat,
             fusion: None,
             checks,
+            rowwise,
         };
         if let Some(fi) = layout.fusion {
             let t0 = Profile::start();
@@ -476,6 +554,7 @@ impl<F: Real> RecGoat<F> {
             modal: g_modal,
             aligned: g_aligned,
             ego: g_ego,
+            rows: g_rows,
         } = og;
         ex.scatter_add(&s_u, &scaled(ex, w, bo.grad_users)?, g_users)?;
         ex.scatter_add(&s_i, &scaled(ex, w, bo.grad_items)?, g_items)?;
@@ -513,18 +592,27 @@ impl<F: Real> RecGoat<F> {
             let rows = subset.as_ref().unwrap_or(batch);
             // each further view with where its gradient goes (2 collaborative items, 3 + m modality m)
             let mut extra: Vec<(E::M, usize, &E::Sel)> = Vec::new();
+            // the feature rows of each further view projected row-wise
+            let mut extra_rows: Vec<Option<E::M>> = Vec::new();
             let s_n;
             let pairs = match self.cfg.cmcl {
                 Cmcl::Paper => {
-                    // the modality terms at `cl_modality_weight` (0: the user term alone)
-                    let mw = self.cfg.cl_modality_weight;
-                    let modal = if mw > 0.0 { fwd.branches.len() } else { 0 };
-                    for (m, b) in fwd.branches.iter().take(modal).enumerate() {
-                        extra.push((ex.gather(s_cp, &b.out)?, 3 + m, s_cp));
-                    }
-                    let mut pairs = cmcl_paper_pairs::<F>(modal);
-                    for p in &mut pairs[1..] {
-                        p.weight *= F::c(mw);
+                    // the modality terms at `cl_modality_weight` (0: the user term alone), each at its
+                    // trust with `cl_modality_trust`; a modality of weight 0 is left out
+                    let weights = self.modality_term_weights();
+                    let mut pairs = cmcl_paper_pairs::<F>(0);
+                    for (m, &mw) in weights.iter().enumerate() {
+                        if mw > 0.0 {
+                            pairs.push(ViewPair {
+                                first: 2 + extra.len(),
+                                second: 1,
+                                weight: F::c(mw),
+                                term: PairTerm::InfoNce,
+                            });
+                            let (view, x) = self.encode_rows(ex, st, fwd, m, s_cp)?;
+                            extra.push((view, 3 + m, s_cp));
+                            extra_rows.push(x);
+                        }
                     }
                     pairs
                 }
@@ -536,6 +624,7 @@ impl<F: Real> RecGoat<F> {
                             extra.push((ex.gather(sel, &b.out)?, 3 + m, sel));
                         }
                     }
+                    extra_rows.extend(extra.iter().map(|_| None));
                     cmcl_official_pairs::<F>(1 + fwd.branches.len())
                 }
             };
@@ -548,14 +637,14 @@ impl<F: Real> RecGoat<F> {
             let refs: Vec<&E::M> = views.iter().map(|v| v.0).collect();
             // the terms are read unweighted; their gradients carry the batch's share `w` of the step
             let (terms, grads) = ex.info_nce(&refs, &pairs, &cfg, F::c(clw) * w)?;
-            for ((_, target, sel), g) in views.into_iter().zip(&grads) {
-                let acc = match target {
-                    0 => &mut *g_users,
-                    1 => &mut *g_items,
-                    2 => &mut *g_zcf,
-                    m => &mut g_modal[m - 3],
-                };
-                ex.scatter_add(sel, g, acc)?;
+            let xs = [None, None].into_iter().chain(extra_rows);
+            for (((_, target, sel), g), x) in views.into_iter().zip(grads).zip(xs) {
+                match target {
+                    0 => ex.scatter_add(sel, &g, g_users)?,
+                    1 => ex.scatter_add(sel, &g, g_items)?,
+                    2 => ex.scatter_add(sel, &g, g_zcf)?,
+                    m => Self::encode_rows_grad(ex, g_modal, g_rows, m - 3, sel, x, g)?,
+                }
             }
             cl = terms;
             Profile::add(&mut profile, Stage::Contrastive, t0);
@@ -578,12 +667,33 @@ impl<F: Real> RecGoat<F> {
             }
             Profile::add(&mut profile, Stage::Transport, t0);
         }
+        let mut content = Vec::new();
+        if self.content_on() {
+            let t0 = Profile::start();
+            let rows = self.content_rows(batch);
+            if !rows.is_empty() {
+                // each encoder against the items' final vectors (held fixed), at the batch's share `w`
+                let sel = ex.select(&rows, ni)?;
+                let target = ex.gather(&sel, fwd.items())?;
+                let m = self.modalities.len();
+                let m_count = F::c(m as f64);
+                let scale = F::c(self.cfg.content_weight) * w / m_count;
+                for k in 0..m {
+                    let (c, x) = self.encode_rows(ex, st, fwd, k, &sel)?;
+                    let (value, g) = ex.sq_dist(&c, &target, scale, m_count)?;
+                    Self::encode_rows_grad(ex, g_modal, g_rows, k, &sel, x, g)?;
+                    content.push(value);
+                }
+            }
+            Profile::add(&mut profile, Stage::Loss, t0);
+        }
         let pending = Pending {
             checks: Vec::new(),
             bpr: bo.bpr,
             reg: bo.reg,
             cl,
             ot: ex.scalar(ot),
+            content,
         };
         Ok(pending)
     }
@@ -607,6 +717,7 @@ impl<F: Real> RecGoat<F> {
             mut modal,
             mut aligned,
             ego,
+            rows,
         } = og;
         let one = F::one();
         let mut g_ig = None;
@@ -669,6 +780,28 @@ impl<F: Real> RecGoat<F> {
         Profile::add(&mut profile, Stage::Transport, t0);
 
         let t0 = Profile::start();
+        if fwd.rowwise {
+            // each branch's projection from the rows the batch terms projected
+            for (idx, rows) in layout.branches.iter().zip(&rows) {
+                let (r, c) = ex.dim(&t[idx.w]);
+                let mut gw = ex.zeros(r, c)?;
+                let mut gb = match idx.b {
+                    Some(_) => Some(ex.zeros(1, c)?),
+                    None => None,
+                };
+                for (x, g) in rows {
+                    let (w, b) = ex.project_rows_backward(x, g, idx.b.is_some())?;
+                    ex.axpy(one, &w, &mut gw)?;
+                    if let (Some(acc), Some(b)) = (gb.as_mut(), b) {
+                        ex.axpy(one, &b, acc)?;
+                    }
+                }
+                grads[idx.w] = Some(gw);
+                if let Some(k) = idx.b {
+                    grads[k] = gb;
+                }
+            }
+        }
         for (m, g) in modal.iter().enumerate() {
             let idx = &layout.branches[m];
             self.branch_backward(ex, t, (idx, m), &fwd.branches[m], g, &mut grads)?;
@@ -720,13 +853,10 @@ impl<F: Real> RecGoat<F> {
         let Some((_, mode)) = batches.first() else {
             return Err(Error::shape(OP, "batches in a step", ">= 1", 0));
         };
-        let mut fwd = self.forward_on(ex, st, *mode, profile.as_deref_mut())?;
+        let mut fwd = self.forward_branches(ex, st, *mode, profile.as_deref_mut(), false)?;
         let w = F::one() / F::c(batches.len() as f64);
-        let mut og = OutGrads::zeros(
-            ex,
-            (self.n_users, self.n_items, self.cfg.embedding_dim),
-            &fwd,
-        )?;
+        let dims = (self.n_users, self.n_items, self.cfg.embedding_dim);
+        let mut og = OutGrads::zeros(ex, (dims.0, dims.1, dims.2, self.modalities.len()), &fwd)?;
         let mut pendings = Vec::with_capacity(batches.len());
         for (batch, _) in batches {
             let p = self.loss_on(ex, st, &fwd, (batch, w), &mut og, profile.as_deref_mut())?;
@@ -752,7 +882,11 @@ impl<F: Real> RecGoat<F> {
         steps: &[Pending<E::Scalar>],
     ) -> Result<Vec<LossParts<F>>> {
         let refs: Vec<&E::Scalar> = (steps.iter())
-            .flat_map(|p| p.checks.iter().chain(&p.cl).chain([&p.bpr, &p.reg, &p.ot]))
+            .flat_map(|p| {
+                (p.checks.iter().chain(&p.cl))
+                    .chain([&p.bpr, &p.reg, &p.ot])
+                    .chain(&p.content)
+            })
             .collect();
         let mut values = ex.read(&refs)?.into_iter();
         let mut next = || {
@@ -771,12 +905,17 @@ impl<F: Real> RecGoat<F> {
                 cl += next()?;
             }
             let (bpr, reg, ot) = (next()?, next()?, next()?);
+            let mut content = 0.0;
+            for _ in &p.content {
+                content += next()?;
+            }
             let terms = [
                 ("BPR loss", bpr),
                 ("regulariser", reg),
                 ("contrastive loss", cl),
+                ("sample-level OT loss", ot),
             ];
-            for (what, v) in terms.into_iter().chain([("sample-level OT loss", ot)]) {
+            for (what, v) in terms.into_iter().chain([("content term", content)]) {
                 if !v.is_finite() {
                     return Err(Error::NonFinite {
                         op: OP,
@@ -787,13 +926,14 @@ impl<F: Real> RecGoat<F> {
                 }
             }
             let c = |v: f64| F::c(v);
-            let (bpr, reg, cl, ot) = (c(bpr), c(reg), c(cl), c(ot));
+            let (bpr, reg, cl, ot, content) = (c(bpr), c(reg), c(cl), c(ot), c(content));
             out.push(LossParts {
-                total: bpr + reg + c(clw) * cl + c(otw) * ot,
+                total: bpr + reg + c(clw) * cl + c(otw) * ot + c(self.cfg.content_weight) * content,
                 bpr,
                 reg,
                 cl,
                 ot,
+                content,
             });
         }
         Ok(out)

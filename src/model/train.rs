@@ -11,7 +11,8 @@ use crate::backend::Backend;
 use crate::data::Batch;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::eval::{by_user, evaluate, Metrics};
+use crate::eval::{by_user, evaluate_split, evaluate_split_scales, Metrics};
+pub use crate::eval::{Split, EVAL_KS};
 use crate::nn::{Adam, AdamState};
 use ndarray::Array2;
 use rand::seq::SliceRandom;
@@ -19,18 +20,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
-
-/// Cut-offs every evaluation reports.
-pub const EVAL_KS: [usize; 3] = [10, 20, 50];
-
-/// Which held-out split to rank.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    /// Validation: train items masked.
-    Valid,
-    /// Test: train and validation items masked.
-    Test,
-}
 
 /// One epoch of training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,16 +34,20 @@ pub struct EpochLog {
     pub cl: f64,
     /// Mean sample-level OT term (unweighted).
     pub ot: f64,
+    /// Mean content term (unweighted).
+    #[serde(default)]
+    pub content: f64,
     /// Seconds of training (without evaluation).
     pub train_seconds: f64,
-    /// Validation Recall@20 and NDCG@20, when evaluated this epoch.
+    /// Validation Recall@20 and NDCG@20 that select the epoch, when evaluated this epoch: over every
+    /// held-out item, or over the warm ones when the split also holds cold items ([`Trainer::validate`]).
     pub valid: Option<(f64, f64)>,
     /// Seconds of that evaluation.
     pub eval_seconds: f64,
 }
 
 /// Progress of a training run, saved in checkpoints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Epochs completed.
     pub epoch: usize,
@@ -66,12 +59,62 @@ pub struct TrainState {
     pub bad_evals: usize,
     /// Every epoch's log.
     pub history: Vec<EpochLog>,
+    /// The scale of the cold items' content vectors chosen with the best epoch ([`Trainer::validate`]).
+    #[serde(default = "unit_scale")]
+    pub cold_scale: f64,
+    /// The scales [`Trainer::validate`] tried at the best epoch on the validation split's cold items, with
+    /// their validation Recall@20 (empty when it tried none).
+    #[serde(default)]
+    pub cold_trials: Vec<ColdTrial>,
+    /// The modalities' trusts fitted after the latest epoch, with
+    /// [`crate::model::RecGoatConfig::cl_modality_trust`] (empty otherwise).
+    #[serde(default)]
+    pub modality_trust: Vec<f64>,
 }
+
+/// One scale of the cold items' vectors tried on validation: the validation Recall@20 overall, on warm and
+/// on cold items.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ColdTrial {
+    /// The scale.
+    pub scale: f64,
+    /// Overall validation Recall@20.
+    pub recall: f64,
+    /// Validation Recall@20 of the warm items.
+    pub warm: f64,
+    /// Validation Recall@20 of the cold items.
+    pub cold: f64,
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        TrainState {
+            epoch: 0,
+            best_epoch: 0,
+            best_recall: 0.0,
+            bad_evals: 0,
+            history: Vec::new(),
+            cold_scale: 1.0,
+            cold_trials: Vec::new(),
+            modality_trust: Vec::new(),
+        }
+    }
+}
+
+/// The scales of the cold items' vectors [`Trainer::validate`] tries.
+const COLD_SCALES: [f64; 19] = [
+    0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5,
+    3.0,
+];
 
 /// Trains a [`RecGoat`] model on a dataset (f32), deterministically for a given seed and backend.
 ///
-/// Each epoch shuffles the training pairs, draws one uniform negative per pair (rejecting the user's
-/// training items), and for each batch recomputes the full-graph forward pass, the loss and its gradient and
+/// Each epoch shuffles the training pairs, draws one uniform negative per pair among the items with
+/// training interactions (rejecting the user's training items), and for each batch recomputes the full-graph forward pass, the loss and its gradient and
 /// takes an Adam step on every parameter. Every `eval_every` epochs the validation split is ranked; the
 /// parameters with the best validation Recall@20 are kept and restored by [`Trainer::finish`].
 ///
@@ -90,7 +133,7 @@ pub struct TrainState {
 /// (cfg.embedding_dim, cfg.epochs, cfg.batch_size) = (8, 3, 4);
 /// let mut trainer = Trainer::new(cfg, &ds, Backend::default()).unwrap();
 /// trainer.fit(|_, _| {}).unwrap();
-/// trainer.finish();
+/// trainer.finish().unwrap();
 /// let test = trainer.evaluate(Split::Test).unwrap();
 /// assert_eq!(trainer.state().epoch, 3);
 /// assert!(test.recall.iter().all(|r| (0.0..=1.0).contains(r)));
@@ -104,6 +147,8 @@ pub struct Trainer<'d> {
     pub(crate) adam_states: Vec<AdamState<f32>>,
     pub(crate) state: TrainState,
     positives: Vec<Vec<u32>>,
+    /// The items with training interactions: negatives are drawn from them.
+    warm_items: Vec<u32>,
     profile: Profile,
 }
 
@@ -133,13 +178,20 @@ impl<'d> Trainer<'d> {
     ) -> Result<Self> {
         model.check_params(&params)?;
         let positives = by_user(&data.train, data.n_users);
+        let mut warm = vec![false; data.n_items];
+        for &(_, i) in &data.train {
+            warm[i] = true;
+        }
+        let warm_items: Vec<u32> = (0..data.n_items as u32)
+            .filter(|&i| warm[i as usize])
+            .collect();
         for (u, p) in positives.iter().enumerate() {
-            if p.len() >= data.n_items {
+            if p.len() >= warm_items.len() {
                 return Err(Error::Data {
                     path: "dataset".into(),
                     line: 0,
                     reason: format!(
-                        "user {u} has interacted with every item: no negative to sample"
+                        "user {u} has interacted with every item that has training interactions: no negative to sample"
                     ),
                 });
             }
@@ -157,6 +209,7 @@ impl<'d> Trainer<'d> {
             adam_states,
             state: TrainState::default(),
             positives,
+            warm_items,
             profile: Profile::default(),
         })
     }
@@ -212,15 +265,17 @@ impl<'d> Trainer<'d> {
     fn sample_epoch(&self, rng: &mut ChaCha8Rng) -> Vec<(usize, usize, usize)> {
         let mut order: Vec<usize> = (0..self.data.train.len()).collect();
         order.shuffle(rng);
-        let n_items = self.data.n_items;
+        // negatives are items with training interactions: an item without any is not known to be disliked,
+        // and a content encoder must not learn that new items' features mark negatives
+        let warm = &self.warm_items;
         order
             .into_iter()
             .map(|k| {
                 let (u, i) = self.data.train[k];
                 let neg = loop {
-                    let j = rng.gen_range(0..n_items);
-                    if self.positives[u].binary_search(&(j as u32)).is_err() {
-                        break j;
+                    let j = warm[rng.gen_range(0..warm.len())];
+                    if self.positives[u].binary_search(&j).is_err() {
+                        break j as usize;
                     }
                 };
                 (u, i, neg)
@@ -291,6 +346,7 @@ impl<'d> Trainer<'d> {
             sum.bpr += f64::from(loss.bpr);
             sum.cl += f64::from(loss.cl);
             sum.ot += f64::from(loss.ot);
+            sum.content += f64::from(loss.content);
         }
         let n = total.max(1) as f64;
         let mut log = EpochLog {
@@ -299,30 +355,51 @@ impl<'d> Trainer<'d> {
             bpr: sum.bpr / n,
             cl: sum.cl / n,
             ot: sum.ot / n,
+            content: sum.content / n,
             train_seconds: started.elapsed().as_secs_f64(),
             valid: None,
             eval_seconds: 0.0,
         };
         self.state.epoch = epoch;
-        if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
+        let due = epoch % cfg.eval_every == 0 || epoch == cfg.epochs;
+        let evaluate = due && !self.data.valid.is_empty();
+        // one evaluation-mode pass gives the trusts (refitted every epoch) and the validation ranking
+        let t = Instant::now();
+        let vectors = if evaluate || cfg.cl_modality_trust {
+            let (users, items, trust) = self.model.vectors_and_trust(&self.params, 1.0)?;
+            if cfg.cl_modality_trust {
+                let trust: Vec<f64> = trust.iter().map(|&t| f64::from(t)).collect();
+                self.model.set_modality_trust(&trust)?;
+                self.state.modality_trust = trust;
+            }
+            Some((users, items))
+        } else {
+            None
+        };
+        self.profile.record(Stage::Evaluation, t.elapsed());
+        if due {
             if self.data.valid.is_empty() {
                 // no validation split: the latest parameters are the selected ones
                 self.best = self.params.clone();
                 self.state.best_epoch = epoch;
-            } else {
+            } else if let Some((users, items)) = vectors {
                 let t = Instant::now();
-                let m = self.evaluate(Split::Valid)?;
+                // the epoch is selected at scale 0; the grid of scales only matters for a new best
+                let ((r, g), mut scale, mut trials) =
+                    self.validate_scales(users.clone(), items.clone(), false)?;
+                let better = self.state.best_epoch == 0 || r > self.state.best_recall;
+                if better && !trials.is_empty() {
+                    (_, scale, trials) = self.validate_scales(users, items, true)?;
+                }
                 log.eval_seconds = t.elapsed().as_secs_f64();
                 self.profile.record(Stage::Evaluation, t.elapsed());
-                let (r, g) = (
-                    m.at(&m.recall, 20).unwrap_or(0.0),
-                    m.at(&m.ndcg, 20).unwrap_or(0.0),
-                );
                 log.valid = Some((r, g));
-                if self.state.best_epoch == 0 || r > self.state.best_recall {
+                if better {
                     self.state.best_recall = r;
                     self.state.best_epoch = epoch;
                     self.state.bad_evals = 0;
+                    self.state.cold_scale = scale;
+                    self.state.cold_trials = trials;
                     self.best = self.params.clone();
                 } else {
                     self.state.bad_evals += 1;
@@ -345,11 +422,93 @@ impl<'d> Trainer<'d> {
         Ok(())
     }
 
-    /// Restores the parameters of the best validation epoch (the latest ones when nothing was evaluated).
-    pub fn finish(&mut self) {
+    /// Restores the parameters of the best validation epoch (the latest ones when nothing was evaluated)
+    /// and the scale of the cold items' vectors chosen with them ([`Trainer::validate`]).
+    ///
+    /// # Errors
+    /// [`Error::Param`] for a saved scale that is not finite and >= 0 (a hand-edited state).
+    pub fn finish(&mut self) -> Result<()> {
         if self.state.best_epoch > 0 {
             self.params = self.best.clone();
         }
+        self.model.set_cold_scale(self.state.cold_scale)
+    }
+
+    /// Ranks the validation split with the current parameters: the Recall@20 and NDCG@20 that select the
+    /// epoch, the scale of the cold items' vectors, and the scales tried. The selecting figures are over
+    /// every held-out item, or, when the split also holds items without training interactions, over its
+    /// warm items (with a content term: with the cold items out of the lists, the backbone alone), so that
+    /// the epoch is the backbone's best whatever the share of new items. With the content term and such a
+    /// split, the scale is chosen here: of a grid of scales, the one with the best overall Recall@20 among
+    /// those that keep the warm items' Recall@20 within
+    /// [`crate::model::RecGoatConfig::content_warm_tolerance`] of its value at scale 0. Otherwise the scale
+    /// is 1, the trusts' own calibration, and no scale is tried.
+    ///
+    /// # Errors
+    /// The forward pass's and the evaluation's errors.
+    pub fn validate(&self) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
+        let (users, items) = self.model.embeddings_with_cold_scale(&self.params, 1.0)?;
+        self.validate_vectors(users, items)
+    }
+
+    /// [`Trainer::validate`] of the vectors of the current parameters, the cold items at scale 1.
+    fn validate_vectors(
+        &self,
+        users: Array2<f32>,
+        items: Array2<f32>,
+    ) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
+        self.validate_scales(users, items, true)
+    }
+
+    /// [`Trainer::validate_vectors`], the grid of scales tried only when `grid` (else only scale 0, which
+    /// selects the epoch, is ranked).
+    fn validate_scales(
+        &self,
+        users: Array2<f32>,
+        items: Array2<f32>,
+        grid: bool,
+    ) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
+        let cold = self.model.cold_items();
+        let par = self.model.backend().par();
+        let selecting = |m: &Metrics| {
+            m.warm
+                .as_ref()
+                .map_or(m.recall_ndcg(20), |w| w.recall_ndcg(20))
+        };
+        if !self.model.content_on() || !self.data.valid.iter().any(|p| cold[p.1]) {
+            let m = evaluate_split(self.data, users.view(), items.view(), Split::Valid, par)?;
+            return Ok((selecting(&m), 1.0, Vec::new()));
+        }
+        let scales: &[f64] = if grid {
+            &COLD_SCALES
+        } else {
+            &COLD_SCALES[..1]
+        };
+        let all = evaluate_split_scales(
+            self.data,
+            users.view(),
+            items.view(),
+            Split::Valid,
+            scales,
+            par,
+        )?;
+        let part = |g: &Option<Box<Metrics>>| g.as_ref().map_or(f64::NAN, |g| g.recall_ndcg(20).0);
+        let trials: Vec<ColdTrial> = (scales.iter().zip(&all))
+            .map(|(&scale, m)| ColdTrial {
+                scale,
+                recall: m.recall_ndcg(20).0,
+                warm: part(&m.warm),
+                cold: part(&m.cold),
+            })
+            .collect();
+        let floor = trials[0].warm * (1.0 - self.model.config().content_warm_tolerance);
+        // a NaN warm figure (no warm item held out) does not bar a scale
+        let best = (0..trials.len())
+            .filter(|&k| trials[k].warm >= floor || trials[k].warm.is_nan() || floor.is_nan())
+            .max_by(|&a, &b| trials[a].recall.total_cmp(&trials[b].recall))
+            .unwrap_or(0);
+        // COLD_SCALES[0] is 0: the backbone alone selects the epoch
+        Ok((selecting(&all[0]), scales[best], trials))
     }
 
     /// Final user and item vectors of the current parameters (evaluation mode, dropout off).
@@ -361,22 +520,15 @@ impl<'d> Trainer<'d> {
     }
 
     /// Ranks all items for a split with the MMRec protocol (Recall / NDCG / Precision / Hit at 10, 20, 50),
-    /// over the users with training interactions ([`Dataset::cold_users`] are left out).
+    /// over the users with training interactions ([`Dataset::cold_users`] are left out); when the split
+    /// holds items without training interactions, [`Metrics::warm`] and [`Metrics::cold`] give them apart
+    /// ([`crate::eval::evaluate_split`]).
     ///
     /// # Errors
-    /// The model's forward errors, and those of [`evaluate`].
+    /// The model's forward errors, and those of [`crate::eval::evaluate_grouped`].
     pub fn evaluate(&self, split: Split) -> Result<Metrics> {
         let (users, items) = self.embeddings()?;
-        let d = self.data;
-        let (truth, masked): (&[_], Vec<&[_]>) = match split {
-            Split::Valid => (&d.valid, vec![&d.train]),
-            Split::Test => (&d.test, vec![&d.train, &d.valid]),
-        };
-        // users with no training interaction (cold users) are left out: the model learnt nothing about them
-        let warm: Vec<_> = (truth.iter().copied())
-            .filter(|&(u, _)| !self.positives[u].is_empty())
-            .collect();
         let par = self.model.backend().par();
-        evaluate(users.view(), items.view(), &warm, &masked, &EVAL_KS, par)
+        evaluate_split(self.data, users.view(), items.view(), split, par)
     }
 }

@@ -1,0 +1,609 @@
+//! Items without training interactions: the content term and its trusts, the cold items' vectors, the
+//! warm / cold metrics and the scales tried on validation, the cold-item split, and serving new items and
+//! new users from a recommender.
+
+use ndarray::{array, Array1, Array2, Axis};
+use recgoat_core::attention::Mode;
+use recgoat_core::data::Dataset;
+use recgoat_core::eval::{
+    evaluate_cold_scales, evaluate_grouped, evaluate_reference, feature_cosine, Metrics,
+};
+use recgoat_core::model::*;
+use recgoat_core::recommend::{ContentEncoder, Recommender};
+use recgoat_core::testing::{randn, rng, Tolerance};
+use recgoat_core::{Backend, Par};
+
+mod common;
+use common::tiny;
+
+/// A dataset whose first feature matrix places items in clusters that users prefer (it carries signal)
+/// and whose second is noise; items 0..4 have no training interaction.
+fn clustered() -> Dataset {
+    let (n_users, n_items, clusters) = (60, 40, 4);
+    let mut r = rng(7);
+    let centres = randn::<f64, _, _>(&mut r, (clusters, 6));
+    let jitter = randn::<f64, _, _>(&mut r, (n_items, 6));
+    let signal = Array2::from_shape_fn((n_items, 6), |(i, c)| {
+        (centres[[i % clusters, c]] + 0.2 * jitter[[i, c]]) as f32
+    });
+    let noise = randn::<f64, _, _>(&mut r, (n_items, 5)).mapv(|v| v as f32);
+    let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for u in 0..n_users {
+        // each user likes the items of one cluster; the first four items (one per cluster) have no
+        // training interaction, and of the others each user holds one out for validation and one for test
+        let c = u % clusters;
+        let liked: Vec<usize> = (clusters..n_items).filter(|i| i % clusters == c).collect();
+        let (v, t) = (
+            (u / clusters) % liked.len(),
+            (u / clusters + 1) % liked.len(),
+        );
+        for (k, &i) in liked.iter().enumerate() {
+            match k {
+                k if k == v => valid.push((u, i)),
+                k if k == t => test.push((u, i)),
+                _ => train.push((u, i)),
+            }
+        }
+        if u % 2 == 0 {
+            valid.push((u, c));
+        } else {
+            test.push((u, c));
+        }
+    }
+    Dataset::new(
+        "clustered",
+        train,
+        valid,
+        test,
+        vec![("signal".into(), signal), ("noise".into(), noise)],
+    )
+    .unwrap()
+}
+
+#[test]
+fn content_trust_recovers_a_known_mix_and_drops_what_does_not_help() {
+    let mut r = rng(3);
+    let users = randn::<f64, _, _>(&mut r, (50, 4));
+    let c1 = randn::<f64, _, _>(&mut r, (30, 4));
+    let c2 = randn::<f64, _, _>(&mut r, (30, 4));
+    let items = &c1 * 0.7 + &c2 * 0.2;
+    let rows: Vec<usize> = (0..30).collect();
+    let t = content_trust(users.view(), items.view(), &[c1.view(), c2.view()], &rows).unwrap();
+    Tolerance::new(1e-6, 1e-9).assert_scalar("trust of c1", t[0], 0.7);
+    Tolerance::new(1e-6, 1e-9).assert_scalar("trust of c2", t[1], 0.2);
+    // an encoder anti-correlated with the items gets 0, not a negative weight
+    let anti = c1.mapv(|v| -v);
+    let t = content_trust(users.view(), c1.view(), &[anti.view(), c1.view()], &rows).unwrap();
+    assert_eq!(t[0], 0.0);
+    Tolerance::new(1e-6, 1e-9).assert_scalar("trust of the right one", t[1], 1.0);
+    // noise gets (almost) nothing beside an exact predictor
+    let noise = randn::<f64, _, _>(&mut r, (30, 4));
+    let t = content_trust(users.view(), c1.view(), &[c1.view(), noise.view()], &rows).unwrap();
+    assert!(t[1] < 1e-6, "{t:?}");
+    assert!(content_trust(
+        users.view(),
+        c1.view(),
+        &[c2.row(0).insert_axis(Axis(0))],
+        &rows
+    )
+    .is_err());
+}
+
+#[test]
+fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
+    let ds = clustered();
+    let mut cfg = RecGoatConfig::recgoat();
+    (cfg.embedding_dim, cfg.gat_heads, cfg.knn_k, cfg.batch_size) = (8, 2, 3, 64);
+    let mut model = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    assert_eq!(model.cold_items().iter().filter(|&&c| c).count(), 4);
+    assert!(!model.probe_items().is_empty());
+    assert!(model.probe_items().iter().all(|&i| !model.cold_items()[i]));
+    let p = model.init_params();
+    let fwd = model.forward(&p, Mode::Eval, None).unwrap();
+    let trust = fwd.content_trust().to_vec();
+    assert_eq!(trust.len(), 2);
+    let modal = fwd.modality_embeddings();
+    for i in 0..ds.n_items {
+        let want: Array1<f64> = if i < 4 {
+            &modal[0].row(i) * trust[0] + &modal[1].row(i) * trust[1]
+        } else {
+            fwd.collaborative_items().row(i).to_owned()
+        };
+        for (a, b) in fwd.items.row(i).iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "item {i}: {a} vs {b}");
+        }
+    }
+    // the scale multiplies the cold rows only
+    model.set_cold_scale(2.5).unwrap();
+    let (_, scaled) = model.embeddings(&p).unwrap();
+    for i in 0..ds.n_items {
+        let k = if i < 4 { 2.5 } else { 1.0 };
+        for (a, b) in scaled.row(i).iter().zip(fwd.items.row(i)) {
+            assert!((a - k * b).abs() < 1e-12, "item {i}");
+        }
+    }
+    assert!(model.set_cold_scale(-1.0).is_err() && model.set_cold_scale(f64::NAN).is_err());
+}
+
+/// The content term trains the encoders only: the loss of a batch moves with their parameters, and the
+/// backbone's gradient is the one without the term.
+#[test]
+fn the_content_term_trains_the_encoders_and_leaves_the_backbone_alone() {
+    let ds = tiny();
+    let base = RecGoatConfig {
+        embedding_dim: 4,
+        gat_heads: 2,
+        knn_k: 3,
+        ..RecGoatConfig::recgoat()
+    };
+    // no contrastive term: it leaves out the probe items' rows when the content term is on
+    let base = RecGoatConfig {
+        cl_weight: 0.0,
+        ..base
+    };
+    let without = RecGoatConfig {
+        content_weight: 0.0,
+        ..base.clone()
+    };
+    let a = RecGoat::<f64>::new(base, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let b = RecGoat::<f64>::new(without, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let p = a.init_params();
+    let batch = Batch {
+        users: vec![0, 1, 2, 3],
+        pos: vec![0, 5, 10, 3],
+        neg: vec![7, 2, 1, 6],
+    };
+    let (la, ga) = a.loss_and_grad(&p, &batch, Mode::Eval, None).unwrap();
+    let (lb, gb) = b.loss_and_grad(&p, &batch, Mode::Eval, None).unwrap();
+    assert!(la.content > 0.0 && lb.content == 0.0);
+    assert!((la.total - lb.total - la.content).abs() < 1e-12);
+    assert_eq!(
+        ga.embedding, gb.embedding,
+        "the items' vectors are the term's fixed target"
+    );
+    assert!(ga.branches[0].proj.w.iter().any(|v| v.abs() > 0.0));
+    assert!(gb.branches[0].proj.w.iter().all(|&v| v == 0.0));
+}
+
+/// Row-wise branches (the encoders run only on the rows the batch terms use) give the loss and gradients
+/// of the same model with the branches run over every item (a residual fusion whose gates are held at 0
+/// scores items alike).
+#[test]
+fn row_wise_branches_match_branches_over_every_item() {
+    let ds = tiny();
+    let base = RecGoatConfig {
+        embedding_dim: 4,
+        gat_heads: 2,
+        knn_k: 3,
+        cl_modality_weight: 0.5,
+        content_max_rows: 3,
+        ..RecGoatConfig::recgoat()
+    };
+    let full = RecGoatConfig {
+        fusion: Fusion::Residual,
+        fusion_gate_lr: 0.0,
+        ..base.clone()
+    };
+    let mut a = RecGoat::<f64>::new(base, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let mut b = RecGoat::<f64>::new(full, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    for m in [&mut a, &mut b] {
+        m.set_modality_trust(&[0.4, 3.0]).unwrap();
+    }
+    let pa = a.init_params();
+    let mut pb = b.init_params();
+    pb.embedding.assign(&pa.embedding);
+    pb.branches = pa.branches.clone();
+    let batch = Batch {
+        users: vec![0, 1, 2, 3, 4],
+        pos: vec![0, 5, 10, 3, 8],
+        neg: vec![7, 2, 1, 6, 4],
+    };
+    let (la, ga) = a.loss_and_grad(&pa, &batch, Mode::Eval, None).unwrap();
+    let (lb, gb) = b.loss_and_grad(&pb, &batch, Mode::Eval, None).unwrap();
+    let tol = Tolerance::new(1e-10, 1e-12);
+    tol.assert_scalar("loss", la.total, lb.total);
+    tol.assert_scalar("content", la.content, lb.content);
+    tol.assert_scalar("cl", la.cl, lb.cl);
+    tol.assert_close("embedding", &ga.embedding.view(), &gb.embedding.view());
+    for (m, (x, y)) in ga.branches.iter().zip(&gb.branches).enumerate() {
+        tol.assert_close(&format!("branch {m} w"), &x.proj.w.view(), &y.proj.w.view());
+        let (bx, by) = (x.proj.b.as_ref().unwrap(), y.proj.b.as_ref().unwrap());
+        tol.assert_close(&format!("branch {m} b"), &bx.view(), &by.view());
+    }
+}
+
+/// With `cl_modality_trust` a modality's contrastive term weighs `min(trust, 1)`: trust 0 leaves it out,
+/// a trust above 1 counts as 1.
+#[test]
+fn modality_terms_follow_their_trust() {
+    let ds = tiny();
+    let cfg = RecGoatConfig {
+        embedding_dim: 4,
+        gat_heads: 2,
+        knn_k: 3,
+        cl_modality_weight: 1.0,
+        cl_modality_trust: true,
+        ..RecGoatConfig::recgoat()
+    };
+    let mut m = RecGoat::<f64>::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let p = m.init_params();
+    let batch = Batch {
+        users: vec![0, 1, 2, 3],
+        pos: vec![0, 5, 10, 3],
+        neg: vec![7, 2, 1, 6],
+    };
+    let cl = |m: &RecGoat<f64>| m.loss(&p, &batch, Mode::Eval).unwrap().cl;
+    assert_eq!(m.modality_trust(), &[0.0, 0.0]);
+    let none = cl(&m);
+    let user_only = RecGoat::<f64>::new(
+        RecGoatConfig {
+            cl_modality_weight: 0.0,
+            cl_modality_trust: false,
+            ..cfg
+        },
+        &ds,
+        Backend::Cpu(Par::Seq),
+    )
+    .unwrap();
+    assert_eq!(none, cl(&user_only), "trust 0: the user term alone");
+    m.set_modality_trust(&[1.0, 0.0]).unwrap();
+    let one = cl(&m);
+    m.set_modality_trust(&[7.0, 0.0]).unwrap();
+    assert_eq!(cl(&m), one, "a trust above 1 counts as 1");
+    assert!(one > none);
+    assert!(m.set_modality_trust(&[1.0]).is_err() && m.set_modality_trust(&[1.0, -0.1]).is_err());
+    let bad = RecGoatConfig {
+        content_weight: 0.0,
+        cl_modality_trust: true,
+        ..RecGoatConfig::recgoat()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("cl_modality_trust"));
+}
+
+/// The scales evaluated at once equal the metrics of the vectors with the cold rows scaled.
+#[test]
+fn cold_scales_evaluated_at_once_match_scaled_vectors() {
+    let mut r = rng(11);
+    let users = randn::<f32, _, _>(&mut r, (40, 6));
+    let items = randn::<f32, _, _>(&mut r, (30, 6));
+    let cold: Vec<bool> = (0..30).map(|i| i % 4 == 1).collect();
+    let truth: Vec<(usize, usize)> = (0..40)
+        .flat_map(|u| [(u, (u * 7) % 30), (u, (u * 3 + 1) % 30)])
+        .collect();
+    let masked: Vec<(usize, usize)> = (0..40).map(|u| (u, (u * 11 + 2) % 30)).collect();
+    let scales = [0.0, 0.3, 1.0, 2.0];
+    let at_once = evaluate_cold_scales(
+        users.view(),
+        items.view(),
+        &truth,
+        &[&masked],
+        &cold,
+        &scales,
+        &[1, 5, 10],
+        Par::Rayon(3),
+    )
+    .unwrap();
+    for (s, got) in scales.iter().zip(&at_once) {
+        let mut scaled = items.clone();
+        for (i, _) in cold.iter().enumerate().filter(|(_, &c)| c) {
+            scaled.row_mut(i).mapv_inplace(|v| v * *s as f32);
+        }
+        let want = evaluate_grouped(
+            users.view(),
+            scaled.view(),
+            &truth,
+            &[&masked],
+            &cold,
+            &[1, 5, 10],
+            Par::Seq,
+        )
+        .unwrap();
+        assert_eq!(got, &want, "scale {s}");
+        assert!(got.warm.is_some() && got.cold.is_some());
+    }
+}
+
+/// The warm and cold parts are the reference metrics of the same ranking with the truth restricted.
+#[test]
+fn warm_and_cold_parts_are_the_restricted_reference() {
+    let mut r = rng(12);
+    let users = randn::<f32, _, _>(&mut r, (25, 5));
+    let items = randn::<f32, _, _>(&mut r, (20, 5));
+    let cold: Vec<bool> = (0..20).map(|i| i >= 15).collect();
+    let truth: Vec<(usize, usize)> = (0..25)
+        .flat_map(|u| [(u, u % 20), (u, 15 + u % 5)])
+        .filter(|p| p.0 % 3 != 0 || p.1 < 15)
+        .collect();
+    let ks = [1, 3, 10];
+    let got = evaluate_grouped(
+        users.view(),
+        items.view(),
+        &truth,
+        &[],
+        &cold,
+        &ks,
+        Par::Seq,
+    )
+    .unwrap();
+    let reference = |keep: &dyn Fn(usize) -> bool| -> Metrics {
+        let t: Vec<_> = truth.iter().copied().filter(|p| keep(p.1)).collect();
+        evaluate_reference(&users.mapv(f64::from), &items.mapv(f64::from), &t, &[], &ks)
+    };
+    let close = |a: &Metrics, b: &Metrics, what: &str| {
+        assert_eq!(a.users, b.users, "{what}");
+        for (x, y) in a
+            .recall
+            .iter()
+            .chain(&a.ndcg)
+            .zip(b.recall.iter().chain(&b.ndcg))
+        {
+            assert!((x - y).abs() < 1e-9, "{what}: {x} vs {y}");
+        }
+    };
+    close(&got, &reference(&|_| true), "all");
+    close(
+        got.warm.as_ref().unwrap(),
+        &reference(&|i| !cold[i]),
+        "warm",
+    );
+    close(got.cold.as_ref().unwrap(), &reference(&|i| cold[i]), "cold");
+    // a truth of one kind has no parts
+    let warm_only: Vec<_> = truth.iter().copied().filter(|p| p.1 < 15).collect();
+    let m = evaluate_grouped(
+        users.view(),
+        items.view(),
+        &warm_only,
+        &[],
+        &cold,
+        &ks,
+        Par::Seq,
+    )
+    .unwrap();
+    assert!(m.warm.is_none() && m.cold.is_none());
+    let e = evaluate_grouped(
+        users.view(),
+        items.view(),
+        &truth,
+        &[],
+        &[true],
+        &ks,
+        Par::Seq,
+    );
+    assert!(e.unwrap_err().to_string().contains("cold flags"));
+}
+
+#[test]
+fn feature_cosine_is_the_cosine_of_the_mean_profile() {
+    let x = array![[1.0f32, 0.0], [0.0, 3.0], [1.0, 1.0]];
+    let (users, items) = feature_cosine(2, &[(0, 0), (0, 1), (1, 2)], &[x.view()]).unwrap();
+    // user 0: the mean of (1, 0) and (0, 1), at unit length
+    let h = std::f32::consts::FRAC_1_SQRT_2;
+    assert!((users[[0, 0]] - h).abs() < 1e-6 && (users[[0, 1]] - h).abs() < 1e-6);
+    let s = users.row(0).dot(&items.row(2));
+    assert!((s - 1.0).abs() < 1e-6, "{s}");
+    assert!(feature_cosine(2, &[(0, 0)], &[]).is_err());
+    assert!(feature_cosine(2, &[(0, 9)], &[x.view()]).is_err());
+}
+
+fn trained(cfg: RecGoatConfig, ds: &Dataset) -> Trainer<'_> {
+    let mut t = Trainer::new(cfg, ds, Backend::Cpu(Par::Seq)).unwrap();
+    t.fit(|_, _| {}).unwrap();
+    t.finish().unwrap();
+    t
+}
+
+fn small(base: RecGoatConfig) -> RecGoatConfig {
+    RecGoatConfig {
+        embedding_dim: 8,
+        gat_heads: 2,
+        knn_k: 3,
+        batch_size: 64,
+        epochs: 30,
+        lr: 0.02,
+        patience: 0,
+        ..base
+    }
+}
+
+/// On data whose first modality carries the users' preferences and whose second is noise, the trusts
+/// say so and the cold items reach the lists of the users who like their cluster (the latest epoch's
+/// parameters: without a validation split, at scale 1). With one, the scale chosen keeps the warm items
+/// within the tolerance.
+#[test]
+fn training_places_cold_items_by_their_informative_features() {
+    let mut ds = clustered();
+    let valid = std::mem::take(&mut ds.valid);
+    ds.test.extend(valid);
+    let t = trained(small(RecGoatConfig::recgoat()), &ds);
+    assert_eq!(t.model().cold_scale(), 1.0);
+    let fwd = t.model().forward(t.params(), Mode::Eval, None).unwrap();
+    let trust = fwd.content_trust();
+    assert!(trust[0] > 0.3 && trust[1] < 0.5 * trust[0], "{trust:?}");
+    // at the head of the lists, where the user's unseen items of its cluster compete
+    let cold_at = |t: &Trainer<'_>, k: usize| {
+        let (users, items) = t.embeddings().unwrap();
+        let cold = t.model().cold_items();
+        let masked = [&ds.train[..], &ds.valid[..]];
+        let m = evaluate_grouped(
+            users.view(),
+            items.view(),
+            &ds.test,
+            &masked,
+            cold,
+            &[k],
+            Par::Seq,
+        );
+        m.unwrap().cold.unwrap().recall[0]
+    };
+    let cold = cold_at(&t, 2);
+    // an ID-only model cannot rank them
+    let id = trained(small(RecGoatConfig::lightgcn()), &ds);
+    let cold_id = cold_at(&id, 2);
+    assert!(
+        cold > 0.4 && cold > cold_id + 0.3,
+        "cold Recall@2 {cold} vs {cold_id}"
+    );
+
+    let ds = clustered();
+    let t = trained(small(RecGoatConfig::recgoat()), &ds);
+    let trials = &t.state().cold_trials;
+    assert!(!trials.is_empty() && trials[0].scale == 0.0);
+    let chosen = trials
+        .iter()
+        .find(|c| c.scale == t.state().cold_scale)
+        .unwrap();
+    assert!(chosen.warm >= trials[0].warm * (1.0 - t.config().content_warm_tolerance));
+    assert!(trials
+        .iter()
+        .all(|c| c.warm < trials[0].warm * 0.99 || c.recall <= chosen.recall));
+    assert_eq!(t.model().cold_scale(), t.state().cold_scale);
+}
+
+#[test]
+fn a_recommender_folds_users_in_and_adds_items_from_features() {
+    let ds = clustered();
+    let t = trained(small(RecGoatConfig::recgoat()), &ds);
+    let mut rec = Recommender::from_trainer(&t).unwrap();
+    assert!(rec.can_fold_in());
+    // a known user's training items give back its trained vector
+    let users = rec.user_vectors().to_owned();
+    for u in [0, 7, 33] {
+        let z = rec.fold_in(Some(u), &[]).unwrap();
+        Tolerance::new(1e-4, 1e-6).assert_close(&format!("user {u}"), &z.view(), &users.row(u));
+    }
+    // a new user who liked cluster 1's items gets cluster 1's items first
+    let history: Vec<usize> = (5..40).step_by(4).take(4).collect();
+    let top = rec.recommend_history(None, &history, 5).unwrap();
+    assert!(
+        top.iter()
+            .all(|&(i, _)| i % 4 == 1 && !history.contains(&i)),
+        "{top:?}"
+    );
+    assert!(rec.fold_in(None, &[]).is_err() && rec.fold_in(None, &[40]).is_err());
+    // a new item with a cluster-2 signal reaches the lists of cluster-2 users
+    let enc = rec.encoder().unwrap().clone();
+    assert_eq!(enc.modalities()[0], ("signal".to_string(), 6));
+    let (sig, noise) = (&ds.item_features[0].1, &ds.item_features[1].1);
+    let new_sig = sig.row(2).insert_axis(Axis(0)).to_owned();
+    let new_noise = noise.row(2).insert_axis(Axis(0)).to_owned();
+    let feats = [("signal", new_sig.view()), ("noise", new_noise.view())];
+    let v = rec.embed_items(&feats).unwrap();
+    let ids = rec.add_items(&feats, None).unwrap();
+    assert_eq!(ids, 40..41);
+    assert_eq!(rec.item_vectors().row(40), v.row(0));
+    let fans: Vec<usize> = (0..60).filter(|u| u % 4 == 2).collect();
+    let lists = rec.recommend(&fans, 10).unwrap();
+    let reached = lists
+        .iter()
+        .filter(|l| l.iter().any(|&(i, _)| i == 40))
+        .count();
+    assert!(reached * 2 > fans.len(), "{reached} of {}", fans.len());
+    // wrong inputs are named
+    let wide = Array2::<f32>::zeros((1, 7));
+    for (bad, what) in [
+        (vec![("signal", new_sig.view())], "missing"),
+        (
+            vec![("signal", wide.view()), ("noise", new_noise.view())],
+            "signal",
+        ),
+        (
+            vec![("signal", new_sig.view()), ("audio", new_noise.view())],
+            "audio",
+        ),
+    ] {
+        let e = rec.embed_items(&bad).unwrap_err().to_string();
+        assert!(e.contains(what), "{e}");
+    }
+    let nan = array![[f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0]];
+    assert!(rec
+        .embed_items(&[("signal", nan.view()), ("noise", new_noise.view())])
+        .is_err());
+    assert!(
+        rec.add_items(&feats, Some(vec!["x".into()])).is_err(),
+        "no ids kept"
+    );
+    // saved and loaded with everything
+    let path =
+        std::env::temp_dir().join(format!("recgoat-cold-{}.safetensors", std::process::id()));
+    rec.save(&path).unwrap();
+    let back = Recommender::load(&path).unwrap();
+    assert_eq!(back, rec);
+    assert_eq!(back.recommend_history(None, &history, 5).unwrap(), top);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_recommender_without_encoder_or_tables_says_why() {
+    let rec = Recommender::new(
+        array![[1.0f32, 0.0]],
+        array![[1.0f32, 0.0], [0.0, 1.0]],
+        vec![],
+    )
+    .unwrap();
+    let x = array![[1.0f32]];
+    let e = rec
+        .embed_items(&[("text", x.view())])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no content encoder"), "{e}");
+    let e = rec.fold_in(None, &[0]).unwrap_err().to_string();
+    assert!(e.contains("no fold-in tables"), "{e}");
+    assert!(!rec.can_fold_in() && rec.encoder().is_none());
+}
+
+#[test]
+fn content_encoders_check_their_parts() {
+    let ok = || {
+        (
+            vec![("a".to_string(), 2)],
+            vec![array![[1.0f32, 0.0], [0.0, 1.0]]],
+            vec![array![0.0f32, 0.0]],
+            vec![1.0f32],
+        )
+    };
+    let (m, w, b, t) = ok();
+    assert!(ContentEncoder::new(m, true, w, b, t).is_ok());
+    let (m, w, _, t) = ok();
+    assert!(ContentEncoder::new(m, true, w, vec![array![0.0f32]], t).is_err());
+    let (m, w, b, _) = ok();
+    assert!(ContentEncoder::new(m, true, w, b, vec![-1.0]).is_err());
+    let (_, w, b, t) = ok();
+    assert!(ContentEncoder::new(vec![("a".into(), 3)], true, w, b, t).is_err());
+    let (m, _, b, t) = ok();
+    assert!(ContentEncoder::new(m, true, vec![array![[f32::NAN, 0.0], [0.0, 1.0]]], b, t).is_err());
+    assert!(ContentEncoder::new(vec![], true, vec![], vec![], vec![]).is_err());
+}
+
+/// A checkpoint keeps the cold scale and the modality trusts: the resumed trainer serves the same vectors.
+#[test]
+fn checkpoints_keep_the_cold_scale_and_the_trusts() {
+    let ds = clustered();
+    let cfg = RecGoatConfig {
+        epochs: 6,
+        cl_modality_weight: 0.5,
+        cl_modality_trust: true,
+        ..small(RecGoatConfig::recgoat())
+    };
+    let mut t = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+    for _ in 0..3 {
+        t.run_epoch(|_, _| {}).unwrap();
+    }
+    assert!(t.state().modality_trust.iter().any(|&x| x > 0.0));
+    let path = std::env::temp_dir().join(format!(
+        "recgoat-cold-ckpt-{}.safetensors",
+        std::process::id()
+    ));
+    t.save_checkpoint(&path).unwrap();
+    let mut back = Trainer::resume(&path, &ds, Backend::Cpu(Par::Seq), Some(&cfg)).unwrap();
+    assert_eq!(back.model().modality_trust(), t.model().modality_trust());
+    assert_eq!(back.state().cold_scale, t.state().cold_scale);
+    t.finish().unwrap();
+    back.finish().unwrap();
+    assert_eq!(back.model().cold_scale(), t.model().cold_scale());
+    assert_eq!(back.embeddings().unwrap(), t.embeddings().unwrap());
+    std::fs::remove_file(&path).unwrap();
+}
