@@ -2,7 +2,7 @@
 //! backward) on the real Amazon Baby user-item graph (26,495 nodes, 237k non-zeros), d = 64, f32, and InfoNCE
 //! forward + backward at B = 4096, d = 64, Sinkhorn solves at n = m = 2000 (dense) and 16384 (online), and
 //! the kNN graph of 7050 x 384 features (k = 20), GATConv forward + backward on a 7050-node kNN graph, and a
-//! training epoch of the model (`lightgcn()` on Baby, `paper()` on Last.fm-2k) on each backend.
+//! training epoch of the model (`lightgcn()` on Baby, `recgoat()` on Last.fm-2k) on each backend.
 //! Data stays on the device between iterations (as in training); each GPU sample ends with a device
 //! synchronisation.
 //! The benchmark id carries the adapter's name.
@@ -296,7 +296,7 @@ fn gat(c: &mut Criterion) {
     grp.finish();
 }
 
-/// One training epoch on each backend (no evaluation): `lightgcn()` on Baby and `paper()` on Last.fm-2k
+/// One training epoch on each backend (no evaluation): `lightgcn()` on Baby and `recgoat()` on Last.fm-2k
 /// (three modalities), both with the device-resident step on the GPU. Each epoch ends with its parameters
 /// on the host, so the device is synchronised. With `RECGOAT_BENCH_QUICK=1`: `lightgcn()` on Last.fm-2k
 /// only. With profiling on, the GPU epoch's kernels are profiled first (10 epochs).
@@ -320,7 +320,7 @@ fn model_epoch(c: &mut Criterion) {
         baby = data("baby", &[]);
         cases = vec![
             ("lightgcn_baby", RecGoatConfig::lightgcn(), &baby),
-            ("paper_lfm2k", RecGoatConfig::recgoat(), &lfm),
+            ("recgoat_lfm2k", RecGoatConfig::recgoat(), &lfm),
         ];
     }
     let backends = [

@@ -1,17 +1,22 @@
 //! Train the reference RecGOAT model end to end on real data and compare it with the LightGCN baseline.
 //!
 //! ```text
-//! cargo run --release --example train                                   # paper() vs lightgcn() on data/lfm2k
-//! cargo run --release --example train -- --seeds 3 --set item_graph_layers=1 --set gat_layers=1
-//! cargo run --release --example train -- --preset official_code --seeds 3
+//! cargo run --release --example train                                   # recgoat() vs lightgcn() on data/lfm2k
+//! cargo run --release --example train -- --cold-items 0.2 --features text_feat   # 20 % of the items held out
+//! cargo run --release --example train -- --preset paper --seeds 3         # the paper's reading
 //! cargo run --release --example train -- --data data/baby --preset lightgcn --baseline none --epochs 1000 --lr 0.001
-//! cargo run --release --example train -- --resume out/train/paper-s2026/checkpoint.safetensors
+//! cargo run --release --example train -- --resume out/train/recgoat-s2026/checkpoint.safetensors
 //! ```
 //! Each model trains until validation Recall@20 has not improved for 30 evaluations (under a cap of 1000
 //! epochs, named in the output when it is what stopped a run) and is reported at its own best validation
-//! epoch, mean +- std over the seeds. Writes under `--out` (default `out/train`): per run a folder with `checkpoint.safetensors` (saved after
-//! every epoch, atomically), `users.npy` / `items.npy` (final embeddings), and for the whole call
-//! `curve.svg` (validation Recall@20 per epoch) and `results.json` (every run's metrics and profile).
+//! epoch, mean +- std over the seeds. When the splits hold items without training interactions (a
+//! `--cold-items` split, or new items in the data), a second table gives the warm and the cold items apart
+//! beside the raw-feature cosine baseline, and the scale chosen for the cold items is printed. Writes
+//! under `--out` (default `out/train`): per run a folder with `checkpoint.safetensors` (saved after every
+//! epoch, atomically), `users.npy` / `items.npy` (final embeddings) and `recommender.safetensors` (for the
+//! `recommend` example), and for the whole call `curve.svg` (validation Recall@20 per epoch, a colour per
+//! model, a line style per seed) and `results.json` (every run's metrics, warm and cold apart, the cold
+//! items' scale, the trusts and the profile; the baseline's metrics).
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -98,7 +103,7 @@ struct Args {
     #[arg(long)]
     cl_temperature: Option<f64>,
     /// Contrastive term over every batch row, duplicate users and items included (RecGOAT presets; the
-    /// released code's way; `paper()` uses the rows with distinct users and items).
+    /// released code's way; `recgoat()` and `paper()` use the rows with distinct users and items).
     #[arg(long)]
     cl_all_rows: bool,
     /// Graph-attention layers per modality (RecGOAT presets).
@@ -160,22 +165,33 @@ struct RunResult {
     test: Metrics,
     curve: Vec<(usize, f64)>,
     profile: Vec<(&'static str, f64, f64)>,
+    /// The cold items' scale, the scales tried on validation, and the modalities' trusts.
+    cold_scale: f64,
+    cold_trials: Vec<recgoat_core::model::ColdTrial>,
+    content_trust: Vec<(String, f32)>,
 }
 
 /// Each preset's main defaults, for `--help`.
 fn presets_help() -> String {
-    let mut out = String::from("Preset defaults (before the options above override them):\n");
+    let mut out = String::from(
+        "Presets: recgoat (the recommended model: LightGCN scoring, the user-item contrastive term, content \
+         encoders that rank items without interactions), paper (the paper's RecGOAT: graph attention, OAT, \
+         fused items), official_code (the released code's choices), lightgcn (the ID-only backbone).\n\
+         Their defaults (before the options above override them):\n",
+    );
     for name in ["recgoat", "paper", "official_code", "lightgcn"] {
         let Ok(c) = RecGoatConfig::preset(name) else {
             continue;
         };
         out += &format!(
             "  {name:<14} dim {}, LightGCN layers {}, GAT layers {} x {} heads, kNN k {}, OAT {}, fusion {:?}{}, \
-             CL weight {} (tau {}), dropout {}, reg {}, weight decay {}, batch {}\n",
+             CL weight {} (tau {}, modality terms {}), content weight {}, dropout {}, reg {}, weight decay {}, \
+             batch {}\n",
             c.embedding_dim, c.lightgcn_layers, c.gat_layers, c.gat_heads, c.knn_k,
             if c.oat { "on" } else { "off" }, c.fusion,
             if c.fusion_normalize { " normalised" } else { "" },
-            c.cl_weight, c.cl_temperature, c.dropout, c.reg_weight, c.weight_decay, c.batch_size
+            c.cl_weight, c.cl_temperature, c.cl_modality_weight, c.content_weight, c.dropout, c.reg_weight,
+            c.weight_decay, c.batch_size
         );
     }
     out
@@ -302,6 +318,18 @@ fn train_one(
         rec = rec.with_ids(ids.clone())?;
     }
     rec.save(dir.join("recommender.safetensors"))?;
+    let content_trust: Vec<(String, f32)> = match trainer.model().content_on() {
+        true => {
+            let fwd = trainer.model().forward(
+                trainer.params(),
+                recgoat_core::attention::Mode::Eval,
+                None,
+            )?;
+            let names = trainer.model().modalities().into_iter().map(|(n, _)| n);
+            names.zip(fwd.content_trust().iter().copied()).collect()
+        }
+        false => Vec::new(),
+    };
     let st = trainer.state();
     let capped = st.epoch >= cfg.epochs
         && (cfg.patience == 0 || st.epoch - st.best_epoch < cfg.patience * cfg.eval_every);
@@ -327,6 +355,9 @@ fn train_one(
         } else {
             Vec::new()
         },
+        cold_scale: st.cold_scale,
+        cold_trials: st.cold_trials.clone(),
+        content_trust,
     })
 }
 
@@ -419,14 +450,14 @@ fn print_table(groups: &[(String, Vec<RunResult>)]) {
 
 /// Warm and cold items apart (when the splits hold items without training interactions), beside the
 /// raw-feature cosine baseline on the same split.
-fn print_item_groups(groups: &[(String, Vec<RunResult>)], ds: &Dataset) -> Result<(), Error> {
+fn print_item_groups(groups: &[(String, Vec<RunResult>)], baseline: Option<&(Metrics, Metrics)>) {
     let has = |m: &Metrics| m.cold.is_some();
     if !groups
         .iter()
         .flat_map(|(_, r)| r)
         .any(|r| has(&r.test) || has(&r.valid))
     {
-        return Ok(());
+        return;
     }
     let part = |m: &Metrics, cold: bool| -> (f64, f64) {
         let g = if cold { &m.cold } else { &m.warm };
@@ -454,121 +485,140 @@ fn print_item_groups(groups: &[(String, Vec<RunResult>)], ds: &Dataset) -> Resul
             cell(&t, true)
         );
     }
-    if !ds.item_features.is_empty() {
-        let x: Vec<_> = ds.item_features.iter().map(|(_, x)| x.view()).collect();
-        let (users, items) = recgoat_core::eval::feature_cosine(ds.n_users, &ds.train, &x)?;
-        let ev = |split| evaluate_split(ds, users.view(), items.view(), split, Par::rayon());
-        let (v, t) = (ev(Split::Valid)?, ev(Split::Test)?);
+    if let Some((v, t)) = baseline {
         println!(
             "| feature cosine (no training) | {} | {} | {} | {} |",
-            cell(&[&v], false),
-            cell(&[&v], true),
-            cell(&[&t], false),
-            cell(&[&t], true)
+            cell(&[v], false),
+            cell(&[v], true),
+            cell(&[t], false),
+            cell(&[t], true)
         );
     }
     println!("one all-item ranking per user; warm and cold columns score its warm and its cold held-out items");
-    Ok(())
 }
 
-/// A line chart of validation Recall@20 per epoch, one polyline per run, as a standalone SVG.
-/// Validation Recall@20 per epoch for every run, the y axis fitted to the values, each run's best epoch
-/// marked, titled with the dataset.
-fn curve_svg(groups: &[(String, Vec<RunResult>)], title: &str) -> String {
-    let (w, h, l, r, t, b) = (760.0, 440.0, 70.0, 180.0, 50.0, 50.0);
-    let runs: Vec<&RunResult> = groups.iter().flat_map(|(_, rs)| rs.iter()).collect();
-    let max_e = runs
-        .iter()
+/// The raw-feature cosine baseline's validation and test metrics, when the dataset has features and items
+/// without training interactions.
+fn feature_baseline(ds: &Dataset) -> Result<Option<(Metrics, Metrics)>, Error> {
+    if ds.item_features.is_empty() || ds.cold_items().is_empty() {
+        return Ok(None);
+    }
+    let x: Vec<_> = ds.item_features.iter().map(|(_, x)| x.view()).collect();
+    let (users, items) = recgoat_core::eval::feature_cosine(ds.n_users, &ds.train, &x)?;
+    let ev = |split| evaluate_split(ds, users.view(), items.view(), split, Par::rayon());
+    Ok(Some((ev(Split::Valid)?, ev(Split::Test)?)))
+}
+
+/// The learning curves as an SVG (plotters): validation Recall@20 (the figure that selects the epoch) per
+/// epoch, a colour per model and a line style per seed (solid, dashed, dotted), each run's best epoch
+/// marked, round-number ticks, titled with the dataset.
+fn curve_svg(groups: &[(String, Vec<RunResult>)], title: &str) -> Result<String, Error> {
+    use plotters::element::DashedPathElement;
+    use plotters::prelude::*;
+    let fail = |e: &dyn std::fmt::Display| Error::Write {
+        op: "train: curve.svg",
+        path: "curve.svg".into(),
+        reason: e.to_string(),
+    };
+    let runs = || groups.iter().flat_map(|(_, rs)| rs.iter());
+    let max_e = runs()
         .flat_map(|r| r.curve.iter().map(|c| c.0))
         .max()
         .unwrap_or(1)
-        .max(1) as f64;
-    let ys = || runs.iter().flat_map(|r| r.curve.iter().map(|c| c.1));
+        .max(1);
+    let ys = || runs().flat_map(|r| r.curve.iter().map(|c| c.1));
     let (lo, hi) = (
         ys().fold(f64::INFINITY, f64::min),
         ys().fold(0.0f64, f64::max),
     );
     let lo = if lo.is_finite() { lo } else { 0.0 };
     let pad = ((hi - lo) * 0.08).max(1e-3);
-    let (min_y, max_y) = ((lo - pad).max(0.0), hi + pad);
-    let px = |e: f64| l + (w - l - r) * e / max_e;
-    let py = |y: f64| h - b - (h - t - b) * (y - min_y) / (max_y - min_y);
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
     ];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s += &format!(
-        "<line x1=\"{l}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"black\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{0}\" stroke=\"black\"/>\n",
-        h - b,
-        w - r
-    );
-    s += &format!(
-        "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">validation Recall@20, {}</text>\n",
-        (l + w - r) / 2.0,
-        title.replace('&', "&amp;").replace('<', "&lt;")
-    );
-    for k in 0..=5 {
-        let y = min_y + (max_y - min_y) * k as f64 / 5.0;
-        s += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.3}</text><line x1=\"{l}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#ddd\"/>\n",
-            l - 6.0,
-            py(y),
-            w - r
-        );
-        // whole epochs on the x axis
-        let e = (max_e / 5.0).ceil() * k as f64;
-        if e <= max_e {
-            s += &format!(
-                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{e:.0}</text>\n",
-                px(e),
-                h - b + 18.0
-            );
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (820, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(format!("validation Recall@20, {title}"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max_e as f64, (lo - pad).max(0.0)..hi + pad)
+            .map_err(|e| fail(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("validation Recall@20")
+            .x_labels(8)
+            .y_labels(8)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(|e| fail(&e))?;
+        for (g, (name, rs)) in groups.iter().enumerate() {
+            let color = palette[g % palette.len()];
+            for (k, run) in rs.iter().enumerate() {
+                let style = color.stroke_width(2);
+                let pts: Vec<(f64, f64)> = run.curve.iter().map(|&(e, y)| (e as f64, y)).collect();
+                let label = format!("{name}, seed {}", run.config.seed);
+                // seeds as line styles: solid, dashed, dotted, then again
+                let (dash, gap) = [(0, 0), (8, 5), (2, 4)][k % 3];
+                let drawn = if dash == 0 {
+                    chart.draw_series(LineSeries::new(pts, style))
+                } else {
+                    chart.draw_series(DashedLineSeries::new(pts, dash, gap, style))
+                };
+                drawn
+                    .map_err(|e| fail(&e))?
+                    .label(label)
+                    .legend(move |(x, y)| {
+                        DashedPathElement::new(
+                            vec![(x, y), (x + 24, y)],
+                            if dash == 0 { 24 } else { dash },
+                            gap,
+                            style,
+                        )
+                    });
+                if let Some(&(e, y)) = run.curve.iter().find(|c| c.0 == run.best_epoch) {
+                    chart
+                        .draw_series(std::iter::once(Circle::new(
+                            (e as f64, y),
+                            4,
+                            color.filled(),
+                        )))
+                        .map_err(|e| fail(&e))?;
+                }
+            }
         }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(|e| fail(&e))?;
+        root.present().map_err(|e| fail(&e))?;
     }
-    s += &format!(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">epoch</text><text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">validation Recall@20</text>\n",
-        (l + w - r) / 2.0,
-        h - 10.0,
-        (t + h - b) / 2.0,
-        (t + h - b) / 2.0
-    );
-    for (k, run) in runs.iter().enumerate() {
-        let c = colors[k % colors.len()];
-        let pts: Vec<String> = run
-            .curve
-            .iter()
-            .map(|&(e, y)| format!("{:.1},{:.1}", px(e as f64), py(y)))
-            .collect();
-        s += &format!(
-            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
-            pts.join(" ")
-        );
-        // the best validation epoch, the one the run reports
-        if let Some(&(e, y)) = run.curve.iter().find(|c| c.0 == run.best_epoch) {
-            s += &format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{c}\"><title>{} best epoch {e}: {y:.4}</title></circle>\n",
-                px(e as f64),
-                py(y),
-                run.label
-            );
-        }
-        let ly = t + 18.0 * k as f64;
-        s += &format!(
-            "<line x1=\"{0}\" y1=\"{ly}\" x2=\"{1}\" y2=\"{ly}\" stroke=\"{c}\" stroke-width=\"2\"/><text x=\"{2}\" y=\"{3}\">{4}</text>\n",
-            w - r + 10.0,
-            w - r + 30.0,
-            w - r + 36.0,
-            ly + 4.0,
-            run.label
-        );
-    }
-    s + "</svg>\n"
+    Ok(svg)
 }
 
+/// A split's metrics, with the warm and cold items' apart when the split holds both.
 fn metrics_json(m: &Metrics) -> serde_json::Value {
-    serde_json::json!({"ks": m.ks, "recall": m.recall, "ndcg": m.ndcg, "precision": m.precision, "hit": m.hit, "users": m.users})
+    let mut v = serde_json::json!({"ks": m.ks, "recall": m.recall, "ndcg": m.ndcg, "precision": m.precision,
+        "hit": m.hit, "users": m.users});
+    for (key, part) in [("warm", &m.warm), ("cold", &m.cold)] {
+        if let Some(p) = part {
+            v[key] = metrics_json(p);
+        }
+    }
+    v
 }
 
 fn run() -> Result<(), Error> {
@@ -695,7 +745,8 @@ fn run() -> Result<(), Error> {
         groups.push((preset.clone(), runs));
     }
     print_table(&groups);
-    print_item_groups(&groups, &ds)?;
+    let baseline = feature_baseline(&ds)?;
+    print_item_groups(&groups, baseline.as_ref());
     std::fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;
     let title = args
         .data
@@ -703,7 +754,7 @@ fn run() -> Result<(), Error> {
         .map_or(String::new(), |n| n.to_string_lossy().into_owned());
     write_atomic(
         args.out.join("curve.svg"),
-        curve_svg(&groups, &title).as_bytes(),
+        curve_svg(&groups, &title)?.as_bytes(),
     )?;
     let json: Vec<serde_json::Value> = groups
         .iter()
@@ -712,7 +763,8 @@ fn run() -> Result<(), Error> {
             serde_json::json!({
                 "label": r.label, "config": r.config, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "capped": r.capped,
                 "seconds_per_epoch": r.seconds_per_epoch, "valid": metrics_json(&r.valid),
-                "test": metrics_json(&r.test), "curve": r.curve,
+                "test": metrics_json(&r.test), "curve": r.curve, "cold_scale": r.cold_scale,
+                "cold_trials": r.cold_trials, "content_trust": r.content_trust,
                 "profile": r.profile.iter().map(|(n, s, f)| serde_json::json!({"stage": n, "seconds": s, "share": f})).collect::<Vec<_>>(),
             })
         })
@@ -720,9 +772,14 @@ fn run() -> Result<(), Error> {
     let labels: Vec<&str> = (groups.iter().flat_map(|(_, rs)| rs.iter()))
         .map(|r| r.label.as_str())
         .collect();
+    let mut all = serde_json::json!({"runs": json});
+    if let Some((v, t)) = &baseline {
+        all["feature_cosine"] =
+            serde_json::json!({"valid": metrics_json(v), "test": metrics_json(t)});
+    }
     write_atomic(
         args.out.join("results.json"),
-        serde_json::to_string_pretty(&json)
+        serde_json::to_string_pretty(&all)
             .expect("serialises")
             .as_bytes(),
     )?;

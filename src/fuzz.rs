@@ -1,6 +1,7 @@
 //! Seeded mutation fuzzing of the crate's loaders, on stable Rust: the split-file loader
 //! ([`crate::data::Dataset::load_lightgcn_dir`]), the MMRec `.inter` reader (with the dataset built from
-//! it), the `.npy` feature reader and the checkpoint loader ([`crate::model::Trainer::resume`]).
+//! it), the `.npy` feature reader, the checkpoint loader ([`crate::model::Trainer::resume`]) and the
+//! recommender loader ([`crate::recommend::Recommender::load`], with its content encoder and fold-in tables).
 //!
 //! Each run starts from valid files made here, applies a few mutations per input (byte flips, truncations,
 //! insertions, and edits that keep the framing valid: a number in a text line replaced by a hostile one, the
@@ -32,24 +33,29 @@ pub enum Target {
     Npy,
     /// A training checkpoint, resumed on the dataset it was made for.
     Checkpoint,
+    /// A saved recommender with its content encoder and fold-in tables; an accepted one then embeds a new
+    /// item and folds a user in.
+    Recommender,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Split,
         Target::Inter,
         Target::Npy,
         Target::Checkpoint,
+        Target::Recommender,
     ];
 
-    /// The target's name (`split`, `inter`, `npy`, `checkpoint`).
+    /// The target's name (`split`, `inter`, `npy`, `checkpoint`, `recommender`).
     pub fn name(self) -> &'static str {
         match self {
             Target::Split => "split",
             Target::Inter => "inter",
             Target::Npy => "npy",
             Target::Checkpoint => "checkpoint",
+            Target::Recommender => "recommender",
         }
     }
 
@@ -141,21 +147,18 @@ impl Corpus {
             Target::Checkpoint => {
                 let mut files = Vec::new();
                 for base in [RecGoatConfig::recgoat(), RecGoatConfig::lightgcn()] {
-                    let cfg = RecGoatConfig {
-                        embedding_dim: 4,
-                        gat_heads: 2,
-                        knn_k: 3,
-                        batch_size: 16,
-                        epochs: 1,
-                        ..base
-                    };
-                    let mut t = Trainer::new(cfg, &data, Backend::Cpu(Par::Seq))?;
-                    t.run_epoch(|_, _| {})?;
+                    let t = one_epoch(base, &data)?;
                     let path = dir.join("corpus.safetensors");
                     t.save_checkpoint(&path)?;
                     files.push(std::fs::read(&path).map_err(io)?);
                 }
                 files
+            }
+            Target::Recommender => {
+                let t = one_epoch(RecGoatConfig::recgoat(), &data)?;
+                let path = dir.join("corpus.safetensors");
+                crate::recommend::Recommender::from_trainer(&t)?.save(&path)?;
+                vec![std::fs::read(&path).map_err(io)?]
             }
         };
         Ok(Corpus {
@@ -171,7 +174,7 @@ impl Corpus {
             Target::Split => "train.txt",
             Target::Inter => "input.inter",
             Target::Npy => "input.npy",
-            Target::Checkpoint => "input.safetensors",
+            Target::Checkpoint | Target::Recommender => "input.safetensors",
         };
         let path = self.dir.join(name);
         std::fs::write(&path, bytes)?;
@@ -184,6 +187,26 @@ impl Corpus {
             Target::Checkpoint => {
                 Trainer::resume(&path, &self.data, Backend::Cpu(Par::Seq), None).is_ok()
             }
+            Target::Recommender => match crate::recommend::Recommender::load(&path) {
+                Ok(rec) => {
+                    // what an accepted file serves must not panic either
+                    if let Some(enc) = rec.encoder() {
+                        let rows: Vec<ndarray::Array2<f32>> = (enc.modalities().iter())
+                            .map(|(_, w)| ndarray::Array2::from_elem((1, *w), 0.5))
+                            .collect();
+                        let feats: Vec<(&str, ndarray::ArrayView2<'_, f32>)> =
+                            (enc.modalities().iter())
+                                .zip(&rows)
+                                .map(|((n, _), x)| (n.as_str(), x.view()))
+                                .collect();
+                        let _ = rec.embed_items(&feats);
+                    }
+                    let _ = rec.recommend_history(None, &[0], 3);
+                    let _ = rec.recommend(&[0], 3);
+                    true
+                }
+                Err(_) => false,
+            },
         };
         Ok(ok)
     }
@@ -294,7 +317,7 @@ fn mutate(target: Target, input: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
                         replace_number(&mut b, (8, end), rng);
                     }
                 }
-                Target::Checkpoint => {
+                Target::Checkpoint | Target::Recommender => {
                     if let Some((s, e)) = safetensors_header(&b) {
                         let before = b.len() as isize;
                         if replace_number(&mut b, (s, e), rng) {
@@ -354,4 +377,19 @@ pub fn run(target: Target, seed: u64, iterations: u64, dir: &Path) -> Result<Rep
     }
     std::panic::set_hook(previous);
     Ok(report)
+}
+
+/// `base` at the sizes of the fuzz corpus' dataset, trained for one epoch: the source of the model files.
+fn one_epoch(base: RecGoatConfig, data: &Dataset) -> Result<Trainer<'_>> {
+    let cfg = RecGoatConfig {
+        embedding_dim: 4,
+        gat_heads: 2,
+        knn_k: 3,
+        batch_size: 16,
+        epochs: 1,
+        ..base
+    };
+    let mut t = Trainer::new(cfg, data, Backend::Cpu(Par::Seq))?;
+    t.run_epoch(|_, _| {})?;
+    Ok(t)
 }

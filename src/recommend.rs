@@ -954,4 +954,71 @@ mod tests {
         assert!(rec.recommend(&[150], 3).is_err() && rec.recommend(&[0], 0).is_err());
         assert!(rec.score(&[(0, 90)]).is_err());
     }
+
+    /// A file of format version 1 (written before encoders and fold-in tables were saved): it loads, and
+    /// what it cannot do says why; a file of another format is refused.
+    #[test]
+    fn version_one_files_load_without_encoder_or_tables() {
+        let users = ndarray::array![[1.0f32, 0.0], [0.0, 1.0]];
+        let items = ndarray::array![[0.9f32, 0.1], [0.2, 0.8], [0.5, 0.5]];
+        let f32s = |a: &Array2<f32>| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let (u, i) = (f32s(&users), f32s(&items));
+        let indptr: Vec<u8> = [0u64, 1, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let indices: Vec<u8> = 2u32.to_le_bytes().to_vec();
+        let write = |format: &str| {
+            let views = vec![
+                (
+                    "users".to_string(),
+                    TensorView::new(Dtype::F32, vec![2, 2], &u).unwrap(),
+                ),
+                (
+                    "items".to_string(),
+                    TensorView::new(Dtype::F32, vec![3, 2], &i).unwrap(),
+                ),
+                (
+                    "seen_indptr".to_string(),
+                    TensorView::new(Dtype::U64, vec![3], &indptr).unwrap(),
+                ),
+                (
+                    "seen_indices".to_string(),
+                    TensorView::new(Dtype::U32, vec![1], &indices).unwrap(),
+                ),
+            ];
+            let mut meta: HashMap<String, String> =
+                [("format".to_string(), format.to_string())].into();
+            let sum = content_checksum(views.iter().cloned(), &meta);
+            meta.insert("checksum".into(), sum);
+            let bytes = safetensors::tensor::serialize(views, Some(meta)).unwrap();
+            let path = std::env::temp_dir().join(format!(
+                "recgoat-v1-{}-{}.safetensors",
+                format.len(),
+                std::process::id()
+            ));
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let path = write(FORMAT_V1);
+        let rec = Recommender::load(&path).unwrap();
+        assert_eq!(
+            rec,
+            Recommender::new(users.clone(), items.clone(), vec![vec![2], vec![]]).unwrap()
+        );
+        assert_eq!(rec.recommend(&[0], 1).unwrap()[0][0].0, 0);
+        let x = ndarray::array![[1.0f32, 0.0]];
+        let e = rec
+            .embed_items(&[("text", x.view())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("format v1"), "{e}");
+        let e = rec
+            .recommend_history(None, &[0], 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("format v1"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let path = write("recgoat-core/recommender-v9");
+        let e = Recommender::load(&path).unwrap_err().to_string();
+        assert!(e.contains("recommender-v9") && e.contains(FORMAT), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -130,12 +130,7 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
 #[test]
 fn the_content_term_trains_the_encoders_and_leaves_the_backbone_alone() {
     let ds = tiny();
-    let base = RecGoatConfig {
-        embedding_dim: 4,
-        gat_heads: 2,
-        knn_k: 3,
-        ..RecGoatConfig::recgoat()
-    };
+    let base = tiny_recgoat();
     // no contrastive term: it leaves out the probe items' rows when the content term is on
     let base = RecGoatConfig {
         cl_weight: 0.0,
@@ -172,12 +167,9 @@ fn the_content_term_trains_the_encoders_and_leaves_the_backbone_alone() {
 fn row_wise_branches_match_branches_over_every_item() {
     let ds = tiny();
     let base = RecGoatConfig {
-        embedding_dim: 4,
-        gat_heads: 2,
-        knn_k: 3,
         cl_modality_weight: 0.5,
         content_max_rows: 3,
-        ..RecGoatConfig::recgoat()
+        ..tiny_recgoat()
     };
     let full = RecGoatConfig {
         fusion: Fusion::Residual,
@@ -218,12 +210,9 @@ fn row_wise_branches_match_branches_over_every_item() {
 fn modality_terms_follow_their_trust() {
     let ds = tiny();
     let cfg = RecGoatConfig {
-        embedding_dim: 4,
-        gat_heads: 2,
-        knn_k: 3,
         cl_modality_weight: 1.0,
         cl_modality_trust: true,
-        ..RecGoatConfig::recgoat()
+        ..tiny_recgoat()
     };
     let mut m = RecGoat::<f64>::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
     let p = m.init_params();
@@ -394,6 +383,16 @@ fn trained(cfg: RecGoatConfig, ds: &Dataset) -> Trainer<'_> {
     t.fit(|_, _| {}).unwrap();
     t.finish().unwrap();
     t
+}
+
+/// `recgoat()` at the sizes of the tiny dataset.
+fn tiny_recgoat() -> RecGoatConfig {
+    RecGoatConfig {
+        embedding_dim: 4,
+        gat_heads: 2,
+        knn_k: 3,
+        ..RecGoatConfig::recgoat()
+    }
 }
 
 fn small(base: RecGoatConfig) -> RecGoatConfig {
@@ -606,4 +605,42 @@ fn checkpoints_keep_the_cold_scale_and_the_trusts() {
     assert_eq!(back.model().cold_scale(), t.model().cold_scale());
     assert_eq!(back.embeddings().unwrap(), t.embeddings().unwrap());
     std::fs::remove_file(&path).unwrap();
+}
+
+/// The probe items never train the encoders: neither the content term nor the modality contrastive terms
+/// take their rows (the user term does), so the trusts fitted on them measure items the encoders never saw.
+#[test]
+fn probe_items_never_train_the_encoders() {
+    let ds = tiny();
+    let cfg = RecGoatConfig {
+        cl_modality_weight: 1.0,
+        ..tiny_recgoat()
+    };
+    let m = RecGoat::<f64>::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let probe = m.probe_items()[0];
+    let other = (0..ds.n_items)
+        .find(|&i| i != probe && !m.probe_items().contains(&i))
+        .unwrap();
+    let p = m.init_params();
+    let batch = |pos: Vec<usize>| Batch {
+        users: vec![0, 1, 2, 3],
+        neg: (0..4).map(|k| (probe + 1 + k) % ds.n_items).collect(),
+        pos,
+    };
+    let encoders = |g: &Params<f64>| {
+        g.branches
+            .iter()
+            .map(|b| b.proj.w.mapv(f64::abs).sum())
+            .sum::<f64>()
+    };
+    let (loss, g) = m
+        .loss_and_grad(&p, &batch(vec![probe; 4]), Mode::Eval, None)
+        .unwrap();
+    assert_eq!(encoders(&g), 0.0, "probe rows reached the encoders");
+    assert_eq!(loss.content, 0.0);
+    assert!(g.embedding.iter().any(|v| *v != 0.0));
+    let (_, g) = m
+        .loss_and_grad(&p, &batch(vec![other; 4]), Mode::Eval, None)
+        .unwrap();
+    assert!(encoders(&g) > 0.0);
 }

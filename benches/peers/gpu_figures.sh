@@ -15,7 +15,7 @@
 #                         a criterion filter, e.g. "InfoNCE"; RECGOAT_BENCH_QUICK=1 on a software adapter)
 #   profile  profile.txt  device time per kernel of the same problems (RECGOAT_GPU_PROFILE=1, not timed)
 #   torch    torch.txt    benches/peers/gpu_torch.py on the same problems, with torch.json
-#   train    train.txt    10 epochs of paper() and of lightgcn() with the GPU backend (seconds per epoch,
+#   train    train.txt    10 epochs of recgoat() and of lightgcn() with the GPU backend (seconds per epoch,
 #                         evaluation included), results under OUT/train-*
 # and gpu.txt, the adapter as nvidia-smi sees it (when there is one). Quote only figures of one run, and
 # the CPU column beside them as that machine's own.
@@ -66,7 +66,7 @@ run() {
         profile) RECGOAT_GPU_PROFILE=1 "$bin/gpu-bench" --bench profile-only 2>&1 | tee "$out/profile.txt" ;;
         torch) python3 benches/peers/gpu_torch.py "$out/torch.json" 2>&1 | tee "$out/torch.txt" ;;
         train)
-            for preset in paper lightgcn; do
+            for preset in recgoat lightgcn; do
                 "$bin/train" --data "$RECGOAT_DATA_DIR/lfm2k" --preset "$preset" --backend gpu --epochs 10 \
                     --baseline none --seeds 1 --out "$out/train-$preset"
             done 2>&1 | tee "$out/train.txt"

@@ -781,25 +781,11 @@ impl<F: Real> RecGoat<F> {
     }
 
     /// The rows of `batch` the contrastive term runs on when they are not all of them: its
-    /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], without the rows of probe items
-    /// when the model has the content term, then the first [`RecGoatConfig::cl_max_rows`] of those when
-    /// that is set and fewer; `None` when every row is kept.
+    /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], then the first
+    /// [`RecGoatConfig::cl_max_rows`] of those when that is set and fewer; `None` when every row is kept.
+    /// With the content term, the modality terms leave out the rows of probe items.
     pub(super) fn contrastive_subset(&self, batch: &Batch) -> Option<Batch> {
-        let mut rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
-        // the modality terms train the encoders: the probe items stay out, as they do of the content term
-        if self.content_on() {
-            let from = rows.as_ref().unwrap_or(batch);
-            if from.pos.iter().any(|&i| self.is_probe[i]) {
-                let keep: Vec<usize> = (0..from.pos.len())
-                    .filter(|&k| !self.is_probe[from.pos[k]])
-                    .collect();
-                rows = Some(Batch {
-                    users: keep.iter().map(|&k| from.users[k]).collect(),
-                    pos: keep.iter().map(|&k| from.pos[k]).collect(),
-                    neg: keep.iter().map(|&k| from.neg[k]).collect(),
-                });
-            }
-        }
+        let rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
         let cap = self.cfg.cl_max_rows;
         let len = rows.as_ref().unwrap_or(batch).users.len();
         if cap == 0 || len <= cap {

@@ -594,25 +594,42 @@ impl<F: Real> RecGoat<F> {
             let mut extra: Vec<(E::M, usize, &E::Sel)> = Vec::new();
             // the feature rows of each further view projected row-wise
             let mut extra_rows: Vec<Option<E::M>> = Vec::new();
-            let s_n;
+            let (s_n, s_m);
             let pairs = match self.cfg.cmcl {
                 Cmcl::Paper => {
                     // the modality terms at `cl_modality_weight` (0: the user term alone), each at its
                     // trust with `cl_modality_trust`; a modality of weight 0 is left out
                     let weights = self.modality_term_weights();
                     let mut pairs = cmcl_paper_pairs::<F>(0);
-                    for (m, &mw) in weights.iter().enumerate() {
-                        if mw > 0.0 {
-                            pairs.push(ViewPair {
-                                first: 2 + extra.len(),
-                                second: 1,
-                                weight: F::c(mw),
-                                term: PairTerm::InfoNce,
-                            });
-                            let (view, x) = self.encode_rows(ex, st, fwd, m, s_cp)?;
-                            extra.push((view, 3 + m, s_cp));
-                            extra_rows.push(x);
-                        }
+                    // they train the encoders: with the content term, the probe items' rows stay out of
+                    // them (the user term keeps every row), against the items on the rows left
+                    let active = weights.iter().any(|&w| w > 0.0);
+                    let keep: Vec<usize> = (rows.pos.iter().copied())
+                        .filter(|&i| active && !(self.content_on() && self.is_probe[i]))
+                        .collect();
+                    let (sel, items_at) = if !active || keep.len() == rows.pos.len() {
+                        (s_cp, 1)
+                    } else {
+                        s_m = ex.select(&keep, ni)?;
+                        extra.push((ex.gather(&s_m, items)?, 1, &s_m));
+                        extra_rows.push(None);
+                        (&s_m, 1 + extra.len())
+                    };
+                    let terms = !keep.is_empty();
+                    for (m, &mw) in weights
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &w)| terms && w > 0.0)
+                    {
+                        pairs.push(ViewPair {
+                            first: 2 + extra.len(),
+                            second: items_at,
+                            weight: F::c(mw),
+                            term: PairTerm::InfoNce,
+                        });
+                        let (view, x) = self.encode_rows(ex, st, fwd, m, sel)?;
+                        extra.push((view, 3 + m, sel));
+                        extra_rows.push(x);
                     }
                     pairs
                 }

@@ -502,11 +502,17 @@ impl<'d> Trainer<'d> {
             })
             .collect();
         let floor = trials[0].warm * (1.0 - self.model.config().content_warm_tolerance);
-        // a NaN warm figure (no warm item held out) does not bar a scale
-        let best = (0..trials.len())
-            .filter(|&k| trials[k].warm >= floor || trials[k].warm.is_nan() || floor.is_nan())
-            .max_by(|&a, &b| trials[a].recall.total_cmp(&trials[b].recall))
-            .unwrap_or(0);
+        // a NaN warm figure (no warm item held out) does not bar a scale; of equal recalls, the smallest
+        // scale (the cold items' vectors carry nothing when every scale ties)
+        let allowed = (0..trials.len())
+            .filter(|&k| trials[k].warm >= floor || trials[k].warm.is_nan() || floor.is_nan());
+        let best = allowed.fold(0, |b, k| {
+            if trials[k].recall > trials[b].recall {
+                k
+            } else {
+                b
+            }
+        });
         // COLD_SCALES[0] is 0: the backbone alone selects the epoch
         Ok((selecting(&all[0]), scales[best], trials))
     }
