@@ -97,6 +97,36 @@ fn users_and_items_without_training_interactions_load_and_are_counted() {
     assert_eq!(t.evaluate(Split::Test).unwrap().users, 2);
 }
 
+/// Every layout numpy writes for a 2-D float matrix (C and Fortran order, little- and big-endian, float32 and
+/// float64) reads back the same matrix; the files were written by numpy itself (`tests/fixtures/npy/make.py`).
+#[test]
+fn npy_files_in_every_numpy_layout_read_the_same_matrix() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/npy");
+    let m = ndarray::array![[1.5f32, -2.25], [3.0, 0.125], [1e-3, 7.0]];
+    for order in ["c", "f"] {
+        for endian in ["le", "be"] {
+            for dtype in ["f4", "f8"] {
+                let name = format!("{order}_{endian}_{dtype}.npy");
+                let x = read_features(dir.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(x, m, "{name}");
+            }
+        }
+    }
+    // np.save(x.T) of a C-order x: the transpose, written in Fortran order
+    assert_eq!(read_features(dir.join("transposed_f4.npy")).unwrap(), m.t());
+    // other dtypes are refused with the dtype named
+    let mut bytes = std::fs::read(dir.join("c_le_f4.npy")).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"'<f4'").unwrap();
+    bytes[at..at + 5].copy_from_slice(b"'<i4'");
+    let tmp = scratch("npy-dtype").join("int.npy");
+    std::fs::write(&tmp, &bytes).unwrap();
+    let e = read_features(&tmp).unwrap_err().to_string();
+    assert!(
+        e.contains("int.npy") && e.contains("'<i4'") && e.contains("float32"),
+        "{e}"
+    );
+}
+
 #[test]
 fn features_must_match_the_items_and_be_finite() {
     let dir = scratch("feat");

@@ -189,7 +189,7 @@ fn read_inter_lines(path: &Path) -> Result<([Vec<Pair>; 3], [Origin; 3])> {
 }
 
 /// The shape and data offset an `.npy` header claims, checked against the file's length before anything is
-/// allocated for it: a 2-D, C-order, little-endian float32 or float64 array.
+/// allocated for it: a 2-D float32 or float64 array, either byte order, C or Fortran order.
 fn npy_layout(path: &Path, bytes: &[u8]) -> Result<()> {
     let bad = |reason: String| Error::Io {
         op: "read_features",
@@ -221,14 +221,16 @@ fn npy_layout(path: &Path, bytes: &[u8]) -> Result<()> {
         let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
         Some(rest)
     };
+    // either byte order and either memory order: ndarray-npy converts both to a native C-order matrix
     let itemsize = match field("descr").map(|d| &d[..d.find(',').unwrap_or(d.len())]) {
-        Some("'<f4'") => 4usize,
-        Some("'<f8'") => 8,
-        d => return Err(bad(format!("dtype {d:?}: expected '<f4' or '<f8'"))),
+        Some("'<f4'" | "'>f4'") => 4usize,
+        Some("'<f8'" | "'>f8'") => 8,
+        Some(d) => {
+            let why = "expected float32 or float64 ('<f4', '>f4', '<f8' or '>f8'); convert with                        x.astype(np.float32)";
+            return Err(bad(format!("dtype {d}: {why}")));
+        }
+        None => return Err(bad("header has no dtype ('descr')".into())),
     };
-    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
-        return Err(bad("Fortran-order arrays are not supported".into()));
-    }
     let shape = field("shape")
         .and_then(|s| s.strip_prefix('('))
         .and_then(|s| s.split(')').next())
@@ -258,12 +260,13 @@ fn npy_layout(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Reads a feature matrix from `.npy` (float32 or float64, little-endian, C order), as f32. The header's
+/// Reads a feature matrix from `.npy` as f32: float32 or float64, little- or big-endian, C or Fortran order
+/// (every layout `np.save` writes for a 2-D float matrix, `np.save(x.T)` included). The header's
 /// shape is checked against the file's length before the matrix is allocated.
 ///
 /// # Errors
 /// [`Error::Io`] for a missing file, a malformed header, a shape the file's length does not hold, or an
-/// unsupported dtype / order / rank; [`Error::Data`] for NaN/Inf (naming the row).
+/// unsupported dtype or rank; [`Error::Data`] for NaN/Inf (naming the row).
 pub fn read_features(path: impl AsRef<Path>) -> Result<Array2<f32>> {
     use ndarray_npy::{ReadNpyError, ReadNpyExt};
     let path = path.as_ref();
