@@ -23,11 +23,11 @@ struct Args {
     /// Seed (mutation i of seed s depends on (s, i) alone).
     #[arg(long, default_value_t = 2026)]
     seed: u64,
-    /// Loaders to fuzz: split, inter, npy, checkpoint, recommender.
+    /// Loaders to fuzz: split, inter, npy, checkpoint, recommender, csv.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "split,inter,npy,checkpoint,recommender"
+        default_value = "split,inter,npy,checkpoint,recommender,csv"
     )]
     targets: Vec<String>,
     /// Address-space cap of each loader's process, in MiB.

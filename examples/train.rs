@@ -20,7 +20,7 @@
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use recgoat_core::data::{read_features, read_interactions, Dataset, IdMap};
+use recgoat_core::data::{read_features, read_interactions_with, Dataset, IdMap, ReadOptions};
 use recgoat_core::eval::evaluate_split;
 use recgoat_core::model::{
     write_atomic, Metrics, Modalities, RecGoatConfig, Split, Stage, Trainer,
@@ -44,9 +44,10 @@ enum BackendArg {
 )]
 struct Args {
     /// Dataset: a folder with LightGCN split files (train.txt, valid.txt, test.txt) or one MMRec .inter file
-    /// and optional <name>.npy item features; or a CSV / TSV file of `user,item[,timestamp]` lines with any
-    /// ids (each user's last 10 % to test, the 10 % before to validation; the id mapping is saved with the
-    /// recommender).
+    /// and optional <name>.npy item features; or a CSV / TSV file with any ids, its columns named by a header
+    /// (user, item, timestamp, rating and common aliases such as userId, movieId) or `user,item[,timestamp]`
+    /// by position (each user's last 10 % to test, the 10 % before to validation, a repeated pair kept once;
+    /// the id mapping is saved with the recommender).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k"))]
     data: PathBuf,
     /// Feature files to load (names without .npy); default: every .npy in the folder but the user features.
@@ -143,6 +144,10 @@ struct Args {
     /// Resume the main model's run from this checkpoint (its configuration is used).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// For a CSV / TSV file with a rating column: the ratings at least this count as interactions, the
+    /// others are dropped (for example 4 on a 1-5 scale; -inf keeps every one).
+    #[arg(long, allow_negative_numbers = true)]
+    min_rating: Option<f64>,
     /// Hold out this fraction of the items entirely (every interaction of half of them to validation, of
     /// the other half to test): a cold-item split, whose metrics come apart for warm and cold items beside
     /// the raw-feature cosine baseline.
@@ -664,9 +669,12 @@ fn run() -> Result<(), Error> {
     };
     let refs: Vec<&str> = features.iter().map(String::as_str).collect();
     let t = Instant::now();
-    // a folder in LightGCN or MMRec format, or a CSV / TSV file of `user,item[,timestamp]` with any ids
+    // a folder in LightGCN or MMRec format, or a CSV / TSV file of interactions with any ids
     let (ds, ids) = if is_file {
-        let x = read_interactions(&args.data)?;
+        let opts = ReadOptions {
+            min_rating: args.min_rating,
+        };
+        let x = read_interactions_with(&args.data, &opts)?;
         let features = (refs.iter())
             .map(|n| {
                 Ok((

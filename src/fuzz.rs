@@ -36,19 +36,23 @@ pub enum Target {
     /// A saved recommender with its content encoder and fold-in tables; an accepted one then embeds a new
     /// item and folds a user in.
     Recommender,
+    /// A CSV / TSV interaction file with any ids ([`crate::data::read_interactions_with`], ratings of at
+    /// least 3 kept), split into a dataset.
+    Csv,
 }
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Split,
         Target::Inter,
         Target::Npy,
         Target::Checkpoint,
         Target::Recommender,
+        Target::Csv,
     ];
 
-    /// The target's name (`split`, `inter`, `npy`, `checkpoint`, `recommender`).
+    /// The target's name (`split`, `inter`, `npy`, `checkpoint`, `recommender`, `csv`).
     pub fn name(self) -> &'static str {
         match self {
             Target::Split => "split",
@@ -56,6 +60,7 @@ impl Target {
             Target::Npy => "npy",
             Target::Checkpoint => "checkpoint",
             Target::Recommender => "recommender",
+            Target::Csv => "csv",
         }
     }
 
@@ -154,6 +159,22 @@ impl Corpus {
                 }
                 files
             }
+            Target::Csv => {
+                // a spreadsheet's ratings file (byte-order mark, named columns, a quoted id) and a plain
+                // headerless TSV
+                let mut rated = String::from("\u{feff}userId,movieId,rating,timestamp\n");
+                let mut plain = String::new();
+                for (k, (u, i)) in data.train.iter().chain(&data.test).enumerate() {
+                    let item = if k % 7 == 0 {
+                        format!("\"item, {i}\"")
+                    } else {
+                        format!("m{i}")
+                    };
+                    rated.push_str(&format!("user{u},{item},{},{}\n", 1 + k % 5, 1000 + k));
+                    plain.push_str(&format!("{u}\t{i}\t{k}\n"));
+                }
+                vec![rated.into_bytes(), plain.into_bytes()]
+            }
             Target::Recommender => {
                 let t = one_epoch(RecGoatConfig::recgoat(), &data)?;
                 let path = dir.join("corpus.safetensors");
@@ -175,6 +196,7 @@ impl Corpus {
             Target::Inter => "input.inter",
             Target::Npy => "input.npy",
             Target::Checkpoint | Target::Recommender => "input.safetensors",
+            Target::Csv => "input.csv",
         };
         let path = self.dir.join(name);
         std::fs::write(&path, bytes)?;
@@ -207,6 +229,14 @@ impl Corpus {
                 }
                 Err(_) => false,
             },
+            Target::Csv => {
+                let opts = crate::data::ReadOptions {
+                    min_rating: Some(3.0),
+                };
+                crate::data::read_interactions_with(&path, &opts)
+                    .and_then(|x| Dataset::from_interactions(&path, &x, 0.1, vec![]))
+                    .is_ok()
+            }
         };
         Ok(ok)
     }
@@ -301,7 +331,7 @@ fn mutate(target: Target, input: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
             }
             // a number in the framing replaced by a hostile one, the framing kept valid
             _ => match target {
-                Target::Split | Target::Inter => {
+                Target::Split | Target::Inter | Target::Csv => {
                     replace_number(&mut b, (0, n), rng);
                 }
                 Target::Npy => {

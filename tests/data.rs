@@ -404,3 +404,204 @@ fn clustered_features_refuse_bad_sizes() {
     let err = clustered_features(1 << 20, 1 << 12, 100, 1.0, 0).unwrap_err();
     assert!(err.to_string().contains("at most"), "{err}");
 }
+
+/// Writes `text` to a fresh file `name` and reads it with `min_rating`.
+fn read_csv(
+    test: &str,
+    name: &str,
+    text: &[u8],
+    min_rating: Option<f64>,
+) -> Result<Interactions, Error> {
+    let path = scratch(test).join(name);
+    std::fs::write(&path, text).unwrap();
+    read_interactions_with(&path, &ReadOptions { min_rating })
+}
+
+/// The line and message of a data error.
+fn data_error(e: Error) -> (usize, String) {
+    match e {
+        Error::Data { line, reason, .. } => (line, reason),
+        e => panic!("expected a data error, got {e}"),
+    }
+}
+
+/// MovieLens' `userId,movieId,rating,timestamp`: the rating column needs a threshold (refused without one,
+/// with a message that says how to choose), and the timestamp column orders the split, not the ratings.
+#[test]
+fn a_movielens_ratings_file_is_read_by_its_column_names() {
+    let mut text = String::from("userId,movieId,rating,timestamp\n");
+    // user 1 rates ten movies at rising times with falling ratings; movie 99 gets 2.0 (dropped at 4)
+    for j in 0..10 {
+        text.push_str(&format!("1,{j},{},{}\n", 5.0 - 0.1 * j as f64, 1000 + j));
+    }
+    text.push_str("1,99,2.0,5000\n");
+    let (line, why) = data_error(read_csv("ml", "ratings.csv", text.as_bytes(), None).unwrap_err());
+    assert_eq!(line, 1);
+    assert!(
+        why.contains("rating column") && why.contains("min_rating"),
+        "{why}"
+    );
+    let x = read_csv("ml", "ratings.csv", text.as_bytes(), Some(4.0)).unwrap();
+    assert_eq!(x.pairs.len(), 10, "movie 99 is rated below 4");
+    assert_eq!(x.ids.item("99"), None);
+    assert_eq!(
+        x.timestamps.as_deref().unwrap()[9],
+        1009.0,
+        "the timestamp column, not the rating"
+    );
+    let ds = Dataset::from_interactions("ratings.csv", &x, 0.1, vec![]).unwrap();
+    // the latest interaction (movie 9, the lowest rating kept) is the test item
+    assert_eq!(ds.test, vec![(0, x.ids.item("9").unwrap())]);
+    let all = read_csv(
+        "ml",
+        "ratings.csv",
+        text.as_bytes(),
+        Some(f64::NEG_INFINITY),
+    )
+    .unwrap();
+    assert_eq!(all.pairs.len(), 11);
+}
+
+/// Columns: an unknown header column, a repeated one or a missing user column is an error that names it;
+/// without a header a fourth field needs one; every line has the header's number of fields.
+#[test]
+fn interaction_columns_must_be_known() {
+    let (line, why) =
+        data_error(read_csv("cols", "a.csv", b"user,item,genre\nu,i,rock\n", None).unwrap_err());
+    assert_eq!(line, 1);
+    assert!(
+        why.contains("`genre`") && why.contains("remove it"),
+        "{why}"
+    );
+    let (_, why) =
+        data_error(read_csv("cols", "b.csv", b"user,item,user_id\nu,i,v\n", None).unwrap_err());
+    assert!(why.contains("twice"), "{why}");
+    let (_, why) =
+        data_error(read_csv("cols", "c.csv", b"item,timestamp\ni,1\n", None).unwrap_err());
+    assert!(why.contains("no user column"), "{why}");
+    let (line, why) = data_error(read_csv("cols", "d.csv", b"u,i,1,5\n", None).unwrap_err());
+    assert_eq!(line, 1);
+    assert!(why.contains("no header"), "{why}");
+    let (line, why) = data_error(
+        read_csv(
+            "cols",
+            "e.csv",
+            b"user_id:token\titem_id:token\nu\ti\nv\ti\t3\n",
+            None,
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(line, 3);
+    assert!(why.contains("3 fields where the file has 2"), "{why}");
+    // MMRec's typed header names and any column order
+    let x = read_csv(
+        "cols",
+        "f.tsv",
+        b"item_id:token\tuser_id:token\ttimestamp:float\ni\tu\t7\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (x.ids.users[0].as_str(), x.ids.items[0].as_str()),
+        ("u", "i")
+    );
+    assert_eq!(x.timestamps, Some(vec![7.0]));
+}
+
+/// Timestamps and ratings must be finite numbers: NaN, inf and 1e400 (which overflows) are refused with the
+/// file's line.
+#[test]
+fn non_finite_timestamps_and_ratings_are_refused() {
+    for bad in ["NaN", "inf", "-inf", "1e400", "soon"] {
+        let text = format!("a,x,1\nb,y,{bad}\n");
+        let (line, why) = data_error(read_csv("ts", "t.csv", text.as_bytes(), None).unwrap_err());
+        assert_eq!(line, 2, "{bad}");
+        assert!(
+            why.contains("timestamp") && why.contains("finite"),
+            "{bad}: {why}"
+        );
+    }
+    let text = b"user,item,rating\na,x,NaN\n";
+    let (line, why) = data_error(read_csv("ts", "r.csv", text, Some(4.0)).unwrap_err());
+    assert_eq!(line, 2);
+    assert!(why.contains("rating"), "{why}");
+}
+
+/// A byte-order mark does not turn the header into a user; a quoted field keeps its comma; text that is not
+/// UTF-8 is reported with its line; an empty id names which one.
+#[test]
+fn spreadsheet_csv_files_are_read_right() {
+    let x = read_csv(
+        "bom",
+        "b.csv",
+        b"\xEF\xBB\xBFuser,item\nu1,i1\nu2,\"Crosby, Stills & Nash\"\n",
+        None,
+    )
+    .unwrap();
+    assert_eq!(x.ids.users, vec!["u1", "u2"]);
+    assert_eq!(x.ids.items[1], "Crosby, Stills & Nash");
+    let (line, why) =
+        data_error(read_csv("bom", "u.csv", b"u1,i1\nu2,i\xFF2\n", None).unwrap_err());
+    assert_eq!(line, 2);
+    assert!(why.contains("UTF-8"), "{why}");
+    let (line, why) = data_error(read_csv("bom", "e.csv", b"u1,i1\nu2,\n", None).unwrap_err());
+    assert_eq!(line, 2);
+    assert!(why.contains("item id is empty"), "{why}");
+    let (_, why) = data_error(read_csv("bom", "h.csv", b"user,item\n", None).unwrap_err());
+    assert!(why.contains("no interactions"), "{why}");
+}
+
+/// The same pair at two times is kept once, at its earliest time: never both trained on and held out.
+#[test]
+fn a_repeated_pair_is_kept_once_at_its_earliest_time() {
+    let mut text = String::from("user,item,timestamp\n");
+    for j in 0..9 {
+        text.push_str(&format!("u,i{j},{j}\n"));
+    }
+    text.push_str("u,i0,100\n"); // i0 again, latest
+    let x = read_csv("dup", "d.csv", text.as_bytes(), None).unwrap();
+    assert_eq!(x.pairs.len(), 10);
+    let ds = Dataset::from_interactions("d.csv", &x, 0.2, vec![]).unwrap();
+    let i0 = x.ids.item("i0").unwrap();
+    assert_eq!(ds.train.len() + ds.valid.len() + ds.test.len(), 9);
+    assert!(ds.train.contains(&(0, i0)));
+    assert!(!ds.test.contains(&(0, i0)) && !ds.valid.contains(&(0, i0)));
+    assert_eq!(ds.test, vec![(0, x.ids.item("i8").unwrap())]);
+}
+
+/// `Interactions` built by hand: ids beyond the id lists, a timestamp count other than the pair count and
+/// a non-finite timestamp are errors, not panics.
+#[test]
+fn hand_built_interactions_are_checked() {
+    let ids = IdMap {
+        users: vec!["a".into()],
+        items: vec!["x".into(), "y".into()],
+    };
+    let x = Interactions {
+        pairs: vec![(0, 0), (0, 2)],
+        timestamps: None,
+        ids: ids.clone(),
+    };
+    let e = Dataset::from_interactions("x", &x, 0.1, vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pair 1") && e.contains("beyond"), "{e}");
+    let x = Interactions {
+        pairs: vec![(0, 0), (0, 1)],
+        timestamps: Some(vec![1.0]),
+        ids: ids.clone(),
+    };
+    let e = Dataset::from_interactions("x", &x, 0.1, vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 timestamps for 2 pairs"), "{e}");
+    let x = Interactions {
+        pairs: vec![(0, 0), (0, 1)],
+        timestamps: Some(vec![1.0, f64::NAN]),
+        ids,
+    };
+    let e = Dataset::from_interactions("x", &x, 0.1, vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not finite"), "{e}");
+}

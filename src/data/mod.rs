@@ -11,7 +11,9 @@ mod interactions;
 mod synthetic;
 
 pub use batch::Batch;
-pub use interactions::{read_interactions, IdMap, Interactions};
+pub use interactions::{
+    read_interactions, read_interactions_with, Column, IdMap, Interactions, ReadOptions,
+};
 pub use synthetic::{clustered_features, scale_up, MAX_SCALED_INTERACTIONS, MAX_SYNTHETIC_VALUES};
 
 use crate::error::{Error, Result};
