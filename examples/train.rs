@@ -698,7 +698,7 @@ fn run() -> Result<(), Error> {
         ds = ds.hold_out_items(fraction, args.split_seed)?;
     }
     for name in &args.user_features {
-        ds = ds.with_user_features(name, read_features(folder.join(format!("{name}.npy")))?)?;
+        ds = ds.read_user_features(folder.join(format!("{name}.npy")))?;
     }
     println!(
         "{}: {} users, {} items, {} / {} / {} interactions, features {:?} ({:.1}s to load)",

@@ -113,7 +113,7 @@ pub enum Error {
         reason: String,
     },
     /// A line of a data file is malformed, or the data it holds is inconsistent.
-    #[error("{path}:{line}: {reason}")]
+    #[error("{path}{}: {reason}", at_line(*.line))]
     Data {
         /// The file.
         path: String,
@@ -126,6 +126,15 @@ pub enum Error {
     /// configuration or dataset.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A saved recommender that cannot be used: not a recgoat-core recommender file, truncated, corrupt, or
+    /// inconsistent.
+    #[error("recommender {path}: {reason}")]
+    Recommender {
         /// The file.
         path: String,
         /// What is wrong.
@@ -242,5 +251,13 @@ pub(crate) fn check_finite_array<
     match x.as_slice() {
         Some(s) => check_finite_slice(op, what, s),
         None => check_finite(op, what, x.iter().copied()),
+    }
+}
+
+/// `:line` for a problem on a line of a file, nothing for one that is not on a line (line 0).
+fn at_line(line: usize) -> String {
+    match line {
+        0 => String::new(),
+        l => format!(":{l}"),
     }
 }

@@ -116,6 +116,32 @@ pub(crate) fn content_checksum<'a>(
     format!("{:08x}", h.finalize())
 }
 
+/// A safetensors file parsed, or what is wrong with it in a user's words: a file cut short says so (with the
+/// bytes its header claims and the bytes it has) rather than the parser's "invalid header length".
+pub(crate) fn read_safetensors(bytes: &[u8]) -> std::result::Result<SafeTensors<'_>, String> {
+    let Some(prefix) = bytes.get(..8) else {
+        return Err(format!(
+            "{} bytes: too short for a safetensors file (8 bytes of header length come first); the file is \
+             truncated (or is not one)",
+            bytes.len()
+        ));
+    };
+    let claimed = u64::from_le_bytes(prefix.try_into().expect("8 bytes"));
+    let have = (bytes.len() - 8) as u64;
+    if claimed > have {
+        return Err(format!(
+            "its header claims {claimed} bytes and the file has {have} after the length: the file is truncated \
+             (or is not a safetensors file)"
+        ));
+    }
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        format!(
+            "not a readable safetensors file ({} bytes): it is truncated or corrupt: {e}",
+            bytes.len()
+        )
+    })
+}
+
 /// `bytes` (a safetensors file) with the checksum its contents have: what a crafted file holds. `None` when the
 /// file does not parse. For the fuzz harness, which must reach the checks behind the checksum.
 pub(crate) fn resign(bytes: &[u8]) -> Option<Vec<u8>> {

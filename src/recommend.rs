@@ -322,8 +322,18 @@ impl Recommender {
     /// The same recommender knowing the original ids behind its contiguous ones (saved with it).
     ///
     /// # Errors
-    /// [`Error::Shape`] when the map does not have one id per user and per item.
+    /// [`Error::Shape`] when the map does not have one id per user and per item; [`Error::Param`] when an
+    /// original id names two users or two items.
     pub fn with_ids(mut self, ids: IdMap) -> Result<Self> {
+        if let Some((what, id)) = ids.duplicate() {
+            let why = format!("names two {what}s: each original id must name one");
+            return Err(Error::param(
+                "Recommender::with_ids",
+                "ids",
+                format!("{id:?}"),
+                why,
+            ));
+        }
         if (ids.users.len(), ids.items.len()) != self.shape() {
             return Err(Error::shape(
                 "Recommender::with_ids",
@@ -724,7 +734,8 @@ impl Recommender {
     /// and folding users in then say so).
     ///
     /// # Errors
-    /// [`Error::Io`] for an unreadable file; [`Error::Checkpoint`] for another format or a malformed file.
+    /// [`Error::Io`] for an unreadable file; [`Error::Recommender`] for another format, a truncated or
+    /// malformed file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::Io {
@@ -732,12 +743,11 @@ impl Recommender {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let fail = |reason: String| Error::Checkpoint {
+        let fail = |reason: String| Error::Recommender {
             path: path.display().to_string(),
             reason,
         };
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
+        let st = crate::io::read_safetensors(&bytes).map_err(fail)?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(e.to_string()))?;
         let m = meta.metadata().clone().unwrap_or_default();
         let format = m.get("format").cloned();

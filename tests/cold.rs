@@ -532,6 +532,18 @@ fn a_recommender_folds_users_in_and_adds_items_from_features() {
     let back = Recommender::load(&path).unwrap();
     assert_eq!(back, rec);
     assert_eq!(back.recommend_history(None, &history, 5).unwrap(), top);
+    // cut short, it says so, as a recommender file
+    let bytes = std::fs::read(&path).unwrap();
+    for keep in [5, 100, bytes.len() - 1] {
+        std::fs::write(&path, &bytes[..keep]).unwrap();
+        let e = Recommender::load(&path).unwrap_err();
+        assert!(matches!(e, recgoat_core::Error::Recommender { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("recommender ") && e.contains("truncated"),
+            "{keep}: {e}"
+        );
+    }
     std::fs::remove_file(&path).unwrap();
 }
 

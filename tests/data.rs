@@ -605,3 +605,50 @@ fn hand_built_interactions_are_checked() {
         .to_string();
     assert!(e.contains("not finite"), "{e}");
 }
+
+/// User features read from a file: errors name the file with its extension, not `name:0`.
+#[test]
+fn user_feature_errors_name_the_file() {
+    let dir = scratch("uf");
+    std::fs::write(dir.join("train.txt"), "0 0 1\n1 1 2\n").unwrap();
+    std::fs::write(dir.join("test.txt"), "").unwrap();
+    let ds = Dataset::load_lightgcn_dir(&dir, &[]).unwrap();
+    ndarray_npy::write_npy(dir.join("uf.npy"), &Array2::<f32>::zeros((3, 4))).unwrap();
+    let e = ds
+        .clone()
+        .read_user_features(dir.join("uf.npy"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("uf.npy: user features `uf` have 3 rows for 2 users"),
+        "{e}"
+    );
+    assert!(!e.contains(":0"), "{e}");
+    ndarray_npy::write_npy(dir.join("ok.npy"), &Array2::<f32>::ones((2, 4))).unwrap();
+    let ds = ds.read_user_features(dir.join("ok.npy")).unwrap();
+    assert_eq!(ds.user_features[0].0, "ok");
+}
+
+/// An original id that names two users or two items is refused: it could no longer be looked up.
+#[test]
+fn id_maps_with_a_repeated_id_are_refused() {
+    let ids = IdMap {
+        users: vec!["a".into(), "b".into()],
+        items: vec!["x".into(), "y".into(), "x".into()],
+    };
+    assert_eq!(ids.duplicate(), Some(("item", "x")));
+    let rec = recgoat_core::recommend::Recommender::new(
+        Array2::<f32>::ones((2, 2)),
+        Array2::<f32>::ones((3, 2)),
+        vec![vec![], vec![]],
+    )
+    .unwrap();
+    let e = rec.clone().with_ids(ids).unwrap_err().to_string();
+    assert!(e.contains("\"x\"") && e.contains("names two items"), "{e}");
+    let ok = IdMap {
+        users: vec!["a".into(), "b".into()],
+        items: vec!["x".into(), "y".into(), "z".into()],
+    };
+    assert_eq!(ok.duplicate(), None);
+    assert!(rec.with_ids(ok).is_ok());
+}

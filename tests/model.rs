@@ -397,6 +397,18 @@ fn configs_are_set_from_text() {
         assert!(e.contains("RecGoatConfig"), "{bad}: {e}");
         assert_eq!(cfg, before, "{bad} left the config unchanged");
     }
+    // a number JSON cannot hold is a number that is not finite, not a string of the wrong type
+    for bad in ["lr=1e999", "lr=NaN", "lr=-inf"] {
+        let e = cfg.set(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("lr takes a finite number") && !e.contains("string"),
+            "{bad}: {e}"
+        );
+    }
+    let e = cfg.set("lr=fast").unwrap_err().to_string();
+    assert!(e.contains("lr takes a finite number; `fast`"), "{e}");
+    let e = cfg.set("fusion=Blend").unwrap_err().to_string();
+    assert!(e.contains("fusion = `Blend`: unknown variant"), "{e}");
 }
 
 /// A configuration saved before the residual fusion, the item graph and the weight decay existed (as older

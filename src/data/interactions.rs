@@ -25,6 +25,21 @@ impl IdMap {
     pub fn item(&self, id: &str) -> Option<usize> {
         self.items.iter().position(|i| i == id)
     }
+
+    /// The first original id that names two users or two items, as `("user" | "item", id)`; `None` when
+    /// every id names one (what [`IdMap::user`] and [`IdMap::item`] need).
+    pub fn duplicate(&self) -> Option<(&'static str, &str)> {
+        (first_repeated(&self.users).map(|id| ("user", id)))
+            .or_else(|| first_repeated(&self.items).map(|id| ("item", id)))
+    }
+}
+
+/// The first id that occurs twice.
+fn first_repeated(ids: &[String]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.iter()
+        .find(|id| !seen.insert(id.as_str()))
+        .map(String::as_str)
 }
 
 /// Interactions read by [`read_interactions`]: contiguous ids in order of first appearance, the original

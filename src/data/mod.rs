@@ -330,14 +330,32 @@ impl Sources<'_> {
 const SPLITS: [&str; 3] = ["train", "valid", "test"];
 
 impl Dataset {
-    /// The dataset with a user feature matrix added (one row per user; read one with [`read_features`]).
-    /// With [`crate::model::RecGoatConfig::user_user`], the user-user branch takes the user features (side by
-    /// side) as its profiles instead of the mean of each user's training items' features.
+    /// The dataset with a user feature matrix added (one row per user; [`Dataset::read_user_features`] reads
+    /// one from a file). With [`crate::model::RecGoatConfig::user_user`], the user-user branch takes the user
+    /// features (side by side) as its profiles instead of the mean of each user's training items' features.
     ///
     /// # Errors
-    /// [`Error::Data`] for a matrix without one finite row per user.
-    pub fn with_user_features(mut self, name: &str, x: Array2<f32>) -> Result<Self> {
-        let at = Path::new(name);
+    /// [`Error::Data`] for a matrix without one finite row per user, naming `name`.
+    pub fn with_user_features(self, name: &str, x: Array2<f32>) -> Result<Self> {
+        self.add_user_features(name, x, Path::new(name))
+    }
+
+    /// [`Dataset::with_user_features`] of the matrix in an `.npy` file ([`read_features`]), named by the
+    /// file's stem; errors name the file.
+    ///
+    /// # Errors
+    /// As [`read_features`]; [`Error::Data`] naming the file for a matrix without one row per user.
+    pub fn read_user_features(self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let x = read_features(path)?;
+        let name = path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        self.add_user_features(&name, x, path)
+    }
+
+    fn add_user_features(mut self, name: &str, x: Array2<f32>, at: &Path) -> Result<Self> {
         if x.nrows() != self.n_users {
             let reason = format!(
                 "user features `{name}` have {} rows for {} users",
@@ -351,7 +369,9 @@ impl Dataset {
             return Err(data_err(
                 at,
                 0,
-                format!("user features `{name}`: row {row} has a NaN or infinite value"),
+                format!(
+                    "user features `{name}`: row {row} (user {row}) has a NaN or infinite value"
+                ),
             ));
         }
         self.user_features.push((name.to_string(), x));

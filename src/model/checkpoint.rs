@@ -154,13 +154,10 @@ impl<'d> Trainer<'d> {
         let corrupt = |e: safetensors::SafeTensorError| {
             ckpt_err(
                 path,
-                format!(
-                    "truncated or corrupt ({} bytes): not a readable safetensors file: {e}",
-                    bytes.len()
-                ),
+                format!("not a readable safetensors file's metadata: {e}"),
             )
         };
-        let st = SafeTensors::deserialize(&bytes).map_err(corrupt)?;
+        let st = crate::io::read_safetensors(&bytes).map_err(|why| ckpt_err(path, why))?;
         let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
         let meta = metadata
             .metadata()

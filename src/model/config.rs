@@ -439,8 +439,18 @@ impl RecGoatConfig {
         let mut json = serde_json::to_value(&*self).map_err(|e| bad(e.to_string()))?;
         let slot =
             (json.get_mut(key.trim())).ok_or_else(|| bad(format!("no field named {key:?}")))?;
-        *slot = (serde_json::from_str(text.trim())).unwrap_or_else(|_| text.trim().into());
-        let cfg: RecGoatConfig = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+        let (key, text) = (key.trim(), text.trim());
+        *slot = match serde_json::from_str(text) {
+            Ok(v) => v,
+            // a number JSON cannot hold (1e999 overflows f64) is not a string either
+            Err(_) if slot.is_number() || text.parse::<f64>().is_ok() => {
+                let why = format!("{key} takes a finite number; `{text}` is not one");
+                return Err(bad(why));
+            }
+            Err(_) => text.into(),
+        };
+        let cfg: RecGoatConfig =
+            serde_json::from_value(json).map_err(|e| bad(format!("{key} = `{text}`: {e}")))?;
         cfg.validate()?;
         *self = cfg;
         Ok(())
