@@ -618,6 +618,83 @@ fn bad_layer_inputs() {
         .contains("ids[1] = 5"));
 }
 
+/// No op hands back a non-finite result from a non-finite parameter, and degenerate shapes are refused: a
+/// NaN weight or bias, a LayerNorm of width 0, an Adam step on a NaN parameter, one InfoNCE pair with
+/// nothing to contrast it with.
+#[test]
+fn non_finite_parameters_and_degenerate_shapes_are_refused() {
+    use recgoat_core::contrastive::{info_nce, InfoNceConfig};
+    use recgoat_core::nn::*;
+    use recgoat_core::Par;
+    let x = Array2::<f64>::ones((2, 2));
+    let mut lin = Linear {
+        w: Array2::<f64>::ones((2, 3)),
+        b: Some(Array1::zeros(3)),
+    };
+    lin.w[[1, 2]] = f64::NAN;
+    let e = lin.forward(x.view()).unwrap_err();
+    assert!(
+        matches!(e, Error::NonFinite { .. }) && e.to_string().contains('w'),
+        "{e}"
+    );
+    lin.w[[1, 2]] = 0.0;
+    lin.b = Some(array![0.0, f64::INFINITY, 0.0]);
+    assert!(matches!(
+        lin.forward(x.view()).unwrap_err(),
+        Error::NonFinite { .. }
+    ));
+    lin.b = Some(array![0.0]);
+    assert!(matches!(
+        lin.forward(x.view()).unwrap_err(),
+        Error::Shape { .. }
+    ));
+    let e = LayerNorm::<f64>::new(0)
+        .forward(Array2::<f64>::zeros((2, 0)).view())
+        .unwrap_err();
+    assert!(matches!(e, Error::Param { name: "width", .. }), "{e}");
+    let mut ln = LayerNorm::<f64>::new(2);
+    ln.gamma[0] = f64::NAN;
+    assert!(matches!(
+        ln.forward(x.view()).unwrap_err(),
+        Error::NonFinite { .. }
+    ));
+    let mut p = Array2::<f64>::zeros((2, 2));
+    p[[1, 0]] = f64::NAN;
+    let mut st = AdamState::new((2, 2));
+    let e = Adam::new(0.1)
+        .step(p.view_mut(), x.view(), &mut st)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::NonFinite { .. }) && e.to_string().contains("param"),
+        "{e}"
+    );
+    assert_eq!(st.t, 0, "a refused step is not counted");
+    // a row-sparse step checks the rows it touches only
+    let rows = gather_backward(&[0], x.row(0).insert_axis(ndarray::Axis(0))).unwrap();
+    Adam::new(0.1)
+        .step_rows(p.view_mut(), &rows, &mut st)
+        .unwrap();
+    let rows = gather_backward(&[1], x.row(0).insert_axis(ndarray::Axis(0))).unwrap();
+    assert!(Adam::new(0.1)
+        .step_rows(p.view_mut(), &rows, &mut st)
+        .is_err());
+    let one = array![[1.0f64, 0.0]];
+    let cfg = InfoNceConfig::default();
+    let e = info_nce(one.view(), one.view(), None, None, &cfg, Par::Seq).unwrap_err();
+    assert!(e.to_string().contains("nothing to contrast"), "{e}");
+    let negatives = array![[0.0f64, 1.0]];
+    let out = info_nce(
+        one.view(),
+        one.view(),
+        Some(negatives.view()),
+        None,
+        &cfg,
+        Par::Seq,
+    )
+    .unwrap();
+    assert!(out.loss > 0.0);
+}
+
 #[test]
 fn bad_evaluation_inputs() {
     use recgoat_core::model::evaluate;

@@ -130,6 +130,11 @@ pub(crate) fn validate_inputs<F: Real>(
             what: format!("views of shape {:?}", v1.dim()),
         });
     }
+    if v1.nrows() == 1 && !negatives.is_some_and(|n| n.nrows() > 0) {
+        let why = "one pair without extra negatives has nothing to contrast with (its loss would be 0): give \
+                   at least 2 pairs or extra negatives";
+        return Err(Error::param(op, "v1 (pairs)", 1, why));
+    }
     check_finite_array(op, "v1", &v1)?;
     check_finite_array(op, "v2", &v2)?;
     if let Some(n) = negatives {
@@ -179,7 +184,8 @@ pub(crate) fn validate_inputs<F: Real>(
 /// # Errors
 /// [`Error::Shape`] for views of different shapes, negatives of another width, or weights of another length;
 /// [`Error::Empty`] for no pairs; [`Error::NonFinite`] for NaN/Inf anywhere; [`Error::Negative`] for negative
-/// weights; [`Error::Param`] for a bad config or, with normalisation on, a zero row (named).
+/// weights; [`Error::Param`] for a bad config, one pair without extra negatives (nothing to contrast with) or,
+/// with normalisation on, a zero row (named).
 ///
 /// # Complexity
 /// `O(B (B + K) d)` flops in GEMMs per direction, `O(block_rows (B + K))` extra memory per thread.

@@ -77,13 +77,22 @@ impl<F: Real> CsrGraph<F> {
     /// [`Error::Graph`] for a non-monotone `indptr`, an index out of range, unsorted or duplicate indices in
     /// a row, or sizes beyond `u32`; [`Error::NonFinite`] for NaN/Inf weights.
     ///
+    /// A graph without edges (or without rows) is valid: every node is isolated, and propagating over it
+    /// gives zero rows (a node with no in-edge receives nothing), which is what LightGCN and graph attention
+    /// give such a node in any graph.
+    ///
     /// # Example
     /// ```
-    /// use recgoat_core::graph::CsrGraph;
+    /// use ndarray::array;
+    /// use recgoat_core::{Par, graph::{spmm, CsrGraph}};
     /// // 0 <- 1, 1 <- 0, 1 <- 2
     /// let g = CsrGraph::<f32>::new(3, 3, vec![0, 1, 3, 3], vec![1, 0, 2], None).unwrap();
     /// assert_eq!(g.row(1), &[0, 2]);
     /// assert!(CsrGraph::<f32>::new(3, 3, vec![0, 1, 3, 3], vec![1, 2, 0], None).is_err()); // unsorted row
+    /// // no edges: valid, and nothing propagates
+    /// let isolated = CsrGraph::<f32>::new(2, 2, vec![0, 0, 0], vec![], None).unwrap();
+    /// let y = spmm(&isolated, array![[1.0f32], [10.0]].view(), Par::Seq).unwrap();
+    /// assert_eq!((isolated.nnz(), y), (0, array![[0.0], [0.0]]));
     /// ```
     pub fn new(
         n_rows: usize,

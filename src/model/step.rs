@@ -572,10 +572,16 @@ impl<F: Real> RecGoat<F> {
         };
 
         let mut cl = Vec::new();
-        if clw > 0.0 {
+        // the term's rows: every row (sharing the BPR gathers and selections), or a subset with its own
+        let subset = if clw > 0.0 {
+            self.contrastive_subset(batch)
+        } else {
+            None
+        };
+        // one row has no negative to contrast with: the term would be 0, and is left out
+        let cl_rows = subset.as_ref().map_or(batch.users.len(), |r| r.users.len());
+        if clw > 0.0 && cl_rows >= 2 {
             let t0 = Profile::start();
-            // the term's rows: every row (sharing the BPR gathers and selections), or a subset with its own
-            let subset = self.contrastive_subset(batch);
             let own;
             let (s_cu, s_cp, cu, cp) = match &subset {
                 Some(rows) => {
@@ -607,7 +613,9 @@ impl<F: Real> RecGoat<F> {
                     let keep: Vec<usize> = (rows.pos.iter().copied())
                         .filter(|&i| active && !(self.content_on() && self.is_probe[i]))
                         .collect();
-                    let (sel, items_at) = if !active || keep.len() == rows.pos.len() {
+                    // one row has no negative to contrast with: its terms would be 0
+                    let terms = keep.len() >= 2;
+                    let (sel, items_at) = if !terms || keep.len() == rows.pos.len() {
                         (s_cp, 1)
                     } else {
                         s_m = ex.select(&keep, ni)?;
@@ -615,7 +623,6 @@ impl<F: Real> RecGoat<F> {
                         extra_rows.push(None);
                         (&s_m, 1 + extra.len())
                     };
-                    let terms = !keep.is_empty();
                     for (m, &mw) in weights
                         .iter()
                         .enumerate()

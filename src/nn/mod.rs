@@ -92,10 +92,27 @@ impl<F: Real> Linear<F> {
         }
     }
 
+    /// The layer's own parameters: a bias as wide as the output, weights and bias finite.
+    fn check(&self, op: &'static str) -> Result<()> {
+        if let Some(b) = &self.b {
+            if b.len() != self.w.ncols() {
+                return Err(Error::shape(
+                    op,
+                    "b (one per output)",
+                    self.w.ncols(),
+                    b.len(),
+                ));
+            }
+            check_finite_array(op, "b", &b.view())?;
+        }
+        check_finite_array(op, "w", &self.w.view())
+    }
+
     /// `x W + b`.
     ///
     /// # Errors
-    /// [`Error::Shape`] when `x` is not `n x in`; [`Error::NonFinite`] for NaN/Inf in `x`.
+    /// [`Error::Shape`] when `x` is not `n x in` or the bias is not as wide as the output;
+    /// [`Error::NonFinite`] for NaN/Inf in `x`, the weights or the bias.
     ///
     /// # Example
     /// ```
@@ -105,7 +122,9 @@ impl<F: Real> Linear<F> {
     /// assert_eq!(l.forward(array![[1.0, 1.0]].view()).unwrap(), array![[4.5, 5.5]]);
     /// ```
     pub fn forward(&self, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
-        check_rows("Linear::forward", "x", &x, self.w.nrows())?;
+        const OP: &str = "Linear::forward";
+        check_rows(OP, "x", &x, self.w.nrows())?;
+        self.check(OP)?;
         let mut y = x.dot(&self.w);
         if let Some(b) = &self.b {
             y += b;
@@ -268,10 +287,24 @@ impl<F: Real> LayerNorm<F> {
     /// Forward pass and cache.
     ///
     /// # Errors
-    /// [`Error::Shape`] for a width other than `gamma`'s, [`Error::NonFinite`] for NaN/Inf, [`Error::Param`]
-    /// for `eps <= 0`.
+    /// [`Error::Shape`] for a width other than `gamma`'s (or `beta` of another width), [`Error::NonFinite`] for
+    /// NaN/Inf in `x`, `gamma` or `beta`, [`Error::Param`] for width 0 or `eps <= 0`.
     pub fn forward(&self, x: ArrayView2<'_, F>) -> Result<(Array2<F>, LayerNormCache<F>)> {
         const OP: &str = "LayerNorm::forward";
+        if self.gamma.is_empty() {
+            let why = "a row of width 0 has no mean or variance to normalise by";
+            return Err(Error::param(OP, "width", 0, why));
+        }
+        if self.beta.len() != self.gamma.len() {
+            return Err(Error::shape(
+                OP,
+                "beta (as gamma)",
+                self.gamma.len(),
+                self.beta.len(),
+            ));
+        }
+        check_finite_array(OP, "gamma", &self.gamma.view())?;
+        check_finite_array(OP, "beta", &self.beta.view())?;
         check_rows(OP, "x", &x, self.gamma.len())?;
         if !crate::simd::positive_normal(self.eps) {
             return Err(Error::param(OP, "eps", self.eps, "must be finite and > 0"));
@@ -690,7 +723,7 @@ impl<F: Real> Adam<F> {
     ///
     /// # Errors
     /// [`Error::Shape`] when parameter, gradient and state differ in shape; [`Error::NonFinite`] for a NaN/Inf
-    /// gradient; [`Error::Param`] for a bad hyper-parameter.
+    /// gradient or parameter (it would stay NaN); [`Error::Param`] for a bad hyper-parameter.
     pub fn step(
         &self,
         mut param: ArrayViewMut2<'_, F>,
@@ -708,6 +741,7 @@ impl<F: Real> Adam<F> {
             ));
         }
         check_finite_array(OP, "grad", &grad)?;
+        check_finite_array(OP, "param", &param.view())?;
         state.t += 1;
         let (c1, c2) = self.corrections(state.t);
         for (((p, &g), m), v) in param
@@ -755,6 +789,9 @@ impl<F: Real> Adam<F> {
             ));
         }
         check_finite_array(OP, "grad", &grad.values.view())?;
+        for &r in &grad.rows {
+            check_finite_array(OP, "param (a row the gradient touches)", &param.row(r))?;
+        }
         state.t += 1;
         let (c1, c2) = self.corrections(state.t);
         for (k, &r) in grad.rows.iter().enumerate() {
