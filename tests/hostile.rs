@@ -199,6 +199,72 @@ fn checkpoints_are_verified_by_content() {
     assert!(resume_err(&path, &other).contains("another dataset"));
 }
 
+/// `bytes` (a checkpoint) with metadata fields replaced, re-framed; its checksum is left as it was.
+fn with_metadata(bytes: &[u8], edits: &[(&str, String)]) -> Vec<u8> {
+    use safetensors::SafeTensors;
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(bytes).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    for (k, v) in edits {
+        meta.insert((*k).to_string(), v.clone());
+    }
+    safetensors::tensor::serialize(st.tensors(), Some(meta)).unwrap()
+}
+
+/// The fingerprint covers the validation and test splits and the features; a format tag edited back to
+/// version 1 skips nothing (it needs `resume_unverified`, which still checks the training state).
+#[test]
+fn checkpoints_cover_splits_features_format_and_state() {
+    let dir = scratch("ckpt-cover");
+    let ds = common::tiny();
+    let (path, bytes) = checkpoint(&ds, &dir);
+    let rebuilt =
+        |valid: Vec<(usize, usize)>, test: Vec<(usize, usize)>, f: Vec<(String, Array2<f32>)>| {
+            Dataset::new("other", ds.train.clone(), valid, test, f).unwrap()
+        };
+    // the same training pairs, one held-out interaction moved from test to validation
+    let (mut valid, mut test) = (ds.valid.clone(), ds.test.clone());
+    valid.push(test.pop().unwrap());
+    let moved = rebuilt(valid, test, ds.item_features.clone());
+    assert!(resume_err(&path, &moved).contains("another dataset"));
+    // the same splits, one feature value changed
+    let mut features = ds.item_features.clone();
+    features[0].1[[0, 0]] += 1.0;
+    let edited = rebuilt(ds.valid.clone(), ds.test.clone(), features);
+    assert!(resume_err(&path, &edited).contains("another dataset"));
+    // the tag edited back to version 1
+    let v1 = with_metadata(&bytes, &[("format", "recgoat-core/checkpoint-v1".into())]);
+    std::fs::write(&path, &v1).unwrap();
+    let e = resume_err(&path, &ds);
+    assert!(e.contains("resume_unverified"), "{e}");
+    assert!(Trainer::resume_unverified(&path, &ds, Backend::Cpu(Par::Seq), None).is_ok());
+    // an inconsistent state: more epochs than logs, a best epoch beyond them
+    let state = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&meta.metadata().as_ref().unwrap()["state"]).unwrap();
+        edit(&mut v);
+        let edits = [
+            ("format", "recgoat-core/checkpoint-v1".to_string()),
+            ("state", v.to_string()),
+        ];
+        std::fs::write(&path, with_metadata(&bytes, &edits)).unwrap();
+        Trainer::resume_unverified(&path, &ds, Backend::Cpu(Par::Seq), None)
+            .map(|_| ())
+            .expect_err("an inconsistent state")
+            .to_string()
+    };
+    let e = state(&|v| v["epoch"] = 5.into());
+    assert!(
+        e.contains("inconsistent") && e.contains("5 epochs with 1 epoch logs"),
+        "{e}"
+    );
+    let e = state(&|v| v["best_epoch"] = 3.into());
+    assert!(e.contains("best epoch 3 beyond"), "{e}");
+    let e = state(&|v| v["best_recall"] = 7.into());
+    assert!(e.contains("best Recall@20 7"), "{e}");
+}
+
 #[test]
 fn nan_parameters_and_tiny_scales_are_errors() {
     let cfg = GatConfig::<f64>::new(3, 4, 2).unwrap();

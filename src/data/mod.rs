@@ -424,17 +424,60 @@ impl Dataset {
         (0..self.n_items).filter(|&i| !warm[i]).collect()
     }
 
-    /// A short fingerprint of the training data: the counts and a CRC-32 of the training pairs. Checkpoints
-    /// store it, so that resuming on another dataset of the same shape is refused.
+    /// A short fingerprint of everything a training run depends on: the counts and a CRC-32 of the three
+    /// splits and of the item and user feature matrices (names, shapes and values). Checkpoints store it, so
+    /// that resuming with another split, other features or another dataset of the same shape is refused.
     ///
     /// # Example
     /// ```
     /// use recgoat_core::data::Dataset;
     /// let a = Dataset::new("a", vec![(0, 0), (1, 1)], vec![], vec![(0, 1)], vec![]).unwrap();
     /// let b = Dataset::new("b", vec![(0, 1), (1, 0)], vec![], vec![(0, 0)], vec![]).unwrap();
+    /// let c = Dataset::new("c", vec![(0, 0), (1, 1)], vec![], vec![(1, 0)], vec![]).unwrap();
     /// assert_ne!(a.fingerprint(), b.fingerprint());
+    /// assert_ne!(a.fingerprint(), c.fingerprint()); // the same training pairs, another test split
     /// ```
     pub fn fingerprint(&self) -> String {
+        let mut h = crc32fast::Hasher::new();
+        for (tag, split) in [(b'T', &self.train), (b'V', &self.valid), (b'E', &self.test)] {
+            h.update(&[tag]);
+            h.update(&(split.len() as u64).to_le_bytes());
+            for &(u, i) in split {
+                h.update(&(u as u64).to_le_bytes());
+                h.update(&(i as u64).to_le_bytes());
+            }
+        }
+        let mut row = Vec::new();
+        for (tag, features) in [(b'I', &self.item_features), (b'U', &self.user_features)] {
+            for (name, x) in features {
+                h.update(&[tag]);
+                h.update(name.as_bytes());
+                h.update(&[0]);
+                h.update(&(x.nrows() as u64).to_le_bytes());
+                h.update(&(x.ncols() as u64).to_le_bytes());
+                for r in x.rows() {
+                    row.clear();
+                    row.extend(r.iter().flat_map(|v| v.to_le_bytes()));
+                    h.update(&row);
+                }
+            }
+        }
+        format!(
+            "{} users, {} items, {} / {} / {} train / valid / test pairs, {} item and {} user feature matrices, \
+             crc32 {:08x}",
+            self.n_users,
+            self.n_items,
+            self.train.len(),
+            self.valid.len(),
+            self.test.len(),
+            self.item_features.len(),
+            self.user_features.len(),
+            h.finalize()
+        )
+    }
+
+    /// The fingerprint checkpoints of format version 2 stored: the counts and a CRC-32 of the training pairs.
+    pub(crate) fn training_fingerprint(&self) -> String {
         let mut h = crc32fast::Hasher::new();
         for &(u, i) in &self.train {
             h.update(&(u as u64).to_le_bytes());

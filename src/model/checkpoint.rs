@@ -15,9 +15,12 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Format tag stored in every checkpoint. Version 2 adds the checksum and the dataset fingerprint; a
-/// version 1 checkpoint still loads, unverified.
-const FORMAT: &str = "recgoat-core/checkpoint-v2";
+/// Format tag stored in every checkpoint. Version 3's dataset fingerprint covers the three splits and the
+/// feature matrices ([`Dataset::fingerprint`]); version 2's covered the training pairs, and a version 2
+/// checkpoint is still verified against that; version 1 carries neither a checksum nor a fingerprint and
+/// loads only through [`Trainer::resume_unverified`].
+const FORMAT: &str = "recgoat-core/checkpoint-v3";
+const FORMAT_V2: &str = "recgoat-core/checkpoint-v2";
 const FORMAT_V1: &str = "recgoat-core/checkpoint-v1";
 
 /// Config fields that may differ between a checkpoint and the run that resumes it (they only bound how
@@ -141,15 +144,43 @@ impl<'d> Trainer<'d> {
     ///
     /// # Errors
     /// [`Error::Io`] for an unreadable file; [`Error::Checkpoint`] for a file that is not a recgoat-core
-    /// checkpoint, a configuration that differs from `expected` (the differing fields are listed), a
-    /// dataset of another shape or with other modalities, or a missing tensor or one of the wrong shape.
+    /// checkpoint, one of format version 1 (which cannot be verified: [`Trainer::resume_unverified`]), a
+    /// checksum that does not match, another dataset (splits and features included), a configuration that
+    /// differs from `expected` (the differing fields are listed), a training state that is not consistent
+    /// (epochs against their history, the best epoch), other modalities, or a missing tensor or one of the
+    /// wrong shape.
     pub fn resume(
         path: impl AsRef<Path>,
         data: &'d Dataset,
         backend: Backend,
         expected: Option<&RecGoatConfig>,
     ) -> Result<Self> {
-        let path = path.as_ref();
+        Self::resume_checked(path.as_ref(), data, backend, expected, false)
+    }
+
+    /// [`Trainer::resume`] that also takes a checkpoint of format version 1, which has no checksum and no
+    /// dataset fingerprint: its configuration, state and tensors are still checked for shape and
+    /// consistency, but nothing shows that it was made for `data` or was not edited. Say so to whoever
+    /// relies on the run.
+    ///
+    /// # Errors
+    /// As [`Trainer::resume`], but for the format.
+    pub fn resume_unverified(
+        path: impl AsRef<Path>,
+        data: &'d Dataset,
+        backend: Backend,
+        expected: Option<&RecGoatConfig>,
+    ) -> Result<Self> {
+        Self::resume_checked(path.as_ref(), data, backend, expected, true)
+    }
+
+    fn resume_checked(
+        path: &Path,
+        data: &'d Dataset,
+        backend: Backend,
+        expected: Option<&RecGoatConfig>,
+        unverified: bool,
+    ) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| io_err("Trainer::resume", path, e))?;
         let corrupt = |e: safetensors::SafeTensorError| {
             ckpt_err(
@@ -167,14 +198,24 @@ impl<'d> Trainer<'d> {
             meta.get(k)
                 .ok_or_else(|| ckpt_err(path, format!("metadata field `{k}` missing")))
         };
-        let verified = get("format")? == FORMAT;
-        if !verified && get("format")? != FORMAT_V1 {
-            return Err(ckpt_err(
-                path,
-                format!("format {:?}, expected {FORMAT:?}", get("format")?),
-            ));
-        }
-        if verified {
+        let format = get("format")?.as_str();
+        let fingerprint = match format {
+            FORMAT => Some(data.fingerprint()),
+            FORMAT_V2 => Some(data.training_fingerprint()),
+            FORMAT_V1 if unverified => None,
+            FORMAT_V1 => {
+                let why = format!(
+                    "format {FORMAT_V1:?} carries no checksum and no dataset fingerprint, so nothing in it can \
+                     be verified: resume it with Trainer::resume_unverified if you trust it"
+                );
+                return Err(ckpt_err(path, why));
+            }
+            other => {
+                let why = format!("format {other:?}, expected {FORMAT:?} (or {FORMAT_V2:?})");
+                return Err(ckpt_err(path, why));
+            }
+        };
+        if let Some(fingerprint) = fingerprint {
             let want = content_checksum(st.tensors().into_iter(), &meta);
             if get("checksum")? != &want {
                 return Err(ckpt_err(
@@ -185,13 +226,12 @@ impl<'d> Trainer<'d> {
                     ),
                 ));
             }
-            if get("dataset")? != &data.fingerprint() {
+            if get("dataset")? != &fingerprint {
                 return Err(ckpt_err(
                     path,
                     format!(
-                        "made for another dataset ({}), this one is {}",
+                        "made for another dataset, or other splits or features ({}); this one is {fingerprint}",
                         get("dataset")?,
-                        data.fingerprint()
                     ),
                 ));
             }
@@ -215,6 +255,9 @@ impl<'d> Trainer<'d> {
             .map_err(|e| ckpt_err(path, format!("its configuration is invalid: {e}")))?;
         let state: TrainState =
             serde_json::from_str(get("state")?).map_err(|e| parse_err("state", e))?;
+        state
+            .check()
+            .map_err(|why| ckpt_err(path, format!("its training state is inconsistent: {why}")))?;
         let adam_t: Vec<u64> =
             serde_json::from_str(get("adam_t")?).map_err(|e| parse_err("adam_t", e))?;
         let saved_shape = (get("n_users")?.as_str(), get("n_items")?.as_str());

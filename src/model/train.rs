@@ -90,6 +90,40 @@ fn unit_scale() -> f64 {
     1.0
 }
 
+impl TrainState {
+    /// Whether the state is one a run could have reached: one log per epoch in order, the best epoch among
+    /// them, no more evaluations without improvement than evaluations, a best Recall@20 in `[0, 1]`.
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        if self.history.len() != self.epoch {
+            return Err(format!(
+                "{} epochs with {} epoch logs",
+                self.epoch,
+                self.history.len()
+            ));
+        }
+        if let Some((k, log)) = (self.history.iter().enumerate()).find(|(k, l)| l.epoch != k + 1) {
+            return Err(format!("epoch log {} is numbered {}", k + 1, log.epoch));
+        }
+        if self.best_epoch > self.epoch {
+            return Err(format!(
+                "best epoch {} beyond the {} epochs run",
+                self.best_epoch, self.epoch
+            ));
+        }
+        let evaluations = self.history.iter().filter(|l| l.valid.is_some()).count();
+        if self.bad_evals > evaluations {
+            return Err(format!(
+                "{} evaluations without improvement of {evaluations}",
+                self.bad_evals
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.best_recall) {
+            return Err(format!("best Recall@20 {}", self.best_recall));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainState {
     fn default() -> Self {
         TrainState {
