@@ -479,6 +479,11 @@ fn interaction_columns_must_be_known() {
     let (_, why) =
         data_error(read_csv("cols", "c.csv", b"item,timestamp\ni,1\n", None).unwrap_err());
     assert!(why.contains("no user column"), "{why}");
+    // a header whose first name is unknown is still a header, and says which column to rename
+    let (line, why) =
+        data_error(read_csv("cols", "g.csv", b"id,movieId,timestamp\n1,2,3\n", None).unwrap_err());
+    assert_eq!(line, 1);
+    assert!(why.contains("column `id`"), "{why}");
     let (line, why) = data_error(read_csv("cols", "d.csv", b"u,i,1,5\n", None).unwrap_err());
     assert_eq!(line, 1);
     assert!(why.contains("no header"), "{why}");

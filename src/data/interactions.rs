@@ -170,7 +170,7 @@ pub fn read_interactions(path: impl AsRef<Path>) -> Result<Interactions> {
 /// mapped to contiguous ids in order of first appearance.
 ///
 /// The columns ([`Column`]):
-/// - **with a header** (a first line whose first field is a known column name, [`Column::NAMES`]: `user`,
+/// - **with a header** (a first line with a known column name among its fields, [`Column::NAMES`]: `user`,
 ///   `userId`, `user_id:token`, `item`, `movieId`, `timestamp`, `rating`, ...), by name, in any order; user
 ///   and item are required, timestamp and rating optional, and any other column is an error that says how
 ///   to name it (or that it should be removed);
@@ -316,7 +316,8 @@ fn columns_of(
     fields: &[&str],
     opts: &ReadOptions,
 ) -> Result<(Vec<Column>, bool)> {
-    if Column::from_name(fields[0]).is_none() {
+    // a header names at least one known column; its other fields must then be known too
+    if !fields.iter().any(|f| Column::from_name(f).is_some()) {
         return match fields.len() {
             2 => Ok((vec![Column::User, Column::Item], false)),
             3 => Ok((vec![Column::User, Column::Item, Column::Timestamp], false)),
