@@ -730,14 +730,28 @@ impl Recommender {
     }
 
     /// Loads a recommender saved by [`Recommender::save`], checking its format tag, checksum, shapes and
-    /// values. A file of format version 1 loads without a content encoder and fold-in tables (adding items
-    /// and folding users in then say so).
+    /// values. A file of format version 1 (without a content encoder and fold-in tables) loads only through
+    /// [`Recommender::load_v1`].
     ///
     /// # Errors
-    /// [`Error::Io`] for an unreadable file; [`Error::Recommender`] for another format, a truncated or
-    /// malformed file.
+    /// [`Error::Io`] for an unreadable file; [`Error::Recommender`] for another format (format version 1
+    /// included: [`Recommender::load_v1`]), a truncated or malformed file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+        Self::load_checked(path.as_ref(), false)
+    }
+
+    /// [`Recommender::load`] that also takes a file of format version 1, saved before new items and users
+    /// could be served: it is verified the same way (checksum, shapes, values) and serves its users and
+    /// items, but has no content encoder and no fold-in tables, so [`Recommender::embed_items`] and
+    /// [`Recommender::fold_in`] say that it was saved before them.
+    ///
+    /// # Errors
+    /// As [`Recommender::load`], but for format version 1.
+    pub fn load_v1(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_checked(path.as_ref(), true)
+    }
+
+    fn load_checked(path: &Path, v1: bool) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::Io {
             op: "Recommender::load",
             path: path.display().to_string(),
@@ -751,10 +765,22 @@ impl Recommender {
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(e.to_string()))?;
         let m = meta.metadata().clone().unwrap_or_default();
         let format = m.get("format").cloned();
-        if format.as_deref() != Some(FORMAT) && format.as_deref() != Some(FORMAT_V1) {
-            return Err(fail(format!(
-                "format {format:?}, expected {FORMAT:?} (or {FORMAT_V1:?})"
-            )));
+        match format.as_deref() {
+            Some(FORMAT) => {}
+            Some(FORMAT_V1) if v1 => {}
+            Some(FORMAT_V1) => {
+                let why = format!(
+                    "format {FORMAT_V1:?}, saved before new items and users could be served: load it with \
+                     Recommender::load_v1 to serve its users and items as they are, or export it again from \
+                     a trainer"
+                );
+                return Err(fail(why));
+            }
+            _ => {
+                return Err(fail(format!(
+                    "format {format:?}, expected {FORMAT:?} (or {FORMAT_V1:?} through Recommender::load_v1)"
+                )));
+            }
         }
         let want = content_checksum(st.tensors().into_iter(), &m);
         if m.get("checksum") != Some(&want) {
@@ -1008,7 +1034,10 @@ mod tests {
             path
         };
         let path = write(FORMAT_V1);
-        let rec = Recommender::load(&path).unwrap();
+        // an earlier format loads only when asked for by name
+        let e = Recommender::load(&path).unwrap_err().to_string();
+        assert!(e.contains("Recommender::load_v1"), "{e}");
+        let rec = Recommender::load_v1(&path).unwrap();
         assert_eq!(
             rec,
             Recommender::new(users.clone(), items.clone(), vec![vec![2], vec![]]).unwrap()
