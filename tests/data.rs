@@ -122,7 +122,9 @@ fn npy_files_in_every_numpy_layout_read_the_same_matrix() {
     std::fs::write(&tmp, &bytes).unwrap();
     let e = read_features(&tmp).unwrap_err().to_string();
     assert!(
-        e.contains("int.npy") && e.contains("'<i4'") && e.contains("float32"),
+        e.contains("int.npy")
+            && e.contains("'<i4'")
+            && e.contains("convert with x.astype(np.float32)"),
         "{e}"
     );
 }

@@ -228,7 +228,8 @@ fn npy_layout(path: &Path, bytes: &[u8]) -> Result<()> {
         Some("'<f4'" | "'>f4'") => 4usize,
         Some("'<f8'" | "'>f8'") => 8,
         Some(d) => {
-            let why = "expected float32 or float64 ('<f4', '>f4', '<f8' or '>f8'); convert with                        x.astype(np.float32)";
+            let why =
+                "expected float32 or float64 ('<f4', '>f4', '<f8' or '>f8'); convert with x.astype(np.float32)";
             return Err(bad(format!("dtype {d}: {why}")));
         }
         None => return Err(bad("header has no dtype ('descr')".into())),
