@@ -411,14 +411,7 @@ pub fn run(target: Target, seed: u64, iterations: u64, dir: &Path) -> Result<Rep
 
 /// `base` at the sizes of the fuzz corpus' dataset, trained for one epoch: the source of the model files.
 fn one_epoch(base: RecGoatConfig, data: &Dataset) -> Result<Trainer<'_>> {
-    let cfg = RecGoatConfig {
-        embedding_dim: 4,
-        gat_heads: 2,
-        knn_k: 3,
-        batch_size: 16,
-        epochs: 1,
-        ..base
-    };
+    let cfg = crate::testing::tiny_config(base);
     let mut t = Trainer::new(cfg, data, Backend::Cpu(Par::Seq))?;
     t.run_epoch(|_, _| {})?;
     Ok(t)

@@ -214,6 +214,19 @@ pub fn gpu_context() -> Option<crate::gpu::GpuContext> {
     }
 }
 
+/// `base` at the sizes of a tiny test dataset (a dozen items): embedding 4, 2 heads, kNN 3, batches of 16,
+/// one epoch. The fuzz corpus' model files and the hostile-input tests train at these sizes.
+pub fn tiny_config(base: crate::model::RecGoatConfig) -> crate::model::RecGoatConfig {
+    crate::model::RecGoatConfig {
+        embedding_dim: 4,
+        gat_heads: 2,
+        knn_k: 3,
+        batch_size: 16,
+        epochs: 1,
+        ..base
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use recgoat_core::fuzz::{run, Target};
 use recgoat_core::graph::CsrGraph;
 use recgoat_core::model::{RecGoat, RecGoatConfig, Trainer};
 use recgoat_core::nn::{l2_regularization, leaky_relu, AdamState};
+use recgoat_core::testing::tiny_config;
 use recgoat_core::transport::{Epsilon, SinkhornConfig};
 use recgoat_core::{Backend, Error, Par};
 use std::path::PathBuf;
@@ -21,17 +22,6 @@ fn scratch(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn small(base: RecGoatConfig) -> RecGoatConfig {
-    RecGoatConfig {
-        embedding_dim: 4,
-        gat_heads: 2,
-        knn_k: 3,
-        batch_size: 16,
-        epochs: 1,
-        ..base
-    }
 }
 
 // --- sizes a file or a config claims: refused before anything is allocated for them
@@ -97,15 +87,15 @@ fn configs_claiming_huge_sizes_are_refused_before_the_model_is_built() {
     for cfg in [
         RecGoatConfig {
             embedding_dim: 1 << 40,
-            ..small(RecGoatConfig::paper())
+            ..tiny_config(RecGoatConfig::paper())
         },
         RecGoatConfig {
             gat_layers: 100_000_000,
-            ..small(RecGoatConfig::paper())
+            ..tiny_config(RecGoatConfig::paper())
         },
         RecGoatConfig {
             lightgcn_layers: 1 << 20,
-            ..small(RecGoatConfig::lightgcn())
+            ..tiny_config(RecGoatConfig::lightgcn())
         },
     ] {
         let e = RecGoat::<f32>::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap_err();
@@ -132,7 +122,12 @@ fn malformed_graphs_and_moments_are_errors_not_panics() {
 
 /// A trained tiny trainer's checkpoint bytes.
 fn checkpoint(ds: &Dataset, dir: &std::path::Path) -> (PathBuf, Vec<u8>) {
-    let mut t = Trainer::new(small(RecGoatConfig::paper()), ds, Backend::Cpu(Par::Seq)).unwrap();
+    let mut t = Trainer::new(
+        tiny_config(RecGoatConfig::paper()),
+        ds,
+        Backend::Cpu(Par::Seq),
+    )
+    .unwrap();
     t.run_epoch(|_, _| {}).unwrap();
     let path = dir.join("a.safetensors");
     t.save_checkpoint(&path).unwrap();
@@ -322,7 +317,7 @@ fn errors_name_the_file_and_line_and_say_what_to_do() {
     // divergence says so
     let cfg = RecGoatConfig {
         lr: 1e30,
-        ..small(RecGoatConfig::lightgcn())
+        ..tiny_config(RecGoatConfig::lightgcn())
     };
     let ds = common::tiny();
     let mut t = Trainer::new(

@@ -231,11 +231,11 @@ pub fn read_interactions_with(path: impl AsRef<Path>, opts: &ReadOptions) -> Res
             Some(c) => c,
             None => {
                 let (cols, header) = columns_of(path, line, &fields, opts)?;
-                columns = Some(cols);
+                let cols = &*columns.insert(cols);
                 if header {
                     continue;
                 }
-                columns.as_ref().expect("set above")
+                cols
             }
         };
         if fields.len() != cols.len() {

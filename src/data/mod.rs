@@ -330,6 +330,14 @@ impl Sources<'_> {
 
 const SPLITS: [&str; 3] = ["train", "valid", "test"];
 
+/// Feeds `(user, item)` pairs to a fingerprint's hash, each id as a little-endian u64.
+fn hash_pairs(h: &mut crc32fast::Hasher, pairs: &[Pair]) {
+    for &(u, i) in pairs {
+        h.update(&(u as u64).to_le_bytes());
+        h.update(&(i as u64).to_le_bytes());
+    }
+}
+
 impl Dataset {
     /// The dataset with a user feature matrix added (one row per user; [`Dataset::read_user_features`] reads
     /// one from a file). With [`crate::model::RecGoatConfig::user_user`], the user-user branch takes the user
@@ -443,10 +451,7 @@ impl Dataset {
         for (tag, split) in [(b'T', &self.train), (b'V', &self.valid), (b'E', &self.test)] {
             h.update(&[tag]);
             h.update(&(split.len() as u64).to_le_bytes());
-            for &(u, i) in split {
-                h.update(&(u as u64).to_le_bytes());
-                h.update(&(i as u64).to_le_bytes());
-            }
+            hash_pairs(&mut h, split);
         }
         let mut row = Vec::new();
         for (tag, features) in [(b'I', &self.item_features), (b'U', &self.user_features)] {
@@ -480,10 +485,7 @@ impl Dataset {
     /// The fingerprint checkpoints of format version 2 stored: the counts and a CRC-32 of the training pairs.
     pub(crate) fn training_fingerprint(&self) -> String {
         let mut h = crc32fast::Hasher::new();
-        for &(u, i) in &self.train {
-            h.update(&(u as u64).to_le_bytes());
-            h.update(&(i as u64).to_le_bytes());
-        }
+        hash_pairs(&mut h, &self.train);
         format!(
             "{} users, {} items, {} training pairs, crc32 {:08x}",
             self.n_users,

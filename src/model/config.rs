@@ -436,10 +436,9 @@ impl RecGoatConfig {
         let bad = |why: String| Error::param(OP, "assignment", assignment, why);
         let (key, text) =
             (assignment.split_once('=')).ok_or_else(|| bad("expected field=value".into()))?;
-        let mut json = serde_json::to_value(&*self).map_err(|e| bad(e.to_string()))?;
-        let slot =
-            (json.get_mut(key.trim())).ok_or_else(|| bad(format!("no field named {key:?}")))?;
         let (key, text) = (key.trim(), text.trim());
+        let mut json = serde_json::to_value(&*self).map_err(|e| bad(e.to_string()))?;
+        let slot = (json.get_mut(key)).ok_or_else(|| bad(format!("no field named {key:?}")))?;
         *slot = match serde_json::from_str(text) {
             Ok(v) => v,
             // a number JSON cannot hold (1e999 overflows f64) is not a string either
