@@ -1651,6 +1651,16 @@ mod model_backend {
         };
         for (name, cfg) in [
             ("recgoat", small(RecGoatConfig::recgoat(), true)),
+            (
+                "recgoat, content ranking part",
+                small(
+                    RecGoatConfig {
+                        content_rank_weight: 0.7,
+                        ..RecGoatConfig::recgoat()
+                    },
+                    true,
+                ),
+            ),
             ("paper", small(RecGoatConfig::paper(), true)),
             (
                 "official_code",
@@ -1672,6 +1682,7 @@ mod model_backend {
                     ("total", lg.total, lc.total),
                     ("bpr", lg.bpr, lc.bpr),
                     ("cl", lg.cl, lc.cl),
+                    ("content", lg.content, lc.content),
                 ] {
                     assert!(
                         (a - b).abs() <= 1e-4 * (1.0 + b.abs()),

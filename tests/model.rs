@@ -41,9 +41,10 @@ fn batch() -> Batch {
     }
 }
 
-/// The loss whose gradient the model computes: the content term's target (the items' vectors) is held
-/// fixed at `p0`, so its value is recomputed here from the forward pass with that target (the branches of
-/// the checked configurations run the same in evaluation mode).
+/// The loss whose gradient the model computes: the content term's targets (the items' vectors, and the
+/// users' vectors of its ranking part) are held fixed at `p0`, so its value is recomputed here from the
+/// forward pass with those targets (the branches of the checked configurations run the same in evaluation
+/// mode).
 fn loss_with_fixed_target(
     model: &RecGoat<f64>,
     p0: &Params<f64>,
@@ -56,7 +57,8 @@ fn loss_with_fixed_target(
     if cfg.content_weight == 0.0 {
         return loss.total;
     }
-    let target = model.forward(p0, Mode::Eval, None).unwrap().items;
+    let fixed_fwd = model.forward(p0, Mode::Eval, None).unwrap();
+    let (target, anchors) = (&fixed_fwd.items, &fixed_fwd.users);
     let fwd = model.forward(p, Mode::Eval, None).unwrap();
     let mut seen = std::collections::HashSet::new();
     let cap = if cfg.content_max_rows == 0 {
@@ -64,16 +66,32 @@ fn loss_with_fixed_target(
     } else {
         cfg.content_max_rows
     };
-    let rows: Vec<usize> = (b.pos.iter().copied())
-        .filter(|i| !model.probe_items().contains(i) && seen.insert(*i))
-        .take(cap)
-        .collect();
+    let (owners, rows): (Vec<usize>, Vec<usize>) =
+        (b.users.iter().copied().zip(b.pos.iter().copied()))
+            .filter(|&(_, i)| !model.probe_items().contains(&i) && seen.insert(i))
+            .take(cap)
+            .unzip();
     let enc = fwd.modality_embeddings();
+    let parts = enc.len() as f64;
     let mut fixed = 0.0;
     for z in &enc {
         for &i in &rows {
             let d = &z.row(i) - &target.row(i);
-            fixed += d.dot(&d) / (rows.len() * enc.len()) as f64;
+            fixed += d.dot(&d) / (rows.len() as f64 * parts);
+        }
+        // the ranking part: user r's softmax over the rows' items, raw dot products as logits
+        if cfg.content_rank_weight > 0.0 && rows.len() >= 2 {
+            let mut nll = 0.0;
+            for (r, &u) in owners.iter().enumerate() {
+                let logits: Vec<f64> = rows
+                    .iter()
+                    .map(|&j| anchors.row(u).dot(&z.row(j)))
+                    .collect();
+                let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let lse = top + logits.iter().map(|l| (l - top).exp()).sum::<f64>().ln();
+                nll += lse - logits[r];
+            }
+            fixed += cfg.content_rank_weight * nll / (rows.len() as f64 * parts);
         }
     }
     loss.total - cfg.content_weight * loss.content + cfg.content_weight * fixed
@@ -238,6 +256,17 @@ fn gradient_recgoat_with_graph_attention_and_modality_terms() {
             ..RecGoatConfig::recgoat()
         })
     });
+}
+
+/// The content term with its ranking part: the users' vectors are its fixed anchors, as the items' vectors
+/// are the distillation's fixed target.
+#[test]
+fn gradient_recgoat_with_the_content_ranking_part() {
+    gradient_check(tiny_config(RecGoatConfig {
+        content_rank_weight: 0.7,
+        content_max_rows: 3,
+        ..RecGoatConfig::recgoat()
+    }));
 }
 
 #[test]

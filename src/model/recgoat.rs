@@ -800,17 +800,18 @@ impl<F: Real> RecGoat<F> {
     }
 
     /// The items of `batch` the content term runs on: its distinct positive items that are not probe items,
-    /// in batch order, at most [`RecGoatConfig::content_max_rows`] of them when that is set.
-    pub(super) fn content_rows(&self, batch: &Batch) -> Vec<usize> {
+    /// in batch order, at most [`RecGoatConfig::content_max_rows`] of them when that is set; beside each, the
+    /// user of its first row (the ranking part's anchor, [`RecGoatConfig::content_rank_weight`]).
+    pub(super) fn content_rows(&self, batch: &Batch) -> (Vec<usize>, Vec<usize>) {
         let mut seen = std::collections::HashSet::new();
         let cap = match self.cfg.content_max_rows {
             0 => usize::MAX,
             c => c,
         };
-        (batch.pos.iter().copied())
-            .filter(|&i| !self.is_probe[i] && seen.insert(i))
+        (batch.users.iter().copied().zip(batch.pos.iter().copied()))
+            .filter(|&(_, i)| !self.is_probe[i] && seen.insert(i))
             .take(cap)
-            .collect()
+            .unzip()
     }
 
     /// Fresh parameters from `cfg.seed`: `E^0 ~ N(0, 0.1^2)`, Xavier-uniform projections and `Delta`,

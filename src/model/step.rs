@@ -694,7 +694,7 @@ impl<F: Real> RecGoat<F> {
         let mut content = Vec::new();
         if self.content_on() {
             let t0 = Profile::start();
-            let rows = self.content_rows(batch);
+            let (owners, rows) = self.content_rows(batch);
             if !rows.is_empty() {
                 // each encoder against the items' final vectors (held fixed), at the batch's share `w`
                 let sel = ex.select(&rows, ni)?;
@@ -702,11 +702,36 @@ impl<F: Real> RecGoat<F> {
                 let m = self.modalities.len();
                 let m_count = F::c(m as f64);
                 let scale = F::c(self.cfg.content_weight) * w / m_count;
+                // the ranking part: the users who chose the items (held fixed) score every row's item,
+                // raw dot products as logits; one row has nothing to rank against
+                let rank = self.cfg.content_rank_weight;
+                let anchors = if rank > 0.0 && rows.len() >= 2 {
+                    Some(ex.gather(&ex.select(&owners, nu)?, &fwd.users)?)
+                } else {
+                    None
+                };
+                let rank_cfg = InfoNceConfig {
+                    temperature: F::one(),
+                    normalize: false,
+                    ..InfoNceConfig::default()
+                };
+                let rank_pair = [ViewPair {
+                    first: 0,
+                    second: 1,
+                    weight: F::c(rank) / m_count,
+                    term: PairTerm::InfoNce,
+                }];
                 for k in 0..m {
                     let (c, x) = self.encode_rows(ex, st, fwd, k, &sel)?;
-                    let (value, g) = ex.sq_dist(&c, &target, scale, m_count)?;
-                    Self::encode_rows_grad(ex, g_modal, g_rows, k, &sel, x, g)?;
+                    let (value, mut g) = ex.sq_dist(&c, &target, scale, m_count)?;
                     content.push(value);
+                    if let Some(u) = &anchors {
+                        let scale = F::c(self.cfg.content_weight) * w;
+                        let (terms, grads) = ex.info_nce(&[u, &c], &rank_pair, &rank_cfg, scale)?;
+                        ex.axpy(F::one(), &grads[1], &mut g)?;
+                        content.extend(terms);
+                    }
+                    Self::encode_rows_grad(ex, g_modal, g_rows, k, &sel, x, g)?;
                 }
             }
             Profile::add(&mut profile, Stage::Loss, t0);
