@@ -308,8 +308,15 @@ fn train_one(
                 )
             })
             .collect();
+        // without new items in the validation split, the probe items stood in for them
+        let cold = trainer.model().cold_items();
+        let on = match trainer.dataset().valid.iter().any(|p| cold[p.1]) {
+            true => "the new items",
+            false => "the probe items ranked as new",
+        };
         println!(
-            "{label}: cold-item scale {} chosen on validation Recall@20 (warm items may lose {} %); tried {}",
+            "{label}: cold-item scale {} chosen on validation Recall@20 of {on} (warm items may lose {} %); \
+             tried {}",
             trainer.state().cold_scale,
             100.0 * cfg.content_warm_tolerance,
             tried.join(", ")

@@ -414,6 +414,24 @@ pub fn evaluate_split_scales(
     scales: &[f64],
     par: impl Into<Par>,
 ) -> Result<Vec<Metrics>> {
+    evaluate_split_scales_as_new(data, users, items, split, &[], scales, par)
+}
+
+/// [`evaluate_split_scales`] with the items `as_new` counted and scaled as cold items too, although they
+/// have training interactions (their training pairs stay masked): how new items would fare, simulated with
+/// items whose vectors were replaced by what a new item gets.
+///
+/// # Errors
+/// As [`evaluate_split_scales`]; [`Error::Param`] for an item id out of range.
+pub fn evaluate_split_scales_as_new(
+    data: &Dataset,
+    users: ArrayView2<'_, f32>,
+    items: ArrayView2<'_, f32>,
+    split: Split,
+    as_new: &[usize],
+    scales: &[f64],
+    par: impl Into<Par>,
+) -> Result<Vec<Metrics>> {
     const OP: &str = "evaluate_split";
     if (users.nrows(), items.nrows()) != (data.n_users, data.n_items) {
         return Err(Error::shape(
@@ -432,6 +450,12 @@ pub fn evaluate_split_scales(
     for &(u, i) in &data.train {
         warm_user[u] = true;
         cold[i] = false;
+    }
+    for &i in as_new {
+        if i >= data.n_items {
+            return Err(Error::param(OP, "as_new item", i, "out of range"));
+        }
+        cold[i] = true;
     }
     let truth: Vec<Pair> = truth.iter().copied().filter(|p| warm_user[p.0]).collect();
     evaluate_cold_scales(users, items, &truth, &masked, &cold, scales, &EVAL_KS, par)

@@ -19,7 +19,12 @@ use common::tiny;
 /// A dataset whose first feature matrix places items in clusters that users prefer (it carries signal)
 /// and whose second is noise; items 0..4 have no training interaction.
 fn clustered() -> Dataset {
-    let (n_users, n_items, clusters) = (60, 40, 4);
+    clustered_with(40)
+}
+
+/// [`clustered`] with `n_items` items.
+fn clustered_with(n_items: usize) -> Dataset {
+    let (n_users, clusters) = (60, 4);
     let mut r = rng(7);
     let centres = randn::<f64, _, _>(&mut r, (clusters, 6));
     let jitter = randn::<f64, _, _>(&mut r, (n_items, 6));
@@ -456,10 +461,98 @@ fn training_places_cold_items_by_their_informative_features() {
         .find(|c| c.scale == t.state().cold_scale)
         .unwrap();
     assert!(chosen.warm >= trials[0].warm * (1.0 - t.config().content_warm_tolerance));
+    let floor = trials[0].warm * (1.0 - t.config().content_warm_tolerance);
     assert!(trials
         .iter()
-        .all(|c| c.warm < trials[0].warm * 0.99 || c.recall <= chosen.recall));
+        .all(|c| c.warm < floor || c.recall <= chosen.recall));
     assert_eq!(t.model().cold_scale(), t.state().cold_scale);
+}
+
+/// A validation split without new items: the probe items stand in for them (ranked through their content
+/// vectors), and the scale is the largest that keeps the warm items within the tolerance; an ID-only model
+/// tries none.
+#[test]
+fn without_new_items_in_validation_the_probe_items_choose_the_scale() {
+    // enough items that a list of 20 is not every item a user might like
+    let mut ds = clustered_with(200);
+    let cold = ds.cold_items();
+    let (new, kept): (Vec<_>, Vec<_>) = ds.valid.iter().partition(|p| cold.contains(&p.1));
+    ds.valid = kept;
+    ds.test.extend(new);
+    let t = trained(small(RecGoatConfig::recgoat()), &ds);
+    let probe = t.model().probe_items().to_vec();
+    assert!(ds.valid.iter().any(|p| probe.contains(&p.1)));
+    let st = t.state();
+    let trials = &st.cold_trials;
+    assert!(trials.len() > 1 && trials[0].scale == 0.0, "{trials:?}");
+    // the probe items' figures move with the scale: their content vectors place them
+    assert!(trials.iter().any(|c| c.cold > trials[0].cold), "{trials:?}");
+    // the largest scale that keeps the warm items within the tolerance and changes the ranking
+    let floor = trials[0].warm * (1.0 - t.config().content_warm_tolerance);
+    let moves = |c: &ColdTrial| {
+        (c.recall, c.warm, c.cold) != (trials[0].recall, trials[0].warm, trials[0].cold)
+    };
+    let want = (trials.iter().rev())
+        .find(|c| c.warm >= floor && moves(c))
+        .map_or(0.0, |c| c.scale);
+    assert!(want > 0.0, "{trials:?}");
+    assert_eq!(st.cold_scale, want);
+    assert_eq!(t.model().cold_scale(), st.cold_scale);
+    // the reference: the probe items' rows replaced by their trusted content vectors, ranked as new items
+    let fwd = t.model().forward(t.params(), Mode::Eval, None).unwrap();
+    let mut items = fwd.items.clone();
+    for &i in &probe {
+        let mut row = items.row_mut(i);
+        row.fill(0.0);
+        for (&w, z) in fwd.content_trust().iter().zip(fwd.modality_embeddings()) {
+            row.scaled_add(w, &z.row(i));
+        }
+    }
+    let scales: Vec<f64> = trials.iter().map(|c| c.scale).collect();
+    let by_hand = recgoat_core::eval::evaluate_split_scales_as_new(
+        &ds,
+        fwd.users.view(),
+        items.view(),
+        Split::Valid,
+        &probe,
+        &scales,
+        Par::Seq,
+    )
+    .unwrap();
+    for (c, m) in trials.iter().zip(&by_hand) {
+        let cold = m.cold.as_ref().unwrap().recall_ndcg(20).0;
+        assert!(
+            (c.recall - m.recall_ndcg(20).0).abs() < 1e-9 && (c.cold - cold).abs() < 1e-9,
+            "scale {}: {c:?} vs {} / {cold}",
+            c.scale,
+            m.recall_ndcg(20).0
+        );
+    }
+
+    // the probe items' rows are their content vectors at the scale, the others' as in the lists
+    let (u2, as_new) = t.model().embeddings_probe_as_new(t.params(), 1.5).unwrap();
+    let (u1, listed) = t
+        .model()
+        .embeddings_with_cold_scale(t.params(), 1.5)
+        .unwrap();
+    assert_eq!(u1, u2);
+    for i in 0..ds.n_items {
+        let want = if probe.contains(&i) {
+            items.row(i).mapv(|v| 1.5 * v)
+        } else {
+            listed.row(i).to_owned()
+        };
+        Tolerance::new(1e-5, 1e-6).assert_close(
+            &format!("item {i}"),
+            &as_new.row(i).insert_axis(Axis(0)),
+            &want.view().insert_axis(Axis(0)),
+        );
+    }
+    assert!(probe.iter().any(|&i| listed.row(i) != as_new.row(i)));
+
+    let id = trained(small(RecGoatConfig::lightgcn()), &ds);
+    assert!(id.state().cold_trials.is_empty());
+    assert_eq!(id.state().cold_scale, 1.0);
 }
 
 #[test]

@@ -141,6 +141,24 @@ impl<F: Real> Forward<F> {
     }
 }
 
+/// Writes `scale sum_m t_m z^m_i` into the rows `rows` of `items`.
+fn place_content<F: Real>(
+    items: &mut Array2<F>,
+    rows: &[usize],
+    trust: &[F],
+    modal: &[Array2<F>],
+    scale: f64,
+) {
+    let scale = F::c(scale);
+    for &i in rows {
+        let mut row = items.row_mut(i);
+        row.fill(F::zero());
+        for (t, z) in trust.iter().zip(modal) {
+            row.scaled_add(*t * scale, &z.row(i));
+        }
+    }
+}
+
 /// The probe items of the content term: a seeded `fraction` of the warm items (`cold[i]` false), ascending;
 /// none when that rounds to 0 or would leave no warm item for the term itself.
 fn probe_items(cold: &[bool], fraction: f64, seed: u64) -> Vec<usize> {
@@ -504,6 +522,31 @@ impl<F: Real> RecGoat<F> {
         p: &Params<F>,
         scale: f64,
     ) -> Result<(Array2<F>, Array2<F>, Vec<F>)> {
+        self.vectors_placing(p, scale, false)
+    }
+
+    /// [`RecGoat::embeddings_with_cold_scale`] with the probe items ([`RecGoat::probe_items`]) also given
+    /// what a new item gets, their content vectors at `scale` (their own vectors replaced): the probe items
+    /// stand in for new items when a validation split holds none ([`crate::model::Trainer::validate`]).
+    /// Without the content term, [`RecGoat::embeddings_with_cold_scale`].
+    ///
+    /// # Errors
+    /// As [`RecGoat::embeddings_with_cold_scale`].
+    pub fn embeddings_probe_as_new(
+        &self,
+        p: &Params<F>,
+        scale: f64,
+    ) -> Result<(Array2<F>, Array2<F>)> {
+        let (users, items, _) = self.vectors_placing(p, scale, true)?;
+        Ok((users, items))
+    }
+
+    fn vectors_placing(
+        &self,
+        p: &Params<F>,
+        scale: f64,
+        probe_as_new: bool,
+    ) -> Result<(Array2<F>, Array2<F>, Vec<F>)> {
         if !(scale.is_finite() && scale >= 0.0) {
             let why = "must be finite and >= 0";
             return Err(Error::param(
@@ -525,6 +568,9 @@ impl<F: Real> RecGoat<F> {
                 let modal: Vec<Array2<F>> =
                     fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
                 trust = self.place_cold_items(users.view(), &mut items, &modal, scale)?;
+                if probe_as_new {
+                    place_content(&mut items, &self.probe, &trust, &modal, scale);
+                }
             }
             Ok((users, items, trust))
         })
@@ -679,14 +725,8 @@ impl<F: Real> RecGoat<F> {
             &self.probe
         };
         let trust = content_trust(users, items.view(), &views, fit_on)?;
-        let scale = F::c(scale);
-        for (i, _) in self.cold.iter().enumerate().filter(|(_, &c)| c) {
-            let mut row = items.row_mut(i);
-            row.fill(F::zero());
-            for (t, z) in trust.iter().zip(&views) {
-                row.scaled_add(*t * scale, &z.row(i));
-            }
-        }
+        let cold: Vec<usize> = (0..self.n_items).filter(|&i| self.cold[i]).collect();
+        place_content(items, &cold, &trust, modal, scale);
         Ok(trust)
     }
 

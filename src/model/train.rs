@@ -11,7 +11,9 @@ use crate::backend::Backend;
 use crate::data::Batch;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::eval::{by_user, evaluate_split, evaluate_split_scales, Metrics};
+use crate::eval::{
+    by_user, evaluate_split, evaluate_split_scales, evaluate_split_scales_as_new, Metrics,
+};
 pub use crate::eval::{Split, EVAL_KS};
 use crate::nn::{Adam, AdamState};
 use ndarray::Array2;
@@ -62,8 +64,9 @@ pub struct TrainState {
     /// The scale of the cold items' content vectors chosen with the best epoch ([`Trainer::validate`]).
     #[serde(default = "unit_scale")]
     pub cold_scale: f64,
-    /// The scales [`Trainer::validate`] tried at the best epoch on the validation split's cold items, with
-    /// their validation Recall@20 (empty when it tried none).
+    /// The scales [`Trainer::validate`] tried at the best epoch on the validation split's cold items (or,
+    /// when it has none, on the probe items standing in for them), with their validation Recall@20 (empty
+    /// when it tried none).
     #[serde(default)]
     pub cold_trials: Vec<ColdTrial>,
     /// The modalities' trusts fitted after the latest epoch, with
@@ -252,6 +255,10 @@ impl<'d> Trainer<'d> {
     pub fn model(&self) -> &RecGoat<f32> {
         &self.model
     }
+    /// The dataset it trains on.
+    pub fn dataset(&self) -> &'d Dataset {
+        self.data
+    }
     /// The configuration.
     pub fn config(&self) -> &RecGoatConfig {
         self.model.config()
@@ -422,7 +429,7 @@ impl<'d> Trainer<'d> {
                 let ((r, g), mut scale, mut trials) =
                     self.validate_scales(users.clone(), items.clone(), false)?;
                 let better = self.state.best_epoch == 0 || r > self.state.best_recall;
-                if better && !trials.is_empty() {
+                if better && self.model.content_on() {
                     (_, scale, trials) = self.validate_scales(users, items, true)?;
                 }
                 log.eval_seconds = t.elapsed().as_secs_f64();
@@ -475,8 +482,15 @@ impl<'d> Trainer<'d> {
     /// the epoch is the backbone's best whatever the share of new items. With the content term and such a
     /// split, the scale is chosen here: of a grid of scales, the one with the best overall Recall@20 among
     /// those that keep the warm items' Recall@20 within
-    /// [`crate::model::RecGoatConfig::content_warm_tolerance`] of its value at scale 0. Otherwise the scale
-    /// is 1, the trusts' own calibration, and no scale is tried.
+    /// [`crate::model::RecGoatConfig::content_warm_tolerance`] of its value at scale 0. With the content
+    /// term and a split without such items, the probe items stand in for new ones: they are ranked through
+    /// their content vectors instead of their own (the vectors a new item gets; their training pairs stay
+    /// masked), their validation interactions as the cold ones. Their interactions are those of
+    /// established items, so they cannot say what new items are worth, only what letting items scored by
+    /// content into the lists costs the warm ones: the scale is then the largest that keeps the warm
+    /// items' Recall@20 within the tolerance (and changes the ranking at all; 0 when none does).
+    /// Otherwise (no content term, or no validation interaction on a probe item) the scale is 1, the
+    /// trusts' own calibration, and no scale is tried.
     ///
     /// # Errors
     /// The forward pass's and the evaluation's errors.
@@ -509,15 +523,34 @@ impl<'d> Trainer<'d> {
                 .as_ref()
                 .map_or(m.recall_ndcg(20), |w| w.recall_ndcg(20))
         };
-        if !self.model.content_on() || !self.data.valid.iter().any(|p| cold[p.1]) {
-            let m = evaluate_split(self.data, users.view(), items.view(), Split::Valid, par)?;
-            return Ok((selecting(&m), 1.0, Vec::new()));
-        }
         let scales: &[f64] = if grid {
             &COLD_SCALES
         } else {
             &COLD_SCALES[..1]
         };
+        if !self.model.content_on() || !self.data.valid.iter().any(|p| cold[p.1]) {
+            let m = evaluate_split(self.data, users.view(), items.view(), Split::Valid, par)?;
+            // no new item to validate the scale on: the probe items stand in for them, scored through
+            // their content vectors, when validation holds some of their interactions
+            let probe = self.model.probe_items();
+            let mut is_probe = vec![false; self.data.n_items];
+            probe.iter().for_each(|&i| is_probe[i] = true);
+            if !(grid && self.model.content_on() && self.data.valid.iter().any(|p| is_probe[p.1])) {
+                return Ok((selecting(&m), 1.0, Vec::new()));
+            }
+            let (pu, pi) = self.model.embeddings_probe_as_new(&self.params, 1.0)?;
+            let all = evaluate_split_scales_as_new(
+                self.data,
+                pu.view(),
+                pi.view(),
+                Split::Valid,
+                probe,
+                scales,
+                par,
+            )?;
+            let (scale, trials) = self.choose_scale(scales, &all, true);
+            return Ok((selecting(&m), scale, trials));
+        }
         let all = evaluate_split_scales(
             self.data,
             users.view(),
@@ -526,8 +559,19 @@ impl<'d> Trainer<'d> {
             scales,
             par,
         )?;
+        let (scale, trials) = self.choose_scale(scales, &all, false);
+        // COLD_SCALES[0] is 0: the backbone alone selects the epoch
+        Ok((selecting(&all[0]), scale, trials))
+    }
+
+    /// Of the scales ranked in `all` (one metrics each, the first at scale 0), among those that keep the
+    /// warm items' Recall@20 within the tolerance: the one with the best overall Recall@20 (`spend` false:
+    /// the split's own new items value them), or the largest one that changes the ranking (`spend` true:
+    /// the probe items stand in for new items, and measure only what they cost the warm ones); with every
+    /// trial.
+    fn choose_scale(&self, scales: &[f64], all: &[Metrics], spend: bool) -> (f64, Vec<ColdTrial>) {
         let part = |g: &Option<Box<Metrics>>| g.as_ref().map_or(f64::NAN, |g| g.recall_ndcg(20).0);
-        let trials: Vec<ColdTrial> = (scales.iter().zip(&all))
+        let trials: Vec<ColdTrial> = (scales.iter().zip(all))
             .map(|(&scale, m)| ColdTrial {
                 scale,
                 recall: m.recall_ndcg(20).0,
@@ -536,19 +580,27 @@ impl<'d> Trainer<'d> {
             })
             .collect();
         let floor = trials[0].warm * (1.0 - self.model.config().content_warm_tolerance);
-        // a NaN warm figure (no warm item held out) does not bar a scale; of equal recalls, the smallest
-        // scale (the cold items' vectors carry nothing when every scale ties)
+        // a NaN warm figure (no warm item held out) does not bar a scale
         let allowed = (0..trials.len())
             .filter(|&k| trials[k].warm >= floor || trials[k].warm.is_nan() || floor.is_nan());
-        let best = allowed.fold(0, |b, k| {
-            if trials[k].recall > trials[b].recall {
-                k
-            } else {
-                b
-            }
-        });
-        // COLD_SCALES[0] is 0: the backbone alone selects the epoch
-        Ok((selecting(&all[0]), scales[best], trials))
+        let best = if spend {
+            // a scale whose figures are those of scale 0 changes nothing (features that carry nothing)
+            let moves = |k: usize| {
+                let (a, b) = (&trials[k], &trials[0]);
+                a.recall != b.recall || a.warm != b.warm || a.cold != b.cold
+            };
+            allowed.rev().find(|&k| moves(k)).unwrap_or(0)
+        } else {
+            // of equal recalls, the smallest scale (the cold items' vectors carry nothing when all tie)
+            allowed.fold(0, |b, k| {
+                if trials[k].recall > trials[b].recall {
+                    k
+                } else {
+                    b
+                }
+            })
+        };
+        (scales[best], trials)
     }
 
     /// Final user and item vectors of the current parameters (evaluation mode, dropout off).
