@@ -19,11 +19,12 @@ use common::tiny;
 /// A dataset whose first feature matrix places items in clusters that users prefer (it carries signal)
 /// and whose second is noise; items 0..4 have no training interaction.
 fn clustered() -> Dataset {
-    clustered_with(40)
+    clustered_with(40, false)
 }
 
-/// [`clustered`] with `n_items` items.
-fn clustered_with(n_items: usize) -> Dataset {
+/// [`clustered`] with `n_items` items; with `half`, each user likes about half of its cluster's items (a
+/// list of 20 then holds only some of the items a user might like).
+fn clustered_with(n_items: usize, half: bool) -> Dataset {
     let (n_users, clusters) = (60, 4);
     let mut r = rng(7);
     let centres = randn::<f64, _, _>(&mut r, (clusters, 6));
@@ -37,7 +38,9 @@ fn clustered_with(n_items: usize) -> Dataset {
         // each user likes the items of one cluster; the first four items (one per cluster) have no
         // training interaction, and of the others each user holds one out for validation and one for test
         let c = u % clusters;
-        let liked: Vec<usize> = (clusters..n_items).filter(|i| i % clusters == c).collect();
+        let liked: Vec<usize> = (clusters..n_items)
+            .filter(|i| i % clusters == c && (!half || (i * 7 + u * 13) % 5 < 3))
+            .collect();
         let (v, t) = (
             (u / clusters) % liked.len(),
             (u / clusters + 1) % liked.len(),
@@ -473,13 +476,18 @@ fn training_places_cold_items_by_their_informative_features() {
 /// tries none.
 #[test]
 fn without_new_items_in_validation_the_probe_items_choose_the_scale() {
-    // enough items that a list of 20 is not every item a user might like
-    let mut ds = clustered_with(200);
+    // enough items, each user liking some of its cluster's, that a list of 20 is not every item it might like
+    let mut ds = clustered_with(400, true);
     let cold = ds.cold_items();
     let (new, kept): (Vec<_>, Vec<_>) = ds.valid.iter().partition(|p| cold.contains(&p.1));
     ds.valid = kept;
     ds.test.extend(new);
-    let t = trained(small(RecGoatConfig::recgoat()), &ds);
+    // a tolerance that the scaling by probe / new items changes the choice under
+    let cfg = RecGoatConfig {
+        content_warm_tolerance: 0.01,
+        ..small(RecGoatConfig::recgoat())
+    };
+    let t = trained(cfg, &ds);
     let probe = t.model().probe_items().to_vec();
     assert!(ds.valid.iter().any(|p| probe.contains(&p.1)));
     let st = t.state();
@@ -487,16 +495,28 @@ fn without_new_items_in_validation_the_probe_items_choose_the_scale() {
     assert!(trials.len() > 1 && trials[0].scale == 0.0, "{trials:?}");
     // the probe items' figures move with the scale: their content vectors place them
     assert!(trials.iter().any(|c| c.cold > trials[0].cold), "{trials:?}");
-    // the largest scale that keeps the warm items within the tolerance and changes the ranking
-    let floor = trials[0].warm * (1.0 - t.config().content_warm_tolerance);
+    // the largest scale that changes the ranking and keeps the warm items within the tolerance, scaled by
+    // probe / new items (what the catalogue's fewer new items would cost)
+    let new = cold.len() as f64;
+    assert!(new > 0.0 && (probe.len() as f64) > new);
     let moves = |c: &ColdTrial| {
         (c.recall, c.warm, c.cold) != (trials[0].recall, trials[0].warm, trials[0].cold)
     };
-    let want = (trials.iter().rev())
-        .find(|c| c.warm >= floor && moves(c))
-        .map_or(0.0, |c| c.scale);
+    let largest_within = |tolerance: f64| {
+        let floor = trials[0].warm * (1.0 - tolerance);
+        (trials.iter().rev())
+            .find(|c| c.warm >= floor && moves(c))
+            .map_or(0.0, |c| c.scale)
+    };
+    let tolerance = (t.config().content_warm_tolerance * probe.len() as f64 / new).min(1.0);
+    let want = largest_within(tolerance);
     assert!(want > 0.0, "{trials:?}");
     assert_eq!(st.cold_scale, want);
+    assert_ne!(
+        want,
+        largest_within(t.config().content_warm_tolerance),
+        "the data does not tell the scaled tolerance from the plain one: {trials:?}"
+    );
     assert_eq!(t.model().cold_scale(), st.cold_scale);
     // the reference: the probe items' rows replaced by their trusted content vectors, ranked as new items
     let fwd = t.model().forward(t.params(), Mode::Eval, None).unwrap();

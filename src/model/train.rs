@@ -488,7 +488,9 @@ impl<'d> Trainer<'d> {
     /// masked), their validation interactions as the cold ones. Their interactions are those of
     /// established items, so they cannot say what new items are worth, only what letting items scored by
     /// content into the lists costs the warm ones: the scale is then the largest that keeps the warm
-    /// items' Recall@20 within the tolerance (and changes the ranking at all; 0 when none does).
+    /// items' Recall@20 within the tolerance times probe / new items when the catalogue holds fewer new
+    /// items than probe items (what the new items would cost; with no new item yet, the tolerance
+    /// itself), and changes the ranking at all (0 when none does).
     /// Otherwise (no content term, or no validation interaction on a probe item) the scale is 1, the
     /// trusts' own calibration, and no scale is tried.
     ///
@@ -567,8 +569,9 @@ impl<'d> Trainer<'d> {
     /// Of the scales ranked in `all` (one metrics each, the first at scale 0), among those that keep the
     /// warm items' Recall@20 within the tolerance: the one with the best overall Recall@20 (`spend` false:
     /// the split's own new items value them), or the largest one that changes the ranking (`spend` true:
-    /// the probe items stand in for new items, and measure only what they cost the warm ones); with every
-    /// trial.
+    /// the probe items stand in for new items, and measure only what they cost the warm ones; the
+    /// tolerance is then scaled by probe / new items when the catalogue has fewer new items than probe
+    /// items); with every trial.
     fn choose_scale(&self, scales: &[f64], all: &[Metrics], spend: bool) -> (f64, Vec<ColdTrial>) {
         let part = |g: &Option<Box<Metrics>>| g.as_ref().map_or(f64::NAN, |g| g.recall_ndcg(20).0);
         let trials: Vec<ColdTrial> = (scales.iter().zip(all))
@@ -579,7 +582,18 @@ impl<'d> Trainer<'d> {
                 cold: part(&m.cold),
             })
             .collect();
-        let floor = trials[0].warm * (1.0 - self.model.config().content_warm_tolerance);
+        let mut tolerance = self.model.config().content_warm_tolerance;
+        if spend {
+            // the probe items' cost to the warm items grows with how many of them are in the lists: what
+            // the catalogue's new items would cost is theirs times new / probe items (with no new item yet,
+            // as many as probe items are assumed)
+            let new = self.model.cold_items().iter().filter(|&&c| c).count();
+            let probe = self.model.probe_items().len();
+            if new > 0 && probe > new {
+                tolerance = (tolerance * probe as f64 / new as f64).min(1.0);
+            }
+        }
+        let floor = trials[0].warm * (1.0 - tolerance);
         // a NaN warm figure (no warm item held out) does not bar a scale
         let allowed = (0..trials.len())
             .filter(|&k| trials[k].warm >= floor || trials[k].warm.is_nan() || floor.is_nan());
