@@ -216,8 +216,8 @@ pub struct RecGoatConfig {
     pub content_rank_weight: f64,
     /// How much of the warm items' validation Recall@20 the cold items may cost when
     /// [`crate::model::Trainer::validate`] scales the cold items' vectors on a validation split that holds
-    /// items without training interactions (0.1, the default: 10 %; 1: any, the scale that maximises the
-    /// overall Recall@20; 0: none). A cold item placed in a list takes the place of a warm one: this is how
+    /// items without training interactions, or, without them, on the probe items ranked as new (0.1, the
+    /// default: 10 %; 1: any, the scale that maximises the overall Recall@20; 0: none). A cold item placed in a list takes the place of a warm one: this is how
     /// many warm hits the new items may take. Where new items hold a live catalogue's share of the held-out
     /// interactions, 10 % lets in what maximises the overall Recall@20; where they hold most of them, it
     /// keeps them from taking over the lists (docs/COLD-START.md).
