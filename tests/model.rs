@@ -176,6 +176,62 @@ fn contrastive_term_runs_on_the_distinct_rows() {
     assert_eq!(a.reg, e.reg);
 }
 
+/// `cl_modality_max_rows` caps the modality terms alone: their part of the loss is the uncapped model's on
+/// the batch's first rows holding that many of their items, while the user-item term keeps every row.
+#[test]
+fn modality_terms_run_on_their_capped_rows() {
+    let ds = tiny();
+    let cfg = tiny_config(RecGoatConfig::recgoat());
+    assert!(cfg.cl_modality_weight > 0.0 && cfg.cl_distinct_rows);
+    let model = |c: RecGoatConfig| RecGoat::<f64>::new(c, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    let capped = |rows| {
+        model(RecGoatConfig {
+            cl_modality_max_rows: rows,
+            ..cfg.clone()
+        })
+    };
+    let (capped, wide, full) = (capped(3), capped(100), model(cfg.clone()));
+    let user_item = model(RecGoatConfig {
+        cl_modality_weight: 0.0,
+        ..cfg
+    });
+    let p = full.init_params();
+    let b = batch();
+    let cl = |m: &RecGoat<f64>, b: &Batch| m.loss(&p, b, Mode::Eval).unwrap().cl;
+    // a cap above the rows changes nothing
+    assert_eq!(cl(&wide, &b), cl(&full, &b));
+    // the first distinct rows that hold 3 items the modality terms use (probe items are left out of them)
+    let rows = b.distinct_rows();
+    let probe = full.probe_items();
+    let mut n = 0;
+    let mut used = 0;
+    while used < 3 {
+        used += usize::from(!probe.contains(&rows.pos[n]));
+        n += 1;
+    }
+    assert!(used < (rows.pos.iter().filter(|i| !probe.contains(i)).count()));
+    let first = Batch {
+        users: rows.users[..n].to_vec(),
+        pos: rows.pos[..n].to_vec(),
+        neg: rows.neg[..n].to_vec(),
+    };
+    let want = cl(&user_item, &b) + cl(&full, &first) - cl(&user_item, &first);
+    let got = cl(&capped, &b);
+    assert!((got - want).abs() <= 1e-12 * want.abs(), "{got} vs {want}");
+    assert!(
+        (got - cl(&full, &b)).abs() > 1e-6,
+        "the cap changes the term"
+    );
+}
+
+#[test]
+fn gradient_recgoat_with_capped_modality_terms() {
+    gradient_check(tiny_config(RecGoatConfig {
+        cl_modality_max_rows: 2,
+        ..RecGoatConfig::recgoat()
+    }));
+}
+
 /// `cl_max_rows` keeps the first rows of those the contrastive term would run on: with distinct rows, the
 /// term equals the uncapped term on the first distinct rows; without, on the batch's first rows; a cap at or
 /// above the count changes nothing. BPR and the regulariser still see every row.

@@ -136,6 +136,11 @@ pub struct RecGoatConfig {
     /// measures what it costs in accuracy.
     #[serde(default)]
     pub cl_max_rows: usize,
+    /// At most this many rows for the modality terms (`cl_modality_weight`), the first of the contrastive
+    /// term's rows (0: all of them): the user-item term keeps its rows while the modality terms, which also
+    /// run the encoders, cost less.
+    #[serde(default)]
+    pub cl_modality_max_rows: usize,
     /// Contrastive objective.
     pub cmcl: Cmcl,
     /// Weight of [`Cmcl::Paper`]'s modality terms (each modality against the fused item) relative to its
@@ -303,6 +308,7 @@ impl RecGoatConfig {
             cl_temperature: 0.2,
             cl_distinct_rows: true,
             cl_max_rows: 0,
+            cl_modality_max_rows: 0,
             cmcl: Cmcl::Paper,
             cl_modality_weight: 0.25,
             cl_modality_trust: false,
@@ -376,6 +382,7 @@ impl RecGoatConfig {
             cl_weight: 0.1,
             cl_distinct_rows: false,
             cl_max_rows: 0,
+            cl_modality_max_rows: 0,
             dropout: 0.1,
             reg_weight: 1e-4,
             cmcl: Cmcl::OfficialCode,
@@ -490,6 +497,11 @@ impl RecGoatConfig {
         positive("batch_size", self.batch_size)?;
         within("steps_per_epoch", self.steps_per_epoch, (0, 1 << 30))?;
         within("cl_max_rows", self.cl_max_rows, (0, 1 << 30))?;
+        within(
+            "cl_modality_max_rows",
+            self.cl_modality_max_rows,
+            (0, 1 << 30),
+        )?;
         within("content_max_rows", self.content_max_rows, (0, 1 << 30))?;
         positive("epochs", self.epochs)?;
         positive("eval_every", self.eval_every)?;

@@ -610,8 +610,13 @@ impl<F: Real> RecGoat<F> {
                     // they train the encoders: with the content term, the probe items' rows stay out of
                     // them (the user term keeps every row), against the items on the rows left
                     let active = weights.iter().any(|&w| w > 0.0);
+                    let cap = match self.cfg.cl_modality_max_rows {
+                        0 => usize::MAX,
+                        c => c,
+                    };
                     let keep: Vec<usize> = (rows.pos.iter().copied())
                         .filter(|&i| active && !(self.content_on() && self.is_probe[i]))
+                        .take(cap)
                         .collect();
                     // one row has no negative to contrast with: its terms would be 0
                     let terms = keep.len() >= 2;
