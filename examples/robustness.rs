@@ -428,11 +428,13 @@ fn frontier_table(runs: &[Run], cosine: &[(String, Metrics)], main: &str, base: 
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     let overall = |m: &Metrics| m.recall_ndcg(20).0;
+    let mut rows = 0;
     for (e, cos) in cosine {
         let a = of(runs, e, main);
         if a.is_empty() || a.iter().any(|r| r.frontier.len() != TOLERANCES.len()) {
             continue;
         }
+        rows += 1;
         let cos_cold = at(cos.cold.as_deref(), 20).0;
         let b = of(runs, e, base);
         if !b.is_empty() {
@@ -471,6 +473,10 @@ fn frontier_table(runs: &[Run], cosine: &[(String, Metrics)], main: &str, base: 
                 cell(stat(&a, |r| overall(&r.frontier[k].2)))
             );
         }
+    }
+    // entries whose validation held no new item have no frontier
+    if rows == 0 {
+        out.clear();
     }
     out
 }
