@@ -219,32 +219,25 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
     let test = t.evaluate(Split::Test)?;
     let par = Par::default();
     let (mut backbone, mut frontier) = (None, Vec::new());
-    // the frontier re-chooses the scale as the trainer does with new items in validation
-    let cold_items = t.model().cold_items();
-    let new_in_valid = ds.valid.iter().any(|p| cold_items[p.1]);
-    if test.cold.is_some() && t.model().content_on() && !new_in_valid {
-        let (users, items) = t.model().embeddings_with_cold_scale(t.params(), 0.0)?;
-        backbone = Some(evaluate_split(
-            ds,
-            users.view(),
-            items.view(),
-            Split::Test,
-            par,
-        )?);
-    }
-    if test.cold.is_some() && t.model().content_on() && !st.cold_trials.is_empty() && new_in_valid {
-        let (users, items) = t.model().embeddings_with_cold_scale(t.params(), 1.0)?;
+    if test.cold.is_some() && t.model().content_on() {
+        // the backbone alone (scale 0), and the frontier: the scale re-chosen as the trainer does with new
+        // items in validation, at other tolerances (none without them: the probe items chose the scale)
         let trials = &st.cold_trials;
-        let chosen: Vec<f64> = (TOLERANCES.iter())
-            .map(|tol| {
-                let floor = trials[0].warm * (1.0 - tol);
-                // as the trainer chooses: the best recall within the tolerance, the smallest scale on ties
-                let allowed = trials.iter().filter(|c| c.warm >= floor);
-                allowed
-                    .fold(&trials[0], |b, c| if c.recall > b.recall { c } else { b })
-                    .scale
-            })
-            .collect();
+        let chosen: Vec<f64> = if t.new_items_in_validation() && !trials.is_empty() {
+            (TOLERANCES.iter())
+                .map(|tol| {
+                    let floor = trials[0].warm * (1.0 - tol);
+                    // the best recall within the tolerance, the smallest scale on ties
+                    let allowed = trials.iter().filter(|c| c.warm >= floor);
+                    allowed
+                        .fold(&trials[0], |b, c| if c.recall > b.recall { c } else { b })
+                        .scale
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (users, items) = t.model().embeddings_with_cold_scale(t.params(), 1.0)?;
         let scales: Vec<f64> = std::iter::once(0.0).chain(chosen.iter().copied()).collect();
         let mut all =
             evaluate_split_scales(ds, users.view(), items.view(), Split::Test, &scales, par)?;

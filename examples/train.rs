@@ -309,8 +309,7 @@ fn train_one(
             })
             .collect();
         // without new items in the validation split, the probe items stood in for them
-        let cold = trainer.model().cold_items();
-        let on = match trainer.dataset().valid.iter().any(|p| cold[p.1]) {
+        let on = match trainer.new_items_in_validation() {
             true => "the new items",
             false => "the probe items ranked as new",
         };

@@ -141,6 +141,14 @@ impl<F: Real> Forward<F> {
     }
 }
 
+/// A configured row limit as a count to take: 0 means no limit.
+pub(super) fn row_cap(limit: usize) -> usize {
+    match limit {
+        0 => usize::MAX,
+        c => c,
+    }
+}
+
 /// Writes `scale sum_m t_m z^m_i` into the rows `rows` of `items`.
 fn place_content<F: Real>(
     items: &mut Array2<F>,
@@ -844,13 +852,9 @@ impl<F: Real> RecGoat<F> {
     /// user of its first row (the ranking part's anchor, [`RecGoatConfig::content_rank_weight`]).
     pub(super) fn content_rows(&self, batch: &Batch) -> (Vec<usize>, Vec<usize>) {
         let mut seen = std::collections::HashSet::new();
-        let cap = match self.cfg.content_max_rows {
-            0 => usize::MAX,
-            c => c,
-        };
         (batch.users.iter().copied().zip(batch.pos.iter().copied()))
             .filter(|&(_, i)| !self.is_probe[i] && seen.insert(i))
-            .take(cap)
+            .take(row_cap(self.cfg.content_max_rows))
             .unzip()
     }
 

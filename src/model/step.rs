@@ -9,7 +9,7 @@
 use super::config::{Cmcl, Fusion};
 use super::params::{Branch, Params};
 use super::profile::{Profile, Stage};
-use super::recgoat::{LossParts, RecGoat, BRANCH_SLOPE};
+use super::recgoat::{row_cap, LossParts, RecGoat, BRANCH_SLOPE};
 use crate::attention::{GatParams, Mode};
 use crate::contrastive::{
     cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm, ViewPair,
@@ -610,13 +610,9 @@ impl<F: Real> RecGoat<F> {
                     // they train the encoders: with the content term, the probe items' rows stay out of
                     // them (the user term keeps every row), against the items on the rows left
                     let active = weights.iter().any(|&w| w > 0.0);
-                    let cap = match self.cfg.cl_modality_max_rows {
-                        0 => usize::MAX,
-                        c => c,
-                    };
                     let keep: Vec<usize> = (rows.pos.iter().copied())
                         .filter(|&i| active && !(self.content_on() && self.is_probe[i]))
-                        .take(cap)
+                        .take(row_cap(self.cfg.cl_modality_max_rows))
                         .collect();
                     // one row has no negative to contrast with: its terms would be 0
                     let terms = keep.len() >= 2;

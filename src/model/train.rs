@@ -259,6 +259,12 @@ impl<'d> Trainer<'d> {
     pub fn dataset(&self) -> &'d Dataset {
         self.data
     }
+    /// Whether the validation split holds items without training interactions (then the cold items' scale
+    /// is chosen on them, else on the probe items standing in for them: [`Trainer::validate`]).
+    pub fn new_items_in_validation(&self) -> bool {
+        let cold = self.model.cold_items();
+        self.data.valid.iter().any(|p| cold[p.1])
+    }
     /// The configuration.
     pub fn config(&self) -> &RecGoatConfig {
         self.model.config()
@@ -518,7 +524,6 @@ impl<'d> Trainer<'d> {
         items: Array2<f32>,
         grid: bool,
     ) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
-        let cold = self.model.cold_items();
         let par = self.model.backend().par();
         let selecting = |m: &Metrics| {
             m.warm
@@ -530,14 +535,12 @@ impl<'d> Trainer<'d> {
         } else {
             &COLD_SCALES[..1]
         };
-        if !self.model.content_on() || !self.data.valid.iter().any(|p| cold[p.1]) {
+        if !self.model.content_on() || !self.new_items_in_validation() {
             let m = evaluate_split(self.data, users.view(), items.view(), Split::Valid, par)?;
             // no new item to validate the scale on: the probe items stand in for them, scored through
             // their content vectors, when validation holds some of their interactions
-            let probe = self.model.probe_items();
-            let mut is_probe = vec![false; self.data.n_items];
-            probe.iter().for_each(|&i| is_probe[i] = true);
-            if !(grid && self.model.content_on() && self.data.valid.iter().any(|p| is_probe[p.1])) {
+            let probe_held_out = || self.data.valid.iter().any(|p| self.model.is_probe[p.1]);
+            if !(grid && self.model.content_on() && probe_held_out()) {
                 return Ok((selecting(&m), 1.0, Vec::new()));
             }
             let (pu, pi) = self.model.embeddings_probe_as_new(&self.params, 1.0)?;
@@ -546,7 +549,7 @@ impl<'d> Trainer<'d> {
                 pu.view(),
                 pi.view(),
                 Split::Valid,
-                probe,
+                self.model.probe_items(),
                 scales,
                 par,
             )?;
