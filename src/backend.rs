@@ -256,19 +256,10 @@ where
 {
     match par {
         Par::Seq => items.into_iter().for_each(f),
-        Par::Rayon(_) => run_each_parallel(items, &f),
+        Par::Rayon(_) => {
+            map_each_parallel(items, &f);
+        }
     }
-}
-
-#[cfg(feature = "rayon")]
-fn run_each_parallel<T: Send, G: Fn(T) + Sync + Send>(items: Vec<T>, f: &G) {
-    use rayon::prelude::*;
-    items.into_par_iter().for_each(f);
-}
-
-#[cfg(not(feature = "rayon"))]
-fn run_each_parallel<T: Send, G: Fn(T) + Sync + Send>(items: Vec<T>, f: &G) {
-    items.into_iter().for_each(f);
 }
 
 /// Splits `data` into consecutive mutable pieces of the given lengths.
@@ -291,12 +282,44 @@ pub(crate) fn for_row_chunks<T: Send, G>(par: Par, data: &mut [T], row_len: usiz
 where
     G: Fn(std::ops::Range<usize>, &mut [T]) + Sync + Send,
 {
+    map_row_chunks(par, data, row_len, f);
+}
+
+/// [`for_row_chunks`] collecting each chunk's result, in chunk order.
+pub(crate) fn map_row_chunks<T: Send, R: Send, G>(
+    par: Par,
+    data: &mut [T],
+    row_len: usize,
+    f: G,
+) -> Vec<R>
+where
+    G: Fn(std::ops::Range<usize>, &mut [T]) -> R + Sync + Send,
+{
     let n = data.len().checked_div(row_len).unwrap_or(0);
     let bounds = chunk_bounds(par, n);
     let parts = split_lengths(data, bounds.iter().map(|r| r.len() * row_len));
-    run_each(par, bounds.into_iter().zip(parts).collect(), |(r, d)| {
-        f(r, d)
-    });
+    let items: Vec<_> = bounds.into_iter().zip(parts).collect();
+    match par {
+        Par::Seq => items.into_iter().map(|(r, d)| f(r, d)).collect(),
+        Par::Rayon(_) => map_each_parallel(items, &|(r, d)| f(r, d)),
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn map_each_parallel<T: Send, R: Send, G: Fn(T) -> R + Sync + Send>(
+    items: Vec<T>,
+    f: &G,
+) -> Vec<R> {
+    use rayon::prelude::*;
+    items.into_par_iter().map(f).collect()
+}
+
+#[cfg(not(feature = "rayon"))]
+fn map_each_parallel<T: Send, R: Send, G: Fn(T) -> R + Sync + Send>(
+    items: Vec<T>,
+    f: &G,
+) -> Vec<R> {
+    items.into_iter().map(f).collect()
 }
 
 /// Apply `f` to each item of `items` in parallel when `par` says so (order of results kept).

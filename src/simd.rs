@@ -39,6 +39,17 @@ pub trait Real:
         axpy(a, x, y)
     }
 
+    /// The largest element (`-inf` for an empty slice). For NaN-free input (callers validate); a NaN's
+    /// effect on the result is unspecified.
+    fn max_of(xs: &[Self]) -> Self {
+        max_of(xs)
+    }
+
+    /// Replaces each `x[j]` by `exp(x[j] - shift)` and returns their sum.
+    fn exp_shift_sum_in_place(shift: Self, xs: &mut [Self]) -> Self {
+        exp_shift_sum_in_place_scalar(shift, xs)
+    }
+
     /// Converts from `f64` (constants in generic code).
     fn c(x: f64) -> Self {
         Self::from_f64(x).expect("f64 converts to every Real")
@@ -72,6 +83,28 @@ impl Real for f32 {
             }
         }
         axpy(a, x, y)
+    }
+
+    fn max_of(xs: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2_fma() {
+                // SAFETY: AVX2 is present (checked above); the kernel reads within the slice.
+                return unsafe { x86::max_of_avx2(xs) };
+            }
+        }
+        max_of(xs)
+    }
+
+    fn exp_shift_sum_in_place(shift: f32, xs: &mut [f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx2_fma() {
+                // SAFETY: AVX2 and FMA are present (checked above); the kernel stays within the slice.
+                return unsafe { x86::exp_shift_sum_in_place_avx2(shift, xs) };
+            }
+        }
+        exp_shift_sum_in_place_scalar(shift, xs)
     }
 }
 
@@ -200,6 +233,21 @@ pub fn affine_logsumexp<F: Real>(alpha: F, beta: &[F], c: &[F], s: F, scratch: &
     m + sum.ln()
 }
 
+/// Scalar fallback of [`Real::max_of`].
+pub fn max_of<F: Float>(xs: &[F]) -> F {
+    xs.iter().fold(F::neg_infinity(), |m, &v| m.max(v))
+}
+
+/// Scalar fallback of [`Real::exp_shift_sum_in_place`].
+pub fn exp_shift_sum_in_place_scalar<F: Float>(shift: F, xs: &mut [F]) -> F {
+    let mut sum = F::zero();
+    for x in xs.iter_mut() {
+        *x = (*x - shift).exp();
+        sum = sum + *x;
+    }
+    sum
+}
+
 /// `y += a * x`.
 #[inline]
 pub fn axpy<F: Float>(a: F, x: &[F], y: &mut [F]) {
@@ -276,6 +324,68 @@ mod x86 {
             *yp.add(j) = a.mul_add(*xp.add(j), *yp.add(j));
             j += 1;
         }
+    }
+
+    /// AVX2 `max_of`: four independent lane maxima (no dependency chain through one register).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn max_of_avx2(xs: &[f32]) -> f32 {
+        let n = xs.len();
+        let p = xs.as_ptr();
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let (mut m0, mut m1, mut m2, mut m3) = (ninf, ninf, ninf, ninf);
+        let mut j = 0;
+        while j + 32 <= n {
+            m0 = _mm256_max_ps(m0, _mm256_loadu_ps(p.add(j)));
+            m1 = _mm256_max_ps(m1, _mm256_loadu_ps(p.add(j + 8)));
+            m2 = _mm256_max_ps(m2, _mm256_loadu_ps(p.add(j + 16)));
+            m3 = _mm256_max_ps(m3, _mm256_loadu_ps(p.add(j + 24)));
+            j += 32;
+        }
+        while j + 8 <= n {
+            m0 = _mm256_max_ps(m0, _mm256_loadu_ps(p.add(j)));
+            j += 8;
+        }
+        let m = _mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        lanes
+            .iter()
+            .chain(&xs[j..])
+            .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+
+    /// AVX2 `exp_shift_sum_in_place`; the tail goes through a padded lane block (the same exp everywhere).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shift_sum_in_place_avx2(shift: f32, xs: &mut [f32]) -> f32 {
+        let n = xs.len();
+        let vs = _mm256_set1_ps(shift);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let p = xs.as_mut_ptr();
+        let mut j = 0;
+        while j + 16 <= n {
+            let e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vs));
+            let e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(j + 8)), vs));
+            _mm256_storeu_ps(p.add(j), e0);
+            _mm256_storeu_ps(p.add(j + 8), e1);
+            acc0 = _mm256_add_ps(acc0, e0);
+            acc1 = _mm256_add_ps(acc1, e1);
+            j += 16;
+        }
+        while j < n {
+            let k = (n - j).min(8);
+            let mut xx = [0f32; 8];
+            xx[..k].copy_from_slice(&xs[j..j + k]);
+            let mut ee = [0f32; 8];
+            _mm256_storeu_ps(
+                ee.as_mut_ptr(),
+                exp8(_mm256_sub_ps(_mm256_loadu_ps(xx.as_ptr()), vs)),
+            );
+            xs[j..j + k].copy_from_slice(&ee[..k]);
+            let t: f32 = ee[..k].iter().sum();
+            acc1 = _mm256_add_ps(acc1, _mm256_setr_ps(t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0));
+            j += k;
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
     }
 
     /// AVX2 version of `exp_affine_sum`; the tail goes through a padded lane block so every element uses
@@ -378,6 +488,43 @@ mod tests {
                 "n={n}: {s_fast} vs {s_slow}"
             );
         }
+    }
+
+    #[test]
+    fn simd_max_and_in_place_exp_match_scalar_fallback() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 257] {
+            let xs: Vec<f32> = (0..n).map(|_| rng.gen_range(-100.0..8.0)).collect();
+            // the maximum placed at every position in turn, so no lane or tail position is skipped
+            for at in 0..n {
+                let mut ys = xs.clone();
+                ys[at] = 9.5;
+                assert_eq!(f32::max_of(&ys), 9.5, "n={n} at={at}");
+            }
+            assert_eq!(f32::max_of(&xs), max_of(&xs), "n={n}");
+            let (mut fast, mut slow) = (xs.clone(), xs.clone());
+            let s_fast = f32::exp_shift_sum_in_place(-0.5, &mut fast);
+            let s_slow = exp_shift_sum_in_place_scalar(-0.5f32, &mut slow);
+            for j in 0..n {
+                let x = xs[j] + 0.5;
+                let (a, b) = (fast[j], slow[j]);
+                if x < -87.3 {
+                    assert!(a == 0.0 && b < 1.2e-38, "n={n} j={j} x={x}: {a} vs {b}");
+                } else {
+                    let tol = (4.0 + 2.0 * x.abs()) * f32::EPSILON * b;
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "n={n} j={j} x={x}: fast {a} scalar {b}"
+                    );
+                }
+            }
+            assert!(
+                (s_fast - s_slow).abs() <= 1e-5 * s_slow.abs() + 1e-30,
+                "n={n}: {s_fast} vs {s_slow}"
+            );
+        }
+        assert_eq!(f32::max_of(&[]), f32::NEG_INFINITY);
     }
 
     #[test]

@@ -586,7 +586,7 @@ fn info_nce_gradients_match_central_differences() {
     let wts: Array1<f64> = recgoat_core::testing::uniform(&mut r, 11, 0.1, 2.0);
     for direction in [Direction::OneWay, Direction::Symmetric] {
         for normalize in [true, false] {
-            for extra in [false, true] {
+            for (extra, weighted) in [(false, false), (false, true), (true, true)] {
                 let cfg = InfoNceConfig {
                     temperature: 0.5,
                     normalize,
@@ -594,11 +594,8 @@ fn info_nce_gradients_match_central_differences() {
                     reduction: Reduction::Mean,
                     block_rows: 4,
                 };
-                let (n, w) = if extra {
-                    (Some(negs.view()), Some(wts.view()))
-                } else {
-                    (None, None)
-                };
+                let n = extra.then(|| negs.view());
+                let w = weighted.then(|| wts.view());
                 let out =
                     info_nce(v1.view(), v2.view(), n, w, &cfg, recgoat_core::Par::Seq).unwrap();
                 let (d1, d2, dn): (Array2<f64>, Array2<f64>, Array2<f64>) = (
@@ -629,7 +626,7 @@ fn info_nce_gradients_match_central_differences() {
                 }
                 assert_eq!(out.grad_negatives.is_some(), extra);
                 Tolerance::F64_SOLVE.assert_scalar(
-                    &format!("{direction:?} norm={normalize} extra={extra}"),
+                    &format!("{direction:?} norm={normalize} extra={extra} weighted={weighted}"),
                     analytic,
                     fd,
                 );

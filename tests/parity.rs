@@ -640,7 +640,10 @@ mod contrastive {
         for direction in [Direction::OneWay, Direction::Symmetric] {
             for reduction in [Reduction::Mean, Reduction::Sum] {
                 for normalize in [true, false] {
-                    for (negatives, weights) in [(None, None), (Some(&negs), Some(&wts))] {
+                    // weights without negatives: the symmetric shared-similarity path takes them too
+                    for (negatives, weights) in
+                        [(None, None), (None, Some(&wts)), (Some(&negs), Some(&wts))]
+                    {
                         // blocks of 8 rows: several blocks per chunk, and a ragged last block
                         let cfg = InfoNceConfig {
                             temperature: 0.3,
@@ -682,22 +685,33 @@ mod contrastive {
             block_rows: 128,
             ..InfoNceConfig::<f32>::default()
         };
-        let o64 = info_nce(a.view(), b.view(), None, None, &cfg64, be.par()).unwrap();
-        let o32 = info_nce(
-            a.mapv(|v| v as f32).view(),
-            b.mapv(|v| v as f32).view(),
-            None,
-            None,
-            &cfg32,
-            be.par(),
-        )
-        .unwrap();
-        Tolerance::F32.assert_scalar("f32 loss", f64::from(o32.loss), o64.loss);
-        Tolerance::new(1e-3, 1e-6).assert_close(
-            "f32 grad_v1",
-            &o32.grad_v1.mapv(f64::from).view(),
-            &o64.grad_v1.view(),
-        );
+        // one-way, then symmetric (one shared similarity matrix in f32 and f64 alike)
+        for direction in [Direction::OneWay, Direction::Symmetric] {
+            let cfg64 = InfoNceConfig { direction, ..cfg64 };
+            let cfg32 = InfoNceConfig { direction, ..cfg32 };
+            let o64 = info_nce(a.view(), b.view(), None, None, &cfg64, be.par()).unwrap();
+            let o32 = info_nce(
+                a.mapv(|v| v as f32).view(),
+                b.mapv(|v| v as f32).view(),
+                None,
+                None,
+                &cfg32,
+                be.par(),
+            )
+            .unwrap();
+            let what = format!("{direction:?} f32");
+            Tolerance::F32.assert_scalar(&format!("{what} loss"), f64::from(o32.loss), o64.loss);
+            for (name, g32, g64) in [
+                ("grad_v1", &o32.grad_v1, &o64.grad_v1),
+                ("grad_v2", &o32.grad_v2, &o64.grad_v2),
+            ] {
+                Tolerance::new(1e-3, 1e-6).assert_close(
+                    &format!("{what} {name}"),
+                    &g32.mapv(f64::from).view(),
+                    &g64.view(),
+                );
+            }
+        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! The blocked, fused InfoNCE kernel (one direction).
+//! The blocked, fused InfoNCE kernels: one direction, and both directions from one similarity matrix.
 
-use crate::backend::{map_chunks, Par};
+use crate::backend::{map_chunks, map_row_chunks, Par};
 use crate::simd::Real;
-use ndarray::{s, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 
 pub(super) struct DirectionGrads<F> {
     pub loss: F,
@@ -31,7 +31,6 @@ pub(super) fn one_direction<F: Real>(
         let mut grad_a = Array2::<F>::zeros((rows.len(), d));
         let mut grad_p = Array2::<F>::zeros((bsz, d));
         let mut grad_n = Array2::<F>::zeros((k, d));
-        let mut ex = vec![F::zero(); bsz + k];
         // block buffers, allocated once per chunk: row-major by construction (a plain `dot` may choose
         // column-major for thin shapes) and reused, so no block pays for fresh pages
         let mut sim_buf = Array2::<F>::zeros((block_rows.min(bsz), bsz));
@@ -46,39 +45,31 @@ pub(super) fn one_direction<F: Real>(
                 ndarray::linalg::general_mat_mul(inv_tau, &ab, &nv.t(), F::zero(), m);
             }
             for (ri, b) in (r0..r1).enumerate() {
-                let row = sim.row(ri);
-                let row = row.as_slice().expect("row-major by construction");
-                let nrow = simn
-                    .as_ref()
-                    .map(|m| m.row(ri).to_vec())
-                    .unwrap_or_default();
-                let mx = row
-                    .iter()
-                    .chain(&nrow)
-                    .fold(F::neg_infinity(), |m, &v| m.max(v));
-                // exp(s - mx) through the SIMD kernel (its cost term multiplied by 0)
-                let z = F::exp_affine_sum(-mx, row, row, F::zero(), &mut ex[..bsz])
-                    + F::exp_affine_sum(
-                        -mx,
-                        &nrow,
-                        &nrow,
-                        F::zero(),
-                        &mut ex[bsz..bsz + nrow.len()],
-                    );
-                let lse = mx + z.ln();
+                let mut srow = sim.row_mut(ri);
+                let srow = srow.as_slice_mut().expect("row-major by construction");
+                let mut nrow = simn.as_mut().map(|m| m.row_mut(ri));
+                let mut nrow = nrow
+                    .as_mut()
+                    .map(|r| r.as_slice_mut().expect("row-major by construction"));
+                let diag = srow[b];
+                let mx = nrow
+                    .as_deref()
+                    .map_or(F::neg_infinity(), F::max_of)
+                    .max(F::max_of(srow));
+                // the logits become exp(s - mx) in place: their sum gives the log-sum-exp, and scaled they
+                // are the softmax
+                let z = F::exp_shift_sum_in_place(mx, srow)
+                    + nrow
+                        .as_deref_mut()
+                        .map_or(F::zero(), |r| F::exp_shift_sum_in_place(mx, r));
                 let cb = coef[b];
-                loss += cb * (lse - row[b]);
+                loss += cb * (mx + z.ln() - diag);
                 // gradient of c_b l_b w.r.t. the logits: c_b (softmax - onehot(b))
                 let scale = cb / z;
-                let mut grow = sim.row_mut(ri);
-                for (g, &e) in grow.iter_mut().zip(&ex[..bsz]) {
-                    *g = e * scale;
-                }
-                grow[b] -= cb;
-                if let Some(m) = simn.as_mut() {
-                    for (g, &e) in m.row_mut(ri).iter_mut().zip(&ex[bsz..bsz + k]) {
-                        *g = e * scale;
-                    }
+                srow.iter_mut().for_each(|g| *g *= scale);
+                srow[b] -= cb;
+                if let Some(r) = nrow {
+                    r.iter_mut().for_each(|g| *g *= scale);
                 }
             }
             // sim now holds dL/dlogits for the block; logits = a p^T / tau
@@ -108,4 +99,109 @@ pub(super) fn one_direction<F: Real>(
         grad_positive,
         grad_negatives: n.map(|_| grad_negatives),
     }
+}
+
+/// The most memory [`symmetric_shared`] may hold for the similarity matrix (bytes).
+pub(super) const SHARED_SIMILARITY_BYTES: usize = 256 << 20;
+
+/// Whether [`symmetric_shared`] can compute a symmetric loss exactly: rows L2-normalised (so every logit
+/// lies in `[-1/tau, 1/tau]` and `exp(s - 1/tau)` neither overflows nor underflows to 0 when `2 / tau` stays
+/// clear of `F`'s smallest normal exponent), no extra negatives, and a `B x B` matrix within
+/// [`SHARED_SIMILARITY_BYTES`].
+pub(super) fn symmetric_shared_applies<F: Real>(
+    normalized: bool,
+    negatives: bool,
+    bsz: usize,
+    inv_tau: F,
+) -> bool {
+    let fits = bsz
+        .checked_mul(bsz)
+        .and_then(|n| n.checked_mul(std::mem::size_of::<F>()))
+        .is_some_and(|bytes| bytes <= SHARED_SIMILARITY_BYTES);
+    let no_underflow = F::c(2.0) * inv_tau <= -F::min_positive_value().ln() - F::c(8.0);
+    normalized && !negatives && fits && no_underflow
+}
+
+/// Both directions of a symmetric InfoNCE from one similarity matrix `S = u w^T / tau` (unit rows), its
+/// loss `sum_i c_i (LSE_j S_ij - S_ii) + sum_j c_j (LSE_i S_ij - S_jj)` and its gradients.
+///
+/// A first pass computes `E = exp(S - 1/tau)` block by block with the row sums (the `u -> w` direction's
+/// normalisers) and the column sums (the `w -> u` direction's), keeping `E` (`B x B`); a second turns each
+/// block into `dL/dS = E (c_i / rowsum_i + c_j / colsum_j) - diag(2 c)` and sends it to both inputs. Three
+/// GEMMs in all, where two one-way passes take six, and one exp per logit. The fixed shift `1/tau` bounds
+/// every logit from above (see [`symmetric_shared_applies`] for when it is exact).
+pub(super) fn symmetric_shared<F: Real>(
+    u: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    coef: ArrayView1<'_, F>,
+    inv_tau: F,
+    block_rows: usize,
+    par: Par,
+) -> (F, Array2<F>, Array2<F>) {
+    let (bsz, d) = u.dim();
+    let blocks_of = |rows: std::ops::Range<usize>| {
+        (rows.start..rows.end)
+            .step_by(block_rows)
+            .map(move |r0| r0..(r0 + block_rows).min(rows.end))
+    };
+    let mut e = vec![F::zero(); bsz * bsz];
+    let firsts = map_row_chunks(par, &mut e, bsz, |rows, chunk| {
+        let start = rows.start;
+        let mut stats = Vec::with_capacity(rows.len());
+        let mut colsum = vec![F::zero(); bsz];
+        for blk in blocks_of(rows) {
+            let data = &mut chunk[(blk.start - start) * bsz..(blk.end - start) * bsz];
+            let mut sim = ArrayViewMut2::from_shape((blk.len(), bsz), &mut *data)
+                .expect("block rows fit the chunk");
+            let ub = u.slice(s![blk.clone(), ..]);
+            ndarray::linalg::general_mat_mul(inv_tau, &ub, &w.t(), F::zero(), &mut sim);
+            for (i, row) in blk.zip(data.chunks_exact_mut(bsz)) {
+                let diag = row[i];
+                stats.push((diag, F::exp_shift_sum_in_place(inv_tau, row)));
+                F::axpy(F::one(), row, &mut colsum);
+            }
+        }
+        (stats, colsum)
+    });
+    let mut colsum = vec![F::zero(); bsz];
+    let mut stats = Vec::with_capacity(bsz);
+    for (st, cs) in firsts {
+        stats.extend(st);
+        F::axpy(F::one(), &cs, &mut colsum);
+    }
+    let mut loss = F::zero();
+    for (i, &(diag, rowsum)) in stats.iter().enumerate() {
+        loss += coef[i] * (F::c(2.0) * (inv_tau - diag) + rowsum.ln() + colsum[i].ln());
+    }
+    // per-row and per-column softmax scales (E_ij times either is at most c: no overflow)
+    let row_scale: Vec<F> = stats.iter().zip(coef).map(|(&(_, z), &c)| c / z).collect();
+    let col_scale: Vec<F> = colsum.iter().zip(coef).map(|(&z, &c)| c / z).collect();
+    let seconds = map_row_chunks(par, &mut e, bsz, |rows, chunk| {
+        let start = rows.start;
+        let mut grad_u = Array2::<F>::zeros((rows.len(), d));
+        let mut grad_w = Array2::<F>::zeros((bsz, d));
+        for blk in blocks_of(rows) {
+            let data = &mut chunk[(blk.start - start) * bsz..(blk.end - start) * bsz];
+            for (i, row) in blk.clone().zip(data.chunks_exact_mut(bsz)) {
+                let ri = row_scale[i];
+                for (g, &cj) in row.iter_mut().zip(&col_scale) {
+                    *g = *g * ri + *g * cj;
+                }
+                row[i] -= coef[i] + coef[i];
+            }
+            let grad = ArrayView2::from_shape((blk.len(), bsz), &*data).expect("block rows fit");
+            let mut gu = grad_u.slice_mut(s![blk.start - start..blk.end - start, ..]);
+            ndarray::linalg::general_mat_mul(inv_tau, &grad, &w, F::zero(), &mut gu);
+            let ub = u.slice(s![blk, ..]);
+            ndarray::linalg::general_mat_mul(inv_tau, &grad.t(), &ub, F::one(), &mut grad_w);
+        }
+        (grad_u, grad_w)
+    });
+    let mut grad_u = Array2::<F>::zeros((0, d));
+    let mut grad_w = Array2::<F>::zeros((bsz, d));
+    for (gu, gw) in seconds {
+        grad_u.append(Axis(0), gu.view()).expect("same width");
+        grad_w += &gw;
+    }
+    (loss, grad_u, grad_w)
 }

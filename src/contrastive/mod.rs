@@ -18,6 +18,13 @@
 //! the anchors and the positives. The `B x (B + K)` similarity matrix is never held at once, and each block is
 //! computed once per direction for the loss and the gradients together. Blocks run in parallel as `par`
 //! says; the positives' gradient is summed over per-chunk partials in chunk order (deterministic).
+//!
+//! A symmetric loss over L2-normalised rows without extra negatives computes the similarity matrix once for
+//! both directions (three GEMMs instead of six): every logit is at most `1/tau`, so `exp(s - 1/tau)` serves
+//! the row softmax and the column softmax alike, and the matrix (`B x B`, kept while the column sums are
+//! gathered) is used by both gradients. It applies while `2/tau` stays clear of the float's underflow
+//! (`tau` above about 0.025 in `f32`) and the matrix fits in 256 MiB (`B` up to 8192 in `f32`); other
+//! cases run the two directions one after the other.
 
 mod cpu;
 
@@ -247,34 +254,49 @@ pub fn info_nce<F: Real>(
     };
     let inv_tau = F::one() / cfg.temperature;
     let nview = neg.as_ref().map(|(a, _)| a.view());
-    let d1 = cpu::one_direction(
-        u.view(),
-        w.view(),
-        nview,
-        coef.view(),
-        inv_tau,
-        cfg.block_rows,
-        par,
-    );
-    let (mut loss, mut gu, mut gw, mut gn) =
-        (d1.loss, d1.grad_anchor, d1.grad_positive, d1.grad_negatives);
-    if cfg.direction == Direction::Symmetric {
-        let d2 = cpu::one_direction(
-            w.view(),
+    let shared = cfg.direction == Direction::Symmetric
+        && cpu::symmetric_shared_applies(cfg.normalize, nview.is_some(), b, inv_tau);
+    let (loss, mut gu, mut gw, gn) = if shared {
+        let (loss, gu, gw) = cpu::symmetric_shared(
             u.view(),
+            w.view(),
+            coef.view(),
+            inv_tau,
+            cfg.block_rows,
+            par,
+        );
+        (loss, gu, gw, None)
+    } else {
+        let d1 = cpu::one_direction(
+            u.view(),
+            w.view(),
             nview,
             coef.view(),
             inv_tau,
             cfg.block_rows,
             par,
         );
-        loss += d2.loss;
-        gu += &d2.grad_positive;
-        gw += &d2.grad_anchor;
-        if let (Some(g), Some(g2)) = (gn.as_mut(), d2.grad_negatives) {
-            *g += &g2;
+        let (mut loss, mut gu, mut gw, mut gn) =
+            (d1.loss, d1.grad_anchor, d1.grad_positive, d1.grad_negatives);
+        if cfg.direction == Direction::Symmetric {
+            let d2 = cpu::one_direction(
+                w.view(),
+                u.view(),
+                nview,
+                coef.view(),
+                inv_tau,
+                cfg.block_rows,
+                par,
+            );
+            loss += d2.loss;
+            gu += &d2.grad_positive;
+            gw += &d2.grad_anchor;
+            if let (Some(g), Some(g2)) = (gn.as_mut(), d2.grad_negatives) {
+                *g += &g2;
+            }
         }
-    }
+        (loss, gu, gw, gn)
+    };
     if let Some(n) = &nu {
         gu = normalize_rows_backward(u.view(), n.view(), gu);
     }
