@@ -519,6 +519,17 @@ mod graphs {
             let got: BTreeSet<usize> = s.row(i).iter().map(|&j| j as usize).collect();
             assert_eq!(got, expect, "symmetrised row {i}");
         }
+        // 6 distinct rows repeated: every similarity ties with others, the smaller index decides
+        let base: Array2<f64> = uniform(&mut rng(16), (6, 8), -1.0, 1.0);
+        let tied = Array2::from_shape_fn((57, 8), |(i, c)| base[[i % 6, c]]);
+        let want = brute_knn(&tied, 5);
+        cfg.symmetric = false;
+        cfg.self_loops = false;
+        let g = knn_graph(tied.view(), &cfg, be.par()).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            let got: BTreeSet<usize> = g.row(i).iter().map(|&j| j as usize).collect();
+            assert_eq!(&got, w, "tied row {i}");
+        }
     }
 
     fn gat_matches_dense_reference(be: &Backend) {
