@@ -4,24 +4,39 @@ use super::{BprOut, Exec, GatRefs, Inputs};
 use crate::attention::{GatCache, GatParams, Mode};
 use crate::contrastive::{multi_view_info_nce, InfoNceConfig, ViewPair};
 use crate::error::{Error, Result};
-use crate::graph::{lightgcn_backward, lightgcn_forward, spmm, spmm_backward};
+use crate::graph::{
+    lightgcn_backward_into, lightgcn_forward_into, spmm, spmm_backward, PropagationBuffers,
+};
 use crate::nn::{self, Adam, AdamState, LayerNorm, LayerNormCache, Linear};
 use crate::simd::Real;
 use crate::transport::AdaptiveCache;
 use crate::Par;
 use ndarray::{concatenate, s, Array1, Array2, ArrayView2, Axis, Zip};
 
-/// The host backend of a model: its inputs by reference, ops parallel as the model's backend says.
-#[derive(Debug, Clone)]
+/// The host backend of a model: its inputs by reference, ops parallel as the model's backend says, and the
+/// propagation's layer buffers, reused by every propagation while it lives (an epoch's steps, say), so
+/// that each call does not allocate and first-touch two graph-sized arrays.
+#[derive(Debug)]
 pub(crate) struct CpuExec<'a, F: Real> {
     inputs: Inputs<'a, F>,
     par: Par,
+    buffers: std::sync::Mutex<PropagationBuffers<F>>,
+}
+
+impl<F: Real> Clone for CpuExec<'_, F> {
+    fn clone(&self) -> Self {
+        CpuExec::new(self.inputs.clone())
+    }
 }
 
 impl<'a, F: Real> CpuExec<'a, F> {
     pub(crate) fn new(inputs: Inputs<'a, F>) -> Self {
         let par = inputs.backend.par();
-        CpuExec { inputs, par }
+        CpuExec {
+            inputs,
+            par,
+            buffers: std::sync::Mutex::new(PropagationBuffers::new()),
+        }
     }
 
     fn gat_params(p: GatRefs<'_, Array2<F>>) -> GatParams<F> {
@@ -104,11 +119,29 @@ impl<F: Real> Exec for CpuExec<'_, F> {
 
     fn propagate(&self, x: &Array2<F>, backward: bool) -> Result<Array2<F>> {
         let (adj, layers) = (self.inputs.adj, self.inputs.layers);
+        let mut out = Array2::zeros(x.dim());
+        // a poisoned lock only means another propagation panicked; the buffers hold no invariant
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
         if backward {
-            lightgcn_backward(adj, x.view(), layers, self.par)
+            lightgcn_backward_into(
+                adj,
+                x.view(),
+                layers,
+                out.view_mut(),
+                &mut buffers,
+                self.par,
+            )?;
         } else {
-            lightgcn_forward(adj, x.view(), layers, self.par)
+            lightgcn_forward_into(
+                adj,
+                x.view(),
+                layers,
+                out.view_mut(),
+                &mut buffers,
+                self.par,
+            )?;
         }
+        Ok(out)
     }
     fn item_propagate(&self, x: &Array2<F>, backward: bool) -> Result<Array2<F>> {
         let (s, layers) = (self.inputs.item_graph)

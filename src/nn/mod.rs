@@ -744,6 +744,17 @@ impl<F: Real> Adam<F> {
         check_finite_array(OP, "param", &param.view())?;
         state.t += 1;
         let (c1, c2) = self.corrections(state.t);
+        let slices = (
+            param.as_slice_mut(),
+            grad.as_slice(),
+            state.m.as_slice_mut(),
+            state.v.as_slice_mut(),
+        );
+        if let (Some(p), Some(g), Some(m), Some(v)) = slices {
+            // contiguous: one plain loop over slices, which vectorises (the same operations per element)
+            adam_slices_dispatch(self, p, g, m, v, c1, c2);
+            return Ok(());
+        }
         for (((p, &g), m), v) in param
             .iter_mut()
             .zip(grad.iter())
@@ -815,7 +826,7 @@ impl<F: Real> Adam<F> {
         (F::one() - self.beta1.powi(t), F::one() - self.beta2.powi(t))
     }
 
-    #[inline]
+    #[inline(always)]
     fn update(&self, p: &mut F, g: F, m: &mut F, v: &mut F, c1: F, c2: F) {
         let g = g + self.weight_decay * *p;
         *m = self.beta1 * *m + (F::one() - self.beta1) * g;
@@ -825,3 +836,25 @@ impl<F: Real> Adam<F> {
         *p -= self.lr * mhat / (vhat.sqrt() + self.eps);
     }
 }
+
+/// [`Adam::step`] over contiguous slices of equal length: the element update of [`Adam::update`] in a plain
+/// loop, compiled for AVX2 where the CPU has it (division and square root stay exact, so the result is the
+/// element-wise one bit for bit).
+#[inline(always)]
+fn adam_slices<F: Real>(
+    adam: &Adam<F>,
+    p: &mut [F],
+    g: &[F],
+    m: &mut [F],
+    v: &mut [F],
+    c1: F,
+    c2: F,
+) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        adam.update(&mut p[i], g[i], &mut m[i], &mut v[i], c1, c2);
+    }
+}
+
+crate::simd::avx2_dispatch!(adam_slices_dispatch, adam_slices_avx2, adam_slices, <F>, (adam: &Adam<F>, p: &mut [F], g: &[F], m: &mut [F], v: &mut [F], c1: F, c2: F));
