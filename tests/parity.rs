@@ -874,10 +874,11 @@ fn evaluation_matches_the_naive_reference() {
     let mut r = rng(90);
     // integer embeddings: f32 scores are exact, so ties break identically (smaller item id first)
     let users = Array2::<f64>::from_shape_simple_fn((150, 3), || r.gen_range(-3..=3) as f64);
-    let items = Array2::<f64>::from_shape_simple_fn((40, 3), || r.gen_range(-3..=3) as f64);
+    // 90 items, more than the largest k: the top-k selection keeps a strict subset
+    let items = Array2::<f64>::from_shape_simple_fn((90, 3), || r.gen_range(-3..=3) as f64);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for u in 0..150 {
-        for i in 0..40 {
+        for i in 0..90 {
             match r.gen_range(0..10) {
                 0 | 1 => train.push((u, i)),
                 2 => test.push((u, i)),
