@@ -138,7 +138,9 @@ pub struct RecGoatConfig {
     pub cl_max_rows: usize,
     /// At most this many rows for the modality terms (`cl_modality_weight`), the first of the contrastive
     /// term's rows (0: all of them): the user-item term keeps its rows while the modality terms, which also
-    /// run the encoders, cost less.
+    /// run the encoders, cost less. `recgoat()` takes 256 (chosen on validation: on every entry of the
+    /// robustness suite its mean validation Recall@20 is within one std of all rows', at about half to two
+    /// thirds of the epoch), the other presets 0.
     #[serde(default)]
     pub cl_modality_max_rows: usize,
     /// Contrastive objective.
@@ -308,7 +310,7 @@ impl RecGoatConfig {
             cl_temperature: 0.2,
             cl_distinct_rows: true,
             cl_max_rows: 0,
-            cl_modality_max_rows: 0,
+            cl_modality_max_rows: 256,
             cmcl: Cmcl::Paper,
             cl_modality_weight: 0.25,
             cl_modality_trust: false,
