@@ -254,6 +254,7 @@ pub fn evaluate_cold_scales(
     let sums = map_chunks(par, blocks.len(), |_, range| {
         let mut acc = vec![0.0f64; scales.len() * per_scale];
         let (mut warm_top, mut cold_top, mut cold_zero) = (Vec::new(), Vec::new(), Vec::new());
+        let mut candidates: Vec<u32> = Vec::new();
         let mut merged: Vec<u32> = Vec::with_capacity(kmax);
         for blk in &blocks[range] {
             let ub = Array2::from_shape_fn((blk.len(), users.ncols()), |(r, c)| users[[blk[r], c]]);
@@ -263,10 +264,8 @@ pub fn evaluate_cold_scales(
                 for &i in &mask[u] {
                     row[i as usize] = f32::NEG_INFINITY;
                 }
-                let by_score =
-                    |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-                top_into(&warm_ids, kmax, by_score, &mut warm_top);
-                top_into(&cold_ids, kmax, by_score, &mut cold_top);
+                top_by_score(&warm_ids, kmax, &row, &mut candidates, &mut warm_top);
+                top_by_score(&cold_ids, kmax, &row, &mut candidates, &mut cold_top);
                 // at scale 0 every unmasked cold item scores 0: they tie, the smaller id first
                 let masked_last = |a: &u32, b: &u32| {
                     let m = |i: &u32| row[*i as usize] == f32::NEG_INFINITY;
@@ -354,6 +353,44 @@ fn top_into(
         out.truncate(k);
     }
     out.sort_unstable_by(&cmp);
+}
+
+/// [`top_into`] in the order of `scores` (descending, [`f32::total_cmp`], the smaller id first on ties).
+///
+/// A long list is first cut to the ids that can make the top `k`: the `k`-th best score of an evenly
+/// spaced sample of `16 k` ids bounds the `k`-th best of all from below, so one pass keeps the ids scoring at
+/// least that (ties included, typically a few per cent of the list) and the exact selection runs on those.
+fn top_by_score(
+    ids: &[u32],
+    k: usize,
+    scores: &[f32],
+    candidates: &mut Vec<u32>,
+    out: &mut Vec<u32>,
+) {
+    let by_score = |a: &u32, b: &u32| {
+        scores[*b as usize]
+            .total_cmp(&scores[*a as usize])
+            .then(a.cmp(b))
+    };
+    let sample = 16 * k;
+    if k == 0 || ids.len() <= 2 * sample {
+        return top_into(ids, k, by_score, out);
+    }
+    let step = ids.len() / sample;
+    let mut picked: Vec<f32> = ids
+        .iter()
+        .step_by(step)
+        .map(|&i| scores[i as usize])
+        .collect();
+    // the k-th largest of the sample (at least k values: len / step >= sample)
+    let (_, &mut bound, _) = picked.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    candidates.clear();
+    candidates.extend(
+        ids.iter()
+            .copied()
+            .filter(|&i| scores[i as usize].total_cmp(&bound).is_ge()),
+    );
+    top_into(candidates, k, by_score, out);
 }
 
 /// The first `k` of two lists, each sorted by its scores (descending, the smaller id first on ties), merged

@@ -869,16 +869,25 @@ fn layer_norm_and_fusion_forward_match_naive_formulas() {
 
 #[test]
 fn evaluation_matches_the_naive_reference() {
+    // 90 items, more than the largest k: the selection keeps a strict subset
+    let want = check_evaluation(90, &[1, 5, 10, 20, 50], 90);
+    assert!(want.users > 100 && want.recall[4] > want.recall[0]);
+    // 400 items for k up to 5: long enough for the sampled bound that cuts the list before the selection
+    let want = check_evaluation(400, &[1, 3, 5], 91);
+    assert!(want.users > 100 && want.recall[2] > want.recall[0]);
+}
+
+/// `evaluate` against `evaluate_reference` on 150 users, `n_items` items, integer embeddings (f32 scores are
+/// exact, so ties break identically: the smaller item id first), sequential and parallel.
+fn check_evaluation(n_items: usize, ks: &[usize], seed: u64) -> recgoat_core::model::Metrics {
     use rand::Rng;
     use recgoat_core::model::{evaluate, evaluate_reference};
-    let mut r = rng(90);
-    // integer embeddings: f32 scores are exact, so ties break identically (smaller item id first)
+    let mut r = rng(seed);
     let users = Array2::<f64>::from_shape_simple_fn((150, 3), || r.gen_range(-3..=3) as f64);
-    // 90 items, more than the largest k: the top-k selection keeps a strict subset
-    let items = Array2::<f64>::from_shape_simple_fn((90, 3), || r.gen_range(-3..=3) as f64);
+    let items = Array2::<f64>::from_shape_simple_fn((n_items, 3), || r.gen_range(-3..=3) as f64);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for u in 0..150 {
-        for i in 0..90 {
+        for i in 0..n_items {
             match r.gen_range(0..10) {
                 0 | 1 => train.push((u, i)),
                 2 => test.push((u, i)),
@@ -886,15 +895,14 @@ fn evaluation_matches_the_naive_reference() {
             }
         }
     }
-    let ks = [1, 5, 10, 20, 50];
-    let want = evaluate_reference(&users, &items, &test, &[&train], &ks);
+    let want = evaluate_reference(&users, &items, &test, &[&train], ks);
     for par in [recgoat_core::Par::Seq, recgoat_core::Par::Rayon(3)] {
         let got = evaluate(
             users.mapv(|v| v as f32).view(),
             items.mapv(|v| v as f32).view(),
             &test,
             &[&train],
-            &ks,
+            ks,
             par,
         )
         .unwrap();
@@ -906,11 +914,11 @@ fn evaluation_matches_the_naive_reference() {
             ("hit", &got.hit, &want.hit),
         ] {
             Tolerance::F64_EXACT.assert_close(
-                name,
+                &format!("{n_items} items: {name}"),
                 &ndarray::ArrayView1::from(&a[..]),
                 &ndarray::ArrayView1::from(&b[..]),
             );
         }
     }
-    assert!(want.users > 100 && want.recall[4] > want.recall[0]);
+    want
 }
