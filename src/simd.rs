@@ -467,27 +467,34 @@ mod tests {
             let mut slow = vec![0f32; n];
             let s_fast = f32::exp_affine_sum(0.25, &beta, &c, 1.5, &mut fast);
             let s_slow = exp_affine_sum_scalar(0.25f32, &beta, &c, 1.5, &mut slow);
-            for j in 0..n {
-                let x = 0.25 + beta[j] - c[j] * 1.5;
-                let (a, b) = (fast[j], slow[j]);
-                if x < -87.3 {
-                    // below the f32 normal range the fast kernel flushes to 0 and the scalar one may be subnormal
-                    assert!(a == 0.0 && b < 1.2e-38, "n={n} j={j} x={x}: {a} vs {b}");
-                } else {
-                    // 4 ulps for the two exp implementations, plus exp's condition number |x| times the
-                    // argument's rounding (the SIMD path fuses `beta - c s` into one FMA, the scalar one rounds twice)
-                    let tol = (4.0 + 2.0 * x.abs()) * f32::EPSILON * b;
-                    assert!(
-                        (a - b).abs() <= tol,
-                        "n={n} j={j} x={x}: fast {a} scalar {b}"
-                    );
-                }
-            }
-            assert!(
-                (s_fast - s_slow).abs() <= 1e-5 * s_slow.abs() + 1e-30,
-                "n={n}: {s_fast} vs {s_slow}"
-            );
+            let x = |j: usize| 0.25 + beta[j] - c[j] * 1.5;
+            assert_exps_match(x, (&fast, s_fast), (&slow, s_slow));
         }
+    }
+
+    /// The SIMD exps `fast` (summing to `s_fast`) against the scalar ones `slow` of the arguments `x(j)`.
+    fn assert_exps_match(x: impl Fn(usize) -> f32, fast: (&[f32], f32), slow: (&[f32], f32)) {
+        let n = fast.0.len();
+        for (j, (&a, &b)) in fast.0.iter().zip(slow.0).enumerate() {
+            let x = x(j);
+            if x < -87.3 {
+                // below the f32 normal range the fast kernel flushes to 0 and the scalar one may be subnormal
+                assert!(a == 0.0 && b < 1.2e-38, "n={n} j={j} x={x}: {a} vs {b}");
+            } else {
+                // 4 ulps for the two exp implementations, plus exp's condition number |x| times the
+                // argument's rounding (the SIMD path may fuse it into one FMA where the scalar one rounds twice)
+                let tol = (4.0 + 2.0 * x.abs()) * f32::EPSILON * b;
+                assert!(
+                    (a - b).abs() <= tol,
+                    "n={n} j={j} x={x}: fast {a} scalar {b}"
+                );
+            }
+        }
+        let (s_fast, s_slow) = (fast.1, slow.1);
+        assert!(
+            (s_fast - s_slow).abs() <= 1e-5 * s_slow.abs() + 1e-30,
+            "n={n}: {s_fast} vs {s_slow}"
+        );
     }
 
     #[test]
@@ -506,23 +513,7 @@ mod tests {
             let (mut fast, mut slow) = (xs.clone(), xs.clone());
             let s_fast = f32::exp_shift_sum_in_place(-0.5, &mut fast);
             let s_slow = exp_shift_sum_in_place_scalar(-0.5f32, &mut slow);
-            for j in 0..n {
-                let x = xs[j] + 0.5;
-                let (a, b) = (fast[j], slow[j]);
-                if x < -87.3 {
-                    assert!(a == 0.0 && b < 1.2e-38, "n={n} j={j} x={x}: {a} vs {b}");
-                } else {
-                    let tol = (4.0 + 2.0 * x.abs()) * f32::EPSILON * b;
-                    assert!(
-                        (a - b).abs() <= tol,
-                        "n={n} j={j} x={x}: fast {a} scalar {b}"
-                    );
-                }
-            }
-            assert!(
-                (s_fast - s_slow).abs() <= 1e-5 * s_slow.abs() + 1e-30,
-                "n={n}: {s_fast} vs {s_slow}"
-            );
+            assert_exps_match(|j| xs[j] + 0.5, (&fast, s_fast), (&slow, s_slow));
         }
         assert_eq!(f32::max_of(&[]), f32::NEG_INFINITY);
     }
