@@ -122,25 +122,27 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         let mut out = Array2::zeros(x.dim());
         // a poisoned lock only means another propagation panicked; the buffers hold no invariant
         let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
-        if backward {
-            lightgcn_backward_into(
-                adj,
-                x.view(),
-                layers,
-                out.view_mut(),
-                &mut buffers,
-                self.par,
-            )?;
+        type PropagateInto<F> = fn(
+            &crate::graph::CsrGraph<F>,
+            ArrayView2<'_, F>,
+            usize,
+            ndarray::ArrayViewMut2<'_, F>,
+            &mut PropagationBuffers<F>,
+            Par,
+        ) -> Result<()>;
+        let run: PropagateInto<F> = if backward {
+            lightgcn_backward_into
         } else {
-            lightgcn_forward_into(
-                adj,
-                x.view(),
-                layers,
-                out.view_mut(),
-                &mut buffers,
-                self.par,
-            )?;
-        }
+            lightgcn_forward_into
+        };
+        run(
+            adj,
+            x.view(),
+            layers,
+            out.view_mut(),
+            &mut buffers,
+            self.par,
+        )?;
         Ok(out)
     }
     fn item_propagate(&self, x: &Array2<F>, backward: bool) -> Result<Array2<F>> {
