@@ -254,7 +254,8 @@ pub fn evaluate_cold_scales(
     let sums = map_chunks(par, blocks.len(), |_, range| {
         let mut acc = vec![0.0f64; scales.len() * per_scale];
         let (mut warm_top, mut cold_top, mut cold_zero) = (Vec::new(), Vec::new(), Vec::new());
-        let mut candidates: Vec<u32> = Vec::new();
+        // the sampled scores and the candidates of `top_by_score`, reused user after user
+        let mut scratch = (Vec::new(), Vec::new());
         let mut merged: Vec<u32> = Vec::with_capacity(kmax);
         for blk in &blocks[range] {
             let ub = Array2::from_shape_fn((blk.len(), users.ncols()), |(r, c)| users[[blk[r], c]]);
@@ -264,8 +265,8 @@ pub fn evaluate_cold_scales(
                 for &i in &mask[u] {
                     row[i as usize] = f32::NEG_INFINITY;
                 }
-                top_by_score(&warm_ids, kmax, &row, &mut candidates, &mut warm_top);
-                top_by_score(&cold_ids, kmax, &row, &mut candidates, &mut cold_top);
+                top_by_score(&warm_ids, kmax, &row, &mut scratch, &mut warm_top);
+                top_by_score(&cold_ids, kmax, &row, &mut scratch, &mut cold_top);
                 // at scale 0 every unmasked cold item scores 0: they tie, the smaller id first
                 let masked_last = |a: &u32, b: &u32| {
                     let m = |i: &u32| row[*i as usize] == f32::NEG_INFINITY;
@@ -364,7 +365,7 @@ fn top_by_score(
     ids: &[u32],
     k: usize,
     scores: &[f32],
-    candidates: &mut Vec<u32>,
+    (sample, candidates): &mut (Vec<f32>, Vec<u32>),
     out: &mut Vec<u32>,
 ) {
     let by_score = |a: &u32, b: &u32| {
@@ -372,18 +373,15 @@ fn top_by_score(
             .total_cmp(&scores[*a as usize])
             .then(a.cmp(b))
     };
-    let sample = 16 * k;
-    if k == 0 || ids.len() <= 2 * sample {
+    let sample_len = 16 * k;
+    if k == 0 || ids.len() <= 2 * sample_len {
         return top_into(ids, k, by_score, out);
     }
-    let step = ids.len() / sample;
-    let mut picked: Vec<f32> = ids
-        .iter()
-        .step_by(step)
-        .map(|&i| scores[i as usize])
-        .collect();
-    // the k-th largest of the sample (at least k values: len / step >= sample)
-    let (_, &mut bound, _) = picked.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let step = ids.len() / sample_len;
+    sample.clear();
+    sample.extend(ids.iter().step_by(step).map(|&i| scores[i as usize]));
+    // the k-th largest of the sample (at least k values: len / step >= 16 k)
+    let (_, &mut bound, _) = sample.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     candidates.clear();
     candidates.extend(
         ids.iter()
