@@ -212,6 +212,9 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
     let started = Instant::now();
     let (model, seed) = (cfg.name.clone(), cfg.seed);
     let mut t = Trainer::new(cfg, ds, backend.clone())?;
+    if let Some(note) = t.schedule_note() {
+        eprintln!("{entry} {model} seed {seed}: {note}");
+    }
     t.fit(|_, _| {})?;
     t.finish()?;
     let (st, c) = (t.state(), t.config());

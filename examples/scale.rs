@@ -10,13 +10,19 @@
 //! Prints one row per scale-up and schedule (median seconds per epoch over `--epochs` epochs, the model's
 //! build time with its kNN graphs) and the log-log slope of epoch time against interactions per schedule,
 //! over all sizes and between consecutive ones: 2 is quadratic, 1 linear. Writes the table to `--out/scale.md` and the runs to `--out/scale.json`.
+//!
+//! Under `mpirun -np P` (built with `--features mpi`) the P processes train each run together, data
+//! parallel, and the table gives the exchanges' time and the bytes each step's all-reduce moves:
+//! `mpirun -np 2 target/release/examples/scale --threads 1 --factors 4 --exact-up-to 0`.
 
 use clap::Parser;
 use recgoat_core::data::{scale_up, Dataset};
-use recgoat_core::model::{write_atomic, RecGoatConfig, Trainer};
+use recgoat_core::dist::World;
+use recgoat_core::model::{write_atomic, RecGoatConfig, Stage, Trainer};
 use recgoat_core::{Backend, Par};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 mod common;
@@ -72,10 +78,25 @@ struct Run {
     /// optimiser) and in those that follow the batches (losses, sampling).
     graph_s: f64,
     batch_s: f64,
+    /// Seconds per epoch in data-parallel training's exchanges, and the bytes of each step's all-reduce.
+    exchange_s: f64,
+    bytes: usize,
 }
 
 /// The stages whose work is per batch; the others run once per step over the whole graphs.
 const BATCH_STAGES: [&str; 3] = ["contrastive", "bpr+reg", "sampling"];
+
+/// Whether this process reports: under `mpirun` rank 0 alone does.
+static REPORTS: AtomicBool = AtomicBool::new(true);
+
+/// `eprintln!` on the reporting process.
+macro_rules! note {
+    ($($t:tt)*) => {
+        if REPORTS.load(Ordering::Relaxed) {
+            eprintln!($($t)*)
+        }
+    };
+}
 
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -104,6 +125,8 @@ fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     common::rayon_threads(args.threads)?;
+    let world = World::from_env()?;
+    REPORTS.store(world.is_root(), Ordering::Relaxed);
     if args.epochs == 0 || args.factors.is_empty() || args.factors.contains(&0) {
         return Err("--epochs and every --factors value must be >= 1".into());
     }
@@ -126,7 +149,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for &factor in &args.factors {
         let t = Instant::now();
         let ds = scale_up(&base, factor, args.seed)?;
-        eprintln!(
+        note!(
             "x{factor}: {} users, {} items, {} train interactions (generated in {:.1} s)",
             ds.n_users,
             ds.n_items,
@@ -137,17 +160,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if *steps == 0 && factor > args.exact_up_to {
                 continue;
             }
+            // the schedule as named, whatever the size
             let c = RecGoatConfig {
                 steps_per_epoch: *steps,
+                auto_schedule_from: 0,
                 ..cfg.clone()
             };
             let t = Instant::now();
             let mut trainer = Trainer::new(c, &ds, Backend::Cpu(Par::default()))?;
+            trainer.distribute(world.clone())?;
             let build_s = t.elapsed().as_secs_f64();
             let mut epoch_s = Vec::new();
             for e in 0..args.epochs {
                 let log = trainer.run_epoch(|_, _| {})?;
-                eprintln!(
+                note!(
                     "  {name:>9}: epoch {} of {}: {:.2} s, loss {:.4}",
                     e + 1,
                     args.epochs,
@@ -160,15 +186,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let stages: Vec<String> = (breakdown.iter())
                 .map(|(name, secs, _)| format!("{name} {secs:.2} s"))
                 .collect();
-            eprintln!("  {name:>9}: stages over the run: {}", stages.join(", "));
+            note!("  {name:>9}: stages over the run: {}", stages.join(", "));
             let per_epoch = |batch: bool| {
                 (breakdown.iter())
-                    .filter(|(n, _, _)| BATCH_STAGES.contains(n) == batch && *n != "evaluation")
+                    .filter(|(n, _, _)| BATCH_STAGES.contains(n) == batch)
+                    .filter(|(n, _, _)| !["evaluation", "exchange"].contains(n))
                     .map(|(_, secs, _)| secs)
                     .sum::<f64>()
                     / args.epochs as f64
             };
             let (graph_s, batch_s) = (per_epoch(false), per_epoch(true));
+            let exchange_s = trainer.profile().get(Stage::Exchange) / args.epochs as f64;
+            // one all-reduce per step: every parameter's gradient and a failure flag, as f32
+            let bytes = if world.size() > 1 {
+                4 * (trainer.params().len() + 1)
+            } else {
+                0
+            };
             runs.push(Run {
                 factor,
                 users: ds.n_users,
@@ -179,6 +213,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 epoch_s,
                 graph_s,
                 batch_s,
+                exchange_s,
+                bytes,
             });
         }
     }
@@ -186,22 +222,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut md = String::new();
     writeln!(
         md,
-        "`{}` on {} scale-ups (seed {}), {} timed epochs per run, median; {} rayon threads.\n",
+        "`{}` on {} scale-ups (seed {}), {} timed epochs per run, median; {} process(es) of {} rayon \
+         threads.\n",
         args.preset,
         args.data.display(),
         args.seed,
         args.epochs,
+        world.size(),
         rayon::current_num_threads()
     )?;
     writeln!(
         md,
-        "| factor | users | items | train interactions | schedule | model build (s) | epoch (s, median) | graph stages (s/epoch) | batch stages (s/epoch) |"
+        "| factor | users | items | train interactions | schedule | model build (s) | epoch (s, median) | graph stages (s/epoch) | batch stages (s/epoch) | exchange (s/epoch) | MB per step's all-reduce |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in &runs {
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |",
             r.factor,
             r.users,
             r.items,
@@ -210,7 +248,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.build_s,
             median(&r.epoch_s),
             r.graph_s,
-            r.batch_s
+            r.batch_s,
+            r.exchange_s,
+            r.bytes as f64 / 1e6
         )?;
     }
     writeln!(md)?;
@@ -252,6 +292,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         )?;
     }
+    if !world.is_root() {
+        return Ok(());
+    }
     println!("\n{md}");
     let json: Vec<serde_json::Value> = runs
         .iter()
@@ -260,6 +303,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "factor": r.factor, "users": r.users, "items": r.items, "interactions": r.interactions,
                 "schedule": r.schedule, "build_seconds": r.build_s, "epoch_seconds": r.epoch_s,
                 "graph_stage_seconds_per_epoch": r.graph_s, "batch_stage_seconds_per_epoch": r.batch_s,
+                "exchange_seconds_per_epoch": r.exchange_s, "allreduce_bytes_per_step": r.bytes,
+                "processes": world.size(),
             })
         })
         .collect();
@@ -269,6 +314,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.out.join("scale.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    eprintln!("wrote {}", args.out.join("scale.md").display());
+    note!("wrote {}", args.out.join("scale.md").display());
     Ok(())
 }

@@ -21,6 +21,7 @@
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use recgoat_core::data::{read_features, read_interactions_with, Dataset, IdMap, ReadOptions};
+use recgoat_core::dist::World;
 use recgoat_core::eval::evaluate_split;
 use recgoat_core::model::{
     write_atomic, Metrics, Modalities, RecGoatConfig, Split, Stage, Trainer,
@@ -29,7 +30,20 @@ use recgoat_core::recommend::Recommender;
 use recgoat_core::{Backend, Error, Par};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// Whether this process prints: under `mpirun` rank 0 alone does.
+static PRINTS: AtomicBool = AtomicBool::new(true);
+
+/// `println!` on the printing process.
+macro_rules! say {
+    ($($t:tt)*) => {
+        if PRINTS.load(Ordering::Relaxed) {
+            println!($($t)*)
+        }
+    };
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
@@ -255,7 +269,11 @@ fn train_one(
 ) -> Result<RunResult, Error> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let cfg = trainer.config().clone();
-    let bar = ProgressBar::new(trainer.config().epochs as u64);
+    let root = trainer.world().is_root();
+    let bar = match root {
+        true => ProgressBar::new(trainer.config().epochs as u64),
+        false => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix:>16} {bar:16.cyan/blue} {pos:>3}/{len:3} {msg}")
             .expect("valid template")
@@ -281,7 +299,7 @@ fn train_one(
             st.best_recall, st.best_epoch, log.train_seconds
         );
         if !tty && (st.epoch % 10 == 0 || st.epoch == 1) {
-            println!("{label} epoch {:>4}: {msg}", st.epoch);
+            say!("{label} epoch {:>4}: {msg}", st.epoch);
         }
         bar.set_message(msg);
         bar.set_position(st.epoch as u64);
@@ -294,7 +312,7 @@ fn train_one(
         started.elapsed().as_secs_f64()
     );
     if !tty {
-        println!("{label} {done}");
+        say!("{label} {done}");
     }
     bar.finish_with_message(done);
     trainer.finish()?;
@@ -313,7 +331,7 @@ fn train_one(
             true => "the new items",
             false => "the probe items ranked as new",
         };
-        println!(
+        say!(
             "{label}: cold-item scale {} chosen on validation Recall@20 of {on} (warm items may lose {} %); \
              tried {}",
             trainer.state().cold_scale,
@@ -328,7 +346,9 @@ fn train_one(
     if let Some(ids) = ids {
         rec = rec.with_ids(ids.clone())?;
     }
-    rec.save(dir.join("recommender.safetensors"))?;
+    if root {
+        rec.save(dir.join("recommender.safetensors"))?;
+    }
     let content_trust: Vec<(String, f32)> = match trainer.model().content_on() {
         true => {
             let fwd = trainer.model().forward(
@@ -408,15 +428,15 @@ fn print_table(groups: &[(String, Vec<RunResult>)]) {
             .collect();
         fmt_ms(&vals)
     };
-    println!();
-    println!(
+    say!();
+    say!(
         "| model | seeds | best epoch | s/epoch | valid R@20 | valid N@20 | test R@10 | test R@20 | test R@50 | test N@10 | test N@20 | test N@50 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    say!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, runs) in groups {
         let best: Vec<String> = runs.iter().map(|r| r.best_epoch.to_string()).collect();
         let spe: Vec<f64> = runs.iter().map(|r| r.seconds_per_epoch).collect();
-        println!(
+        say!(
             "| {name} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
             runs.len(),
             best.join(","),
@@ -431,10 +451,10 @@ fn print_table(groups: &[(String, Vec<RunResult>)]) {
             metric(runs, Split::Test, "N", 50),
         );
     }
-    println!("each run at its best validation epoch (early stopping on validation Recall@20)");
+    say!("each run at its best validation epoch (early stopping on validation Recall@20)");
     for r in groups.iter().flat_map(|(_, rs)| rs) {
         if r.capped {
-            println!(
+            say!(
                 "note: {} ended at the epoch cap ({}) within its patience, still improving: the comparison \
                  needs a larger --epochs",
                 r.label, r.config.epochs
@@ -449,7 +469,7 @@ fn print_table(groups: &[(String, Vec<RunResult>)]) {
                     .iter()
                     .map(|(n, s, f)| format!("{n} {s:.1}s ({:.0}%)", 100.0 * f))
                     .collect();
-                println!(
+                say!(
                     "time per stage, {name} (seed {}): {}",
                     r.config.seed,
                     parts.join(", ")
@@ -480,15 +500,15 @@ fn print_item_groups(groups: &[(String, Vec<RunResult>)], baseline: Option<&(Met
         let n: Vec<f64> = runs.iter().map(|m| part(m, cold).1).collect();
         format!("{} | {}", fmt_ms(&r), fmt_ms(&n))
     };
-    println!();
-    println!(
+    say!();
+    say!(
         "| model | valid warm R@20 | valid warm N@20 | valid cold R@20 | valid cold N@20 | test warm R@20 | test warm N@20 | test cold R@20 | test cold N@20 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    say!("|---|---|---|---|---|---|---|---|---|");
     for (name, runs) in groups {
         let v: Vec<&Metrics> = runs.iter().map(|r| &r.valid).collect();
         let t: Vec<&Metrics> = runs.iter().map(|r| &r.test).collect();
-        println!(
+        say!(
             "| {name} | {} | {} | {} | {} |",
             cell(&v, false),
             cell(&v, true),
@@ -497,7 +517,7 @@ fn print_item_groups(groups: &[(String, Vec<RunResult>)], baseline: Option<&(Met
         );
     }
     if let Some((v, t)) = baseline {
-        println!(
+        say!(
             "| feature cosine (no training) | {} | {} | {} | {} |",
             cell(&[v], false),
             cell(&[v], true),
@@ -505,7 +525,7 @@ fn print_item_groups(groups: &[(String, Vec<RunResult>)], baseline: Option<&(Met
             cell(&[t], true)
         );
     }
-    println!("one all-item ranking per user; warm and cold columns score its warm and its cold held-out items");
+    say!("one all-item ranking per user; warm and cold columns score its warm and its cold held-out items");
 }
 
 /// The raw-feature cosine baseline's validation and test metrics, when the dataset has features and items
@@ -632,14 +652,16 @@ fn metrics_json(m: &Metrics) -> serde_json::Value {
     v
 }
 
-fn run() -> Result<(), Error> {
+fn run(world: &World) -> Result<(), Error> {
     let args = Args::parse();
     let backend = match args.backend {
         BackendArg::Cpu if args.threads == 1 => Backend::Cpu(Par::Seq),
         BackendArg::Cpu => Backend::Cpu(Par::Rayon(args.threads)),
         BackendArg::Gpu => {
             let ctx = recgoat_core::gpu::GpuContext::new()?;
-            eprintln!("GPU backend: {}", ctx.adapter_name());
+            if world.is_root() {
+                eprintln!("GPU backend: {}", ctx.adapter_name());
+            }
             let host = if args.threads == 1 {
                 Par::Seq
             } else {
@@ -706,7 +728,7 @@ fn run() -> Result<(), Error> {
     for name in &args.user_features {
         ds = ds.read_user_features(folder.join(format!("{name}.npy")))?;
     }
-    println!(
+    say!(
         "{}: {} users, {} items, {} / {} / {} interactions, features {:?} ({:.1}s to load)",
         args.data.display(),
         ds.n_users,
@@ -722,9 +744,16 @@ fn run() -> Result<(), Error> {
     );
     let (cold_users, cold_items) = (ds.cold_users().len(), ds.cold_items().len());
     if cold_users + cold_items > 0 {
-        println!(
+        say!(
             "{cold_users} users and {cold_items} items have no training interaction: the users are left out \
              of the metrics, the items stay in the ranking"
+        );
+    }
+    if world.size() > 1 {
+        say!(
+            "{} processes train each model together: each step's batches are split over them (one batch \
+             per process per step unless --set steps_per_epoch=N groups them)",
+            world.size()
         );
     }
     let mut presets = vec![args.preset.clone()];
@@ -750,9 +779,15 @@ fn run() -> Result<(), Error> {
                 }
                 _ => Trainer::new(configure(preset, &args, seed)?, &ds, backend.clone())?,
             };
+            let mut trainer = trainer;
+            if let Some(note) = trainer.schedule_note() {
+                say!("{label}: {note}");
+            }
+            // under mpirun the ranks split each step's batches (data parallel)
+            trainer.distribute(world.clone())?;
             let setup = t.elapsed().as_secs_f64();
             if setup > 0.5 {
-                println!("{label}: graphs and parameters built in {setup:.1}s");
+                say!("{label}: graphs and parameters built in {setup:.1}s");
             }
             runs.push(train_one(trainer, &label, &dir, ids.as_ref())?);
         }
@@ -761,6 +796,9 @@ fn run() -> Result<(), Error> {
     print_table(&groups);
     let baseline = feature_baseline(&ds)?;
     print_item_groups(&groups, baseline.as_ref());
+    if !world.is_root() {
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;
     let title = args
         .data
@@ -797,7 +835,7 @@ fn run() -> Result<(), Error> {
             .expect("serialises")
             .as_bytes(),
     )?;
-    println!(
+    say!(
         "\nwrote {0}/curve.svg, {0}/results.json and, per run, {0}/<run>/checkpoint.safetensors, \
          recommender.safetensors, users.npy, items.npy, embeddings.json (runs: {1})",
         args.out.display(),
@@ -807,8 +845,8 @@ fn run() -> Result<(), Error> {
 }
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    // under `mpirun -np P` (built with `--features mpi`) the P processes train together
+    let world = World::single().exit_on_error(World::from_env());
+    PRINTS.store(world.is_root(), Ordering::Relaxed);
+    world.exit_on_error(run(&world));
 }

@@ -164,6 +164,18 @@ pub enum Error {
         /// What went wrong, with the limit's name and value where one was exceeded.
         reason: String,
     },
+    /// Data-parallel training ([`crate::dist::World`]) stopped: another process of the job failed (its
+    /// rank and message), the processes disagree on what they train (their data, configuration or
+    /// parameters), or the launch and the build do not fit together.
+    #[error("rank {rank} of {size}: {reason}")]
+    Distributed {
+        /// The rank whose error or value stopped the job.
+        rank: usize,
+        /// Processes in the job.
+        size: usize,
+        /// That rank's message.
+        reason: String,
+    },
     /// A numerical routine from an external library failed.
     #[error("{op}: numerical failure: {reason}")]
     Numerical {

@@ -3,6 +3,7 @@
 
 use crate::backend::{map_chunks, Par};
 use crate::data::{Dataset, Pair};
+use crate::dist::World;
 use crate::error::{check_finite_array, Error, Result};
 use ndarray::{s, Array2, ArrayView2};
 
@@ -172,7 +173,29 @@ pub fn evaluate_cold_scales(
     ks: &[usize],
     par: impl Into<Par>,
 ) -> Result<Vec<Metrics>> {
-    let par: Par = par.into();
+    let truth = (ground_truth, masked, cold);
+    cold_scales_in(
+        &World::single(),
+        users,
+        items,
+        truth,
+        scales,
+        ks,
+        par.into(),
+    )
+}
+
+/// [`evaluate_cold_scales`] with the users split over the ranks of `world` and their sums added up
+/// (collective: every rank gets the metrics of every user).
+fn cold_scales_in(
+    world: &World,
+    users: ArrayView2<'_, f32>,
+    items: ArrayView2<'_, f32>,
+    (ground_truth, masked, cold): (&[Pair], &[&[Pair]], &[bool]),
+    scales: &[f64],
+    ks: &[usize],
+    par: Par,
+) -> Result<Vec<Metrics>> {
     const OP: &str = "evaluate";
     let (n_users, n_items) = (users.nrows(), items.nrows());
     if users.ncols() != items.ncols() {
@@ -244,6 +267,8 @@ pub fn evaluate_cold_scales(
     let (warm_ids, cold_ids): (Vec<u32>, Vec<u32>) =
         (0..n_items as u32).partition(|&i| !is_cold(i));
     let evaluated: Vec<usize> = (0..n_users).filter(|&u| !truth[u].is_empty()).collect();
+    // with several ranks each ranks its share of the users; the sums are added up below
+    let evaluated = evaluated[world.share(evaluated.len())].to_vec();
     let kmax = ks[ks.len() - 1].min(n_items);
     let nk = ks.len();
     // per scale and group (all, then warm and cold): 4 metrics x nk sums and the user count
@@ -306,6 +331,7 @@ pub fn evaluate_cold_scales(
             *a += p;
         }
     }
+    world.sum(&mut acc)?;
     let group = |k: usize, g: usize| {
         let a = &acc[k * per_scale + g * width..k * per_scale + (g + 1) * width];
         let users = a[4 * nk] as usize;
@@ -467,6 +493,28 @@ pub fn evaluate_split_scales_as_new(
     scales: &[f64],
     par: impl Into<Par>,
 ) -> Result<Vec<Metrics>> {
+    let world = World::single();
+    split_scales_in(
+        &world,
+        data,
+        (users, items),
+        split,
+        as_new,
+        scales,
+        par.into(),
+    )
+}
+
+/// [`evaluate_split_scales_as_new`] with the users split over the ranks of `world` (collective).
+pub(crate) fn split_scales_in(
+    world: &World,
+    data: &Dataset,
+    (users, items): (ArrayView2<'_, f32>, ArrayView2<'_, f32>),
+    split: Split,
+    as_new: &[usize],
+    scales: &[f64],
+    par: Par,
+) -> Result<Vec<Metrics>> {
     const OP: &str = "evaluate_split";
     if (users.nrows(), items.nrows()) != (data.n_users, data.n_items) {
         return Err(Error::shape(
@@ -493,7 +541,8 @@ pub fn evaluate_split_scales_as_new(
         cold[i] = true;
     }
     let truth: Vec<Pair> = truth.iter().copied().filter(|p| warm_user[p.0]).collect();
-    evaluate_cold_scales(users, items, &truth, &masked, &cold, scales, &EVAL_KS, par)
+    let truth = (&truth[..], &masked[..], &cold[..]);
+    cold_scales_in(world, users, items, truth, scales, &EVAL_KS, par)
 }
 
 /// Cut-offs every evaluation of the protocol reports.

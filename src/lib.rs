@@ -5,6 +5,7 @@ pub mod attention;
 pub mod backend;
 pub mod contrastive;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 mod exec;

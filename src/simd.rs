@@ -8,6 +8,15 @@ use num_traits::{Float, FromPrimitive, NumAssign};
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
 
+/// A slice of [`Real`] values as its concrete type ([`Real::typed_mut`]).
+#[derive(Debug)]
+pub enum TypedMut<'a> {
+    /// `f32` values.
+    F32(&'a mut [f32]),
+    /// `f64` values.
+    F64(&'a mut [f64]),
+}
+
 /// Floating-point scalar the CPU kernels are generic over (`f32` and `f64`).
 pub trait Real:
     Float
@@ -26,6 +35,9 @@ pub trait Real:
 {
     /// Type name, for labels.
     const NAME: &'static str;
+
+    /// The slice as its concrete type, for libraries that take `f32` or `f64` buffers (MPI's reductions).
+    fn typed_mut(xs: &mut [Self]) -> TypedMut<'_>;
 
     /// Writes `out[j] = exp(alpha + beta[j] - c[j] * s)` and returns the sum of `out`.
     ///
@@ -58,10 +70,18 @@ pub trait Real:
 
 impl Real for f64 {
     const NAME: &'static str = "f64";
+
+    fn typed_mut(xs: &mut [f64]) -> TypedMut<'_> {
+        TypedMut::F64(xs)
+    }
 }
 
 impl Real for f32 {
     const NAME: &'static str = "f32";
+
+    fn typed_mut(xs: &mut [f32]) -> TypedMut<'_> {
+        TypedMut::F32(xs)
+    }
 
     fn exp_affine_sum(alpha: f32, beta: &[f32], c: &[f32], s: f32, out: &mut [f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]

@@ -9,7 +9,7 @@ use recgoat_core::testing::{self, central_difference, Tolerance};
 use recgoat_core::{Backend, Par};
 
 mod common;
-use common::tiny;
+use common::{clustered_groups, tiny};
 
 fn tiny_config(base: RecGoatConfig) -> RecGoatConfig {
     RecGoatConfig {
@@ -561,29 +561,6 @@ fn gradient_without_oat() {
     }));
 }
 
-/// 60 users in 3 taste groups over `3 * per_group` items; each user has 6 training, 1 valid and 1 test item
-/// from their group. A model that learns anything ranks group items first.
-fn clustered_groups(per_group: usize) -> Dataset {
-    let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
-    for u in 0..60 {
-        let g = u % 3;
-        let items: Vec<usize> = (0..8)
-            .map(|k| g * per_group + (u / 3 + 3 * k) % per_group)
-            .collect();
-        train.extend(items[..6].iter().map(|&i| (u, i)));
-        valid.push((u, items[6]));
-        test.push((u, items[7]));
-    }
-    let mut rng = testing::rng(9);
-    // a feature that knows the groups, plus noise
-    let feat = Array2::from_shape_fn((3 * per_group, 6), |(i, j)| {
-        let signal = if j == i / per_group { 2.0 } else { 0.0 };
-        signal + 0.3 * testing::randn::<f64, _, _>(&mut rng, (1, 1))[[0, 0]]
-    })
-    .mapv(|v| v as f32);
-    Dataset::new("clustered", train, valid, test, vec![("f".into(), feat)]).unwrap()
-}
-
 /// [`clustered_groups`] with 20 items per group.
 fn clustered() -> Dataset {
     clustered_groups(20)
@@ -1003,4 +980,38 @@ fn bad_configs_and_batches_are_errors() {
         .unwrap_err()
         .to_string()
         .contains("embedding"));
+}
+
+/// Past `auto_schedule_from` training interactions the trainer takes the grouped schedule by itself and
+/// says so; below it, or with `steps_per_epoch` set, or with the rule off, the configuration is the one
+/// given (the presets' defaults leave the bundled datasets on the exact schedule).
+#[test]
+fn large_data_takes_the_grouped_schedule_by_itself() {
+    let ds = clustered(); // 360 training interactions
+    let backend = || Backend::Cpu(Par::Seq);
+    let with = |base: RecGoatConfig, from: usize, steps: usize| RecGoatConfig {
+        auto_schedule_from: from,
+        steps_per_epoch: steps,
+        ..small(base)
+    };
+    let t = Trainer::new(with(RecGoatConfig::recgoat(), 300, 0), &ds, backend()).unwrap();
+    assert_eq!(t.config().steps_per_epoch, 8);
+    assert_eq!(t.config().cl_max_rows, 512);
+    let note = t.schedule_note().expect("the trainer says what it changed");
+    assert!(note.contains("360 training interactions") && note.contains("steps_per_epoch = 8"));
+    // the backbone has no contrastive term to cap
+    let t = Trainer::new(with(RecGoatConfig::lightgcn(), 300, 0), &ds, backend()).unwrap();
+    assert_eq!((t.config().steps_per_epoch, t.config().cl_max_rows), (8, 0));
+    for (from, steps) in [(361, 0), (0, 0), (300, 3)] {
+        let cfg = with(RecGoatConfig::recgoat(), from, steps);
+        let t = Trainer::new(cfg.clone(), &ds, backend()).unwrap();
+        assert_eq!(t.config(), &cfg, "from {from}, steps {steps}");
+        assert!(t.schedule_note().is_none());
+    }
+    for preset in ["recgoat", "paper", "official_code", "lightgcn"] {
+        let cfg = RecGoatConfig::preset(preset).unwrap();
+        for interactions in [44_327, 118_551] {
+            assert_eq!(cfg.scheduled_for(interactions).0, cfg, "{preset}");
+        }
+    }
 }

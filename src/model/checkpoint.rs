@@ -69,11 +69,15 @@ fn changed_fields(a: &RecGoatConfig, b: &RecGoatConfig) -> Vec<String> {
 impl<'d> Trainer<'d> {
     /// Saves everything needed to resume training identically: parameters, the best parameters so far, the
     /// Adam moments and step counts, the configuration, the dataset shape and the progress. Written
-    /// atomically.
+    /// atomically. In data-parallel training rank 0 alone writes (the replicas are identical); the other
+    /// ranks return at once.
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be written.
     pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
+        if !self.world().is_root() {
+            return Ok(());
+        }
         let path = path.as_ref();
         let cur = self.params.tensors();
         let best = self.best.tensors();
@@ -353,11 +357,15 @@ impl<'d> Trainer<'d> {
     }
 
     /// Writes the final user and item vectors (evaluation mode) as `users.npy` and `items.npy` in `dir`,
-    /// each atomically, with `embeddings.json` naming their format version, shapes and dataset.
+    /// each atomically, with `embeddings.json` naming their format version, shapes and dataset. In
+    /// data-parallel training rank 0 alone writes; the other ranks return at once.
     ///
     /// # Errors
     /// [`Error::Io`] when the folder cannot be written, and the forward pass's errors.
     pub fn export_embeddings(&self, dir: impl AsRef<Path>) -> Result<()> {
+        if !self.world().is_root() {
+            return Ok(());
+        }
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io_err("export_embeddings", dir, e))?;
         let (users, items) = self.embeddings()?;

@@ -241,6 +241,13 @@ pub struct RecGoatConfig {
     /// epochs or a higher `lr`; docs/SCALE.md measures the trade.
     #[serde(default)]
     pub steps_per_epoch: usize,
+    /// From this many training interactions on, a configuration with `steps_per_epoch` 0 trains with the
+    /// grouped schedule (8 steps per epoch, and, with a contrastive term, at most 512 of a batch's rows in
+    /// it, `cl_max_rows`) instead, and the trainer says so ([`crate::model::Trainer::schedule_note`]). 0:
+    /// never. Default 200,000: above the bundled datasets (Baby has 118,551), where the exact schedule's
+    /// epoch, quadratic in the data, is already 2.4 times the grouped one's (docs/SCALE.md).
+    #[serde(default = "default_auto_schedule_from")]
+    pub auto_schedule_from: usize,
     /// Maximum epochs.
     pub epochs: usize,
     /// Evaluate on the validation split every this many epochs.
@@ -254,6 +261,10 @@ pub struct RecGoatConfig {
 /// The default of fields that scale something.
 fn one() -> f64 {
     1.0
+}
+
+fn default_auto_schedule_from() -> usize {
+    200_000
 }
 
 /// The default of [`RecGoatConfig::content_warm_tolerance`].
@@ -333,6 +344,7 @@ impl RecGoatConfig {
             content_warm_tolerance: default_warm_tolerance(),
             batch_size: 2048,
             steps_per_epoch: 0,
+            auto_schedule_from: default_auto_schedule_from(),
             epochs: 200,
             eval_every: 1,
             patience: 20,
@@ -473,6 +485,40 @@ impl RecGoatConfig {
         cfg.validate()?;
         *self = cfg;
         Ok(())
+    }
+
+    /// The configuration a trainer uses on `interactions` training pairs: this one, or, from
+    /// [`RecGoatConfig::auto_schedule_from`] on when `steps_per_epoch` is 0, the grouped schedule (8 steps
+    /// per epoch; with a contrastive term and no `cl_max_rows`, at most 512 rows in it), with a note that
+    /// says what changed.
+    ///
+    /// # Example
+    /// ```
+    /// use recgoat_core::model::RecGoatConfig;
+    /// let cfg = RecGoatConfig::recgoat();
+    /// assert_eq!(cfg.scheduled_for(44_327).0, cfg); // Last.fm-2k: the exact schedule
+    /// let (large, note) = cfg.scheduled_for(2_000_000);
+    /// assert_eq!((large.steps_per_epoch, large.cl_max_rows), (8, 512));
+    /// assert!(note.unwrap().contains("grouped schedule"));
+    /// ```
+    pub fn scheduled_for(&self, interactions: usize) -> (RecGoatConfig, Option<String>) {
+        let from = self.auto_schedule_from;
+        if self.steps_per_epoch > 0 || from == 0 || interactions < from {
+            return (self.clone(), None);
+        }
+        let mut cfg = self.clone();
+        cfg.steps_per_epoch = 8;
+        let mut what = format!("steps_per_epoch = {}", cfg.steps_per_epoch);
+        if cfg.cl_weight > 0.0 && cfg.cl_max_rows == 0 {
+            cfg.cl_max_rows = 512;
+            what += &format!(", cl_max_rows = {}", cfg.cl_max_rows);
+        }
+        let note = format!(
+            "{interactions} training interactions (from {from} on, auto_schedule_from): the grouped \
+             schedule, linear in the data, instead of one step per batch ({what}; set steps_per_epoch to \
+             choose, or auto_schedule_from = 0 for the exact schedule)"
+        );
+        (cfg, Some(note))
     }
 
     /// Whether the model uses no modality (pure LightGCN scoring).

@@ -28,11 +28,14 @@ pub enum Stage {
     /// The device-resident training step on the GPU (forward, losses, backward and the embedding table's
     /// Adam step, with the per-stage work queued back to back): see [`crate::model::Trainer`].
     Device,
+    /// Data-parallel training's exchanges between ranks: the gradient's all-reduce and the agreement on
+    /// failures ([`crate::dist::World`]).
+    Exchange,
 }
 
 impl Stage {
     /// Every stage, in report order.
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 11] = [
         Stage::Propagation,
         Stage::Gat,
         Stage::Transport,
@@ -43,6 +46,7 @@ impl Stage {
         Stage::Sampling,
         Stage::Evaluation,
         Stage::Device,
+        Stage::Exchange,
     ];
 
     /// Short name.
@@ -58,6 +62,7 @@ impl Stage {
             Stage::Sampling => "sampling",
             Stage::Evaluation => "evaluation",
             Stage::Device => "device step",
+            Stage::Exchange => "exchange",
         }
     }
 }
@@ -66,7 +71,7 @@ impl Stage {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     /// Seconds per stage, indexed like [`Stage::ALL`].
-    pub seconds: [f64; 10],
+    pub seconds: [f64; 11],
 }
 
 impl Profile {

@@ -15,10 +15,12 @@ use crate::contrastive::{
     cmcl_official_pairs, cmcl_paper_pairs, InfoNceConfig, PairTerm, ViewPair,
 };
 use crate::data::Batch;
+use crate::dist::World;
 use crate::error::{Error, Result};
 use crate::exec::{Exec, GatRefs};
 use crate::nn::{dropout_mask, Adam, AdamState};
 use crate::simd::Real;
+use ndarray::ArrayView2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -266,6 +268,10 @@ pub(crate) struct TrainPass<'a, F> {
     pub(crate) batches: &'a [(Batch, Mode)],
     pub(crate) profile: &'a mut Profile,
     pub(crate) on_batch: &'a mut dyn FnMut(usize, usize),
+    /// The ranks that share the steps ([`World::single`] for one process).
+    pub(crate) world: &'a World,
+    /// What a rank's error says, before the ranks share it (the trainer's hint on divergence).
+    pub(crate) explain: &'a dyn Fn(Error) -> Error,
 }
 
 /// What a step leaves to read: the forward pass's checks, the BPR and regulariser terms, the contrastive
@@ -896,15 +902,21 @@ impl<F: Real> RecGoat<F> {
         &self,
         ex: &E,
         st: &State<E>,
+        (mode, group): (Mode, usize),
         batches: &[(Batch, Mode)],
         mut profile: Option<&mut Profile>,
         with_grads: bool,
     ) -> Result<(Vec<Pending<E::Scalar>>, Vec<E::M>)> {
-        let Some((_, mode)) = batches.first() else {
-            return Err(Error::shape(OP, "batches in a step", ">= 1", 0));
-        };
-        let mut fwd = self.forward_branches(ex, st, *mode, profile.as_deref_mut(), false)?;
-        let w = F::one() / F::c(batches.len() as f64);
+        if batches.is_empty() || group < batches.len() {
+            return Err(Error::shape(
+                OP,
+                "batches in a step",
+                format!("1..={group}"),
+                batches.len(),
+            ));
+        }
+        let mut fwd = self.forward_branches(ex, st, mode, profile.as_deref_mut(), false)?;
+        let w = F::one() / F::c(group as f64);
         let dims = (self.n_users, self.n_items, self.cfg.embedding_dim);
         let mut og = OutGrads::zeros(ex, (dims.0, dims.1, dims.2, self.modalities.len()), &fwd)?;
         let mut pendings = Vec::with_capacity(batches.len());
@@ -919,6 +931,65 @@ impl<F: Real> RecGoat<F> {
             Vec::new()
         };
         Ok((pendings, grads))
+    }
+
+    /// Data-parallel training's exchange: every rank's share of the step's gradient (`None`: no batch of
+    /// the step fell to this rank) summed over the ranks by one all-reduce of one contiguous buffer, whose
+    /// last value counts the ranks that failed; when any did, every rank returns the error
+    /// ([`World::agree`]). With one rank, the gradient as it is.
+    fn exchange<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        st: &State<E>,
+        world: &World,
+        stepped: Result<Option<Vec<E::M>>>,
+    ) -> Result<Vec<E::M>> {
+        if world.size() == 1 {
+            return stepped?.ok_or_else(|| Error::shape(OP, "batches in a step", ">= 1", 0));
+        }
+        let dims: Vec<(usize, usize)> = st.t.iter().map(|t| ex.dim(t)).collect();
+        let n: usize = dims.iter().map(|&(r, c)| r * c).sum();
+        let mut buf = vec![F::zero(); n + 1];
+        let local = stepped.and_then(|grads| {
+            let Some(grads) = grads else { return Ok(()) };
+            if grads.len() != dims.len() {
+                return Err(Error::shape(OP, "gradients", dims.len(), grads.len()));
+            }
+            let mut at = 0;
+            for (g, &(r, c)) in grads.iter().zip(&dims) {
+                let host = ex.download(g)?;
+                if host.dim() != (r, c) {
+                    return Err(Error::shape(OP, "gradient", (r, c), host.dim()));
+                }
+                for (d, v) in buf[at..at + r * c].iter_mut().zip(host.iter()) {
+                    *d = *v;
+                }
+                at += r * c;
+            }
+            Ok(())
+        });
+        if local.is_err() {
+            buf.fill(F::zero());
+            buf[n] = F::one();
+        }
+        world.sum(&mut buf)?;
+        if buf[n] > F::zero() {
+            world.agree(local)?;
+            return Err(Error::Distributed {
+                rank: world.rank(),
+                size: world.size(),
+                reason: "a rank reported a failed step but no rank kept its error".into(),
+            });
+        }
+        let mut at = 0;
+        (dims.iter())
+            .map(|&(r, c)| {
+                let v = ArrayView2::from_shape((r, c), &buf[at..at + r * c])
+                    .map_err(|e| Error::shape(OP, "gradient", (r, c), e.to_string()))?;
+                at += r * c;
+                ex.upload(v)
+            })
+            .collect()
     }
 
     /// The losses of `steps`, read from the backend in one go and judged in step order: the forward
@@ -1005,21 +1076,27 @@ impl<F: Real> RecGoat<F> {
             batches,
             profile,
             on_batch,
+            world,
+            explain,
         } = pass;
         // on a deferring backend the stages overlap on the device: the whole step is timed as one
         let t0 = Profile::start();
-        let mut st = State::upload(ex, params)?;
-        let mut adam_states = (states.iter())
-            .map(|s| ex.adam_state(s))
-            .collect::<Result<Vec<_>>>()?;
-        if adam_states.len() != st.t.len() {
-            return Err(Error::shape(
-                OP,
-                "Adam states",
-                st.t.len(),
-                adam_states.len(),
-            ));
-        }
+        // every rank sets up before the first exchange: one that fails says so there and every rank stops
+        let setup = State::upload(ex, params).and_then(|st| {
+            let adam_states = (states.iter())
+                .map(|s| ex.adam_state(s))
+                .collect::<Result<Vec<_>>>()?;
+            if adam_states.len() != st.t.len() {
+                return Err(Error::shape(
+                    OP,
+                    "Adam states",
+                    st.t.len(),
+                    adam_states.len(),
+                ));
+            }
+            Ok((st, adam_states))
+        });
+        let (mut st, mut adam_states) = world.agree(setup)?;
         if E::DEFERRED {
             profile.record(Stage::Device, t0.elapsed());
         }
@@ -1047,16 +1124,36 @@ impl<F: Real> RecGoat<F> {
                 _ => Some(*adam),
             })
             .collect();
-        // one step per batch, or `steps_per_epoch` groups of consecutive batches (gradient accumulation)
+        // one step per batch, or `steps_per_epoch` groups of consecutive batches (gradient accumulation);
+        // with several ranks each takes its share of a group's batches, the forward pass in the group's
+        // first batch's mode and each batch weighted by the group's size, so that the summed gradient is
+        // the one process's; without `steps_per_epoch` a step then groups one batch per rank
         let group = match self.cfg.steps_per_epoch {
-            0 => 1,
+            0 => world.size(),
             k => batches.len().div_ceil(k).max(1),
         };
         let mut pending = Vec::with_capacity(batches.len());
+        let (mut done, mut failed) = (0, None);
         for steps in batches.chunks(group) {
             let t0 = Profile::start();
             let stages = (!E::DEFERRED).then_some(&mut *profile);
-            let (p, grads) = self.step_on(ex, &st, steps, stages, true)?;
+            let mine = &steps[world.share(steps.len())];
+            // an optimiser step that failed on this rank is reported at the next exchange
+            let stepped = match failed.take() {
+                Some(e) => Err(e),
+                None if mine.is_empty() => Ok(None),
+                None => self
+                    .step_on(ex, &st, (steps[0].1, steps.len()), mine, stages, true)
+                    .map(|(p, grads)| {
+                        pending.extend(p);
+                        Some(grads)
+                    }),
+            };
+            let t1 = Profile::start();
+            let grads = self.exchange(ex, &st, world, stepped.map_err(explain))?;
+            if world.size() > 1 {
+                profile.record(Stage::Exchange, t1.elapsed());
+            }
             let t1 = Profile::start();
             for (k, ((t, g), s)) in
                 st.t.iter_mut()
@@ -1065,7 +1162,10 @@ impl<F: Real> RecGoat<F> {
                     .enumerate()
             {
                 if let Some(a) = &optimisers[k] {
-                    ex.adam_step(a, t, g, s)?;
+                    if let Err(e) = ex.adam_step(a, t, g, s) {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
             if E::DEFERRED {
@@ -1073,16 +1173,20 @@ impl<F: Real> RecGoat<F> {
             } else {
                 profile.record(Stage::Optimizer, t1.elapsed());
             }
-            pending.extend(p);
-            on_batch(pending.len(), batches.len());
+            done += steps.len();
+            on_batch(done, batches.len());
         }
         let t0 = Profile::start();
-        let losses = self.resolve(ex, &pending)?;
-        let mut new_params = params.clone();
-        download_into(ex, &st.t, &mut new_params)?;
-        let new_states = (adam_states.iter())
-            .map(|s| ex.adam_state_download(s))
-            .collect::<Result<Vec<_>>>()?;
+        let finished = failed.map_or(Ok(()), Err).and_then(|()| {
+            let losses = self.resolve(ex, &pending)?;
+            let mut new_params = params.clone();
+            download_into(ex, &st.t, &mut new_params)?;
+            let new_states = (adam_states.iter())
+                .map(|s| ex.adam_state_download(s))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((losses, new_params, new_states))
+        });
+        let (losses, new_params, new_states) = world.agree(finished.map_err(explain))?;
         *params = new_params;
         states.clone_from_slice(&new_states);
         if E::DEFERRED {
@@ -1103,7 +1207,9 @@ impl<F: Real> RecGoat<F> {
         with_grads: bool,
     ) -> Result<(Vec<LossParts<F>>, Option<Params<F>>)> {
         let st = State::upload(ex, p)?;
-        let (pending, grads) = self.step_on(ex, &st, steps, profile, with_grads)?;
+        let mode = steps.first().map_or(Mode::Eval, |s| s.1);
+        let (pending, grads) =
+            self.step_on(ex, &st, (mode, steps.len()), steps, profile, with_grads)?;
         let losses = self.resolve(ex, &pending)?;
         if !with_grads {
             return Ok((losses, None));

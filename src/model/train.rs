@@ -4,16 +4,15 @@
 use super::config::RecGoatConfig;
 use super::params::Params;
 use super::profile::{Profile, Stage};
-use super::recgoat::{LossParts, RecGoat};
+use super::recgoat::RecGoat;
 use super::step::TrainPass;
 use crate::attention::Mode;
 use crate::backend::Backend;
 use crate::data::Batch;
 use crate::data::Dataset;
+use crate::dist::World;
 use crate::error::{Error, Result};
-use crate::eval::{
-    by_user, evaluate_split, evaluate_split_scales, evaluate_split_scales_as_new, Metrics,
-};
+use crate::eval::{by_user, split_scales_in, Metrics};
 pub use crate::eval::{Split, EVAL_KS};
 use crate::nn::{Adam, AdamState};
 use ndarray::Array2;
@@ -187,6 +186,10 @@ pub struct Trainer<'d> {
     /// The items with training interactions: negatives are drawn from them.
     warm_items: Vec<u32>,
     profile: Profile,
+    /// The ranks training together ([`Trainer::distribute`]).
+    world: World,
+    /// What [`Trainer::new`] changed in the configuration ([`Trainer::schedule_note`]).
+    schedule_note: Option<String>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -203,9 +206,20 @@ impl<'d> Trainer<'d> {
     /// As [`RecGoat::new`], and [`Error::Data`] when a user has interacted with every item (no negative
     /// can be drawn).
     pub fn new(cfg: RecGoatConfig, data: &'d Dataset, backend: Backend) -> Result<Self> {
+        // past `auto_schedule_from` interactions, the grouped schedule
+        let (cfg, note) = cfg.scheduled_for(data.train.len());
         let model = RecGoat::<f32>::new(cfg, data, backend)?;
         let params = model.init_params();
-        Self::with_params(model, data, params)
+        let mut trainer = Self::with_params(model, data, params)?;
+        trainer.schedule_note = note;
+        Ok(trainer)
+    }
+
+    /// What the trainer changed in the configuration it was given, when it did: on data past
+    /// [`RecGoatConfig::auto_schedule_from`] it takes the grouped schedule
+    /// ([`RecGoatConfig::scheduled_for`]). [`Trainer::config`] is the configuration it trains with.
+    pub fn schedule_note(&self) -> Option<&str> {
+        self.schedule_note.as_deref()
     }
 
     pub(crate) fn with_params(
@@ -248,7 +262,72 @@ impl<'d> Trainer<'d> {
             positives,
             warm_items,
             profile: Profile::default(),
+            world: World::single(),
+            schedule_note: None,
         })
+    }
+
+    /// Trains with the ranks of `world` from now on: data-parallel training (see [`crate::dist`]). Each
+    /// step's group of batches (`steps_per_epoch` groups per epoch; without it, one batch per rank) is
+    /// split over the ranks, their gradients summed by one all-reduce, and every rank applies the same
+    /// Adam step: the parameters after a step are those of one process running the same groups, within
+    /// `f32` summation order. Evaluation splits the users over the ranks. Rank 0 alone writes
+    /// checkpoints and embeddings; a checkpoint resumes on any number of ranks. Collective: call it, and
+    /// every method that trains or evaluates, on every rank.
+    ///
+    /// # Errors
+    /// [`Error::Distributed`] on every rank when the ranks' datasets, configurations or parameters and
+    /// progress differ (each rank must load the same data and configuration, and resume from the same
+    /// checkpoint).
+    ///
+    /// # Example
+    /// ```
+    /// use recgoat_core::{Backend, data::Dataset, dist::World, model::*};
+    /// let train = vec![(0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (3, 0)];
+    /// let ds = Dataset::new("toy", train, vec![(0, 2)], vec![(2, 0)], vec![]).unwrap();
+    /// let mut cfg = RecGoatConfig::lightgcn();
+    /// (cfg.embedding_dim, cfg.epochs, cfg.batch_size, cfg.steps_per_epoch) = (8, 2, 2, 2);
+    /// let mut trainer = Trainer::new(cfg, &ds, Backend::default())?;
+    /// // under `mpirun -np P` (with the `mpi` feature) the P processes train together
+    /// trainer.distribute(World::from_env()?)?;
+    /// trainer.fit(|_, _| {})?;
+    /// # Ok::<(), recgoat_core::Error>(())
+    /// ```
+    pub fn distribute(&mut self, world: World) -> Result<()> {
+        world.check_same("dataset", &self.data.fingerprint())?;
+        let config = serde_json::to_string(self.config()).expect("serialises");
+        world.check_same("configuration", &config)?;
+        world.check_same("parameters and progress", &self.fingerprint())?;
+        self.world = world;
+        Ok(())
+    }
+
+    /// The ranks training together ([`Trainer::distribute`]; one process by default).
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// A checksum of the parameters, the best ones, the Adam states and the progress.
+    fn fingerprint(&self) -> String {
+        let mut h = crc32fast::Hasher::new();
+        for p in [&self.params, &self.best] {
+            for (name, t) in p.tensors() {
+                h.update(name.as_bytes());
+                t.iter().for_each(|v| h.update(&v.to_le_bytes()));
+            }
+        }
+        for st in &self.adam_states {
+            h.update(&st.t.to_le_bytes());
+            for m in [st.m(), st.v()] {
+                m.iter().for_each(|v| h.update(&v.to_le_bytes()));
+            }
+        }
+        h.update(
+            serde_json::to_string(&self.state)
+                .expect("serialises")
+                .as_bytes(),
+        );
+        format!("{:08x}", h.finalize())
     }
 
     /// The model.
@@ -361,16 +440,8 @@ impl<'d> Trainer<'d> {
             .collect();
         let total = batches.len();
         // the parameters and their Adam states stay on the backend for the epoch; the losses are read at its end
-        let losses = self.model.train_pass(TrainPass {
-            params: &mut self.params,
-            states: &mut self.adam_states,
-            adam: &adam,
-            batches: &batches,
-            profile: &mut self.profile,
-            on_batch: &mut on_batch,
-        });
         // a non-finite value mid-training is divergence more often than bad data: say what to change
-        let losses = losses.map_err(|e| match e {
+        let explain = |e: Error| match e {
             Error::NonFinite {
                 op,
                 what,
@@ -386,23 +457,34 @@ impl<'d> Trainer<'d> {
                 value,
             },
             e => e,
+        };
+        let losses = self.model.train_pass(TrainPass {
+            params: &mut self.params,
+            states: &mut self.adam_states,
+            adam: &adam,
+            batches: &batches,
+            profile: &mut self.profile,
+            on_batch: &mut on_batch,
+            world: &self.world,
+            explain: &explain,
         })?;
-        let mut sum = LossParts::<f64>::default();
+        // each rank holds its batches' losses: their sums are added up over the ranks
+        let mut sum = [0.0f64; 5];
         for loss in losses {
-            sum.total += f64::from(loss.total);
-            sum.bpr += f64::from(loss.bpr);
-            sum.cl += f64::from(loss.cl);
-            sum.ot += f64::from(loss.ot);
-            sum.content += f64::from(loss.content);
+            let parts = [loss.total, loss.bpr, loss.cl, loss.ot, loss.content];
+            for (s, v) in sum.iter_mut().zip(parts) {
+                *s += f64::from(v);
+            }
         }
+        self.world.sum(&mut sum)?;
         let n = total.max(1) as f64;
         let mut log = EpochLog {
             epoch,
-            loss: sum.total / n,
-            bpr: sum.bpr / n,
-            cl: sum.cl / n,
-            ot: sum.ot / n,
-            content: sum.content / n,
+            loss: sum[0] / n,
+            bpr: sum[1] / n,
+            cl: sum[2] / n,
+            ot: sum[3] / n,
+            content: sum[4] / n,
             train_seconds: started.elapsed().as_secs_f64(),
             valid: None,
             eval_seconds: 0.0,
@@ -413,7 +495,8 @@ impl<'d> Trainer<'d> {
         // one evaluation-mode pass gives the trusts (refitted every epoch) and the validation ranking
         let t = Instant::now();
         let vectors = if evaluate || cfg.cl_modality_trust {
-            let (users, items, trust) = self.model.vectors_and_trust(&self.params, 1.0)?;
+            let vt = self.model.vectors_and_trust(&self.params, 1.0);
+            let (users, items, trust) = self.world.agree(vt)?;
             if cfg.cl_modality_trust {
                 let trust: Vec<f64> = trust.iter().map(|&t| f64::from(t)).collect();
                 self.model.set_modality_trust(&trust)?;
@@ -503,7 +586,8 @@ impl<'d> Trainer<'d> {
     /// # Errors
     /// The forward pass's and the evaluation's errors.
     pub fn validate(&self) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
-        let (users, items) = self.model.embeddings_with_cold_scale(&self.params, 1.0)?;
+        let vectors = self.model.embeddings_with_cold_scale(&self.params, 1.0);
+        let (users, items) = self.world.agree(vectors)?;
         self.validate_vectors(users, items)
     }
 
@@ -535,19 +619,23 @@ impl<'d> Trainer<'d> {
         } else {
             &COLD_SCALES[..1]
         };
+        let world = &self.world;
+        let vectors = (users.view(), items.view());
         if !self.model.content_on() || !self.new_items_in_validation() {
-            let m = evaluate_split(self.data, users.view(), items.view(), Split::Valid, par)?;
+            let m = split_scales_in(world, self.data, vectors, Split::Valid, &[], &[1.0], par)?
+                .remove(0);
             // no new item to validate the scale on: the probe items stand in for them, scored through
             // their content vectors, when validation holds some of their interactions
             let probe_held_out = || self.data.valid.iter().any(|p| self.model.is_probe[p.1]);
             if !(grid && self.model.content_on() && probe_held_out()) {
                 return Ok((selecting(&m), 1.0, Vec::new()));
             }
-            let (pu, pi) = self.model.embeddings_probe_as_new(&self.params, 1.0)?;
-            let all = evaluate_split_scales_as_new(
+            let probe = self.model.embeddings_probe_as_new(&self.params, 1.0);
+            let (pu, pi) = world.agree(probe)?;
+            let all = split_scales_in(
+                world,
                 self.data,
-                pu.view(),
-                pi.view(),
+                (pu.view(), pi.view()),
                 Split::Valid,
                 self.model.probe_items(),
                 scales,
@@ -556,14 +644,7 @@ impl<'d> Trainer<'d> {
             let (scale, trials) = self.choose_scale(scales, &all, true);
             return Ok((selecting(&m), scale, trials));
         }
-        let all = evaluate_split_scales(
-            self.data,
-            users.view(),
-            items.view(),
-            Split::Valid,
-            scales,
-            par,
-        )?;
+        let all = split_scales_in(world, self.data, vectors, Split::Valid, &[], scales, par)?;
         let (scale, trials) = self.choose_scale(scales, &all, false);
         // COLD_SCALES[0] is 0: the backbone alone selects the epoch
         Ok((selecting(&all[0]), scale, trials))
@@ -636,8 +717,9 @@ impl<'d> Trainer<'d> {
     /// # Errors
     /// The model's forward errors, and those of [`crate::eval::evaluate_grouped`].
     pub fn evaluate(&self, split: Split) -> Result<Metrics> {
-        let (users, items) = self.embeddings()?;
+        let (users, items) = self.world.agree(self.embeddings())?;
         let par = self.model.backend().par();
-        evaluate_split(self.data, users.view(), items.view(), split, par)
+        let vectors = (users.view(), items.view());
+        Ok(split_scales_in(&self.world, self.data, vectors, split, &[], &[1.0], par)?.remove(0))
     }
 }

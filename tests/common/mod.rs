@@ -2,7 +2,10 @@
 // each test file uses some of them
 #![allow(dead_code)]
 
+use ndarray::Array2;
 use recgoat_core::attention::{GatConfig, Scoring};
+use recgoat_core::data::Dataset;
+use recgoat_core::testing;
 
 /// The graph attention configurations every GAT test runs: both scorings, concatenated and averaged heads,
 /// residual (projection and identity), no bias, slope 0, and the head shapes that take specialised kernels
@@ -127,4 +130,27 @@ pub fn tiny() -> recgoat_core::data::Dataset {
         vec![("a".into(), f1), ("b".into(), f2)],
     )
     .unwrap()
+}
+
+/// 60 users in 3 taste groups over `3 * per_group` items; each user has 6 training, 1 valid and 1 test item
+/// from their group. A model that learns anything ranks group items first.
+pub fn clustered_groups(per_group: usize) -> Dataset {
+    let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for u in 0..60 {
+        let g = u % 3;
+        let items: Vec<usize> = (0..8)
+            .map(|k| g * per_group + (u / 3 + 3 * k) % per_group)
+            .collect();
+        train.extend(items[..6].iter().map(|&i| (u, i)));
+        valid.push((u, items[6]));
+        test.push((u, items[7]));
+    }
+    let mut rng = testing::rng(9);
+    // a feature that knows the groups, plus noise
+    let feat = Array2::from_shape_fn((3 * per_group, 6), |(i, j)| {
+        let signal = if j == i / per_group { 2.0 } else { 0.0 };
+        signal + 0.3 * testing::randn::<f64, _, _>(&mut rng, (1, 1))[[0, 0]]
+    })
+    .mapv(|v| v as f32);
+    Dataset::new("clustered", train, valid, test, vec![("f".into(), feat)]).unwrap()
 }
