@@ -12,15 +12,10 @@ import warnings
 
 import numpy as np
 import ot
-from timing import median_time
+from timing import median_time, sinkhorn_problem
 
 n, d = 2000, 64
-rng = np.random.default_rng(2000)
-x = rng.standard_normal((n, d)).astype(np.float32)
-y = rng.standard_normal((n, d)).astype(np.float32)
-C = ot.dist(x, y).astype(np.float32)
-a = np.full(n, 1.0 / n, dtype=np.float32)
-eps = float(0.01 * C.mean())
+C, a, eps = sinkhorn_problem(n, d)
 
 
 def log_iters(k):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import recgoat
-from timing import median_time
+from timing import median_time, sinkhorn_problem
 
 THREADS = 2
 torch.set_num_threads(THREADS)
@@ -41,13 +41,7 @@ row("call overhead: 2 x 2 InfoNCE with gradients (us)", tiny, "numpy.add 2 x 2",
 row("call overhead: 2 x 2 InfoNCE with gradients (us)", tiny, "torch.add 2 x 2", torch_add, "us")
 
 # Sinkhorn, log domain, per iteration
-n, d = 2000, 64
-rng = np.random.default_rng(2000)
-x = rng.standard_normal((n, d)).astype(np.float32)
-y = rng.standard_normal((n, d)).astype(np.float32)
-C = ot.dist(x, y).astype(np.float32)
-a = np.full(n, 1.0 / n, dtype=np.float32)
-eps = float(0.01 * C.mean())
+C, a, eps = sinkhorn_problem()
 
 
 def ours(k):

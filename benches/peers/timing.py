@@ -16,6 +16,21 @@ def median_time(fn, reps=20, warmup=3):
     return statistics.median(ts)
 
 
+def sinkhorn_problem(n=2000, d=64):
+    """The Sinkhorn benchmark problem of benches/transport.rs: float32 squared Euclidean costs between two
+    standard normal clouds of `n` points in `d` dimensions (seed 2000), uniform weights, eps = 0.01 x mean
+    cost. Returns (C, a, eps)."""
+    import numpy as np
+    import ot
+
+    rng = np.random.default_rng(2000)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    y = rng.standard_normal((n, d)).astype(np.float32)
+    C = ot.dist(x, y).astype(np.float32)
+    a = np.full(n, 1.0 / n, dtype=np.float32)
+    return C, a, float(0.01 * C.mean())
+
+
 def baby_pairs():
     """The unique (user, item) pairs of the bundled Baby training split, sorted, as an int64 array."""
     import numpy as np

@@ -2,7 +2,7 @@
 //! (CSR, kNN, LightGCN propagation) and graph attention, each with its gradient.
 
 use crate::{arr1, arr2, by_dtype, py_err, value_error};
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView2};
 use num_traits::{FromPrimitive, One, ToPrimitive};
 use numpy::{Element, IntoPyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
@@ -321,6 +321,20 @@ impl PyGraph {
             g32: OnceLock::new(),
         }
     }
+
+    /// `op(graph, x)` on the graph of `F`, the GIL released.
+    fn apply<'py, F: OfGraph>(
+        &self,
+        py: Python<'py>,
+        (name, x): (&str, &Bound<'py, PyAny>),
+        threads: usize,
+        op: impl FnOnce(&CsrGraph<F>, ArrayView2<'_, F>, Par) -> recgoat_core::Result<Array2<F>> + Send,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = arr2::<F>(name, x)?;
+        let (g, xv) = (F::of(self), x.as_array());
+        let y = py.detach(move || op(g, xv, par(threads))).map_err(py_err)?;
+        Ok(y.into_pyarray(py).into_any())
+    }
 }
 
 /// Integer ids of a numpy array (any integer dtype), as `usize`.
@@ -452,12 +466,7 @@ impl PyGraph {
         x: &Bound<'py, PyAny>,
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        by_dtype!("x", x, |F| {
-            let x = arr2::<F>("x", x)?;
-            let (g, xv) = (<F as OfGraph>::of(self), x.as_array());
-            let y = py.detach(|| spmm(g, xv, par(threads))).map_err(py_err)?;
-            Ok(y.into_pyarray(py).into_any())
-        })
+        by_dtype!("x", x, |F| self.apply::<F>(py, ("x", x), threads, spmm))
     }
 
     /// LightGCN's output: the mean of `e0` and its `layers` propagations over this (normalised) graph.
@@ -470,10 +479,8 @@ impl PyGraph {
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         by_dtype!("e0", e0, |F| {
-            let e0 = arr2::<F>("e0", e0)?;
-            let (g, v) = (<F as OfGraph>::of(self), e0.as_array());
-            let y = (py.detach(|| lightgcn_forward(g, v, layers, par(threads)))).map_err(py_err)?;
-            Ok(y.into_pyarray(py).into_any())
+            let op = |g: &CsrGraph<F>, v: ArrayView2<'_, F>, p| lightgcn_forward(g, v, layers, p);
+            self.apply::<F>(py, ("e0", e0), threads, op)
         })
     }
 
@@ -487,11 +494,8 @@ impl PyGraph {
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         by_dtype!("grad_out", grad_out, |F| {
-            let g_out = arr2::<F>("grad_out", grad_out)?;
-            let (g, v) = (<F as OfGraph>::of(self), g_out.as_array());
-            let y =
-                (py.detach(|| lightgcn_backward(g, v, layers, par(threads)))).map_err(py_err)?;
-            Ok(y.into_pyarray(py).into_any())
+            let op = |g: &CsrGraph<F>, v: ArrayView2<'_, F>, p| lightgcn_backward(g, v, layers, p);
+            self.apply::<F>(py, ("grad_out", grad_out), threads, op)
         })
     }
 
