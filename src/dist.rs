@@ -41,11 +41,11 @@ pub struct World {
 
 /// The process count a launcher announces in the environment (Open MPI, MPICH / Hydra and PMI-based
 /// launchers such as Slurm's), with the variable that said it; `None` when not launched by one.
-fn launched_size() -> Option<(usize, &'static str)> {
+fn launched_size(get: impl Fn(&str) -> Option<String>) -> Option<(usize, &'static str)> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
         .into_iter()
         .find_map(|var| {
-            let v = std::env::var(var).ok()?;
+            let v = get(var)?;
             Some((v.trim().parse().unwrap_or(0), var))
         })
 }
@@ -70,13 +70,18 @@ impl World {
     /// its `mpi` feature (each would train alone and write the same files), or when MPI cannot be
     /// initialised (it was finalised already in this process).
     pub fn from_env() -> Result<World> {
-        let Some((size, var)) = launched_size() else {
+        World::from_launch(|var| std::env::var(var).ok())
+    }
+
+    /// [`World::from_env`] with the environment read through `get`.
+    fn from_launch(get: impl Fn(&str) -> Option<String>) -> Result<World> {
+        let Some((size, var)) = launched_size(get) else {
             return Ok(World::single());
         };
         #[cfg(feature = "mpi")]
         {
-            let _ = (size, var);
-            mpi_world::join()
+            let _ = var;
+            mpi_world::join(size)
         }
         #[cfg(not(feature = "mpi"))]
         {
@@ -275,14 +280,19 @@ mod mpi_world {
         SimpleCommunicator::world()
     }
 
-    pub(super) fn join() -> Result<World> {
+    /// Joins MPI's world; `launched` is the process count the launcher announced (for messages).
+    pub(super) fn join(launched: usize) -> Result<World> {
         let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
         let hold = match held.as_ref().and_then(Weak::upgrade) {
             Some(h) => h,
             None => {
+                let rank = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
+                    .into_iter()
+                    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+                    .unwrap_or(0);
                 let failed = |why: &str| Error::Distributed {
-                    rank: 0,
-                    size: 0,
+                    rank,
+                    size: launched,
                     reason: format!("MPI could not be initialised: {why}"),
                 };
                 if mpi::environment::is_finalized() {
@@ -372,6 +382,19 @@ mod tests {
         w.sum(&mut b).unwrap();
         assert_eq!(b, [1.0, 2.0]);
         w.check_same("data", "abc").unwrap();
+    }
+
+    #[test]
+    #[cfg(not(feature = "mpi"))]
+    fn several_processes_without_the_mpi_feature_are_refused() {
+        let env =
+            |size: &'static str| move |var: &str| (var == "PMI_SIZE").then(|| size.to_string());
+        let e = World::from_launch(env("2")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("one of 2 processes (PMI_SIZE)") && msg.contains("--features mpi"));
+        // one process, or no launcher: this process alone
+        assert_eq!(World::from_launch(env("1")).unwrap().size(), 1);
+        assert_eq!(World::from_launch(|_| None).unwrap().size(), 1);
     }
 
     #[test]
