@@ -15,6 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A validated dataset: training, validation and test interactions and item features.
+/// `Dataset.load(folder or CSV file, features=None)`, or `Dataset.from_arrays(train, valid, test,
+/// features=None)` with N x 2 integer arrays of (user, item).
+///
+/// >>> import numpy as np, recgoat
+/// >>> pairs = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 2], [2, 0]])
+/// >>> data = recgoat.Dataset.from_arrays(pairs, np.array([[0, 2]]), np.array([[1, 0]]))
+/// >>> data.n_users, data.n_items
+/// (3, 3)
 #[pyclass(name = "Dataset", module = "recgoat", frozen)]
 pub(crate) struct PyDataset {
     data: Arc<Dataset>,
@@ -241,6 +249,16 @@ self_cell!(
 );
 
 /// Trains a model: Adam with early stopping on validation Recall@20, checkpoints.
+/// `Trainer(dataset, preset="recgoat", threads=0, **settings)`: the preset "recgoat", "paper",
+/// "official_code" or "lightgcn", any configuration field as a keyword.
+///
+/// >>> import numpy as np, recgoat
+/// >>> pairs = np.array([[u, (u + k) % 6] for u in range(6) for k in range(3)])
+/// >>> data = recgoat.Dataset.from_arrays(pairs, np.array([[0, 3]]), np.array([[1, 4]]))
+/// >>> t = recgoat.Trainer(data, "lightgcn", embedding_dim=8, epochs=2, batch_size=8)
+/// >>> t.fit(progress=False)
+/// >>> t.state["epoch"], sorted(t.evaluate("test"))[:2]
+/// (2, ['hit@10', 'hit@20'])
 #[pyclass(name = "Trainer", module = "recgoat", unsendable)]
 pub(crate) struct PyTrainer {
     cell: TrainerCell,
@@ -435,7 +453,18 @@ impl PyTrainer {
 }
 
 /// Serves a trained model: top-k items, scores, similar items, new items from their features and new users
-/// from an item history.
+/// from an item history. `Recommender.load(path)` or `trainer.recommender()`.
+///
+/// >>> import numpy as np, recgoat
+/// >>> pairs = np.array([[u, (u + k) % 6] for u in range(6) for k in range(3)])
+/// >>> data = recgoat.Dataset.from_arrays(pairs, np.array([[0, 3]]), np.array([[1, 4]]))
+/// >>> t = recgoat.Trainer(data, "lightgcn", embedding_dim=8, epochs=1, batch_size=8)
+/// >>> t.fit(progress=False)
+/// >>> rec = t.recommender()
+/// >>> [len(r) for r in rec.recommend([0, 1], k=2)]
+/// [2, 2]
+/// >>> len(rec.recommend_history([0, 1], k=3))  # a new user
+/// 3
 #[pyclass(name = "Recommender", module = "recgoat", unsendable)]
 pub(crate) struct PyRecommender {
     rec: Recommender,

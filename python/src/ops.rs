@@ -87,7 +87,22 @@ fn put<'py, A: IntoPyArray>(d: &Bound<'py, PyDict>, key: &str, x: A) -> PyResult
     d.set_item(key, x.into_pyarray(d.py()))
 }
 
-/// Entropic optimal transport between the weights `a` and `b` (see the stub for the arguments).
+/// Entropic optimal transport between the weights `a` (n) and `b` (m).
+///
+/// The cost is `cost` (n x m), or the squared Euclidean distance between the point clouds `x` (n x d) and
+/// `y` (m x d) computed on the fly. `eps` is the regularisation: absolute, or with `eps_scale` ("mean",
+/// "median", "max") a factor of that statistic of the cost. `domain` is "log" or "scaling"; `reg_m_a` /
+/// `reg_m_b` relax a marginal to a KL penalty of that strength (unbalanced). Stops at a marginal error
+/// (L1) of `tol` or after `max_iter` iterations. Returns a dict: `f`, `g`, `plan`, `transport_cost`,
+/// `value`, `eps`, `marginal_error`, `iterations`, `converged`, and the value's gradients `grad_a`,
+/// `grad_b` (and `grad_x`, `grad_y` for point clouds).
+///
+/// >>> import numpy as np, recgoat
+/// >>> c = np.array([[0.0, 1.0], [1.0, 0.0]])
+/// >>> w = np.array([0.5, 0.5])
+/// >>> out = recgoat.sinkhorn(w, w, c, eps=0.05, tol=1e-9)
+/// >>> bool(out["converged"]), round(float(out["plan"][0, 0]), 6)
+/// (True, 0.5)
 #[pyfunction]
 #[pyo3(signature = (a, b, cost=None, *, x=None, y=None, eps=0.05, eps_scale=None, domain="log", tol=1e-6,
     max_iter=1000, reg_m_a=None, reg_m_b=None, return_plan=true, threads=0))]
@@ -180,7 +195,16 @@ fn sinkhorn<'py>(
     })
 }
 
-/// The debiased Sinkhorn divergence between two weighted point clouds, with its gradients.
+/// The debiased Sinkhorn divergence `OT(x, y) - (OT(x, x) + OT(y, y)) / 2` between weighted point clouds
+/// (uniform weights by default; squared Euclidean cost), with its gradients `grad_x`, `grad_y`, `grad_a`,
+/// `grad_b`. Zero when the clouds coincide.
+///
+/// >>> import numpy as np, recgoat
+/// >>> x = np.array([[0.0, 0.0], [1.0, 0.0]])
+/// >>> abs(recgoat.sinkhorn_divergence(x, x, eps=0.1, tol=1e-10)["value"]) < 1e-9
+/// True
+/// >>> recgoat.sinkhorn_divergence(x, x + 0.5, eps=0.1)["value"] > 0.1
+/// True
 #[pyfunction]
 #[pyo3(signature = (x, y, a=None, b=None, *, eps=0.05, eps_scale=None, tol=1e-6, max_iter=1000, threads=0))]
 #[allow(clippy::too_many_arguments)]
@@ -224,7 +248,17 @@ fn sinkhorn_divergence<'py>(
     })
 }
 
-/// InfoNCE over two views with its gradients.
+/// InfoNCE over two views of B pairs (B x d each; row b of each is a positive pair, the other rows and
+/// `negatives` (K x d) the negatives), with its gradients `grad_v1`, `grad_v2` (and `grad_negatives`).
+/// `normalize` uses cosine similarities; `symmetric` averages both directions; `weights` (B, >= 0) weigh
+/// the pairs; `reduction` is "mean" or "sum".
+///
+/// >>> import numpy as np, recgoat
+/// >>> out = recgoat.info_nce(np.eye(2), np.eye(2), temperature=0.2)
+/// >>> round(out["loss"], 6)  # -log(e^5 / (e^5 + 1))
+/// 0.006715
+/// >>> out["grad_v1"].shape
+/// (2, 2)
 #[pyfunction]
 #[pyo3(signature = (v1, v2, *, temperature=0.2, normalize=true, symmetric=false, negatives=None,
     weights=None, reduction="mean", threads=0))]
@@ -282,7 +316,18 @@ fn info_nce<'py>(
     })
 }
 
-/// A sparse graph in CSR form (float64 edge weights, and a float32 twin made when a float32 op needs it).
+/// A sparse graph (or matrix) in CSR form: float64 edge weights, and a float32 twin made when a float32 op
+/// needs it. `Graph(indptr, indices, weights=None, shape=(n_rows, n_cols))`, `Graph.from_edges(edges,
+/// weights=None, shape=...)`, or `recgoat.graph_from_scipy(matrix)`.
+///
+/// >>> import numpy as np, recgoat
+/// >>> g = recgoat.Graph.from_edges(np.array([[0, 1], [1, 0], [1, 2], [2, 1]]), shape=(3, 3))
+/// >>> g
+/// Graph(3 x 3, 4 edges, unweighted)
+/// >>> a = g.sym_normalized()
+/// >>> e = a.lightgcn_forward(np.eye(3), 2)  # the mean of e0, A e0 and A^2 e0
+/// >>> bool(np.allclose(e, (np.eye(3) + a.to_dense() + a.to_dense() @ a.to_dense()) / 3))
+/// True
 #[pyclass(name = "Graph", module = "recgoat", frozen)]
 pub(crate) struct PyGraph {
     g64: CsrGraph<f64>,
@@ -510,7 +555,16 @@ impl PyGraph {
     }
 }
 
-/// The cosine k-nearest-neighbour graph of the rows of `features` (exact, or approximate through HNSW).
+/// The cosine k-nearest-neighbour graph of the rows of `features`: an unweighted edge from each row to its
+/// `k` most similar other rows, exact (`method="exact"`) or approximate through HNSW ("hnsw",
+/// `ef_construction`, `ef_search` and `seed` tune it); `symmetric` adds the reverse edges, `self_loops`
+/// one per row.
+///
+/// >>> import numpy as np, recgoat
+/// >>> x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+/// >>> g = recgoat.knn_graph(x, 1)
+/// >>> g.indices.tolist()
+/// [1, 0, 3, 2]
 #[pyfunction]
 #[pyo3(signature = (features, k, *, method="exact", symmetric=false, self_loops=false,
     ef_construction=None, ef_search=None, seed=None, threads=0))]
@@ -622,7 +676,20 @@ fn gat_layer<'py, F: Real + Element>(
     Ok((layer, params, x))
 }
 
-/// Graph attention (GATConv or GATv2) forward, and with `grad_out` its backward pass.
+/// Graph attention over `graph` (row i attends over its columns): GATConv (`scoring="gat"`, with `a_dst`)
+/// or GATv2 (`"gatv2"`, `a_dst` None). `x` is N x F_in, `w` F_in x (heads C), `a_src` / `a_dst` heads x C;
+/// `concat` concatenates the heads (else averages them); `bias` (the output width); `residual` (through
+/// `w_res` when the widths differ). Returns `out`, and with `grad_out` (the output's gradient)
+/// `grad_x`, `grad_w`, `grad_a_src` (and `grad_a_dst`, `grad_bias`, `grad_w_res`).
+///
+/// >>> import numpy as np, recgoat
+/// >>> g = recgoat.Graph.from_edges(np.array([[0, 1], [1, 0]]), shape=(2, 2))
+/// >>> rng = np.random.default_rng(0)
+/// >>> x, w = rng.normal(size=(2, 3)), rng.normal(size=(3, 4))
+/// >>> a_src, a_dst = rng.normal(size=(2, 2)), rng.normal(size=(2, 2))
+/// >>> out = recgoat.gat(g, x, w, a_src, a_dst, heads=2, grad_out=np.ones((2, 4)))
+/// >>> out["out"].shape, out["grad_w"].shape
+/// ((2, 4), (3, 4))
 #[pyfunction]
 #[pyo3(signature = (graph, x, w, a_src, a_dst=None, *, heads, bias=None, residual=false, w_res=None,
     concat=true, scoring="gat", negative_slope=0.2, add_self_loops=true, grad_out=None, threads=0))]
@@ -688,8 +755,19 @@ fn gat<'py>(
     })
 }
 
-/// RecGOAT's optimal adaptive transport `aligned = M (d T + Delta)`, and with `grad_out` or `grad_value`
-/// its backward pass.
+/// RecGOAT's optimal adaptive transport (OAT): aligns a modality embedding `m` (I x d) to the collaborative
+/// one `z` (I x d) through a plan `T` between their dimensions (cost `cost_scale * mean_i (m_ia - z_ib)^2`,
+/// entropic, uniform marginals) and a correction `delta` (d x d): `aligned = m (d T + delta)`
+/// (`barycentric`; else `m (T + delta)`). Returns `aligned`, `plan`, `cost` and the OT `value`; with
+/// `grad_out` (a loss's gradient with respect to `aligned`) or `grad_value` (the OT value's weight in it)
+/// also `grad_m`, `grad_z` and `grad_delta`, through the plan by implicit differentiation ("implicit"), as
+/// a constant ("detached"), or through `unrolled_iters` iterations ("unrolled").
+///
+/// >>> import numpy as np, recgoat
+/// >>> m = np.random.default_rng(0).normal(size=(8, 3))
+/// >>> out = recgoat.adaptive_transport(m, m, np.zeros((3, 3)))
+/// >>> bool(np.allclose(out["plan"].sum(axis=1), 1 / 3))  # each dimension's mass
+/// True
 #[pyfunction]
 #[pyo3(signature = (m, z, delta, *, cost_scale=100.0, eps=0.05, eps_scale=Some("mean"), tol=1e-5,
     max_iter=500, barycentric=true, gradient="implicit", unrolled_iters=20, grad_out=None, grad_value=0.0))]

@@ -269,3 +269,22 @@ def test_the_gil_is_released_while_an_op_computes():
     took = time.perf_counter() - start
     assert took > 0.2, f"the op took {took:.3f} s: too short to tell"
     assert longest < took / 3, f"this thread stalled {longest:.3f} s of the op's {took:.3f} s"
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    import recgoat._recgoat as native
+
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    public = [n for n in dir(native) if not n.startswith("_")]
+    tests = [t for n in public for t in finder.find(getattr(native, n), n, module=False) if t.examples]
+    named = {t.name.rsplit(".", 1)[-1] for t in tests}
+    want = {"sinkhorn", "sinkhorn_divergence", "info_nce", "Graph", "knn_graph", "gat", "adaptive_transport",
+            "Dataset", "Trainer", "Recommender"}
+    assert want <= named, f"examples missing from {sorted(want - named)}"
+    for t in tests:
+        runner.run(t)
+    assert runner.failures == 0, f"{runner.failures} docstring examples failed"
+    assert runner.tries >= 30, runner.tries
