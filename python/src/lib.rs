@@ -6,7 +6,10 @@
 //! raised as `ValueError` (bad input), `OSError` (a file) or `RuntimeError` (anything else), with the
 //! crate's message.
 
-use numpy::{Element, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{
+    Element, PyArrayDescrMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use recgoat_core::Error;
@@ -60,15 +63,19 @@ fn describe(x: &Bound<'_, PyAny>) -> String {
 
 /// The dtype of the float array `x` (named `name` in errors).
 pub(crate) fn dtype_of(name: &str, x: &Bound<'_, PyAny>) -> PyResult<Dtype> {
-    let dtype = x.getattr("dtype").ok().map(|d| d.to_string());
-    match dtype.as_deref() {
-        Some("float32") => Ok(Dtype::F32),
-        Some("float64") => Ok(Dtype::F64),
-        _ => Err(value_error(format!(
-            "{name}: expected a float32 or float64 numpy array, got {}",
-            describe(x)
-        ))),
+    if let Ok(a) = x.cast::<PyUntypedArray>() {
+        let (py, d) = (x.py(), a.dtype());
+        if d.is_equiv_to(&numpy::dtype::<f32>(py)) {
+            return Ok(Dtype::F32);
+        }
+        if d.is_equiv_to(&numpy::dtype::<f64>(py)) {
+            return Ok(Dtype::F64);
+        }
     }
+    Err(value_error(format!(
+        "{name}: expected a float32 or float64 numpy array, got {}",
+        describe(x)
+    )))
 }
 
 /// numpy's name of `F`.
