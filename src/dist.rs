@@ -328,25 +328,25 @@ mod mpi_world {
         })
     }
 
+    /// `buf` reduced element-wise over the ranks by `op`, in place.
+    fn all_reduce<T: Equivalence + Clone>(buf: &mut [T], op: SystemOperation) -> Result<()> {
+        count("World::sum", buf.len())?;
+        let send = buf.to_vec();
+        comm().all_reduce_into(&send[..], buf, op);
+        Ok(())
+    }
+
     impl World {
         pub(super) fn sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-            count("World::sum", buf.len())?;
-            let send = buf.to_vec();
-            comm().all_reduce_into(&send[..], buf, SystemOperation::sum());
-            Ok(())
+            all_reduce(buf, SystemOperation::sum())
         }
 
         pub(super) fn sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-            count("World::sum", buf.len())?;
-            let send = buf.to_vec();
-            comm().all_reduce_into(&send[..], buf, SystemOperation::sum());
-            Ok(())
+            all_reduce(buf, SystemOperation::sum())
         }
 
         pub(super) fn min_f64(&self, buf: &mut [f64]) -> Result<()> {
-            let send = buf.to_vec();
-            comm().all_reduce_into(&send[..], buf, SystemOperation::min());
-            Ok(())
+            all_reduce(buf, SystemOperation::min())
         }
 
         pub(super) fn broadcast_bytes(&self, root: usize, bytes: &mut Vec<u8>) -> Result<()> {
