@@ -46,6 +46,23 @@ fn le_bytes(t: ArrayView2<'_, f32>) -> Vec<u8> {
     t.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// A tensor of a checkpoint: name, shape and little-endian bytes.
+type OwnedTensor = (String, Vec<usize>, Vec<u8>);
+
+/// Views of `owned` for safetensors (`path` names the file in errors).
+fn tensor_views<'a>(
+    owned: &'a [OwnedTensor],
+    path: &Path,
+) -> Result<Vec<(String, TensorView<'a>)>> {
+    (owned.iter())
+        .map(|(n, s, b)| {
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ckpt_err(path, e.to_string()))
+        })
+        .collect()
+}
+
 fn changed_fields(a: &RecGoatConfig, b: &RecGoatConfig) -> Vec<String> {
     let (va, vb) = (
         serde_json::to_value(a).expect("config serialises"),
@@ -79,9 +96,29 @@ impl<'d> Trainer<'d> {
             return Ok(());
         }
         let path = path.as_ref();
+        let (owned, mut meta) = self.contents();
+        let views = tensor_views(&owned, path)?;
+        let sum = content_checksum(views.iter().cloned(), &meta);
+        meta.insert("checksum".into(), sum);
+        let bytes = safetensors::tensor::serialize(views, Some(meta))
+            .map_err(|e| ckpt_err(path, e.to_string()))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// The checksum a checkpoint of the trainer would carry: its parameters, the best ones, the Adam
+    /// states, the progress, the configuration and the dataset's fingerprint.
+    pub(super) fn checksum(&self) -> Result<String> {
+        let (owned, meta) = self.contents();
+        let views = tensor_views(&owned, Path::new("<training state>"))?;
+        Ok(content_checksum(views.into_iter(), &meta))
+    }
+
+    /// What a checkpoint holds: every tensor (name, shape, little-endian bytes) and the metadata, without
+    /// the checksum.
+    fn contents(&self) -> (Vec<OwnedTensor>, HashMap<String, String>) {
         let cur = self.params.tensors();
         let best = self.best.tensors();
-        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut owned: Vec<OwnedTensor> = Vec::new();
         for (k, (name, t)) in cur.iter().enumerate() {
             let shape = vec![t.nrows(), t.ncols()];
             owned.push((format!("param/{name}"), shape.clone(), le_bytes(t.view())));
@@ -98,17 +135,9 @@ impl<'d> Trainer<'d> {
             ));
             owned.push((format!("adam_v/{name}"), shape, le_bytes(st.v().view())));
         }
-        let views = owned
-            .iter()
-            .map(|(n, s, b)| {
-                TensorView::new(Dtype::F32, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| ckpt_err(path, e.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let (nu, ni) = self.model.shape();
         let adam_t: Vec<u64> = self.adam_states.iter().map(|s| s.t).collect();
-        let mut meta: HashMap<String, String> = [
+        let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("dataset", self.data.fingerprint()),
             (
@@ -133,11 +162,7 @@ impl<'d> Trainer<'d> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let sum = content_checksum(views.iter().cloned(), &meta);
-        meta.insert("checksum".into(), sum);
-        let bytes = safetensors::tensor::serialize(views, Some(meta))
-            .map_err(|e| ckpt_err(path, e.to_string()))?;
-        write_atomic(path, &bytes)
+        (owned, meta)
     }
 
     /// Resumes training from a checkpoint of [`Trainer::save_checkpoint`] on the same dataset: the next

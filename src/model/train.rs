@@ -297,7 +297,7 @@ impl<'d> Trainer<'d> {
         world.check_same("dataset", &self.data.fingerprint())?;
         let config = serde_json::to_string(self.config()).expect("serialises");
         world.check_same("configuration", &config)?;
-        world.check_same("parameters and progress", &self.fingerprint())?;
+        world.check_same("parameters and progress", &self.checksum()?)?;
         self.world = world;
         Ok(())
     }
@@ -305,29 +305,6 @@ impl<'d> Trainer<'d> {
     /// The ranks training together ([`Trainer::distribute`]; one process by default).
     pub fn world(&self) -> &World {
         &self.world
-    }
-
-    /// A checksum of the parameters, the best ones, the Adam states and the progress.
-    fn fingerprint(&self) -> String {
-        let mut h = crc32fast::Hasher::new();
-        for p in [&self.params, &self.best] {
-            for (name, t) in p.tensors() {
-                h.update(name.as_bytes());
-                t.iter().for_each(|v| h.update(&v.to_le_bytes()));
-            }
-        }
-        for st in &self.adam_states {
-            h.update(&st.t.to_le_bytes());
-            for m in [st.m(), st.v()] {
-                m.iter().for_each(|v| h.update(&v.to_le_bytes()));
-            }
-        }
-        h.update(
-            serde_json::to_string(&self.state)
-                .expect("serialises")
-                .as_bytes(),
-        );
-        format!("{:08x}", h.finalize())
     }
 
     /// The model.
