@@ -458,7 +458,18 @@ pub fn evaluate_split(
     split: Split,
     par: impl Into<Par>,
 ) -> Result<Metrics> {
-    let mut out = evaluate_split_scales(data, users, items, split, &[1.0], par)?;
+    split_in(&World::single(), data, (users, items), split, par.into())
+}
+
+/// [`evaluate_split`] with the users split over the ranks of `world` (collective).
+pub(crate) fn split_in(
+    world: &World,
+    data: &Dataset,
+    vectors: (ArrayView2<'_, f32>, ArrayView2<'_, f32>),
+    split: Split,
+    par: Par,
+) -> Result<Metrics> {
+    let mut out = split_scales_in(world, data, vectors, split, &[], &[1.0], par)?;
     Ok(out.remove(0))
 }
 

@@ -12,7 +12,7 @@ use crate::data::Batch;
 use crate::data::Dataset;
 use crate::dist::World;
 use crate::error::{Error, Result};
-use crate::eval::{by_user, split_scales_in, Metrics};
+use crate::eval::{by_user, split_in, split_scales_in, Metrics};
 pub use crate::eval::{Split, EVAL_KS};
 use crate::nn::{Adam, AdamState};
 use ndarray::Array2;
@@ -599,8 +599,7 @@ impl<'d> Trainer<'d> {
         let world = &self.world;
         let vectors = (users.view(), items.view());
         if !self.model.content_on() || !self.new_items_in_validation() {
-            let m = split_scales_in(world, self.data, vectors, Split::Valid, &[], &[1.0], par)?
-                .remove(0);
+            let m = split_in(world, self.data, vectors, Split::Valid, par)?;
             // no new item to validate the scale on: the probe items stand in for them, scored through
             // their content vectors, when validation holds some of their interactions
             let probe_held_out = || self.data.valid.iter().any(|p| self.model.is_probe[p.1]);
@@ -697,6 +696,6 @@ impl<'d> Trainer<'d> {
         let (users, items) = self.world.agree(self.embeddings())?;
         let par = self.model.backend().par();
         let vectors = (users.view(), items.view());
-        Ok(split_scales_in(&self.world, self.data, vectors, split, &[], &[1.0], par)?.remove(0))
+        split_in(&self.world, self.data, vectors, split, par)
     }
 }
