@@ -87,6 +87,23 @@ fn dtype_name<F>() -> &'static str {
     }
 }
 
+/// `x` as a numpy array of int64 (any integer dtype is taken; `what` says what was expected, in errors).
+pub(crate) fn int64_array<'py>(
+    name: &str,
+    x: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let arr = x.py().import("numpy")?.call_method1("asarray", (x,))?;
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    if kind != "i" && kind != "u" {
+        return Err(value_error(format!(
+            "{name}: expected {what}, got {}",
+            describe(&arr)
+        )));
+    }
+    arr.call_method1("astype", ("int64",))
+}
+
 /// `x` as a 2-D array of `F` (its dtype must be `F`'s; any strides).
 pub(crate) fn arr2<'py, F: Element>(
     name: &str,

@@ -1,13 +1,13 @@
 //! The reference model from Python: datasets, the trainer and the recommender.
 
-use crate::{py_err, value_error};
+use crate::{int64_array, py_err, value_error};
 use ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use recgoat_core::data::{read_features, read_interactions, Dataset, IdMap};
 use recgoat_core::eval::{Metrics, Split};
-use recgoat_core::model::{RecGoatConfig, Trainer};
+use recgoat_core::model::{EpochLog, RecGoatConfig, Trainer};
 use recgoat_core::recommend::Recommender;
 use recgoat_core::{Backend, Par};
 use self_cell::self_cell;
@@ -32,17 +32,15 @@ pub(crate) struct PyDataset {
 
 /// `(N, 2)` integer pairs as `(user, item)` tuples.
 fn pairs(name: &str, x: &Bound<'_, PyAny>) -> PyResult<Vec<(usize, usize)>> {
-    let np = x.py().import("numpy")?;
-    let arr = np.call_method1("asarray", (x,))?;
-    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    const WHAT: &str = "an N x 2 integer array of (user, item)";
+    let arr = int64_array(name, x, WHAT)?;
     let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
-    if (kind != "i" && kind != "u") || shape.len() != 2 || shape[1] != 2 {
+    if shape.len() != 2 || shape[1] != 2 {
         return Err(value_error(format!(
-            "{name}: expected an N x 2 integer array of (user, item), got dtype {} and shape {shape:?}",
-            arr.getattr("dtype")?
+            "{name}: expected {WHAT}, got shape {shape:?}"
         )));
     }
-    let v: PyReadonlyArray2<'_, i64> = arr.call_method1("astype", ("int64",))?.extract()?;
+    let v: PyReadonlyArray2<'_, i64> = arr.extract()?;
     (v.as_array().rows().into_iter().enumerate())
         .map(
             |(k, r)| match (usize::try_from(r[0]), usize::try_from(r[1])) {
@@ -358,10 +356,7 @@ impl PyTrainer {
 
     /// One epoch (and the validation ranking when due): its log as a dict.
     fn run_epoch<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let log = self
-            .cell
-            .with_dependent_mut(|_, t| py.detach(|| t.run_epoch(|_, _| {})))
-            .map_err(py_err)?;
+        let log = self.epoch(py)?;
         to_py(py, &log)
     }
 
@@ -372,10 +367,7 @@ impl PyTrainer {
     fn fit(&mut self, py: Python<'_>, progress: bool) -> PyResult<()> {
         let print = py.import("builtins")?.getattr("print")?;
         while !self.cell.borrow_dependent().done() {
-            let log = self
-                .cell
-                .with_dependent_mut(|_, t| py.detach(|| t.run_epoch(|_, _| {})))
-                .map_err(py_err)?;
+            let log = self.epoch(py)?;
             if progress {
                 let st = self.cell.borrow_dependent().state();
                 let valid = log
@@ -449,6 +441,15 @@ impl PyTrainer {
     #[getter]
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         to_py(py, self.cell.borrow_dependent().state())
+    }
+}
+
+impl PyTrainer {
+    /// One epoch, the GIL released.
+    fn epoch(&mut self, py: Python<'_>) -> PyResult<EpochLog> {
+        (self.cell)
+            .with_dependent_mut(|_, t| py.detach(|| t.run_epoch(|_, _| {})))
+            .map_err(py_err)
     }
 }
 

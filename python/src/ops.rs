@@ -1,7 +1,7 @@
 //! The ops on numpy arrays: entropic optimal transport (Sinkhorn, unbalanced, divergence), InfoNCE, graphs
 //! (CSR, kNN, LightGCN propagation) and graph attention, each with its gradient.
 
-use crate::{arr1, arr2, by_dtype, py_err, value_error};
+use crate::{arr1, arr2, by_dtype, int64_array, py_err, value_error};
 use ndarray::{Array1, Array2, ArrayView2};
 use num_traits::{FromPrimitive, One, ToPrimitive};
 use numpy::{Element, IntoPyArray, PyReadonlyArray1};
@@ -384,16 +384,7 @@ impl PyGraph {
 
 /// Integer ids of a numpy array (any integer dtype), as `usize`.
 fn ids(name: &str, x: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
-    let np = x.py().import("numpy")?;
-    let arr = np.call_method1("asarray", (x,))?;
-    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
-    if kind != "i" && kind != "u" {
-        return Err(value_error(format!(
-            "{name}: expected integers, got dtype {}",
-            arr.getattr("dtype")?
-        )));
-    }
-    let as64 = arr.call_method1("astype", ("int64",))?;
+    let as64 = int64_array(name, x, "integers")?;
     let v: PyReadonlyArray1<'_, i64> = as64.call_method0("ravel")?.extract()?;
     v.as_array()
         .iter()
