@@ -22,10 +22,10 @@ use recgoat_core::model::{write_atomic, RecGoatConfig, Stage, Trainer};
 use recgoat_core::{Backend, Par};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 mod common;
+use common::note;
 
 #[derive(Parser, Debug)]
 #[command(about = "Epoch time against data size, exact and grouped schedules")]
@@ -86,18 +86,6 @@ struct Run {
 /// The stages whose work is per batch; the others run once per step over the whole graphs.
 const BATCH_STAGES: [&str; 3] = ["contrastive", "bpr+reg", "sampling"];
 
-/// Whether this process reports: under `mpirun` rank 0 alone does.
-static REPORTS: AtomicBool = AtomicBool::new(true);
-
-/// `eprintln!` on the reporting process.
-macro_rules! note {
-    ($($t:tt)*) => {
-        if REPORTS.load(Ordering::Relaxed) {
-            eprintln!($($t)*)
-        }
-    };
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -126,7 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     common::rayon_threads(args.threads)?;
     let world = World::from_env()?;
-    REPORTS.store(world.is_root(), Ordering::Relaxed);
+    common::reports_from(&world);
     if args.epochs == 0 || args.factors.is_empty() || args.factors.contains(&0) {
         return Err("--epochs and every --factors value must be >= 1".into());
     }

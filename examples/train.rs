@@ -30,20 +30,10 @@ use recgoat_core::recommend::Recommender;
 use recgoat_core::{Backend, Error, Par};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// Whether this process prints: under `mpirun` rank 0 alone does.
-static PRINTS: AtomicBool = AtomicBool::new(true);
-
-/// `println!` on the printing process.
-macro_rules! say {
-    ($($t:tt)*) => {
-        if PRINTS.load(Ordering::Relaxed) {
-            println!($($t)*)
-        }
-    };
-}
+mod common;
+use common::say;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BackendArg {
@@ -847,6 +837,6 @@ fn run(world: &World) -> Result<(), Error> {
 fn main() {
     // under `mpirun -np P` (built with `--features mpi`) the P processes train together
     let world = World::single().exit_on_error(World::from_env());
-    PRINTS.store(world.is_root(), Ordering::Relaxed);
+    common::reports_from(&world);
     world.exit_on_error(run(&world));
 }
