@@ -463,7 +463,8 @@ impl Dataset {
                 h.update(&(x.ncols() as u64).to_le_bytes());
                 for r in x.rows() {
                     row.clear();
-                    row.extend(r.iter().flat_map(|v| v.to_le_bytes()));
+                    r.iter()
+                        .for_each(|v| row.extend_from_slice(&v.to_le_bytes()));
                     h.update(&row);
                 }
             }

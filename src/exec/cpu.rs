@@ -356,8 +356,21 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         nn::gather(table.view(), s)
     }
     fn scatter_add(&self, s: &Vec<usize>, g: &Array2<F>, acc: &mut Array2<F>) -> Result<()> {
-        for (&id, r) in s.iter().zip(g.rows()) {
-            acc.row_mut(id).scaled_add(F::one(), &r);
+        let w = acc.ncols();
+        match (g.as_slice(), acc.as_slice_mut()) {
+            // contiguous rows: one plain loop per row, which the compiler vectorises
+            (Some(gs), Some(a)) if g.ncols() == w => {
+                for (&id, src) in s.iter().zip(gs.chunks_exact(w.max(1))) {
+                    for (d, &v) in a[id * w..(id + 1) * w].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
+            }
+            _ => {
+                for (&id, r) in s.iter().zip(g.rows()) {
+                    acc.row_mut(id).scaled_add(F::one(), &r);
+                }
+            }
         }
         Ok(())
     }

@@ -48,6 +48,8 @@ pub struct CsrGraph<F> {
     transposed: OnceLock<Box<Transposed<F>>>,
     /// Columns no edge reads (built on first use).
     unreferenced: OnceLock<Vec<u32>>,
+    /// [`CsrGraph::structure_fingerprint`] (hashed on first use).
+    fingerprint: OnceLock<u64>,
 }
 
 /// The transposed graph with, for each of its entries, the id of the original edge.
@@ -176,6 +178,7 @@ impl<F: Real> CsrGraph<F> {
             weights,
             transposed: OnceLock::new(),
             unreferenced: OnceLock::new(),
+            fingerprint: OnceLock::new(),
         })
     }
 
@@ -346,19 +349,23 @@ impl<F: Real> CsrGraph<F> {
             weights,
             transposed: OnceLock::new(),
             unreferenced: OnceLock::new(),
+            fingerprint: OnceLock::new(),
         };
         Transposed { graph, edge_ids }
     }
 
     /// A hash of the structure (sizes, offsets, indices; not the weights), to check that two calls see the
     /// same graph.
+    /// Hashed once per graph (the graph is immutable), so layers can check it on every call.
     pub fn structure_fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (self.n_rows, self.n_cols).hash(&mut h);
-        self.indptr.hash(&mut h);
-        self.indices.hash(&mut h);
-        h.finish()
+        *self.fingerprint.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (self.n_rows, self.n_cols).hash(&mut h);
+            self.indptr.hash(&mut h);
+            self.indices.hash(&mut h);
+            h.finish()
+        })
     }
 
     /// Whether every node `i < min(n_rows, n_cols)` has the edge `i -> i`.
@@ -421,6 +428,7 @@ impl<F: Real> CsrGraph<F> {
             weights,
             transposed: OnceLock::new(),
             unreferenced: OnceLock::new(),
+            fingerprint: OnceLock::new(),
         })
     }
 
@@ -466,6 +474,7 @@ impl<F: Real> CsrGraph<F> {
             weights: Some(w),
             transposed: OnceLock::new(),
             unreferenced: OnceLock::new(),
+            fingerprint: OnceLock::new(),
         })
     }
 

@@ -139,7 +139,7 @@ impl<'d> Trainer<'d> {
         let adam_t: Vec<u64> = self.adam_states.iter().map(|s| s.t).collect();
         let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
-            ("dataset", self.data.fingerprint()),
+            ("dataset", self.data_fingerprint().to_string()),
             (
                 "config",
                 serde_json::to_string(self.model.config()).expect("serialises"),
@@ -397,7 +397,7 @@ impl<'d> Trainer<'d> {
         write_npy_atomic(dir.join("users.npy"), &users)?;
         write_npy_atomic(dir.join("items.npy"), &items)?;
         let about = serde_json::json!({"format": "recgoat-core/embeddings-v1", "users": users.dim(),
-            "items": items.dim(), "score": "dot product", "dataset": self.data.fingerprint()});
+            "items": items.dim(), "score": "dot product", "dataset": self.data_fingerprint()});
         write_atomic(dir.join("embeddings.json"), about.to_string().as_bytes())
     }
 }

@@ -190,6 +190,9 @@ pub struct Trainer<'d> {
     world: World,
     /// What [`Trainer::new`] changed in the configuration ([`Trainer::schedule_note`]).
     schedule_note: Option<String>,
+    /// [`Dataset::fingerprint`], hashed once: every checkpoint carries it, and the dataset is borrowed
+    /// unchanged for the trainer's life.
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -264,7 +267,13 @@ impl<'d> Trainer<'d> {
             profile: Profile::default(),
             world: World::single(),
             schedule_note: None,
+            fingerprint: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The dataset's fingerprint, computed on first use.
+    pub(crate) fn data_fingerprint(&self) -> &str {
+        self.fingerprint.get_or_init(|| self.data.fingerprint())
     }
 
     /// Trains with the ranks of `world` from now on: data-parallel training (see [`crate::dist`]). Each
@@ -294,7 +303,7 @@ impl<'d> Trainer<'d> {
     /// # Ok::<(), recgoat_core::Error>(())
     /// ```
     pub fn distribute(&mut self, world: World) -> Result<()> {
-        world.check_same("dataset", &self.data.fingerprint())?;
+        world.check_same("dataset", self.data_fingerprint())?;
         let config = serde_json::to_string(self.config()).expect("serialises");
         world.check_same("configuration", &config)?;
         world.check_same("parameters and progress", &self.checksum()?)?;
