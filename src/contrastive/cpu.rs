@@ -13,12 +13,20 @@ pub(super) struct DirectionGrads<F> {
 
 /// Loss `sum_b c_b (LSE_b - s_bb)` for anchors `a`, positives `p` (row b is b's positive, every other row a
 /// negative) and extra negatives `n`, with `s = a p^T / tau`, and its gradients.
+///
+/// Each block of rows makes one pass over its logits: they become `E = exp(s - m)` in place (`m` the row's
+/// maximum, or `shift` when the caller knows a bound on every logit, see [`fixed_shift`]) with their row
+/// sums `z`. The softmax's scale `c_b / z_b` is not applied to the `B`-wide rows: it goes to the `d`-wide
+/// rows on either side of the two gradient GEMMs (`dL/da = (diag(c / z) E p - c p_diag) / tau`,
+/// `dL/dp = (E^T diag(c / z) a - c a_diag) / tau`), which leaves the GEMMs and one exp per logit.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn one_direction<F: Real>(
     a: ArrayView2<'_, F>,
     p: ArrayView2<'_, F>,
     n: Option<ArrayView2<'_, F>>,
     coef: ArrayView1<'_, F>,
     inv_tau: F,
+    shift: Option<F>,
     block_rows: usize,
     par: Par,
 ) -> DirectionGrads<F> {
@@ -35,6 +43,8 @@ pub(super) fn one_direction<F: Real>(
         // column-major for thin shapes) and reused, so no block pays for fresh pages
         let mut sim_buf = Array2::<F>::zeros((block_rows.min(bsz), bsz));
         let mut simn_buf = Array2::<F>::zeros((block_rows.min(bsz), k));
+        let mut scaled_buf = Array2::<F>::zeros((block_rows.min(bsz), d));
+        let mut scales = vec![F::zero(); block_rows.min(bsz)];
         for blk in blks {
             let (r0, r1) = (blk * block_rows, ((blk + 1) * block_rows).min(bsz));
             let ab = a.slice(s![r0..r1, ..]);
@@ -44,41 +54,50 @@ pub(super) fn one_direction<F: Real>(
             if let (Some(m), Some(nv)) = (simn.as_mut(), n) {
                 ndarray::linalg::general_mat_mul(inv_tau, &ab, &nv.t(), F::zero(), m);
             }
-            for (ri, b) in (r0..r1).enumerate() {
+            for ((ri, b), scale) in (r0..r1).enumerate().zip(scales.iter_mut()) {
                 let mut srow = sim.row_mut(ri);
                 let srow = srow.as_slice_mut().expect("row-major by construction");
                 let mut nrow = simn.as_mut().map(|m| m.row_mut(ri));
-                let mut nrow = nrow
+                let nrow = nrow
                     .as_mut()
                     .map(|r| r.as_slice_mut().expect("row-major by construction"));
                 let diag = srow[b];
-                let mx = nrow
-                    .as_deref()
-                    .map_or(F::neg_infinity(), F::max_of)
-                    .max(F::max_of(srow));
-                // the logits become exp(s - mx) in place: their sum gives the log-sum-exp, and scaled they
-                // are the softmax
+                let mx = shift.unwrap_or_else(|| {
+                    nrow.as_deref()
+                        .map_or(F::neg_infinity(), F::max_of)
+                        .max(F::max_of(srow))
+                });
+                // the logits become exp(s - mx) in place: their sum gives the log-sum-exp
                 let z = F::exp_shift_sum_in_place(mx, srow)
-                    + nrow
-                        .as_deref_mut()
-                        .map_or(F::zero(), |r| F::exp_shift_sum_in_place(mx, r));
+                    + nrow.map_or(F::zero(), |r| F::exp_shift_sum_in_place(mx, r));
                 let cb = coef[b];
                 loss += cb * (mx + z.ln() - diag);
-                // gradient of c_b l_b w.r.t. the logits: c_b (softmax - onehot(b))
-                let scale = cb / z;
-                srow.iter_mut().for_each(|g| *g *= scale);
-                srow[b] -= cb;
-                if let Some(r) = nrow {
-                    r.iter_mut().for_each(|g| *g *= scale);
-                }
+                // dL/dlogits of row b is c_b (E_b / z_b - onehot(b)): the scale is applied below
+                *scale = cb / z;
             }
-            // sim now holds dL/dlogits for the block; logits = a p^T / tau
+            let scales = &scales[..r1 - r0];
+            // dL/da: the unscaled products, then each row's scale and its positive's term
             let mut ga = grad_a.slice_mut(s![r0 - rows.start..r1 - rows.start, ..]);
             ndarray::linalg::general_mat_mul(inv_tau, &sim, &p, F::zero(), &mut ga);
-            ndarray::linalg::general_mat_mul(inv_tau, &sim.t(), &ab, F::one(), &mut grad_p);
-            if let (Some(gn_blk), Some(nv)) = (simn.as_ref(), n) {
-                ndarray::linalg::general_mat_mul(inv_tau, gn_blk, &nv, F::one(), &mut ga);
-                ndarray::linalg::general_mat_mul(inv_tau, &gn_blk.t(), &ab, F::one(), &mut grad_n);
+            if let (Some(e), Some(nv)) = (simn.as_ref(), n) {
+                ndarray::linalg::general_mat_mul(inv_tau, e, &nv, F::one(), &mut ga);
+            }
+            for ((mut g, &sc), b) in ga.rows_mut().into_iter().zip(scales).zip(r0..r1) {
+                let cb = coef[b] * inv_tau;
+                g.zip_mut_with(&p.row(b), |gv, &pv| *gv = *gv * sc - cb * pv);
+            }
+            // dL/dp and dL/dn: E^T times the block's anchors scaled by row, then the positives' terms
+            let mut scaled = scaled_buf.slice_mut(s![..r1 - r0, ..]);
+            for ((mut o, arow), &sc) in scaled.rows_mut().into_iter().zip(ab.rows()).zip(scales) {
+                o.zip_mut_with(&arow, |ov, &av| *ov = av * sc);
+            }
+            ndarray::linalg::general_mat_mul(inv_tau, &sim.t(), &scaled, F::one(), &mut grad_p);
+            for (b, arow) in (r0..r1).zip(ab.rows()) {
+                let cb = coef[b] * inv_tau;
+                grad_p.row_mut(b).scaled_add(-cb, &arow);
+            }
+            if let (Some(e), Some(_)) = (simn.as_ref(), n) {
+                ndarray::linalg::general_mat_mul(inv_tau, &e.t(), &scaled, F::one(), &mut grad_n);
             }
         }
         (loss, grad_a, grad_p, grad_n)
@@ -101,6 +120,15 @@ pub(super) fn one_direction<F: Real>(
     }
 }
 
+/// A shift that bounds every logit from above, so the row maxima need not be found: `1/tau` when every
+/// row is L2-normalised (each logit is a cosine over `tau`), provided `exp(s - 1/tau)` cannot underflow to
+/// zero for the smallest logit, `-1/tau` (that is, `2/tau` stays clear of `F`'s smallest normal exponent).
+/// `None` otherwise (the rows' maxima are used).
+pub(super) fn fixed_shift<F: Real>(normalized: bool, inv_tau: F) -> Option<F> {
+    let no_underflow = F::c(2.0) * inv_tau <= -F::min_positive_value().ln() - F::c(8.0);
+    (normalized && no_underflow).then_some(inv_tau)
+}
+
 /// The most memory [`symmetric_shared`] may hold for the similarity matrix (bytes).
 pub(super) const SHARED_SIMILARITY_BYTES: usize = 256 << 20;
 
@@ -118,8 +146,7 @@ pub(super) fn symmetric_shared_applies<F: Real>(
         .checked_mul(bsz)
         .and_then(|n| n.checked_mul(std::mem::size_of::<F>()))
         .is_some_and(|bytes| bytes <= SHARED_SIMILARITY_BYTES);
-    let no_underflow = F::c(2.0) * inv_tau <= -F::min_positive_value().ln() - F::c(8.0);
-    normalized && !negatives && fits && no_underflow
+    fixed_shift(normalized, inv_tau).is_some() && !negatives && fits
 }
 
 /// Both directions of a symmetric InfoNCE from one similarity matrix `S = u w^T / tau` (unit rows), its

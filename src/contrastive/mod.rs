@@ -267,12 +267,15 @@ pub fn info_nce<F: Real>(
         );
         (loss, gu, gw, None)
     } else {
+        // normalised rows bound every logit (the negatives are normalised with them)
+        let shift = cpu::fixed_shift(cfg.normalize, inv_tau);
         let d1 = cpu::one_direction(
             u.view(),
             w.view(),
             nview,
             coef.view(),
             inv_tau,
+            shift,
             cfg.block_rows,
             par,
         );
@@ -285,6 +288,7 @@ pub fn info_nce<F: Real>(
                 nview,
                 coef.view(),
                 inv_tau,
+                shift,
                 cfg.block_rows,
                 par,
             );
