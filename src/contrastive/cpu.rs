@@ -120,6 +120,19 @@ pub(super) fn one_direction<F: Real>(
     }
 }
 
+/// The block height for `rows` rows under `par`: at most `max_rows`, and an equal number of about equally
+/// tall blocks for every worker (the blocks are dealt to the workers in contiguous runs), so that a batch of
+/// a few hundred rows keeps every thread busy instead of leaving one block, or one worker's extra block, to a
+/// single thread. `max_rows` itself with one worker.
+pub(super) fn balanced_block_rows(max_rows: usize, rows: usize, par: Par) -> usize {
+    let (max_rows, workers) = (max_rows.max(1), par.chunks().max(1));
+    if workers == 1 || rows == 0 {
+        return max_rows;
+    }
+    let blocks = workers * rows.div_ceil(workers * max_rows);
+    rows.div_ceil(blocks).max(1)
+}
+
 /// A shift that bounds every logit from above, so the row maxima need not be found: `1/tau` when every
 /// row is L2-normalised (each logit is a cosine over `tau`), provided `exp(s - 1/tau)` cannot underflow to
 /// zero for the smallest logit, `-1/tau` (that is, `2/tau` stays clear of `F`'s smallest normal exponent).

@@ -254,17 +254,12 @@ pub fn info_nce<F: Real>(
     };
     let inv_tau = F::one() / cfg.temperature;
     let nview = neg.as_ref().map(|(a, _)| a.view());
+    let block_rows = cpu::balanced_block_rows(cfg.block_rows, b, par);
     let shared = cfg.direction == Direction::Symmetric
         && cpu::symmetric_shared_applies(cfg.normalize, nview.is_some(), b, inv_tau);
     let (loss, mut gu, mut gw, gn) = if shared {
-        let (loss, gu, gw) = cpu::symmetric_shared(
-            u.view(),
-            w.view(),
-            coef.view(),
-            inv_tau,
-            cfg.block_rows,
-            par,
-        );
+        let (loss, gu, gw) =
+            cpu::symmetric_shared(u.view(), w.view(), coef.view(), inv_tau, block_rows, par);
         (loss, gu, gw, None)
     } else {
         // normalised rows bound every logit (the negatives are normalised with them)
@@ -276,7 +271,7 @@ pub fn info_nce<F: Real>(
             coef.view(),
             inv_tau,
             shift,
-            cfg.block_rows,
+            block_rows,
             par,
         );
         let (mut loss, mut gu, mut gw, mut gn) =
@@ -289,7 +284,7 @@ pub fn info_nce<F: Real>(
                 coef.view(),
                 inv_tau,
                 shift,
-                cfg.block_rows,
+                block_rows,
                 par,
             );
             loss += d2.loss;
