@@ -13,11 +13,14 @@
 //! swapped, the same extra negatives).
 //!
 //! # Computation
-//! Row blocks of `block_rows` anchors: one GEMM gives the block's similarities, a max-shifted log-sum-exp
-//! (SIMD exp) its losses, and the softmax minus the one-hot target its gradient, which two more GEMMs send to
-//! the anchors and the positives. The `B x (B + K)` similarity matrix is never held at once, and each block is
-//! computed once per direction for the loss and the gradients together. Blocks run in parallel as `par`
-//! says; the positives' gradient is summed over per-chunk partials in chunk order (deterministic).
+//! Row blocks of at most `block_rows` anchors: one GEMM gives the block's similarities, one pass of a shifted
+//! exp (SIMD; the shift is the row's maximum, or `1/tau` for normalised rows, which bounds every logit) its
+//! log-sum-exp and loss, and two more GEMMs send the softmax minus the one-hot target to the anchors and the
+//! positives, the softmax's row scale applied to their `d`-wide rows rather than to the logits. The
+//! `B x (B + K)` similarity matrix is never held at once, and each block is computed once per direction for
+//! the loss and the gradients together. Blocks run in parallel as `par` says, every worker with the same
+//! number of equally tall blocks; the positives' gradient is summed over per-chunk partials in chunk order
+//! (deterministic for a given `par`).
 //!
 //! A symmetric loss over L2-normalised rows without extra negatives computes the similarity matrix once for
 //! both directions (three GEMMs instead of six): every logit is at most `1/tau`, so `exp(s - 1/tau)` serves
@@ -65,7 +68,8 @@ pub struct InfoNceConfig<F> {
     pub direction: Direction,
     /// Mean or sum over pairs.
     pub reduction: Reduction,
-    /// Anchor rows per similarity block (memory `block_rows x (B + K)` per thread).
+    /// The most anchor rows per similarity block (memory `block_rows x (B + K)` per thread); on several
+    /// threads a batch is cut into shorter, equal blocks when that gives every thread the same work.
     pub block_rows: usize,
 }
 
