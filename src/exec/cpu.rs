@@ -358,12 +358,10 @@ impl<F: Real> Exec for CpuExec<'_, F> {
     fn scatter_add(&self, s: &Vec<usize>, g: &Array2<F>, acc: &mut Array2<F>) -> Result<()> {
         let w = acc.ncols();
         match (g.as_slice(), acc.as_slice_mut()) {
-            // contiguous rows: one plain loop per row, which the compiler vectorises
+            // contiguous rows: one SIMD axpy per row
             (Some(gs), Some(a)) if g.ncols() == w => {
                 for (&id, src) in s.iter().zip(gs.chunks_exact(w.max(1))) {
-                    for (d, &v) in a[id * w..(id + 1) * w].iter_mut().zip(src) {
-                        *d += v;
-                    }
+                    F::axpy(F::one(), src, &mut a[id * w..(id + 1) * w]);
                 }
             }
             _ => {
