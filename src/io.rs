@@ -91,6 +91,19 @@ pub fn write_npy_atomic(path: impl AsRef<Path>, a: &Array2<f32>) -> Result<()> {
     write_atomic(path, &buf)
 }
 
+/// Appends the little-endian bytes of `xs` to `out` (the layout safetensors and the fingerprints read).
+pub(crate) fn extend_le_bytes<'a>(out: &mut Vec<u8>, xs: impl IntoIterator<Item = &'a f32>) {
+    xs.into_iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+}
+
+/// The little-endian bytes of a matrix, row by row.
+pub(crate) fn le_bytes(t: ndarray::ArrayView2<'_, f32>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 * t.len());
+    extend_le_bytes(&mut out, t.iter());
+    out
+}
+
 /// The checksum of a safetensors file's contents: a CRC-32 over every tensor (name, dtype, shape, bytes, by name) and every metadata field but the checksum
 /// (key and value, by key): any flipped byte or edited field changes it.
 pub(crate) fn content_checksum<'a>(

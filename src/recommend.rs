@@ -22,7 +22,7 @@
 use crate::backend::{map_chunks, Par};
 use crate::data::IdMap;
 use crate::error::{check_finite_array, Error, Result};
-use crate::io::{content_checksum, write_atomic};
+use crate::io::{content_checksum, le_bytes, write_atomic};
 use ndarray::{Array1, Array2, ArrayView2};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -648,8 +648,6 @@ impl Recommender {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        let f32s =
-            |a: ArrayView2<'_, f32>| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
         let indptr: Vec<u8> = std::iter::once(0u64)
             .chain(self.seen.iter().scan(0u64, |acc, s| {
                 *acc += s.len() as u64;
@@ -667,13 +665,13 @@ impl Recommender {
                 "users".into(),
                 Dtype::F32,
                 self.users.shape().to_vec(),
-                f32s(self.users.view()),
+                le_bytes(self.users.view()),
             ),
             (
                 "items".into(),
                 Dtype::F32,
                 self.items.shape().to_vec(),
-                f32s(self.items.view()),
+                le_bytes(self.items.view()),
             ),
             (
                 "seen_indptr".into(),
@@ -693,10 +691,15 @@ impl Recommender {
                     format!("encoder/{k}/w"),
                     Dtype::F32,
                     w.shape().to_vec(),
-                    f32s(w.view()),
+                    le_bytes(w.view()),
                 ));
                 let b = b.view().insert_axis(ndarray::Axis(0));
-                owned.push((format!("encoder/{k}/b"), Dtype::F32, vec![b.len()], f32s(b)));
+                owned.push((
+                    format!("encoder/{k}/b"),
+                    Dtype::F32,
+                    vec![b.len()],
+                    le_bytes(b),
+                ));
             }
             let about = serde_json::json!({"modalities": enc.modalities, "normalize": enc.normalize,
                 "trust": enc.trust});
@@ -707,13 +710,13 @@ impl Recommender {
                 "fold_items".into(),
                 Dtype::F32,
                 f.items.shape().to_vec(),
-                f32s(f.items.view()),
+                le_bytes(f.items.view()),
             ));
             owned.push((
                 "fold_users".into(),
                 Dtype::F32,
                 f.users.shape().to_vec(),
-                f32s(f.users.view()),
+                le_bytes(f.users.view()),
             ));
             meta.insert("fold_layers".into(), f.layers.to_string());
         }
@@ -997,8 +1000,7 @@ mod tests {
     fn version_one_files_load_without_encoder_or_tables() {
         let users = ndarray::array![[1.0f32, 0.0], [0.0, 1.0]];
         let items = ndarray::array![[0.9f32, 0.1], [0.2, 0.8], [0.5, 0.5]];
-        let f32s = |a: &Array2<f32>| a.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-        let (u, i) = (f32s(&users), f32s(&items));
+        let (u, i) = (le_bytes(users.view()), le_bytes(items.view()));
         let indptr: Vec<u8> = [0u64, 1, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
         let indices: Vec<u8> = 2u32.to_le_bytes().to_vec();
         let write = |format: &str| {

@@ -463,8 +463,7 @@ impl Dataset {
                 h.update(&(x.ncols() as u64).to_le_bytes());
                 for r in x.rows() {
                     row.clear();
-                    r.iter()
-                        .for_each(|v| row.extend_from_slice(&v.to_le_bytes()));
+                    crate::io::extend_le_bytes(&mut row, r.iter());
                     h.update(&row);
                 }
             }

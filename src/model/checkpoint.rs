@@ -8,9 +8,8 @@ use super::train::{TrainState, Trainer};
 use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::io::{content_checksum, write_atomic, write_npy_atomic};
+use crate::io::{content_checksum, le_bytes, write_atomic, write_npy_atomic};
 use crate::nn::AdamState;
-use ndarray::ArrayView2;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,10 +39,6 @@ fn ckpt_err(path: &Path, reason: impl Into<String>) -> Error {
         path: path.display().to_string(),
         reason: reason.into(),
     }
-}
-
-fn le_bytes(t: ArrayView2<'_, f32>) -> Vec<u8> {
-    t.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// A tensor of a checkpoint: name, shape and little-endian bytes.
