@@ -39,15 +39,29 @@ pub struct World {
     _mpi: Option<std::sync::Arc<mpi_world::Hold>>,
 }
 
+/// The first of a launcher's environment variables `vars` (Open MPI's, MPICH / Hydra's, PMIx's) that is
+/// set and that `parse` reads, with its name.
+fn launcher_value<T>(
+    vars: [&'static str; 3],
+    get: impl Fn(&str) -> Option<String>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<(T, &'static str)> {
+    vars.into_iter()
+        .find_map(|var| Some((parse(get(var)?.trim())?, var)))
+}
+
 /// The process count a launcher announces in the environment (Open MPI, MPICH / Hydra and PMI-based
 /// launchers such as Slurm's), with the variable that said it; `None` when not launched by one.
 fn launched_size(get: impl Fn(&str) -> Option<String>) -> Option<(usize, &'static str)> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
-        .into_iter()
-        .find_map(|var| {
-            let v = get(var)?;
-            Some((v.trim().parse().unwrap_or(0), var))
-        })
+    let vars = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"];
+    launcher_value(vars, get, |v| Some(v.parse().unwrap_or(0)))
+}
+
+/// This process's rank as its launcher announces it (0 when none does).
+#[cfg(feature = "mpi")]
+fn launched_rank() -> usize {
+    let vars = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+    launcher_value(vars, |v| std::env::var(v).ok(), |v| v.parse().ok()).map_or(0, |(r, _)| r)
 }
 
 impl World {
@@ -286,10 +300,7 @@ mod mpi_world {
         let hold = match held.as_ref().and_then(Weak::upgrade) {
             Some(h) => h,
             None => {
-                let rank = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]
-                    .into_iter()
-                    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
-                    .unwrap_or(0);
+                let rank = super::launched_rank();
                 let failed = |why: &str| Error::Distributed {
                     rank,
                     size: launched,
