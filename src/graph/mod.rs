@@ -45,11 +45,28 @@ pub struct CsrGraph<F> {
     indptr: Vec<usize>,
     indices: Vec<u32>,
     weights: Option<Vec<F>>,
+    /// What is derived from the graph on first use and kept (a graph never changes).
+    derived: Derived<F>,
+}
+
+/// The lazily built companions of a [`CsrGraph`].
+#[derive(Debug, Clone)]
+struct Derived<F> {
     transposed: OnceLock<Box<Transposed<F>>>,
-    /// Columns no edge reads (built on first use).
+    /// Columns no edge reads.
     unreferenced: OnceLock<Vec<u32>>,
-    /// [`CsrGraph::structure_fingerprint`] (hashed on first use).
+    /// [`CsrGraph::structure_fingerprint`].
     fingerprint: OnceLock<u64>,
+}
+
+impl<F> Default for Derived<F> {
+    fn default() -> Self {
+        Derived {
+            transposed: OnceLock::new(),
+            unreferenced: OnceLock::new(),
+            fingerprint: OnceLock::new(),
+        }
+    }
 }
 
 /// The transposed graph with, for each of its entries, the id of the original edge.
@@ -176,9 +193,7 @@ impl<F: Real> CsrGraph<F> {
             indptr,
             indices,
             weights,
-            transposed: OnceLock::new(),
-            unreferenced: OnceLock::new(),
-            fingerprint: OnceLock::new(),
+            derived: Derived::default(),
         })
     }
 
@@ -297,7 +312,7 @@ impl<F: Real> CsrGraph<F> {
     /// The columns that no edge reads (cached, `O(E + n_cols)` on first call): the rows of a dense operand
     /// that a product with this graph never gathers.
     pub(crate) fn unreferenced_cols(&self) -> &[u32] {
-        self.unreferenced.get_or_init(|| {
+        self.derived.unreferenced.get_or_init(|| {
             let mut seen = vec![false; self.n_cols];
             for &c in &self.indices {
                 seen[c as usize] = true;
@@ -310,7 +325,8 @@ impl<F: Real> CsrGraph<F> {
 
     /// The cached transpose (built on first call, `O(E)`), with original edge ids.
     pub fn transposed(&self) -> &Transposed<F> {
-        self.transposed
+        self.derived
+            .transposed
             .get_or_init(|| Box::new(self.build_transpose()))
     }
 
@@ -347,9 +363,7 @@ impl<F: Real> CsrGraph<F> {
             indptr,
             indices,
             weights,
-            transposed: OnceLock::new(),
-            unreferenced: OnceLock::new(),
-            fingerprint: OnceLock::new(),
+            derived: Derived::default(),
         };
         Transposed { graph, edge_ids }
     }
@@ -358,7 +372,7 @@ impl<F: Real> CsrGraph<F> {
     /// same graph.
     /// Hashed once per graph (the graph is immutable), so layers can check it on every call.
     pub fn structure_fingerprint(&self) -> u64 {
-        *self.fingerprint.get_or_init(|| {
+        *self.derived.fingerprint.get_or_init(|| {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (self.n_rows, self.n_cols).hash(&mut h);
@@ -426,9 +440,7 @@ impl<F: Real> CsrGraph<F> {
             indptr,
             indices,
             weights,
-            transposed: OnceLock::new(),
-            unreferenced: OnceLock::new(),
-            fingerprint: OnceLock::new(),
+            derived: Derived::default(),
         })
     }
 
@@ -472,9 +484,7 @@ impl<F: Real> CsrGraph<F> {
             indptr: self.indptr.clone(),
             indices: self.indices.clone(),
             weights: Some(w),
-            transposed: OnceLock::new(),
-            unreferenced: OnceLock::new(),
-            fingerprint: OnceLock::new(),
+            derived: Derived::default(),
         })
     }
 
