@@ -708,6 +708,79 @@ fn multi_view_gradients_match_central_differences_in_both_readings() {
     assert!(e.to_string().contains("out of range"), "{e}");
 }
 
+#[test]
+fn stacked_multi_view_terms_match_separate_calls() {
+    // one-way pairs sharing their positives run as one stacked problem: every term and every view's
+    // gradient must be what the separate calls give (mixed weights and forms, both reductions, raw and
+    // normalised rows, one and several workers; a symmetric configuration is never stacked)
+    use recgoat_core::contrastive::*;
+    use recgoat_core::Par;
+    let mut r = rng(52);
+    let views: Vec<Array2<f64>> = (0..5).map(|_| randn(&mut r, (7, 4))).collect();
+    let vs: Vec<_> = views.iter().map(|v| v.view()).collect();
+    let pair = |first, second, weight, term| ViewPair {
+        first,
+        second,
+        weight,
+        term,
+    };
+    let pairs = [
+        pair(0, 1, 1.0, PairTerm::InfoNce),
+        pair(2, 1, 0.5, PairTerm::InfoNce),
+        pair(3, 1, 0.25, PairTerm::OneMinusInfoNce),
+        pair(1, 0, 0.75, PairTerm::InfoNce),
+        pair(4, 1, 2.0, PairTerm::InfoNce),
+        pair(4, 0, 0.0, PairTerm::InfoNce),
+    ];
+    for normalize in [true, false] {
+        for reduction in [Reduction::Mean, Reduction::Sum] {
+            for direction in [Direction::OneWay, Direction::Symmetric] {
+                let cfg = InfoNceConfig {
+                    temperature: 0.3,
+                    normalize,
+                    reduction,
+                    direction,
+                    block_rows: 5,
+                };
+                let mut grads: Vec<Array2<f64>> =
+                    views.iter().map(|v| Array2::zeros(v.dim())).collect();
+                let mut terms = Vec::new();
+                let mut loss = 0.0;
+                for p in &pairs {
+                    let o =
+                        info_nce(vs[p.first], vs[p.second], None, None, &cfg, Par::Seq).unwrap();
+                    let s = match p.term {
+                        PairTerm::InfoNce => p.weight,
+                        PairTerm::OneMinusInfoNce => -p.weight,
+                    };
+                    loss += match p.term {
+                        PairTerm::InfoNce => p.weight * o.loss,
+                        PairTerm::OneMinusInfoNce => p.weight * (1.0 - o.loss),
+                    };
+                    terms.push(o.loss);
+                    grads[p.first].scaled_add(s, &o.grad_v1);
+                    grads[p.second].scaled_add(s, &o.grad_v2);
+                }
+                for par in [Par::Seq, Par::Rayon(3)] {
+                    let what = format!(
+                        "norm={normalize} {reduction:?} {direction:?} {}",
+                        par.name()
+                    );
+                    let out = multi_view_info_nce(&vs, &pairs, &cfg, par).unwrap();
+                    Tolerance::F64_SOLVE.assert_scalar(&format!("{what} loss"), out.loss, loss);
+                    for (k, (&a, &b)) in out.terms.iter().zip(&terms).enumerate() {
+                        Tolerance::F64_SOLVE.assert_scalar(&format!("{what} term {k}"), a, b);
+                    }
+                    for (k, (a, b)) in out.grads.iter().zip(&grads).enumerate() {
+                        let err = (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                        assert!(err < 1e-12, "{what}: view {k} gradient off by {err:e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- small layers
 
 mod layers {

@@ -6,13 +6,17 @@ use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 
 pub(super) struct DirectionGrads<F> {
     pub loss: F,
+    /// Each anchor's unweighted `LSE_b - s_b,pos(b)`, in row order.
+    pub row_losses: Vec<F>,
     pub grad_anchor: Array2<F>,
     pub grad_positive: Array2<F>,
     pub grad_negatives: Option<Array2<F>>,
 }
 
-/// Loss `sum_b c_b (LSE_b - s_bb)` for anchors `a`, positives `p` (row b is b's positive, every other row a
-/// negative) and extra negatives `n`, with `s = a p^T / tau`, and its gradients.
+/// Loss `sum_b c_b (LSE_b - s_b,b mod P)` for anchors `a` (`k P` rows, `k >= 1`), positives `p` (`P` rows:
+/// row `b mod P` is anchor b's positive, every other row a negative) and extra negatives `n`, with
+/// `s = a p^T / tau`, and its gradients. With `k > 1` the anchors are `k` views stacked over the same
+/// positives: `k` InfoNCE terms in one set of taller GEMMs.
 ///
 /// Each block of rows makes one pass over its logits: they become `E = exp(s - m)` in place (`m` the row's
 /// maximum, or `shift` when the caller knows a bound on every logit, see [`fixed_shift`]) with their row
@@ -31,17 +35,23 @@ pub(super) fn one_direction<F: Real>(
     par: Par,
 ) -> DirectionGrads<F> {
     let (bsz, d) = a.dim();
+    let np = p.nrows();
+    debug_assert!(
+        np > 0 && bsz % np == 0,
+        "anchors stack whole copies of the positives"
+    );
     let k = n.map_or(0, |n| n.nrows());
     let blocks = bsz.div_ceil(block_rows);
     let parts = map_chunks(par, blocks, |_, blks| {
         let mut loss = F::zero();
         let rows = (blks.start * block_rows)..(blks.end * block_rows).min(bsz);
+        let mut row_losses = Vec::with_capacity(rows.len());
         let mut grad_a = Array2::<F>::zeros((rows.len(), d));
-        let mut grad_p = Array2::<F>::zeros((bsz, d));
+        let mut grad_p = Array2::<F>::zeros((np, d));
         let mut grad_n = Array2::<F>::zeros((k, d));
         // block buffers, allocated once per chunk: row-major by construction (a plain `dot` may choose
         // column-major for thin shapes) and reused, so no block pays for fresh pages
-        let mut sim_buf = Array2::<F>::zeros((block_rows.min(bsz), bsz));
+        let mut sim_buf = Array2::<F>::zeros((block_rows.min(bsz), np));
         let mut simn_buf = Array2::<F>::zeros((block_rows.min(bsz), k));
         let mut scaled_buf = Array2::<F>::zeros((block_rows.min(bsz), d));
         let mut scales = vec![F::zero(); block_rows.min(bsz)];
@@ -61,7 +71,7 @@ pub(super) fn one_direction<F: Real>(
                 let nrow = nrow
                     .as_mut()
                     .map(|r| r.as_slice_mut().expect("row-major by construction"));
-                let diag = srow[b];
+                let diag = srow[b % np];
                 let mx = shift.unwrap_or_else(|| {
                     nrow.as_deref()
                         .map_or(F::neg_infinity(), F::max_of)
@@ -71,7 +81,9 @@ pub(super) fn one_direction<F: Real>(
                 let z = F::exp_shift_sum_in_place(mx, srow)
                     + nrow.map_or(F::zero(), |r| F::exp_shift_sum_in_place(mx, r));
                 let cb = coef[b];
-                loss += cb * (mx + z.ln() - diag);
+                let lb = mx + z.ln() - diag;
+                row_losses.push(lb);
+                loss += cb * lb;
                 // dL/dlogits of row b is c_b (E_b / z_b - onehot(b)): the scale is applied below
                 *scale = cb / z;
             }
@@ -84,7 +96,7 @@ pub(super) fn one_direction<F: Real>(
             }
             for ((mut g, &sc), b) in ga.rows_mut().into_iter().zip(scales).zip(r0..r1) {
                 let cb = coef[b] * inv_tau;
-                g.zip_mut_with(&p.row(b), |gv, &pv| *gv = *gv * sc - cb * pv);
+                g.zip_mut_with(&p.row(b % np), |gv, &pv| *gv = *gv * sc - cb * pv);
             }
             // dL/dp and dL/dn: E^T times the block's anchors scaled by row, then the positives' terms
             let mut scaled = scaled_buf.slice_mut(s![..r1 - r0, ..]);
@@ -94,26 +106,29 @@ pub(super) fn one_direction<F: Real>(
             ndarray::linalg::general_mat_mul(inv_tau, &sim.t(), &scaled, F::one(), &mut grad_p);
             for (b, arow) in (r0..r1).zip(ab.rows()) {
                 let cb = coef[b] * inv_tau;
-                grad_p.row_mut(b).scaled_add(-cb, &arow);
+                grad_p.row_mut(b % np).scaled_add(-cb, &arow);
             }
             if let (Some(e), Some(_)) = (simn.as_ref(), n) {
                 ndarray::linalg::general_mat_mul(inv_tau, &e.t(), &scaled, F::one(), &mut grad_n);
             }
         }
-        (loss, grad_a, grad_p, grad_n)
+        (loss, row_losses, grad_a, grad_p, grad_n)
     });
     let mut loss = F::zero();
+    let mut row_losses = Vec::with_capacity(bsz);
     let mut grad_anchor = Array2::<F>::zeros((0, d));
-    let mut grad_positive = Array2::<F>::zeros((bsz, d));
+    let mut grad_positive = Array2::<F>::zeros((np, d));
     let mut grad_negatives = Array2::<F>::zeros((k, d));
-    for (l, ga, gp, gn) in parts {
+    for (l, rl, ga, gp, gn) in parts {
         loss += l;
+        row_losses.extend(rl);
         grad_anchor.append(Axis(0), ga.view()).expect("same width");
         grad_positive += &gp;
         grad_negatives += &gn;
     }
     DirectionGrads {
         loss,
+        row_losses,
         grad_anchor,
         grad_positive,
         grad_negatives: n.map(|_| grad_negatives),

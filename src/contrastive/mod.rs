@@ -405,8 +405,10 @@ pub struct MultiViewOutput<F> {
 
 /// A weighted sum of InfoNCE terms over pairs of views (RecGOAT's CMCL), with the gradient of every view.
 ///
-/// Each pair runs [`info_nce`] with `cfg` (no extra negatives, no per-pair weights); a view used by several
-/// pairs accumulates their gradients.
+/// Each pair is [`info_nce`] with `cfg` (no extra negatives, no per-pair weights); a view used by several
+/// pairs accumulates their gradients. One-way InfoNCE pairs against the same positives (the paper's CMCL
+/// modality terms, each modality against the fused item) are computed together: their anchors stacked into
+/// one taller problem, the same numbers up to rounding in fewer, larger GEMMs.
 ///
 /// # Errors
 /// [`Error::Param`] for a pair naming a view that does not exist or a non-finite weight, and every error of
@@ -428,18 +430,8 @@ pub fn multi_view_info_nce<F: Real>(
     cfg: &InfoNceConfig<F>,
     par: impl Into<Par>,
 ) -> Result<MultiViewOutput<F>> {
-    let par: Par = par.into();
-    multi_view_with(views, pairs, |a, b| info_nce(a, b, None, None, cfg, par))
-}
-
-/// [`multi_view_info_nce`] with each pair's InfoNCE from `pair_loss(anchors, positives)` (the CPU path or
-/// the model's GPU path).
-pub(crate) fn multi_view_with<F: Real>(
-    views: &[ArrayView2<'_, F>],
-    pairs: &[ViewPair<F>],
-    mut pair_loss: impl FnMut(ArrayView2<'_, F>, ArrayView2<'_, F>) -> Result<InfoNceOutput<F>>,
-) -> Result<MultiViewOutput<F>> {
     const OP: &str = "multi_view_info_nce";
+    let par: Par = par.into();
     for (k, p) in pairs.iter().enumerate() {
         if p.first >= views.len() || p.second >= views.len() {
             return Err(Error::param(
@@ -460,19 +452,146 @@ pub(crate) fn multi_view_with<F: Real>(
     }
     let mut grads: Vec<Array2<F>> = views.iter().map(|v| Array2::zeros(v.dim())).collect();
     let mut loss = F::zero();
-    let mut terms = Vec::with_capacity(pairs.len());
-    for p in pairs {
-        let out = pair_loss(views[p.first], views[p.second])?;
+    let mut terms = vec![F::zero(); pairs.len()];
+    let mut done = vec![false; pairs.len()];
+    for k in 0..pairs.len() {
+        if done[k] {
+            continue;
+        }
+        let group = stack_group(views, pairs, cfg, k, &done);
+        if group.len() >= 2 {
+            let (values, g_anchors, g_positive) = stacked_info_nce(views, pairs, &group, cfg, par)?;
+            for ((&j, value), g) in group.iter().zip(values).zip(g_anchors) {
+                loss += pairs[j].weight * value;
+                terms[j] = value;
+                grads[pairs[j].first] += &g;
+                done[j] = true;
+            }
+            grads[pairs[k].second] += &g_positive;
+            continue;
+        }
+        let p = &pairs[k];
+        let out = info_nce(views[p.first], views[p.second], None, None, cfg, par)?;
         let (value, scale) = match p.term {
             PairTerm::InfoNce => (p.weight * out.loss, p.weight),
             PairTerm::OneMinusInfoNce => (p.weight * (F::one() - out.loss), -p.weight),
         };
         loss += value;
-        terms.push(out.loss);
+        terms[k] = out.loss;
         grads[p.first].scaled_add(scale, &out.grad_v1);
         grads[p.second].scaled_add(scale, &out.grad_v2);
+        done[k] = true;
     }
     Ok(MultiViewOutput { loss, terms, grads })
+}
+
+/// The pairs from `k` on (not yet `done`) that [`multi_view_info_nce`] computes as one stacked problem with
+/// pair `k`: one-way [`PairTerm::InfoNce`] terms against the same positives, with anchors of the positives'
+/// shape that are other views than the positives. Only `k` when `k` itself is not such a term.
+fn stack_group<F: Real>(
+    views: &[ArrayView2<'_, F>],
+    pairs: &[ViewPair<F>],
+    cfg: &InfoNceConfig<F>,
+    k: usize,
+    done: &[bool],
+) -> Vec<usize> {
+    let second = pairs[k].second;
+    let fits = |p: &ViewPair<F>| {
+        p.term == PairTerm::InfoNce
+            && p.second == second
+            && p.first != second
+            && views[p.first].dim() == views[second].dim()
+    };
+    if cfg.direction != Direction::OneWay || !fits(&pairs[k]) {
+        return vec![k];
+    }
+    (k..pairs.len())
+        .filter(|&j| !done[j] && fits(&pairs[j]))
+        .collect()
+}
+
+/// The one-way InfoNCE terms `group` (pairs sharing their positives, see [`stack_group`]) as one problem:
+/// the anchor views stacked (`k B` rows) against the `B` positives, each row's positive at its row modulo
+/// `B` and its coefficient carrying its pair's weight, so that the `k` terms take one set of `k`-times-taller
+/// GEMMs. Returns each term's unweighted value, each anchor view's gradient and the positives' gradient,
+/// weights applied; the same numbers as [`info_nce`] per pair, up to rounding.
+#[allow(clippy::type_complexity)]
+fn stacked_info_nce<F: Real>(
+    views: &[ArrayView2<'_, F>],
+    pairs: &[ViewPair<F>],
+    group: &[usize],
+    cfg: &InfoNceConfig<F>,
+    par: Par,
+) -> Result<(Vec<F>, Vec<Array2<F>>, Array2<F>)> {
+    const OP: &str = "info_nce";
+    cfg.validate()?;
+    let positives = views[pairs[group[0]].second];
+    for &j in group {
+        validate_inputs(OP, views[pairs[j].first], positives, None, None)?;
+    }
+    let b = positives.nrows();
+    let normalized = |what: &str, v: ArrayView2<'_, F>| -> Result<(Array2<F>, Option<Array1<F>>)> {
+        if cfg.normalize {
+            let (a, n) = normalize_rows(OP, what, v)?;
+            Ok((a, Some(n)))
+        } else {
+            Ok((v.to_owned(), None))
+        }
+    };
+    let (w, nw) = normalized("v2", positives)?;
+    let anchors = group
+        .iter()
+        .map(|&j| normalized("v1", views[pairs[j].first]))
+        .collect::<Result<Vec<_>>>()?;
+    let stacked = ndarray::concatenate(
+        Axis(0),
+        &anchors.iter().map(|(a, _)| a.view()).collect::<Vec<_>>(),
+    )
+    .expect("anchors of one width");
+    let base = match cfg.reduction {
+        Reduction::Mean => F::one() / F::from_usize(b).expect("batch fits"),
+        Reduction::Sum => F::one(),
+    };
+    let coef: Array1<F> = group
+        .iter()
+        .flat_map(|&j| std::iter::repeat(pairs[j].weight * base).take(b))
+        .collect();
+    let inv_tau = F::one() / cfg.temperature;
+    let rows = stacked.nrows();
+    let out = cpu::one_direction(
+        stacked.view(),
+        w.view(),
+        None,
+        coef.view(),
+        inv_tau,
+        cpu::fixed_shift(cfg.normalize, inv_tau),
+        cpu::balanced_block_rows(cfg.block_rows, rows, par),
+        par,
+    );
+    let values = out
+        .row_losses
+        .chunks(b)
+        .map(|r| r.iter().fold(F::zero(), |acc, &l| acc + l) * base)
+        .collect();
+    let grad_anchors = anchors
+        .iter()
+        .enumerate()
+        .map(|(t, (a, n))| {
+            let g = out
+                .grad_anchor
+                .slice(ndarray::s![t * b..(t + 1) * b, ..])
+                .to_owned();
+            match n {
+                Some(n) => normalize_rows_backward(a.view(), n.view(), g),
+                None => g,
+            }
+        })
+        .collect();
+    let grad_positive = match &nw {
+        Some(n) => normalize_rows_backward(w.view(), n.view(), out.grad_positive),
+        None => out.grad_positive,
+    };
+    Ok((values, grad_anchors, grad_positive))
 }
 
 /// The paper's CMCL (supplement, Lemma 3.3) as pairs over the views `[user, fused, modality_1 .. modality_M]`
