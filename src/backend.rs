@@ -335,6 +335,20 @@ where
     .collect()
 }
 
+/// Runs `f` on a worker of rayon's global pool when `par` is parallel and the calling thread is not one
+/// (it waits for the result), else on the calling thread. A parallel op started from outside the pool hands
+/// all of its work to the workers and wakes them; started on a worker it keeps a share and lets the others
+/// steal the rest. For a sequence of many short parallel ops (a training epoch's steps) that saves a hand-over
+/// per op.
+pub(crate) fn on_worker<R: Send>(par: Par, f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "rayon")]
+    if matches!(par, Par::Rayon(_)) && rayon::current_thread_index().is_none() {
+        return rayon::scope(|_| f());
+    }
+    let _ = par;
+    f()
+}
+
 /// `a · b` with the rows of `a` split into the chunks of `par` (one GEMM per chunk, in parallel).
 pub(crate) fn par_dot<F: crate::simd::Real>(
     par: Par,

@@ -7,7 +7,7 @@ use super::profile::{Profile, Stage};
 use super::recgoat::RecGoat;
 use super::step::TrainPass;
 use crate::attention::Mode;
-use crate::backend::Backend;
+use crate::backend::{Backend, Par};
 use crate::data::Batch;
 use crate::data::Dataset;
 use crate::dist::World;
@@ -397,9 +397,22 @@ impl<'d> Trainer<'d> {
 
     /// Runs one epoch (and the validation ranking when due), calling `on_batch(done, total)` after each batch.
     ///
+    /// On a parallel CPU backend in one process the epoch runs on a worker of rayon's pool (the calling
+    /// thread waits), so that each of its many short parallel ops starts on a worker instead of being handed
+    /// over from an outside thread: `on_batch` is called from that worker.
+    ///
     /// # Errors
     /// The model's errors (for example non-finite values if training diverges).
-    pub fn run_epoch(&mut self, mut on_batch: impl FnMut(usize, usize)) -> Result<EpochLog> {
+    pub fn run_epoch(&mut self, mut on_batch: impl FnMut(usize, usize) + Send) -> Result<EpochLog> {
+        let par = match self.model.backend() {
+            Backend::Cpu(par) if self.world.size() == 1 => *par,
+            _ => Par::Seq,
+        };
+        crate::backend::on_worker(par, || self.epoch_here(&mut on_batch))
+    }
+
+    /// [`Trainer::run_epoch`] on the calling thread.
+    fn epoch_here(&mut self, mut on_batch: impl FnMut(usize, usize)) -> Result<EpochLog> {
         let cfg = self.model.config().clone();
         let epoch = self.state.epoch + 1;
         let started = Instant::now();
