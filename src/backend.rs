@@ -349,6 +349,30 @@ pub(crate) fn on_worker<R: Send>(par: Par, f: impl FnOnce() -> R + Send) -> R {
     f()
 }
 
+/// A row-major copy of `a`, its rows copied in `par`'s chunks (for the large inputs an op keeps).
+pub(crate) fn par_owned<F: crate::simd::Real>(
+    par: Par,
+    a: ndarray::ArrayView2<'_, F>,
+) -> ndarray::Array2<F> {
+    let w = a.ncols();
+    let mut out = ndarray::Array2::<F>::zeros(a.dim());
+    if w == 0 {
+        return out;
+    }
+    for_row_chunks(par, out.as_slice_mut().expect("fresh"), w, |rows, chunk| {
+        for (dst, src) in chunk
+            .chunks_exact_mut(w)
+            .zip(a.slice(ndarray::s![rows, ..]).rows())
+        {
+            match src.as_slice() {
+                Some(s) => dst.copy_from_slice(s),
+                None => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+            }
+        }
+    });
+    out
+}
+
 /// `a · b` with the rows of `a` split into the chunks of `par` (one GEMM per chunk, in parallel).
 pub(crate) fn par_dot<F: crate::simd::Real>(
     par: Par,

@@ -8,11 +8,12 @@
 
 use super::{leaky, leaky_grad, GatCache, GatConfig, GatGrads, GatParams, Mode, Scoring};
 use crate::backend::{
-    chunk_bounds_by_work, for_row_chunks, par_dot, par_t_dot, run_each, split_lengths, Par,
+    chunk_bounds_by_work, for_row_chunks, par_dot, par_owned, par_t_dot, run_each, split_lengths,
+    Par,
 };
 use crate::graph::CsrGraph;
 use crate::simd::{avx2_dispatch, prefetch, Real};
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
 use rand::{Rng, SeedableRng};
 use std::borrow::Cow;
 
@@ -141,7 +142,7 @@ pub(super) fn forward<F: Real>(
     let (feat_mask, attn_mask) = dropout_masks(cfg, x.dim(), graph.nnz(), mode);
     let x_drop = match &feat_mask {
         Some(m) => &x * m,
-        None => x.to_owned(),
+        None => par_owned(par, x),
     };
     if lanes::applies(cfg) {
         // the head-minor layout of the 8 x 8 kernels (see `lanes`): g comes out of the projection in it
@@ -149,7 +150,8 @@ pub(super) fn forward<F: Real>(
         let a_dst = p.a_dst.as_ref().expect("GATConv has a_dst");
         let score = |a: &Array2<F>| {
             let a_t = lanes::permuted(a);
-            lanes::node_scores(g.as_slice().expect("fresh"), a_t.as_slice().expect("fresh"))
+            let (gs, at) = (g.as_slice().expect("fresh"), a_t.as_slice().expect("fresh"));
+            lanes::node_scores(gs, at, par)
         };
         let (el, er) = (score(&p.a_src), score(a_dst));
         return forward_tail(cfg, p, graph, x_drop, feat_mask, attn_mask, g, el, er, par);
@@ -260,7 +262,17 @@ fn forward_tail<F: Real>(
         }
     }
     if let Some(b) = &p.bias {
-        out += b;
+        let b = b.as_slice().expect("a fresh vector");
+        for_row_chunks(
+            par,
+            out.as_slice_mut().expect("fresh"),
+            out_w,
+            |_, chunk| {
+                for row in chunk.chunks_exact_mut(out_w) {
+                    F::axpy(F::one(), b, row);
+                }
+            },
+        );
     }
     let cache = GatCache {
         looped: None,
@@ -434,24 +446,17 @@ pub(super) fn backward<F: Real>(
     let (hn, c) = (cfg.heads, cfg.head_dim);
     let hc = hn * c;
     // gradient of the aggregated messages acc (N x H C)
-    let dacc: Array2<F> = if cfg.concat {
-        grad_out.to_owned()
+    let dacc: CowArray<'_, F, Ix2> = if cfg.concat {
+        grad_out.as_standard_layout()
     } else {
         let inv = F::one() / F::from_usize(hn).expect("heads fit");
-        Array2::from_shape_fn((n, hc), |(i, k)| grad_out[[i, k % c]] * inv)
+        Array2::from_shape_fn((n, hc), |(i, k)| grad_out[[i, k % c]] * inv).into()
     };
     let grad_bias = p.bias.as_ref().map(|_| grad_out.sum_axis(Axis(0)));
-    let mut dxd = Array2::<F>::zeros(cache.x_drop.dim());
-    let mut grad_w_res = None;
-    if cfg.residual {
-        match &p.w_res {
-            Some(r) => {
-                grad_w_res = Some(cache.x_drop.t().dot(&grad_out));
-                dxd += &grad_out.dot(&r.t());
-            }
-            None => dxd += &grad_out,
-        }
-    }
+    let grad_w_res = match (cfg.residual, &p.w_res) {
+        (true, Some(_)) => Some(cache.x_drop.t().dot(&grad_out)),
+        _ => None,
+    };
     let a_flat = p
         .a_src
         .as_standard_layout()
@@ -475,7 +480,7 @@ pub(super) fn backward<F: Real>(
     let lanes = lanes::applies(cfg);
     let (grad_a_src, grad_a_dst) = if lanes {
         // head-minor throughout (see `lanes`): dacc enters it, dg and W's gradient come back through W_P
-        let das_t = lanes::swapped(&dacc);
+        let das_t = lanes::swapped(dacc.view(), par);
         let a_src_t = lanes::permuted(&p.a_src);
         let a_dst_t = lanes::permuted(p.a_dst.as_ref().expect("GATConv has a_dst"));
         let (ga_src, ga_dst) = lanes::backward(
@@ -496,11 +501,20 @@ pub(super) fn backward<F: Real>(
     };
     let grad_w = par_t_dot(par, &cache.x_drop.view(), &dg.view());
     let (grad_w, w) = if lanes {
-        (lanes::swapped(&grad_w), Cow::Owned(lanes::permuted(&p.w)))
+        (
+            lanes::swapped(grad_w.view(), Par::Seq),
+            Cow::Owned(lanes::permuted(&p.w)),
+        )
     } else {
         (grad_w, Cow::Borrowed(&p.w))
     };
-    dxd += &par_dot(par, &dg.view(), &w.t());
+    let mut dxd = par_dot(par, &dg.view(), &w.t());
+    if cfg.residual {
+        match &p.w_res {
+            Some(r) => dxd += &grad_out.dot(&r.t()),
+            None => dxd += &grad_out,
+        }
+    }
     let grad_x = match &cache.feat_mask {
         Some(m) => dxd * m,
         None => dxd,

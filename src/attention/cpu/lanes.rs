@@ -17,9 +17,9 @@ use super::{
     leaky, leaky_grad, prefetch, scatter_chunks, sum_parts, Ctx, Par, Real, NODE_FIELDS, PREFETCH,
     SOFT_FIELDS,
 };
-use crate::backend::{for_row_chunks, run_each};
+use crate::backend::{for_row_chunks, map_row_chunks, run_each};
 use crate::simd::avx2_dispatch;
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 
 /// Heads and head width of this kernel family.
 pub(super) const L: usize = 8;
@@ -50,40 +50,41 @@ pub(super) fn swap_rows<F: Copy>(src: &[F], dst: &mut [F]) {
     }
 }
 
-/// [`swap_rows`] of a whole matrix with 64 columns.
-pub(super) fn swapped<F: Real>(a: &Array2<F>) -> Array2<F> {
+/// [`swap_rows`] of a whole matrix with 64 columns, its rows split over `par`'s chunks.
+pub(super) fn swapped<F: Real>(a: ArrayView2<'_, F>, par: Par) -> Array2<F> {
     let a = a.as_standard_layout();
+    let src = a.as_slice().expect("standard layout");
     let mut out = Array2::<F>::zeros(a.dim());
-    swap_rows(
-        a.as_slice().expect("standard layout"),
-        out.as_slice_mut().expect("fresh"),
-    );
+    for_row_chunks(par, out.as_slice_mut().expect("fresh"), W, |rows, chunk| {
+        swap_rows(&src[rows.start * W..rows.end * W], chunk);
+    });
     out
 }
 
 /// `W_P` (columns permuted into the head-minor order), or the transpose of an `L x L` parameter block.
 pub(super) fn permuted<F: Real>(w: &Array2<F>) -> Array2<F> {
-    swapped(w)
+    swapped(w.view(), Par::Seq)
 }
 
-/// Per-head scores `s[h] = sum_c gT[c L + h] aT[c L + h]` of every node (`N x L`), `gT`, `aT` head-minor.
-pub(super) fn node_scores<F: Real>(g: &[F], a_t: &[F]) -> Array2<F> {
+/// Per-head scores `s[h] = sum_c gT[c L + h] aT[c L + h]` of every node (`N x L`), `gT`, `aT` head-minor,
+/// the nodes split over `par`'s chunks.
+pub(super) fn node_scores<F: Real>(g: &[F], a_t: &[F], par: Par) -> Array2<F> {
     let n = g.len() / W;
     let mut out = Array2::<F>::zeros((n, L));
-    for (o, gi) in out
-        .as_slice_mut()
-        .expect("fresh")
-        .chunks_exact_mut(L)
-        .zip(g.chunks_exact(W))
-    {
-        let mut s = [F::zero(); L];
-        for c in 0..L {
-            for h in 0..L {
-                s[h] += gi[c * L + h] * a_t[c * L + h];
+    for_row_chunks(par, out.as_slice_mut().expect("fresh"), L, |rows, chunk| {
+        for (o, gi) in chunk
+            .chunks_exact_mut(L)
+            .zip(g[rows.start * W..rows.end * W].chunks_exact(W))
+        {
+            let mut s = [F::zero(); L];
+            for c in 0..L {
+                for h in 0..L {
+                    s[h] += gi[c * L + h] * a_t[c * L + h];
+                }
             }
+            o.copy_from_slice(&s);
         }
-        o.copy_from_slice(&s);
-    }
+    });
     out
 }
 
@@ -252,19 +253,28 @@ pub(super) fn backward<F: Real>(
     });
 
     let der = sum_parts(&der_parts);
-    // dL/der_i complete: its terms of dL/dg_i and dL/da_dst
+    // dL/der_i complete: its terms of dL/dg_i and dL/da_dst (per-chunk partials, summed in chunk order)
+    let parts = map_row_chunks(par, dg_t.as_slice_mut().expect("fresh"), W, |rows, dg_c| {
+        let mut gd = [[F::zero(); L]; L];
+        for ((dgi, der_i), gi) in dg_c
+            .chunks_exact_mut(W)
+            .zip(der[rows.start * L..rows.end * L].chunks_exact(L))
+            .zip(ctx.g[rows.start * W..rows.end * W].chunks_exact(W))
+        {
+            for (c, gdc) in gd.iter_mut().enumerate() {
+                for h in 0..L {
+                    dgi[c * L + h] += der_i[h] * a_dst_t[c * L + h];
+                    gdc[h] += der_i[h] * gi[c * L + h];
+                }
+            }
+        }
+        gd
+    });
     let mut ga_dst = [[F::zero(); L]; L];
-    for ((dgi, der_i), gi) in dg_t
-        .as_slice_mut()
-        .expect("fresh")
-        .chunks_exact_mut(W)
-        .zip(der.chunks_exact(L))
-        .zip(ctx.g.chunks_exact(W))
-    {
-        for (c, gd) in ga_dst.iter_mut().enumerate() {
-            for h in 0..L {
-                dgi[c * L + h] += der_i[h] * a_dst_t[c * L + h];
-                gd[h] += der_i[h] * gi[c * L + h];
+    for part in parts {
+        for (acc, p) in ga_dst.iter_mut().zip(part) {
+            for (a, v) in acc.iter_mut().zip(p) {
+                *a += v;
             }
         }
     }
