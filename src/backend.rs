@@ -349,6 +349,31 @@ pub(crate) fn on_worker<R: Send>(par: Par, f: impl FnOnce() -> R + Send) -> R {
     f()
 }
 
+/// The most memory (bytes) a thread keeps in its spare buffer between calls of [`with_spare`].
+pub(crate) const SPARE_KEPT_BYTES: usize = 64 << 20;
+
+/// Runs `f` on a buffer of `len` values (their contents unspecified: `f` must write before it reads), this
+/// thread's spare buffer of `F` when it is large enough. A buffer of up to [`SPARE_KEPT_BYTES`] is kept for
+/// the next call on this thread: the pages of a large array are then touched once rather than faulted in,
+/// zeroed and returned to the system at every call. Reentrant: a call made while the buffer is taken (by a
+/// job this thread runs while it waits) gets a buffer of its own.
+pub(crate) fn with_spare<F: crate::simd::Real, R>(len: usize, f: impl FnOnce(&mut [F]) -> R) -> R {
+    let mut buf = F::spare().with(|s| std::mem::take(&mut *s.borrow_mut()));
+    if buf.len() < len {
+        buf = vec![F::zero(); len];
+    }
+    let out = f(&mut buf[..len]);
+    if buf.len() * std::mem::size_of::<F>() <= SPARE_KEPT_BYTES {
+        F::spare().with(|s| {
+            let mut kept = s.borrow_mut();
+            if kept.len() < buf.len() {
+                *kept = buf;
+            }
+        });
+    }
+    out
+}
+
 /// A row-major copy of `a`, its rows copied in `par`'s chunks (for the large inputs an op keeps).
 pub(crate) fn par_owned<F: crate::simd::Real>(
     par: Par,

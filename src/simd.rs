@@ -39,6 +39,11 @@ pub trait Real:
     /// The slice as its concrete type, for libraries that take `f32` or `f64` buffers (MPI's reductions).
     fn typed_mut(xs: &mut [Self]) -> TypedMut<'_>;
 
+    /// This thread's spare buffer of this type, which an op that needs a large scratch array takes and
+    /// gives back, so that repeated calls do not fault in fresh pages each time.
+    #[doc(hidden)]
+    fn spare() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Self>>>;
+
     /// Writes `out[j] = exp(alpha + beta[j] - c[j] * s)` and returns the sum of `out`.
     ///
     /// The slices must have the same length (checked by a debug assertion; callers own the invariant).
@@ -74,6 +79,11 @@ impl Real for f64 {
     fn typed_mut(xs: &mut [f64]) -> TypedMut<'_> {
         TypedMut::F64(xs)
     }
+
+    fn spare() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<f64>>> {
+        thread_local!(static SPARE: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) });
+        &SPARE
+    }
 }
 
 impl Real for f32 {
@@ -81,6 +91,11 @@ impl Real for f32 {
 
     fn typed_mut(xs: &mut [f32]) -> TypedMut<'_> {
         TypedMut::F32(xs)
+    }
+
+    fn spare() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>> {
+        thread_local!(static SPARE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
+        &SPARE
     }
 
     fn exp_affine_sum(alpha: f32, beta: &[f32], c: &[f32], s: f32, out: &mut [f32]) -> f32 {

@@ -726,6 +726,39 @@ mod contrastive {
     }
 }
 
+#[test]
+fn symmetric_info_nce_repeats_exactly_whatever_ran_before_on_the_thread() {
+    // the shared symmetric path keeps its B x B buffer between calls on a thread: a call must give the same
+    // numbers after a larger call, a smaller one, and with other values left in the buffer
+    use recgoat_core::contrastive::*;
+    use recgoat_core::testing::{randn, rng};
+    let mut r = rng(91);
+    let cfg = InfoNceConfig {
+        direction: Direction::Symmetric,
+        block_rows: 5,
+        ..InfoNceConfig::<f32>::default()
+    };
+    let views = |r: &mut _, b| -> (ndarray::Array2<f32>, ndarray::Array2<f32>) {
+        (randn(r, (b, 8)), randn(r, (b, 8)))
+    };
+    let (a, b) = views(&mut r, 12);
+    for par in [recgoat_core::Par::Seq, recgoat_core::Par::Rayon(3)] {
+        let first = info_nce(a.view(), b.view(), None, None, &cfg, par).unwrap();
+        for rows in [40, 7, 12] {
+            let (x, y) = views(&mut r, rows);
+            info_nce(x.view(), y.view(), None, None, &cfg, par).unwrap();
+            let again = info_nce(a.view(), b.view(), None, None, &cfg, par).unwrap();
+            assert_eq!(
+                first.loss.to_bits(),
+                again.loss.to_bits(),
+                "after B = {rows}"
+            );
+            assert_eq!(first.grad_v1, again.grad_v1, "after B = {rows}");
+            assert_eq!(first.grad_v2, again.grad_v2, "after B = {rows}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- small layers against references
 
 mod layers {

@@ -1,6 +1,6 @@
 //! The blocked, fused InfoNCE kernels: one direction, and both directions from one similarity matrix.
 
-use crate::backend::{map_chunks, map_row_chunks, Par};
+use crate::backend::{map_chunks, map_row_chunks, with_spare, Par};
 use crate::simd::Real;
 use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 
@@ -193,14 +193,32 @@ pub(super) fn symmetric_shared<F: Real>(
     block_rows: usize,
     par: Par,
 ) -> (F, Array2<F>, Array2<F>) {
+    let bsz = u.nrows();
+    // E is kept between calls on this thread (up to `SPARE_KEPT_BYTES`): every entry is written by the first
+    // pass's GEMM (beta 0) before it is read
+    with_spare(bsz * bsz, |e: &mut [F]| {
+        symmetric_shared_in(u, w, coef, inv_tau, block_rows, par, e)
+    })
+}
+
+/// [`symmetric_shared`] with `E` in `e` (`B x B`, any contents).
+#[allow(clippy::too_many_arguments)]
+fn symmetric_shared_in<F: Real>(
+    u: ArrayView2<'_, F>,
+    w: ArrayView2<'_, F>,
+    coef: ArrayView1<'_, F>,
+    inv_tau: F,
+    block_rows: usize,
+    par: Par,
+    e: &mut [F],
+) -> (F, Array2<F>, Array2<F>) {
     let (bsz, d) = u.dim();
     let blocks_of = |rows: std::ops::Range<usize>| {
         (rows.start..rows.end)
             .step_by(block_rows)
             .map(move |r0| r0..(r0 + block_rows).min(rows.end))
     };
-    let mut e = vec![F::zero(); bsz * bsz];
-    let firsts = map_row_chunks(par, &mut e, bsz, |rows, chunk| {
+    let firsts = map_row_chunks(par, e, bsz, |rows, chunk| {
         let start = rows.start;
         let mut stats = Vec::with_capacity(rows.len());
         let mut colsum = vec![F::zero(); bsz];
@@ -231,7 +249,7 @@ pub(super) fn symmetric_shared<F: Real>(
     // per-row and per-column softmax scales (E_ij times either is at most c: no overflow)
     let row_scale: Vec<F> = stats.iter().zip(coef).map(|(&(_, z), &c)| c / z).collect();
     let col_scale: Vec<F> = colsum.iter().zip(coef).map(|(&z, &c)| c / z).collect();
-    let seconds = map_row_chunks(par, &mut e, bsz, |rows, chunk| {
+    let seconds = map_row_chunks(par, e, bsz, |rows, chunk| {
         let start = rows.start;
         let mut grad_u = Array2::<F>::zeros((rows.len(), d));
         let mut grad_w = Array2::<F>::zeros((bsz, d));
