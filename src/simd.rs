@@ -155,6 +155,18 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// Whether the CPU has AVX-512F (its kernels are built from Rust 1.89 on, `cfg(recgoat_avx512)`).
+pub fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether every value is finite, in a form that vectorises: `v * 0` is 0 for finite `v` and NaN for
 /// NaN/Inf, so one sum over 16 lanes decides.
 pub fn all_finite<F: Float>(xs: &[F]) -> bool {
