@@ -312,6 +312,7 @@ mod x86 {
     /// loads and multiply-adds of the AVX2 kernel per edge), then 16-column tiles. The same products summed
     /// in the same order, so the same results as the AVX2 kernel.
     #[cfg(recgoat_avx512)]
+    #[clippy::msrv = "1.89"]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn spmm_rows_avx512(
@@ -331,6 +332,7 @@ mod x86 {
     }
 
     #[cfg(recgoat_avx512)]
+    #[clippy::msrv = "1.89"]
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn rows_with_512(
@@ -343,7 +345,7 @@ mod x86 {
         out: &mut [f32],
         sum: &mut [f32],
     ) -> bool {
-        debug_assert!(d % 16 == 0 && out.len() == rows.len() * d);
+        debug_assert!(d.is_multiple_of(16) && out.len() == rows.len() * d);
         debug_assert!(ind[ptr[rows.start]..ptr[rows.end]]
             .iter()
             .all(|&j| (j as usize + 1) * d <= xs.len()));
