@@ -134,6 +134,12 @@ impl Real for f32 {
     fn exp_shift_sum_in_place(shift: f32, xs: &mut [f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         {
+            #[cfg(recgoat_avx512)]
+            if has_avx512f() {
+                // SAFETY: AVX-512F is present (checked above); the kernel stays within the slice (masked
+                // loads and stores for the tail).
+                return unsafe { x86::exp_shift_sum_in_place_avx512(shift, xs) };
+            }
             if has_avx2_fma() {
                 // SAFETY: AVX2 and FMA are present (checked above); the kernel stays within the slice.
                 return unsafe { x86::exp_shift_sum_in_place_avx2(shift, xs) };
@@ -435,6 +441,70 @@ mod x86 {
         hsum(_mm256_add_ps(acc0, acc1))
     }
 
+    /// exp of 16 lanes, the same operations as [`exp8`] (so the same value in every lane).
+    #[cfg(recgoat_avx512)]
+    #[clippy::msrv = "1.89"]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let hi = _mm512_set1_ps(88.0);
+        let lo = _mm512_set1_ps(-87.336_55);
+        let x = _mm512_min_ps(hi, x);
+        let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
+        let x = _mm512_max_ps(lo, x);
+        let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fmadd_ps(fx, _mm512_set1_ps(-0.693_359_4), x);
+        let r = _mm512_fmadd_ps(fx, _mm512_set1_ps(2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_199_9e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let r2 = _mm512_mul_ps(r, r);
+        p = _mm512_fmadd_ps(p, r2, r);
+        p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
+        let n = _mm512_cvtps_epi32(fx);
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            n,
+            _mm512_set1_epi32(127),
+        )));
+        _mm512_maskz_mov_ps(!underflow, _mm512_mul_ps(p, scale))
+    }
+
+    /// AVX-512F `exp_shift_sum_in_place`: the values of the AVX2 kernel ([`exp16`]), summed in 16 lanes; the
+    /// tail through masked loads and stores.
+    #[cfg(recgoat_avx512)]
+    #[clippy::msrv = "1.89"]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_shift_sum_in_place_avx512(shift: f32, xs: &mut [f32]) -> f32 {
+        let n = xs.len();
+        let vs = _mm512_set1_ps(shift);
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let p = xs.as_mut_ptr();
+        let mut j = 0;
+        while j + 32 <= n {
+            let e0 = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(j)), vs));
+            let e1 = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(j + 16)), vs));
+            _mm512_storeu_ps(p.add(j), e0);
+            _mm512_storeu_ps(p.add(j + 16), e1);
+            acc0 = _mm512_add_ps(acc0, e0);
+            acc1 = _mm512_add_ps(acc1, e1);
+            j += 32;
+        }
+        while j < n {
+            let k = (n - j).min(16);
+            let m: __mmask16 = if k == 16 { u16::MAX } else { (1u16 << k) - 1 };
+            let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(j)), vs));
+            _mm512_mask_storeu_ps(p.add(j), m, e);
+            acc1 = _mm512_mask_add_ps(acc1, m, acc1, e);
+            j += k;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
     /// AVX2 version of `exp_affine_sum`; the tail goes through a padded lane block so every element uses
     /// the same exp approximation.
     #[target_feature(enable = "avx2,fma")]
@@ -563,6 +633,42 @@ mod tests {
             assert_exps_match(|j| xs[j] + 0.5, (&fast, s_fast), (&slow, s_slow));
         }
         assert_eq!(f32::max_of(&[]), f32::NEG_INFINITY);
+    }
+
+    /// The AVX-512 in-place exp writes the AVX2 kernel's values to the bit (the same operations per lane)
+    /// at every length, underflow and NaN included; only the sum's grouping differs.
+    #[cfg(all(recgoat_avx512, target_arch = "x86_64"))]
+    #[test]
+    fn avx512_in_place_exp_matches_the_avx2_kernel() {
+        use rand::{Rng, SeedableRng};
+        if !(has_avx512f() && has_avx2_fma()) {
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        for n in [0usize, 1, 15, 16, 17, 31, 32, 33, 47, 64, 100, 257] {
+            let mut xs: Vec<f32> = (0..n).map(|_| rng.gen_range(-100.0..8.0)).collect();
+            if n > 3 {
+                xs[n / 2] = f32::NAN;
+            }
+            let (mut a, mut b) = (xs.clone(), xs.clone());
+            // SAFETY: both instruction sets are present (checked above)
+            let (sa, sb) = unsafe {
+                (
+                    x86::exp_shift_sum_in_place_avx512(-0.5, &mut a),
+                    x86::exp_shift_sum_in_place_avx2(-0.5, &mut b),
+                )
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "n={n}");
+            if n > 3 {
+                assert!(
+                    sa.is_nan() && sb.is_nan(),
+                    "n={n}: a NaN must reach the sum"
+                );
+            } else {
+                assert!((sa - sb).abs() <= 1e-6 * sb.abs(), "n={n}: {sa} vs {sb}");
+            }
+        }
     }
 
     #[test]
