@@ -9,11 +9,11 @@
 use super::{leaky, leaky_grad, GatCache, GatConfig, GatGrads, GatParams, Mode, Scoring};
 use crate::backend::{
     chunk_bounds_by_work, for_row_chunks, par_dot, par_owned, par_t_dot, run_each, split_lengths,
-    Par,
+    with_spare, Par,
 };
 use crate::graph::CsrGraph;
 use crate::simd::{avx2_dispatch, prefetch, Real};
-use ndarray::{Array2, ArrayView2, Axis, CowArray, Ix2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, CowArray, Ix2};
 use rand::{Rng, SeedableRng};
 use std::borrow::Cow;
 
@@ -476,39 +476,47 @@ pub(super) fn backward<F: Real>(
     let alpha = &cache.alpha[..];
     let v2 = cfg.scoring == Scoring::GatV2;
 
-    let mut dg = Array2::<F>::zeros((n, hc));
     let lanes = lanes::applies(cfg);
-    let (grad_a_src, grad_a_dst) = if lanes {
-        // head-minor throughout (see `lanes`): dacc enters it, dg and W's gradient come back through W_P
-        let das_t = lanes::swapped(dacc.view(), par);
-        let a_src_t = lanes::permuted(&p.a_src);
-        let a_dst_t = lanes::permuted(p.a_dst.as_ref().expect("GATConv has a_dst"));
-        let (ga_src, ga_dst) = lanes::backward(
-            &ctx,
-            das_t.as_slice().expect("fresh"),
-            &cache.soft,
-            a_src_t.as_slice().expect("fresh"),
-            a_dst_t.as_slice().expect("fresh"),
-            &mut dg,
-            par,
-        );
-        (ga_src, Some(ga_dst))
-    } else if v2 {
-        backward_v2(&ctx, das, alpha, &mut dg, par)
-    } else {
-        let a_dst = p.a_dst.as_ref().expect("GATConv has a_dst");
-        backward_conv(&ctx, das, &cache.soft, a_dst, &mut dg, par)
-    };
-    let grad_w = par_t_dot(par, &cache.x_drop.view(), &dg.view());
-    let (grad_w, w) = if lanes {
-        (
-            lanes::swapped(grad_w.view(), Par::Seq),
-            Cow::Owned(lanes::permuted(&p.w)),
-        )
-    } else {
-        (grad_w, Cow::Borrowed(&p.w))
-    };
-    let mut dxd = par_dot(par, &dg.view(), &w.t());
+    // dL/dg (and, head-minor, dacc) live in this thread's spare buffer: two graph-sized arrays that would
+    // otherwise be faulted in afresh at every call
+    let scratch = n * hc * if lanes { 2 } else { 1 };
+    let (grad_a_src, grad_a_dst, grad_w, mut dxd) = with_spare(scratch, |buf: &mut [F]| {
+        let (dg_mem, das_mem) = buf.split_at_mut(n * hc);
+        for_row_chunks(par, dg_mem, hc, |_, chunk| chunk.fill(F::zero()));
+        let mut dg = ArrayViewMut2::from_shape((n, hc), dg_mem).expect("sized");
+        let (grad_a_src, grad_a_dst) = if lanes {
+            // head-minor throughout (see `lanes`): dacc enters it, dg and W's gradient come back through W_P
+            lanes::swap_into(dacc.view(), das_mem, par);
+            let a_src_t = lanes::permuted(&p.a_src);
+            let a_dst_t = lanes::permuted(p.a_dst.as_ref().expect("GATConv has a_dst"));
+            let (ga_src, ga_dst) = lanes::backward(
+                &ctx,
+                das_mem,
+                &cache.soft,
+                a_src_t.as_slice().expect("fresh"),
+                a_dst_t.as_slice().expect("fresh"),
+                &mut dg,
+                par,
+            );
+            (ga_src, Some(ga_dst))
+        } else if v2 {
+            backward_v2(&ctx, das, alpha, &mut dg, par)
+        } else {
+            let a_dst = p.a_dst.as_ref().expect("GATConv has a_dst");
+            backward_conv(&ctx, das, &cache.soft, a_dst, &mut dg, par)
+        };
+        let grad_w = par_t_dot(par, &cache.x_drop.view(), &dg.view());
+        let (grad_w, w) = if lanes {
+            (
+                lanes::swapped(grad_w.view(), Par::Seq),
+                Cow::Owned(lanes::permuted(&p.w)),
+            )
+        } else {
+            (grad_w, Cow::Borrowed(&p.w))
+        };
+        let dxd = par_dot(par, &dg.view(), &w.t());
+        (grad_a_src, grad_a_dst, grad_w, dxd)
+    });
     if cfg.residual {
         match &p.w_res {
             Some(r) => dxd += &grad_out.dot(&r.t()),
@@ -547,7 +555,7 @@ fn backward_conv<F: Real>(
     das: &[F],
     soft: &[F],
     a_dst: &Array2<F>,
-    dg: &mut Array2<F>,
+    dg: &mut ArrayViewMut2<'_, F>,
     par: Par,
 ) -> (Array2<F>, Option<Array2<F>>) {
     let (graph, (hn, c, hc)) = (ctx.graph, ctx.dims::<0, 0>());
@@ -798,7 +806,7 @@ fn backward_v2<F: Real>(
     ctx: &Ctx<'_, F>,
     das: &[F],
     alpha: &[F],
-    dg: &mut Array2<F>,
+    dg: &mut ArrayViewMut2<'_, F>,
     par: Par,
 ) -> (Array2<F>, Option<Array2<F>>) {
     let (graph, (hn, c, hc)) = (ctx.graph, ctx.dims::<0, 0>());

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::backend::{for_row_chunks, map_row_chunks, run_each};
 use crate::simd::avx2_dispatch;
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// Heads and head width of this kernel family.
 pub(super) const L: usize = 8;
@@ -52,13 +52,18 @@ pub(super) fn swap_rows<F: Copy>(src: &[F], dst: &mut [F]) {
 
 /// [`swap_rows`] of a whole matrix with 64 columns, its rows split over `par`'s chunks.
 pub(super) fn swapped<F: Real>(a: ArrayView2<'_, F>, par: Par) -> Array2<F> {
+    let mut out = Array2::<F>::zeros(a.dim());
+    swap_into(a, out.as_slice_mut().expect("fresh"), par);
+    out
+}
+
+/// [`swap_rows`] of a matrix with 64 columns into `dst` (its rows' length), the rows split over `par`'s chunks.
+pub(super) fn swap_into<F: Real>(a: ArrayView2<'_, F>, dst: &mut [F], par: Par) {
     let a = a.as_standard_layout();
     let src = a.as_slice().expect("standard layout");
-    let mut out = Array2::<F>::zeros(a.dim());
-    for_row_chunks(par, out.as_slice_mut().expect("fresh"), W, |rows, chunk| {
+    for_row_chunks(par, dst, W, |rows, chunk| {
         swap_rows(&src[rows.start * W..rows.end * W], chunk);
     });
-    out
 }
 
 /// `W_P` (columns permuted into the head-minor order), or the transpose of an `L x L` parameter block.
@@ -215,7 +220,7 @@ pub(super) fn backward<F: Real>(
     soft: &[F],
     a_src_t: &[F],
     a_dst_t: &[F],
-    dg_t: &mut Array2<F>,
+    dg_t: &mut ArrayViewMut2<'_, F>,
     par: Par,
 ) -> (Array2<F>, Array2<F>) {
     let graph = ctx.graph;
