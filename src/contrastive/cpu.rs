@@ -197,19 +197,17 @@ pub(super) fn symmetric_shared<F: Real>(
     // E is kept between calls on this thread (up to `SPARE_KEPT_BYTES`): every entry is written by the first
     // pass's GEMM (beta 0) before it is read
     with_spare(bsz * bsz, |e: &mut [F]| {
-        symmetric_shared_in(u, w, coef, inv_tau, block_rows, par, e)
+        shared_passes(u, w, coef, inv_tau, (block_rows, par), e)
     })
 }
 
-/// [`symmetric_shared`] with `E` in `e` (`B x B`, any contents).
-#[allow(clippy::too_many_arguments)]
-fn symmetric_shared_in<F: Real>(
+/// The two passes of [`symmetric_shared`] with `E` in `e` (`B x B`, any contents).
+fn shared_passes<F: Real>(
     u: ArrayView2<'_, F>,
     w: ArrayView2<'_, F>,
     coef: ArrayView1<'_, F>,
     inv_tau: F,
-    block_rows: usize,
-    par: Par,
+    (block_rows, par): (usize, Par),
     e: &mut [F],
 ) -> (F, Array2<F>, Array2<F>) {
     let (bsz, d) = u.dim();
