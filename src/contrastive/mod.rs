@@ -225,30 +225,12 @@ pub fn info_nce<F: Real>(
     cfg.validate()?;
     validate_inputs(OP, v1, v2, negatives, weights)?;
     let b = v1.nrows();
-    let (u, nu) = if cfg.normalize {
-        let (a, n) = normalize_rows(OP, "v1", v1)?;
-        (a, Some(n))
-    } else {
-        (v1.to_owned(), None)
-    };
-    let (w, nw) = if cfg.normalize {
-        let (a, n) = normalize_rows(OP, "v2", v2)?;
-        (a, Some(n))
-    } else {
-        (v2.to_owned(), None)
-    };
-    let neg = match negatives {
-        Some(n) if cfg.normalize => {
-            let (a, nn) = normalize_rows(OP, "negatives", n)?;
-            Some((a, Some(nn)))
-        }
-        Some(n) => Some((n.to_owned(), None)),
-        None => None,
-    };
-    let base = match cfg.reduction {
-        Reduction::Mean => F::one() / F::from_usize(b).expect("batch fits"),
-        Reduction::Sum => F::one(),
-    };
+    let (u, nu) = prepared_rows(OP, "v1", v1, cfg.normalize)?;
+    let (w, nw) = prepared_rows(OP, "v2", v2, cfg.normalize)?;
+    let neg = negatives
+        .map(|n| prepared_rows(OP, "negatives", n, cfg.normalize))
+        .transpose()?;
+    let base = reduction_base(cfg.reduction, b);
     let half = if cfg.direction == Direction::Symmetric {
         F::c(0.5)
     } else {
@@ -263,7 +245,7 @@ pub fn info_nce<F: Real>(
     let block_rows = cpu::balanced_block_rows(cfg.block_rows, b, par);
     let shared = cfg.direction == Direction::Symmetric
         && cpu::symmetric_shared_applies(cfg.normalize, nview.is_some(), b, inv_tau);
-    let (loss, mut gu, mut gw, gn) = if shared {
+    let (loss, gu, gw, gn) = if shared {
         let (loss, gu, gw) =
             cpu::symmetric_shared(u.view(), w.view(), coef.view(), inv_tau, block_rows, par);
         (loss, gu, gw, None)
@@ -302,22 +284,53 @@ pub fn info_nce<F: Real>(
         }
         (loss, gu, gw, gn)
     };
-    if let Some(n) = &nu {
-        gu = normalize_rows_backward(u.view(), n.view(), gu);
-    }
-    if let Some(n) = &nw {
-        gw = normalize_rows_backward(w.view(), n.view(), gw);
-    }
     let gn = match (gn, neg.as_ref()) {
-        (Some(g), Some((a, Some(n)))) => Some(normalize_rows_backward(a.view(), n.view(), g)),
+        (Some(g), Some((a, n))) => Some(prepared_rows_backward(a, n.as_ref(), g)),
         (g, _) => g,
     };
     Ok(InfoNceOutput {
         loss,
-        grad_v1: gu,
-        grad_v2: gw,
+        grad_v1: prepared_rows_backward(&u, nu.as_ref(), gu),
+        grad_v2: prepared_rows_backward(&w, nw.as_ref(), gw),
         grad_negatives: gn,
     })
+}
+
+/// The rows InfoNCE works on: `v` L2-normalised row by row when `normalize` (with the norms, for
+/// [`prepared_rows_backward`]), else a copy of `v`.
+fn prepared_rows<F: Real>(
+    op: &'static str,
+    what: &str,
+    v: ArrayView2<'_, F>,
+    normalize: bool,
+) -> Result<(Array2<F>, Option<Array1<F>>)> {
+    if normalize {
+        let (a, n) = normalize_rows(op, what, v)?;
+        Ok((a, Some(n)))
+    } else {
+        Ok((v.to_owned(), None))
+    }
+}
+
+/// The gradient `g` with respect to rows from [`prepared_rows`] (`a`, their norms `norms` when they were
+/// normalised), taken back to the input rows.
+fn prepared_rows_backward<F: Real>(
+    a: &Array2<F>,
+    norms: Option<&Array1<F>>,
+    g: Array2<F>,
+) -> Array2<F> {
+    match norms {
+        Some(n) => normalize_rows_backward(a.view(), n.view(), g),
+        None => g,
+    }
+}
+
+/// Each pair's share of the loss before its weight: `1 / B` for a mean over `B` pairs, 1 for a sum.
+fn reduction_base<F: Real>(reduction: Reduction, b: usize) -> F {
+    match reduction {
+        Reduction::Mean => F::one() / F::from_usize(b).expect("batch fits"),
+        Reduction::Sum => F::one(),
+    }
 }
 
 /// Naive f64 reference: every similarity row written out, `-log softmax` taken at the positive, no blocks,
@@ -532,28 +545,17 @@ fn stacked_info_nce<F: Real>(
         validate_inputs(OP, views[pairs[j].first], positives, None, None)?;
     }
     let b = positives.nrows();
-    let normalized = |what: &str, v: ArrayView2<'_, F>| -> Result<(Array2<F>, Option<Array1<F>>)> {
-        if cfg.normalize {
-            let (a, n) = normalize_rows(OP, what, v)?;
-            Ok((a, Some(n)))
-        } else {
-            Ok((v.to_owned(), None))
-        }
-    };
-    let (w, nw) = normalized("v2", positives)?;
+    let (w, nw) = prepared_rows(OP, "v2", positives, cfg.normalize)?;
     let anchors = group
         .iter()
-        .map(|&j| normalized("v1", views[pairs[j].first]))
+        .map(|&j| prepared_rows(OP, "v1", views[pairs[j].first], cfg.normalize))
         .collect::<Result<Vec<_>>>()?;
     let stacked = ndarray::concatenate(
         Axis(0),
         &anchors.iter().map(|(a, _)| a.view()).collect::<Vec<_>>(),
     )
     .expect("anchors of one width");
-    let base = match cfg.reduction {
-        Reduction::Mean => F::one() / F::from_usize(b).expect("batch fits"),
-        Reduction::Sum => F::one(),
-    };
+    let base = reduction_base(cfg.reduction, b);
     let coef: Array1<F> = group
         .iter()
         .flat_map(|&j| std::iter::repeat(pairs[j].weight * base).take(b))
@@ -583,16 +585,10 @@ fn stacked_info_nce<F: Real>(
                 .grad_anchor
                 .slice(ndarray::s![t * b..(t + 1) * b, ..])
                 .to_owned();
-            match n {
-                Some(n) => normalize_rows_backward(a.view(), n.view(), g),
-                None => g,
-            }
+            prepared_rows_backward(a, n.as_ref(), g)
         })
         .collect();
-    let grad_positive = match &nw {
-        Some(n) => normalize_rows_backward(w.view(), n.view(), out.grad_positive),
-        None => out.grad_positive,
-    };
+    let grad_positive = prepared_rows_backward(&w, nw.as_ref(), out.grad_positive);
     Ok((values, grad_anchors, grad_positive))
 }
 
