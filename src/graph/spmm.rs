@@ -207,8 +207,89 @@ mod x86 {
     use super::PREFETCH;
     use std::arch::x86_64::*;
 
-    /// [`super::spmm_rows`] for f32, `d % 8 == 0`: 64-column tiles in eight accumulators (fused
-    /// multiply-adds, unchecked loads), then 8-column tiles. Returns whether every output stayed finite.
+    /// One SIMD register of `f32` lanes with the operations of the row kernel [`rows_with`], so that one
+    /// kernel serves AVX2 (`__m256`) and AVX-512F (`__m512`). The methods are inlined into the callers'
+    /// `#[target_feature]` functions, which enable the instructions.
+    trait Lanes: Copy {
+        /// Lanes per register.
+        const N: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn splat(v: f32) -> Self;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(p: *mut f32, v: Self);
+        /// `a * b + c`, one rounding.
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        unsafe fn add(a: Self, b: Self) -> Self;
+        unsafe fn any_nan(v: Self) -> bool;
+    }
+
+    impl Lanes for __m256 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            _mm256_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn any_nan(v: Self) -> bool {
+            _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)) != 0
+        }
+    }
+
+    #[cfg(recgoat_avx512)]
+    #[clippy::msrv = "1.89"]
+    impl Lanes for __m512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            _mm512_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn any_nan(v: Self) -> bool {
+            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v) != 0
+        }
+    }
+
+    /// [`super::spmm_rows`] for f32, `d % 8 == 0`, with AVX2 and FMA ([`rows_with`] on 8 lanes).
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn spmm_rows(
@@ -222,95 +303,15 @@ mod x86 {
         sum: &mut [f32],
     ) -> bool {
         match ws {
-            Some(ws) => rows_with(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum),
-            None => rows_with(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
+            Some(ws) => {
+                rows_with::<__m256>(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum)
+            }
+            None => rows_with::<__m256>(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
         }
     }
 
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn rows_with(
-        ptr: &[usize],
-        ind: &[u32],
-        weight: impl Fn(usize) -> f32,
-        xs: &[f32],
-        d: usize,
-        rows: std::ops::Range<usize>,
-        out: &mut [f32],
-        sum: &mut [f32],
-    ) -> bool {
-        debug_assert!(d % 8 == 0 && out.len() == rows.len() * d);
-        debug_assert!(ind[ptr[rows.start]..ptr[rows.end]]
-            .iter()
-            .all(|&j| (j as usize + 1) * d <= xs.len()));
-        let summing = !sum.is_empty();
-        let full = d / 64 * 64;
-        let (x0, i0) = (xs.as_ptr(), ind.as_ptr());
-        let n_ind = ind.len();
-        // `v * 0 + check` turns NaN for a non-finite `v`
-        let (zero, mut check) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for (ri, r) in rows.enumerate() {
-            let (e0, e1) = (ptr[r], ptr[r + 1]);
-            let yo = out.as_mut_ptr().add(ri * d);
-            // (an offset pointer into `sum` only when there is one)
-            let so = if summing {
-                sum.as_mut_ptr().add(ri * d)
-            } else {
-                std::ptr::null_mut()
-            };
-            let mut t0 = 0;
-            while t0 < full {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for e in e0..e1 {
-                    if e + PREFETCH < n_ind {
-                        let p = x0.add(*i0.add(e + PREFETCH) as usize * d + t0) as *const i8;
-                        _mm_prefetch::<_MM_HINT_T0>(p);
-                        _mm_prefetch::<_MM_HINT_T0>(p.add(64));
-                        _mm_prefetch::<_MM_HINT_T0>(p.add(128));
-                        _mm_prefetch::<_MM_HINT_T0>(p.add(192));
-                    }
-                    let w = _mm256_set1_ps(weight(e));
-                    let xr = x0.add(*i0.add(e) as usize * d + t0);
-                    for (k, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr.add(8 * k)), *a);
-                    }
-                }
-                // a tree sum, so the check is not one long dependency chain (an overflowing sum of finite
-                // outputs only sends the caller to the full scan)
-                let h = |i: usize| _mm256_add_ps(acc[i], acc[i + 1]);
-                let s = _mm256_add_ps(_mm256_add_ps(h(0), h(2)), _mm256_add_ps(h(4), h(6)));
-                check = _mm256_fmadd_ps(s, zero, check);
-                for (k, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(yo.add(t0 + 8 * k), *a);
-                    if summing {
-                        let sp = so.add(t0 + 8 * k);
-                        _mm256_storeu_ps(sp, _mm256_add_ps(_mm256_loadu_ps(sp), *a));
-                    }
-                }
-                t0 += 64;
-            }
-            while t0 < d {
-                let mut acc = _mm256_setzero_ps();
-                for e in e0..e1 {
-                    let w = _mm256_set1_ps(weight(e));
-                    let xr = x0.add(*i0.add(e) as usize * d + t0);
-                    acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr), acc);
-                }
-                check = _mm256_fmadd_ps(acc, zero, check);
-                _mm256_storeu_ps(yo.add(t0), acc);
-                if summing {
-                    let sp = so.add(t0);
-                    _mm256_storeu_ps(sp, _mm256_add_ps(_mm256_loadu_ps(sp), acc));
-                }
-                t0 += 8;
-            }
-        }
-        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(check, check)) == 0
-    }
-
-    /// [`spmm_rows`] with AVX-512F, `d % 16 == 0`: 64-column tiles in four 16-lane accumulators (half the
-    /// loads and multiply-adds of the AVX2 kernel per edge), then 16-column tiles. The same products summed
-    /// in the same order, so the same results as the AVX2 kernel.
+    /// [`super::spmm_rows`] for f32, `d % 16 == 0`, with AVX-512F ([`rows_with`] on 16 lanes: half the
+    /// loads and multiply-adds per edge of the AVX2 kernel, and the same results to the bit).
     #[cfg(recgoat_avx512)]
     #[clippy::msrv = "1.89"]
     #[target_feature(enable = "avx512f")]
@@ -326,16 +327,20 @@ mod x86 {
         sum: &mut [f32],
     ) -> bool {
         match ws {
-            Some(ws) => rows_with_512(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum),
-            None => rows_with_512(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
+            Some(ws) => {
+                rows_with::<__m512>(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum)
+            }
+            None => rows_with::<__m512>(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
         }
     }
 
-    #[cfg(recgoat_avx512)]
-    #[clippy::msrv = "1.89"]
+    /// Rows `rows` of `Y = A X` (and `sum += Y` when `sum` is not empty), `d` a multiple of `V::N`: 64-column
+    /// tiles in `64 / V::N` accumulators (fused multiply-adds, unchecked loads), then `V::N`-column tiles.
+    /// Every lane sums its products in edge order, whatever the width. Returns whether every output stayed
+    /// finite.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn rows_with_512(
+    unsafe fn rows_with<V: Lanes>(
         ptr: &[usize],
         ind: &[u32],
         weight: impl Fn(usize) -> f32,
@@ -345,18 +350,22 @@ mod x86 {
         out: &mut [f32],
         sum: &mut [f32],
     ) -> bool {
-        debug_assert!(d.is_multiple_of(16) && out.len() == rows.len() * d);
+        debug_assert!(d % V::N == 0 && out.len() == rows.len() * d);
         debug_assert!(ind[ptr[rows.start]..ptr[rows.end]]
             .iter()
             .all(|&j| (j as usize + 1) * d <= xs.len()));
+        // accumulators per 64-column tile (at most 8, the AVX2 count)
+        let per = 64 / V::N;
         let summing = !sum.is_empty();
         let full = d / 64 * 64;
         let (x0, i0) = (xs.as_ptr(), ind.as_ptr());
         let n_ind = ind.len();
-        let (zero, mut check) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        // `v * 0 + check` turns NaN for a non-finite `v`
+        let (zero, mut check) = (V::zero(), V::zero());
         for (ri, r) in rows.enumerate() {
             let (e0, e1) = (ptr[r], ptr[r + 1]);
             let yo = out.as_mut_ptr().add(ri * d);
+            // (an offset pointer into `sum` only when there is one)
             let so = if summing {
                 sum.as_mut_ptr().add(ri * d)
             } else {
@@ -364,7 +373,7 @@ mod x86 {
             };
             let mut t0 = 0;
             while t0 < full {
-                let mut acc = [_mm512_setzero_ps(); 4];
+                let mut acc = [V::zero(); 8];
                 for e in e0..e1 {
                     if e + PREFETCH < n_ind {
                         let p = x0.add(*i0.add(e + PREFETCH) as usize * d + t0) as *const i8;
@@ -373,40 +382,48 @@ mod x86 {
                         _mm_prefetch::<_MM_HINT_T0>(p.add(128));
                         _mm_prefetch::<_MM_HINT_T0>(p.add(192));
                     }
-                    let w = _mm512_set1_ps(weight(e));
+                    let w = V::splat(weight(e));
                     let xr = x0.add(*i0.add(e) as usize * d + t0);
-                    for (k, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr.add(16 * k)), *a);
+                    for (k, a) in acc[..per].iter_mut().enumerate() {
+                        *a = V::fmadd(w, V::load(xr.add(V::N * k)), *a);
                     }
                 }
-                let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-                check = _mm512_fmadd_ps(s, zero, check);
-                for (k, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(yo.add(t0 + 16 * k), *a);
+                for (k, a) in acc[..per].iter().enumerate() {
+                    V::store(yo.add(t0 + V::N * k), *a);
                     if summing {
-                        let sp = so.add(t0 + 16 * k);
-                        _mm512_storeu_ps(sp, _mm512_add_ps(_mm512_loadu_ps(sp), *a));
+                        let sp = so.add(t0 + V::N * k);
+                        V::store(sp, V::add(V::load(sp), *a));
                     }
                 }
+                // a tree sum, so the check is not one long dependency chain (an overflowing sum of finite
+                // outputs only sends the caller to the full scan)
+                let mut step = 1;
+                while step < per {
+                    for i in (0..per).step_by(2 * step) {
+                        acc[i] = V::add(acc[i], acc[i + step]);
+                    }
+                    step *= 2;
+                }
+                check = V::fmadd(acc[0], zero, check);
                 t0 += 64;
             }
             while t0 < d {
-                let mut acc = _mm512_setzero_ps();
+                let mut acc = V::zero();
                 for e in e0..e1 {
-                    let w = _mm512_set1_ps(weight(e));
+                    let w = V::splat(weight(e));
                     let xr = x0.add(*i0.add(e) as usize * d + t0);
-                    acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(xr), acc);
+                    acc = V::fmadd(w, V::load(xr), acc);
                 }
-                check = _mm512_fmadd_ps(acc, zero, check);
-                _mm512_storeu_ps(yo.add(t0), acc);
+                check = V::fmadd(acc, zero, check);
+                V::store(yo.add(t0), acc);
                 if summing {
                     let sp = so.add(t0);
-                    _mm512_storeu_ps(sp, _mm512_add_ps(_mm512_loadu_ps(sp), acc));
+                    V::store(sp, V::add(V::load(sp), acc));
                 }
-                t0 += 16;
+                t0 += V::N;
             }
         }
-        _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(check, check) == 0
+        !V::any_nan(check)
     }
 }
 
