@@ -79,7 +79,120 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    // The products InfoNCE's forward and backward compute, in their shapes and with its row blocks, and
+    // nothing else: per block of rows S = A P^T, dA = S P and dP += S^T A (the backward's two have the long
+    // inner dimension B, which this GEMM runs more slowly than the forward's). InfoNCE over this floor is
+    // what its exps, scales and reductions cost.
+    let block = InfoNceConfig::<f32>::default().block_rows.min(b);
+    let mut whole = ThreeProducts::new(block, b);
+    g.bench_function(BenchmarkId::new("gemm_three_products", "cpu_seq"), |bch| {
+        bch.iter(|| whole.run(v1.view(), v2.view(), 0..b))
+    });
+    let (mut top, mut bottom) = (ThreeProducts::new(block, b), ThreeProducts::new(block, b));
+    g.bench_function(
+        BenchmarkId::new("gemm_three_products", "cpu_rayon"),
+        |bch| {
+            bch.iter(|| {
+                rayon::join(
+                    || top.run(v1.view(), v2.view(), 0..half),
+                    || bottom.run(v1.view(), v2.view(), half..b),
+                )
+            })
+        },
+    );
     g.finish();
+    interleaved_ratios(v1.view(), v2.view(), block);
+}
+
+/// InfoNCE's time over its three products' ([`ThreeProducts`]), each pair measured back to back on 2 threads,
+/// so that the machine's slow phases hit both sides of a ratio alike (steadier on a shared VM than a ratio
+/// of two separately measured medians).
+fn interleaved_ratios(
+    v1: ndarray::ArrayView2<'_, f32>,
+    v2: ndarray::ArrayView2<'_, f32>,
+    block: usize,
+) {
+    use std::time::Instant;
+    let quick = std::env::var("RECGOAT_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let (b, pairs) = (v1.nrows(), if quick { 4 } else { 40 });
+    let half = b / 2;
+    let (mut top, mut bottom) = (ThreeProducts::new(block, b), ThreeProducts::new(block, b));
+    let mut line =
+        format!("info_nce over its three products, {pairs} interleaved pairs on 2 threads:");
+    for (name, direction) in [
+        ("one_way", Direction::OneWay),
+        ("symmetric", Direction::Symmetric),
+    ] {
+        let cfg = InfoNceConfig {
+            direction,
+            ..InfoNceConfig::default()
+        };
+        let mut ratios = Vec::new();
+        for k in 0..pairs + 3 {
+            let t0 = Instant::now();
+            black_box(
+                info_nce(v1, v2, None, None, &cfg, Par::rayon())
+                    .unwrap()
+                    .loss,
+            );
+            let t1 = Instant::now();
+            rayon::join(|| top.run(v1, v2, 0..half), || bottom.run(v1, v2, half..b));
+            if k >= 3 {
+                ratios.push((t1 - t0).as_secs_f64() / t1.elapsed().as_secs_f64());
+            }
+        }
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        line += &format!(
+            " {name} ratio median {:.2}x (quartiles {:.2}x..{:.2}x);",
+            ratios[n / 2],
+            ratios[n / 4],
+            ratios[3 * n / 4]
+        );
+    }
+    eprintln!("{}", line.trim_end_matches(';'));
+}
+
+/// Preallocated outputs of [`ThreeProducts::run`]: one block of similarities and the two gradients.
+struct ThreeProducts {
+    block: usize,
+    sim: Array2<f32>,
+    grad_a: Array2<f32>,
+    grad_p: Array2<f32>,
+}
+
+impl ThreeProducts {
+    fn new(block: usize, b: usize) -> Self {
+        ThreeProducts {
+            block,
+            sim: Array2::zeros((block, b)),
+            grad_a: Array2::zeros((b, 64)),
+            grad_p: Array2::zeros((b, 64)),
+        }
+    }
+
+    /// The three products for anchor rows `rows`, block by block.
+    fn run(
+        &mut self,
+        a: ndarray::ArrayView2<'_, f32>,
+        p: ndarray::ArrayView2<'_, f32>,
+        rows: std::ops::Range<usize>,
+    ) {
+        use ndarray::linalg::general_mat_mul;
+        use ndarray::s;
+        for r0 in rows.clone().step_by(self.block) {
+            let r1 = (r0 + self.block).min(rows.end);
+            let ab = a.slice(s![r0..r1, ..]);
+            let mut sim = self.sim.slice_mut(s![..r1 - r0, ..]);
+            general_mat_mul(5.0, &ab, &p.t(), 0.0, &mut sim);
+            let mut ga = self
+                .grad_a
+                .slice_mut(s![r0 - rows.start..r1 - rows.start, ..]);
+            general_mat_mul(5.0, &sim, &p, 0.0, &mut ga);
+            general_mat_mul(5.0, &sim.t(), &ab, 1.0, &mut self.grad_p);
+        }
+        black_box(&self.grad_p);
+    }
 }
 
 criterion_group!(benches, bench);

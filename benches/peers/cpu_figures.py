@@ -56,11 +56,16 @@ def measure():
                       res.stderr)
         if m:
             figures["notes"]["spmm_over_gather_floor_interleaved"] = [float(g) for g in m.groups()]
+        for name in ["one_way", "symmetric"]:
+            m = re.search(rf"info_nce over its three products, \d+ interleaved pairs.*?{name} ratio median "
+                          r"([0-9.]+)x \(quartiles ([0-9.]+)x\.\.([0-9.]+)x\)", res.stderr)
+            if m:
+                figures["notes"][f"info_nce_{name}_over_products_interleaved"] = [float(g) for g in m.groups()]
     for group, functions in {
         "gat_knn_7050": ["forward", "forward_backward"],
         "knn_7050x384": ["k20"],
         "lightgcn_baby": ["spmm_into_d64", "propagate_3layers_fwd_into", "floor_gather_cached"],
-        "info_nce_4096x64": ["fwd_bwd_one_way", "fwd_bwd_symmetric", "gemm_b_by_b"],
+        "info_nce_4096x64": ["fwd_bwd_one_way", "fwd_bwd_symmetric", "gemm_b_by_b", "gemm_three_products"],
         "sinkhorn_log_2000": ["dense_10iters", "dense_30iters"],
     }.items():
         for f in functions:
@@ -110,7 +115,7 @@ def rows(fig):
     def per_iter(value):
         return (r[f"sinkhorn_log_2000/dense_30iters/{value}"] - r[f"sinkhorn_log_2000/dense_10iters/{value}"]) / 20
 
-    gemm3 = 3 * r["info_nce_4096x64/gemm_b_by_b/cpu_rayon"]
+    products = r["info_nce_4096x64/gemm_three_products/cpu_rayon"]
     spmm, gat_f, gat_fb = ours("lightgcn_baby/spmm_into_d64"), ours("gat_knn_7050/forward"), ours(
         "gat_knn_7050/forward_backward")
     return [
@@ -119,9 +124,9 @@ def rows(fig):
         ("LightGCN, 3 layers forward (`lightgcn_forward_into`)", *ours("lightgcn_baby/propagate_3layers_fwd_into"),
          "", None, "", None),
         ("InfoNCE fwd + bwd, B = 4096, d = 64, one-way", *ours("info_nce_4096x64/fwd_bwd_one_way"), "torch",
-         p["torch_infonce_fwd_bwd_one_way_ms"], "3 GEMMs", gemm3),
+         p["torch_infonce_fwd_bwd_one_way_ms"], "its 3 products", products),
         ("InfoNCE fwd + bwd, B = 4096, d = 64, symmetric", *ours("info_nce_4096x64/fwd_bwd_symmetric"), "torch",
-         p["torch_infonce_fwd_bwd_symmetric_ms"], "3 GEMMs", gemm3),
+         p["torch_infonce_fwd_bwd_symmetric_ms"], "its 3 products", products),
         ("GATConv forward, 7,050 nodes, 64 -> 8 x 8", *gat_f, "DGL", p["dgl_gat_forward_ms"], "", None),
         ("GATConv forward, 7,050 nodes, 64 -> 8 x 8", *gat_f, "PyG", p["pyg_gat_forward_ms"], "", None),
         ("GATConv forward + backward", *gat_fb, "DGL", p["dgl_gat_forward_backward_ms"], "", None),
@@ -149,10 +154,22 @@ def table(fig):
             f"| {name} | **{ms(two)}** | {ms(one)} | {peer + ' ' + ms(peer_ms) if peer else ''} | "
             f"{f'{peer_ms / two:.1f}x' if peer_ms else ''} | {floor + ' ' + ms(floor_ms) if floor else ''} | "
             f"{f'{two / floor_ms:.2f}x' if floor_ms else ''} |")
-    inter = fig["notes"].get("spmm_over_gather_floor_interleaved")
+    notes = fig["notes"]
+    inter = notes.get("spmm_over_gather_floor_interleaved")
     if inter:
         lines += ["", wrap(f"SpMM over the gather floor in 400 back-to-back pairs of the same run: median "
                            f"{inter[0]:.2f}x (quartiles {inter[1]:.2f}x-{inter[2]:.2f}x).")]
+    one, sym = (notes.get(f"info_nce_{n}_over_products_interleaved") for n in ["one_way", "symmetric"])
+    gemm = fig["rust"].get("info_nce_4096x64/gemm_b_by_b/cpu_rayon")
+    if one and sym and gemm:
+        lines += ["", wrap(
+            "InfoNCE's floor is its three products (`S = A P^T`, `dA = S P`, `dP = S^T A`) in its shapes and "
+            "row blocks, with nothing else; over it in 40 back-to-back pairs of the same run: one-way median "
+            f"{one[0]:.2f}x (quartiles {one[1]:.2f}x-{one[2]:.2f}x), symmetric {sym[0]:.2f}x (quartiles "
+            f"{sym[1]:.2f}x-{sym[2]:.2f}x). The backward's two products (inner dimension B) run more slowly in "
+            f"this GEMM than the forward's: three products of the forward's shape, `B x d` by `d x B`, take "
+            f"{ms(3 * gemm)} (one-way {fig['rust']['info_nce_4096x64/fwd_bwd_one_way/cpu_rayon'] / (3 * gemm):.2f}x "
+            "that).")]
     return "\n".join(lines)
 
 
