@@ -141,10 +141,12 @@ impl Default for TrainState {
     }
 }
 
-/// The scales of the cold items' vectors [`Trainer::validate`] tries.
-const COLD_SCALES: [f64; 19] = [
+/// The scales of the cold items' vectors [`Trainer::validate`] tries. Least squares shrinks the trusts
+/// towards 0 as the encoders' predictions get noisier, and a shrunk content vector rarely outscores a
+/// user's top warm items, so weak features need scales well above 1: the grid reaches 10.
+const COLD_SCALES: [f64; 23] = [
     0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5,
-    3.0,
+    3.0, 4.0, 5.0, 7.0, 10.0,
 ];
 
 /// Trains a [`RecGoat`] model on a dataset (f32), deterministically for a given seed and backend.
