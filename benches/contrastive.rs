@@ -3,6 +3,9 @@
 //!
 //! `RECGOAT_BENCH_QUICK=1` shrinks the problem (smoke runs).
 
+mod common;
+
+use common::quick;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use ndarray::Array2;
 use recgoat_core::contrastive::{info_nce, Direction, InfoNceConfig};
@@ -11,11 +14,7 @@ use recgoat_core::Par;
 use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
-    let b = if std::env::var("RECGOAT_BENCH_QUICK").is_ok_and(|v| v == "1") {
-        512
-    } else {
-        4096
-    };
+    let b = if quick() { 512 } else { 4096 };
     let mut r = rng(4096);
     let (v1, v2): (Array2<f32>, Array2<f32>) = (randn(&mut r, (b, 64)), randn(&mut r, (b, 64)));
     let mut g = c.benchmark_group(format!("info_nce_{b}x64"));
@@ -23,14 +22,7 @@ fn bench(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(6))
         .warm_up_time(Duration::from_secs(1));
     for par in [Par::Seq, Par::rayon()] {
-        for (name, direction) in [
-            ("one_way", Direction::OneWay),
-            ("symmetric", Direction::Symmetric),
-        ] {
-            let cfg = InfoNceConfig {
-                direction,
-                ..InfoNceConfig::default()
-            };
+        for (name, cfg) in directions() {
             g.bench_function(
                 BenchmarkId::new(format!("fwd_bwd_{name}"), par.name()),
                 |bch| {
@@ -104,6 +96,21 @@ fn bench(c: &mut Criterion) {
     interleaved_ratios(v1.view(), v2.view(), block);
 }
 
+/// The two InfoNCE forms measured, by name: one-way and symmetric, default settings otherwise.
+fn directions() -> [(&'static str, InfoNceConfig<f32>); 2] {
+    [
+        ("one_way", Direction::OneWay),
+        ("symmetric", Direction::Symmetric),
+    ]
+    .map(|(name, direction)| {
+        let cfg = InfoNceConfig {
+            direction,
+            ..InfoNceConfig::default()
+        };
+        (name, cfg)
+    })
+}
+
 /// InfoNCE's time over its three products' ([`ThreeProducts`]), each pair measured back to back on 2 threads,
 /// so that the machine's slow phases hit both sides of a ratio alike (steadier on a shared VM than a ratio
 /// of two separately measured medians).
@@ -113,20 +120,12 @@ fn interleaved_ratios(
     block: usize,
 ) {
     use std::time::Instant;
-    let quick = std::env::var("RECGOAT_BENCH_QUICK").is_ok_and(|v| v == "1");
-    let (b, pairs) = (v1.nrows(), if quick { 4 } else { 40 });
+    let (b, pairs) = (v1.nrows(), if quick() { 4 } else { 40 });
     let half = b / 2;
     let (mut top, mut bottom) = (ThreeProducts::new(block, b), ThreeProducts::new(block, b));
     let mut line =
         format!("info_nce over its three products, {pairs} interleaved pairs on 2 threads:");
-    for (name, direction) in [
-        ("one_way", Direction::OneWay),
-        ("symmetric", Direction::Symmetric),
-    ] {
-        let cfg = InfoNceConfig {
-            direction,
-            ..InfoNceConfig::default()
-        };
+    for (name, cfg) in directions() {
         let mut ratios = Vec::new();
         for k in 0..pairs + 3 {
             let t0 = Instant::now();

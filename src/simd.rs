@@ -314,13 +314,28 @@ pub fn axpy<F: Float>(a: F, x: &[F], y: &mut [F]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// The constants of [`exp8`] and `exp16`, which must run the same operations on the same values: the
+    /// clamp bounds (below `EXP_LO` the result is 0), `-ln 2` split in two for the range reduction, and the
+    /// Cephes polynomial's coefficients, highest degree first.
+    const EXP_HI: f32 = 88.0;
+    const EXP_LO: f32 = -87.336_55;
+    const EXP_NEG_LN2: [f32; 2] = [-0.693_359_4, 2.121_944_4e-4];
+    const EXP_POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+
     /// exp of 8 lanes: Cody-Waite range reduction and the Cephes degree-6 polynomial (about 1 ulp);
     /// inputs below -87.3 give exactly 0, NaN propagates.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(x: __m256) -> __m256 {
-        let hi = _mm256_set1_ps(88.0);
-        let lo = _mm256_set1_ps(-87.336_55);
+        let hi = _mm256_set1_ps(EXP_HI);
+        let lo = _mm256_set1_ps(EXP_LO);
         // min/max with the constant first so that a NaN in x is returned (not replaced by the bound).
         let x = _mm256_min_ps(hi, x);
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
@@ -328,14 +343,12 @@ mod x86 {
         let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm256_fmadd_ps(fx, _mm256_set1_ps(-0.693_359_4), x);
-        let r = _mm256_fmadd_ps(fx, _mm256_set1_ps(2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        let r = _mm256_fmadd_ps(fx, _mm256_set1_ps(EXP_NEG_LN2[0]), x);
+        let r = _mm256_fmadd_ps(fx, _mm256_set1_ps(EXP_NEG_LN2[1]), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
         let r2 = _mm256_mul_ps(r, r);
         p = _mm256_fmadd_ps(p, r2, r);
         p = _mm256_add_ps(p, _mm256_set1_ps(1.0));
@@ -441,28 +454,27 @@ mod x86 {
         hsum(_mm256_add_ps(acc0, acc1))
     }
 
-    /// exp of 16 lanes, the same operations as [`exp8`] (so the same value in every lane).
+    /// exp of 16 lanes, the same operations on the same constants as [`exp8`] (so the same value in every
+    /// lane).
     #[cfg(recgoat_avx512)]
     #[clippy::msrv = "1.89"]
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn exp16(x: __m512) -> __m512 {
-        let hi = _mm512_set1_ps(88.0);
-        let lo = _mm512_set1_ps(-87.336_55);
+        let hi = _mm512_set1_ps(EXP_HI);
+        let lo = _mm512_set1_ps(EXP_LO);
         let x = _mm512_min_ps(hi, x);
         let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo);
         let x = _mm512_max_ps(lo, x);
         let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm512_fmadd_ps(fx, _mm512_set1_ps(-0.693_359_4), x);
-        let r = _mm512_fmadd_ps(fx, _mm512_set1_ps(2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_199_9e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let r = _mm512_fmadd_ps(fx, _mm512_set1_ps(EXP_NEG_LN2[0]), x);
+        let r = _mm512_fmadd_ps(fx, _mm512_set1_ps(EXP_NEG_LN2[1]), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
         let r2 = _mm512_mul_ps(r, r);
         p = _mm512_fmadd_ps(p, r2, r);
         p = _mm512_add_ps(p, _mm512_set1_ps(1.0));

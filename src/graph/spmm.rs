@@ -159,8 +159,9 @@ fn as_f32_mut<F: Real>(xs: &mut [F]) -> Option<&mut [f32]> {
         .then(|| unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast::<f32>(), xs.len()) })
 }
 
-/// Rows `rows` of `Y = A X` for f32 with AVX2 + FMA when `d` is a multiple of 8: whether every output
-/// stayed finite, or `None` (nothing done) for other types, widths and CPUs.
+/// Rows `rows` of `Y = A X` for f32 with AVX-512F when `d` is a multiple of 16, else AVX2 + FMA when it is a
+/// multiple of 8: whether every output stayed finite, or `None` (nothing done) for other types, widths and
+/// CPUs.
 fn spmm_rows_f32<F: Real>(
     a: &CsrGraph<F>,
     xs: &[F],
@@ -170,33 +171,22 @@ fn spmm_rows_f32<F: Real>(
     sum: &mut [F],
 ) -> Option<bool> {
     #[cfg(target_arch = "x86_64")]
-    {
+    if let (Some(xs), Some(out), Some(sum)) = (as_f32(xs), as_f32_mut(out), as_f32_mut(sum)) {
+        let ws = a
+            .weights()
+            .map(|w| as_f32(w).expect("weights have the graph's type"));
+        let (ptr, ind) = (a.indptr(), a.indices());
         #[cfg(recgoat_avx512)]
         if d % 16 == 0 && crate::simd::has_avx512f() {
-            if let (Some(xs), Some(out), Some(sum)) = (as_f32(xs), as_f32_mut(out), as_f32_mut(sum))
-            {
-                let ws = a
-                    .weights()
-                    .map(|w| as_f32(w).expect("weights have the graph's type"));
-                // SAFETY: AVX-512F is present (checked above); indices and rows as below.
-                return Some(unsafe {
-                    x86::spmm_rows_avx512(a.indptr(), a.indices(), ws, xs, d, rows, out, sum)
-                });
-            }
+            // SAFETY: AVX-512F is present (checked just before); indices and rows as below.
+            return Some(unsafe { x86::spmm_rows_avx512(ptr, ind, ws, xs, d, rows, out, sum) });
         }
         if d % 8 == 0 && crate::simd::has_avx2_fma() {
-            if let (Some(xs), Some(out), Some(sum)) = (as_f32(xs), as_f32_mut(out), as_f32_mut(sum))
-            {
-                let ws = a
-                    .weights()
-                    .map(|w| as_f32(w).expect("weights have the graph's type"));
-                // SAFETY: AVX2 and FMA are present (checked above); the graph's indices are below n_cols
-                // (validated at construction) and `xs` holds n_cols rows of d (checked by the callers).
-                return Some(unsafe {
-                    x86::spmm_rows(a.indptr(), a.indices(), ws, xs, d, rows, out, sum)
-                });
-            }
+            // SAFETY: AVX2 and FMA are present (checked just before); the graph's indices are below n_cols
+            // (validated at construction) and `xs` holds n_cols rows of d (checked by the callers).
+            return Some(unsafe { x86::spmm_rows(ptr, ind, ws, xs, d, rows, out, sum) });
         }
+        return None;
     }
     let _ = (a, xs, d, rows, out, sum);
     None
@@ -302,12 +292,7 @@ mod x86 {
         out: &mut [f32],
         sum: &mut [f32],
     ) -> bool {
-        match ws {
-            Some(ws) => {
-                rows_with::<__m256>(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum)
-            }
-            None => rows_with::<__m256>(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
-        }
+        rows_weighted::<__m256>(ptr, ind, ws, xs, d, rows, out, sum)
     }
 
     /// [`super::spmm_rows`] for f32, `d % 16 == 0`, with AVX-512F ([`rows_with`] on 16 lanes: half the
@@ -326,11 +311,26 @@ mod x86 {
         out: &mut [f32],
         sum: &mut [f32],
     ) -> bool {
+        rows_weighted::<__m512>(ptr, ind, ws, xs, d, rows, out, sum)
+    }
+
+    /// [`rows_with`] monomorphised per weight kind (the edge weights, or 1 for an unweighted graph), so the
+    /// hot loop has no per-edge branch.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_weighted<V: Lanes>(
+        ptr: &[usize],
+        ind: &[u32],
+        ws: Option<&[f32]>,
+        xs: &[f32],
+        d: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        sum: &mut [f32],
+    ) -> bool {
         match ws {
-            Some(ws) => {
-                rows_with::<__m512>(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum)
-            }
-            None => rows_with::<__m512>(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
+            Some(ws) => rows_with::<V>(ptr, ind, |e| *ws.get_unchecked(e), xs, d, rows, out, sum),
+            None => rows_with::<V>(ptr, ind, |_| 1.0, xs, d, rows, out, sum),
         }
     }
 

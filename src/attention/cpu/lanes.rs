@@ -259,32 +259,24 @@ pub(super) fn backward<F: Real>(
 
     let der = sum_parts(&der_parts);
     // dL/der_i complete: its terms of dL/dg_i and dL/da_dst (per-chunk partials, summed in chunk order)
-    let parts = map_row_chunks(par, dg_t.as_slice_mut().expect("fresh"), W, |rows, dg_c| {
-        let mut gd = [[F::zero(); L]; L];
+    let ga_dst_parts = map_row_chunks(par, dg_t.as_slice_mut().expect("fresh"), W, |rows, dg_c| {
+        let mut gd = vec![F::zero(); L * L];
         for ((dgi, der_i), gi) in dg_c
             .chunks_exact_mut(W)
             .zip(der[rows.start * L..rows.end * L].chunks_exact(L))
             .zip(ctx.g[rows.start * W..rows.end * W].chunks_exact(W))
         {
-            for (c, gdc) in gd.iter_mut().enumerate() {
+            for c in 0..L {
                 for h in 0..L {
                     dgi[c * L + h] += der_i[h] * a_dst_t[c * L + h];
-                    gdc[h] += der_i[h] * gi[c * L + h];
+                    gd[c * L + h] += der_i[h] * gi[c * L + h];
                 }
             }
         }
         gd
     });
-    let mut ga_dst = [[F::zero(); L]; L];
-    for part in parts {
-        for (acc, p) in ga_dst.iter_mut().zip(part) {
-            for (a, v) in acc.iter_mut().zip(p) {
-                *a += v;
-            }
-        }
-    }
     let ga_src_t = sum_parts(&ga_parts);
-    let ga_dst_t: Vec<F> = ga_dst.iter().flatten().copied().collect();
+    let ga_dst_t = sum_parts(&ga_dst_parts);
     let head_major = |t: &[F]| {
         let mut out = Array2::<F>::zeros((L, L));
         swap_rows(t, out.as_slice_mut().expect("fresh"));
