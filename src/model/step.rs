@@ -245,6 +245,30 @@ impl<E: Exec> OutGrads<E> {
     }
 }
 
+/// With row-wise branches, one modality's encoder output over the rows both batch terms read: the modality
+/// term's rows first, then the content term's rows it lacks (in a batch they are almost the same items),
+/// projected once. Each term reads its rows from `out` and adds its gradient into `grad`, which takes one
+/// projection backward.
+struct SharedRows<E: Exec> {
+    out: E::M,
+    /// The feature rows projected.
+    x: E::M,
+    /// `dLoss/dout`.
+    grad: E::M,
+}
+
+/// The items [`SharedRows`] hold, and where each term's rows sit among them.
+struct SharedIndex<E: Exec> {
+    /// The shared rows' items.
+    all: E::Sel,
+    /// The modality term's rows, the shared rows' first ones.
+    prefix: E::Sel,
+    /// The content term's rows.
+    content: E::Sel,
+    /// How many rows are shared.
+    len: usize,
+}
+
 /// `w x` (`x` itself when `w` is 1).
 fn scaled<E: Exec>(ex: &E, w: E::F, x: E::M) -> Result<E::M> {
     if w == <E::F as num_traits::One>::one() {
@@ -434,6 +458,34 @@ impl<F: Real> RecGoat<F> {
         }
     }
 
+    /// The rows both batch terms read, for [`SharedRows`]: the modality term's items `keep` (distinct) and
+    /// then the content term's items `content` (distinct) that `keep` lacks, with where each term's rows sit.
+    fn shared_index<E: Exec<F = F>>(
+        &self,
+        ex: &E,
+        keep: &[usize],
+        content: &[usize],
+    ) -> Result<SharedIndex<E>> {
+        let mut at: std::collections::HashMap<usize, usize> =
+            keep.iter().enumerate().map(|(r, &i)| (i, r)).collect();
+        let mut all = keep.to_vec();
+        let content_at: Vec<usize> = (content.iter())
+            .map(|&i| {
+                *at.entry(i).or_insert_with(|| {
+                    all.push(i);
+                    all.len() - 1
+                })
+            })
+            .collect();
+        let len = all.len();
+        Ok(SharedIndex {
+            all: ex.select(&all, self.n_items)?,
+            prefix: ex.select(&(0..keep.len()).collect::<Vec<_>>(), len)?,
+            content: ex.select(&content_at, len)?,
+            len,
+        })
+    }
+
     /// [`RecGoat::forward_on`], the modality branches over every item when `full` or when
     /// [`RecGoat::rowwise_branches`] does not hold, else left to the batch terms.
     fn forward_branches<E: Exec<F = F>>(
@@ -577,6 +629,16 @@ impl<F: Real> RecGoat<F> {
             None
         };
 
+        // the content term's rows (its items and the users who chose them), chosen before the contrastive
+        // term so that, with row-wise branches, each modality projects the rows both read once
+        let content_rows = match self.content_on() {
+            true => self.content_rows(batch),
+            false => (Vec::new(), Vec::new()),
+        };
+        let mut shared: Vec<Option<SharedRows<E>>> =
+            (0..self.modalities.len()).map(|_| None).collect();
+        let mut shared_index: Option<SharedIndex<E>> = None;
+
         let mut cl = Vec::new();
         // the term's rows: every row (sharing the BPR gathers and selections), or a subset with its own
         let subset = if clw > 0.0 {
@@ -630,6 +692,10 @@ impl<F: Real> RecGoat<F> {
                         extra_rows.push(None);
                         (&s_m, 1 + extra.len())
                     };
+                    // row-wise with the content term: the rows both terms read, projected once
+                    if fwd.rowwise && terms && !content_rows.1.is_empty() {
+                        shared_index = Some(self.shared_index(ex, &keep, &content_rows.1)?);
+                    }
                     for (m, &mw) in weights
                         .iter()
                         .enumerate()
@@ -641,7 +707,18 @@ impl<F: Real> RecGoat<F> {
                             weight: F::c(mw),
                             term: PairTerm::InfoNce,
                         });
-                        let (view, x) = self.encode_rows(ex, st, fwd, m, sel)?;
+                        let (view, x) = match &shared_index {
+                            Some(ix) => {
+                                let (out, x) = self.encode_rows(ex, st, fwd, m, &ix.all)?;
+                                let x = x.expect("row-wise branches return their feature rows");
+                                let view = ex.rows(&out, 0, keep.len())?;
+                                let d = ex.dim(&out).1;
+                                let grad = ex.zeros(ix.len, d)?;
+                                shared[m] = Some(SharedRows { out, x, grad });
+                                (view, None)
+                            }
+                            None => self.encode_rows(ex, st, fwd, m, sel)?,
+                        };
                         extra.push((view, 3 + m, sel));
                         extra_rows.push(x);
                     }
@@ -674,7 +751,10 @@ impl<F: Real> RecGoat<F> {
                     0 => ex.scatter_add(sel, &g, g_users)?,
                     1 => ex.scatter_add(sel, &g, g_items)?,
                     2 => ex.scatter_add(sel, &g, g_zcf)?,
-                    m => Self::encode_rows_grad(ex, g_modal, g_rows, m - 3, sel, x, g)?,
+                    m => match (&mut shared[m - 3], &shared_index) {
+                        (Some(sh), Some(ix)) => ex.scatter_add(&ix.prefix, &g, &mut sh.grad)?,
+                        _ => Self::encode_rows_grad(ex, g_modal, g_rows, m - 3, sel, x, g)?,
+                    },
                 }
             }
             cl = terms;
@@ -701,10 +781,10 @@ impl<F: Real> RecGoat<F> {
         let mut content = Vec::new();
         if self.content_on() {
             let t0 = Profile::start();
-            let (owners, rows) = self.content_rows(batch);
+            let (owners, rows) = &content_rows;
             if !rows.is_empty() {
                 // each encoder against the items' final vectors (held fixed), at the batch's share `w`
-                let sel = ex.select(&rows, ni)?;
+                let sel = ex.select(rows, ni)?;
                 let target = ex.gather(&sel, fwd.items())?;
                 let m = self.modalities.len();
                 let m_count = F::c(m as f64);
@@ -713,7 +793,7 @@ impl<F: Real> RecGoat<F> {
                 // raw dot products as logits; one row has nothing to rank against
                 let rank = self.cfg.content_rank_weight;
                 let anchors = if rank > 0.0 && rows.len() >= 2 {
-                    Some(ex.gather(&ex.select(&owners, nu)?, &fwd.users)?)
+                    Some(ex.gather(&ex.select(owners, nu)?, &fwd.users)?)
                 } else {
                     None
                 };
@@ -728,8 +808,11 @@ impl<F: Real> RecGoat<F> {
                     weight: F::c(rank) / m_count,
                     term: PairTerm::InfoNce,
                 }];
-                for k in 0..m {
-                    let (c, x) = self.encode_rows(ex, st, fwd, k, &sel)?;
+                for (k, slot) in shared.iter_mut().enumerate() {
+                    let (c, x) = match (&*slot, &shared_index) {
+                        (Some(sh), Some(ix)) => (ex.gather(&ix.content, &sh.out)?, None),
+                        _ => self.encode_rows(ex, st, fwd, k, &sel)?,
+                    };
                     let (value, mut g) = ex.sq_dist(&c, &target, scale, m_count)?;
                     content.push(value);
                     if let Some(u) = &anchors {
@@ -738,10 +821,19 @@ impl<F: Real> RecGoat<F> {
                         ex.axpy(F::one(), &grads[1], &mut g)?;
                         content.extend(terms);
                     }
-                    Self::encode_rows_grad(ex, g_modal, g_rows, k, &sel, x, g)?;
+                    match (slot, &shared_index) {
+                        (Some(sh), Some(ix)) => ex.scatter_add(&ix.content, &g, &mut sh.grad)?,
+                        _ => Self::encode_rows_grad(ex, g_modal, g_rows, k, &sel, x, g)?,
+                    }
                 }
             }
             Profile::add(&mut profile, Stage::Loss, t0);
+        }
+        // each shared projection's gradient, once
+        for (m, sh) in shared.into_iter().enumerate() {
+            if let Some(SharedRows { x, grad, .. }) = sh {
+                g_rows[m].push((x, grad));
+            }
         }
         let pending = Pending {
             checks: Vec::new(),

@@ -373,9 +373,10 @@ pub(crate) fn normalize_rows<F: Real>(
     what: &str,
     x: ArrayView2<'_, F>,
 ) -> Result<(Array2<F>, Array1<F>)> {
-    check_finite_array(op, what, &x)?;
     let norms: Array1<F> = x.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
     if let Some(i) = norms.iter().position(|&n| !positive_finite(n)) {
+        // a NaN or an infinity makes its row's norm non-finite: it is named as such first
+        check_finite_array(op, what, &x)?;
         return Err(Error::Param {
             op,
             name: "rows",
@@ -383,7 +384,10 @@ pub(crate) fn normalize_rows<F: Real>(
             reason: format!("norm {}: cannot be L2-normalised", norms[i]),
         });
     }
-    let y = &x / &norms.view().insert_axis(Axis(1));
+    let mut y = x.as_standard_layout().into_owned();
+    for (mut row, &n) in y.rows_mut().into_iter().zip(&norms) {
+        row.mapv_inplace(|v| v / n);
+    }
     Ok((y, norms))
 }
 
