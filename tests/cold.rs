@@ -463,12 +463,80 @@ fn training_places_cold_items_by_their_informative_features() {
         .iter()
         .find(|c| c.scale == t.state().cold_scale)
         .unwrap();
-    assert!(chosen.warm >= trials[0].warm * (1.0 - t.config().content_warm_tolerance));
     let floor = trials[0].warm * (1.0 - t.config().content_warm_tolerance);
-    assert!(trials
-        .iter()
-        .all(|c| c.warm < floor || c.recall <= chosen.recall));
+    assert!(chosen.warm >= floor);
+    // the best overall figure among the allowed scales, or a larger scale within the overall tolerance of it
+    // that places more of the new items' held-out interactions
+    let allowed: Vec<&ColdTrial> = trials.iter().filter(|c| c.warm >= floor).collect();
+    let best = allowed.iter().map(|c| c.recall).fold(f64::MIN, f64::max);
+    assert!(chosen.recall >= best * (1.0 - t.config().content_overall_tolerance));
+    let best_at = allowed.iter().find(|c| c.recall == best).unwrap();
+    assert!(chosen.scale == best_at.scale || chosen.cold > best_at.cold);
+    // and no larger allowed scale would do
+    assert!(allowed.iter().all(|c| c.scale <= chosen.scale
+        || c.recall < best * (1.0 - t.config().content_overall_tolerance)
+        || c.cold <= best_at.cold));
     assert_eq!(t.model().cold_scale(), t.state().cold_scale);
+}
+
+/// The scale rule on the trials it sees: the best overall figure within the warm tolerance, or the largest
+/// scale within the overall tolerance of it that places more new items' interactions; with the probe items,
+/// the largest scale within the warm tolerance that changes anything.
+#[test]
+fn the_cold_scale_rule_on_hand_made_trials() {
+    let trial = |scale, recall, warm, cold| ColdTrial {
+        scale,
+        recall,
+        warm,
+        cold,
+    };
+    // a catalogue's tail of new items: every scale that lets them in costs a little of the overall figure
+    let tail = [
+        trial(0.0, 0.2430, 0.2517, 0.0),
+        trial(1.0, 0.2430, 0.2517, 0.0),
+        trial(1.3, 0.2425, 0.2504, 0.0396),
+        trial(1.5, 0.2419, 0.2493, 0.0495),
+        trial(1.75, 0.2396, 0.2448, 0.1188),
+        trial(2.0, 0.2318, 0.2352, 0.1782),
+        trial(3.0, 0.1927, 0.1880, 0.3663),
+    ];
+    assert_eq!(choose_cold_scale(&tail, 0.1, Some(0.0)), 0);
+    assert_eq!(choose_cold_scale(&tail, 0.1, Some(0.02)), 4);
+    assert_eq!(choose_cold_scale(&tail, 0.1, Some(0.05)), 5);
+    // the warm tolerance still binds: 2 costs the warm items 6.6 %
+    assert_eq!(choose_cold_scale(&tail, 0.05, Some(0.05)), 4);
+    assert_eq!(choose_cold_scale(&tail, 0.1, Some(1.0)), 5);
+    // new items worth their place: the best overall figure is already a large scale
+    let head = [
+        trial(0.0, 0.4240, 0.4520, 0.0),
+        trial(1.5, 0.4300, 0.4480, 0.1300),
+        trial(2.0, 0.4330, 0.4400, 0.3000),
+        trial(2.5, 0.4320, 0.4300, 0.4000),
+        trial(3.0, 0.4200, 0.4000, 0.5000),
+    ];
+    assert_eq!(choose_cold_scale(&head, 0.1, Some(0.0)), 2);
+    assert_eq!(choose_cold_scale(&head, 0.1, Some(0.02)), 3);
+    // 3 costs the warm items more than 10 %
+    assert_eq!(choose_cold_scale(&head, 0.1, Some(0.05)), 3);
+    // a larger scale that costs overall but places no more new items is not taken
+    let idle = [
+        trial(0.0, 0.30, 0.31, 0.0),
+        trial(1.0, 0.299, 0.309, 0.0),
+        trial(2.0, 0.298, 0.305, 0.0),
+    ];
+    assert_eq!(choose_cold_scale(&idle, 0.1, Some(0.02)), 0);
+    // features that carry nothing: every figure that of scale 0, under either rule
+    let flat = [
+        trial(0.0, 0.3, 0.31, 0.0),
+        trial(1.0, 0.3, 0.31, 0.0),
+        trial(2.0, 0.3, 0.31, 0.0),
+    ];
+    assert_eq!(choose_cold_scale(&flat, 0.1, Some(0.02)), 0);
+    assert_eq!(choose_cold_scale(&flat, 0.1, None), 0);
+    // the probe items: the largest scale within the warm tolerance that moves anything
+    assert_eq!(choose_cold_scale(&tail, 0.1, None), 5);
+    assert_eq!(choose_cold_scale(&tail, 0.01, None), 3);
+    assert_eq!(choose_cold_scale(&[], 0.1, Some(0.02)), 0);
 }
 
 /// A validation split without new items: the probe items stand in for them (ranked through their content

@@ -1,5 +1,6 @@
-//! A cold-item split: a seeded fraction of the items held out of training entirely, as new items are in a
-//! live catalogue.
+//! Cold-item splits: a seeded fraction of the items held out of training entirely, as new items are in a
+//! live catalogue, or a seeded share of each user's training interactions kept, which leaves the tail's
+//! items without any.
 
 use super::{Dataset, Pair};
 use crate::error::{Error, Result};
@@ -99,6 +100,67 @@ impl Dataset {
         ds.validate(std::path::Path::new("cold-item split"))?;
         Ok(ds)
     }
+
+    /// A sparser copy: a seeded `keep` share of each user's training interactions (rounded, at least one),
+    /// the validation and test splits as they are (an item whose interactions were all in training keeps
+    /// one of them). Items that lose every training interaction become
+    /// [`Dataset::cold_items`] with their held-out interactions in place: the new items of a catalogue's
+    /// long tail, few of them with few interactions each, where [`Dataset::hold_out_items`] takes whole items
+    /// at random (whatever their popularity). Ids, counts and features are kept.
+    ///
+    /// # Errors
+    /// [`Error::Param`] for a `keep` outside `(0, 1]`; [`Error::Data`] from checking the result.
+    ///
+    /// # Example
+    /// ```
+    /// use recgoat_core::data::Dataset;
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k");
+    /// let ds = Dataset::load_lightgcn_dir(dir, &["text_feat"])?;
+    /// let thin = ds.thin_train(0.25, 7)?;
+    /// assert!(thin.train.len() < ds.train.len() / 3);
+    /// assert_eq!((thin.valid.len(), thin.n_items), (ds.valid.len(), ds.n_items));
+    /// assert!(!thin.cold_items().is_empty()); // tail items left without training interactions
+    /// # Ok::<(), recgoat_core::Error>(())
+    /// ```
+    pub fn thin_train(&self, keep: f64, seed: u64) -> Result<Dataset> {
+        const OP: &str = "Dataset::thin_train";
+        if !(keep > 0.0 && keep <= 1.0) {
+            return Err(Error::param(OP, "keep", keep, "must be in (0, 1]"));
+        }
+        let mut by_user: Vec<Vec<Pair>> = vec![Vec::new(); self.n_users];
+        for &p in &self.train {
+            by_user[p.0].push(p);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut train, mut dropped) = (Vec::new(), Vec::new());
+        for mut pairs in by_user.into_iter().filter(|p| !p.is_empty()) {
+            pairs.shuffle(&mut rng);
+            let k = ((keep * pairs.len() as f64).round() as usize).clamp(1, pairs.len());
+            dropped.extend(pairs.drain(k..));
+            train.extend(pairs);
+        }
+        // an item whose interactions were all dropped keeps one (every id keeps an interaction somewhere)
+        let mut seen = vec![false; self.n_items];
+        for &(_, i) in train.iter().chain(&self.valid).chain(&self.test) {
+            seen[i] = true;
+        }
+        dropped.sort_unstable();
+        for p in dropped {
+            if !seen[p.1] {
+                seen[p.1] = true;
+                train.push(p);
+            }
+        }
+        train.sort_unstable();
+        let name = "thinned training split";
+        let (valid, test) = (self.valid.clone(), self.test.clone());
+        let mut ds = Dataset::new(name, train, valid, test, self.item_features.clone())?;
+        // ids come from the interactions: an id at the end with none left would shrink the counts
+        (ds.n_users, ds.n_items) = (self.n_users, self.n_items);
+        ds.user_features = self.user_features.clone();
+        ds.validate(std::path::Path::new(name))?;
+        Ok(ds)
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +214,53 @@ mod tests {
         // seeded
         assert_eq!(base.hold_out_items(0.4, 3).unwrap().test, ds.test);
         assert_ne!(base.hold_out_items(0.4, 4).unwrap().cold_items(), cold);
+    }
+
+    #[test]
+    fn thinning_keeps_a_share_of_each_users_training_and_every_held_out_pair() {
+        let base = toy();
+        let ds = base.thin_train(0.5, 3).unwrap();
+        // every user keeps 2 of its 4 training pairs, drawn from them, beside those kept for items that
+        // would have no interaction left anywhere
+        let only_in_train = |i: usize| !base.valid.iter().chain(&base.test).any(|p| p.1 == i);
+        for u in 0..6 {
+            let kept: Vec<&Pair> = ds.train.iter().filter(|p| p.0 == u).collect();
+            assert!(kept.iter().all(|p| base.train.contains(p)));
+            let drawn = kept.len() - kept.iter().filter(|p| only_in_train(p.1)).count();
+            assert!(drawn <= 2 && kept.len() >= 2, "user {u}: {kept:?}");
+        }
+        assert!(ds.train.len() < base.train.len());
+        for i in (0..base.n_items).filter(|&i| only_in_train(i)) {
+            assert!(
+                ds.train.iter().any(|p| p.1 == i),
+                "item {i} keeps an interaction"
+            );
+        }
+        assert_eq!((&ds.valid, &ds.test), (&base.valid, &base.test));
+        assert_eq!((ds.n_users, ds.n_items), (base.n_users, base.n_items));
+        // the items left without training pairs are the cold ones
+        let cold = ds.cold_items();
+        assert!(!cold.is_empty());
+        for i in 0..base.n_items {
+            assert_eq!(
+                cold.contains(&i),
+                !ds.train.iter().any(|p| p.1 == i),
+                "item {i}"
+            );
+        }
+        // at least one pair per user; seeded
+        let sparse = base.thin_train(0.01, 3).unwrap();
+        assert!((0..6).all(|u| sparse.train.iter().any(|p| p.0 == u)));
+        assert_eq!(base.thin_train(0.5, 3).unwrap().train, ds.train);
+        assert_ne!(base.thin_train(0.5, 4).unwrap().train, ds.train);
+        assert_eq!(
+            base.thin_train(1.0, 3).unwrap().train.len(),
+            base.train.len()
+        );
+        for keep in [0.0, -0.5, 1.5, f64::NAN] {
+            let e = base.thin_train(keep, 1).unwrap_err().to_string();
+            assert!(e.contains("keep"), "{keep}: {e}");
+        }
     }
 
     #[test]

@@ -18,4 +18,4 @@ pub use config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};
 pub use recgoat::{content_trust, Forward, LossParts, RecGoat};
-pub use train::{ColdTrial, EpochLog, Split, TrainState, Trainer, EVAL_KS};
+pub use train::{choose_cold_scale, ColdTrial, EpochLog, Split, TrainState, Trainer, EVAL_KS};

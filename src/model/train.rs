@@ -149,6 +149,66 @@ const COLD_SCALES: [f64; 23] = [
     3.0, 4.0, 5.0, 7.0, 10.0,
 ];
 
+/// The trial whose scale [`Trainer::validate`] keeps, of `trials` ranked on validation (the first at scale
+/// 0, the others in increasing scale). A scale is allowed when it keeps the warm items' Recall@20 within
+/// `warm_tolerance` of its value at scale 0 (a NaN figure, no warm item held out, bars nothing).
+///
+/// - `overall` `None` (the probe items stand in for new items; their held-out interactions are those of
+///   established items, so they measure only what items scored by content cost the warm ones): the
+///   largest allowed scale that changes the ranking at all (0 when none does: features that carry nothing).
+/// - `overall` `Some(t)` (the split's own new items): of the allowed scales, the one with the best overall
+///   Recall@20 (the smallest of equal ones), unless a larger allowed scale keeps the overall Recall@20
+///   within `t` of that best and places more of the new items' held-out interactions in the lists (a
+///   higher cold Recall@20): then the largest such scale. Where new items hold a live catalogue's tail
+///   (few of them, few interactions each) the best overall figure is often at scale 0, where no new item
+///   is ever recommended; `t` is what the overall figure may give for their first place in the lists.
+///
+/// # Example
+/// ```
+/// use recgoat_core::model::{choose_cold_scale, ColdTrial};
+/// let trial = |scale, recall, warm, cold| ColdTrial { scale, recall, warm, cold };
+/// // new items with few interactions each: every scale costs a little overall, 1.5 the least of those
+/// // that let new items in
+/// let trials = [
+///     trial(0.0, 0.2430, 0.2517, 0.0),
+///     trial(1.0, 0.2430, 0.2517, 0.0),
+///     trial(1.5, 0.2419, 0.2493, 0.0495),
+///     trial(2.0, 0.2318, 0.2352, 0.1782),
+/// ];
+/// assert_eq!(choose_cold_scale(&trials, 0.1, Some(0.0)), 0); // the best overall figure: no new item
+/// assert_eq!(choose_cold_scale(&trials, 0.1, Some(0.02)), 2); // 0.5 % below it: new items in the lists
+/// ```
+pub fn choose_cold_scale(trials: &[ColdTrial], warm_tolerance: f64, overall: Option<f64>) -> usize {
+    let Some(first) = trials.first() else {
+        return 0;
+    };
+    let floor = first.warm * (1.0 - warm_tolerance);
+    let allowed = |k: usize| trials[k].warm >= floor || trials[k].warm.is_nan() || floor.is_nan();
+    // a scale whose figures are those of scale 0 changes nothing (features that carry nothing)
+    let moves = |k: usize| {
+        let a = &trials[k];
+        a.recall != first.recall || a.warm != first.warm || a.cold != first.cold
+    };
+    let Some(overall) = overall else {
+        return (0..trials.len())
+            .rev()
+            .find(|&k| allowed(k) && moves(k))
+            .unwrap_or(0);
+    };
+    // of equal recalls, the smallest scale (the cold items' vectors carry nothing when all tie)
+    let best = (0..trials.len()).filter(|&k| allowed(k)).fold(0, |b, k| {
+        match trials[k].recall > trials[b].recall {
+            true => k,
+            false => b,
+        }
+    });
+    let within = trials[best].recall * (1.0 - overall);
+    (best + 1..trials.len())
+        .rev()
+        .find(|&k| allowed(k) && trials[k].recall >= within && trials[k].cold > trials[best].cold)
+        .unwrap_or(best)
+}
+
 /// Trains a [`RecGoat`] model on a dataset (f32), deterministically for a given seed and backend.
 ///
 /// Each epoch shuffles the training pairs, draws one uniform negative per pair among the items with
@@ -570,9 +630,11 @@ impl<'d> Trainer<'d> {
     /// every held-out item, or, when the split also holds items without training interactions, over its
     /// warm items (with a content term: with the cold items out of the lists, the backbone alone), so that
     /// the epoch is the backbone's best whatever the share of new items. With the content term and such a
-    /// split, the scale is chosen here: of a grid of scales, the one with the best overall Recall@20 among
-    /// those that keep the warm items' Recall@20 within
-    /// [`crate::model::RecGoatConfig::content_warm_tolerance`] of its value at scale 0. With the content
+    /// split, the scale is chosen here, of a grid of scales ([`choose_cold_scale`]): among those that keep
+    /// the warm items' Recall@20 within [`crate::model::RecGoatConfig::content_warm_tolerance`] of its value
+    /// at scale 0, the largest that keeps the overall Recall@20 within
+    /// [`crate::model::RecGoatConfig::content_overall_tolerance`] of the best one and places more of the new
+    /// items' held-out interactions than the best one does (else the best one). With the content
     /// term and a split without such items, the probe items stand in for new ones: they are ranked through
     /// their content vectors instead of their own (the vectors a new item gets; their training pairs stay
     /// masked), their validation interactions as the cold ones. Their interactions are those of
@@ -650,12 +712,10 @@ impl<'d> Trainer<'d> {
         Ok((selecting(&all[0]), scale, trials))
     }
 
-    /// Of the scales ranked in `all` (one metrics each, the first at scale 0), among those that keep the
-    /// warm items' Recall@20 within the tolerance: the one with the best overall Recall@20 (`spend` false:
-    /// the split's own new items value them), or the largest one that changes the ranking (`spend` true:
-    /// the probe items stand in for new items, and measure only what they cost the warm ones; the
-    /// tolerance is then scaled by probe / new items when the catalogue has fewer new items than probe
-    /// items); with every trial.
+    /// Of the scales ranked in `all` (one metrics each, the first at scale 0), the one [`choose_cold_scale`]
+    /// keeps (`spend` true: the probe items stand in for new items, and measure only what they cost the
+    /// warm ones; the warm tolerance is then scaled by probe / new items when the catalogue has fewer new
+    /// items than probe items); with every trial.
     fn choose_scale(&self, scales: &[f64], all: &[Metrics], spend: bool) -> (f64, Vec<ColdTrial>) {
         let part = |g: &Option<Box<Metrics>>| g.as_ref().map_or(f64::NAN, |g| g.recall_ndcg(20).0);
         let trials: Vec<ColdTrial> = (scales.iter().zip(all))
@@ -677,28 +737,12 @@ impl<'d> Trainer<'d> {
                 tolerance = (tolerance * probe as f64 / new as f64).min(1.0);
             }
         }
-        let floor = trials[0].warm * (1.0 - tolerance);
-        // a NaN warm figure (no warm item held out) does not bar a scale
-        let allowed = (0..trials.len())
-            .filter(|&k| trials[k].warm >= floor || trials[k].warm.is_nan() || floor.is_nan());
-        let best = if spend {
-            // a scale whose figures are those of scale 0 changes nothing (features that carry nothing)
-            let moves = |k: usize| {
-                let (a, b) = (&trials[k], &trials[0]);
-                a.recall != b.recall || a.warm != b.warm || a.cold != b.cold
-            };
-            allowed.rev().find(|&k| moves(k)).unwrap_or(0)
-        } else {
-            // of equal recalls, the smallest scale (the cold items' vectors carry nothing when all tie)
-            allowed.fold(0, |b, k| {
-                if trials[k].recall > trials[b].recall {
-                    k
-                } else {
-                    b
-                }
-            })
+        let overall = match spend {
+            true => None,
+            false => Some(self.model.config().content_overall_tolerance),
         };
-        (scales[best], trials)
+        let k = choose_cold_scale(&trials, tolerance, overall);
+        (scales[k], trials)
     }
 
     /// Final user and item vectors of the current parameters (evaluation mode, dropout off).
