@@ -297,14 +297,12 @@ impl Recommender {
         if model.content_on() && cfg.gat_layers == 0 {
             let fwd = model.forward(t.params(), crate::attention::Mode::Eval, None)?;
             let scale = model.cold_scale() as f32;
-            let branches = &t.params().branches;
+            let (weights, biases) = model.content_projections(t.params())?.into_iter().unzip();
             rec.encoder = Some(ContentEncoder::new(
                 model.modalities(),
                 cfg.normalize_features,
-                branches.iter().map(|b| b.proj.w.clone()).collect(),
-                (branches.iter())
-                    .map(|b| (b.proj.b.clone()).unwrap_or_else(|| Array1::zeros(b.proj.w.ncols())))
-                    .collect(),
+                weights,
+                biases,
                 fwd.content_trust().iter().map(|t| t * scale).collect(),
             )?);
         }

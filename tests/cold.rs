@@ -110,7 +110,26 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
     let fwd = model.forward(&p, Mode::Eval, None).unwrap();
     let trust = fwd.content_trust().to_vec();
     assert_eq!(trust.len(), 2);
-    let modal = fwd.modality_embeddings();
+    let modal = fwd.content_embeddings();
+    // the closed-form encoders: each modality's projection fitted on the item vectors, as a recommender keeps
+    let projections = model.content_projections(&p).unwrap();
+    assert_eq!(projections.len(), 2);
+    for (((z, (w, b)), m), (_, raw)) in (modal.iter().zip(&projections))
+        .zip(fwd.modality_embeddings())
+        .zip(&ds.item_features)
+    {
+        assert_ne!(z, &m, "the closed form is not the trained encoder");
+        // rows scaled to unit length, as the model reads them
+        let mut x = raw.mapv(f64::from);
+        for mut r in x.rows_mut() {
+            let n = r.dot(&r).sqrt();
+            if n > 0.0 {
+                r.mapv_inplace(|v| v / n);
+            }
+        }
+        let want = x.dot(w) + b;
+        assert!(z.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-9));
+    }
     for i in 0..ds.n_items {
         let want: Array1<f64> = if i < 4 {
             &modal[0].row(i) * trust[0] + &modal[1].row(i) * trust[1]
@@ -430,6 +449,13 @@ fn training_places_cold_items_by_their_informative_features() {
     let fwd = t.model().forward(t.params(), Mode::Eval, None).unwrap();
     let trust = fwd.content_trust();
     assert!(trust[0] > 0.3 && trust[1] < 0.5 * trust[0], "{trust:?}");
+    // the noise modality's closed form explains nothing on the probe items: it places nothing
+    let content = fwd.content_embeddings();
+    assert!(
+        content[1].iter().all(|&v| v == 0.0) && trust[1] == 0.0,
+        "{trust:?}"
+    );
+    assert!(content[0].iter().any(|&v| v != 0.0));
     // at the head of the lists, where the user's unseen items of its cluster compete
     let cold_at = |t: &Trainer<'_>, k: usize| {
         let (users, items) = t.embeddings().unwrap();
@@ -592,7 +618,7 @@ fn without_new_items_in_validation_the_probe_items_choose_the_scale() {
     for &i in &probe {
         let mut row = items.row_mut(i);
         row.fill(0.0);
-        for (&w, z) in fwd.content_trust().iter().zip(fwd.modality_embeddings()) {
+        for (&w, z) in fwd.content_trust().iter().zip(fwd.content_embeddings()) {
             row.scaled_add(w, &z.row(i));
         }
     }

@@ -241,6 +241,15 @@ pub struct RecGoatConfig {
     /// (docs/COLD-START.md).
     #[serde(default = "default_overall_tolerance")]
     pub content_overall_tolerance: f64,
+    /// Place the cold items through closed-form content encoders: per modality (at most 1,024 features
+    /// wide), the ridge regression of the items' current vectors on their feature rows over the items the
+    /// content term trains on, its penalty chosen on the probe items, refitted whenever cold items are
+    /// placed; wider modalities keep their trained encoders. The trained encoders still carry the
+    /// contrastive modality terms. Off: the encoders the content term trains by gradient steps place them.
+    /// On in `recgoat()` (chosen on validation, docs/COLD-START.md); a configuration saved without the field
+    /// reads it as off, as it was trained.
+    #[serde(default)]
+    pub content_ridge: bool,
     /// Triples per batch.
     pub batch_size: usize,
     /// Optimiser steps per epoch. 0 (every preset): one step per batch, each with its own forward and
@@ -359,6 +368,7 @@ impl RecGoatConfig {
             content_rank_weight: 0.0,
             content_warm_tolerance: default_warm_tolerance(),
             content_overall_tolerance: default_overall_tolerance(),
+            content_ridge: true,
             batch_size: 2048,
             steps_per_epoch: 0,
             auto_schedule_from: default_auto_schedule_from(),

@@ -8,6 +8,7 @@ mod config;
 mod params;
 mod profile;
 mod recgoat;
+mod ridge;
 mod step;
 mod train;
 

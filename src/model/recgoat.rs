@@ -4,6 +4,7 @@
 use super::config::{Fusion, Modalities, OtGradient, RecGoatConfig};
 use super::params::{Branch, Params};
 use super::profile::Profile;
+use super::ridge::Ridge;
 use super::step::{Layout, State, TrainPass};
 use crate::attention::{GatConfig, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
@@ -105,6 +106,8 @@ pub struct RecGoat<F: Real> {
     pub(super) cold_scale: f64,
     /// The modalities' trusts as last fitted, weighing their contrastive terms with `cl_modality_trust`.
     pub(super) modality_trust: Vec<f64>,
+    /// Per modality its closed-form content encoder (`content_ridge`), or `None`: the trained one.
+    ridge: Vec<Option<Ridge>>,
 }
 
 /// What [`RecGoat::forward`] computed, on the host: the final user and item vectors (scores are their dot
@@ -117,6 +120,7 @@ pub struct Forward<F: Real> {
     pub items: Array2<F>,
     zcf: Array2<F>,
     modal: Vec<Array2<F>>,
+    content: Vec<Array2<F>>,
     plans: Vec<Array2<F>>,
     trust: Vec<F>,
 }
@@ -125,6 +129,12 @@ impl<F: Real> Forward<F> {
     /// The modality embeddings `z^m` (branch outputs), in modality order.
     pub fn modality_embeddings(&self) -> Vec<ArrayView2<'_, F>> {
         self.modal.iter().map(|m| m.view()).collect()
+    }
+    /// The content encoders' outputs that place the items without training interactions, in modality
+    /// order: the modality embeddings, or with [`RecGoatConfig::content_ridge`] each modality's closed-form
+    /// encoder fitted on the item vectors (empty without the content term).
+    pub fn content_embeddings(&self) -> Vec<ArrayView2<'_, F>> {
+        self.content.iter().map(|m| m.view()).collect()
     }
     /// The collaborative (LightGCN) item vectors `z^cf`.
     pub fn collaborative_items(&self) -> ArrayView2<'_, F> {
@@ -422,6 +432,16 @@ impl<F: Real> RecGoat<F> {
         for &i in &probe {
             is_probe[i] = true;
         }
+        // the closed-form encoders fit the items the content term trains on
+        let ridge = match cfg.content_ridge && cfg.content_weight > 0.0 {
+            true => {
+                let fit: Vec<usize> = (0..n_items).filter(|&i| !cold[i] && !is_probe[i]).collect();
+                (modalities.iter())
+                    .map(|b| Ridge::new(b.x.view(), &fit))
+                    .collect::<Result<Vec<_>>>()?
+            }
+            false => vec![None; modalities.len()],
+        };
         let mut model = RecGoat {
             cfg,
             n_users,
@@ -442,6 +462,7 @@ impl<F: Real> RecGoat<F> {
             is_probe,
             cold_scale: 1.0,
             modality_trust: Vec::new(),
+            ridge,
         };
         model.device = crate::exec::attach(&model.inputs())?;
         let init = model.init_params();
@@ -489,12 +510,14 @@ impl<F: Real> RecGoat<F> {
             let users = ex.download(&fwd.users)?;
             let mut items = ex.download(fwd.items())?;
             let modal: Vec<Array2<F>> = fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
-            let trust = self.place_cold_items(users.view(), &mut items, &modal, self.cold_scale)?;
+            let (trust, content) =
+                self.place_cold_items(users.view(), &mut items, &modal, self.cold_scale)?;
             Ok(Forward {
                 users,
                 items,
                 zcf: ex.download(&fwd.zcf)?,
                 modal,
+                content,
                 plans: fwd.oat().iter().map(|o| ex.oat_plan(o)).collect::<Result<_>>()?,
                 trust,
             })
@@ -575,10 +598,11 @@ impl<F: Real> RecGoat<F> {
             if self.content_on() {
                 let modal: Vec<Array2<F>> =
                     fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
-                trust = self.place_cold_items(users.view(), &mut items, &modal, scale)?;
+                let (t, content) = self.place_cold_items(users.view(), &mut items, &modal, scale)?;
                 if probe_as_new {
-                    place_content(&mut items, &self.probe, &trust, &modal, scale);
+                    place_content(&mut items, &self.probe, &t, &content, scale);
                 }
+                trust = t;
             }
             Ok((users, items, trust))
         })
@@ -720,11 +744,12 @@ impl<F: Real> RecGoat<F> {
         items: &mut Array2<F>,
         modal: &[Array2<F>],
         scale: f64,
-    ) -> Result<Vec<F>> {
+    ) -> Result<(Vec<F>, Vec<Array2<F>>)> {
         if !self.content_on() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let views: Vec<ArrayView2<'_, F>> = modal.iter().map(|m| m.view()).collect();
+        let content = self.content_views(items.view(), modal);
+        let views: Vec<ArrayView2<'_, F>> = content.iter().map(|m| m.view()).collect();
         let warm: Vec<usize> = (0..self.n_items).filter(|&i| !self.cold[i]).collect();
         // the probe items, or (a catalogue too small to spare any) every warm item, in sample
         let fit_on = if self.probe.is_empty() {
@@ -734,8 +759,53 @@ impl<F: Real> RecGoat<F> {
         };
         let trust = content_trust(users, items.view(), &views, fit_on)?;
         let cold: Vec<usize> = (0..self.n_items).filter(|&i| self.cold[i]).collect();
-        place_content(items, &cold, &trust, modal, scale);
-        Ok(trust)
+        place_content(items, &cold, &trust, &content, scale);
+        Ok((trust, content))
+    }
+
+    /// The content encoders' outputs over every item, which place the cold items: each modality's trained
+    /// encoder (`modal`), or with [`RecGoatConfig::content_ridge`] its closed form fitted on the current
+    /// item vectors `items`.
+    fn content_views(&self, items: ArrayView2<'_, F>, modal: &[Array2<F>]) -> Vec<Array2<F>> {
+        (modal.iter().zip(&self.ridge).zip(&self.modalities))
+            .map(|((m, ridge), b)| match ridge {
+                // a closed form that explains nothing on the probe items places nothing
+                Some(r) => match r.fit(b.x.view(), items, &self.probe) {
+                    Some((w, bias)) => {
+                        let x = b.x.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+                        (x.dot(&w) + &bias).mapv(F::c)
+                    }
+                    None => Array2::zeros(m.dim()),
+                },
+                None => m.clone(),
+            })
+            .collect()
+    }
+
+    /// Each modality's content encoder as a projection `(W, b)` (`width x d`, `d`): what
+    /// [`crate::recommend::ContentEncoder`] embeds new items with. The trained projection, or with
+    /// [`RecGoatConfig::content_ridge`] its closed form fitted on the item vectors of `p`.
+    ///
+    /// # Errors
+    /// As [`RecGoat::embeddings`].
+    pub fn content_projections(&self, p: &Params<F>) -> Result<Vec<(Array2<F>, Array1<F>)>> {
+        let items = match self.ridge.iter().any(Option::is_some) {
+            true => Some(self.embeddings(p)?.1),
+            false => None,
+        };
+        let d = self.cfg.embedding_dim;
+        Ok((p.branches.iter().zip(&self.ridge).zip(&self.modalities))
+            .map(|((br, ridge), b)| match (ridge, &items) {
+                (Some(r), Some(items)) => match r.fit(b.x.view(), items.view(), &self.probe) {
+                    Some((w, bias)) => (w.mapv(F::c), bias.mapv(F::c)),
+                    None => (Array2::zeros(br.proj.w.dim()), Array1::zeros(d)),
+                },
+                _ => (
+                    br.proj.w.clone(),
+                    br.proj.b.clone().unwrap_or_else(|| Array1::zeros(d)),
+                ),
+            })
+            .collect())
     }
 
     /// Loss and gradient of one batch (forward pass, losses, backward pass) on the model's backend.
