@@ -20,7 +20,7 @@ use crate::transport::{
     sinkhorn_divergence, AdaptiveTransport, AdaptiveTransportConfig, EpsScale, Epsilon, ErrorNorm,
     ImplicitConfig, PlanGradient, SinkhornConfig,
 };
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -511,7 +511,7 @@ impl<F: Real> RecGoat<F> {
             let mut items = ex.download(fwd.items())?;
             let modal: Vec<Array2<F>> = fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
             let (trust, content) =
-                self.place_cold_items(users.view(), &mut items, &modal, self.cold_scale)?;
+                self.place_cold_items(users.view(), &mut items, &modal, self.cold_scale, true)?;
             Ok(Forward {
                 users,
                 items,
@@ -598,7 +598,8 @@ impl<F: Real> RecGoat<F> {
             if self.content_on() {
                 let modal: Vec<Array2<F>> =
                     fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
-                let (t, content) = self.place_cold_items(users.view(), &mut items, &modal, scale)?;
+                let (t, content) =
+                    self.place_cold_items(users.view(), &mut items, &modal, scale, false)?;
                 if probe_as_new {
                     place_content(&mut items, &self.probe, &t, &content, scale);
                 }
@@ -744,12 +745,11 @@ impl<F: Real> RecGoat<F> {
         items: &mut Array2<F>,
         modal: &[Array2<F>],
         scale: f64,
+        every_row: bool,
     ) -> Result<(Vec<F>, Vec<Array2<F>>)> {
         if !self.content_on() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let content = self.content_views(items.view(), modal);
-        let views: Vec<ArrayView2<'_, F>> = content.iter().map(|m| m.view()).collect();
         let warm: Vec<usize> = (0..self.n_items).filter(|&i| !self.cold[i]).collect();
         // the probe items, or (a catalogue too small to spare any) every warm item, in sample
         let fit_on = if self.probe.is_empty() {
@@ -757,26 +757,48 @@ impl<F: Real> RecGoat<F> {
         } else {
             &self.probe
         };
-        let trust = content_trust(users, items.view(), &views, fit_on)?;
         let cold: Vec<usize> = (0..self.n_items).filter(|&i| self.cold[i]).collect();
+        // the rows the trusts and the placement read (every row for a caller that shows them all)
+        let read: Vec<usize> = match every_row {
+            true => (0..self.n_items).collect(),
+            false => {
+                let mut r = [&fit_on[..], &cold[..]].concat();
+                r.sort_unstable();
+                r
+            }
+        };
+        let content = self.content_views(items.view(), modal, &read);
+        let views: Vec<ArrayView2<'_, F>> = content.iter().map(|m| m.view()).collect();
+        let trust = content_trust(users, items.view(), &views, fit_on)?;
         place_content(items, &cold, &trust, &content, scale);
         Ok((trust, content))
     }
 
     /// The content encoders' outputs over every item, which place the cold items: each modality's trained
     /// encoder (`modal`), or with [`RecGoatConfig::content_ridge`] its closed form fitted on the current
-    /// item vectors `items`.
-    fn content_views(&self, items: ArrayView2<'_, F>, modal: &[Array2<F>]) -> Vec<Array2<F>> {
+    /// item vectors `items`, computed at the rows `rows` (ascending; the others 0).
+    fn content_views(
+        &self,
+        items: ArrayView2<'_, F>,
+        modal: &[Array2<F>],
+        rows: &[usize],
+    ) -> Vec<Array2<F>> {
         (modal.iter().zip(&self.ridge).zip(&self.modalities))
             .map(|((m, ridge), b)| match ridge {
                 // a closed form that explains nothing on the probe items places nothing
-                Some(r) => match r.fit(b.x.view(), items, &self.probe) {
-                    Some((w, bias)) => {
-                        let x = b.x.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
-                        (x.dot(&w) + &bias).mapv(F::c)
+                Some(r) => {
+                    let mut out = Array2::zeros(m.dim());
+                    if let Some((w, bias)) = r.fit(b.x.view(), items, &self.probe) {
+                        let x =
+                            b.x.select(Axis(0), rows)
+                                .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+                        let z = x.dot(&w) + &bias;
+                        for (&i, zr) in rows.iter().zip(z.rows()) {
+                            out.row_mut(i).assign(&zr.mapv(F::c));
+                        }
                     }
-                    None => Array2::zeros(m.dim()),
-                },
+                    out
+                }
                 None => m.clone(),
             })
             .collect()
