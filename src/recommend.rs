@@ -295,15 +295,15 @@ impl Recommender {
         let mut rec = Recommender::new(users, items, seen)?;
         let cfg = model.config();
         if model.content_on() && cfg.gat_layers == 0 {
-            let fwd = model.forward(t.params(), crate::attention::Mode::Eval, None)?;
             let scale = model.cold_scale() as f32;
-            let (weights, biases) = model.content_projections(t.params())?.into_iter().unzip();
+            let (projections, trust) = model.content_projections(t.params())?;
+            let (weights, biases) = projections.into_iter().unzip();
             rec.encoder = Some(ContentEncoder::new(
                 model.modalities(),
                 cfg.normalize_features,
                 weights,
                 biases,
-                fwd.content_trust().iter().map(|t| t * scale).collect(),
+                trust.iter().map(|t| t * scale).collect(),
             )?);
         }
         if !cfg.user_user {

@@ -112,7 +112,8 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
     assert_eq!(trust.len(), 2);
     let modal = fwd.content_embeddings();
     // the closed-form encoders: each modality's projection fitted on the item vectors, as a recommender keeps
-    let projections = model.content_projections(&p).unwrap();
+    let (projections, trusts) = model.content_projections(&p).unwrap();
+    assert_eq!(trusts, trust);
     assert_eq!(projections.len(), 2);
     for (((z, (w, b)), m), (_, raw)) in (modal.iter().zip(&projections))
         .zip(fwd.modality_embeddings())

@@ -804,30 +804,37 @@ impl<F: Real> RecGoat<F> {
             .collect()
     }
 
-    /// Each modality's content encoder as a projection `(W, b)` (`width x d`, `d`): what
+    /// Each modality's content encoder as a projection `(W, b)` (`width x d`, `d`), and the trusts that weigh
+    /// them ([`Forward::content_trust`]), from one forward pass of `p`: what
     /// [`crate::recommend::ContentEncoder`] embeds new items with. The trained projection, or with
     /// [`RecGoatConfig::content_ridge`] its closed form fitted on the item vectors of `p`.
     ///
     /// # Errors
-    /// As [`RecGoat::embeddings`].
-    pub fn content_projections(&self, p: &Params<F>) -> Result<Vec<(Array2<F>, Array1<F>)>> {
-        let items = match self.ridge.iter().any(Option::is_some) {
-            true => Some(self.embeddings(p)?.1),
-            false => None,
-        };
+    /// As [`RecGoat::forward`].
+    #[allow(clippy::type_complexity)]
+    pub fn content_projections(
+        &self,
+        p: &Params<F>,
+    ) -> Result<(Vec<(Array2<F>, Array1<F>)>, Vec<F>)> {
+        let fwd = self.forward(p, Mode::Eval, None)?;
         let d = self.cfg.embedding_dim;
-        Ok((p.branches.iter().zip(&self.ridge).zip(&self.modalities))
-            .map(|((br, ridge), b)| match (ridge, &items) {
-                (Some(r), Some(items)) => match r.fit(b.x.view(), items.view(), &self.probe) {
-                    Some((w, bias)) => (w.mapv(F::c), bias.mapv(F::c)),
-                    None => (Array2::zeros(br.proj.w.dim()), Array1::zeros(d)),
-                },
-                _ => (
-                    br.proj.w.clone(),
-                    br.proj.b.clone().unwrap_or_else(|| Array1::zeros(d)),
-                ),
+        // the fits read the warm items' rows only, which placing the cold items leaves as they are
+        let projections = (p.branches.iter().zip(&self.ridge).zip(&self.modalities))
+            .map(|((br, ridge), b)| {
+                let fitted = ridge
+                    .as_ref()
+                    .map(|r| r.fit(b.x.view(), fwd.items.view(), &self.probe));
+                match fitted {
+                    Some(Some((w, bias))) => (w.mapv(F::c), bias.mapv(F::c)),
+                    Some(None) => (Array2::zeros(br.proj.w.dim()), Array1::zeros(d)),
+                    None => (
+                        br.proj.w.clone(),
+                        br.proj.b.clone().unwrap_or_else(|| Array1::zeros(d)),
+                    ),
+                }
             })
-            .collect())
+            .collect();
+        Ok((projections, fwd.trust))
     }
 
     /// Loss and gradient of one batch (forward pass, losses, backward pass) on the model's backend.
