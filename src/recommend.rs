@@ -28,19 +28,129 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Format tag of a saved [`Recommender`]. Version 2 adds the content encoder and the fold-in tables; a
-/// version 1 file still loads, without them.
-pub const FORMAT: &str = "recgoat-core/recommender-v2";
+/// Format tag of a saved [`Recommender`]. Version 2 adds the content encoder and the fold-in tables,
+/// version 3 the encoder's neighbours ([`Neighbours`]); a version 2 file still loads (its encoder has no
+/// neighbours), and a version 1 file through [`Recommender::load_v1`].
+pub const FORMAT: &str = "recgoat-core/recommender-v3";
+const FORMAT_V2: &str = "recgoat-core/recommender-v2";
 const FORMAT_V1: &str = "recgoat-core/recommender-v1";
 
 /// Users scored together: a block of `BLOCK x items` scores at a time, never a users x items matrix.
 const BLOCK: usize = 64;
 
+/// The part of a modality's content encoder that leans on known items: a new item's `k` nearest reference
+/// items by the cosine of their feature rows, their vectors averaged with the softmax weights of the
+/// cosines at `temperature`, blended with the encoder's projection at `share` (the projection keeps
+/// `1 - share`).
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// use recgoat_core::recommend::Neighbours;
+/// // two reference items; the nearest one alone (k = 1) gives the vector
+/// let n = Neighbours::new(array![[1.0f32, 0.0], [0.0, 1.0]], array![[1.0f32, 2.0], [3.0, 4.0]], 1, 0.1, 1.0)?;
+/// assert_eq!(n.predict(array![[0.2f32, 0.9]].view()), array![[3.0f32, 4.0]]);
+/// # Ok::<(), recgoat_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbours {
+    /// The reference items' feature rows, unit length.
+    features: Array2<f32>,
+    vectors: Array2<f32>,
+    k: usize,
+    temperature: f32,
+    share: f32,
+}
+
+impl Neighbours {
+    /// Neighbours among reference items with feature rows `features` (scaled to unit length here) and
+    /// vectors `vectors`, one row each.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for matrices with different row counts or no row; [`Error::Param`] for `k` 0 or
+    /// above the reference items, a temperature that is not finite and > 0, or a share outside `[0, 1]`;
+    /// [`Error::NonFinite`] for NaN/Inf values.
+    pub fn new(
+        mut features: Array2<f32>,
+        vectors: Array2<f32>,
+        k: usize,
+        temperature: f32,
+        share: f32,
+    ) -> Result<Self> {
+        const OP: &str = "Neighbours::new";
+        let n = features.nrows();
+        if n == 0 || vectors.nrows() != n {
+            let what = "reference items (feature rows, vectors)";
+            return Err(Error::shape(
+                OP,
+                what,
+                (n.max(1), n.max(1)),
+                (n, vectors.nrows()),
+            ));
+        }
+        if k == 0 || k > n {
+            return Err(Error::param(OP, "k", k, format!("must be in 1..={n}")));
+        }
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(Error::param(
+                OP,
+                "temperature",
+                temperature,
+                "must be finite and > 0",
+            ));
+        }
+        if !(0.0..=1.0).contains(&share) {
+            return Err(Error::param(OP, "share", share, "must be in [0, 1]"));
+        }
+        check_finite_array(OP, "features", &features.view())?;
+        check_finite_array(OP, "vectors", &vectors.view())?;
+        // rows already of unit length (a saved encoder's) are kept to the bit
+        for mut r in features.rows_mut() {
+            let norm = r.dot(&r).sqrt();
+            if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+                r.mapv_inplace(|v| v / norm);
+            }
+        }
+        Ok(Neighbours {
+            features,
+            vectors,
+            k,
+            temperature,
+            share,
+        })
+    }
+
+    /// The share of the blend the neighbours take.
+    pub fn share(&self) -> f32 {
+        self.share
+    }
+
+    /// The neighbours' vector of each row of `x` (feature rows of any length): the softmax-weighted mean
+    /// of its `k` nearest reference items' vectors.
+    pub fn predict(&self, x: ArrayView2<'_, f32>) -> Array2<f32> {
+        let mut unit = x.to_owned();
+        crate::nn::normalize_nonzero_rows_in_place(&mut unit);
+        let mut out = Array2::<f32>::zeros((x.nrows(), self.vectors.ncols()));
+        for (mut o, u) in out.rows_mut().into_iter().zip(unit.rows()) {
+            // one matrix-vector product per row: a product with a few rows would pack every reference row
+            let c = self.features.dot(&u);
+            let top = crate::model::top_cosines(c.iter().copied().enumerate(), self.k);
+            let weights =
+                crate::model::neighbour_weights(&top, None, self.k, self.temperature.into());
+            for (j, a) in weights {
+                o.scaled_add(a as f32, &self.vectors.row(j));
+            }
+        }
+        out
+    }
+}
+
 /// Gives a new item its vector from its feature rows, in the space of the model's vectors: per modality
 /// `m` a projection `x W_m + b_m` of the feature row (scaled to unit length first when the model
-/// normalised its features), combined as `sum_m t_m (x_m W_m + b_m)` with the trusts `t_m` (times the cold
-/// items' scale) the model fitted on its probe items. This is how the model scored its own items without
-/// training interactions, so new items land on the scale of the catalogue's.
+/// normalised its features), blended with the modality's [`Neighbours`] where it has them, combined as
+/// `sum_m t_m (x_m W_m + b_m)` with the trusts `t_m` (times the cold items' scale) the model fitted on its
+/// probe items. This is how the model scored its own items without training interactions, so new items
+/// land on the scale of the catalogue's.
 ///
 /// # Example
 /// ```
@@ -61,6 +171,7 @@ pub struct ContentEncoder {
     weights: Vec<Array2<f32>>,
     biases: Vec<Array1<f32>>,
     trust: Vec<f32>,
+    neighbours: Vec<Option<Neighbours>>,
 }
 
 impl ContentEncoder {
@@ -115,12 +226,38 @@ impl ContentEncoder {
             return Err(Error::param(OP, "trust", t, "must be finite and >= 0"));
         }
         Ok(ContentEncoder {
+            neighbours: vec![None; modalities.len()],
             modalities,
             normalize,
             weights,
             biases,
             trust,
         })
+    }
+
+    /// The same encoder with the modality at position `m` blended with `neighbours`.
+    ///
+    /// # Errors
+    /// [`Error::Param`] for a position past the modalities; [`Error::Shape`] for neighbours whose feature
+    /// rows or vectors are not as wide as the modality's features and the encoder's vectors.
+    pub fn with_neighbours(mut self, m: usize, neighbours: Neighbours) -> Result<Self> {
+        const OP: &str = "ContentEncoder::with_neighbours";
+        let Some((name, width)) = self.modalities.get(m) else {
+            let why = format!("the encoder has {} modalities", self.modalities.len());
+            return Err(Error::param(OP, "m", m, why));
+        };
+        let (fw, vw) = (neighbours.features.ncols(), neighbours.vectors.ncols());
+        if (fw, vw) != (*width, self.dim()) {
+            let what = format!("modality `{name}` neighbours (feature width, vector width)");
+            return Err(Error::shape(OP, what, (*width, self.dim()), (fw, vw)));
+        }
+        self.neighbours[m] = Some(neighbours);
+        Ok(self)
+    }
+
+    /// Per modality its neighbours, where it has them.
+    pub fn neighbours(&self) -> &[Option<Neighbours>] {
+        &self.neighbours
     }
 
     /// The modalities it encodes, with their feature widths, in order.
@@ -179,12 +316,20 @@ impl ContentEncoder {
                 ));
             }
             check_finite_array(OP, name, x)?;
+            if self.trust[k] == 0.0 {
+                // a modality the model does not trust adds nothing
+                continue;
+            }
             let mut x = x.to_owned();
             if self.normalize {
                 crate::nn::normalize_nonzero_rows_in_place(&mut x);
             }
             let mut h = x.dot(&self.weights[k]);
             h += &self.biases[k];
+            if let Some(n) = &self.neighbours[k] {
+                h *= 1.0 - n.share;
+                h.scaled_add(n.share, &n.predict(x.view()));
+            }
             out.scaled_add(self.trust[k], &h);
         }
         Ok(out)
@@ -295,16 +440,7 @@ impl Recommender {
         let mut rec = Recommender::new(users, items, seen)?;
         let cfg = model.config();
         if model.content_on() && cfg.gat_layers == 0 {
-            let scale = model.cold_scale() as f32;
-            let (projections, trust) = model.content_projections(t.params())?;
-            let (weights, biases) = projections.into_iter().unzip();
-            rec.encoder = Some(ContentEncoder::new(
-                model.modalities(),
-                cfg.normalize_features,
-                weights,
-                biases,
-                trust.iter().map(|t| t * scale).collect(),
-            )?);
+            rec.encoder = Some(model.content_encoder(t.params())?);
         }
         if !cfg.user_user {
             let (items, users) = model.fold_in_tables(t.params())?;
@@ -465,6 +601,24 @@ impl Recommender {
     pub fn seen_items(&self, user: usize) -> Result<Vec<usize>> {
         self.check_user(user)?;
         Ok(self.seen[user].iter().map(|&i| i as usize).collect())
+    }
+
+    /// The same recommender embedding new items with `encoder` (saved with it).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for an encoder whose vectors are not as wide as the items'.
+    pub fn with_encoder(mut self, encoder: ContentEncoder) -> Result<Self> {
+        if encoder.dim() != self.items.ncols() {
+            let what = "content encoder's vector width";
+            return Err(Error::shape(
+                "Recommender::with_encoder",
+                what,
+                self.items.ncols(),
+                encoder.dim(),
+            ));
+        }
+        self.encoder = Some(encoder);
+        Ok(self)
     }
 
     /// The content encoder that gives new items their vectors, when the recommender has one.
@@ -699,8 +853,26 @@ impl Recommender {
                     le_bytes(b),
                 ));
             }
+            let mut near = Vec::new();
+            for (k, n) in enc.neighbours.iter().enumerate() {
+                let Some(n) = n else {
+                    near.push(serde_json::Value::Null);
+                    continue;
+                };
+                for (what, a) in [("features", &n.features), ("vectors", &n.vectors)] {
+                    owned.push((
+                        format!("encoder/{k}/neighbour_{what}"),
+                        Dtype::F32,
+                        a.shape().to_vec(),
+                        le_bytes(a.view()),
+                    ));
+                }
+                near.push(
+                    serde_json::json!({"k": n.k, "temperature": n.temperature, "share": n.share}),
+                );
+            }
             let about = serde_json::json!({"modalities": enc.modalities, "normalize": enc.normalize,
-                "trust": enc.trust});
+                "trust": enc.trust, "neighbours": near});
             meta.insert("encoder".into(), about.to_string());
         }
         if let Some(f) = &self.fold {
@@ -767,7 +939,7 @@ impl Recommender {
         let m = meta.metadata().clone().unwrap_or_default();
         let format = m.get("format").cloned();
         match format.as_deref() {
-            Some(FORMAT) => {}
+            Some(FORMAT | FORMAT_V2) => {}
             Some(FORMAT_V1) if v1 => {}
             Some(FORMAT_V1) => {
                 let why = format!(
@@ -779,7 +951,8 @@ impl Recommender {
             }
             _ => {
                 return Err(fail(format!(
-                    "format {format:?}, expected {FORMAT:?} (or {FORMAT_V1:?} through Recommender::load_v1)"
+                    "format {format:?}, expected {FORMAT:?} or {FORMAT_V2:?} (or {FORMAT_V1:?} through \
+                     Recommender::load_v1)"
                 )));
             }
         }
@@ -850,6 +1023,14 @@ impl Recommender {
                 modalities: Vec<(String, usize)>,
                 normalize: bool,
                 trust: Vec<f32>,
+                #[serde(default)]
+                neighbours: Vec<Option<Near>>,
+            }
+            #[derive(serde::Deserialize)]
+            struct Near {
+                k: usize,
+                temperature: f32,
+                share: f32,
             }
             let about: About =
                 serde_json::from_str(json).map_err(|e| fail(format!("metadata `encoder`: {e}")))?;
@@ -860,7 +1041,7 @@ impl Recommender {
             let biases = (0..n)
                 .map(|k| floats(&format!("encoder/{k}/b")).map(|(_, v)| Array1::from_vec(v)))
                 .collect::<Result<Vec<_>>>()?;
-            let enc = ContentEncoder::new(
+            let mut enc = ContentEncoder::new(
                 about.modalities,
                 about.normalize,
                 weights,
@@ -868,6 +1049,21 @@ impl Recommender {
                 about.trust,
             )
             .map_err(|e| fail(format!("its content encoder: {e}")))?;
+            if about.neighbours.len() > n {
+                let why = format!(
+                    "{} neighbour entries for {n} modalities",
+                    about.neighbours.len()
+                );
+                return Err(fail(format!("metadata `encoder`: {why}")));
+            }
+            for (k, near) in about.neighbours.into_iter().enumerate() {
+                let Some(near) = near else { continue };
+                let features = matrix(&format!("encoder/{k}/neighbour_features"))?;
+                let vectors = matrix(&format!("encoder/{k}/neighbour_vectors"))?;
+                enc = Neighbours::new(features, vectors, near.k, near.temperature, near.share)
+                    .and_then(|nb| enc.with_neighbours(k, nb))
+                    .map_err(|e| fail(format!("its content encoder's neighbours: {e}")))?;
+            }
             if enc.dim() != rec.items.ncols() {
                 return Err(fail(format!(
                     "its content encoder gives {}-wide vectors for {}-wide items",
@@ -1054,6 +1250,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("format v1"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        // format version 2 (an encoder without neighbours when it has one) loads as it is
+        let path = write(FORMAT_V2);
+        assert_eq!(Recommender::load(&path).unwrap(), rec);
         std::fs::remove_file(&path).unwrap();
         let path = write("recgoat-core/recommender-v9");
         let e = Recommender::load(&path).unwrap_err().to_string();

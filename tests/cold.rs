@@ -2,14 +2,14 @@
 //! warm / cold metrics and the scales tried on validation, the cold-item split, and serving new items and
 //! new users from a recommender.
 
-use ndarray::{array, Array1, Array2, Axis};
+use ndarray::{array, s, Array1, Array2, Axis};
 use recgoat_core::attention::Mode;
 use recgoat_core::data::Dataset;
 use recgoat_core::eval::{
     evaluate_cold_scales, evaluate_grouped, evaluate_reference, feature_cosine, Metrics,
 };
 use recgoat_core::model::*;
-use recgoat_core::recommend::{ContentEncoder, Recommender};
+use recgoat_core::recommend::{ContentEncoder, Neighbours, Recommender};
 use recgoat_core::testing::{randn, rng, Tolerance};
 use recgoat_core::{Backend, Par};
 
@@ -115,11 +115,17 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
     let (projections, trusts) = model.content_projections(&p).unwrap();
     assert_eq!(trusts, trust);
     assert_eq!(projections.len(), 2);
-    for (((z, (w, b)), m), (_, raw)) in (modal.iter().zip(&projections))
+    let enc = model.content_encoder(&p).unwrap();
+    for ((((z, (w, b)), m), (_, raw)), near) in (modal.iter().zip(&projections))
         .zip(fwd.modality_embeddings())
         .zip(&ds.item_features)
+        .zip(enc.neighbours())
     {
         assert_ne!(z, &m, "the closed form is not the trained encoder");
+        if near.is_some() {
+            // blended with the items' neighbours: the encoder below checks it whole
+            continue;
+        }
         // rows scaled to unit length, as the model reads them
         let mut x = raw.mapv(f64::from);
         for mut r in x.rows_mut() {
@@ -139,6 +145,22 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
         };
         for (a, b) in fwd.items.row(i).iter().zip(&want) {
             assert!((a - b).abs() < 1e-12, "item {i}: {a} vs {b}");
+        }
+    }
+    // the encoder a recommender keeps gives the cold items their vectors from their feature rows
+    let cold: Vec<usize> = (0..4).collect();
+    let rows: Vec<(String, Array2<f32>)> = (ds.item_features.iter())
+        .map(|(n, x)| (n.clone(), x.select(Axis(0), &cold)))
+        .collect();
+    let feats: Vec<(&str, ndarray::ArrayView2<'_, f32>)> =
+        rows.iter().map(|(n, x)| (n.as_str(), x.view())).collect();
+    let encoded = enc.encode(&feats).unwrap();
+    for (k, &i) in cold.iter().enumerate() {
+        for (a, b) in encoded.row(k).iter().zip(fwd.items.row(i)) {
+            assert!(
+                (f64::from(*a) - b).abs() < 1e-4 * (1.0 + b.abs()),
+                "item {i}: {a} vs {b}"
+            );
         }
     }
     // the scale multiplies the cold rows only
@@ -798,6 +820,88 @@ fn content_encoders_check_their_parts() {
 }
 
 /// A checkpoint keeps the cold scale and the modality trusts: the resumed trainer serves the same vectors.
+/// An encoder's neighbours: validated, blended with the projection at their share, and kept in the
+/// recommender file; a file of format version 2 (an encoder without neighbours) still loads.
+#[test]
+fn content_encoders_lean_on_neighbours_and_keep_them_in_files() {
+    let refs = array![[2.0f32, 0.0], [0.0, 1.0], [1.0, 1.0]];
+    let vectors = array![[1.0f32, 0.0], [0.0, 1.0], [5.0, 5.0]];
+    let near = |k, t, s| Neighbours::new(refs.clone(), vectors.clone(), k, t, s);
+    for bad in [
+        near(0, 0.1, 0.5),
+        near(4, 0.1, 0.5),
+        near(1, 0.0, 0.5),
+        near(1, 0.1, 1.5),
+    ] {
+        assert!(
+            matches!(bad, Err(recgoat_core::Error::Param { .. })),
+            "{bad:?}"
+        );
+    }
+    assert!(Neighbours::new(
+        refs.clone(),
+        vectors.slice(s![..2, ..]).to_owned(),
+        1,
+        0.1,
+        0.5
+    )
+    .is_err());
+    let nan = array![[f32::NAN, 0.0], [0.0, 1.0], [1.0, 1.0]];
+    assert!(Neighbours::new(nan, vectors.clone(), 1, 0.1, 0.5).is_err());
+    // the two nearest of (1, 0.1): ref 0 (cosine 0.995) and ref 2 (0.774), softmax at 0.1
+    let n = near(2, 0.1, 0.5).unwrap();
+    let x = array![[1.0f32, 0.1]];
+    let (c0, c2) = (1.0 / 1.01f32.sqrt(), 1.1 / (1.01f32 * 2.0).sqrt());
+    let e = ((c2 - c0) / 0.1).exp();
+    let want = (&vectors.row(0) + &(&vectors.row(2) * e)) / (1.0 + e);
+    Tolerance::new(1e-5, 1e-6).assert_close(
+        "neighbours",
+        &n.predict(x.view()).row(0),
+        &want.view(),
+    );
+    // blended half and half with the projection x W + b, times the trust
+    let enc = ContentEncoder::new(
+        vec![("a".into(), 2)],
+        false,
+        vec![array![[1.0f32, 0.0], [0.0, 1.0]]],
+        vec![array![0.0f32, 1.0]],
+        vec![2.0],
+    )
+    .unwrap();
+    assert!(
+        enc.clone().with_neighbours(1, n.clone()).is_err(),
+        "one modality"
+    );
+    let wide = Neighbours::new(
+        array![[1.0f32, 0.0, 0.0]],
+        array![[1.0f32, 0.0]],
+        1,
+        0.1,
+        0.5,
+    );
+    assert!(enc.clone().with_neighbours(0, wide.unwrap()).is_err());
+    let linear = enc.encode(&[("a", x.view())]).unwrap();
+    let enc = enc.with_neighbours(0, n).unwrap();
+    let blended = enc.encode(&[("a", x.view())]).unwrap();
+    let want = (&linear * 0.5) + &(&want * 2.0 * 0.5);
+    Tolerance::new(1e-5, 1e-6).assert_close("blend", &blended.row(0), &want.row(0));
+    // kept in the file to the bit
+    let rec = Recommender::new(array![[1.0f32, 0.0]], vectors.clone(), vec![vec![0]])
+        .unwrap()
+        .with_encoder(enc.clone())
+        .unwrap();
+    let path =
+        std::env::temp_dir().join(format!("recgoat-near-{}.safetensors", std::process::id()));
+    rec.save(&path).unwrap();
+    let back = Recommender::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(back, rec);
+    assert!(back.encoder().unwrap().neighbours()[0].is_some());
+    assert_eq!(back.embed_items(&[("a", x.view())]).unwrap(), blended);
+    let narrow = Recommender::new(array![[1.0f32]], array![[1.0f32]], vec![vec![]]).unwrap();
+    assert!(narrow.with_encoder(enc).is_err());
+}
+
 #[test]
 fn checkpoints_keep_the_cold_scale_and_the_trusts() {
     let ds = clustered();

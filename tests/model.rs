@@ -508,10 +508,13 @@ fn configs_without_the_newer_fields_still_read() {
         "item_graph_layers",
         "item_graph_k",
         "weight_decay",
+        "content_ridge",
+        "content_neighbours",
     ] {
         assert!(obj.remove(k).is_some(), "{k} is a field");
     }
     let cfg: RecGoatConfig = serde_json::from_value(json).unwrap();
+    assert!(!cfg.content_ridge && !cfg.content_neighbours);
     assert_eq!(
         (
             cfg.item_graph_layers,

@@ -250,6 +250,13 @@ pub struct RecGoatConfig {
     /// reads it as off, as it was trained.
     #[serde(default)]
     pub content_ridge: bool,
+    /// With [`RecGoatConfig::content_ridge`], each closed-form encoder may also lean on the items it is
+    /// fitted on: a cold item's nearest of them by feature cosine, their vectors averaged with softmax
+    /// weights, blended with the linear map at a share chosen on the probe items with the neighbour count
+    /// and temperature (share 0 among the choices: the linear map alone). On in `recgoat()` (chosen on
+    /// validation, docs/COLD-START.md); a configuration saved without the field reads it as off.
+    #[serde(default)]
+    pub content_neighbours: bool,
     /// Triples per batch.
     pub batch_size: usize,
     /// Optimiser steps per epoch. 0 (every preset): one step per batch, each with its own forward and
@@ -369,6 +376,7 @@ impl RecGoatConfig {
             content_warm_tolerance: default_warm_tolerance(),
             content_overall_tolerance: default_overall_tolerance(),
             content_ridge: true,
+            content_neighbours: true,
             batch_size: 2048,
             steps_per_epoch: 0,
             auto_schedule_from: default_auto_schedule_from(),

@@ -9,6 +9,7 @@ mod params;
 mod profile;
 mod recgoat;
 mod ridge;
+pub(crate) use ridge::{neighbour_weights, top_cosines};
 mod step;
 mod train;
 

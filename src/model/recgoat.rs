@@ -4,7 +4,7 @@
 use super::config::{Fusion, Modalities, OtGradient, RecGoatConfig};
 use super::params::{Branch, Params};
 use super::profile::Profile;
-use super::ridge::Ridge;
+use super::ridge::{unit_rows, ContentFit, Ridge};
 use super::step::{Layout, State, TrainPass};
 use crate::attention::{GatConfig, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
@@ -15,6 +15,7 @@ use crate::exec::{Exec, Inputs};
 use crate::graph::{bipartite_user_item, knn_graph, multi_view_knn_graph};
 use crate::graph::{CsrGraph, KnnConfig};
 use crate::nn::{self, Init, LayerNorm, Linear};
+use crate::recommend::{ContentEncoder, Neighbours};
 use crate::simd::Real;
 use crate::transport::{
     sinkhorn_divergence, AdaptiveTransport, AdaptiveTransportConfig, EpsScale, Epsilon, ErrorNorm,
@@ -437,7 +438,7 @@ impl<F: Real> RecGoat<F> {
             true => {
                 let fit: Vec<usize> = (0..n_items).filter(|&i| !cold[i] && !is_probe[i]).collect();
                 (modalities.iter())
-                    .map(|b| Ridge::new(b.x.view(), &fit))
+                    .map(|b| Ridge::new(b.x.view(), &fit, cfg.content_neighbours))
                     .collect::<Result<Vec<_>>>()?
             }
             false => vec![None; modalities.len()],
@@ -788,11 +789,8 @@ impl<F: Real> RecGoat<F> {
                 // a closed form that explains nothing on the probe items places nothing
                 Some(r) => {
                     let mut out = Array2::zeros(m.dim());
-                    if let Some((w, bias)) = r.fit(b.x.view(), items, &self.probe) {
-                        let x =
-                            b.x.select(Axis(0), rows)
-                                .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
-                        let z = x.dot(&w) + &bias;
+                    if let Some(fit) = r.fit(b.x.view(), items, &self.probe) {
+                        let z = r.predict(&fit, b.x.view(), items, rows);
                         for (&i, zr) in rows.iter().zip(z.rows()) {
                             out.row_mut(i).assign(&zr.mapv(F::c));
                         }
@@ -805,9 +803,9 @@ impl<F: Real> RecGoat<F> {
     }
 
     /// Each modality's content encoder as a projection `(W, b)` (`width x d`, `d`), and the trusts that weigh
-    /// them ([`Forward::content_trust`]), from one forward pass of `p`: what
-    /// [`crate::recommend::ContentEncoder`] embeds new items with. The trained projection, or with
-    /// [`RecGoatConfig::content_ridge`] its closed form fitted on the item vectors of `p`.
+    /// them ([`Forward::content_trust`]), from one forward pass of `p`: the trained projection, or with
+    /// [`RecGoatConfig::content_ridge`] the linear part of its closed form fitted on the item vectors of `p`
+    /// (which may also lean on the items' neighbours: [`RecGoat::content_encoder`] is the whole encoder).
     ///
     /// # Errors
     /// As [`RecGoat::forward`].
@@ -817,24 +815,109 @@ impl<F: Real> RecGoat<F> {
         p: &Params<F>,
     ) -> Result<(Vec<(Array2<F>, Array1<F>)>, Vec<F>)> {
         let fwd = self.forward(p, Mode::Eval, None)?;
-        let d = self.cfg.embedding_dim;
-        // the fits read the warm items' rows only, which placing the cold items leaves as they are
-        let projections = (p.branches.iter().zip(&self.ridge).zip(&self.modalities))
-            .map(|((br, ridge), b)| {
-                let fitted = ridge
-                    .as_ref()
-                    .map(|r| r.fit(b.x.view(), fwd.items.view(), &self.probe));
-                match fitted {
-                    Some(Some((w, bias))) => (w.mapv(F::c), bias.mapv(F::c)),
-                    Some(None) => (Array2::zeros(br.proj.w.dim()), Array1::zeros(d)),
-                    None => (
-                        br.proj.w.clone(),
-                        br.proj.b.clone().unwrap_or_else(|| Array1::zeros(d)),
-                    ),
-                }
+        let projections = (self.fits(&fwd).into_iter().zip(&p.branches))
+            .map(|(fitted, br)| match fitted {
+                Some(Some(f)) => (f.w.mapv(F::c), f.b.mapv(F::c)),
+                Some(None) => (
+                    Array2::zeros(br.proj.w.dim()),
+                    Array1::zeros(br.proj.w.ncols()),
+                ),
+                None => (
+                    br.proj.w.clone(),
+                    (br.proj.b.clone()).unwrap_or_else(|| Array1::zeros(br.proj.w.ncols())),
+                ),
             })
             .collect();
         Ok((projections, fwd.trust))
+    }
+
+    /// Per modality its closed-form fit on the item vectors of `fwd` (`Some(None)`: it explains nothing and
+    /// places nothing), or `None`: the trained projection.
+    fn fits(&self, fwd: &Forward<F>) -> Vec<Option<Option<ContentFit>>> {
+        // the fits read the warm items' rows only, which placing the cold items leaves as they are
+        (self.ridge.iter().zip(&self.modalities))
+            .map(|(ridge, b)| {
+                (ridge.as_ref()).map(|r| r.fit(b.x.view(), fwd.items.view(), &self.probe))
+            })
+            .collect()
+    }
+
+    /// The content encoder that gives a new item the vector this model gives its items without training
+    /// interactions, at the cold items' scale: each modality's projection ([`RecGoat::content_projections`])
+    /// and, where its closed form leans on neighbours, the unit feature rows and vectors of the items it
+    /// averages, weighed by the trusts. What [`crate::recommend::Recommender::from_trainer`] keeps.
+    ///
+    /// # Errors
+    /// As [`RecGoat::forward`]; [`Error::Param`] for a model without content term.
+    pub fn content_encoder(&self, p: &Params<F>) -> Result<ContentEncoder> {
+        if !self.content_on() {
+            let why = "the model has no content term (content_weight 0 or no modality)";
+            return Err(Error::param(
+                "RecGoat::content_encoder",
+                "model",
+                "no content term",
+                why,
+            ));
+        }
+        let fwd = self.forward(p, Mode::Eval, None)?;
+        let to32 = |a: &Array2<f64>| a.mapv(|v| v as f32);
+        let fits = self.fits(&fwd);
+        let scale = self.cold_scale;
+        let (mut weights, mut biases, mut near) = (Vec::new(), Vec::new(), Vec::new());
+        for ((fitted, br), (b, ridge)) in
+            (fits.into_iter().zip(&p.branches)).zip(self.modalities.iter().zip(&self.ridge))
+        {
+            let d = br.proj.w.ncols();
+            match fitted {
+                Some(Some(f)) => {
+                    weights.push(to32(&f.w));
+                    biases.push(f.b.mapv(|v| v as f32));
+                    if let (Some((s, k, t)), Some(r)) = (f.neighbours, ridge) {
+                        let refs = r.fit_rows();
+                        let vectors = fwd.items.select(Axis(0), refs);
+                        let features = unit_rows(b.x.select(Axis(0), refs).view());
+                        near.push(Some(Neighbours::new(
+                            features,
+                            vectors.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32),
+                            k,
+                            t as f32,
+                            s as f32,
+                        )?));
+                    } else {
+                        near.push(None);
+                    }
+                }
+                Some(None) => {
+                    weights.push(Array2::zeros(br.proj.w.dim()));
+                    biases.push(Array1::zeros(d));
+                    near.push(None);
+                }
+                None => {
+                    weights.push(br.proj.w.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32));
+                    let bias = (br.proj.b.as_ref()).map_or(Array1::zeros(d), |v| {
+                        v.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32)
+                    });
+                    biases.push(bias);
+                    near.push(None);
+                }
+            }
+        }
+        let trust = (fwd.trust.iter())
+            .map(|t| (t.to_f64().unwrap_or(f64::NAN) * scale) as f32)
+            .collect();
+        let mut enc = ContentEncoder::new(
+            self.modalities(),
+            self.cfg.normalize_features,
+            weights,
+            biases,
+            trust,
+        )?;
+        for (m, n) in near.into_iter().enumerate() {
+            if let Some(n) = n {
+                enc = enc.with_neighbours(m, n)?;
+            }
+        }
+        Ok(enc)
     }
 
     /// Loss and gradient of one batch (forward pass, losses, backward pass) on the model's backend.

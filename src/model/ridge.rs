@@ -4,6 +4,12 @@
 //! items. Where training is short (a sparse dataset stops after a few dozen epochs) the encoders the content
 //! term trains by gradient steps have seen few batches; the closed form is the least-squares optimum of the
 //! same distillation at any point of training.
+//!
+//! Beside the linear map, each encoder can lean on the items the fit rows are: a new item's neighbours by
+//! the cosine of its feature row ([`NeighbourLists`]), their vectors averaged with softmax weights of the
+//! cosines. How many neighbours, the softmax temperature and the neighbours' share of the blend with the
+//! linear map are chosen on the probe items with the penalty, so a modality whose neighbours predict
+//! nothing the linear map does not keeps the linear map alone.
 
 use crate::error::{Error, Result};
 use crate::simd::Real;
@@ -23,6 +29,121 @@ const PENALTIES: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
 /// otherwise enter every list as the average item).
 const MIN_GAIN: f64 = 0.02;
 
+/// The neighbour counts tried.
+const NEIGHBOUR_KS: [usize; 2] = [10, 30];
+
+/// The softmax temperatures of the neighbours' cosines tried.
+const TEMPERATURES: [f64; 2] = [0.05, 0.1];
+
+/// The neighbours' shares of the blend with the linear map tried (0: the linear map alone).
+const SHARES: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+
+/// The most cosine products (items x fit rows x width) spent on the neighbour lists when the model is
+/// built; a larger catalogue keeps the linear map alone.
+const NEIGHBOUR_MAX_WORK: f64 = 4e10;
+
+/// How a fitted encoder predicts an item's vector: `(1 - s) (x W + b) + s sum_j a_j z_j` over the item's
+/// `k` nearest fit rows `j` by feature cosine, `a` the softmax of their cosines at `temperature`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ContentFit {
+    pub w: Array2<f64>,
+    pub b: Array1<f64>,
+    /// `(share s, k, temperature)`, `None`: the linear map alone.
+    pub neighbours: Option<(f64, usize, f64)>,
+}
+
+/// The softmax weights at `temperature` of the first `k` cosines of `list` (sorted, largest first) that are
+/// not `skip`'s, with the fit rows they belong to.
+pub(crate) fn neighbour_weights(
+    list: &[(usize, f32)],
+    skip: Option<usize>,
+    k: usize,
+    temperature: f64,
+) -> Vec<(usize, f64)> {
+    let top: Vec<(usize, f64)> = (list.iter())
+        .filter(|(j, _)| Some(*j) != skip)
+        .take(k)
+        .map(|&(j, c)| (j, f64::from(c)))
+        .collect();
+    let max = top.first().map_or(0.0, |t| t.1);
+    let e: Vec<f64> = top
+        .iter()
+        .map(|t| ((t.1 - max) / temperature).exp())
+        .collect();
+    let sum: f64 = e.iter().sum();
+    top.iter().zip(e).map(|(t, e)| (t.0, e / sum)).collect()
+}
+
+/// The `k` largest of `cosines` (position, cosine), largest first (ties by position).
+pub(crate) fn top_cosines(
+    cosines: impl Iterator<Item = (usize, f32)>,
+    k: usize,
+) -> Vec<(usize, f32)> {
+    let mut all: Vec<(usize, f32)> = cosines.collect();
+    let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if all.len() > k {
+        all.select_nth_unstable_by(k, order);
+        all.truncate(k);
+    }
+    all.sort_unstable_by(order);
+    all
+}
+
+/// Rows scaled to unit length (zero rows left as they are), as `f32`.
+pub(crate) fn unit_rows<F: Real>(x: ArrayView2<'_, F>) -> Array2<f32> {
+    let mut y = x.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32);
+    crate::nn::normalize_nonzero_rows_in_place(&mut y);
+    y
+}
+
+/// Every item's nearest fit rows by the cosine of the feature rows, computed once when the model is built:
+/// `NEIGHBOUR_KS`' largest plus one (an item among the fit rows skips itself).
+#[derive(Debug, Clone)]
+pub(crate) struct NeighbourLists {
+    /// Per item, (fit row's item id, cosine), largest first.
+    lists: Vec<Vec<(usize, f32)>>,
+}
+
+impl NeighbourLists {
+    fn new<F: Real>(x: ArrayView2<'_, F>, fit: &[usize]) -> Option<Self> {
+        let work = (x.nrows() * fit.len() * x.ncols()) as f64;
+        if work > NEIGHBOUR_MAX_WORK || fit.len() < 2 {
+            return None;
+        }
+        let keep = NEIGHBOUR_KS.iter().max().copied().unwrap_or(0) + 1;
+        let unit = unit_rows(x);
+        let refs = unit.select(Axis(0), fit);
+        let mut lists = Vec::with_capacity(x.nrows());
+        for block in unit.axis_chunks_iter(Axis(0), 256) {
+            let cos = block.dot(&refs.t());
+            for row in cos.rows() {
+                let top = top_cosines(row.iter().enumerate().map(|(j, &c)| (fit[j], c)), keep);
+                lists.push(top);
+            }
+        }
+        Some(NeighbourLists { lists })
+    }
+
+    /// The neighbours' prediction of each row of `rows` at `(k, temperature)`: the softmax-weighted mean
+    /// of `targets`' rows of its nearest fit rows (itself skipped).
+    fn predict<F: Real>(
+        &self,
+        targets: ArrayView2<'_, F>,
+        rows: &[usize],
+        k: usize,
+        temperature: f64,
+    ) -> Array2<f64> {
+        let targets = targets.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+        let mut out = Array2::<f64>::zeros((rows.len(), targets.ncols()));
+        for (mut o, &i) in out.rows_mut().into_iter().zip(rows) {
+            for (j, a) in neighbour_weights(&self.lists[i], Some(i), k, temperature) {
+                o.scaled_add(a, &targets.row(j));
+            }
+        }
+        out
+    }
+}
+
 /// One modality's closed-form encoder: the fit rows, their feature mean, and per penalty the inverse of the
 /// penalised normal matrix.
 #[derive(Debug, Clone)]
@@ -33,15 +154,22 @@ pub(crate) struct Ridge {
     xct: Array2<f64>,
     /// `(X_c^T X_c + lambda I)^-1` per penalty of [`PENALTIES`].
     inverses: Vec<Array2<f64>>,
+    /// Every item's nearest fit rows, `None` for a catalogue too large to list them.
+    neighbours: Option<NeighbourLists>,
 }
 
 impl Ridge {
-    /// The encoder of the feature rows `x` (every item) fitted on the rows `fit`; `None` for a matrix wider
-    /// than [`RIDGE_MAX_WIDTH`] or fewer than two fit rows.
+    /// The encoder of the feature rows `x` (every item) fitted on the rows `fit`, with each item's nearest
+    /// fit rows listed when `neighbours`; `None` for a matrix wider than [`RIDGE_MAX_WIDTH`] or fewer than
+    /// two fit rows.
     ///
     /// # Errors
     /// [`Error::Param`] when a penalised normal matrix is not positive definite (non-finite features).
-    pub(crate) fn new<F: Real>(x: ArrayView2<'_, F>, fit: &[usize]) -> Result<Option<Self>> {
+    pub(crate) fn new<F: Real>(
+        x: ArrayView2<'_, F>,
+        fit: &[usize],
+        neighbours: bool,
+    ) -> Result<Option<Self>> {
         let width = x.ncols();
         if width == 0 || width > RIDGE_MAX_WIDTH || fit.len() < 2 {
             return Ok(None);
@@ -66,39 +194,87 @@ impl Ridge {
             mean,
             xct: xc.reversed_axes(),
             inverses,
+            neighbours: neighbours.then(|| NeighbourLists::new(x, fit)).flatten(),
         }))
     }
 
-    /// The projection `(W, b)` (`F x d`, `d`) that predicts the rows `fit` of `targets` (every item's
-    /// vector) from their features, at the penalty whose predictions of the rows `held_out` are closest to
-    /// their targets (the middle penalty without held-out rows); `None` when even that one explains less
-    /// than [`MIN_GAIN`] of the held-out rows' squared deviation from the fit rows' mean vector.
+    /// The fit rows: the items whose vectors the encoder reproduces (and whose neighbours it averages).
+    pub(crate) fn fit_rows(&self) -> &[usize] {
+        &self.fit
+    }
+
+    /// The prediction of `fit` for the items `rows` (`rows x d`), from their feature rows in `x` (every
+    /// item) and, with a neighbour share, the vectors `targets` of their nearest fit rows.
+    pub(crate) fn predict<F: Real>(
+        &self,
+        fit: &ContentFit,
+        x: ArrayView2<'_, F>,
+        targets: ArrayView2<'_, F>,
+        rows: &[usize],
+    ) -> Array2<f64> {
+        let xr = x
+            .select(Axis(0), rows)
+            .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+        let linear = xr.dot(&fit.w) + &fit.b;
+        match (&fit.neighbours, &self.neighbours) {
+            (Some((s, k, t)), Some(lists)) => {
+                linear * (1.0 - s) + lists.predict(targets, rows, *k, *t) * *s
+            }
+            _ => linear,
+        }
+    }
+
+    /// The encoder that predicts the rows `fit` of `targets` (every item's vector) from their features: the
+    /// projection `(W, b)` (`F x d`, `d`) at the penalty whose predictions of the rows `held_out` are
+    /// closest to their targets, then blended with the item's nearest fit rows at the neighbour count,
+    /// temperature and share that predict them best (share 0 among them: the linear map alone; without
+    /// held-out rows, the middle penalty and no neighbours); `None` when even the best explains less than
+    /// [`MIN_GAIN`] of the held-out rows' squared deviation from the fit rows' mean vector.
     pub(crate) fn fit<F: Real>(
         &self,
         x: ArrayView2<'_, F>,
         targets: ArrayView2<'_, F>,
         held_out: &[usize],
-    ) -> Option<(Array2<f64>, Array1<f64>)> {
+    ) -> Option<ContentFit> {
         let as_f64 = |a: ArrayView2<'_, F>| a.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
         let (z_mean, mut all) = self.solutions(targets);
         if held_out.is_empty() {
-            return Some(all.swap_remove(PENALTIES.len() / 2));
+            let (w, b) = all.swap_remove(PENALTIES.len() / 2);
+            return Some(ContentFit {
+                w,
+                b,
+                neighbours: None,
+            });
         }
         let xh = as_f64(x.select(Axis(0), held_out).view());
         let zh = as_f64(targets.select(Axis(0), held_out).view());
-        let error = |(w, b): &(Array2<f64>, Array1<f64>)| {
-            let pred = xh.dot(w) + b;
-            (&pred - &zh).mapv(|v| v * v).sum()
-        };
-        let (best, wb) = (all.into_iter())
-            .map(|wb| (error(&wb), wb))
-            .fold(None, |best: Option<(f64, _)>, (e, wb)| match best {
-                Some((be, _)) if be <= e => best,
-                _ => Some((e, wb)),
+        let error = |pred: &Array2<f64>| (pred - &zh).mapv(|v| v * v).sum();
+        let (mut best, (w, b), linear) = (all.into_iter())
+            .map(|(w, b)| {
+                let pred = xh.dot(&w) + &b;
+                (error(&pred), (w, b), pred)
+            })
+            .fold(None, |best: Option<(f64, _, _)>, cand| match best {
+                Some(ref be) if be.0 <= cand.0 => best,
+                _ => Some(cand),
             })
             .expect("at least one penalty");
+        let mut neighbours = None;
+        if let Some(lists) = &self.neighbours {
+            for &k in &NEIGHBOUR_KS {
+                for &t in &TEMPERATURES {
+                    let near = lists.predict(targets, held_out, k, t);
+                    for &s in &SHARES[1..] {
+                        let e = error(&(&linear * (1.0 - s) + &near * s));
+                        if e < best {
+                            (best, neighbours) = (e, Some((s, k, t)));
+                        }
+                    }
+                }
+            }
+        }
         let spread = (&zh - &z_mean).mapv(|v| v * v).sum();
-        (best <= (1.0 - MIN_GAIN) * spread).then_some(wb)
+        (best <= (1.0 - MIN_GAIN) * spread).then_some(ContentFit { w, b, neighbours })
     }
 
     /// The fit rows' mean target and the projection `(W, b)` at each penalty of [`PENALTIES`].
@@ -197,8 +373,11 @@ mod tests {
         let z = x.dot(&w) + 0.7;
         let fit: Vec<usize> = (0..160).collect();
         let held: Vec<usize> = (160..200).collect();
-        let r = Ridge::new(x.view(), &fit).unwrap().unwrap();
-        let (wf, bf) = r.fit(x.view(), z.view(), &held).unwrap();
+        let r = Ridge::new(x.view(), &fit, true).unwrap().unwrap();
+        let f = r.fit(x.view(), z.view(), &held).unwrap();
+        // a linear map: its neighbours add nothing the map does not predict
+        assert_eq!(f.neighbours, None);
+        let (wf, bf) = (f.w, f.b);
         let pred = x.select(Axis(0), &held).dot(&wf) + &bf;
         let zh = z.select(Axis(0), &held);
         let err = (&pred - &zh).mapv(|v| v * v).sum();
@@ -215,12 +394,87 @@ mod tests {
         // without held-out rows the middle penalty, whatever it explains
         let mid = r.fit(x.view(), noise.view(), &[]).unwrap();
         assert_eq!(
-            mid,
+            (mid.w, mid.b),
             r.solutions(noise.view()).1.swap_remove(PENALTIES.len() / 2)
         );
         // too wide or too few rows: no closed form
         let wide: Array2<f64> = Array2::zeros((3, RIDGE_MAX_WIDTH + 1));
-        assert!(Ridge::new(wide.view(), &[0, 1, 2]).unwrap().is_none());
-        assert!(Ridge::new(x.view(), &[0]).unwrap().is_none());
+        assert!(Ridge::new(wide.view(), &[0, 1, 2], true).unwrap().is_none());
+        assert!(Ridge::new(x.view(), &[0], true).unwrap().is_none());
+    }
+
+    #[test]
+    fn neighbours_take_over_where_the_vectors_are_not_linear_in_the_features() {
+        // features on a circle, vectors that turn three times as fast: no linear map predicts them, the
+        // nearest items on the circle do
+        let n = 400;
+        let angle = |i: usize| {
+            i as f64 * std::f64::consts::TAU / n as f64 + 0.3 * (i % 7) as f64 / n as f64
+        };
+        let x = Array2::from_shape_fn((n, 2), |(i, c)| {
+            if c == 0 {
+                angle(i).cos()
+            } else {
+                angle(i).sin()
+            }
+        });
+        let z = Array2::from_shape_fn((n, 2), |(i, c)| {
+            if c == 0 {
+                (3.0 * angle(i)).cos()
+            } else {
+                (3.0 * angle(i)).sin()
+            }
+        });
+        let held: Vec<usize> = (0..n).step_by(5).collect();
+        let fit: Vec<usize> = (0..n).filter(|i| i % 5 != 0).collect();
+        let r = Ridge::new(x.view(), &fit, true).unwrap().unwrap();
+        let f = r.fit(x.view(), z.view(), &held).unwrap();
+        let (share, k, _) = f
+            .neighbours
+            .expect("the neighbours predict the held-out rows");
+        assert!(share >= 0.75 && NEIGHBOUR_KS.contains(&k), "{share} {k}");
+        let err = |pred: &Array2<f64>| (pred - &z.select(Axis(0), &held)).mapv(|v| v * v).sum();
+        let both = err(&r.predict(&f, x.view(), z.view(), &held));
+        let linear_only = ContentFit {
+            neighbours: None,
+            ..f.clone()
+        };
+        let linear = err(&r.predict(&linear_only, x.view(), z.view(), &held));
+        assert!(both < 0.1 * linear, "{both} vs {linear}");
+        // a fit row is predicted by its neighbours, never by itself
+        let own = r.predict(
+            &ContentFit {
+                neighbours: Some((1.0, 10, 0.05)),
+                ..f
+            },
+            x.view(),
+            z.view(),
+            &[1],
+        );
+        let list = &r.neighbours.as_ref().unwrap().lists[1];
+        assert_eq!(list[0].0, 1, "its own row is its nearest");
+        let want: Array1<f64> = neighbour_weights(list, Some(1), 10, 0.05)
+            .into_iter()
+            .fold(Array1::zeros(2), |acc, (j, a)| {
+                acc + &z.row(j).mapv(|v| v * a)
+            });
+        assert!(neighbour_weights(list, Some(1), 10, 0.05)
+            .iter()
+            .all(|(j, _)| *j != 1));
+        assert!((&own.row(0) - &want).iter().all(|d| d.abs() < 1e-12));
+    }
+
+    #[test]
+    fn neighbour_weights_are_a_softmax_of_the_largest_cosines() {
+        let top = top_cosines(
+            [(0, 0.1f32), (1, 0.9), (2, 0.5), (3, 0.9), (4, -1.0)].into_iter(),
+            3,
+        );
+        assert_eq!(top, vec![(1, 0.9), (3, 0.9), (2, 0.5)]);
+        let w = neighbour_weights(&top, Some(3), 2, 0.1);
+        assert_eq!(w.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        let e = (-(0.9f64 - f64::from(0.5f32)) / 0.1).exp();
+        assert!((w[0].1 - 1.0 / (1.0 + e)).abs() < 1e-6 && (w[1].1 - e / (1.0 + e)).abs() < 1e-6);
+        assert!((w.iter().map(|t| t.1).sum::<f64>() - 1.0).abs() < 1e-12);
     }
 }
