@@ -116,14 +116,16 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
     assert_eq!(trusts, trust);
     assert_eq!(projections.len(), 2);
     let enc = model.content_encoder(&p).unwrap();
-    for ((((z, (w, b)), m), (_, raw)), near) in (modal.iter().zip(&projections))
+    for (((((z, (w, b)), m), (_, raw)), near), t) in (modal.iter().zip(&projections))
         .zip(fwd.modality_embeddings())
         .zip(&ds.item_features)
         .zip(enc.neighbours())
+        .zip(&trust)
     {
         assert_ne!(z, &m, "the closed form is not the trained encoder");
-        if near.is_some() {
-            // blended with the items' neighbours: the encoder below checks it whole
+        if near.is_some() || *t == 0.0 {
+            // blended with the items' neighbours (an encoder keeps no neighbours for a modality without
+            // trust): the encoder below checks it whole
             continue;
         }
         // rows scaled to unit length, as the model reads them

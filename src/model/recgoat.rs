@@ -864,15 +864,18 @@ impl<F: Real> RecGoat<F> {
         let fits = self.fits(&fwd);
         let scale = self.cold_scale;
         let (mut weights, mut biases, mut near) = (Vec::new(), Vec::new(), Vec::new());
-        for ((fitted, br), (b, ridge)) in
-            (fits.into_iter().zip(&p.branches)).zip(self.modalities.iter().zip(&self.ridge))
+        for (((fitted, br), (b, ridge)), trust) in (fits.into_iter().zip(&p.branches))
+            .zip(self.modalities.iter().zip(&self.ridge))
+            .zip(&fwd.trust)
         {
             let d = br.proj.w.ncols();
             match fitted {
                 Some(Some(f)) => {
                     weights.push(to32(&f.w));
                     biases.push(f.b.mapv(|v| v as f32));
-                    if let (Some((s, k, t)), Some(r)) = (f.neighbours, ridge) {
+                    // (a modality without trust adds nothing: its neighbours are not kept)
+                    let kept = f.neighbours.filter(|_| *trust > F::zero());
+                    if let (Some((s, k, t)), Some(r)) = (kept, ridge) {
                         let refs = r.fit_rows();
                         let vectors = fwd.items.select(Axis(0), refs);
                         let features = unit_rows(b.x.select(Axis(0), refs).view());
