@@ -104,6 +104,9 @@ impl Neighbours {
         }
         check_finite_array(OP, "features", &features.view())?;
         check_finite_array(OP, "vectors", &vectors.view())?;
+        if !features.is_standard_layout() {
+            features = features.as_standard_layout().into_owned();
+        }
         // rows already of unit length (a saved encoder's) are kept to the bit
         for mut r in features.rows_mut() {
             let norm = r.dot(&r).sqrt();
@@ -131,9 +134,14 @@ impl Neighbours {
         let mut unit = x.to_owned();
         crate::nn::normalize_nonzero_rows_in_place(&mut unit);
         let mut out = Array2::<f32>::zeros((x.nrows(), self.vectors.ncols()));
+        let refs = self.features.as_slice().expect("standard layout");
+        let mut c = vec![0.0f32; self.features.nrows()];
         for (mut o, u) in out.rows_mut().into_iter().zip(unit.rows()) {
             // one matrix-vector product per row: a product with a few rows would pack every reference row
-            let c = self.features.dot(&u);
+            let u = u.to_vec();
+            for (c, r) in c.iter_mut().zip(refs.chunks_exact(u.len().max(1))) {
+                *c = crate::simd::dot_f32(r, &u);
+            }
             let top = crate::model::top_cosines(c.iter().copied().enumerate(), self.k);
             let weights =
                 crate::model::neighbour_weights(&top, None, self.k, self.temperature.into());

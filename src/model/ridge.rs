@@ -74,19 +74,27 @@ pub(crate) fn neighbour_weights(
     top.iter().zip(e).map(|(t, e)| (t.0, e / sum)).collect()
 }
 
-/// The `k` largest of `cosines` (position, cosine), largest first (ties by position).
+/// The `k` largest of `cosines` (position, cosine), largest first (ties by position), in one pass that
+/// keeps the `k` best so far in order.
 pub(crate) fn top_cosines(
     cosines: impl Iterator<Item = (usize, f32)>,
     k: usize,
 ) -> Vec<(usize, f32)> {
-    let mut all: Vec<(usize, f32)> = cosines.collect();
-    let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if all.len() > k {
-        all.select_nth_unstable_by(k, order);
-        all.truncate(k);
+    let before =
+        |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)).is_lt();
+    let mut top: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
     }
-    all.sort_unstable_by(order);
-    all
+    for c in cosines {
+        if top.len() == k && !before(&c, &top[k - 1]) {
+            continue;
+        }
+        let at = top.partition_point(|t| before(t, &c));
+        top.insert(at, c);
+        top.truncate(k);
+    }
+    top
 }
 
 /// Rows scaled to unit length (zero rows left as they are), as `f32`.
