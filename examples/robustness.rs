@@ -23,6 +23,7 @@
 //! | `lfm-cold-noise` | the same split | noise, as `lfm-noise` |
 //! | `lfm-new-all` | Last.fm-2k, 2 % of the items held out (seed 7): 7.3 % of the test interactions fall on new items, as in a live catalogue | all three |
 //! | `lfm-new-text` | the same split | text |
+//! | `lfm-new-wide` | the same split | one 4,096-wide matrix: the text features through a fixed Gaussian projection (seed 11) and a ReLU, wider than the closed-form encoders fit as they are (as image CNN features are) |
 //! | `lfm-newtest-all` | the same split, the new items' validation interactions moved to test: validation holds no new item (the probe items stand in for them) | all three |
 //! | `lfm-newtest-text` | the same | text |
 //! | `lfm-thin-all` | Last.fm-2k, a quarter of each user's training interactions kept (`Dataset::thin_train`, seed 7): the tail items left without any are new items with few held-out interactions each | all three |
@@ -58,7 +59,7 @@ use std::time::Instant;
 
 mod common;
 
-const ENTRIES: [&str; 15] = [
+const ENTRIES: [&str; 16] = [
     "lfm-all",
     "lfm-text",
     "lfm-vggish",
@@ -70,6 +71,7 @@ const ENTRIES: [&str; 15] = [
     "lfm-cold-noise",
     "lfm-new-all",
     "lfm-new-text",
+    "lfm-new-wide",
     "lfm-newtest-all",
     "lfm-newtest-text",
     "lfm-thin-all",
@@ -171,6 +173,17 @@ fn dataset(entry: &str, root: &std::path::Path) -> Result<Dataset, Error> {
         "lfm-new-all" => Dataset::load_dir(&lfm, &all)?.hold_out_items(NEW_SHARE, SPLIT_SEED)?,
         "lfm-new-text" => {
             Dataset::load_dir(&lfm, &["text_feat"])?.hold_out_items(NEW_SHARE, SPLIT_SEED)?
+        }
+        "lfm-new-wide" => {
+            let mut ds =
+                Dataset::load_dir(&lfm, &["text_feat"])?.hold_out_items(NEW_SHARE, SPLIT_SEED)?;
+            let text = &ds.item_features[0].1;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+            let up = Array2::<f32>::from_shape_simple_fn((text.ncols(), 4096), || {
+                StandardNormal.sample(&mut rng)
+            });
+            ds.item_features = vec![("text_wide".into(), text.dot(&up).mapv(|v| v.max(0.0)))];
+            ds
         }
         "lfm-newtest-all" => {
             in_test(Dataset::load_dir(&lfm, &all)?.hold_out_items(NEW_SHARE, SPLIT_SEED)?)

@@ -241,10 +241,11 @@ pub struct RecGoatConfig {
     /// (docs/COLD-START.md).
     #[serde(default = "default_overall_tolerance")]
     pub content_overall_tolerance: f64,
-    /// Place the cold items through closed-form content encoders: per modality (at most 1,024 features
-    /// wide), the ridge regression of the items' current vectors on their feature rows over the items the
-    /// content term trains on, its penalty chosen on the probe items, refitted whenever cold items are
-    /// placed; wider modalities keep their trained encoders. The trained encoders still carry the
+    /// Place the cold items through closed-form content encoders: per modality, the ridge regression of
+    /// the items' current vectors on their feature rows over the items the content term trains on, its
+    /// penalty chosen on the probe items, refitted whenever cold items are placed; features wider than
+    /// 1,024 columns are first projected to 512 by a fixed random projection (the map is kept on the
+    /// original columns). The trained encoders still carry the
     /// contrastive modality terms. Off: the encoders the content term trains by gradient steps place them.
     /// On in `recgoat()` (chosen on validation, docs/COLD-START.md); a configuration saved without the field
     /// reads it as off, as it was trained.

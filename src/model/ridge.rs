@@ -15,9 +15,14 @@ use crate::error::{Error, Result};
 use crate::simd::Real;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-/// The widest feature matrix fitted in closed form: its `F x F` system is factored once per penalty when
-/// the model is built (`O(F^3)`); wider modalities keep their trained encoders.
+/// The widest feature matrix fitted in closed form as it is: its `F x F` system is factored once per
+/// penalty when the model is built (`O(F^3)`). A wider one is first projected to [`PROJECTED_WIDTH`]
+/// columns by a fixed Gaussian random projection (which keeps the rows' inner products up to a few
+/// percent), and the fit's map is returned on the original columns.
 pub(crate) const RIDGE_MAX_WIDTH: usize = 1024;
+
+/// The width a feature matrix wider than [`RIDGE_MAX_WIDTH`] is projected to before the fit.
+const PROJECTED_WIDTH: usize = 512;
 
 /// The penalties tried, as multiples of the centred fit rows' mean squared norm per feature column
 /// (`trace(X_c^T X_c) / F`), so that the grid does not depend on the features' scale or width.
@@ -162,14 +167,16 @@ pub(crate) struct Ridge {
     xct: Array2<f64>,
     /// `(X_c^T X_c + lambda I)^-1` per penalty of [`PENALTIES`].
     inverses: Vec<Array2<f64>>,
+    /// The random projection `R` (`F x PROJECTED_WIDTH`) of features wider than [`RIDGE_MAX_WIDTH`], which
+    /// the fit reads as `x R`; `None`: the features as they are.
+    projection: Option<Array2<f64>>,
     /// Every item's nearest fit rows, `None` for a catalogue too large to list them.
     neighbours: Option<NeighbourLists>,
 }
 
 impl Ridge {
     /// The encoder of the feature rows `x` (every item) fitted on the rows `fit`, with each item's nearest
-    /// fit rows listed when `neighbours`; `None` for a matrix wider than [`RIDGE_MAX_WIDTH`] or fewer than
-    /// two fit rows.
+    /// fit rows listed when `neighbours`; `None` for no column or fewer than two fit rows.
     ///
     /// # Errors
     /// [`Error::Param`] when a penalised normal matrix is not positive definite (non-finite features).
@@ -178,13 +185,18 @@ impl Ridge {
         fit: &[usize],
         neighbours: bool,
     ) -> Result<Option<Self>> {
-        let width = x.ncols();
-        if width == 0 || width > RIDGE_MAX_WIDTH || fit.len() < 2 {
+        if x.ncols() == 0 || fit.len() < 2 {
             return Ok(None);
         }
         let rows = x
             .select(Axis(0), fit)
             .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+        let projection = (x.ncols() > RIDGE_MAX_WIDTH).then(|| random_projection(x.ncols()));
+        let rows = match &projection {
+            Some(r) => rows.dot(r),
+            None => rows,
+        };
+        let width = rows.ncols();
         let mean = rows.mean_axis(Axis(0)).expect("two rows or more");
         let xc = &rows - &mean;
         let gram = xc.t().dot(&xc);
@@ -202,6 +214,7 @@ impl Ridge {
             mean,
             xct: xc.reversed_axes(),
             inverses,
+            projection,
             neighbours: neighbours.then(|| NeighbourLists::new(x, fit)).flatten(),
         }))
     }
@@ -248,13 +261,17 @@ impl Ridge {
         let (z_mean, mut all) = self.solutions(targets);
         if held_out.is_empty() {
             let (w, b) = all.swap_remove(PENALTIES.len() / 2);
+            let w = match &self.projection {
+                Some(r) => r.dot(&w),
+                None => w,
+            };
             return Some(ContentFit {
                 w,
                 b,
                 neighbours: None,
             });
         }
-        let xh = as_f64(x.select(Axis(0), held_out).view());
+        let xh = self.project(as_f64(x.select(Axis(0), held_out).view()));
         let zh = as_f64(targets.select(Axis(0), held_out).view());
         let error = |pred: &Array2<f64>| (pred - &zh).mapv(|v| v * v).sum();
         let (mut best, (w, b), linear) = (all.into_iter())
@@ -282,7 +299,20 @@ impl Ridge {
             }
         }
         let spread = (&zh - &z_mean).mapv(|v| v * v).sum();
+        // the map on the original columns: (x R) W = x (R W)
+        let w = match &self.projection {
+            Some(r) => r.dot(&w),
+            None => w,
+        };
         (best <= (1.0 - MIN_GAIN) * spread).then_some(ContentFit { w, b, neighbours })
+    }
+
+    /// `x R` for projected features, else `x`.
+    fn project(&self, x: Array2<f64>) -> Array2<f64> {
+        match &self.projection {
+            Some(r) => x.dot(r),
+            None => x,
+        }
     }
 
     /// The fit rows' mean target and the projection `(W, b)` at each penalty of [`PENALTIES`].
@@ -303,6 +333,20 @@ impl Ridge {
             .collect();
         (z_mean, all)
     }
+}
+
+/// A fixed Gaussian random projection of `width` columns to [`PROJECTED_WIDTH`], entries
+/// `N(0, 1 / PROJECTED_WIDTH)` (inner products kept in expectation), seeded by the width alone so that the
+/// same features always project alike.
+fn random_projection(width: usize) -> Array2<f64> {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9E37_79B9_7F4A_7C15 ^ width as u64);
+    let scale = (PROJECTED_WIDTH as f64).sqrt().recip();
+    Array2::from_shape_simple_fn((width, PROJECTED_WIDTH), || {
+        let z: f64 = StandardNormal.sample(&mut rng);
+        z * scale
+    })
 }
 
 /// The inverse of a symmetric positive definite matrix, through its Cholesky factor `L L^T`.
@@ -405,10 +449,10 @@ mod tests {
             (mid.w, mid.b),
             r.solutions(noise.view()).1.swap_remove(PENALTIES.len() / 2)
         );
-        // too wide or too few rows: no closed form
-        let wide: Array2<f64> = Array2::zeros((3, RIDGE_MAX_WIDTH + 1));
-        assert!(Ridge::new(wide.view(), &[0, 1, 2], true).unwrap().is_none());
+        // too few rows or no column: no closed form
         assert!(Ridge::new(x.view(), &[0], true).unwrap().is_none());
+        let none: Array2<f64> = Array2::zeros((3, 0));
+        assert!(Ridge::new(none.view(), &[0, 1, 2], true).unwrap().is_none());
     }
 
     #[test]
@@ -484,5 +528,29 @@ mod tests {
         let e = (-(0.9f64 - f64::from(0.5f32)) / 0.1).exp();
         assert!((w[0].1 - 1.0 / (1.0 + e)).abs() < 1e-6 && (w[1].1 - e / (1.0 + e)).abs() < 1e-6);
         assert!((w.iter().map(|t| t.1).sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn wide_features_are_fitted_through_a_random_projection() {
+        // 1,500 columns of rank 6: the projection keeps the subspace, and the map comes back on the
+        // original columns
+        let g: Array2<f64> = randn(&mut rng(5), (200, 6));
+        let m: Array2<f64> = randn(&mut rng(6), (6, RIDGE_MAX_WIDTH + 476));
+        let x = g.dot(&m);
+        let z = g.dot(&randn::<f64, _, _>(&mut rng(7), (6, 3))) + 0.7;
+        let fit: Vec<usize> = (0..160).collect();
+        let held: Vec<usize> = (160..200).collect();
+        let r = Ridge::new(x.view(), &fit, false).unwrap().unwrap();
+        assert_eq!(r.xct.nrows(), PROJECTED_WIDTH);
+        let f = r.fit(x.view(), z.view(), &held).unwrap();
+        assert_eq!(f.w.dim(), (x.ncols(), 3));
+        let pred = x.select(Axis(0), &held).dot(&f.w) + &f.b;
+        assert_eq!(pred, r.predict(&f, x.view(), z.view(), &held));
+        let zh = z.select(Axis(0), &held);
+        let err = (&pred - &zh).mapv(|v| v * v).sum();
+        let spread = (&zh - 0.7).mapv(|v| v * v).sum();
+        assert!(err < 0.02 * spread, "{err} vs {spread}");
+        // the same projection every time
+        assert_eq!(random_projection(1500), random_projection(1500));
     }
 }
