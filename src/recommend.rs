@@ -1072,14 +1072,7 @@ impl Recommender {
                     .and_then(|nb| enc.with_neighbours(k, nb))
                     .map_err(|e| fail(format!("its content encoder's neighbours: {e}")))?;
             }
-            if enc.dim() != rec.items.ncols() {
-                return Err(fail(format!(
-                    "its content encoder gives {}-wide vectors for {}-wide items",
-                    enc.dim(),
-                    rec.items.ncols()
-                )));
-            }
-            rec.encoder = Some(enc);
+            rec = (rec.with_encoder(enc)).map_err(|e| fail(format!("its content encoder: {e}")))?;
         }
         if let Some(layers) = m.get("fold_layers") {
             let layers: usize = (layers.parse().ok()).filter(|&l| l <= 64).ok_or_else(|| {

@@ -253,6 +253,28 @@ pub fn content_trust<F: Real>(
 /// Gradients of a batch's aligned rows and collaborative rows (one modality's sample-level OT term).
 pub(super) type RowGrads<F> = (Array2<F>, Array2<F>);
 
+/// A modality's content projection `(W, b)`: its closed form's linear part (`Some(Some)`), nothing for a
+/// closed form that explains nothing (`Some(None)`), or the trained branch `br` (`None`).
+fn projection<F: Real>(
+    fitted: &Option<Option<ContentFit>>,
+    br: &Branch<F>,
+) -> (Array2<F>, Array1<F>) {
+    let d = br.proj.w.ncols();
+    match fitted {
+        Some(Some(f)) => (f.w.mapv(F::c), f.b.mapv(F::c)),
+        Some(None) => (Array2::zeros(br.proj.w.dim()), Array1::zeros(d)),
+        None => (
+            br.proj.w.clone(),
+            (br.proj.b.clone()).unwrap_or_else(|| Array1::zeros(d)),
+        ),
+    }
+}
+
+/// `a` as `f32`.
+fn to_f32<F: Real, D: ndarray::Dimension>(a: &ndarray::Array<F, D>) -> ndarray::Array<f32, D> {
+    a.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32)
+}
+
 fn cast<F: Real>(x: f64) -> F {
     F::c(x)
 }
@@ -784,20 +806,20 @@ impl<F: Real> RecGoat<F> {
         modal: &[Array2<F>],
         rows: &[usize],
     ) -> Vec<Array2<F>> {
-        (modal.iter().zip(&self.ridge).zip(&self.modalities))
-            .map(|((m, ridge), b)| match ridge {
-                // a closed form that explains nothing on the probe items places nothing
-                Some(r) => {
+        (modal.iter().zip(self.fits(items)))
+            .zip(self.ridge.iter().zip(&self.modalities))
+            .map(|((m, fitted), (ridge, b))| match (fitted, ridge) {
+                (Some(Some(fit)), Some(r)) => {
                     let mut out = Array2::zeros(m.dim());
-                    if let Some(fit) = r.fit(b.x.view(), items, &self.probe) {
-                        let z = r.predict(&fit, b.x.view(), items, rows);
-                        for (&i, zr) in rows.iter().zip(z.rows()) {
-                            out.row_mut(i).assign(&zr.mapv(F::c));
-                        }
+                    let z = r.predict(&fit, b.x.view(), items, rows);
+                    for (&i, zr) in rows.iter().zip(z.rows()) {
+                        out.row_mut(i).assign(&zr.mapv(F::c));
                     }
                     out
                 }
-                None => m.clone(),
+                // a closed form that explains nothing on the probe items places nothing
+                (Some(_), _) => Array2::zeros(m.dim()),
+                (None, _) => m.clone(),
             })
             .collect()
     }
@@ -815,30 +837,18 @@ impl<F: Real> RecGoat<F> {
         p: &Params<F>,
     ) -> Result<(Vec<(Array2<F>, Array1<F>)>, Vec<F>)> {
         let fwd = self.forward(p, Mode::Eval, None)?;
-        let projections = (self.fits(&fwd).into_iter().zip(&p.branches))
-            .map(|(fitted, br)| match fitted {
-                Some(Some(f)) => (f.w.mapv(F::c), f.b.mapv(F::c)),
-                Some(None) => (
-                    Array2::zeros(br.proj.w.dim()),
-                    Array1::zeros(br.proj.w.ncols()),
-                ),
-                None => (
-                    br.proj.w.clone(),
-                    (br.proj.b.clone()).unwrap_or_else(|| Array1::zeros(br.proj.w.ncols())),
-                ),
-            })
+        let projections = (self.fits(fwd.items.view()).iter().zip(&p.branches))
+            .map(|(fitted, br)| projection(fitted, br))
             .collect();
         Ok((projections, fwd.trust))
     }
 
-    /// Per modality its closed-form fit on the item vectors of `fwd` (`Some(None)`: it explains nothing and
-    /// places nothing), or `None`: the trained projection.
-    fn fits(&self, fwd: &Forward<F>) -> Vec<Option<Option<ContentFit>>> {
-        // the fits read the warm items' rows only, which placing the cold items leaves as they are
+    /// Per modality its closed-form fit on the item vectors `items` (`Some(None)`: it explains nothing and
+    /// places nothing), or `None`: the trained projection. The fits read the warm items' rows only, which
+    /// placing the cold items leaves as they are.
+    fn fits(&self, items: ArrayView2<'_, F>) -> Vec<Option<Option<ContentFit>>> {
         (self.ridge.iter().zip(&self.modalities))
-            .map(|(ridge, b)| {
-                (ridge.as_ref()).map(|r| r.fit(b.x.view(), fwd.items.view(), &self.probe))
-            })
+            .map(|(ridge, b)| (ridge.as_ref()).map(|r| r.fit(b.x.view(), items, &self.probe)))
             .collect()
     }
 
@@ -860,50 +870,34 @@ impl<F: Real> RecGoat<F> {
             ));
         }
         let fwd = self.forward(p, Mode::Eval, None)?;
-        let to32 = |a: &Array2<f64>| a.mapv(|v| v as f32);
-        let fits = self.fits(&fwd);
+        let fits = self.fits(fwd.items.view());
         let scale = self.cold_scale;
         let (mut weights, mut biases, mut near) = (Vec::new(), Vec::new(), Vec::new());
-        for (((fitted, br), (b, ridge)), trust) in (fits.into_iter().zip(&p.branches))
+        for (((fitted, br), (b, ridge)), trust) in (fits.iter().zip(&p.branches))
             .zip(self.modalities.iter().zip(&self.ridge))
             .zip(&fwd.trust)
         {
-            let d = br.proj.w.ncols();
-            match fitted {
-                Some(Some(f)) => {
-                    weights.push(to32(&f.w));
-                    biases.push(f.b.mapv(|v| v as f32));
-                    // (a modality without trust adds nothing: its neighbours are not kept)
-                    let kept = f.neighbours.filter(|_| *trust > F::zero());
-                    if let (Some((s, k, t)), Some(r)) = (kept, ridge) {
-                        let refs = r.fit_rows();
-                        let vectors = fwd.items.select(Axis(0), refs);
-                        let features = unit_rows(b.x.select(Axis(0), refs).view());
-                        near.push(Some(Neighbours::new(
-                            features,
-                            vectors.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32),
-                            k,
-                            t as f32,
-                            s as f32,
-                        )?));
-                    } else {
-                        near.push(None);
-                    }
+            let (w, bias) = projection(fitted, br);
+            weights.push(to_f32(&w));
+            biases.push(to_f32(&bias));
+            // (a modality without trust adds nothing: its neighbours are not kept)
+            let kept = match fitted {
+                Some(Some(f)) => f.neighbours.filter(|_| *trust > F::zero()),
+                _ => None,
+            };
+            near.push(match (kept, ridge) {
+                (Some((s, k, t)), Some(r)) => {
+                    let refs = r.fit_rows();
+                    Some(Neighbours::new(
+                        unit_rows(b.x.select(Axis(0), refs).view()),
+                        to_f32(&fwd.items.select(Axis(0), refs)),
+                        k,
+                        t as f32,
+                        s as f32,
+                    )?)
                 }
-                Some(None) => {
-                    weights.push(Array2::zeros(br.proj.w.dim()));
-                    biases.push(Array1::zeros(d));
-                    near.push(None);
-                }
-                None => {
-                    weights.push(br.proj.w.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32));
-                    let bias = (br.proj.b.as_ref()).map_or(Array1::zeros(d), |v| {
-                        v.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32)
-                    });
-                    biases.push(bias);
-                    near.push(None);
-                }
-            }
+                _ => None,
+            });
         }
         let trust = (fwd.trust.iter())
             .map(|t| (t.to_f64().unwrap_or(f64::NAN) * scale) as f32)

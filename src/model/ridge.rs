@@ -102,6 +102,12 @@ pub(crate) fn top_cosines(
     top
 }
 
+/// The rows `rows` of `a`, as `f64`.
+fn gather_f64<F: Real>(a: ArrayView2<'_, F>, rows: &[usize]) -> Array2<f64> {
+    a.select(Axis(0), rows)
+        .mapv(|v| v.to_f64().unwrap_or(f64::NAN))
+}
+
 /// Rows scaled to unit length (zero rows left as they are), as `f32`.
 pub(crate) fn unit_rows<F: Real>(x: ArrayView2<'_, F>) -> Array2<f32> {
     let mut y = x.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32);
@@ -188,9 +194,7 @@ impl Ridge {
         if x.ncols() == 0 || fit.len() < 2 {
             return Ok(None);
         }
-        let rows = x
-            .select(Axis(0), fit)
-            .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+        let rows = gather_f64(x, fit);
         let projection = (x.ncols() > RIDGE_MAX_WIDTH).then(|| random_projection(x.ncols()));
         let rows = match &projection {
             Some(r) => rows.dot(r),
@@ -233,10 +237,7 @@ impl Ridge {
         targets: ArrayView2<'_, F>,
         rows: &[usize],
     ) -> Array2<f64> {
-        let xr = x
-            .select(Axis(0), rows)
-            .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
-        let linear = xr.dot(&fit.w) + &fit.b;
+        let linear = gather_f64(x, rows).dot(&fit.w) + &fit.b;
         match (&fit.neighbours, &self.neighbours) {
             (Some((s, k, t)), Some(lists)) => {
                 linear * (1.0 - s) + lists.predict(targets, rows, *k, *t) * *s
@@ -257,22 +258,17 @@ impl Ridge {
         targets: ArrayView2<'_, F>,
         held_out: &[usize],
     ) -> Option<ContentFit> {
-        let as_f64 = |a: ArrayView2<'_, F>| a.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
         let (z_mean, mut all) = self.solutions(targets);
         if held_out.is_empty() {
             let (w, b) = all.swap_remove(PENALTIES.len() / 2);
-            let w = match &self.projection {
-                Some(r) => r.dot(&w),
-                None => w,
-            };
             return Some(ContentFit {
-                w,
+                w: self.on_original_columns(w),
                 b,
                 neighbours: None,
             });
         }
-        let xh = self.project(as_f64(x.select(Axis(0), held_out).view()));
-        let zh = as_f64(targets.select(Axis(0), held_out).view());
+        let xh = self.project(gather_f64(x, held_out));
+        let zh = gather_f64(targets, held_out);
         let error = |pred: &Array2<f64>| (pred - &zh).mapv(|v| v * v).sum();
         let (mut best, (w, b), linear) = (all.into_iter())
             .map(|(w, b)| {
@@ -299,11 +295,7 @@ impl Ridge {
             }
         }
         let spread = (&zh - &z_mean).mapv(|v| v * v).sum();
-        // the map on the original columns: (x R) W = x (R W)
-        let w = match &self.projection {
-            Some(r) => r.dot(&w),
-            None => w,
-        };
+        let w = self.on_original_columns(w);
         (best <= (1.0 - MIN_GAIN) * spread).then_some(ContentFit { w, b, neighbours })
     }
 
@@ -315,13 +307,22 @@ impl Ridge {
         }
     }
 
+    /// A map `W` of the fitted columns on the original ones: `R W` for projected features (`(x R) W =
+    /// x (R W)`), else `W`.
+    fn on_original_columns(&self, w: Array2<f64>) -> Array2<f64> {
+        match &self.projection {
+            Some(r) => r.dot(&w),
+            None => w,
+        }
+    }
+
     /// The fit rows' mean target and the projection `(W, b)` at each penalty of [`PENALTIES`].
     #[allow(clippy::type_complexity)]
     fn solutions<F: Real>(
         &self,
         targets: ArrayView2<'_, F>,
     ) -> (Array1<f64>, Vec<(Array2<f64>, Array1<f64>)>) {
-        let z = (targets.select(Axis(0), &self.fit)).mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+        let z = gather_f64(targets, &self.fit);
         let z_mean = z.mean_axis(Axis(0)).expect("two rows or more");
         let rhs = self.xct.dot(&(&z - &z_mean));
         let all = (self.inverses.iter())
