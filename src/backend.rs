@@ -262,6 +262,47 @@ where
     }
 }
 
+/// Runs `f` on every item, in parallel when `par` says so, the workers claiming items in their order (each
+/// takes the next unclaimed one): at any moment the workers are on neighbouring items, so what neighbouring
+/// items read in common (the rows a product gathers) is in cache once for all of them, where a split into
+/// one contiguous share per worker has each worker stream its own distant part.
+pub(crate) fn run_in_order<T: Send, G>(par: Par, items: Vec<T>, f: G)
+where
+    G: Fn(T) + Sync + Send,
+{
+    match par {
+        Par::Seq => items.into_iter().for_each(f),
+        Par::Rayon(_) => claim_in_order(par.chunks(), items, &f),
+    }
+}
+
+#[cfg(feature = "rayon")]
+fn claim_in_order<T: Send, G: Fn(T) + Sync + Send>(workers: usize, items: Vec<T>, f: &G) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = slots.get(i) else { break };
+        let item = slot.lock().map(|mut s| s.take()).unwrap_or(None);
+        if let Some(item) = item {
+            f(item);
+        }
+    };
+    rayon::scope(|s| {
+        for _ in 1..workers.min(slots.len()).max(1) {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+}
+
+#[cfg(not(feature = "rayon"))]
+fn claim_in_order<T: Send, G: Fn(T) + Sync + Send>(_: usize, items: Vec<T>, f: &G) {
+    items.into_iter().for_each(f)
+}
+
 /// Splits `data` into consecutive mutable pieces of the given lengths.
 pub(crate) fn split_lengths<T>(
     mut data: &mut [T],
@@ -469,6 +510,27 @@ pub(crate) fn check_finite_array_par<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_order_runs_every_item_once_whatever_the_workers() {
+        use std::sync::Mutex;
+        for par in [Par::Seq, Par::Rayon(1), Par::Rayon(2), Par::Rayon(7)] {
+            for n in [0usize, 1, 3, 100] {
+                let seen = Mutex::new(Vec::new());
+                run_in_order(par, (0..n).collect(), |i| seen.lock().unwrap().push(i));
+                let mut seen = seen.into_inner().unwrap();
+                if par == Par::Seq {
+                    assert_eq!(
+                        seen,
+                        (0..n).collect::<Vec<_>>(),
+                        "sequential keeps the order"
+                    );
+                }
+                seen.sort_unstable();
+                assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{par:?}, {n} items");
+            }
+        }
+    }
 
     #[test]
     fn work_bounds_cover_rows_and_balance_work() {

@@ -2,7 +2,7 @@
 
 use super::CsrGraph;
 use crate::backend::check_finite_array_par;
-use crate::backend::{run_each, split_lengths, Par};
+use crate::backend::{chunk_bounds_by_work, run_in_order, split_lengths, Par};
 use crate::error::{Error, Result};
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
@@ -52,6 +52,11 @@ fn check_gathered<F: Real>(
 
 /// Feature columns per register tile of [`spmm_rows`] (eight AVX registers of f32).
 const TILE: usize = 64;
+
+/// Row chunks per worker in a parallel product, claimed in row order ([`run_in_order`]): both workers then
+/// gather from the same region of the input at a time (2-3 % faster than one contiguous share per worker on
+/// the Baby graph, measured side by side; 8 and 32 chunks were within 1 % of 16).
+const CHUNKS_PER_WORKER: usize = 16;
 
 /// How many edges ahead [`spmm_rows`] prefetches neighbour rows.
 const PREFETCH: usize = 12;
@@ -444,14 +449,21 @@ fn spmm_into_unchecked<F: Real>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let summing = !sum.is_empty();
-    let bounds = a.row_chunks(par);
+    let bounds = chunk_bounds_by_work(
+        match par {
+            Par::Seq => Par::Seq,
+            Par::Rayon(_) => Par::Rayon(CHUNKS_PER_WORKER * par.chunks()),
+        },
+        |r| a.indptr()[r] + r,
+        a.n_rows(),
+    );
     let ys = split_lengths(y, bounds.iter().map(|r| r.len() * d));
     let sums = split_lengths(
         sum,
         bounds.iter().map(|r| r.len() * d * usize::from(summing)),
     );
     let finite = AtomicBool::new(true);
-    run_each(
+    run_in_order(
         par,
         bounds.into_iter().zip(ys).zip(sums).collect(),
         |((rows, out), s)| {
