@@ -289,9 +289,17 @@ impl<F: Real> CsrGraph<F> {
     /// Four per thread with rayon, so that a thread slowed by a neighbour on a shared machine does not hold
     /// the others back.
     pub(crate) fn row_chunks(&self, par: Par) -> Vec<std::ops::Range<usize>> {
+        self.row_chunks_per_worker(par, 4)
+    }
+    /// [`CsrGraph::row_chunks`] with `per_worker` ranges per thread with rayon (one range sequentially).
+    pub(crate) fn row_chunks_per_worker(
+        &self,
+        par: Par,
+        per_worker: usize,
+    ) -> Vec<std::ops::Range<usize>> {
         let par = match par {
             Par::Seq => Par::Seq,
-            Par::Rayon(_) => Par::Rayon(4 * par.chunks()),
+            Par::Rayon(_) => Par::Rayon(per_worker * par.chunks()),
         };
         chunk_bounds_by_work(par, |r| self.indptr[r] + r, self.n_rows)
     }

@@ -2,7 +2,7 @@
 
 use super::CsrGraph;
 use crate::backend::check_finite_array_par;
-use crate::backend::{chunk_bounds_by_work, run_in_order, split_lengths, Par};
+use crate::backend::{run_in_order, split_lengths, Par};
 use crate::error::{Error, Result};
 use crate::simd::{avx2_dispatch, prefetch, Real};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
@@ -449,14 +449,7 @@ fn spmm_into_unchecked<F: Real>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let summing = !sum.is_empty();
-    let bounds = chunk_bounds_by_work(
-        match par {
-            Par::Seq => Par::Seq,
-            Par::Rayon(_) => Par::Rayon(CHUNKS_PER_WORKER * par.chunks()),
-        },
-        |r| a.indptr()[r] + r,
-        a.n_rows(),
-    );
+    let bounds = a.row_chunks_per_worker(par, CHUNKS_PER_WORKER);
     let ys = split_lengths(y, bounds.iter().map(|r| r.len() * d));
     let sums = split_lengths(
         sum,

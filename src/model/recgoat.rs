@@ -4,7 +4,7 @@
 use super::config::{Fusion, Modalities, OtGradient, RecGoatConfig};
 use super::params::{Branch, Params};
 use super::profile::Profile;
-use super::ridge::{unit_rows, ContentFit, Ridge};
+use super::ridge::{to_f32, unit_rows, ContentFit, Ridge};
 use super::step::{Layout, State, TrainPass};
 use crate::attention::{GatConfig, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
@@ -268,11 +268,6 @@ fn projection<F: Real>(
             (br.proj.b.clone()).unwrap_or_else(|| Array1::zeros(d)),
         ),
     }
-}
-
-/// `a` as `f32`.
-fn to_f32<F: Real, D: ndarray::Dimension>(a: &ndarray::Array<F, D>) -> ndarray::Array<f32, D> {
-    a.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32)
 }
 
 fn cast<F: Real>(x: f64) -> F {
@@ -878,8 +873,8 @@ impl<F: Real> RecGoat<F> {
             .zip(&fwd.trust)
         {
             let (w, bias) = projection(fitted, br);
-            weights.push(to_f32(&w));
-            biases.push(to_f32(&bias));
+            weights.push(to_f32(w.view()));
+            biases.push(to_f32(bias.view()));
             // (a modality without trust adds nothing: its neighbours are not kept)
             let kept = match fitted {
                 Some(Some(f)) => f.neighbours.filter(|_| *trust > F::zero()),
@@ -890,7 +885,7 @@ impl<F: Real> RecGoat<F> {
                     let refs = r.fit_rows();
                     Some(Neighbours::new(
                         unit_rows(b.x.select(Axis(0), refs).view()),
-                        to_f32(&fwd.items.select(Axis(0), refs)),
+                        to_f32(fwd.items.select(Axis(0), refs).view()),
                         k,
                         t as f32,
                         s as f32,

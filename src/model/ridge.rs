@@ -108,9 +108,16 @@ fn gather_f64<F: Real>(a: ArrayView2<'_, F>, rows: &[usize]) -> Array2<f64> {
         .mapv(|v| v.to_f64().unwrap_or(f64::NAN))
 }
 
+/// `a` as `f32`.
+pub(crate) fn to_f32<F: Real, D: ndarray::Dimension>(
+    a: ndarray::ArrayView<'_, F, D>,
+) -> ndarray::Array<f32, D> {
+    a.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32)
+}
+
 /// Rows scaled to unit length (zero rows left as they are), as `f32`.
 pub(crate) fn unit_rows<F: Real>(x: ArrayView2<'_, F>) -> Array2<f32> {
-    let mut y = x.mapv(|v| v.to_f64().unwrap_or(f64::NAN) as f32);
+    let mut y = to_f32(x);
     crate::nn::normalize_nonzero_rows_in_place(&mut y);
     y
 }
@@ -196,10 +203,7 @@ impl Ridge {
         }
         let rows = gather_f64(x, fit);
         let projection = (x.ncols() > RIDGE_MAX_WIDTH).then(|| random_projection(x.ncols()));
-        let rows = match &projection {
-            Some(r) => rows.dot(r),
-            None => rows,
-        };
+        let rows = projected(projection.as_ref(), rows);
         let width = rows.ncols();
         let mean = rows.mean_axis(Axis(0)).expect("two rows or more");
         let xc = &rows - &mean;
@@ -301,10 +305,7 @@ impl Ridge {
 
     /// `x R` for projected features, else `x`.
     fn project(&self, x: Array2<f64>) -> Array2<f64> {
-        match &self.projection {
-            Some(r) => x.dot(r),
-            None => x,
-        }
+        projected(self.projection.as_ref(), x)
     }
 
     /// A map `W` of the fitted columns on the original ones: `R W` for projected features (`(x R) W =
@@ -333,6 +334,14 @@ impl Ridge {
             })
             .collect();
         (z_mean, all)
+    }
+}
+
+/// `x R` for a projection `R`, else `x`.
+fn projected(projection: Option<&Array2<f64>>, x: Array2<f64>) -> Array2<f64> {
+    match projection {
+        Some(r) => x.dot(r),
+        None => x,
     }
 }
 
