@@ -41,7 +41,7 @@
 //!   on the `lfm-thin` entries (a catalogue's tail of new items, judged as new items in the wild are) the
 //!   cold items at least 1.3 times the cosine and the overall Recall@20 at least the baseline's minus one std.
 //!
-//! For the cold entries a frontier table shows what the cold-item scale would give on test if it were chosen
+//! For the cold entries a frontier table shows what the cold-item scale (and taste share) would give on test if it were chosen
 //! on validation with other warm tolerances than the model's (`content_warm_tolerance`). Writes the tables to
 //! `--out/robustness.md` and every run to `--out/robustness.json`.
 
@@ -50,7 +50,7 @@ use ndarray::Array2;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use recgoat_core::data::Dataset;
-use recgoat_core::eval::{evaluate_split, evaluate_split_scales, feature_cosine, Metrics};
+use recgoat_core::eval::{evaluate_split, feature_cosine, Metrics};
 use recgoat_core::model::{
     choose_cold_scale, write_atomic, ColdTrial, RecGoatConfig, Split, Trainer,
 };
@@ -237,10 +237,13 @@ struct Run {
     valid_r20: f64,
     test: Metrics,
     cold_scale: f64,
+    /// The taste term's share chosen with it.
+    taste_share: f64,
     /// The test metrics with the cold items left out of the lists (scale 0): the backbone alone.
     backbone: Option<Metrics>,
-    /// Per tolerance of [`TOLERANCES`]: the scale validation would choose and the test metrics there.
-    frontier: Vec<(f64, f64, Metrics)>,
+    /// Per tolerance of [`TOLERANCES`]: the scale and taste share validation would choose and the test
+    /// metrics there.
+    frontier: Vec<(f64, (f64, f64), Metrics)>,
     /// The scales tried on validation at the best epoch (overall, warm and cold Recall@20 each).
     valid_trials: Vec<ColdTrial>,
 }
@@ -263,18 +266,28 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
         // the backbone alone (scale 0), and the frontier: the scale re-chosen as the trainer does with new
         // items in validation, at other tolerances (none without them: the probe items chose the scale)
         let trials = &st.cold_trials;
-        let chosen: Vec<f64> = if t.new_items_in_validation() && !trials.is_empty() {
+        let chosen: Vec<(f64, f64)> = if t.new_items_in_validation() && !trials.is_empty() {
             let overall = Some(c.content_overall_tolerance);
             (TOLERANCES.iter())
-                .map(|&tol| trials[choose_cold_scale(trials, tol, overall)].scale)
+                .map(|&tol| {
+                    let k = choose_cold_scale(trials, tol, overall);
+                    (trials[k].scale, trials[k].share)
+                })
                 .collect()
         } else {
             Vec::new()
         };
-        let (users, items) = t.model().embeddings_with_cold_scale(t.params(), 1.0)?;
-        let scales: Vec<f64> = std::iter::once(0.0).chain(chosen.iter().copied()).collect();
-        let mut all =
-            evaluate_split_scales(ds, users.view(), items.view(), Split::Test, &scales, par)?;
+        let mut all = Vec::new();
+        for &placing in std::iter::once(&(0.0, 0.0)).chain(&chosen) {
+            let (users, items) = t.model().embeddings_placing(t.params(), placing)?;
+            all.push(evaluate_split(
+                ds,
+                users.view(),
+                items.view(),
+                Split::Test,
+                par,
+            )?);
+        }
         backbone = Some(all.remove(0));
         frontier = (TOLERANCES.iter().zip(chosen).zip(all))
             .map(|((&tol, s), m)| (tol, s, m))
@@ -291,6 +304,7 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
         seconds_per_epoch: st.history.iter().map(|h| h.train_seconds).sum::<f64>() / epochs,
         valid_r20: st.best_recall,
         cold_scale: st.cold_scale,
+        taste_share: st.taste_share,
         backbone,
         frontier,
         valid_trials: st.cold_trials.clone(),
@@ -310,7 +324,10 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
         if cold.is_nan() {
             String::new()
         } else {
-            format!(", cold R@20 {cold:.4} at scale {}", run.cold_scale)
+            format!(
+                ", cold R@20 {cold:.4} at scale {} (taste share {})",
+                run.cold_scale, run.taste_share
+            )
         },
         run.seconds_per_epoch,
         run.seconds
@@ -400,7 +417,7 @@ fn cold_table(runs: &[Run], cosine: &[(String, Metrics)], main: &str, base: &str
     let _ = writeln!(
         out,
         "| entry | {main} warm R@20 | warm N@20 | backbone alone warm R@20 | warm N@20 | {base} warm R@20 | \
-         {main} cold R@20 | cold N@20 | cosine cold R@20 | ratio | scales | target |"
+         {main} cold R@20 | cold N@20 | cosine cold R@20 | ratio | scales (/ taste shares) | target |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (e, cos) in cosine {
@@ -431,7 +448,10 @@ fn cold_table(runs: &[Run], cosine: &[(String, Metrics)], main: &str, base: &str
             (false, true) => "cold >= 1.3 x cosine, overall R@20 >= baseline - std",
             (false, false) => "cold >= 1.3 x cosine, warm >= backbone - std",
         };
-        let scales: Vec<String> = a.iter().map(|r| r.cold_scale.to_string()).collect();
+        let scales: Vec<String> = a
+            .iter()
+            .map(|r| placing(r.cold_scale, r.taste_share))
+            .collect();
         let _ =
             writeln!(
             out,
@@ -451,13 +471,21 @@ fn cold_table(runs: &[Run], cosine: &[(String, Metrics)], main: &str, base: &str
     out
 }
 
+/// A scale, with the taste share after a slash where there is one (`2/0.5`).
+fn placing(scale: f64, share: f64) -> String {
+    match share > 0.0 {
+        true => format!("{scale}/{share}"),
+        false => scale.to_string(),
+    }
+}
+
 /// What other warm tolerances would give on the cold entries' test split: the warm and cold items' Recall@20
 /// and the overall one (every held-out item), beside the backbone alone (scale 0) and the baseline.
 fn frontier_table(runs: &[Run], cosine: &[(String, Metrics)], main: &str, base: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| entry | warm tolerance | scales chosen on validation | test warm R@20 | test cold R@20 | cold / cosine \
+        "| entry | warm tolerance | scales (/ taste shares) chosen on validation | test warm R@20 | test cold R@20 | cold / cosine \
          | test overall R@20 |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
@@ -493,7 +521,9 @@ fn frontier_table(runs: &[Run], cosine: &[(String, Metrics)], main: &str, base: 
             );
         }
         for (k, tol) in TOLERANCES.iter().enumerate() {
-            let scales: Vec<String> = a.iter().map(|r| r.frontier[k].1.to_string()).collect();
+            let scales: Vec<String> = (a.iter())
+                .map(|r| placing(r.frontier[k].1 .0, r.frontier[k].1 .1))
+                .collect();
             let w = stat(&a, |r| at(r.frontier[k].2.warm.as_deref(), 20).0);
             let c = stat(&a, |r| at(r.frontier[k].2.cold.as_deref(), 20).0);
             let _ = writeln!(
@@ -626,10 +656,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|r| {
             serde_json::json!({"entry": r.entry, "model": r.model, "seed": r.seed, "best_epoch": r.best_epoch,
                 "capped": r.capped, "seconds": r.seconds, "seconds_per_epoch": r.seconds_per_epoch,
-                "valid_recall20": r.valid_r20, "cold_scale": r.cold_scale, "test": metrics_json(&r.test),
+                "valid_recall20": r.valid_r20, "cold_scale": r.cold_scale, "taste_share": r.taste_share, "test": metrics_json(&r.test),
                 "backbone_alone": r.backbone.as_ref().map(metrics_json), "valid_trials": r.valid_trials,
-                "frontier": r.frontier.iter().map(|(t, s, m)| serde_json::json!({"tolerance": t,
-                    "scale": s, "test": metrics_json(m)})).collect::<Vec<_>>()})
+                "frontier": r.frontier.iter().map(|(t, (s, a), m)| serde_json::json!({"tolerance": t,
+                    "scale": s, "taste_share": a, "test": metrics_json(m)})).collect::<Vec<_>>()})
         })
         .collect();
     let cos: Vec<_> = (cosine.iter())

@@ -174,8 +174,9 @@ struct RunResult {
     test: Metrics,
     curve: Vec<(usize, f64)>,
     profile: Vec<(&'static str, f64, f64)>,
-    /// The cold items' scale, the scales tried on validation, and the modalities' trusts.
+    /// The cold items' scale and taste share, the scales tried on validation, and the modalities' trusts.
     cold_scale: f64,
+    taste_share: f64,
     cold_trials: Vec<recgoat_core::model::ColdTrial>,
     content_trust: Vec<(String, f32)>,
 }
@@ -306,9 +307,10 @@ fn train_one(
     }
     bar.finish_with_message(done);
     trainer.finish()?;
-    let trials = &trainer.state().cold_trials;
+    let (trials, share) = (&trainer.state().cold_trials, trainer.state().taste_share);
     if !trials.is_empty() {
-        let tried: Vec<String> = (trials.iter())
+        // the scales at the chosen taste share (each share has its grid of scales)
+        let tried: Vec<String> = (trials.iter().filter(|t| t.share == share))
             .map(|t| {
                 format!(
                     "{}: {:.4} (warm {:.4}, cold {:.4})",
@@ -322,9 +324,13 @@ fn train_one(
             false => "the probe items ranked as new",
         };
         say!(
-            "{label}: cold-item scale {} chosen on validation Recall@20 of {on} (warm items may lose {} %); \
+            "{label}: cold-item scale {}{} chosen on validation Recall@20 of {on} (warm items may lose {} %); \
              tried {}",
             trainer.state().cold_scale,
+            match share > 0.0 {
+                true => format!(" with taste share {share}"),
+                false => String::new(),
+            },
             100.0 * cfg.content_warm_tolerance,
             tried.join(", ")
         );
@@ -377,6 +383,7 @@ fn train_one(
             Vec::new()
         },
         cold_scale: st.cold_scale,
+        taste_share: st.taste_share,
         cold_trials: st.cold_trials.clone(),
         content_trust,
     })
@@ -805,7 +812,7 @@ fn run(world: &World) -> Result<(), Error> {
             serde_json::json!({
                 "label": r.label, "config": r.config, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run, "capped": r.capped,
                 "seconds_per_epoch": r.seconds_per_epoch, "valid": metrics_json(&r.valid),
-                "test": metrics_json(&r.test), "curve": r.curve, "cold_scale": r.cold_scale,
+                "test": metrics_json(&r.test), "curve": r.curve, "cold_scale": r.cold_scale, "taste_share": r.taste_share,
                 "cold_trials": r.cold_trials, "content_trust": r.content_trust,
                 "profile": r.profile.iter().map(|(n, s, f)| serde_json::json!({"stage": n, "seconds": s, "share": f})).collect::<Vec<_>>(),
             })

@@ -29,9 +29,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Format tag of a saved [`Recommender`]. Version 2 adds the content encoder and the fold-in tables,
-/// version 3 the encoder's neighbours ([`Neighbours`]); a version 2 file still loads (its encoder has no
-/// neighbours), and a version 1 file through [`Recommender::load_v1`].
-pub const FORMAT: &str = "recgoat-core/recommender-v3";
+/// version 3 the encoder's neighbours ([`Neighbours`]), version 4 its taste term
+/// ([`ContentEncoder::with_taste`]); a version 2 or 3 file still loads (its encoder has no neighbours, or
+/// no taste term), and a version 1 file through [`Recommender::load_v1`].
+pub const FORMAT: &str = "recgoat-core/recommender-v4";
+const FORMAT_V3: &str = "recgoat-core/recommender-v3";
 const FORMAT_V2: &str = "recgoat-core/recommender-v2";
 const FORMAT_V1: &str = "recgoat-core/recommender-v1";
 
@@ -180,6 +182,16 @@ pub struct ContentEncoder {
     biases: Vec<Array1<f32>>,
     trust: Vec<f32>,
     neighbours: Vec<Option<Neighbours>>,
+    taste: Option<TasteMap>,
+}
+
+/// The taste term of a [`ContentEncoder`]: per modality the centre of its unit feature rows, and the map
+/// (`width x d`, `width` the modalities' widths summed) from an item's code to its taste vector, the
+/// share and scale the trainer chose already in it.
+#[derive(Debug, Clone, PartialEq)]
+struct TasteMap {
+    means: Vec<Array1<f32>>,
+    map: Array2<f32>,
 }
 
 impl ContentEncoder {
@@ -235,6 +247,7 @@ impl ContentEncoder {
         }
         Ok(ContentEncoder {
             neighbours: vec![None; modalities.len()],
+            taste: None,
             modalities,
             normalize,
             weights,
@@ -261,6 +274,66 @@ impl ContentEncoder {
         }
         self.neighbours[m] = Some(neighbours);
         Ok(self)
+    }
+
+    /// The same encoder with a taste term: an item's code (per modality its unit feature rows minus
+    /// `means[m]`, weighted `1 / sqrt(M)`, concatenated, scaled to unit length) times `map` (`width x d`,
+    /// `width` the modalities' widths summed) is added to its vector (`docs/COLD-START.md`, "The taste
+    /// term").
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a mean per modality missing or of another width, or a map of another shape;
+    /// [`Error::NonFinite`] for NaN/Inf values.
+    ///
+    /// # Example
+    /// ```
+    /// use ndarray::array;
+    /// use recgoat_core::recommend::ContentEncoder;
+    /// let enc = ContentEncoder::new(vec![("text".into(), 2)], true, vec![array![[0.0f32], [0.0]]],
+    ///                               vec![array![0.0f32]], vec![1.0])?
+    ///     .with_taste(vec![array![0.0f32, 0.0]], array![[2.0f32], [-2.0]])?;
+    /// // the code of [3, 0] is [1, 0]: its taste vector is 2
+    /// assert_eq!(enc.encode(&[("text", array![[3.0f32, 0.0]].view())])?, array![[2.0f32]]);
+    /// # Ok::<(), recgoat_core::Error>(())
+    /// ```
+    pub fn with_taste(mut self, means: Vec<Array1<f32>>, map: Array2<f32>) -> Result<Self> {
+        const OP: &str = "ContentEncoder::with_taste";
+        if means.len() != self.modalities.len() {
+            return Err(Error::shape(
+                OP,
+                "taste means (one per modality)",
+                self.modalities.len(),
+                means.len(),
+            ));
+        }
+        for ((name, width), mean) in self.modalities.iter().zip(&means) {
+            if mean.len() != *width {
+                let what = format!("modality `{name}` taste mean");
+                return Err(Error::shape(OP, what, *width, mean.len()));
+            }
+            check_finite_array(
+                OP,
+                "taste means",
+                &mean.view().insert_axis(ndarray::Axis(0)),
+            )?;
+        }
+        let width: usize = self.modalities.iter().map(|(_, w)| w).sum();
+        if map.dim() != (width, self.dim()) {
+            return Err(Error::shape(
+                OP,
+                "taste map",
+                (width, self.dim()),
+                map.dim(),
+            ));
+        }
+        check_finite_array(OP, "taste map", &map.view())?;
+        self.taste = Some(TasteMap { means, map });
+        Ok(self)
+    }
+
+    /// Whether the encoder has a taste term ([`ContentEncoder::with_taste`]).
+    pub fn has_taste(&self) -> bool {
+        self.taste.is_some()
     }
 
     /// Per modality its neighbours, where it has them.
@@ -310,11 +383,13 @@ impl ContentEncoder {
             });
         }
         let mut out = Array2::<f32>::zeros((n, self.dim()));
+        let mut ordered = Vec::with_capacity(self.modalities.len());
         for (k, (name, width)) in self.modalities.iter().enumerate() {
             let x =
                 (features.iter().find(|(f, _)| f == name).map(|(_, x)| x)).ok_or_else(|| {
                     Error::param(OP, "features", name, "missing: every modality is needed")
                 })?;
+            ordered.push(x.view());
             if x.dim() != (n, *width) {
                 return Err(Error::shape(
                     OP,
@@ -339,6 +414,9 @@ impl ContentEncoder {
                 h.scaled_add(n.share, &n.predict(x.view()));
             }
             out.scaled_add(self.trust[k], &h);
+        }
+        if let Some(t) = &self.taste {
+            out += &crate::model::taste_codes(&t.means, &ordered).dot(&t.map);
         }
         Ok(out)
     }
@@ -879,8 +957,25 @@ impl Recommender {
                     serde_json::json!({"k": n.k, "temperature": n.temperature, "share": n.share}),
                 );
             }
+            if let Some(t) = &enc.taste {
+                owned.push((
+                    "encoder/taste_map".into(),
+                    Dtype::F32,
+                    t.map.shape().to_vec(),
+                    le_bytes(t.map.view()),
+                ));
+                for (k, mean) in t.means.iter().enumerate() {
+                    let mean = mean.view().insert_axis(ndarray::Axis(0));
+                    owned.push((
+                        format!("encoder/{k}/taste_mean"),
+                        Dtype::F32,
+                        vec![mean.len()],
+                        le_bytes(mean),
+                    ));
+                }
+            }
             let about = serde_json::json!({"modalities": enc.modalities, "normalize": enc.normalize,
-                "trust": enc.trust, "neighbours": near});
+                "trust": enc.trust, "neighbours": near, "taste": enc.taste.is_some()});
             meta.insert("encoder".into(), about.to_string());
         }
         if let Some(f) = &self.fold {
@@ -947,7 +1042,7 @@ impl Recommender {
         let m = meta.metadata().clone().unwrap_or_default();
         let format = m.get("format").cloned();
         match format.as_deref() {
-            Some(FORMAT | FORMAT_V2) => {}
+            Some(FORMAT | FORMAT_V3 | FORMAT_V2) => {}
             Some(FORMAT_V1) if v1 => {}
             Some(FORMAT_V1) => {
                 let why = format!(
@@ -959,8 +1054,8 @@ impl Recommender {
             }
             _ => {
                 return Err(fail(format!(
-                    "format {format:?}, expected {FORMAT:?} or {FORMAT_V2:?} (or {FORMAT_V1:?} through \
-                     Recommender::load_v1)"
+                    "format {format:?}, expected {FORMAT:?}, {FORMAT_V3:?} or {FORMAT_V2:?} (or {FORMAT_V1:?} \
+                     through Recommender::load_v1)"
                 )));
             }
         }
@@ -1033,6 +1128,8 @@ impl Recommender {
                 trust: Vec<f32>,
                 #[serde(default)]
                 neighbours: Vec<Option<Near>>,
+                #[serde(default)]
+                taste: bool,
             }
             #[derive(serde::Deserialize)]
             struct Near {
@@ -1071,6 +1168,16 @@ impl Recommender {
                 enc = Neighbours::new(features, vectors, near.k, near.temperature, near.share)
                     .and_then(|nb| enc.with_neighbours(k, nb))
                     .map_err(|e| fail(format!("its content encoder's neighbours: {e}")))?;
+            }
+            if about.taste {
+                let map = matrix("encoder/taste_map")?;
+                let means = (0..n)
+                    .map(|k| {
+                        floats(&format!("encoder/{k}/taste_mean")).map(|(_, v)| Array1::from_vec(v))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                enc = (enc.with_taste(means, map))
+                    .map_err(|e| fail(format!("its content encoder's taste term: {e}")))?;
             }
             rec = (rec.with_encoder(enc)).map_err(|e| fail(format!("its content encoder: {e}")))?;
         }

@@ -177,6 +177,147 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
     assert!(model.set_cold_scale(-1.0).is_err() && model.set_cold_scale(f64::NAN).is_err());
 }
 
+/// The taste term: with share `a` a cold item's vector is `s (content + a w_i)`, `w_i = r B^T c_i` with
+/// `c_i` the item's centred feature code, `B` the ridge map from the users' unit vectors to their tastes
+/// (the unit mean of the codes of their training items outside the probe items) and `r` the warm items'
+/// mean norm (computed here by hand); warm items are untouched, and the encoder a recommender keeps gives
+/// the same vectors from the feature rows, also after a round trip through a file. Features that carry
+/// nothing get no taste term: their taste vectors explain nothing on the probe items.
+#[test]
+fn the_taste_term_adds_the_users_tastes_to_cold_items_and_serves_them() {
+    let ds = clustered();
+    let t = trained(small(RecGoatConfig::recgoat()), &ds);
+    let mut model = t.model().clone();
+    let p = t.params().clone();
+    model.set_cold_scale(1.5).unwrap();
+    model.set_taste_share(0.0).unwrap();
+    let (users, base) = model.embeddings(&p).unwrap();
+    let w = model
+        .taste_vectors(users.view(), base.view())
+        .unwrap()
+        .unwrap();
+    // by hand: the codes, the tastes, the ridge map and the warm items' mean norm
+    let unit = |x: &Array2<f64>| {
+        let mut x = x.clone();
+        for mut r in x.rows_mut() {
+            let n = r.dot(&r).sqrt();
+            if n > 0.0 {
+                r /= n;
+            }
+        }
+        x
+    };
+    let warm: Vec<usize> = (4..ds.n_items).collect();
+    let blocks: Vec<Array2<f64>> = (ds.item_features.iter())
+        .map(|(_, x)| {
+            let x = unit(&x.mapv(f64::from));
+            let mean = x.select(Axis(0), &warm).mean_axis(Axis(0)).unwrap();
+            (x - &mean) / 2f64.sqrt()
+        })
+        .collect();
+    let views: Vec<_> = blocks.iter().map(|b| b.view()).collect();
+    let codes = unit(&ndarray::concatenate(Axis(1), &views).unwrap());
+    let mut tastes = Array2::<f64>::zeros((ds.n_users, codes.ncols()));
+    let probe = model.probe_items().to_vec();
+    for &(u, i) in ds.train.iter().filter(|p| !probe.contains(&p.1)) {
+        tastes.row_mut(u).scaled_add(1.0, &codes.row(i));
+    }
+    let tastes = unit(&tastes);
+    let (users64, base64) = (users.mapv(f64::from), base.mapv(f64::from));
+    let z = unit(&users64);
+    let d = z.ncols();
+    let mut a = z.t().dot(&z);
+    let penalty = 1e-3 * a.diag().sum() / d as f64;
+    a.diag_mut().mapv_inplace(|v| v + penalty);
+    // solve a B = z^T q by Gauss-Jordan elimination
+    let mut aug = ndarray::concatenate(Axis(1), &[a.view(), z.t().dot(&tastes).view()]).unwrap();
+    for c in 0..d {
+        let pivot = aug[[c, c]];
+        aug.row_mut(c).mapv_inplace(|v| v / pivot);
+        for r in (0..d).filter(|&r| r != c) {
+            let f = aug[[r, c]];
+            let row = aug.row(c).to_owned();
+            aug.row_mut(r).scaled_add(-f, &row);
+        }
+    }
+    let b = aug.slice(s![.., d..]).to_owned();
+    let norm = |i: usize| base64.row(i).dot(&base64.row(i)).sqrt();
+    let r = warm.iter().map(|&i| norm(i)).sum::<f64>() / warm.len() as f64;
+    for i in 0..ds.n_items {
+        let want: Array1<f64> = match i < 4 {
+            true => b.dot(&codes.row(i)) * r,
+            false => Array1::zeros(d),
+        };
+        // (the model keeps the codes and tastes in f32)
+        let got = w.row(i).mapv(f64::from);
+        Tolerance::new(1e-4, 1e-6).assert_close(
+            &format!("taste of item {i}"),
+            &got.view(),
+            &want.view(),
+        );
+    }
+    assert!(
+        w.row(0).iter().any(|v| v.abs() > 1e-3),
+        "the taste moves a cold item"
+    );
+    // the share adds it, at the scale, to the cold items only
+    model.set_taste_share(2.0).unwrap();
+    let (_, placed) = model.embeddings(&p).unwrap();
+    let want = &base + &(&w * 3.0);
+    Tolerance::new(1e-5, 1e-6).assert_close("placed", &placed.view(), &want.view());
+    // the encoder gives the same vectors from the feature rows, also from a file
+    let enc = model.content_encoder(&p).unwrap();
+    assert!(enc.has_taste());
+    let cold: Vec<usize> = (0..4).collect();
+    let rows: Vec<(String, Array2<f32>)> = (ds.item_features.iter())
+        .map(|(n, x)| (n.clone(), x.select(Axis(0), &cold)))
+        .collect();
+    let feats: Vec<(&str, ndarray::ArrayView2<'_, f32>)> =
+        rows.iter().map(|(n, x)| (n.as_str(), x.view())).collect();
+    let encoded = enc.encode(&feats).unwrap();
+    for (k, &i) in cold.iter().enumerate() {
+        Tolerance::new(1e-4, 1e-5).assert_close(
+            &format!("item {i}"),
+            &encoded.row(k),
+            &placed.row(i),
+        );
+    }
+    let rec = Recommender::new(users.clone(), placed.clone(), vec![vec![]; ds.n_users])
+        .unwrap()
+        .with_encoder(enc)
+        .unwrap();
+    let path =
+        std::env::temp_dir().join(format!("recgoat-taste-{}.safetensors", std::process::id()));
+    rec.save(&path).unwrap();
+    let back = Recommender::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(back, rec);
+    assert_eq!(back.embed_items(&feats).unwrap(), encoded);
+    // a share that is not one, or one without the term, is refused
+    assert!(model.set_taste_share(-1.0).is_err() && model.set_taste_share(f64::NAN).is_err());
+    let off = RecGoatConfig {
+        content_taste: false,
+        ..t.config().clone()
+    };
+    let mut off = RecGoat::<f32>::new(off, &ds, Backend::Cpu(Par::Seq)).unwrap();
+    assert!(off
+        .taste_vectors(users.view(), base.view())
+        .unwrap()
+        .is_none());
+    assert!(off.set_taste_share(1.0).is_err() && off.set_taste_share(0.0).is_ok());
+    // noise features: their taste vectors explain nothing on the probe items, and the term stays off
+    let mut noise = ds.clone();
+    noise.item_features.retain(|(n, _)| n == "noise");
+    let t = trained(small(RecGoatConfig::recgoat()), &noise);
+    let (users, items) = t.model().embeddings(t.params()).unwrap();
+    assert!(t
+        .model()
+        .taste_vectors(users.view(), items.view())
+        .unwrap()
+        .is_none());
+    assert_eq!(t.state().taste_share, 0.0);
+}
+
 /// The content term trains the encoders only: the loss of a batch moves with their parameters, and the
 /// backbone's gradient is the one without the term.
 #[test]
@@ -510,33 +651,51 @@ fn training_places_cold_items_by_their_informative_features() {
     let t = trained(small(RecGoatConfig::recgoat()), &ds);
     let trials = &t.state().cold_trials;
     assert!(!trials.is_empty() && trials[0].scale == 0.0);
-    let chosen = trials
-        .iter()
-        .find(|c| c.scale == t.state().cold_scale)
+    let st = t.state();
+    let chosen = (trials.iter())
+        .find(|c| (c.scale, c.share) == (st.cold_scale, st.taste_share))
         .unwrap();
+    // every taste share has its grid of scales
+    let shares: Vec<f64> = trials
+        .iter()
+        .filter(|c| c.scale == 0.0)
+        .map(|c| c.share)
+        .collect();
+    assert_eq!(shares, [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]);
+    assert_eq!(
+        trials.len(),
+        6 * trials.iter().filter(|c| c.share == 0.0).count()
+    );
     let floor = trials[0].warm * (1.0 - t.config().content_warm_tolerance);
     assert!(chosen.warm >= floor);
-    // the best overall figure among the allowed scales, or a larger scale within the overall tolerance of it
-    // that places more of the new items' held-out interactions
+    // the best overall figure among the allowed trials, or one within the overall tolerance of it that
+    // places more of the new items' held-out interactions
     let allowed: Vec<&ColdTrial> = trials.iter().filter(|c| c.warm >= floor).collect();
     let best = allowed.iter().map(|c| c.recall).fold(f64::MIN, f64::max);
-    assert!(chosen.recall >= best * (1.0 - t.config().content_overall_tolerance));
+    let within = best * (1.0 - t.config().content_overall_tolerance);
+    assert!(chosen.recall >= within);
     let best_at = allowed.iter().find(|c| c.recall == best).unwrap();
-    assert!(chosen.scale == best_at.scale || chosen.cold > best_at.cold);
-    // and no larger allowed scale would do
-    assert!(allowed.iter().all(|c| c.scale <= chosen.scale
-        || c.recall < best * (1.0 - t.config().content_overall_tolerance)
-        || c.cold <= best_at.cold));
-    assert_eq!(t.model().cold_scale(), t.state().cold_scale);
+    assert!(
+        (chosen.scale, chosen.share) == (best_at.scale, best_at.share)
+            || chosen.cold > best_at.cold
+    );
+    // and no allowed trial within the tolerance places more
+    assert!(allowed
+        .iter()
+        .all(|c| c.recall < within || c.cold <= chosen.cold));
+    assert_eq!(t.model().cold_scale(), st.cold_scale);
+    assert_eq!(t.model().taste_share(), st.taste_share);
 }
 
-/// The scale rule on the trials it sees: the best overall figure within the warm tolerance, or the largest
-/// scale within the overall tolerance of it that places more new items' interactions; with the probe items,
-/// the largest scale within the warm tolerance that changes anything.
+/// The scale rule on the trials it sees: the best overall figure within the warm tolerance, or of the
+/// trials within the overall tolerance of it that place more new items' interactions the one that places
+/// the most (of equal ones the best overall); with the probe items, the largest scale within the warm
+/// tolerance that changes anything.
 #[test]
 fn the_cold_scale_rule_on_hand_made_trials() {
     let trial = |scale, recall, warm, cold| ColdTrial {
         scale,
+        share: 0.0,
         recall,
         warm,
         cold,
@@ -588,6 +747,27 @@ fn the_cold_scale_rule_on_hand_made_trials() {
     assert_eq!(choose_cold_scale(&tail, 0.1, None), 5);
     assert_eq!(choose_cold_scale(&tail, 0.01, None), 3);
     assert_eq!(choose_cold_scale(&[], 0.1, Some(0.02)), 0);
+    // several shares of the taste term, a grid of scales each: the trial that places the most new
+    // items' interactions within the tolerances, of equal ones the best overall
+    let with_share = |(scale, share), recall, warm, cold| ColdTrial {
+        scale,
+        share,
+        recall,
+        warm,
+        cold,
+    };
+    let grid = [
+        with_share((0.0, 0.0), 0.2430, 0.2517, 0.0),
+        with_share((1.0, 0.0), 0.2430, 0.2517, 0.0),
+        with_share((2.0, 0.0), 0.2318, 0.2352, 0.1782),
+        with_share((0.0, 1.0), 0.2430, 0.2517, 0.0),
+        with_share((1.0, 1.0), 0.2410, 0.2490, 0.1000),
+        with_share((2.0, 1.0), 0.2400, 0.2480, 0.1000),
+        with_share((1.0, 2.0), 0.2390, 0.2470, 0.0900),
+    ];
+    assert_eq!(choose_cold_scale(&grid, 0.1, Some(0.02)), 4);
+    assert_eq!(choose_cold_scale(&grid, 0.1, Some(0.05)), 2);
+    assert_eq!(choose_cold_scale(&grid, 0.1, Some(0.0)), 0);
 }
 
 /// A validation split without new items: the probe items stand in for them (ranked through their content

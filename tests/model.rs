@@ -510,11 +510,12 @@ fn configs_without_the_newer_fields_still_read() {
         "weight_decay",
         "content_ridge",
         "content_neighbours",
+        "content_taste",
     ] {
         assert!(obj.remove(k).is_some(), "{k} is a field");
     }
     let cfg: RecGoatConfig = serde_json::from_value(json).unwrap();
-    assert!(!cfg.content_ridge && !cfg.content_neighbours);
+    assert!(!cfg.content_ridge && !cfg.content_neighbours && !cfg.content_taste);
     assert_eq!(
         (
             cfg.item_graph_layers,

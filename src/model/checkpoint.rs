@@ -367,6 +367,9 @@ impl<'d> Trainer<'d> {
             .model
             .set_cold_scale(state.cold_scale)
             .map_err(|e| ckpt_err(path, e.to_string()))?;
+        (trainer.model)
+            .set_taste_share(state.taste_share)
+            .map_err(|e| ckpt_err(path, format!("its taste share: {e}")))?;
         if !state.modality_trust.is_empty() {
             (trainer.model)
                 .set_modality_trust(&state.modality_trust)

@@ -258,6 +258,13 @@ pub struct RecGoatConfig {
     /// validation, docs/COLD-START.md); a configuration saved without the field reads it as off.
     #[serde(default)]
     pub content_neighbours: bool,
+    /// With the content term, a new item's vector also gets a taste term: how well its features match the
+    /// users' tastes (their training items' features), read in the space of the ID vectors through a linear
+    /// map fitted over the users (`docs/COLD-START.md`, "The taste term"). Its share is chosen on
+    /// validation with the scale, when the validation split holds new items (0 otherwise). On in
+    /// `recgoat()`; a configuration saved without the field reads it as off.
+    #[serde(default)]
+    pub content_taste: bool,
     /// Triples per batch.
     pub batch_size: usize,
     /// Optimiser steps per epoch. 0 (every preset): one step per batch, each with its own forward and
@@ -378,6 +385,7 @@ impl RecGoatConfig {
             content_overall_tolerance: default_overall_tolerance(),
             content_ridge: true,
             content_neighbours: true,
+            content_taste: true,
             batch_size: 2048,
             steps_per_epoch: 0,
             auto_schedule_from: default_auto_schedule_from(),

@@ -9,7 +9,9 @@ mod params;
 mod profile;
 mod recgoat;
 mod ridge;
+mod taste;
 pub(crate) use ridge::{neighbour_weights, top_cosines};
+pub(crate) use taste::taste_codes;
 mod step;
 mod train;
 
@@ -20,4 +22,6 @@ pub use config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};
 pub use recgoat::{content_trust, Forward, LossParts, RecGoat};
-pub use train::{choose_cold_scale, ColdTrial, EpochLog, Split, TrainState, Trainer, EVAL_KS};
+pub use train::{
+    choose_cold_scale, ColdTrial, EpochLog, Split, TrainState, Trainer, Validated, EVAL_KS,
+};

@@ -6,6 +6,7 @@ use super::params::{Branch, Params};
 use super::profile::Profile;
 use super::ridge::{to_f32, unit_rows, ContentFit, Ridge};
 use super::step::{Layout, State, TrainPass};
+use super::taste::Taste;
 use crate::attention::{GatConfig, GatLayer, GatParams, Mode, Scoring};
 use crate::backend::Backend;
 use crate::data::{Batch, Dataset};
@@ -109,6 +110,10 @@ pub struct RecGoat<F: Real> {
     pub(super) modality_trust: Vec<f64>,
     /// Per modality its closed-form content encoder (`content_ridge`), or `None`: the trained one.
     ridge: Vec<Option<Ridge>>,
+    /// The items' codes and users' tastes of the taste term (`content_taste`).
+    taste: Option<Taste>,
+    /// The taste term's share in the cold items' vectors (0: none).
+    pub(super) taste_share: f64,
 }
 
 /// What [`RecGoat::forward`] computed, on the host: the final user and item vectors (scores are their dot
@@ -460,6 +465,14 @@ impl<F: Real> RecGoat<F> {
             }
             false => vec![None; modalities.len()],
         };
+        let taste = match cfg.content_taste && cfg.content_weight > 0.0 && !modalities.is_empty() {
+            true => {
+                let views: Vec<ArrayView2<'_, F>> = modalities.iter().map(|b| b.x.view()).collect();
+                let warm: Vec<bool> = cold.iter().map(|c| !c).collect();
+                Some(Taste::new(&views, &data.train, (&warm, &probe), n_users))
+            }
+            false => None,
+        };
         let mut model = RecGoat {
             cfg,
             n_users,
@@ -481,6 +494,8 @@ impl<F: Real> RecGoat<F> {
             cold_scale: 1.0,
             modality_trust: Vec::new(),
             ridge,
+            taste,
+            taste_share: 0.0,
         };
         model.device = crate::exec::attach(&model.inputs())?;
         let init = model.init_params();
@@ -529,7 +544,7 @@ impl<F: Real> RecGoat<F> {
             let mut items = ex.download(fwd.items())?;
             let modal: Vec<Array2<F>> = fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
             let (trust, content) =
-                self.place_cold_items(users.view(), &mut items, &modal, self.cold_scale, true)?;
+                self.place_cold_items(users.view(), &mut items, &modal, self.placing(), true)?;
             Ok(Forward {
                 users,
                 items,
@@ -560,18 +575,32 @@ impl<F: Real> RecGoat<F> {
         p: &Params<F>,
         scale: f64,
     ) -> Result<(Array2<F>, Array2<F>)> {
-        let (users, items, _) = self.vectors_and_trust(p, scale)?;
+        let (users, items, _) = self.vectors_placing(p, (scale, self.taste_share), false)?;
         Ok((users, items))
     }
 
-    /// [`RecGoat::embeddings_with_cold_scale`] and the trusts fitted on the way (empty without the
-    /// content term).
+    /// [`RecGoat::embeddings`] with the cold items' vectors at `scale` and taste share `share` instead of
+    /// [`RecGoat::cold_scale`] and [`RecGoat::taste_share`].
+    ///
+    /// # Errors
+    /// As [`RecGoat::embeddings`]; [`Error::Param`] for a scale that is not finite and >= 0.
+    pub fn embeddings_placing(
+        &self,
+        p: &Params<F>,
+        (scale, share): (f64, f64),
+    ) -> Result<(Array2<F>, Array2<F>)> {
+        let (users, items, _) = self.vectors_placing(p, (scale, share), false)?;
+        Ok((users, items))
+    }
+
+    /// [`RecGoat::embeddings_with_cold_scale`] without the taste term, and the trusts fitted on the way
+    /// (empty without the content term).
     pub(crate) fn vectors_and_trust(
         &self,
         p: &Params<F>,
         scale: f64,
     ) -> Result<(Array2<F>, Array2<F>, Vec<F>)> {
-        self.vectors_placing(p, scale, false)
+        self.vectors_placing(p, (scale, 0.0), false)
     }
 
     /// [`RecGoat::embeddings_with_cold_scale`] with the probe items ([`RecGoat::probe_items`]) also given
@@ -586,14 +615,14 @@ impl<F: Real> RecGoat<F> {
         p: &Params<F>,
         scale: f64,
     ) -> Result<(Array2<F>, Array2<F>)> {
-        let (users, items, _) = self.vectors_placing(p, scale, true)?;
+        let (users, items, _) = self.vectors_placing(p, (scale, 0.0), true)?;
         Ok((users, items))
     }
 
     fn vectors_placing(
         &self,
         p: &Params<F>,
-        scale: f64,
+        (scale, share): (f64, f64),
         probe_as_new: bool,
     ) -> Result<(Array2<F>, Array2<F>, Vec<F>)> {
         if !(scale.is_finite() && scale >= 0.0) {
@@ -617,7 +646,7 @@ impl<F: Real> RecGoat<F> {
                 let modal: Vec<Array2<F>> =
                     fwd.modal().map(|m| ex.download(m)).collect::<Result<_>>()?;
                 let (t, content) =
-                    self.place_cold_items(users.view(), &mut items, &modal, scale, false)?;
+                    self.place_cold_items(users.view(), &mut items, &modal, (scale, share), false)?;
                 if probe_as_new {
                     place_content(&mut items, &self.probe, &t, &content, scale);
                 }
@@ -754,15 +783,80 @@ impl<F: Real> RecGoat<F> {
         Ok(())
     }
 
+    /// The taste term's share in the cold items' vectors ([`RecGoatConfig::content_taste`]; 0 until the
+    /// trainer chooses one on validation).
+    pub fn taste_share(&self) -> f64 {
+        self.taste_share
+    }
+
+    /// Sets [`RecGoat::taste_share`]: a cold item's vector becomes `s (sum_m t_m z^m_i + a w_i)`, `a` the
+    /// share and `w_i` its taste vector.
+    ///
+    /// # Errors
+    /// [`Error::Param`] for a share that is not finite and >= 0, or above 0 without the taste term.
+    pub fn set_taste_share(&mut self, a: f64) -> Result<()> {
+        const OP: &str = "RecGoat::set_taste_share";
+        if !(a.is_finite() && a >= 0.0) {
+            return Err(Error::param(OP, "share", a, "must be finite and >= 0"));
+        }
+        if a > 0.0 && self.taste.is_none() {
+            let why = "the model has no taste term (content_taste off, or no content term)";
+            return Err(Error::param(OP, "share", a, why));
+        }
+        self.taste_share = a;
+        Ok(())
+    }
+
+    /// The cold items' scale and taste share the model places them with.
+    fn placing(&self) -> (f64, f64) {
+        (self.cold_scale, self.taste_share)
+    }
+
+    /// The taste vectors of the cold items (the other rows 0) for the final vectors `users` and `items`
+    /// ([`RecGoatConfig::content_taste`]), or `None` without the taste term (or no user to fit it on).
+    ///
+    /// # Errors
+    /// [`Error::Param`] when the map cannot be fitted (non-finite vectors).
+    pub fn taste_vectors(
+        &self,
+        users: ArrayView2<'_, F>,
+        items: ArrayView2<'_, F>,
+    ) -> Result<Option<Array2<F>>> {
+        let (Some(taste), Some(map)) = (&self.taste, self.taste_map(users, items)?) else {
+            return Ok(None);
+        };
+        let cold: Vec<usize> = (0..self.n_items).filter(|&i| self.cold[i]).collect();
+        Ok(Some(taste.vectors(&map, &cold, self.n_items)))
+    }
+
+    /// The taste term's map from an item's code to its taste vector, fitted on the final vectors `users`
+    /// and `items`, when the model has the term and it generalises to the probe items
+    /// ([`Taste::generalises`]).
+    fn taste_map(
+        &self,
+        users: ArrayView2<'_, F>,
+        items: ArrayView2<'_, F>,
+    ) -> Result<Option<Array2<f64>>> {
+        let Some(taste) = &self.taste else {
+            return Ok(None);
+        };
+        let warm: Vec<bool> = self.cold.iter().map(|c| !c).collect();
+        let Some(map) = taste.map(users, items, &warm)? else {
+            return Ok(None);
+        };
+        let on_probe: Array2<F> = taste.vectors(&map, &self.probe, self.n_items);
+        Ok(Taste::generalises(users, items, on_probe.view(), &self.probe).then_some(map))
+    }
+
     /// With the content term: fits the trusts on the probe items and writes each cold item's content
-    /// vector `s sum_m t_m z^m_i` into `items` (`s` the [`RecGoat::cold_scale`]); returns the trusts (empty
-    /// without the term).
+    /// vector `s (sum_m t_m z^m_i + a w_i)` into `items` (`s` the scale, `a` the taste share, `w_i` the
+    /// item's taste vector); returns the trusts (empty without the term).
     fn place_cold_items(
         &self,
         users: ArrayView2<'_, F>,
         items: &mut Array2<F>,
         modal: &[Array2<F>],
-        scale: f64,
+        (scale, share): (f64, f64),
         every_row: bool,
     ) -> Result<(Vec<F>, Vec<Array2<F>>)> {
         if !self.content_on() {
@@ -788,7 +882,14 @@ impl<F: Real> RecGoat<F> {
         let content = self.content_views(items.view(), modal, &read);
         let views: Vec<ArrayView2<'_, F>> = content.iter().map(|m| m.view()).collect();
         let trust = content_trust(users, items.view(), &views, fit_on)?;
+        let taste = match share > 0.0 {
+            true => self.taste_vectors(users, items.view())?,
+            false => None,
+        };
         place_content(items, &cold, &trust, &content, scale);
+        if let Some(t) = taste {
+            items.scaled_add(F::c(scale * share), &t);
+        }
         Ok((trust, content))
     }
 
@@ -907,6 +1008,12 @@ impl<F: Real> RecGoat<F> {
         for (m, n) in near.into_iter().enumerate() {
             if let Some(n) = n {
                 enc = enc.with_neighbours(m, n)?;
+            }
+        }
+        if let (Some(taste), true) = (&self.taste, self.taste_share > 0.0) {
+            if let Some(map) = self.taste_map(fwd.users.view(), fwd.items.view())? {
+                let map = map * (scale * self.taste_share);
+                enc = enc.with_taste(taste.means.clone(), map.mapv(|v| v as f32))?;
             }
         }
         Ok(enc)

@@ -32,7 +32,7 @@ const PENALTIES: [f64; 5] = [0.1, 0.3, 1.0, 3.0, 10.0];
 /// its modality to place cold items: below it the features predict nothing the mean does not, and a content
 /// vector would only be the mean item's (noise features, whose shrunk fit is the mean vector, would
 /// otherwise enter every list as the average item).
-const MIN_GAIN: f64 = 0.02;
+pub(crate) const MIN_GAIN: f64 = 0.02;
 
 /// The neighbour counts tried.
 const NEIGHBOUR_KS: [usize; 2] = [10, 30];
@@ -363,7 +363,7 @@ fn random_projection(width: usize) -> Array2<f64> {
 ///
 /// # Errors
 /// [`Error::Param`] when `a` is not positive definite.
-fn spd_inverse(mut a: Array2<f64>) -> Result<Array2<f64>> {
+pub(crate) fn spd_inverse(mut a: Array2<f64>) -> Result<Array2<f64>> {
     let n = a.nrows();
     // the factor in the lower triangle of `a`
     for j in 0..n {

@@ -63,6 +63,10 @@ pub struct TrainState {
     /// The scale of the cold items' content vectors chosen with the best epoch ([`Trainer::validate`]).
     #[serde(default = "unit_scale")]
     pub cold_scale: f64,
+    /// The taste term's share in the cold items' vectors chosen with it (0: none;
+    /// [`crate::model::RecGoatConfig::content_taste`]).
+    #[serde(default)]
+    pub taste_share: f64,
     /// The scales [`Trainer::validate`] tried at the best epoch on the validation split's cold items (or,
     /// when it has none, on the probe items standing in for them), with their validation Recall@20 (empty
     /// when it tried none).
@@ -74,12 +78,19 @@ pub struct TrainState {
     pub modality_trust: Vec<f64>,
 }
 
-/// One scale of the cold items' vectors tried on validation: the validation Recall@20 overall, on warm and
-/// on cold items.
+/// What [`Trainer::validate`] gives: the validation Recall@20 and NDCG@20 that select the epoch, the cold
+/// items' scale and taste share chosen, and every trial.
+pub type Validated = ((f64, f64), (f64, f64), Vec<ColdTrial>);
+
+/// One scale (and taste share) of the cold items' vectors tried on validation: the validation Recall@20
+/// overall, on warm and on cold items.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ColdTrial {
     /// The scale.
     pub scale: f64,
+    /// The taste term's share ([`crate::model::RecGoatConfig::content_taste`]; 0: none).
+    #[serde(default)]
+    pub share: f64,
     /// Overall validation Recall@20.
     pub recall: f64,
     /// Validation Recall@20 of the warm items.
@@ -135,6 +146,7 @@ impl Default for TrainState {
             bad_evals: 0,
             history: Vec::new(),
             cold_scale: 1.0,
+            taste_share: 0.0,
             cold_trials: Vec::new(),
             modality_trust: Vec::new(),
         }
@@ -144,6 +156,10 @@ impl Default for TrainState {
 /// The scales of the cold items' vectors [`Trainer::validate`] tries. Least squares shrinks the trusts
 /// towards 0 as the encoders' predictions get noisier, and a shrunk content vector rarely outscores a
 /// user's top warm items, so weak features need scales well above 1: the grid reaches 10.
+/// The shares of the taste term in the cold items' vectors [`Trainer::validate`] tries with each scale
+/// ([`crate::model::RecGoatConfig::content_taste`]): a cold item's vector is `s (content + a taste)`.
+const TASTE_SHARES: [f64; 6] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0];
+
 const COLD_SCALES: [f64; 23] = [
     0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5,
     3.0, 4.0, 5.0, 7.0, 10.0,
@@ -156,17 +172,19 @@ const COLD_SCALES: [f64; 23] = [
 /// - `overall` `None` (the probe items stand in for new items; their held-out interactions are those of
 ///   established items, so they measure only what items scored by content cost the warm ones): the
 ///   largest allowed scale that changes the ranking at all (0 when none does: features that carry nothing).
-/// - `overall` `Some(t)` (the split's own new items): of the allowed scales, the one with the best overall
-///   Recall@20 (the smallest of equal ones), unless a larger allowed scale keeps the overall Recall@20
-///   within `t` of that best and places more of the new items' held-out interactions in the lists (a
-///   higher cold Recall@20): then the largest such scale. Where new items hold a live catalogue's tail
+/// - `overall` `Some(t)` (the split's own new items): of the allowed trials, the one with the best overall
+///   Recall@20 (the first of equal ones), unless other allowed trials keep the overall Recall@20 within
+///   `t` of that best and place more of the new items' held-out interactions in the lists (a higher cold
+///   Recall@20): then of those the one that places the most (of equal ones the best overall, then the
+///   last). The trials may be several grids of scales, one per taste share
+///   ([`crate::model::RecGoatConfig::content_taste`]), the first at share 0. Where new items hold a live catalogue's tail
 ///   (few of them, few interactions each) the best overall figure is often at scale 0, where no new item
 ///   is ever recommended; `t` is what the overall figure may give for their first place in the lists.
 ///
 /// # Example
 /// ```
 /// use recgoat_core::model::{choose_cold_scale, ColdTrial};
-/// let trial = |scale, recall, warm, cold| ColdTrial { scale, recall, warm, cold };
+/// let trial = |scale, recall, warm, cold| ColdTrial { scale, share: 0.0, recall, warm, cold };
 /// // new items with few interactions each: every scale costs a little overall, 1.5 the least of those
 /// // that let new items in
 /// let trials = [
@@ -203,9 +221,16 @@ pub fn choose_cold_scale(trials: &[ColdTrial], warm_tolerance: f64, overall: Opt
         }
     });
     let within = trials[best].recall * (1.0 - overall);
-    (best + 1..trials.len())
-        .rev()
-        .find(|&k| allowed(k) && trials[k].recall >= within && trials[k].cold > trials[best].cold)
+    let placing = (0..trials.len()).filter(|&k| {
+        allowed(k) && trials[k].recall >= within && trials[k].cold > trials[best].cold
+    });
+    placing
+        .max_by(|&a, &b| {
+            let (ta, tb) = (&trials[a], &trials[b]);
+            (ta.cold.total_cmp(&tb.cold))
+                .then(ta.recall.total_cmp(&tb.recall))
+                .then(a.cmp(&b))
+        })
         .unwrap_or(best)
 }
 
@@ -576,11 +601,11 @@ impl<'d> Trainer<'d> {
             } else if let Some((users, items)) = vectors {
                 let t = Instant::now();
                 // the epoch is selected at scale 0; the grid of scales only matters for a new best
-                let ((r, g), mut scale, mut trials) =
+                let ((r, g), mut chosen, mut trials) =
                     self.validate_scales(users.clone(), items.clone(), false)?;
                 let better = self.state.best_epoch == 0 || r > self.state.best_recall;
                 if better && self.model.content_on() {
-                    (_, scale, trials) = self.validate_scales(users, items, true)?;
+                    (_, chosen, trials) = self.validate_scales(users, items, true)?;
                 }
                 log.eval_seconds = t.elapsed().as_secs_f64();
                 self.profile.record(Stage::Evaluation, t.elapsed());
@@ -589,7 +614,7 @@ impl<'d> Trainer<'d> {
                     self.state.best_recall = r;
                     self.state.best_epoch = epoch;
                     self.state.bad_evals = 0;
-                    self.state.cold_scale = scale;
+                    (self.state.cold_scale, self.state.taste_share) = chosen;
                     self.state.cold_trials = trials;
                     self.best = self.params.clone();
                 } else {
@@ -622,19 +647,23 @@ impl<'d> Trainer<'d> {
         if self.state.best_epoch > 0 {
             self.params = self.best.clone();
         }
-        self.model.set_cold_scale(self.state.cold_scale)
+        self.model.set_cold_scale(self.state.cold_scale)?;
+        self.model.set_taste_share(self.state.taste_share)
     }
 
     /// Ranks the validation split with the current parameters: the Recall@20 and NDCG@20 that select the
-    /// epoch, the scale of the cold items' vectors, and the scales tried. The selecting figures are over
+    /// epoch, the scale and taste share of the cold items' vectors, and the scales tried. The selecting figures are over
     /// every held-out item, or, when the split also holds items without training interactions, over its
     /// warm items (with a content term: with the cold items out of the lists, the backbone alone), so that
     /// the epoch is the backbone's best whatever the share of new items. With the content term and such a
     /// split, the scale is chosen here, of a grid of scales ([`choose_cold_scale`]): among those that keep
     /// the warm items' Recall@20 within [`crate::model::RecGoatConfig::content_warm_tolerance`] of its value
-    /// at scale 0, the largest that keeps the overall Recall@20 within
-    /// [`crate::model::RecGoatConfig::content_overall_tolerance`] of the best one and places more of the new
-    /// items' held-out interactions than the best one does (else the best one). With the content
+    /// at scale 0, of those that keep the overall Recall@20 within
+    /// [`crate::model::RecGoatConfig::content_overall_tolerance`] of the best one and place more of the new
+    /// items' held-out interactions than the best one does, the one that places the most (else the best
+    /// one). With [`crate::model::RecGoatConfig::content_taste`] the grid of scales is tried at each of six
+    /// taste shares (0 to 4), and the scale and share are chosen together; the share is 0 wherever the
+    /// split holds no new item. With the content
     /// term and a split without such items, the probe items stand in for new ones: they are ranked through
     /// their content vectors instead of their own (the vectors a new item gets; their training pairs stay
     /// masked), their validation interactions as the cold ones. Their interactions are those of
@@ -648,18 +677,17 @@ impl<'d> Trainer<'d> {
     ///
     /// # Errors
     /// The forward pass's and the evaluation's errors.
-    pub fn validate(&self) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
-        let vectors = self.model.embeddings_with_cold_scale(&self.params, 1.0);
+    pub fn validate(&self) -> Result<Validated> {
+        let vectors = self
+            .model
+            .vectors_and_trust(&self.params, 1.0)
+            .map(|(u, i, _)| (u, i));
         let (users, items) = self.world.agree(vectors)?;
         self.validate_vectors(users, items)
     }
 
     /// [`Trainer::validate`] of the vectors of the current parameters, the cold items at scale 1.
-    fn validate_vectors(
-        &self,
-        users: Array2<f32>,
-        items: Array2<f32>,
-    ) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
+    fn validate_vectors(&self, users: Array2<f32>, items: Array2<f32>) -> Result<Validated> {
         self.validate_scales(users, items, true)
     }
 
@@ -670,7 +698,7 @@ impl<'d> Trainer<'d> {
         users: Array2<f32>,
         items: Array2<f32>,
         grid: bool,
-    ) -> Result<((f64, f64), f64, Vec<ColdTrial>)> {
+    ) -> Result<Validated> {
         let par = self.model.backend().par();
         let selecting = |m: &Metrics| {
             m.warm
@@ -690,7 +718,7 @@ impl<'d> Trainer<'d> {
             // their content vectors, when validation holds some of their interactions
             let probe_held_out = || self.data.valid.iter().any(|p| self.model.is_probe[p.1]);
             if !(grid && self.model.content_on() && probe_held_out()) {
-                return Ok((selecting(&m), 1.0, Vec::new()));
+                return Ok((selecting(&m), (1.0, 0.0), Vec::new()));
             }
             let probe = self.model.embeddings_probe_as_new(&self.params, 1.0);
             let (pu, pi) = world.agree(probe)?;
@@ -703,24 +731,60 @@ impl<'d> Trainer<'d> {
                 scales,
                 par,
             )?;
-            let (scale, trials) = self.choose_scale(scales, &all, true);
-            return Ok((selecting(&m), scale, trials));
+            let (chosen, trials) = self.choose_scale(scales, &[0.0], &all, true);
+            return Ok((selecting(&m), chosen, trials));
         }
-        let all = split_scales_in(world, self.data, vectors, Split::Valid, &[], scales, par)?;
-        let (scale, trials) = self.choose_scale(scales, &all, false);
+        // with the taste term, each share is a grid of scales of the cold items' vectors `content + a taste`
+        let taste = match grid {
+            true => world.agree(self.model.taste_vectors(users.view(), items.view()))?,
+            false => None,
+        };
+        let shares: &[f64] = if taste.is_some() {
+            &TASTE_SHARES
+        } else {
+            &TASTE_SHARES[..1]
+        };
+        let mut all = Vec::with_capacity(shares.len() * scales.len());
+        for &share in shares {
+            let placed = match (&taste, share > 0.0) {
+                (Some(t), true) => &items + &(t * share as f32),
+                _ => items.clone(),
+            };
+            let vectors = (users.view(), placed.view());
+            all.extend(split_scales_in(
+                world,
+                self.data,
+                vectors,
+                Split::Valid,
+                &[],
+                scales,
+                par,
+            )?);
+        }
+        let (chosen, trials) = self.choose_scale(scales, shares, &all, false);
         // COLD_SCALES[0] is 0: the backbone alone selects the epoch
-        Ok((selecting(&all[0]), scale, trials))
+        Ok((selecting(&all[0]), chosen, trials))
     }
 
     /// Of the scales ranked in `all` (one metrics each, the first at scale 0), the one [`choose_cold_scale`]
     /// keeps (`spend` true: the probe items stand in for new items, and measure only what they cost the
     /// warm ones; the warm tolerance is then scaled by probe / new items when the catalogue has fewer new
     /// items than probe items); with every trial.
-    fn choose_scale(&self, scales: &[f64], all: &[Metrics], spend: bool) -> (f64, Vec<ColdTrial>) {
+    fn choose_scale(
+        &self,
+        scales: &[f64],
+        shares: &[f64],
+        all: &[Metrics],
+        spend: bool,
+    ) -> ((f64, f64), Vec<ColdTrial>) {
         let part = |g: &Option<Box<Metrics>>| g.as_ref().map_or(f64::NAN, |g| g.recall_ndcg(20).0);
-        let trials: Vec<ColdTrial> = (scales.iter().zip(all))
-            .map(|(&scale, m)| ColdTrial {
+        let grid = shares
+            .iter()
+            .flat_map(|&a| scales.iter().map(move |&s| (s, a)));
+        let trials: Vec<ColdTrial> = (grid.zip(all))
+            .map(|((scale, share), m)| ColdTrial {
                 scale,
+                share,
                 recall: m.recall_ndcg(20).0,
                 warm: part(&m.warm),
                 cold: part(&m.cold),
@@ -742,7 +806,7 @@ impl<'d> Trainer<'d> {
             false => Some(self.model.config().content_overall_tolerance),
         };
         let k = choose_cold_scale(&trials, tolerance, overall);
-        (scales[k], trials)
+        ((trials[k].scale, trials[k].share), trials)
     }
 
     /// Final user and item vectors of the current parameters (evaluation mode, dropout off).

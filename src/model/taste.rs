@@ -1,0 +1,191 @@
+//! The taste term of a new item's vector ([`crate::model::RecGoatConfig::content_taste`]): how well the item's
+//! features match the tastes of the users, read in the space of the ID vectors.
+//!
+//! Each item has a code: its feature rows scaled to unit length, centred on the warm items' mean row, each
+//! modality weighted `1 / sqrt(M)`, concatenated and scaled to unit length (the raw-feature cosine of
+//! [`crate::eval::feature_cosine`], centred). Each user has a taste: the unit mean of its training items'
+//! codes. A linear map `B` from a user's unit vector to its taste is fitted by ridge regression over the
+//! users; an item's taste vector is then `r B^T c_i` (`r` the warm items' mean vector norm), so that
+//! `z_u . (r B^T c_i) = r |z_u| (B z_u / |z_u|) . c_i`: the cosine of the user's predicted taste with the
+//! item's code, at the scale of a warm item's score. It does not ask the features to predict the item's
+//! collaborative vector (what the content encoders do), only to say which users' tastes the item matches,
+//! which weak features (audio descriptors) still say.
+//!
+//! The tastes are read from the training items outside the probe items, so that the probe items can say
+//! whether the term generalises: the taste vectors of features that carry nothing (noise) still fit the
+//! users' tastes over the items they were read from, but predict nothing about items outside them. The
+//! term is kept only when, on the probe items, the least-squares multiple of their taste vectors explains at
+//! least [`super::ridge::MIN_GAIN`] of their vectors' spread around the mean vector, in score space.
+
+use crate::error::Result;
+use crate::simd::Real;
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+/// The ridge penalty of the map, as a multiple of the users' normal matrix's mean diagonal entry.
+const PENALTY: f64 = 1e-3;
+
+/// The items' codes and the users' tastes of a dataset, fixed when the model is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Taste {
+    /// Per modality the warm items' mean unit feature row.
+    pub means: Vec<Array1<f32>>,
+    /// Per item its code (unit length, or 0).
+    codes: Array2<f32>,
+    /// Per user its taste (unit length, or 0 for a user without training interactions).
+    tastes: Array2<f32>,
+}
+
+/// The codes of feature rows (one matrix per modality, same row count): unit rows, minus the modality's
+/// `means`, weighted `1 / sqrt(M)`, concatenated and scaled to unit length (a row that is 0 stays 0).
+pub(crate) fn taste_codes(means: &[Array1<f32>], features: &[ArrayView2<'_, f32>]) -> Array2<f32> {
+    let n = features.first().map_or(0, |x| x.nrows());
+    let width: usize = features.iter().map(|x| x.ncols()).sum();
+    let weight = 1.0 / (features.len().max(1) as f32).sqrt();
+    let mut out = Array2::<f32>::zeros((n, width));
+    let mut at = 0;
+    for (x, mean) in features.iter().zip(means) {
+        let mut block = x.to_owned();
+        crate::nn::normalize_nonzero_rows_in_place(&mut block);
+        block -= mean;
+        block *= weight;
+        out.slice_mut(ndarray::s![.., at..at + x.ncols()])
+            .assign(&block);
+        at += x.ncols();
+    }
+    crate::nn::normalize_nonzero_rows_in_place(&mut out);
+    out
+}
+
+impl Taste {
+    /// The codes and tastes of `n_users` users and the items of `features` (one matrix per modality), from
+    /// the training pairs `train` outside the items `probe` (ascending); `warm[i]` marks the items with
+    /// training interactions (the centre).
+    pub fn new<F: Real>(
+        features: &[ArrayView2<'_, F>],
+        train: &[(usize, usize)],
+        (warm, probe): (&[bool], &[usize]),
+        n_users: usize,
+    ) -> Taste {
+        let xs: Vec<Array2<f32>> = features.iter().map(|x| super::ridge::to_f32(*x)).collect();
+        let rows: Vec<usize> = (0..warm.len()).filter(|&i| warm[i]).collect();
+        let means = (xs.iter())
+            .map(|x| {
+                let mut u = x.select(Axis(0), &rows);
+                crate::nn::normalize_nonzero_rows_in_place(&mut u);
+                u.mean_axis(Axis(0))
+                    .unwrap_or_else(|| Array1::zeros(x.ncols()))
+            })
+            .collect::<Vec<_>>();
+        let views: Vec<ArrayView2<'_, f32>> = xs.iter().map(|x| x.view()).collect();
+        let codes = taste_codes(&means, &views);
+        let read: Vec<(usize, usize)> = (train.iter())
+            .filter(|p| probe.binary_search(&p.1).is_err())
+            .copied()
+            .collect();
+        let mut tastes = crate::data::user_profiles(n_users, &read, &[&codes]);
+        crate::nn::normalize_nonzero_rows_in_place(&mut tastes);
+        Taste {
+            means,
+            codes,
+            tastes,
+        }
+    }
+
+    /// The map `r B^T` (`width x d`) from an item's code to its taste vector, fitted on the final vectors
+    /// `users` and `items` (`warm` marks the items whose norms give `r`); `None` when no user has both a
+    /// taste and a nonzero vector.
+    ///
+    /// # Errors
+    /// [`crate::Error::Param`] when the users' normal matrix cannot be factored (non-finite vectors).
+    pub fn map<F: Real>(
+        &self,
+        users: ArrayView2<'_, F>,
+        items: ArrayView2<'_, F>,
+        warm: &[bool],
+    ) -> Result<Option<Array2<f64>>> {
+        let d = users.ncols();
+        let fit: Vec<usize> = (0..users.nrows())
+            .filter(|&u| {
+                let n = users
+                    .row(u)
+                    .iter()
+                    .map(|v| v.to_f64().unwrap_or(0.0).powi(2))
+                    .sum::<f64>();
+                n > 0.0 && self.tastes.row(u).iter().any(|&t| t != 0.0)
+            })
+            .collect();
+        if fit.is_empty() {
+            return Ok(None);
+        }
+        let mut z = users
+            .select(Axis(0), &fit)
+            .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+        for mut r in z.rows_mut() {
+            let n = r.dot(&r).sqrt();
+            r /= n;
+        }
+        let q = self.tastes.select(Axis(0), &fit).mapv(f64::from);
+        let mut a = z.t().dot(&z);
+        let penalty = PENALTY * a.diag().sum() / d as f64;
+        for k in 0..d {
+            a[[k, k]] += penalty;
+        }
+        let b = super::ridge::spd_inverse(a)?.dot(&z.t().dot(&q)); // d x width
+        let norms: Vec<f64> = (0..items.nrows())
+            .filter(|&i| warm[i])
+            .map(|i| {
+                (items.row(i).iter())
+                    .map(|v| v.to_f64().unwrap_or(f64::NAN).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect();
+        let r = norms.iter().sum::<f64>() / norms.len().max(1) as f64;
+        Ok(Some(b.reversed_axes() * r))
+    }
+
+    /// Whether taste vectors `w` (`I x d`) generalise to the items `probe`: the least-squares multiple `t`
+    /// of their taste vectors, in the metric of the users' second moment `G` (the mean squared error of the
+    /// scores `u . z_i` over the users), is positive and its fit `t w_i` explains at least
+    /// [`super::ridge::MIN_GAIN`] of their vectors' spread around their mean.
+    pub fn generalises<F: Real>(
+        users: ArrayView2<'_, F>,
+        items: ArrayView2<'_, F>,
+        w: ArrayView2<'_, F>,
+        probe: &[usize],
+    ) -> bool {
+        if probe.len() < 2 {
+            return false;
+        }
+        let f = |a: ArrayView2<'_, F>| {
+            a.select(Axis(0), probe)
+                .mapv(|v| v.to_f64().unwrap_or(f64::NAN))
+        };
+        let u = users.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
+        let g = u.t().dot(&u) / users.nrows().max(1) as f64;
+        let (z, w) = (f(items), f(w));
+        let inner = |a: &Array2<f64>, b: &Array2<f64>| (a.dot(&g) * b).sum();
+        let (zw, ww) = (inner(&z, &w), inner(&w, &w));
+        if !(zw > 0.0 && ww > 0.0) {
+            return false;
+        }
+        let mean = z
+            .mean_axis(Axis(0))
+            .unwrap_or_else(|| Array1::zeros(z.ncols()));
+        let centred = &z - &mean;
+        let spread = inner(&centred, &centred);
+        // |z - t w|^2 = |z|^2 - zw^2 / ww at the least-squares t = zw / ww
+        let explained = zw * zw / ww;
+        explained >= super::ridge::MIN_GAIN * spread
+    }
+
+    /// The taste vectors `c_i map` of the items `rows`, into the rows of an `I x d` matrix (the others 0).
+    pub fn vectors<F: Real>(&self, map: &Array2<f64>, rows: &[usize], n_items: usize) -> Array2<F> {
+        let mut out = Array2::<F>::zeros((n_items, map.ncols()));
+        let codes = self.codes.select(Axis(0), rows).mapv(f64::from);
+        for (&i, v) in rows.iter().zip(codes.dot(map).rows()) {
+            out.row_mut(i).assign(&v.mapv(F::c));
+        }
+        out
+    }
+}
