@@ -899,18 +899,8 @@ impl Recommender {
         let nnz = self.seen.iter().map(Vec::len).sum::<usize>();
         // (name, dtype, shape, bytes)
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
-            (
-                "users".into(),
-                Dtype::F32,
-                self.users.shape().to_vec(),
-                le_bytes(self.users.view()),
-            ),
-            (
-                "items".into(),
-                Dtype::F32,
-                self.items.shape().to_vec(),
-                le_bytes(self.items.view()),
-            ),
+            matrix_tensor("users", self.users.view()),
+            matrix_tensor("items", self.items.view()),
             (
                 "seen_indptr".into(),
                 Dtype::U64,
@@ -925,19 +915,8 @@ impl Recommender {
         }
         if let Some(enc) = &self.encoder {
             for (k, (w, b)) in enc.weights.iter().zip(&enc.biases).enumerate() {
-                owned.push((
-                    format!("encoder/{k}/w"),
-                    Dtype::F32,
-                    w.shape().to_vec(),
-                    le_bytes(w.view()),
-                ));
-                let b = b.view().insert_axis(ndarray::Axis(0));
-                owned.push((
-                    format!("encoder/{k}/b"),
-                    Dtype::F32,
-                    vec![b.len()],
-                    le_bytes(b),
-                ));
+                owned.push(matrix_tensor(format!("encoder/{k}/w"), w.view()));
+                owned.push(vector_tensor(format!("encoder/{k}/b"), b));
             }
             let mut near = Vec::new();
             for (k, n) in enc.neighbours.iter().enumerate() {
@@ -946,11 +925,9 @@ impl Recommender {
                     continue;
                 };
                 for (what, a) in [("features", &n.features), ("vectors", &n.vectors)] {
-                    owned.push((
+                    owned.push(matrix_tensor(
                         format!("encoder/{k}/neighbour_{what}"),
-                        Dtype::F32,
-                        a.shape().to_vec(),
-                        le_bytes(a.view()),
+                        a.view(),
                     ));
                 }
                 near.push(
@@ -958,20 +935,9 @@ impl Recommender {
                 );
             }
             if let Some(t) = &enc.taste {
-                owned.push((
-                    "encoder/taste_map".into(),
-                    Dtype::F32,
-                    t.map.shape().to_vec(),
-                    le_bytes(t.map.view()),
-                ));
+                owned.push(matrix_tensor("encoder/taste_map", t.map.view()));
                 for (k, mean) in t.means.iter().enumerate() {
-                    let mean = mean.view().insert_axis(ndarray::Axis(0));
-                    owned.push((
-                        format!("encoder/{k}/taste_mean"),
-                        Dtype::F32,
-                        vec![mean.len()],
-                        le_bytes(mean),
-                    ));
+                    owned.push(vector_tensor(format!("encoder/{k}/taste_mean"), mean));
                 }
             }
             let about = serde_json::json!({"modalities": enc.modalities, "normalize": enc.normalize,
@@ -979,18 +945,8 @@ impl Recommender {
             meta.insert("encoder".into(), about.to_string());
         }
         if let Some(f) = &self.fold {
-            owned.push((
-                "fold_items".into(),
-                Dtype::F32,
-                f.items.shape().to_vec(),
-                le_bytes(f.items.view()),
-            ));
-            owned.push((
-                "fold_users".into(),
-                Dtype::F32,
-                f.users.shape().to_vec(),
-                le_bytes(f.users.view()),
-            ));
+            owned.push(matrix_tensor("fold_items", f.items.view()));
+            owned.push(matrix_tensor("fold_users", f.users.view()));
             meta.insert("fold_layers".into(), f.layers.to_string());
         }
         let views = (owned.iter())
@@ -1226,6 +1182,20 @@ impl Recommender {
     pub fn item_vectors(&self) -> ArrayView2<'_, f32> {
         self.items.view()
     }
+}
+
+/// A matrix as a named `f32` tensor of a recommender file: (name, dtype, shape, bytes).
+fn matrix_tensor(
+    name: impl Into<String>,
+    a: ArrayView2<'_, f32>,
+) -> (String, Dtype, Vec<usize>, Vec<u8>) {
+    (name.into(), Dtype::F32, a.shape().to_vec(), le_bytes(a))
+}
+
+/// A vector as a named one-dimensional `f32` tensor of a recommender file.
+fn vector_tensor(name: impl Into<String>, v: &Array1<f32>) -> (String, Dtype, Vec<usize>, Vec<u8>) {
+    let row = v.view().insert_axis(ndarray::Axis(0));
+    (name.into(), Dtype::F32, vec![v.len()], le_bytes(row))
 }
 
 /// The `k` largest of `scores` outside the sorted `exclude`, best first, ties to the smaller index.

@@ -68,6 +68,18 @@ fn clustered_with(n_items: usize, half: bool) -> Dataset {
     .unwrap()
 }
 
+/// The feature rows of the items `items`, by modality name.
+fn feature_rows(ds: &Dataset, items: &[usize]) -> Vec<(String, Array2<f32>)> {
+    (ds.item_features.iter())
+        .map(|(n, x)| (n.clone(), x.select(Axis(0), items)))
+        .collect()
+}
+
+/// Feature rows as the named views `ContentEncoder::encode` and `Recommender::embed_items` take.
+fn named(rows: &[(String, Array2<f32>)]) -> Vec<(&str, ndarray::ArrayView2<'_, f32>)> {
+    rows.iter().map(|(n, x)| (n.as_str(), x.view())).collect()
+}
+
 #[test]
 fn content_trust_recovers_a_known_mix_and_drops_what_does_not_help() {
     let mut r = rng(3);
@@ -151,11 +163,8 @@ fn cold_items_get_the_trusted_sum_of_their_encoders_at_the_cold_scale() {
     }
     // the encoder a recommender keeps gives the cold items their vectors from their feature rows
     let cold: Vec<usize> = (0..4).collect();
-    let rows: Vec<(String, Array2<f32>)> = (ds.item_features.iter())
-        .map(|(n, x)| (n.clone(), x.select(Axis(0), &cold)))
-        .collect();
-    let feats: Vec<(&str, ndarray::ArrayView2<'_, f32>)> =
-        rows.iter().map(|(n, x)| (n.as_str(), x.view())).collect();
+    let rows = feature_rows(&ds, &cold);
+    let feats = named(&rows);
     let encoded = enc.encode(&feats).unwrap();
     for (k, &i) in cold.iter().enumerate() {
         for (a, b) in encoded.row(k).iter().zip(fwd.items.row(i)) {
@@ -269,11 +278,8 @@ fn the_taste_term_adds_the_users_tastes_to_cold_items_and_serves_them() {
     let enc = model.content_encoder(&p).unwrap();
     assert!(enc.has_taste());
     let cold: Vec<usize> = (0..4).collect();
-    let rows: Vec<(String, Array2<f32>)> = (ds.item_features.iter())
-        .map(|(n, x)| (n.clone(), x.select(Axis(0), &cold)))
-        .collect();
-    let feats: Vec<(&str, ndarray::ArrayView2<'_, f32>)> =
-        rows.iter().map(|(n, x)| (n.as_str(), x.view())).collect();
+    let rows = feature_rows(&ds, &cold);
+    let feats = named(&rows);
     let encoded = enc.encode(&feats).unwrap();
     for (k, &i) in cold.iter().enumerate() {
         Tolerance::new(1e-4, 1e-5).assert_close(
