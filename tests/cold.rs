@@ -301,6 +301,7 @@ fn the_taste_term_adds_the_users_tastes_to_cold_items_and_serves_them() {
     assert_eq!(back.embed_items(&feats).unwrap(), encoded);
     // a share that is not one, or one without the term, is refused
     assert!(model.set_taste_share(-1.0).is_err() && model.set_taste_share(f64::NAN).is_err());
+    assert!(model.embeddings_placing(&p, (1.0, -0.5)).is_err());
     let off = RecGoatConfig {
         content_taste: false,
         ..t.config().clone()
@@ -311,6 +312,11 @@ fn the_taste_term_adds_the_users_tastes_to_cold_items_and_serves_them() {
         .unwrap()
         .is_none());
     assert!(off.set_taste_share(1.0).is_err() && off.set_taste_share(0.0).is_ok());
+    let e = off
+        .embeddings_placing(&p, (1.0, 1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("taste share"), "{e}");
     // noise features: their taste vectors explain nothing on the probe items, and the term stays off
     let mut noise = ds.clone();
     noise.item_features.retain(|(n, _)| n == "noise");

@@ -583,7 +583,8 @@ impl<F: Real> RecGoat<F> {
     /// [`RecGoat::cold_scale`] and [`RecGoat::taste_share`].
     ///
     /// # Errors
-    /// As [`RecGoat::embeddings`]; [`Error::Param`] for a scale that is not finite and >= 0.
+    /// As [`RecGoat::embeddings`]; [`Error::Param`] for a scale or share that is not finite and >= 0, or a
+    /// share above 0 without the taste term.
     pub fn embeddings_placing(
         &self,
         p: &Params<F>,
@@ -625,12 +626,18 @@ impl<F: Real> RecGoat<F> {
         (scale, share): (f64, f64),
         probe_as_new: bool,
     ) -> Result<(Array2<F>, Array2<F>, Vec<F>)> {
-        if !(scale.is_finite() && scale >= 0.0) {
-            let why = "must be finite and >= 0";
+        for (what, v) in [("cold scale", scale), ("taste share", share)] {
+            if !(v.is_finite() && v >= 0.0) {
+                let why = "must be finite and >= 0";
+                return Err(Error::param("RecGoat::embeddings", what, v, why));
+            }
+        }
+        if share > 0.0 && self.taste.is_none() {
+            let why = "the model has no taste term (content_taste off, or no content term)";
             return Err(Error::param(
                 "RecGoat::embeddings",
-                "cold scale",
-                scale,
+                "taste share",
+                share,
                 why,
             ));
         }
