@@ -41,9 +41,10 @@
 //!   on the `lfm-thin` entries (a catalogue's tail of new items, judged as new items in the wild are) the
 //!   cold items at least 1.3 times the cosine and the overall Recall@20 at least the baseline's minus one std.
 //!
-//! For the cold entries a frontier table shows what the cold-item scale (and taste share) would give on test if it were chosen
-//! on validation with other warm tolerances than the model's (`content_warm_tolerance`). Writes the tables to
-//! `--out/robustness.md` and every run to `--out/robustness.json`.
+//! For the cold entries a frontier table shows what the cold-item scale (and taste share) would give on
+//! test if it were chosen on validation with other warm tolerances than the model's
+//! (`content_warm_tolerance`). Writes the tables to `--out/robustness.md` and every run to
+//! `--out/robustness.json`.
 
 use clap::Parser;
 use ndarray::Array2;

@@ -1010,8 +1010,8 @@ impl Recommender {
             }
             _ => {
                 return Err(fail(format!(
-                    "format {format:?}, expected {FORMAT:?}, {FORMAT_V3:?} or {FORMAT_V2:?} (or {FORMAT_V1:?} \
-                     through Recommender::load_v1)"
+                    "format {format:?}, expected {FORMAT:?}, {FORMAT_V3:?} or {FORMAT_V2:?} (or \
+                     {FORMAT_V1:?} through Recommender::load_v1)"
                 )));
             }
         }

@@ -218,8 +218,7 @@ pub fn content_trust<F: Real>(
     }
     let m = encoders.len();
     let to64 = |a: ArrayView2<'_, F>| a.mapv(|v| v.to_f64().unwrap_or(0.0));
-    let u = to64(users);
-    let g = u.t().dot(&u) / (u.nrows().max(1) as f64);
+    let g = score_metric(users);
     let z = crate::nn::gather(to64(items).view(), rows)?;
     let c: Vec<Array2<f64>> = (encoders.iter())
         .map(|e| crate::nn::gather(to64(*e).view(), rows))
@@ -253,6 +252,13 @@ pub fn content_trust<F: Real>(
         }
     }
     Ok(t.into_iter().map(F::c).collect())
+}
+
+/// The users' second moment `G = U^T U / n`: `sum_i x_i^T G x_i` is the squared error of the scores
+/// `u . x_i` averaged over the users, the metric the trusts and the taste term are fitted in.
+pub(super) fn score_metric<F: Real>(users: ArrayView2<'_, F>) -> Array2<f64> {
+    let u = users.mapv(|v| v.to_f64().unwrap_or(0.0));
+    u.t().dot(&u) / (u.nrows().max(1) as f64)
 }
 
 /// Gradients of a batch's aligned rows and collaborative rows (one modality's sample-level OT term).
@@ -829,30 +835,18 @@ impl<F: Real> RecGoat<F> {
         users: ArrayView2<'_, F>,
         items: ArrayView2<'_, F>,
     ) -> Result<Option<Array2<F>>> {
-        let (Some(taste), Some(map)) = (&self.taste, self.taste_map(users, items)?) else {
-            return Ok(None);
-        };
-        let cold: Vec<usize> = (0..self.n_items).filter(|&i| self.cold[i]).collect();
-        Ok(Some(taste.vectors(&map, &cold, self.n_items)))
-    }
-
-    /// The taste term's map from an item's code to its taste vector, fitted on the final vectors `users`
-    /// and `items`, when the model has the term and it generalises to the probe items
-    /// ([`Taste::generalises`]).
-    fn taste_map(
-        &self,
-        users: ArrayView2<'_, F>,
-        items: ArrayView2<'_, F>,
-    ) -> Result<Option<Array2<f64>>> {
         let Some(taste) = &self.taste else {
             return Ok(None);
         };
-        let warm: Vec<bool> = self.cold.iter().map(|c| !c).collect();
-        let Some(map) = taste.map(users, items, &warm)? else {
+        let Some(map) = taste.map(users, items)? else {
             return Ok(None);
         };
-        let on_probe: Array2<F> = taste.vectors(&map, &self.probe, self.n_items);
-        Ok(Taste::generalises(users, items, on_probe.view(), &self.probe).then_some(map))
+        let cold: Vec<usize> = (0..self.n_items).filter(|&i| self.cold[i]).collect();
+        let mut out = Array2::<F>::zeros((self.n_items, map.ncols()));
+        for (&i, v) in cold.iter().zip(taste.vectors(&map, &cold).rows()) {
+            out.row_mut(i).assign(&v.mapv(F::c));
+        }
+        Ok(Some(out))
     }
 
     /// With the content term: fits the trusts on the probe items and writes each cold item's content
@@ -1018,7 +1012,7 @@ impl<F: Real> RecGoat<F> {
             }
         }
         if let (Some(taste), true) = (&self.taste, self.taste_share > 0.0) {
-            if let Some(map) = self.taste_map(fwd.users.view(), fwd.items.view())? {
+            if let Some(map) = taste.map(fwd.users.view(), fwd.items.view())? {
                 let map = map * (scale * self.taste_share);
                 enc = enc.with_taste(taste.means.clone(), map.mapv(|v| v as f32))?;
             }

@@ -1,5 +1,5 @@
-//! The taste term of a new item's vector ([`crate::model::RecGoatConfig::content_taste`]): how well the item's
-//! features match the tastes of the users, read in the space of the ID vectors.
+//! The taste term of a new item's vector ([`crate::model::RecGoatConfig::content_taste`]): how well the
+//! item's features match the tastes of the users, read in the space of the ID vectors.
 //!
 //! Each item has a code: its feature rows scaled to unit length, centred on the warm items' mean row, each
 //! modality weighted `1 / sqrt(M)`, concatenated and scaled to unit length (the raw-feature cosine of
@@ -33,6 +33,10 @@ pub(crate) struct Taste {
     codes: Array2<f32>,
     /// Per user its taste (unit length, or 0 for a user without training interactions).
     tastes: Array2<f32>,
+    /// The items with training interactions (their mean vector norm scales the map), ascending.
+    warm: Vec<usize>,
+    /// The probe items, which the tastes never read (the term must generalise to them), ascending.
+    probe: Vec<usize>,
 }
 
 /// The codes of feature rows (one matrix per modality, same row count): unit rows, minus the modality's
@@ -67,12 +71,11 @@ impl Taste {
         n_users: usize,
     ) -> Taste {
         let xs: Vec<Array2<f32>> = features.iter().map(|x| super::ridge::to_f32(*x)).collect();
-        let rows: Vec<usize> = (0..warm.len()).filter(|&i| warm[i]).collect();
+        let warm: Vec<usize> = (0..warm.len()).filter(|&i| warm[i]).collect();
         let means = (xs.iter())
             .map(|x| {
-                let mut u = x.select(Axis(0), &rows);
-                crate::nn::normalize_nonzero_rows_in_place(&mut u);
-                u.mean_axis(Axis(0))
+                super::ridge::unit_rows(x.select(Axis(0), &warm).view())
+                    .mean_axis(Axis(0))
                     .unwrap_or_else(|| Array1::zeros(x.ncols()))
             })
             .collect::<Vec<_>>();
@@ -88,12 +91,14 @@ impl Taste {
             means,
             codes,
             tastes,
+            warm,
+            probe: probe.to_vec(),
         }
     }
 
     /// The map `r B^T` (`width x d`) from an item's code to its taste vector, fitted on the final vectors
-    /// `users` and `items` (`warm` marks the items whose norms give `r`); `None` when no user has both a
-    /// taste and a nonzero vector.
+    /// `users` and `items`, when the term generalises to the probe items ([`Taste::generalises`]); `None`
+    /// otherwise, or when no user has both a taste and a nonzero vector.
     ///
     /// # Errors
     /// [`crate::Error::Param`] when the users' normal matrix cannot be factored (non-finite vectors).
@@ -101,9 +106,9 @@ impl Taste {
         &self,
         users: ArrayView2<'_, F>,
         items: ArrayView2<'_, F>,
-        warm: &[bool],
     ) -> Result<Option<Array2<f64>>> {
         let d = users.ncols();
+        let to64 = |a: ArrayView2<'_, F>| a.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
         let fit: Vec<usize> = (0..users.nrows())
             .filter(|&u| {
                 let n = users
@@ -117,13 +122,8 @@ impl Taste {
         if fit.is_empty() {
             return Ok(None);
         }
-        let mut z = users
-            .select(Axis(0), &fit)
-            .mapv(|v| v.to_f64().unwrap_or(f64::NAN));
-        for mut r in z.rows_mut() {
-            let n = r.dot(&r).sqrt();
-            r /= n;
-        }
+        let mut z = to64(users.select(Axis(0), &fit).view());
+        crate::nn::normalize_nonzero_rows_in_place(&mut z);
         let q = self.tastes.select(Axis(0), &fit).mapv(f64::from);
         let mut a = z.t().dot(&z);
         let penalty = PENALTY * a.diag().sum() / d as f64;
@@ -131,61 +131,45 @@ impl Taste {
             a[[k, k]] += penalty;
         }
         let b = super::ridge::spd_inverse(a)?.dot(&z.t().dot(&q)); // d x width
-        let norms: Vec<f64> = (0..items.nrows())
-            .filter(|&i| warm[i])
-            .map(|i| {
-                (items.row(i).iter())
-                    .map(|v| v.to_f64().unwrap_or(f64::NAN).powi(2))
-                    .sum::<f64>()
-                    .sqrt()
-            })
-            .collect();
-        let r = norms.iter().sum::<f64>() / norms.len().max(1) as f64;
-        Ok(Some(b.reversed_axes() * r))
+        let norm = |i: usize| {
+            (items.row(i).iter())
+                .map(|v| v.to_f64().unwrap_or(f64::NAN).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let r = self.warm.iter().map(|&i| norm(i)).sum::<f64>() / self.warm.len().max(1) as f64;
+        let map = b.reversed_axes() * r;
+        let probe = to64(items.select(Axis(0), &self.probe).view());
+        let g = super::recgoat::score_metric(users);
+        let generalises = Self::generalises(&g, &probe, &self.vectors(&map, &self.probe));
+        Ok(generalises.then_some(map))
     }
 
-    /// Whether taste vectors `w` (`I x d`) generalise to the items `probe`: the least-squares multiple `t`
-    /// of their taste vectors, in the metric of the users' second moment `G` (the mean squared error of the
-    /// scores `u . z_i` over the users), is positive and its fit `t w_i` explains at least
-    /// [`super::ridge::MIN_GAIN`] of their vectors' spread around their mean.
-    pub fn generalises<F: Real>(
-        users: ArrayView2<'_, F>,
-        items: ArrayView2<'_, F>,
-        w: ArrayView2<'_, F>,
-        probe: &[usize],
-    ) -> bool {
-        if probe.len() < 2 {
+    /// Whether taste vectors `w` generalise to items of vectors `z` (the probe items, at least 2): the
+    /// least-squares multiple `t` of the taste vectors, in the users' score metric `g` (the mean squared
+    /// error of the scores `u . z_i` over the users), is positive and its fit `t w_i` explains at least
+    /// [`super::ridge::MIN_GAIN`] of the vectors' spread around their mean.
+    fn generalises(g: &Array2<f64>, z: &Array2<f64>, w: &Array2<f64>) -> bool {
+        if z.nrows() < 2 {
             return false;
         }
-        let f = |a: ArrayView2<'_, F>| {
-            a.select(Axis(0), probe)
-                .mapv(|v| v.to_f64().unwrap_or(f64::NAN))
-        };
-        let u = users.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
-        let g = u.t().dot(&u) / users.nrows().max(1) as f64;
-        let (z, w) = (f(items), f(w));
-        let inner = |a: &Array2<f64>, b: &Array2<f64>| (a.dot(&g) * b).sum();
-        let (zw, ww) = (inner(&z, &w), inner(&w, &w));
+        let inner = |a: &Array2<f64>, b: &Array2<f64>| (a.dot(g) * b).sum();
+        let (zw, ww) = (inner(z, w), inner(w, w));
         if !(zw > 0.0 && ww > 0.0) {
             return false;
         }
         let mean = z
             .mean_axis(Axis(0))
             .unwrap_or_else(|| Array1::zeros(z.ncols()));
-        let centred = &z - &mean;
+        let centred = z - &mean;
         let spread = inner(&centred, &centred);
         // |z - t w|^2 = |z|^2 - zw^2 / ww at the least-squares t = zw / ww
         let explained = zw * zw / ww;
         explained >= super::ridge::MIN_GAIN * spread
     }
 
-    /// The taste vectors `c_i map` of the items `rows`, into the rows of an `I x d` matrix (the others 0).
-    pub fn vectors<F: Real>(&self, map: &Array2<f64>, rows: &[usize], n_items: usize) -> Array2<F> {
-        let mut out = Array2::<F>::zeros((n_items, map.ncols()));
-        let codes = self.codes.select(Axis(0), rows).mapv(f64::from);
-        for (&i, v) in rows.iter().zip(codes.dot(map).rows()) {
-            out.row_mut(i).assign(&v.mapv(F::c));
-        }
-        out
+    /// The taste vectors `c_i map` of the items `rows`, one row each.
+    pub fn vectors(&self, map: &Array2<f64>, rows: &[usize]) -> Array2<f64> {
+        self.codes.select(Axis(0), rows).mapv(f64::from).dot(map)
     }
 }

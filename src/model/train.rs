@@ -156,14 +156,14 @@ impl Default for TrainState {
 /// The scales of the cold items' vectors [`Trainer::validate`] tries. Least squares shrinks the trusts
 /// towards 0 as the encoders' predictions get noisier, and a shrunk content vector rarely outscores a
 /// user's top warm items, so weak features need scales well above 1: the grid reaches 10.
-/// The shares of the taste term in the cold items' vectors [`Trainer::validate`] tries with each scale
-/// ([`crate::model::RecGoatConfig::content_taste`]): a cold item's vector is `s (content + a taste)`.
-const TASTE_SHARES: [f64; 6] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0];
-
 const COLD_SCALES: [f64; 23] = [
     0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5,
     3.0, 4.0, 5.0, 7.0, 10.0,
 ];
+
+/// The shares of the taste term in the cold items' vectors [`Trainer::validate`] tries with each scale
+/// ([`crate::model::RecGoatConfig::content_taste`]): a cold item's vector is `s (content + a taste)`.
+const TASTE_SHARES: [f64; 6] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0];
 
 /// The trial whose scale [`Trainer::validate`] keeps, of `trials` ranked on validation (the first at scale
 /// 0, the others in increasing scale). A scale is allowed when it keeps the warm items' Recall@20 within
@@ -177,9 +177,10 @@ const COLD_SCALES: [f64; 23] = [
 ///   `t` of that best and place more of the new items' held-out interactions in the lists (a higher cold
 ///   Recall@20): then of those the one that places the most (of equal ones the best overall, then the
 ///   last). The trials may be several grids of scales, one per taste share
-///   ([`crate::model::RecGoatConfig::content_taste`]), the first at share 0. Where new items hold a live catalogue's tail
-///   (few of them, few interactions each) the best overall figure is often at scale 0, where no new item
-///   is ever recommended; `t` is what the overall figure may give for their first place in the lists.
+///   ([`crate::model::RecGoatConfig::content_taste`]), the first at share 0. Where new items hold a live
+///   catalogue's tail (few of them, few interactions each) the best overall figure is often at scale 0,
+///   where no new item is ever recommended; `t` is what the overall figure may give for their first
+///   place in the lists.
 ///
 /// # Example
 /// ```
@@ -652,8 +653,9 @@ impl<'d> Trainer<'d> {
     }
 
     /// Ranks the validation split with the current parameters: the Recall@20 and NDCG@20 that select the
-    /// epoch, the scale and taste share of the cold items' vectors, and the scales tried. The selecting figures are over
-    /// every held-out item, or, when the split also holds items without training interactions, over its
+    /// epoch, the scale and taste share of the cold items' vectors, and the scales tried. The selecting
+    /// figures are over every held-out item, or, when the split also holds items without training
+    /// interactions, over its
     /// warm items (with a content term: with the cold items out of the lists, the backbone alone), so that
     /// the epoch is the backbone's best whatever the share of new items. With the content term and such a
     /// split, the scale is chosen here, of a grid of scales ([`choose_cold_scale`]): among those that keep
@@ -747,10 +749,10 @@ impl<'d> Trainer<'d> {
         let mut all = Vec::with_capacity(shares.len() * scales.len());
         for &share in shares {
             let placed = match (&taste, share > 0.0) {
-                (Some(t), true) => &items + &(t * share as f32),
-                _ => items.clone(),
+                (Some(t), true) => Some(&items + &(t * share as f32)),
+                _ => None,
             };
-            let vectors = (users.view(), placed.view());
+            let vectors = (users.view(), placed.as_ref().unwrap_or(&items).view());
             all.extend(split_scales_in(
                 world,
                 self.data,
