@@ -230,15 +230,14 @@ pub struct RecGoatConfig {
     /// keeps them from taking over the lists (docs/COLD-START.md).
     #[serde(default = "default_warm_tolerance")]
     pub content_warm_tolerance: f64,
-    /// How much of the best overall validation Recall@20 the cold items' scale may give up so that new items
-    /// reach their users, when the validation split holds items without training interactions (0.02, the
-    /// default: 2 %; 0: the scale with the best overall Recall@20). [`crate::model::Trainer::validate`]
-    /// takes the largest scale that keeps the overall Recall@20 within this of the best one and the warm
-    /// items within [`RecGoatConfig::content_warm_tolerance`], and places more new items' held-out
-    /// interactions in the lists than the best one does. Where new items are few and hold few interactions
-    /// each (a live catalogue's tail), letting any of them in costs the warm items a little more than they
-    /// bring, and the best overall figure alone would keep every new item out of every list
-    /// (docs/COLD-START.md).
+    /// How far below the overall validation Recall@20 of the backbone alone (no new item in the lists)
+    /// the cold items' placement may take it so that more new items reach their users, when the validation
+    /// split holds items without training interactions (0, the default: not below it).
+    /// [`crate::model::Trainer::validate`] takes the placement that puts the most of the new items'
+    /// held-out interactions in the lists among those that keep the overall Recall@20 at or above that
+    /// floor and the warm items within [`RecGoatConfig::content_warm_tolerance`], when it places more than
+    /// the placement with the best overall figure (docs/COLD-START.md). At 0 the new items enter as far as
+    /// they pay for the warm hits they take; above 0 they may cost the overall figure that share.
     #[serde(default = "default_overall_tolerance")]
     pub content_overall_tolerance: f64,
     /// Place the cold items through closed-form content encoders: per modality, the ridge regression of
@@ -309,7 +308,7 @@ fn default_warm_tolerance() -> f64 {
 
 /// The default of [`RecGoatConfig::content_overall_tolerance`].
 fn default_overall_tolerance() -> f64 {
-    0.02
+    0.0
 }
 
 /// The default probe fraction of the content term.

@@ -173,29 +173,29 @@ const TASTE_SHARES: [f64; 6] = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0];
 ///   established items, so they measure only what items scored by content cost the warm ones): the
 ///   largest allowed scale that changes the ranking at all (0 when none does: features that carry nothing).
 /// - `overall` `Some(t)` (the split's own new items): of the allowed trials, the one with the best overall
-///   Recall@20 (the first of equal ones), unless other allowed trials keep the overall Recall@20 within
-///   `t` of that best and place more of the new items' held-out interactions in the lists (a higher cold
-///   Recall@20): then of those the one that places the most (of equal ones the best overall, then the
-///   last). The trials may be several grids of scales, one per taste share
-///   ([`crate::model::RecGoatConfig::content_taste`]), the first at share 0. Where new items hold a live
-///   catalogue's tail (few of them, few interactions each) the best overall figure is often at scale 0,
-///   where no new item is ever recommended; `t` is what the overall figure may give for their first
-///   place in the lists.
+///   Recall@20 (the first of equal ones), unless other allowed trials keep the overall Recall@20 at or
+///   above `1 - t` times its value at scale 0 (the backbone alone: no new item in the lists) and place more
+///   of the new items' held-out interactions in the lists (a higher cold Recall@20): then of those the one
+///   that places the most (of equal ones the best overall, then the last). With `t = 0` the new items enter
+///   the lists as far as they pay, on validation, for the warm hits they take: the overall figure never
+///   ends below the backbone alone's. The trials may be several grids of scales, one per taste share
+///   ([`crate::model::RecGoatConfig::content_taste`]), the first at share 0.
 ///
 /// # Example
 /// ```
 /// use recgoat_core::model::{choose_cold_scale, ColdTrial};
 /// let trial = |scale, recall, warm, cold| ColdTrial { scale, share: 0.0, recall, warm, cold };
-/// // new items with few interactions each: every scale costs a little overall, 1.5 the least of those
-/// // that let new items in
+/// // the best overall figure at scale 1.5; scale 2 places more new items' interactions and still gives
+/// // more than the backbone alone; scale 2.5 places the most but gives less
 /// let trials = [
-///     trial(0.0, 0.2430, 0.2517, 0.0),
-///     trial(1.0, 0.2430, 0.2517, 0.0),
-///     trial(1.5, 0.2419, 0.2493, 0.0495),
-///     trial(2.0, 0.2318, 0.2352, 0.1782),
+///     trial(0.0, 0.4070, 0.4434, 0.0),
+///     trial(1.5, 0.4150, 0.4390, 0.1250),
+///     trial(2.0, 0.4090, 0.4260, 0.2420),
+///     trial(2.5, 0.4020, 0.4150, 0.3200),
 /// ];
-/// assert_eq!(choose_cold_scale(&trials, 0.1, Some(0.0)), 0); // the best overall figure: no new item
-/// assert_eq!(choose_cold_scale(&trials, 0.1, Some(0.02)), 2); // 0.5 % below it: new items in the lists
+/// assert_eq!(choose_cold_scale(&trials, 0.1, Some(0.0)), 2); // at least the backbone alone's figure
+/// assert_eq!(choose_cold_scale(&trials, 0.1, Some(0.02)), 3); // within 2 % of it
+/// assert_eq!(choose_cold_scale(&trials, 0.03, Some(0.02)), 1); // the warm items may give 3 %: scale 1.5
 /// ```
 pub fn choose_cold_scale(trials: &[ColdTrial], warm_tolerance: f64, overall: Option<f64>) -> usize {
     let Some(first) = trials.first() else {
@@ -221,7 +221,7 @@ pub fn choose_cold_scale(trials: &[ColdTrial], warm_tolerance: f64, overall: Opt
             false => b,
         }
     });
-    let within = trials[best].recall * (1.0 - overall);
+    let within = first.recall * (1.0 - overall);
     let placing = (0..trials.len()).filter(|&k| {
         allowed(k) && trials[k].recall >= within && trials[k].cold > trials[best].cold
     });
@@ -660,12 +660,12 @@ impl<'d> Trainer<'d> {
     /// the epoch is the backbone's best whatever the share of new items. With the content term and such a
     /// split, the scale is chosen here, of a grid of scales ([`choose_cold_scale`]): among those that keep
     /// the warm items' Recall@20 within [`crate::model::RecGoatConfig::content_warm_tolerance`] of its value
-    /// at scale 0, of those that keep the overall Recall@20 within
-    /// [`crate::model::RecGoatConfig::content_overall_tolerance`] of the best one and place more of the new
-    /// items' held-out interactions than the best one does, the one that places the most (else the best
-    /// one). With [`crate::model::RecGoatConfig::content_taste`] the grid of scales is tried at each of six
-    /// taste shares (0 to 4), and the scale and share are chosen together; the share is 0 wherever the
-    /// split holds no new item. With the content
+    /// at scale 0, of those that keep the overall Recall@20 at or above its value at scale 0 (less
+    /// [`crate::model::RecGoatConfig::content_overall_tolerance`]) and place more of the new items'
+    /// held-out interactions than the one with the best overall Recall@20 does, the one that places the
+    /// most (else the best one). With [`crate::model::RecGoatConfig::content_taste`] the grid of scales is
+    /// tried at each of six taste shares (0 to 4), and the scale and share are chosen together; the share
+    /// is 0 wherever the split holds no new item. With the content
     /// term and a split without such items, the probe items stand in for new ones: they are ranked through
     /// their content vectors instead of their own (the vectors a new item gets; their training pairs stay
     /// masked), their validation interactions as the cold ones. Their interactions are those of
