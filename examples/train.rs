@@ -323,8 +323,20 @@ fn train_one(
             true => "the new items",
             false => "the probe items ranked as new",
         };
+        // with new validation items the overall figure has a floor: the backbone alone's, less the tolerance
+        let floor = match (
+            trainer.new_items_in_validation(),
+            cfg.content_overall_tolerance,
+        ) {
+            (false, _) => String::new(),
+            (true, t) if t <= 0.0 => ", the overall figure not below the backbone alone's".into(),
+            (true, t) => format!(
+                ", the overall figure at most {} % below the backbone alone's",
+                100.0 * t
+            ),
+        };
         say!(
-            "{label}: cold-item scale {}{} chosen on validation Recall@20 of {on} (warm items may lose {} %); \
+            "{label}: cold-item scale {}{} chosen on validation Recall@20 of {on} (warm items may lose {} %{floor}); \
              tried {}",
             trainer.state().cold_scale,
             match share > 0.0 {
