@@ -700,6 +700,33 @@ fn training_places_cold_items_by_their_informative_features() {
     assert_eq!(t.model().taste_share(), st.taste_share);
 }
 
+/// The cold items' placement does not select the epoch, so it is chosen once, when `finish` restores the
+/// best epoch's parameters, and is what `validate` gives on them; a second `finish` keeps it.
+#[test]
+fn the_placement_is_chosen_once_on_the_best_epoch() {
+    let ds = clustered();
+    let mut t = Trainer::new(small(RecGoatConfig::recgoat()), &ds, Backend::Cpu(Par::Seq)).unwrap();
+    t.fit(|_, _| {}).unwrap();
+    let st = t.state();
+    assert!(st.best_epoch > 0);
+    assert!(st.cold_trials.is_empty() && st.placed_at == 0);
+    t.finish().unwrap();
+    let st = t.state().clone();
+    assert_eq!(st.placed_at, st.best_epoch);
+    let (_, chosen, trials) = t.validate().unwrap();
+    assert!(!trials.is_empty());
+    assert_eq!(
+        (chosen, trials),
+        ((st.cold_scale, st.taste_share), st.cold_trials.clone())
+    );
+    assert_eq!(
+        (t.model().cold_scale(), t.model().taste_share()),
+        (st.cold_scale, st.taste_share)
+    );
+    t.finish().unwrap();
+    assert_eq!(t.state(), &st);
+}
+
 /// The scale rule on the trials it sees: the best overall figure within the warm tolerance, or of the
 /// trials within the overall tolerance of the backbone alone's figure (scale 0) that place more new items'
 /// interactions the one that places the most (of equal ones the best overall); with the probe items, the

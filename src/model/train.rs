@@ -60,18 +60,25 @@ pub struct TrainState {
     pub bad_evals: usize,
     /// Every epoch's log.
     pub history: Vec<EpochLog>,
-    /// The scale of the cold items' content vectors chosen with the best epoch ([`Trainer::validate`]).
+    /// The scale of the cold items' content vectors chosen on the best epoch's parameters
+    /// ([`Trainer::validate`], run once by [`Trainer::finish`]).
     #[serde(default = "unit_scale")]
     pub cold_scale: f64,
     /// The taste term's share in the cold items' vectors chosen with it (0: none;
     /// [`crate::model::RecGoatConfig::content_taste`]).
     #[serde(default)]
     pub taste_share: f64,
-    /// The scales [`Trainer::validate`] tried at the best epoch on the validation split's cold items (or,
-    /// when it has none, on the probe items standing in for them), with their validation Recall@20 (empty
-    /// when it tried none).
+    /// The scales [`Trainer::validate`] tried on the best epoch's parameters on the validation split's cold
+    /// items (or, when it has none, on the probe items standing in for them), with their validation
+    /// Recall@20 (empty when it tried none).
     #[serde(default)]
     pub cold_trials: Vec<ColdTrial>,
+    /// The epoch whose parameters chose [`TrainState::cold_scale`], [`TrainState::taste_share`] and
+    /// [`TrainState::cold_trials`] (0: none yet). The choice does not select the epoch (the backbone alone
+    /// does), so [`Trainer::finish`] makes it once, on the best epoch's parameters, when this is not
+    /// already that epoch.
+    #[serde(default)]
+    pub placed_at: usize,
     /// The modalities' trusts fitted after the latest epoch, with
     /// [`crate::model::RecGoatConfig::cl_modality_trust`] (empty otherwise).
     #[serde(default)]
@@ -117,11 +124,13 @@ impl TrainState {
         if let Some((k, log)) = (self.history.iter().enumerate()).find(|(k, l)| l.epoch != k + 1) {
             return Err(format!("epoch log {} is numbered {}", k + 1, log.epoch));
         }
-        if self.best_epoch > self.epoch {
-            return Err(format!(
-                "best epoch {} beyond the {} epochs run",
-                self.best_epoch, self.epoch
-            ));
+        for (what, at) in [("best", self.best_epoch), ("placing", self.placed_at)] {
+            if at > self.epoch {
+                return Err(format!(
+                    "{what} epoch {at} beyond the {} epochs run",
+                    self.epoch
+                ));
+            }
         }
         let evaluations = self.history.iter().filter(|l| l.valid.is_some()).count();
         if self.bad_evals > evaluations {
@@ -148,6 +157,7 @@ impl Default for TrainState {
             cold_scale: 1.0,
             taste_share: 0.0,
             cold_trials: Vec::new(),
+            placed_at: 0,
             modality_trust: Vec::new(),
         }
     }
@@ -601,13 +611,10 @@ impl<'d> Trainer<'d> {
                 self.state.best_epoch = epoch;
             } else if let Some((users, items)) = vectors {
                 let t = Instant::now();
-                // the epoch is selected at scale 0; the grid of scales only matters for a new best
-                let ((r, g), mut chosen, mut trials) =
-                    self.validate_scales(users.clone(), items.clone(), false)?;
+                // the epoch is selected at scale 0; the grid of scales is tried once, by `finish`, on
+                // the best epoch's parameters
+                let ((r, g), _, _) = self.validate_scales(users, items, false)?;
                 let better = self.state.best_epoch == 0 || r > self.state.best_recall;
-                if better && self.model.content_on() {
-                    (_, chosen, trials) = self.validate_scales(users, items, true)?;
-                }
                 log.eval_seconds = t.elapsed().as_secs_f64();
                 self.profile.record(Stage::Evaluation, t.elapsed());
                 log.valid = Some((r, g));
@@ -615,8 +622,6 @@ impl<'d> Trainer<'d> {
                     self.state.best_recall = r;
                     self.state.best_epoch = epoch;
                     self.state.bad_evals = 0;
-                    (self.state.cold_scale, self.state.taste_share) = chosen;
-                    self.state.cold_trials = trials;
                     self.best = self.params.clone();
                 } else {
                     self.state.bad_evals += 1;
@@ -640,16 +645,37 @@ impl<'d> Trainer<'d> {
     }
 
     /// Restores the parameters of the best validation epoch (the latest ones when nothing was evaluated)
-    /// and the scale of the cold items' vectors chosen with them ([`Trainer::validate`]).
+    /// and, with the content term, chooses the scale and taste share of the cold items' vectors on them
+    /// ([`Trainer::validate`]'s grid, once per best epoch: [`TrainState::placed_at`]) and gives them to
+    /// the model.
     ///
     /// # Errors
-    /// [`Error::Param`] for a saved scale that is not finite and >= 0 (a hand-edited state).
+    /// [`Error::Param`] for a saved scale that is not finite and >= 0 (a hand-edited state); the errors of
+    /// [`Trainer::validate`].
     pub fn finish(&mut self) -> Result<()> {
         if self.state.best_epoch > 0 {
             self.params = self.best.clone();
+            self.place_cold_items()?;
         }
         self.model.set_cold_scale(self.state.cold_scale)?;
         self.model.set_taste_share(self.state.taste_share)
+    }
+
+    /// Chooses the cold items' scale and taste share on the current parameters (the best epoch's, restored
+    /// by [`Trainer::finish`]) with the content term and a validation split, unless the state already
+    /// holds the choice made on that epoch's parameters.
+    fn place_cold_items(&mut self) -> Result<()> {
+        let st = &self.state;
+        if !self.model.content_on() || self.data.valid.is_empty() || st.placed_at == st.best_epoch {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (_, chosen, trials) = self.validate()?;
+        self.profile.record(Stage::Evaluation, t.elapsed());
+        (self.state.cold_scale, self.state.taste_share) = chosen;
+        self.state.cold_trials = trials;
+        self.state.placed_at = self.state.best_epoch;
+        Ok(())
     }
 
     /// Ranks the validation split with the current parameters: the Recall@20 and NDCG@20 that select the
