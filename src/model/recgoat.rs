@@ -632,21 +632,7 @@ impl<F: Real> RecGoat<F> {
         (scale, share): (f64, f64),
         probe_as_new: bool,
     ) -> Result<(Array2<F>, Array2<F>, Vec<F>)> {
-        for (what, v) in [("cold scale", scale), ("taste share", share)] {
-            if !(v.is_finite() && v >= 0.0) {
-                let why = "must be finite and >= 0";
-                return Err(Error::param("RecGoat::embeddings", what, v, why));
-            }
-        }
-        if share > 0.0 && self.taste.is_none() {
-            let why = "the model has no taste term (content_taste off, or no content term)";
-            return Err(Error::param(
-                "RecGoat::embeddings",
-                "taste share",
-                share,
-                why,
-            ));
-        }
+        self.check_placing("RecGoat::embeddings", (scale, share))?;
         self.check_params(p)?;
         with_exec!(self, ex => {
             let st = State::upload(&ex, p)?;
@@ -784,14 +770,7 @@ impl<F: Real> RecGoat<F> {
     /// # Errors
     /// [`Error::Param`] for a scale that is not finite and >= 0.
     pub fn set_cold_scale(&mut self, s: f64) -> Result<()> {
-        if !(s.is_finite() && s >= 0.0) {
-            return Err(Error::param(
-                "RecGoat::set_cold_scale",
-                "scale",
-                s,
-                "must be finite and >= 0",
-            ));
-        }
+        self.check_placing("RecGoat::set_cold_scale", (s, self.taste_share))?;
         self.cold_scale = s;
         Ok(())
     }
@@ -808,14 +787,7 @@ impl<F: Real> RecGoat<F> {
     /// # Errors
     /// [`Error::Param`] for a share that is not finite and >= 0, or above 0 without the taste term.
     pub fn set_taste_share(&mut self, a: f64) -> Result<()> {
-        const OP: &str = "RecGoat::set_taste_share";
-        if !(a.is_finite() && a >= 0.0) {
-            return Err(Error::param(OP, "share", a, "must be finite and >= 0"));
-        }
-        if a > 0.0 && self.taste.is_none() {
-            let why = "the model has no taste term (content_taste off, or no content term)";
-            return Err(Error::param(OP, "share", a, why));
-        }
+        self.check_placing("RecGoat::set_taste_share", (self.cold_scale, a))?;
         self.taste_share = a;
         Ok(())
     }
@@ -823,6 +795,21 @@ impl<F: Real> RecGoat<F> {
     /// The cold items' scale and taste share the model places them with.
     fn placing(&self) -> (f64, f64) {
         (self.cold_scale, self.taste_share)
+    }
+
+    /// Checks a placement of the cold items for `op`: a scale and a taste share finite and >= 0, and a
+    /// share above 0 only with the taste term.
+    fn check_placing(&self, op: &'static str, (scale, share): (f64, f64)) -> Result<()> {
+        for (what, v) in [("cold scale", scale), ("taste share", share)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::param(op, what, v, "must be finite and >= 0"));
+            }
+        }
+        if share > 0.0 && self.taste.is_none() {
+            let why = "the model has no taste term (content_taste off, or no content term)";
+            return Err(Error::param(op, "taste share", share, why));
+        }
+        Ok(())
     }
 
     /// The taste vectors of the cold items (the other rows 0) for the final vectors `users` and `items`

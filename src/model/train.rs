@@ -711,16 +711,11 @@ impl<'d> Trainer<'d> {
             .vectors_and_trust(&self.params, 1.0)
             .map(|(u, i, _)| (u, i));
         let (users, items) = self.world.agree(vectors)?;
-        self.validate_vectors(users, items)
-    }
-
-    /// [`Trainer::validate`] of the vectors of the current parameters, the cold items at scale 1.
-    fn validate_vectors(&self, users: Array2<f32>, items: Array2<f32>) -> Result<Validated> {
         self.validate_scales(users, items, true)
     }
 
-    /// [`Trainer::validate_vectors`], the grid of scales tried only when `grid` (else only scale 0, which
-    /// selects the epoch, is ranked).
+    /// [`Trainer::validate`] of the vectors `users` and `items` (the cold items at scale 1), the grid of
+    /// scales tried only when `grid` (else only scale 0, which selects the epoch, is ranked).
     fn validate_scales(
         &self,
         users: Array2<f32>,
