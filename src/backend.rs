@@ -461,6 +461,32 @@ pub(crate) fn par_dot<F: crate::simd::Real>(
     out
 }
 
+/// `a^T · b` with the columns of `a` (the rows of the product) split into the chunks of `par`: one GEMM per
+/// chunk over every shared row, so each entry is summed as in one `a.t().dot(b)`, to the last bit.
+pub(crate) fn par_t_dot_by_columns<F: crate::simd::Real>(
+    par: Par,
+    a: &ndarray::ArrayView2<'_, F>,
+    b: &ndarray::ArrayView2<'_, F>,
+) -> ndarray::Array2<F> {
+    let mut out = ndarray::Array2::<F>::zeros((a.ncols(), b.ncols()));
+    let w = b.ncols();
+    if w == 0 {
+        return out;
+    }
+    for_row_chunks(par, out.as_slice_mut().expect("fresh"), w, |cols, chunk| {
+        let mut view = ndarray::ArrayViewMut2::from_shape((cols.len(), w), chunk)
+            .expect("chunk of whole rows");
+        ndarray::linalg::general_mat_mul(
+            F::one(),
+            &a.slice(ndarray::s![.., cols]).t(),
+            b,
+            F::zero(),
+            &mut view,
+        );
+    });
+    out
+}
+
 /// `a^T · b` (a reduction over the shared rows) as per-chunk partial products summed in chunk order.
 pub(crate) fn par_t_dot<F: crate::simd::Real>(
     par: Par,
@@ -583,6 +609,27 @@ mod tests {
                 &par_t_dot(par, &a.view(), &c.view()).view(),
                 &a.t().dot(&c).view(),
             );
+        }
+    }
+
+    #[test]
+    fn row_and_column_chunked_gemms_are_the_plain_products_to_the_last_bit() {
+        // shapes of the modality projections (rows x feature width, by the embedding width), and odd ones
+        let mut r = crate::testing::rng(2);
+        for (n, f, d) in [(384, 512, 64), (257, 129, 17), (3, 2, 1), (1, 300, 5)] {
+            let x: ndarray::Array2<f32> = crate::testing::randn(&mut r, (n, f));
+            let w: ndarray::Array2<f32> = crate::testing::randn(&mut r, (f, d));
+            let g: ndarray::Array2<f32> = crate::testing::randn(&mut r, (n, d));
+            let (xw, xtg) = (x.dot(&w), x.t().dot(&g));
+            for par in [Par::Seq, Par::Rayon(2), Par::Rayon(7)] {
+                let bits =
+                    |a: &ndarray::Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let rows = par_dot(par, &x.view(), &w.view());
+                assert_eq!(bits(&rows), bits(&xw), "x w, {n} x {f} x {d}, {par:?}");
+                let cols = par_t_dot_by_columns(par, &x.view(), &g.view());
+                assert_eq!(cols.dim(), (f, d));
+                assert_eq!(bits(&cols), bits(&xtg), "x^T g, {n} x {f} x {d}, {par:?}");
+            }
         }
     }
 }

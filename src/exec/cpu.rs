@@ -2,6 +2,7 @@
 
 use super::{BprOut, Exec, GatRefs, Inputs};
 use crate::attention::{GatCache, GatParams, Mode};
+use crate::backend::par_t_dot_by_columns;
 use crate::contrastive::{multi_view_info_nce, InfoNceConfig, ViewPair};
 use crate::error::{Error, Result};
 use crate::graph::{
@@ -163,7 +164,7 @@ impl<F: Real> Exec for CpuExec<'_, F> {
             w: w.clone(),
             b: b.map(row),
         };
-        lin.forward(self.branch(slot)?.0.view())
+        lin.forward_par(self.branch(slot)?.0.view(), self.par)
     }
     fn project_backward(
         &self,
@@ -172,7 +173,8 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         bias: bool,
     ) -> Result<(Array2<F>, Option<Array2<F>>)> {
         let x = self.branch(slot)?.0;
-        Ok((x.t().dot(g), bias.then(|| as_row(g.sum_axis(Axis(0))))))
+        let gw = par_t_dot_by_columns(self.par, &x.view(), &g.view());
+        Ok((gw, bias.then(|| as_row(g.sum_axis(Axis(0))))))
     }
     fn project_rows(
         &self,
@@ -186,7 +188,7 @@ impl<F: Real> Exec for CpuExec<'_, F> {
             w: w.clone(),
             b: b.map(row),
         };
-        Ok((lin.forward(x.view())?, x))
+        Ok((lin.forward_par(x.view(), self.par)?, x))
     }
     fn project_rows_backward(
         &self,
@@ -194,7 +196,8 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         g: &Array2<F>,
         bias: bool,
     ) -> Result<(Array2<F>, Option<Array2<F>>)> {
-        Ok((x.t().dot(g), bias.then(|| as_row(g.sum_axis(Axis(0))))))
+        let gw = par_t_dot_by_columns(self.par, &x.view(), &g.view());
+        Ok((gw, bias.then(|| as_row(g.sum_axis(Axis(0))))))
     }
     fn gat_forward(
         &self,

@@ -132,6 +132,31 @@ impl<F: Real> Linear<F> {
         Ok(y)
     }
 
+    /// [`Linear::forward`] with the rows of `x` split into `par`'s chunks (one GEMM each, in parallel): the
+    /// same checks and, row for row, the same sums.
+    ///
+    /// # Errors
+    /// As [`Linear::forward`].
+    ///
+    /// # Example
+    /// ```
+    /// use ndarray::Array2;
+    /// use recgoat_core::{nn::Linear, Par};
+    /// let l = Linear { w: Array2::from_shape_fn((40, 8), |(i, j)| (i as f32 - j as f32).sin()), b: None };
+    /// let x = Array2::from_shape_fn((33, 40), |(i, j)| (i * j) as f32 * 0.01);
+    /// assert_eq!(l.forward_par(x.view(), Par::Rayon(2)).unwrap(), l.forward(x.view()).unwrap());
+    /// ```
+    pub fn forward_par(&self, x: ArrayView2<'_, F>, par: crate::Par) -> Result<Array2<F>> {
+        const OP: &str = "Linear::forward";
+        check_rows(OP, "x", &x, self.w.nrows())?;
+        self.check(OP)?;
+        let mut y = crate::backend::par_dot(par, &x, &self.w.view());
+        if let Some(b) = &self.b {
+            y += b;
+        }
+        Ok(y)
+    }
+
     /// Gradients for `grad_y = dL/dy`, given the forward input `x`.
     ///
     /// # Errors
