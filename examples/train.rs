@@ -751,6 +751,12 @@ fn run(world: &World) -> Result<(), Error> {
             .collect::<Vec<_>>(),
         t.elapsed().as_secs_f64()
     );
+    for (name, zeros) in ds.zero_feature_rows().into_iter().filter(|z| z.1 > 0) {
+        say!(
+            "{zeros} items have an all-zero `{name}` row: read as items without that modality (it trains no \
+             encoder on them and places none of them)"
+        );
+    }
     let (cold_users, cold_items) = (ds.cold_users().len(), ds.cold_items().len());
     if cold_users + cold_items > 0 {
         say!(

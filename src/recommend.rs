@@ -357,7 +357,9 @@ impl ContentEncoder {
     }
 
     /// The vectors of `n` items from their feature rows, one matrix per modality by name (any order), each
-    /// `n x width`.
+    /// `n x width`. A row of zeros stands for an item without that modality (a missing image, say): the
+    /// modality adds nothing to its vector, as in training; an item with zeros in every modality gets the
+    /// vector 0.
     ///
     /// # Errors
     /// [`Error::Param`] naming a modality the encoder lacks, one given twice or one missing;
@@ -412,6 +414,11 @@ impl ContentEncoder {
             if let Some(n) = &self.neighbours[k] {
                 h *= 1.0 - n.share;
                 h.scaled_add(n.share, &n.predict(x.view()));
+            }
+            for (mut row, absent) in h.rows_mut().into_iter().zip(crate::nn::zero_rows(x.view())) {
+                if absent {
+                    row.fill(0.0);
+                }
             }
             out.scaled_add(self.trust[k], &h);
         }

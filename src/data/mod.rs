@@ -433,6 +433,32 @@ impl Dataset {
         (0..self.n_items).filter(|&i| !warm[i]).collect()
     }
 
+    /// Per item feature matrix, how many of its rows are all zero. Feature files commonly store an item
+    /// without that modality (no image, no audio) as a row of zeros; the model reads such a row as the item
+    /// lacking the modality: it trains no encoder and places no item through it
+    /// ([`crate::model::RecGoat`]), and an item without any feature row gets no content vector.
+    ///
+    /// # Example
+    /// ```
+    /// use ndarray::array;
+    /// use recgoat_core::data::Dataset;
+    /// let x = array![[1.0f32, 0.0], [0.0, 0.0], [0.5, 0.5]];
+    /// let ds = Dataset::new("d", vec![(0, 0), (0, 2), (1, 1)], vec![], vec![], vec![("img".into(), x)])?;
+    /// assert_eq!(ds.zero_feature_rows(), vec![("img", 1)]);
+    /// # Ok::<(), recgoat_core::Error>(())
+    /// ```
+    pub fn zero_feature_rows(&self) -> Vec<(&str, usize)> {
+        (self.item_features.iter())
+            .map(|(n, x)| {
+                let zeros = crate::nn::zero_rows(x.view())
+                    .iter()
+                    .filter(|&&z| z)
+                    .count();
+                (n.as_str(), zeros)
+            })
+            .collect()
+    }
+
     /// A short fingerprint of everything a training run depends on: the counts and a CRC-32 of the three
     /// splits and of the item and user feature matrices (names, shapes and values). Checkpoints store it, so
     /// that resuming with another split, other features or another dataset of the same shape is refused.

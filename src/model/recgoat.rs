@@ -1,7 +1,7 @@
 //! [`RecGoat`]: the graphs and inputs built once from a dataset, the forward pass over the full graphs, the
 //! batch losses, and the hand-written backward pass of the whole model.
 
-use super::config::{Fusion, Modalities, OtGradient, RecGoatConfig};
+use super::config::{Cmcl, Fusion, Modalities, OtGradient, RecGoatConfig};
 use super::params::{Branch, Params};
 use super::profile::Profile;
 use super::ridge::{to_f32, unit_rows, ContentFit, Ridge};
@@ -104,6 +104,11 @@ pub struct RecGoat<F: Real> {
     pub(super) probe: Vec<usize>,
     /// Whether an item is a probe item.
     pub(super) is_probe: Vec<bool>,
+    /// Per modality, whether each item's feature row is all zero: the item lacks the modality.
+    missing: Vec<Vec<bool>>,
+    /// Whether an item lacks some modality: the batch terms that read every modality's rows (the modality
+    /// contrastive terms, the content term) leave it out.
+    pub(super) incomplete: Vec<bool>,
     /// The scale of the cold items' content vectors (1: as the trusts fit them).
     pub(super) cold_scale: f64,
     /// The modalities' trusts as last fitted, weighing their contrastive terms with `cl_modality_trust`.
@@ -181,6 +186,20 @@ fn place_content<F: Real>(
             row.scaled_add(*t * scale, &z.row(i));
         }
     }
+}
+
+/// `graph` (a kNN graph of feature rows) without the edges that touch a row of `absent` (an all-zero
+/// feature row: an item without the modality, similar to nothing), self loops kept: such an item's arbitrary
+/// "neighbours" (every similarity 0) neither feed it nor are fed by it.
+fn without_absent_rows<F: Real>(graph: CsrGraph<F>, absent: &[bool]) -> Result<CsrGraph<F>> {
+    if !absent.contains(&true) {
+        return Ok(graph);
+    }
+    let edges: Vec<(usize, usize)> = (0..graph.n_rows())
+        .flat_map(|i| graph.row(i).iter().map(move |&j| (i, j as usize)))
+        .filter(|&(i, j)| i == j || !(absent[i] || absent[j]))
+        .collect();
+    CsrGraph::from_edges(graph.n_rows(), graph.n_rows(), &edges, None)
 }
 
 /// The probe items of the content term: a seeded `fraction` of the warm items (`cold[i]` false), ascending;
@@ -366,7 +385,7 @@ impl<F: Real> RecGoat<F> {
         // O(items^2) build)
         let branch_graph = |x: ArrayView2<'_, F>| match cfg.gat_layers {
             0 => CsrGraph::from_edges(x.nrows(), x.nrows(), &[], None),
-            _ => knn_graph(x, &knn, par),
+            _ => without_absent_rows(knn_graph(x, &knn, par)?, &nn::zero_rows(x)),
         };
         let modalities = selected
             .iter()
@@ -461,6 +480,10 @@ impl<F: Real> RecGoat<F> {
         for &i in &probe {
             is_probe[i] = true;
         }
+        let missing: Vec<Vec<bool>> = (modalities.iter())
+            .map(|b| nn::zero_rows(b.x.view()))
+            .collect();
+        let incomplete: Vec<bool> = (0..n_items).map(|i| missing.iter().any(|m| m[i])).collect();
         // the closed-form encoders fit the items the content term trains on
         let ridge = match cfg.content_ridge && cfg.content_weight > 0.0 {
             true => {
@@ -497,6 +520,8 @@ impl<F: Real> RecGoat<F> {
             cold,
             probe,
             is_probe,
+            missing,
+            incomplete,
             cold_scale: 1.0,
             modality_trust: Vec::new(),
             ridge,
@@ -883,8 +908,25 @@ impl<F: Real> RecGoat<F> {
 
     /// The content encoders' outputs over every item, which place the cold items: each modality's trained
     /// encoder (`modal`), or with [`RecGoatConfig::content_ridge`] its closed form fitted on the current
-    /// item vectors `items`, computed at the rows `rows` (ascending; the others 0).
+    /// item vectors `items`, computed at the rows `rows` (ascending; the others 0). An item that lacks a
+    /// modality (an all-zero feature row) gets 0 from it.
     fn content_views(
+        &self,
+        items: ArrayView2<'_, F>,
+        modal: &[Array2<F>],
+        rows: &[usize],
+    ) -> Vec<Array2<F>> {
+        let mut views = self.encoder_outputs(items, modal, rows);
+        for (view, missing) in views.iter_mut().zip(&self.missing) {
+            for (mut row, _) in (view.rows_mut().into_iter().zip(missing)).filter(|(_, &m)| m) {
+                row.fill(F::zero());
+            }
+        }
+        views
+    }
+
+    /// [`RecGoat::content_views`] before the rows of items without the modality are cleared.
+    fn encoder_outputs(
         &self,
         items: ArrayView2<'_, F>,
         modal: &[Array2<F>],
@@ -1100,9 +1142,24 @@ impl<F: Real> RecGoat<F> {
     /// The rows of `batch` the contrastive term runs on when they are not all of them: its
     /// [`Batch::distinct_rows`] with [`RecGoatConfig::cl_distinct_rows`], then the first
     /// [`RecGoatConfig::cl_max_rows`] of those when that is set and fewer; `None` when every row is kept.
-    /// With the content term, the modality terms leave out the rows of probe items.
+    /// With the content term, the modality terms leave out the rows of probe items; with the released code's
+    /// terms ([`Cmcl::OfficialCode`]), the rows whose positive or negative item lacks a modality are left out.
     pub(super) fn contrastive_subset(&self, batch: &Batch) -> Option<Batch> {
-        let rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
+        let mut rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
+        // the released code's terms read every modality's view of the positive and the negative items: the
+        // rows with an item that lacks a modality stay out of all of them
+        if self.cfg.cmcl == Cmcl::OfficialCode && self.incomplete.contains(&true) {
+            let from = rows.as_ref().unwrap_or(batch);
+            let kept: Vec<usize> = (0..from.users.len())
+                .filter(|&r| !self.incomplete[from.pos[r]] && !self.incomplete[from.neg[r]])
+                .collect();
+            let pick = |v: &[usize]| kept.iter().map(|&r| v[r]).collect::<Vec<_>>();
+            rows = Some(Batch {
+                users: pick(&from.users),
+                pos: pick(&from.pos),
+                neg: pick(&from.neg),
+            });
+        }
         let cap = self.cfg.cl_max_rows;
         let len = rows.as_ref().unwrap_or(batch).users.len();
         if cap == 0 || len <= cap {
@@ -1116,13 +1173,13 @@ impl<F: Real> RecGoat<F> {
         })
     }
 
-    /// The items of `batch` the content term runs on: its distinct positive items that are not probe items,
-    /// in batch order, at most [`RecGoatConfig::content_max_rows`] of them when that is set; beside each, the
+    /// The items of `batch` the content term runs on: its distinct positive items that are not probe items
+    /// and lack no modality, in batch order, at most [`RecGoatConfig::content_max_rows`] of them when that is set; beside each, the
     /// user of its first row (the ranking part's anchor, [`RecGoatConfig::content_rank_weight`]).
     pub(super) fn content_rows(&self, batch: &Batch) -> (Vec<usize>, Vec<usize>) {
         let mut seen = std::collections::HashSet::new();
         (batch.users.iter().copied().zip(batch.pos.iter().copied()))
-            .filter(|&(_, i)| !self.is_probe[i] && seen.insert(i))
+            .filter(|&(_, i)| !self.is_probe[i] && !self.incomplete[i] && seen.insert(i))
             .take(row_cap(self.cfg.content_max_rows))
             .unzip()
     }
@@ -1258,5 +1315,24 @@ impl<F: Real> RecGoat<F> {
             grads.push((gx, gy));
         }
         Ok((ot, grads))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_rows_keep_their_self_loop_and_nothing_else() {
+        let edges: Vec<(usize, usize)> = (0..4).flat_map(|i| (0..4).map(move |j| (i, j))).collect();
+        let g = CsrGraph::<f32>::from_edges(4, 4, &edges, None).unwrap();
+        let kept = without_absent_rows(g.clone(), &[false; 4]).unwrap();
+        assert_eq!(kept.nnz(), 16);
+        let g = without_absent_rows(g, &[false, true, false, false]).unwrap();
+        assert_eq!(g.row(1), &[1]);
+        for i in [0, 2, 3] {
+            assert!(!g.row(i).contains(&1), "row {i}: {:?}", g.row(i));
+            assert_eq!(g.row(i).len(), 3);
+        }
     }
 }

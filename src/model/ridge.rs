@@ -185,11 +185,15 @@ pub(crate) struct Ridge {
     projection: Option<Array2<f64>>,
     /// Every item's nearest fit rows, `None` for a catalogue too large to list them.
     neighbours: Option<NeighbourLists>,
+    /// Per item whether its feature row is all zero (the item lacks the modality): never a fit or
+    /// held-out row.
+    absent: Vec<bool>,
 }
 
 impl Ridge {
-    /// The encoder of the feature rows `x` (every item) fitted on the rows `fit`, with each item's nearest
-    /// fit rows listed when `neighbours`; `None` for no column or fewer than two fit rows.
+    /// The encoder of the feature rows `x` (every item) fitted on the rows `fit` that are not all zero (an
+    /// all-zero row is an item without the modality), with each item's nearest fit rows listed when
+    /// `neighbours`; `None` for no column or fewer than two such fit rows.
     ///
     /// # Errors
     /// [`Error::Param`] when a penalised normal matrix is not positive definite (non-finite features).
@@ -198,9 +202,13 @@ impl Ridge {
         fit: &[usize],
         neighbours: bool,
     ) -> Result<Option<Self>> {
+        // an all-zero feature row is an item without the modality: it says nothing to fit
+        let absent = crate::nn::zero_rows(x);
+        let fit: Vec<usize> = fit.iter().copied().filter(|&i| !absent[i]).collect();
         if x.ncols() == 0 || fit.len() < 2 {
             return Ok(None);
         }
+        let fit = &fit[..];
         let rows = gather_f64(x, fit);
         let projection = (x.ncols() > RIDGE_MAX_WIDTH).then(|| random_projection(x.ncols()));
         let rows = projected(projection.as_ref(), rows);
@@ -224,6 +232,7 @@ impl Ridge {
             inverses,
             projection,
             neighbours: neighbours.then(|| NeighbourLists::new(x, fit)).flatten(),
+            absent,
         }))
     }
 
@@ -254,7 +263,8 @@ impl Ridge {
     /// projection `(W, b)` (`F x d`, `d`) at the penalty whose predictions of the rows `held_out` are
     /// closest to their targets, then blended with the item's nearest fit rows at the neighbour count,
     /// temperature and share that predict them best (share 0 among them: the linear map alone; without
-    /// held-out rows, the middle penalty and no neighbours); `None` when even the best explains less than
+    /// held-out rows, the middle penalty and no neighbours; held-out rows that are all zero do not count);
+    /// `None` when even the best explains less than
     /// [`MIN_GAIN`] of the held-out rows' squared deviation from the fit rows' mean vector.
     pub(crate) fn fit<F: Real>(
         &self,
@@ -263,6 +273,10 @@ impl Ridge {
         held_out: &[usize],
     ) -> Option<ContentFit> {
         let (z_mean, mut all) = self.solutions(targets);
+        let held_out: Vec<usize> = (held_out.iter().copied())
+            .filter(|&i| !self.absent[i])
+            .collect();
+        let held_out = &held_out[..];
         if held_out.is_empty() {
             let (w, b) = all.swap_remove(PENALTIES.len() / 2);
             return Some(ContentFit {

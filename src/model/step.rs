@@ -675,11 +675,13 @@ impl<F: Real> RecGoat<F> {
                     // trust with `cl_modality_trust`; a modality of weight 0 is left out
                     let weights = self.modality_term_weights();
                     let mut pairs = cmcl_paper_pairs::<F>(0);
-                    // they train the encoders: with the content term, the probe items' rows stay out of
-                    // them (the user term keeps every row), against the items on the rows left
+                    // they train the encoders: the rows of items that lack a modality (an all-zero feature
+                    // row says nothing) and, with the content term, the probe items' rows stay out of them
+                    // (the user term keeps every row), against the items on the rows left
                     let active = weights.iter().any(|&w| w > 0.0);
                     let keep: Vec<usize> = (rows.pos.iter().copied())
-                        .filter(|&i| active && !(self.content_on() && self.is_probe[i]))
+                        .filter(|&i| active && !self.incomplete[i])
+                        .filter(|&i| !(self.content_on() && self.is_probe[i]))
                         .take(row_cap(self.cfg.cl_modality_max_rows))
                         .collect();
                     // one row has no negative to contrast with: its terms would be 0

@@ -40,7 +40,9 @@ pub(crate) struct Taste {
 }
 
 /// The codes of feature rows (one matrix per modality, same row count): unit rows, minus the modality's
-/// `means`, weighted `1 / sqrt(M)`, concatenated and scaled to unit length (a row that is 0 stays 0).
+/// `means`, weighted `1 / sqrt(M)`, concatenated and scaled to unit length. A modality's row that is all
+/// zero (the item lacks it) adds nothing to the code, and a row of zeros in every modality gives a code of
+/// 0.
 pub(crate) fn taste_codes(means: &[Array1<f32>], features: &[ArrayView2<'_, f32>]) -> Array2<f32> {
     let n = features.first().map_or(0, |x| x.nrows());
     let width: usize = features.iter().map(|x| x.ncols()).sum();
@@ -50,7 +52,11 @@ pub(crate) fn taste_codes(means: &[Array1<f32>], features: &[ArrayView2<'_, f32>
     for (x, mean) in features.iter().zip(means) {
         let mut block = x.to_owned();
         crate::nn::normalize_nonzero_rows_in_place(&mut block);
-        block -= mean;
+        for (mut row, absent) in block.rows_mut().into_iter().zip(crate::nn::zero_rows(*x)) {
+            if !absent {
+                row -= mean;
+            }
+        }
         block *= weight;
         out.slice_mut(ndarray::s![.., at..at + x.ncols()])
             .assign(&block);
@@ -72,9 +78,12 @@ impl Taste {
     ) -> Taste {
         let xs: Vec<Array2<f32>> = features.iter().map(|x| super::ridge::to_f32(*x)).collect();
         let warm: Vec<usize> = (0..warm.len()).filter(|&i| warm[i]).collect();
+        // each modality's centre: the mean of the warm items' unit rows, those that lack it left out
         let means = (xs.iter())
             .map(|x| {
-                super::ridge::unit_rows(x.select(Axis(0), &warm).view())
+                let absent = crate::nn::zero_rows(x.view());
+                let rows: Vec<usize> = warm.iter().copied().filter(|&i| !absent[i]).collect();
+                super::ridge::unit_rows(x.select(Axis(0), &rows).view())
                     .mean_axis(Axis(0))
                     .unwrap_or_else(|| Array1::zeros(x.ncols()))
             })

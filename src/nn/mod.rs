@@ -436,6 +436,16 @@ pub fn l2_normalize_backward<F: Real>(
     Ok(normalize_rows_backward(y, norms, grad_y.to_owned()))
 }
 
+/// Which rows of a feature matrix are all zero: an item that lacks the modality (a missing image, say, which
+/// feature files commonly store as a row of zeros). Such a row says nothing about the item, so the content
+/// encoders neither train on it nor place the item through it.
+pub(crate) fn zero_rows<F: Real>(x: ArrayView2<'_, F>) -> Vec<bool> {
+    x.rows()
+        .into_iter()
+        .map(|r| r.iter().all(|&v| v == F::zero()))
+        .collect()
+}
+
 /// The backward of [`normalize_rows`] in place on `grad` (shapes already checked).
 /// Divides every row with a positive norm by it in place; zero rows stay zero (for inputs such as feature
 /// matrices where an all-zero row is legitimate, unlike [`normalize_rows`], which refuses it).
