@@ -439,7 +439,9 @@ pub(crate) fn par_owned<F: crate::simd::Real>(
     out
 }
 
-/// `a · b` with the rows of `a` split into the chunks of `par` (one GEMM per chunk, in parallel).
+/// `a · b` with the rows of `a` split into the chunks of `par` (one GEMM per chunk, in parallel); each entry
+/// is summed as in one `a.dot(b)`, to the last bit. With `a` a transposed view (`x.t()`), `x^T b` split by
+/// the columns of `x`.
 pub(crate) fn par_dot<F: crate::simd::Real>(
     par: Par,
     a: &ndarray::ArrayView2<'_, F>,
@@ -453,32 +455,6 @@ pub(crate) fn par_dot<F: crate::simd::Real>(
         ndarray::linalg::general_mat_mul(
             F::one(),
             &a.slice(ndarray::s![rows, ..]),
-            b,
-            F::zero(),
-            &mut view,
-        );
-    });
-    out
-}
-
-/// `a^T · b` with the columns of `a` (the rows of the product) split into the chunks of `par`: one GEMM per
-/// chunk over every shared row, so each entry is summed as in one `a.t().dot(b)`, to the last bit.
-pub(crate) fn par_t_dot_by_columns<F: crate::simd::Real>(
-    par: Par,
-    a: &ndarray::ArrayView2<'_, F>,
-    b: &ndarray::ArrayView2<'_, F>,
-) -> ndarray::Array2<F> {
-    let mut out = ndarray::Array2::<F>::zeros((a.ncols(), b.ncols()));
-    let w = b.ncols();
-    if w == 0 {
-        return out;
-    }
-    for_row_chunks(par, out.as_slice_mut().expect("fresh"), w, |cols, chunk| {
-        let mut view = ndarray::ArrayViewMut2::from_shape((cols.len(), w), chunk)
-            .expect("chunk of whole rows");
-        ndarray::linalg::general_mat_mul(
-            F::one(),
-            &a.slice(ndarray::s![.., cols]).t(),
             b,
             F::zero(),
             &mut view,
@@ -626,7 +602,8 @@ mod tests {
                     |a: &ndarray::Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 let rows = par_dot(par, &x.view(), &w.view());
                 assert_eq!(bits(&rows), bits(&xw), "x w, {n} x {f} x {d}, {par:?}");
-                let cols = par_t_dot_by_columns(par, &x.view(), &g.view());
+                // `x^T` split by rows: `x`'s columns, each entry summed over every shared row
+                let cols = par_dot(par, &x.t(), &g.view());
                 assert_eq!(cols.dim(), (f, d));
                 assert_eq!(bits(&cols), bits(&xtg), "x^T g, {n} x {f} x {d}, {par:?}");
             }

@@ -2,7 +2,7 @@
 
 use super::{BprOut, Exec, GatRefs, Inputs};
 use crate::attention::{GatCache, GatParams, Mode};
-use crate::backend::par_t_dot_by_columns;
+use crate::backend::par_dot;
 use crate::contrastive::{multi_view_info_nce, InfoNceConfig, ViewPair};
 use crate::error::{Error, Result};
 use crate::graph::{
@@ -173,7 +173,7 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         bias: bool,
     ) -> Result<(Array2<F>, Option<Array2<F>>)> {
         let x = self.branch(slot)?.0;
-        let gw = par_t_dot_by_columns(self.par, &x.view(), &g.view());
+        let gw = par_dot(self.par, &x.t(), &g.view());
         Ok((gw, bias.then(|| as_row(g.sum_axis(Axis(0))))))
     }
     fn project_rows(
@@ -196,7 +196,7 @@ impl<F: Real> Exec for CpuExec<'_, F> {
         g: &Array2<F>,
         bias: bool,
     ) -> Result<(Array2<F>, Option<Array2<F>>)> {
-        let gw = par_t_dot_by_columns(self.par, &x.view(), &g.view());
+        let gw = par_dot(self.par, &x.t(), &g.view());
         Ok((gw, bias.then(|| as_row(g.sum_axis(Axis(0))))))
     }
     fn gat_forward(
