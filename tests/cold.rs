@@ -1257,22 +1257,42 @@ fn items_without_a_modality_train_and_get_nothing_from_it() {
 
 /// The paper's reading (graph attention over feature kNN graphs, OAT, fusion) and the released code's
 /// contrastive terms train on items that lack a modality too: their rows stay out of the terms that read
-/// every modality, and their zero rows join no kNN neighbourhood.
+/// every modality, and their zero rows join no kNN neighbourhood. So does every preset when one modality
+/// is zero for every item (a placeholder file): it places nothing, and `recgoat()` still trains the other
+/// modality's encoder on every item and places the cold items through it.
 #[test]
 fn every_preset_trains_with_items_that_lack_a_modality() {
-    let mut ds = clustered();
-    for (_, x) in ds.item_features.iter_mut() {
+    let mut some = clustered();
+    for (_, x) in some.item_features.iter_mut() {
         for i in [1, 5, 9] {
             x.row_mut(i).fill(0.0);
         }
     }
-    for base in [RecGoatConfig::paper(), RecGoatConfig::official_code()] {
-        let name = base.name.clone();
-        let mut cfg = small(base);
-        cfg.epochs = 2;
-        let mut t = Trainer::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap();
-        t.fit(|_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let (_, items) = t.model().embeddings(t.params()).unwrap();
-        assert!(items.iter().all(|v| v.is_finite()), "{name}");
+    let mut placeholder = clustered();
+    placeholder.item_features[1].1.fill(0.0);
+    for ds in [&some, &placeholder] {
+        for base in [
+            RecGoatConfig::recgoat(),
+            RecGoatConfig::paper(),
+            RecGoatConfig::official_code(),
+        ] {
+            let name = base.name.clone();
+            let mut cfg = small(base);
+            cfg.epochs = 2;
+            let mut t = Trainer::new(cfg, ds, Backend::Cpu(Par::Seq)).unwrap();
+            t.fit(|_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (_, items) = t.model().embeddings(t.params()).unwrap();
+            assert!(items.iter().all(|v| v.is_finite()), "{name}");
+        }
+    }
+    let t = trained(small(RecGoatConfig::recgoat()), &placeholder);
+    let fwd = t.model().forward(t.params(), Mode::Eval, None).unwrap();
+    let content = fwd.content_embeddings();
+    assert!(
+        content[1].iter().all(|&v| v == 0.0),
+        "the placeholder places nothing"
+    );
+    for i in 0..4 {
+        assert!(content[0].row(i).iter().any(|&v| v != 0.0), "cold item {i}");
     }
 }

@@ -106,8 +106,8 @@ pub struct RecGoat<F: Real> {
     pub(super) is_probe: Vec<bool>,
     /// Per modality, whether each item's feature row is all zero: the item lacks the modality.
     missing: Vec<Vec<bool>>,
-    /// Whether an item lacks some modality: the batch terms that read every modality's rows (the modality
-    /// contrastive terms, the content term) leave it out.
+    /// Whether an item lacks some modality that other items have: the batch terms that read every
+    /// modality's rows (the modality contrastive terms, the content term) leave it out.
     pub(super) incomplete: Vec<bool>,
     /// The scale of the cold items' content vectors (1: as the trusts fit them).
     pub(super) cold_scale: f64,
@@ -483,7 +483,10 @@ impl<F: Real> RecGoat<F> {
         let missing: Vec<Vec<bool>> = (modalities.iter())
             .map(|b| nn::zero_rows(b.x.view()))
             .collect();
-        let incomplete: Vec<bool> = (0..n_items).map(|i| missing.iter().any(|m| m[i])).collect();
+        // a modality without any row (a placeholder file of zeros) leaves every item as it is
+        let incomplete: Vec<bool> = (0..n_items)
+            .map(|i| (missing.iter()).any(|m| m[i] && m.contains(&false)))
+            .collect();
         // the closed-form encoders fit the items the content term trains on
         let ridge = match cfg.content_ridge && cfg.content_weight > 0.0 {
             true => {
@@ -772,7 +775,8 @@ impl<F: Real> RecGoat<F> {
     }
 
     /// The weight of each modality's contrastive term (its share of [`Cmcl::Paper`]'s modality terms):
-    /// `cl_modality_weight / M`, times `min(trust, 1)` with `cl_modality_trust`.
+    /// `cl_modality_weight / M`, times `min(trust, 1)` with `cl_modality_trust`; 0 for a modality whose
+    /// every feature row is zero (no item has it: its view has no direction).
     pub(super) fn modality_term_weights(&self) -> Vec<f64> {
         let m = self.modalities.len();
         let w = self.cfg.cl_modality_weight / m.max(1) as f64;
@@ -781,6 +785,8 @@ impl<F: Real> RecGoat<F> {
                 true => w * self.modality_trust.get(k).copied().unwrap_or(0.0).min(1.0),
                 false => w,
             })
+            .zip(&self.missing)
+            .map(|(w, missing)| if missing.contains(&false) { w } else { 0.0 })
             .collect()
     }
 
@@ -1148,10 +1154,11 @@ impl<F: Real> RecGoat<F> {
         let mut rows = self.cfg.cl_distinct_rows.then(|| batch.distinct_rows());
         // the released code's terms read every modality's view of the positive and the negative items: the
         // rows with an item that lacks a modality stay out of all of them
-        if self.cfg.cmcl == Cmcl::OfficialCode && self.incomplete.contains(&true) {
+        let lacks = |i: usize| self.missing.iter().any(|m| m[i]);
+        if self.cfg.cmcl == Cmcl::OfficialCode && (0..self.n_items).any(lacks) {
             let from = rows.as_ref().unwrap_or(batch);
             let kept: Vec<usize> = (0..from.users.len())
-                .filter(|&r| !self.incomplete[from.pos[r]] && !self.incomplete[from.neg[r]])
+                .filter(|&r| !lacks(from.pos[r]) && !lacks(from.neg[r]))
                 .collect();
             let pick = |v: &[usize]| kept.iter().map(|&r| v[r]).collect::<Vec<_>>();
             rows = Some(Batch {
