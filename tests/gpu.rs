@@ -1705,9 +1705,14 @@ mod model_backend {
     /// Two epochs on each backend: the same losses, parameters and test metrics; the GPU trainer used the
     /// device-resident step (timed as its own stage).
     fn trains_like_the_cpu(name: &str, cfg: RecGoatConfig) {
+        trains_like_the_cpu_on(name, cfg, &common::tiny());
+    }
+
+    /// [`trains_like_the_cpu`] on the dataset `ds`.
+    fn trains_like_the_cpu_on(name: &str, cfg: RecGoatConfig, ds: &recgoat_core::data::Dataset) {
         let Some(be) = gpu_backend() else { return };
         let ot_loss = cfg.ot_sample_weight > 0.0;
-        let ds = common::tiny();
+        let ds = ds.clone();
         let mut cpu = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
         let mut gpu = Trainer::new(cfg, &ds, be).unwrap();
         for _ in 0..2 {
@@ -1784,6 +1789,24 @@ mod model_backend {
     #[test]
     fn recgoat_trains_device_resident_like_the_cpu() {
         trains_like_the_cpu("recgoat", several_steps(RecGoatConfig::recgoat()));
+    }
+
+    /// Items that lack a modality (all-zero feature rows) leave the terms that read every modality on the
+    /// device as on the host.
+    #[test]
+    fn items_lacking_a_modality_train_device_resident_like_the_cpu() {
+        let mut ds = common::tiny();
+        for (k, (_, x)) in ds.item_features.iter_mut().enumerate() {
+            for i in [1 + k, 4, 7] {
+                x.row_mut(i).fill(0.0);
+            }
+        }
+        for (name, base) in [
+            ("recgoat", RecGoatConfig::recgoat()),
+            ("paper", RecGoatConfig::paper()),
+        ] {
+            trains_like_the_cpu_on(name, several_steps(base), &ds);
+        }
     }
 
     #[test]
