@@ -106,6 +106,10 @@ pub struct RecGoat<F: Real> {
     pub(super) is_probe: Vec<bool>,
     /// Per modality, whether each item's feature row is all zero: the item lacks the modality.
     missing: Vec<Vec<bool>>,
+    /// Per modality, whether some item has it (a feature row that is not all zero).
+    present: Vec<bool>,
+    /// Whether some item lacks some modality (a placeholder modality included).
+    some_lack: bool,
     /// Whether an item lacks some modality that other items have: the batch terms that read every
     /// modality's rows (the modality contrastive terms, the content term) leave it out.
     pub(super) incomplete: Vec<bool>,
@@ -483,9 +487,11 @@ impl<F: Real> RecGoat<F> {
         let missing: Vec<Vec<bool>> = (modalities.iter())
             .map(|b| nn::zero_rows(b.x.view()))
             .collect();
+        let present: Vec<bool> = missing.iter().map(|m| m.contains(&false)).collect();
+        let some_lack = missing.iter().any(|m| m.contains(&true));
         // a modality without any row (a placeholder file of zeros) leaves every item as it is
         let incomplete: Vec<bool> = (0..n_items)
-            .map(|i| (missing.iter()).any(|m| m[i] && m.contains(&false)))
+            .map(|i| (missing.iter().zip(&present)).any(|(m, &p)| p && m[i]))
             .collect();
         // the closed-form encoders fit the items the content term trains on
         let ridge = match cfg.content_ridge && cfg.content_weight > 0.0 {
@@ -524,6 +530,8 @@ impl<F: Real> RecGoat<F> {
             probe,
             is_probe,
             missing,
+            present,
+            some_lack,
             incomplete,
             cold_scale: 1.0,
             modality_trust: Vec::new(),
@@ -785,8 +793,8 @@ impl<F: Real> RecGoat<F> {
                 true => w * self.modality_trust.get(k).copied().unwrap_or(0.0).min(1.0),
                 false => w,
             })
-            .zip(&self.missing)
-            .map(|(w, missing)| if missing.contains(&false) { w } else { 0.0 })
+            .zip(&self.present)
+            .map(|(w, &present)| if present { w } else { 0.0 })
             .collect()
     }
 
@@ -1155,7 +1163,7 @@ impl<F: Real> RecGoat<F> {
         // the released code's terms read every modality's view of the positive and the negative items: the
         // rows with an item that lacks a modality stay out of all of them
         let lacks = |i: usize| self.missing.iter().any(|m| m[i]);
-        if self.cfg.cmcl == Cmcl::OfficialCode && (0..self.n_items).any(lacks) {
+        if self.cfg.cmcl == Cmcl::OfficialCode && self.some_lack {
             let from = rows.as_ref().unwrap_or(batch);
             let kept: Vec<usize> = (0..from.users.len())
                 .filter(|&r| !lacks(from.pos[r]) && !lacks(from.neg[r]))
