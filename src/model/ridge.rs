@@ -415,7 +415,7 @@ pub(crate) fn spd_inverse(a: Array2<f64>) -> Result<Array2<f64>> {
         }
     }
     // L^-1 column by column (forward substitution on the identity), each column kept as a row of
-    // `linv_t`, then (L^-1)^T L^-1
+    // `linv_t`
     let mut linv_t = Array2::<f64>::zeros((n, n));
     for (c, mut col) in linv_t.rows_mut().into_iter().enumerate() {
         let col = col.as_slice_mut().expect("rows of a standard-layout array");
@@ -428,8 +428,8 @@ pub(crate) fn spd_inverse(a: Array2<f64>) -> Result<Array2<f64>> {
             col[i] = s / row_i[i];
         }
     }
-    let linv = linv_t.t();
-    Ok(linv.t().dot(&linv))
+    // (L^-1)^T L^-1 with `linv_t` = (L^-1)^T
+    Ok(linv_t.dot(&linv_t.t()))
 }
 
 #[cfg(test)]

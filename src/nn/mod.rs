@@ -122,14 +122,7 @@ impl<F: Real> Linear<F> {
     /// assert_eq!(l.forward(array![[1.0, 1.0]].view()).unwrap(), array![[4.5, 5.5]]);
     /// ```
     pub fn forward(&self, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
-        const OP: &str = "Linear::forward";
-        check_rows(OP, "x", &x, self.w.nrows())?;
-        self.check(OP)?;
-        let mut y = x.dot(&self.w);
-        if let Some(b) = &self.b {
-            y += b;
-        }
-        Ok(y)
+        self.forward_par(x, crate::Par::Seq)
     }
 
     /// [`Linear::forward`] with the rows of `x` split into `par`'s chunks (one GEMM each, in parallel): the
