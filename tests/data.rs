@@ -1,6 +1,8 @@
 //! Data loaders: the bundled real datasets load with their documented counts; malformed inputs give errors
 //! that name the file, the line and the problem.
 
+mod common;
+
 use ndarray::Array2;
 use recgoat_core::data::*;
 use recgoat_core::Error;
@@ -13,11 +15,8 @@ fn bundled(name: &str) -> PathBuf {
 }
 
 /// A fresh temporary folder for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("recgoat-data-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(test: &str) -> common::Scratch {
+    common::Scratch::new("recgoat-data", test)
 }
 
 #[test]
@@ -118,7 +117,8 @@ fn npy_files_in_every_numpy_layout_read_the_same_matrix() {
     let mut bytes = std::fs::read(dir.join("c_le_f4.npy")).unwrap();
     let at = bytes.windows(5).position(|w| w == b"'<f4'").unwrap();
     bytes[at..at + 5].copy_from_slice(b"'<i4'");
-    let tmp = scratch("npy-dtype").join("int.npy");
+    let dir = scratch("npy-dtype");
+    let tmp = dir.join("int.npy");
     std::fs::write(&tmp, &bytes).unwrap();
     let e = read_features(&tmp).unwrap_err().to_string();
     assert!(
@@ -414,7 +414,8 @@ fn read_csv(
     text: &[u8],
     min_rating: Option<f64>,
 ) -> Result<Interactions, Error> {
-    let path = scratch(test).join(name);
+    let dir = scratch(test);
+    let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     read_interactions_with(&path, &ReadOptions { min_rating })
 }

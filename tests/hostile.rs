@@ -17,11 +17,8 @@ use recgoat_core::transport::{Epsilon, SinkhornConfig};
 use recgoat_core::{Backend, Error, Par};
 use std::path::PathBuf;
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("recgoat-hostile-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(test: &str) -> common::Scratch {
+    common::Scratch::new("recgoat-hostile", test)
 }
 
 // --- sizes a file or a config claims: refused before anything is allocated for them

@@ -160,6 +160,7 @@ pub struct ReadOptions {
 /// let x = recgoat_core::data::read_interactions(&path).unwrap();
 /// assert_eq!(x.pairs, vec![(0, 0), (1, 1), (0, 1)]);
 /// assert_eq!((x.ids.users[1].as_str(), x.ids.items[1].as_str()), ("bob", "song,2"));
+/// std::fs::remove_file(&path).unwrap();
 /// ```
 pub fn read_interactions(path: impl AsRef<Path>) -> Result<Interactions> {
     read_interactions_with(path, &ReadOptions::default())

@@ -154,3 +154,37 @@ pub fn clustered_groups(per_group: usize) -> Dataset {
     .mapv(|v| v as f32);
     Dataset::new("clustered", train, valid, test, vec![("f".into(), feat)]).unwrap()
 }
+
+/// A fresh folder under the system's temporary directory for one test (named by `prefix`, the process id
+/// and `test`), removed with everything in it when the guard is dropped, so that repeated runs leave
+/// nothing behind.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// The folder, emptied first if an earlier run of the same process id left it.
+    pub fn new(prefix: &str, test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
