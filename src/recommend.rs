@@ -30,9 +30,11 @@ use std::path::Path;
 
 /// Format tag of a saved [`Recommender`]. Version 2 adds the content encoder and the fold-in tables,
 /// version 3 the encoder's neighbours ([`Neighbours`]), version 4 its taste term
-/// ([`ContentEncoder::with_taste`]); a version 2 or 3 file still loads (its encoder has no neighbours, or
-/// no taste term), and a version 1 file through [`Recommender::load_v1`].
-pub const FORMAT: &str = "recgoat-core/recommender-v4";
+/// ([`ContentEncoder::with_taste`]), version 5 the new users' ego map ([`Recommender::fold_in`]); a version
+/// 2, 3 or 4 file still loads (its encoder has no neighbours, or no taste term; a new user is folded in
+/// without an ego term), and a version 1 file through [`Recommender::load_v1`].
+pub const FORMAT: &str = "recgoat-core/recommender-v5";
+const FORMAT_V4: &str = "recgoat-core/recommender-v4";
 const FORMAT_V3: &str = "recgoat-core/recommender-v3";
 const FORMAT_V2: &str = "recgoat-core/recommender-v2";
 const FORMAT_V1: &str = "recgoat-core/recommender-v1";
@@ -438,6 +440,81 @@ struct FoldIn {
     users: Array2<f32>,
     /// LightGCN's layers `L` (items added later get `f_i = L z_i / (L + 1)`).
     layers: usize,
+    /// A new user's ego term predicted from the rest of its vector: `x M` for `x = sum_i f_i / sqrt(|H|)`
+    /// (`d x d`, [`ego_map`]); `None` when it predicts nothing on held-out users, or the file predates it.
+    ego: Option<Array2<f32>>,
+}
+
+/// The ridge penalties [`ego_map`] chooses from, in multiples of the mean diagonal of `X^T X`.
+const EGO_PENALTIES: [f64; 4] = [1e-3, 1e-2, 1e-1, 1.0];
+
+/// The map `M` (`d x d`) that predicts a user's ego term `e_u / (L + 1)` from the part of its vector that
+/// LightGCN propagates from its items, `x_u = sum_{i in seen_u} f_i / sqrt(|seen_u|)`: the ridge regression
+/// of the trained users' ego terms (`users`) on their `x_u` (`items` the fold-in table `f`). A new user has
+/// no ego term of its own; `x + x M` is its vector as a trained user with the same items would have it.
+///
+/// The penalty is chosen on every tenth user (the others fit), by the squared error of the predicted
+/// scores, `(y - x M)^T G (y - x M)` with `G` the items' second moment (`item_vectors`); the map is then
+/// fitted on every user. `None` when fewer than 20 users have seen items, or when no penalty predicts the
+/// held-out users' ego terms better than 0 does (then a new user is folded in without one).
+fn ego_map(
+    items: &Array2<f32>,
+    users: &Array2<f32>,
+    seen: &[Vec<u32>],
+    item_vectors: &Array2<f32>,
+) -> Result<Option<Array2<f32>>> {
+    let d = items.ncols();
+    let known: Vec<usize> = (0..users.nrows())
+        .filter(|&u| !seen[u].is_empty())
+        .collect();
+    if known.len() < 20 {
+        return Ok(None);
+    }
+    let mut x = Array2::<f64>::zeros((known.len(), d));
+    let mut y = Array2::<f64>::zeros((known.len(), d));
+    for (r, &u) in known.iter().enumerate() {
+        let w = 1.0 / (seen[u].len() as f64).sqrt();
+        let mut row = x.row_mut(r);
+        for &i in &seen[u] {
+            row.zip_mut_with(&items.row(i as usize), |a, &b| *a += w * f64::from(b));
+        }
+        y.row_mut(r).assign(&users.row(u).mapv(f64::from));
+    }
+    let g = item_vectors.mapv(f64::from);
+    let g = g.t().dot(&g) / item_vectors.nrows().max(1) as f64;
+    let solve = |rows: &[usize], penalty: f64| -> Result<Array2<f64>> {
+        let (xs, ys) = (
+            x.select(ndarray::Axis(0), rows),
+            y.select(ndarray::Axis(0), rows),
+        );
+        let mut a = xs.t().dot(&xs);
+        let scale = (0..d).map(|k| a[[k, k]]).sum::<f64>() / d as f64;
+        for k in 0..d {
+            a[[k, k]] += penalty * scale.max(f64::MIN_POSITIVE);
+        }
+        Ok(crate::model::spd_inverse(a)?.dot(&xs.t().dot(&ys)))
+    };
+    let (fit, probe): (Vec<usize>, Vec<usize>) = (0..known.len()).partition(|r| r % 10 != 9);
+    let (xp, yp) = (
+        x.select(ndarray::Axis(0), &probe),
+        y.select(ndarray::Axis(0), &probe),
+    );
+    let error = |e: &Array2<f64>| (e.dot(&g) * e).sum();
+    let mut best = (error(&yp), None);
+    for penalty in EGO_PENALTIES {
+        let Ok(m) = solve(&fit, penalty) else {
+            continue;
+        };
+        let e = error(&(&yp - &xp.dot(&m)));
+        if e < best.0 {
+            best = (e, Some(penalty));
+        }
+    }
+    let Some(penalty) = best.1 else {
+        return Ok(None);
+    };
+    let all: Vec<usize> = (0..known.len()).collect();
+    Ok(Some(solve(&all, penalty)?.mapv(|v| v as f32)))
 }
 
 /// Top-k items for users, scores for pairs and item neighbours, from final user and item vectors.
@@ -537,10 +614,12 @@ impl Recommender {
         }
         if !cfg.user_user {
             let (items, users) = model.fold_in_tables(t.params())?;
+            let ego = ego_map(&items, &users, &rec.seen, &rec.items)?;
             rec.fold = Some(FoldIn {
                 items,
                 users,
                 layers: cfg.lightgcn_layers,
+                ego,
             });
         }
         Ok(rec)
@@ -829,10 +908,15 @@ impl Recommender {
             None => Array1::zeros(self.items.ncols()),
         };
         let w = 1.0 / (items.len() as f32).sqrt();
+        let mut x = Array1::<f32>::zeros(z.len());
         for &i in &items {
-            z.scaled_add(w, &fold.items.row(i as usize));
+            x.scaled_add(w, &fold.items.row(i as usize));
         }
-        Ok(z)
+        // a new user's ego term, predicted from the rest
+        if let (None, Some(m)) = (user, &fold.ego) {
+            z += &x.dot(m);
+        }
+        Ok(z + x)
     }
 
     /// The sorted, distinct items of a history, a known user's seen items included.
@@ -955,6 +1039,9 @@ impl Recommender {
             owned.push(matrix_tensor("fold_items", f.items.view()));
             owned.push(matrix_tensor("fold_users", f.users.view()));
             meta.insert("fold_layers".into(), f.layers.to_string());
+            if let Some(m) = &f.ego {
+                owned.push(matrix_tensor("fold_ego", m.view()));
+            }
         }
         let views = (owned.iter())
             .map(|(n, dt, shape, bytes)| {
@@ -1005,7 +1092,7 @@ impl Recommender {
         let m = meta.metadata().clone().unwrap_or_default();
         let format = m.get("format").cloned();
         match format.as_deref() {
-            Some(FORMAT | FORMAT_V3 | FORMAT_V2) => {}
+            Some(FORMAT | FORMAT_V4 | FORMAT_V3 | FORMAT_V2) => {}
             Some(FORMAT_V1) if v1 => {}
             Some(FORMAT_V1) => {
                 let why = format!(
@@ -1017,7 +1104,7 @@ impl Recommender {
             }
             _ => {
                 return Err(fail(format!(
-                    "format {format:?}, expected {FORMAT:?}, {FORMAT_V3:?} or {FORMAT_V2:?} (or \
+                    "format {format:?}, expected {FORMAT:?}, {FORMAT_V4:?}, {FORMAT_V3:?} or {FORMAT_V2:?} (or \
                      {FORMAT_V1:?} through Recommender::load_v1)"
                 )));
             }
@@ -1164,10 +1251,28 @@ impl Recommender {
                 check_finite_array("Recommender::load", name, &t.view())
                     .map_err(|e| fail(e.to_string()))?;
             }
+            let ego = match st.names().contains(&"fold_ego") {
+                true => {
+                    let m = matrix("fold_ego")?;
+                    let d = fi.ncols();
+                    if m.dim() != (d, d) {
+                        let why = format!(
+                            "the new users' ego map has shape {:?}, not ({d}, {d})",
+                            m.dim()
+                        );
+                        return Err(fail(why));
+                    }
+                    check_finite_array("Recommender::load", "fold_ego", &m.view())
+                        .map_err(|e| fail(e.to_string()))?;
+                    Some(m)
+                }
+                false => None,
+            };
             rec.fold = Some(FoldIn {
                 items: fi,
                 users: fu,
                 layers,
+                ego,
             });
         }
         match m.get("ids") {
@@ -1235,6 +1340,103 @@ mod tests {
             .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.into_iter().take(k).map(|x| x.0).collect()
+    }
+
+    /// A recommender with fold-in tables whose users' ego terms are `x_u A` (plus `noise` times Gaussian
+    /// noise), `x_u` the propagated part of user `u` over its seen items, and the ego map fitted to them.
+    fn folded(a: &Array2<f32>, noise: f32) -> (Recommender, Array2<f32>) {
+        let (n_users, n_items, d) = (200, 60, a.nrows());
+        let mut r = crate::testing::rng(5);
+        let f = crate::testing::randn::<f32, _, _>(&mut r, (n_items, d));
+        let items = crate::testing::randn::<f32, _, _>(&mut r, (n_items, d));
+        let seen: Vec<Vec<usize>> = (0..n_users)
+            .map(|u| (0..1 + u % 5).map(|k| (u * 7 + k * 13) % n_items).collect())
+            .collect();
+        let mut x = Array2::<f32>::zeros((n_users, d));
+        for (u, s) in seen.iter().enumerate() {
+            for &i in s {
+                x.row_mut(u)
+                    .scaled_add(1.0 / (s.len() as f32).sqrt(), &f.row(i));
+            }
+        }
+        let ego = x.dot(a) + crate::testing::randn::<f32, _, _>(&mut r, (n_users, d)) * noise;
+        let mut rec = Recommender::new(&x + &ego, items, seen).unwrap();
+        let map = ego_map(&f, &ego, &rec.seen, &rec.items).unwrap();
+        rec.fold = Some(FoldIn {
+            items: f,
+            users: ego,
+            layers: 3,
+            ego: map,
+        });
+        (rec, x)
+    }
+
+    #[test]
+    fn a_new_user_gets_the_ego_term_its_items_predict() {
+        let a = ndarray::array![[0.5f32, -0.2, 0.0], [0.1, 0.3, 0.0], [0.0, 0.4, -0.6]];
+        let (rec, x) = folded(&a, 0.0);
+        let m = rec
+            .fold
+            .as_ref()
+            .unwrap()
+            .ego
+            .clone()
+            .expect("a map that predicts");
+        // the smallest penalty (1e-3 of the scale) shrinks the map by about that share; a transposed or
+        // negated map would be off by 0.1 or more
+        let close = crate::testing::Tolerance::new(1e-2, 2e-3);
+        close.assert_close("the map", &m.view(), &a.view());
+        // a user's items alone, as a new user's history, give back its vector with the ego term
+        for u in [0, 17, 123] {
+            let h: Vec<usize> = rec.seen[u].iter().map(|&i| i as usize).collect();
+            let z = rec.fold_in(None, &h).unwrap();
+            close.assert_close(&format!("user {u}"), &z.view(), &rec.users.row(u));
+            assert!(
+                (&z - &x.row(u)).iter().any(|v| v.abs() > 1e-2),
+                "the ego term is added"
+            );
+            // a known user keeps its own ego term
+            let known = rec.fold_in(Some(u), &[]).unwrap();
+            crate::testing::Tolerance::new(1e-5, 1e-6).assert_close(
+                &format!("known user {u}"),
+                &known.view(),
+                &rec.users.row(u),
+            );
+        }
+        // saved and loaded with the map; a file without one (as format v4 files are) folds new users in
+        // without an ego term
+        let path =
+            std::env::temp_dir().join(format!("recgoat-ego-{}.safetensors", std::process::id()));
+        rec.save(&path).unwrap();
+        assert_eq!(Recommender::load(&path).unwrap(), rec);
+        let mut old = rec.clone();
+        old.fold.as_mut().unwrap().ego = None;
+        old.save(&path).unwrap();
+        let back = Recommender::load(&path).unwrap();
+        let h: Vec<usize> = rec.seen[17].iter().map(|&i| i as usize).collect();
+        crate::testing::Tolerance::new(1e-5, 1e-6).assert_close(
+            "without the map",
+            &back.fold_in(None, &h).unwrap().view(),
+            &x.row(17),
+        );
+        // a map of the wrong shape, or with a NaN, is refused by name
+        for (map, what) in [
+            (Array2::zeros((2, 3)), "(2, 3)"),
+            (Array2::from_elem((3, 3), f32::NAN), "fold_ego"),
+        ] {
+            let mut bad = rec.clone();
+            bad.fold.as_mut().unwrap().ego = Some(map);
+            bad.save(&path).unwrap();
+            let e = Recommender::load(&path).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn ego_terms_that_the_items_do_not_predict_give_no_map() {
+        let (rec, _) = folded(&Array2::zeros((3, 3)), 0.0);
+        assert!(rec.fold.as_ref().unwrap().ego.is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod profile;
 mod recgoat;
 mod ridge;
 mod taste;
-pub(crate) use ridge::{neighbour_weights, top_cosines};
+pub(crate) use ridge::{neighbour_weights, spd_inverse, top_cosines};
 pub(crate) use taste::taste_codes;
 mod step;
 mod train;
