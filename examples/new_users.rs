@@ -27,7 +27,7 @@ struct Args {
     /// A folder with LightGCN split files (or an MMRec .inter file) and optional <name>.npy item features.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lfm2k"))]
     data: PathBuf,
-    /// Feature files to load (names without .npy).
+    /// Feature files to load (names without .npy; "" for none).
     #[arg(
         long,
         value_delimiter = ',',
@@ -71,7 +71,10 @@ fn cell(v: &[f64]) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let names: Vec<&str> = args.features.iter().map(String::as_str).collect();
+    let names: Vec<&str> = (args.features.iter())
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
+        .collect();
     let ds = Dataset::load_dir(&args.data, &names)?;
     if !(args.fraction > 0.0 && args.fraction < 1.0) {
         return Err(format!("--fraction {} must be in (0, 1)", args.fraction).into());
