@@ -61,8 +61,11 @@ fn trained(ds: &Dataset, preset: &str, seed: u64) -> Result<Recommender, Error> 
     Recommender::from_trainer(&t)
 }
 
-/// Mean ± std of `v` as a table cell.
+/// Mean ± std of `v` as a table cell (the value alone for one seed).
 fn cell(v: &[f64]) -> String {
+    if let [one] = v {
+        return format!("{one:.4}");
+    }
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
