@@ -417,11 +417,7 @@ impl ContentEncoder {
                 h *= 1.0 - n.share;
                 h.scaled_add(n.share, &n.predict(x.view()));
             }
-            for (mut row, absent) in h.rows_mut().into_iter().zip(crate::nn::zero_rows(x.view())) {
-                if absent {
-                    row.fill(0.0);
-                }
-            }
+            crate::nn::clear_rows(&mut h, &crate::nn::zero_rows(x.view()));
             out.scaled_add(self.trust[k], &h);
         }
         if let Some(t) = &self.taste {
@@ -445,26 +441,39 @@ struct FoldIn {
     ego: Option<Array2<f32>>,
 }
 
+impl FoldIn {
+    /// The part of a user's vector that LightGCN propagates from its distinct items `h` (summed in their
+    /// order): `x = sum_{i in h} f_i / sqrt(|h|)`.
+    fn propagated(&self, h: &[u32]) -> Array1<f32> {
+        let mut x = Array1::<f32>::zeros(self.items.ncols());
+        let w = 1.0 / (h.len() as f32).sqrt();
+        for &i in h {
+            x.scaled_add(w, &self.items.row(i as usize));
+        }
+        x
+    }
+}
+
 /// The ridge penalties [`ego_map`] chooses from, in multiples of the mean diagonal of `X^T X`.
 const EGO_PENALTIES: [f64; 4] = [1e-3, 1e-2, 1e-1, 1.0];
 
 /// The map `M` (`d x d`) that predicts a user's ego term `e_u / (L + 1)` from the part of its vector that
-/// LightGCN propagates from its items, `x_u = sum_{i in seen_u} f_i / sqrt(|seen_u|)`: the ridge regression
-/// of the trained users' ego terms (`users`) on their `x_u` (`items` the fold-in table `f`). A new user has
-/// no ego term of its own; `x + x M` is its vector as a trained user with the same items would have it.
+/// LightGCN propagates from its items, `x_u` ([`FoldIn::propagated`] of its `seen` items): the ridge
+/// regression of the trained users' ego terms (`fold.users`) on their `x_u`, computed as a new user's is. A
+/// new user has no ego term of its own; `x + x M` is its vector as a trained user with the same items would
+/// have it.
 ///
 /// The penalty is chosen on every tenth user (the others fit), by the squared error of the predicted
 /// scores, `(y - x M)^T G (y - x M)` with `G` the items' second moment (`item_vectors`); the map is then
 /// fitted on every user. `None` when fewer than 20 users have seen items, or when no penalty predicts the
 /// held-out users' ego terms better than 0 does (then a new user is folded in without one).
 fn ego_map(
-    items: &Array2<f32>,
-    users: &Array2<f32>,
+    fold: &FoldIn,
     seen: &[Vec<u32>],
     item_vectors: &Array2<f32>,
 ) -> Result<Option<Array2<f32>>> {
-    let d = items.ncols();
-    let known: Vec<usize> = (0..users.nrows())
+    let d = fold.items.ncols();
+    let known: Vec<usize> = (0..fold.users.nrows())
         .filter(|&u| !seen[u].is_empty())
         .collect();
     if known.len() < 20 {
@@ -473,12 +482,9 @@ fn ego_map(
     let mut x = Array2::<f64>::zeros((known.len(), d));
     let mut y = Array2::<f64>::zeros((known.len(), d));
     for (r, &u) in known.iter().enumerate() {
-        let w = 1.0 / (seen[u].len() as f64).sqrt();
-        let mut row = x.row_mut(r);
-        for &i in &seen[u] {
-            row.zip_mut_with(&items.row(i as usize), |a, &b| *a += w * f64::from(b));
-        }
-        y.row_mut(r).assign(&users.row(u).mapv(f64::from));
+        x.row_mut(r)
+            .assign(&fold.propagated(&seen[u]).mapv(f64::from));
+        y.row_mut(r).assign(&fold.users.row(u).mapv(f64::from));
     }
     let g = item_vectors.mapv(f64::from);
     let g = g.t().dot(&g) / item_vectors.nrows().max(1) as f64;
@@ -614,13 +620,14 @@ impl Recommender {
         }
         if !cfg.user_user {
             let (items, users) = model.fold_in_tables(t.params())?;
-            let ego = ego_map(&items, &users, &rec.seen, &rec.items)?;
-            rec.fold = Some(FoldIn {
+            let mut fold = FoldIn {
                 items,
                 users,
                 layers: cfg.lightgcn_layers,
-                ego,
-            });
+                ego: None,
+            };
+            fold.ego = ego_map(&fold, &rec.seen, &rec.items)?;
+            rec.fold = Some(fold);
         }
         Ok(rec)
     }
@@ -907,11 +914,7 @@ impl Recommender {
             Some(u) => fold.users.row(u).to_owned(),
             None => Array1::zeros(self.items.ncols()),
         };
-        let w = 1.0 / (items.len() as f32).sqrt();
-        let mut x = Array1::<f32>::zeros(z.len());
-        for &i in &items {
-            x.scaled_add(w, &fold.items.row(i as usize));
-        }
+        let x = fold.propagated(&items);
         // a new user's ego term, predicted from the rest
         if let (None, Some(m)) = (user, &fold.ego) {
             z += &x.dot(m);
@@ -1361,13 +1364,14 @@ mod tests {
         }
         let ego = x.dot(a) + crate::testing::randn::<f32, _, _>(&mut r, (n_users, d)) * noise;
         let mut rec = Recommender::new(&x + &ego, items, seen).unwrap();
-        let map = ego_map(&f, &ego, &rec.seen, &rec.items).unwrap();
-        rec.fold = Some(FoldIn {
+        let mut fold = FoldIn {
             items: f,
             users: ego,
             layers: 3,
-            ego: map,
-        });
+            ego: None,
+        };
+        fold.ego = ego_map(&fold, &rec.seen, &rec.items).unwrap();
+        rec.fold = Some(fold);
         (rec, x)
     }
 

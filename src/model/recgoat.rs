@@ -932,9 +932,7 @@ impl<F: Real> RecGoat<F> {
     ) -> Vec<Array2<F>> {
         let mut views = self.encoder_outputs(items, modal, rows);
         for (view, missing) in views.iter_mut().zip(&self.missing) {
-            for (mut row, _) in (view.rows_mut().into_iter().zip(missing)).filter(|(_, &m)| m) {
-                row.fill(F::zero());
-            }
+            nn::clear_rows(view, missing);
         }
         views
     }

@@ -441,6 +441,14 @@ pub(crate) fn zero_rows<F: Real>(x: ArrayView2<'_, F>) -> Vec<bool> {
         .collect()
 }
 
+/// Sets to zero the rows of `h` that `absent` marks ([`zero_rows`] of the features behind them): what an
+/// item without a modality gets from that modality's encoder.
+pub(crate) fn clear_rows<F: Real>(h: &mut Array2<F>, absent: &[bool]) {
+    for (mut row, _) in (h.rows_mut().into_iter().zip(absent)).filter(|(_, &a)| a) {
+        row.fill(F::zero());
+    }
+}
+
 /// The backward of [`normalize_rows`] in place on `grad` (shapes already checked).
 /// Divides every row with a positive norm by it in place; zero rows stay zero (for inputs such as feature
 /// matrices where an all-zero row is legitimate, unlike [`normalize_rows`], which refuses it).
