@@ -9,6 +9,8 @@
 //! cargo run --release --example new_users -- --presets lightgcn --seeds 1
 //! ```
 
+mod common;
+
 use clap::Parser;
 use ndarray::{Array2, Axis};
 use rand::seq::SliceRandom;
@@ -63,13 +65,10 @@ fn trained(ds: &Dataset, preset: &str, seed: u64) -> Result<Recommender, Error> 
 
 /// Mean ± std of `v` as a table cell (the value alone for one seed).
 fn cell(v: &[f64]) -> String {
-    if let [one] = v {
-        return format!("{one:.4}");
+    match common::mean_std(v) {
+        (m, _) if v.len() == 1 => format!("{m:.4}"),
+        (m, s) => format!("{m:.4} ± {s:.4}"),
     }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    format!("{mean:.4} ± {:.4}", var.sqrt())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -336,13 +336,6 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
     Ok(run)
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
-    (m, var.sqrt())
-}
-
 fn cell((m, s): (f64, f64)) -> String {
     format!("{m:.4} ± {s:.4}")
 }
@@ -355,7 +348,7 @@ fn of<'a>(runs: &'a [Run], entry: &str, model: &str) -> Vec<&'a Run> {
 }
 
 fn stat(rs: &[&Run], f: impl Fn(&Run) -> f64) -> (f64, f64) {
-    mean_std(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
+    common::mean_std(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
 }
 
 fn epochs(rs: &[&Run]) -> String {

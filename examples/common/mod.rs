@@ -46,3 +46,11 @@ pub fn rayon_threads(threads: usize) -> Result<(), rayon::ThreadPoolBuildError> 
     }
     Ok(())
 }
+
+/// The mean of `v` and its sample standard deviation (0 for one value).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
