@@ -746,6 +746,14 @@ fn run(world: &World) -> Result<(), Error> {
              encoder on them and places none of them)"
         );
     }
+    if ds.item_features.is_empty()
+        && [&args.preset, &args.baseline].contains(&&"recgoat".to_string())
+    {
+        say!(
+            "no item features: recgoat() trains its LightGCN backbone with the user-item contrastive term \
+             alone (no modality or content term; items without training interactions get no vector)"
+        );
+    }
     let (cold_users, cold_items) = (ds.cold_users().len(), ds.cold_items().len());
     if cold_users + cold_items > 0 {
         say!(

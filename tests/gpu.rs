@@ -1809,6 +1809,15 @@ mod model_backend {
         }
     }
 
+    /// On a dataset without item features `recgoat()` is the backbone with the user-item term, on the device
+    /// as on the host.
+    #[test]
+    fn recgoat_without_features_trains_device_resident_like_the_cpu() {
+        let mut ds = common::tiny();
+        ds.item_features.clear();
+        trains_like_the_cpu_on("recgoat", several_steps(RecGoatConfig::recgoat()), &ds);
+    }
+
     #[test]
     fn paper_trains_device_resident_like_the_cpu() {
         let cfg = several_steps(RecGoatConfig::paper());

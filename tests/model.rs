@@ -1019,3 +1019,84 @@ fn large_data_takes_the_grouped_schedule_by_itself() {
         }
     }
 }
+
+/// `recgoat()` on a dataset without item features trains its backbone with the user-item contrastive term:
+/// the same parameters as the ID-only model with that term (no modality or content term acts), other ones
+/// than without it, and a recommender that folds new users in; the parts built on a modality are refused,
+/// by name.
+#[test]
+fn recgoat_without_features_is_the_backbone_with_the_user_item_term() {
+    let mut ds = clustered();
+    ds.item_features.clear();
+    let cfg = small(RecGoatConfig::recgoat());
+    let (a, sa) = train_params(cfg.clone(), &ds, Par::Seq);
+    let id_only = RecGoatConfig {
+        modalities: Modalities::Named(Vec::new()),
+        content_weight: 0.0,
+        ..cfg.clone()
+    };
+    let (b, _) = train_params(id_only, &ds, Par::Seq);
+    assert_eq!(a, b, "the ID-only model with the user-item term");
+    let without_term = RecGoatConfig {
+        cl_weight: 0.0,
+        ..cfg.clone()
+    };
+    let (c, _) = train_params(without_term, &ds, Par::Seq);
+    assert_ne!(a, c, "the user-item term moves the backbone");
+    let (first, last) = (sa.history[0].loss, sa.history.last().unwrap().loss);
+    assert!(last < first, "loss {first} -> {last}");
+
+    let mut t = Trainer::new(cfg.clone(), &ds, Backend::Cpu(Par::Seq)).unwrap();
+    t.fit(|_, _| {}).unwrap();
+    t.finish().unwrap();
+    let rec = recgoat_core::recommend::Recommender::from_trainer(&t).unwrap();
+    assert!(rec.encoder().is_none(), "no modality: no content encoder");
+    let user = rec.fold_in(None, &[0, 1, 2]).unwrap();
+    assert_eq!(user.len(), 8);
+    assert!(user.iter().all(|v| v.is_finite()));
+
+    // asked for explicitly, an ID-only model with a content term is a contradiction
+    let explicit = RecGoatConfig {
+        modalities: Modalities::Named(Vec::new()),
+        ..cfg.clone()
+    };
+    let msg = explicit.validate().unwrap_err().to_string();
+    assert!(
+        msg.contains("content terms need at least one modality"),
+        "{msg}"
+    );
+
+    for (bad, part) in [
+        (RecGoatConfig::paper(), "OAT"),
+        (
+            RecGoatConfig {
+                cmcl: Cmcl::OfficialCode,
+                ..RecGoatConfig::recgoat()
+            },
+            "the released code's contrastive terms",
+        ),
+        (
+            RecGoatConfig {
+                gat_layers: 1,
+                ..RecGoatConfig::recgoat()
+            },
+            "graph attention",
+        ),
+        (
+            RecGoatConfig {
+                fusion: Fusion::Residual,
+                ..RecGoatConfig::recgoat()
+            },
+            "the fusion of the views",
+        ),
+    ] {
+        match Trainer::new(small(bad), &ds, Backend::Cpu(Par::Seq)) {
+            Ok(_) => panic!("{part} trained without features"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("no item features"), "{msg}");
+                assert!(msg.contains(part), "{msg}");
+            }
+        }
+    }
+}

@@ -7,9 +7,14 @@ use serde::{Deserialize, Serialize};
 /// Which item feature matrices of the dataset the model uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Modalities {
-    /// Every feature matrix the dataset carries, in its order.
+    /// Every feature matrix the dataset carries, in its order. On a dataset without any, the terms that act
+    /// on a modality (the modality contrastive terms, the content term) have none to act on and the model
+    /// trains its backbone with the rest (for [`RecGoatConfig::recgoat`]: BPR and the user-item contrastive
+    /// term); the parts built on a modality (OAT, graph attention, the fusion of views, the released code's
+    /// contrastive terms) are refused by name when the model is built.
     All,
-    /// These, by name, in this order; an empty list is the ID-only model (LightGCN).
+    /// These, by name, in this order; an empty list is the ID-only model (LightGCN, with
+    /// [`Cmcl::Paper`]'s user-item contrastive term when `cl_weight > 0`).
     Named(Vec<String>),
 }
 
@@ -332,7 +337,8 @@ impl RecGoatConfig {
     /// interactions is ranked from its features, through the trusts fitted on probe items
     /// ([`RecGoatConfig::content_weight`]). Graph attention, OAT, fusion, the item-item view and trust-weighted
     /// modality terms stay settings ([`RecGoatConfig::paper`] has the paper's parts all on); none raised
-    /// validation Recall@20 on Last.fm-2k and Baby (docs/ROBUSTNESS.md has the ablations).
+    /// validation Recall@20 on Last.fm-2k and Baby (docs/ROBUSTNESS.md has the ablations). On a dataset
+    /// without item features it trains the backbone with the user-item term alone ([`Modalities::All`]).
     pub fn recgoat() -> Self {
         RecGoatConfig {
             name: "recgoat".into(),
@@ -715,17 +721,16 @@ impl RecGoatConfig {
                 "must be in [0, 1)",
             ));
         }
+        // the paper's user-item contrastive term reads no modality; the released code's terms read them
+        let modal_cl = self.cl_weight > 0.0 && self.cmcl == Cmcl::OfficialCode;
         if self.id_only()
-            && (self.oat
-                || self.cl_weight > 0.0
-                || self.ot_sample_weight > 0.0
-                || self.content_weight > 0.0)
+            && (self.oat || modal_cl || self.ot_sample_weight > 0.0 || self.content_weight > 0.0)
         {
             return Err(Error::param(
                 OP,
                 "modalities",
                 "[] (ID only)",
-                "OAT, the contrastive, the OT sample and the content terms need at least one modality: turn them off",
+                "OAT, the released code's contrastive terms, the OT sample and the content terms need at least one modality: turn them off",
             ));
         }
         if self.cl_modality_trust && self.content_weight == 0.0 {

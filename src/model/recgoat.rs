@@ -372,13 +372,30 @@ impl<F: Real> RecGoat<F> {
                 })
                 .collect::<Result<_>>()?,
         };
+        // every modality of a dataset without features is none: the backbone, the user-item contrastive
+        // term and the regulariser train as configured, the modality and content terms have nothing to
+        // act on; the parts that are built on a modality are refused by name
         if matches!(cfg.modalities, Modalities::All) && selected.is_empty() {
-            return Err(Error::param(
-                OP,
-                "modalities",
-                "All",
-                "the dataset has no item features: use the lightgcn preset",
-            ));
+            let needs = [
+                (cfg.oat, "OAT"),
+                (
+                    cfg.cl_weight > 0.0 && cfg.cmcl == Cmcl::OfficialCode,
+                    "the released code's contrastive terms",
+                ),
+                (cfg.gat_layers > 0, "graph attention"),
+                (cfg.fusion != Fusion::None, "the fusion of the views"),
+            ];
+            if let Some((_, part)) = needs.iter().find(|(on, _)| *on) {
+                return Err(Error::param(
+                    OP,
+                    "modalities",
+                    "All",
+                    format!(
+                        "the dataset has no item features, and {part} needs at least one modality \
+                         (recgoat() and lightgcn() train without features)"
+                    ),
+                ));
+            }
         }
         let knn = KnnConfig {
             self_loops: true,
