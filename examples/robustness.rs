@@ -18,6 +18,7 @@
 //! | `lfm-whisper` | Last.fm-2k | Whisper audio |
 //! | `lfm-noise` | Last.fm-2k | every matrix replaced by standard Gaussian noise of its shape |
 //! | `baby-noise` | Amazon Baby (interactions only) | two 128-wide standard Gaussian noise matrices |
+//! | `baby-none` | Amazon Baby (interactions only) | none: `recgoat()` is its backbone with the user-item term |
 //! | `lfm-cold-all` | Last.fm-2k, 20 % of the items held out (`Dataset::hold_out_items`, seed 7) | all three |
 //! | `lfm-cold-text` | the same split | text |
 //! | `lfm-cold-noise` | the same split | noise, as `lfm-noise` |
@@ -62,13 +63,14 @@ use std::time::Instant;
 
 mod common;
 
-const ENTRIES: [&str; 18] = [
+const ENTRIES: [&str; 19] = [
     "lfm-all",
     "lfm-text",
     "lfm-vggish",
     "lfm-whisper",
     "lfm-noise",
     "baby-noise",
+    "baby-none",
     "lfm-cold-all",
     "lfm-cold-text",
     "lfm-cold-noise",
@@ -169,6 +171,7 @@ fn dataset(entry: &str, root: &std::path::Path) -> Result<Dataset, Error> {
             ];
             ds
         }
+        "baby-none" => Dataset::load_dir(root.join("baby"), &[])?,
         "lfm-cold-all" => Dataset::load_dir(&lfm, &all)?.hold_out_items(0.2, SPLIT_SEED)?,
         "lfm-cold-text" => {
             Dataset::load_dir(&lfm, &["text_feat"])?.hold_out_items(0.2, SPLIT_SEED)?
@@ -584,8 +587,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         c.validate()?;
         Ok(c)
     };
-    // every configuration is checked before the first run
-    configure(&args.preset, args.seed, true)?;
+    // every configuration is checked before the first run, and on a dataset without features when an entry
+    // has none (the presets built on a modality refuse it)
+    let main_cfg = configure(&args.preset, args.seed, true)?;
+    if args.entries.iter().any(|e| e == "baby-none") {
+        let pairs = vec![(0, 0), (0, 1), (1, 1), (1, 2)];
+        let featureless = Dataset::new("baby-none", pairs, vec![(0, 2)], vec![(1, 0)], Vec::new())?;
+        Trainer::new(main_cfg, &featureless, Backend::Cpu(Par::Seq))?;
+    }
     let mut runs = Vec::new();
     let mut cosine = Vec::new();
     let started = Instant::now();
