@@ -243,6 +243,8 @@ struct Run {
     cold_scale: f64,
     /// The taste term's share chosen with it.
     taste_share: f64,
+    /// The users' ego share chosen on validation ([`recgoat_core::model::TrainState::ego_share`]).
+    ego_share: f64,
     /// The test metrics with the cold items left out of the lists (scale 0): the backbone alone.
     backbone: Option<Metrics>,
     /// Per tolerance of [`TOLERANCES`]: the scale and taste share validation would choose and the test
@@ -309,6 +311,7 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
         valid_r20: st.best_recall,
         cold_scale: st.cold_scale,
         taste_share: st.taste_share,
+        ego_share: st.ego_share,
         backbone,
         frontier,
         valid_trials: st.cold_trials.clone(),
@@ -317,8 +320,8 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
     let (r, n) = run.test.recall_ndcg(20);
     let cold = at(run.test.cold.as_deref(), 20).0;
     println!(
-        "{:<14} {:<9} seed {}: best epoch {:>4}{}, valid R@20 {:.4}, test R@20 {r:.4} N@20 {n:.4}{} \
-         ({:.2} s/epoch, {:.0}s)",
+        "{:<14} {:<9} seed {}: best epoch {:>4}{}, valid R@20 {:.4}, test R@20 {r:.4} N@20 {n:.4}{}, \
+         ego share {} ({:.2} s/epoch, {:.0}s)",
         run.entry,
         run.model,
         run.seed,
@@ -333,6 +336,7 @@ fn train(entry: &str, ds: &Dataset, cfg: RecGoatConfig, backend: &Backend) -> Re
                 run.cold_scale, run.taste_share
             )
         },
+        run.ego_share,
         run.seconds_per_epoch,
         run.seconds
     );
@@ -659,7 +663,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|r| {
             serde_json::json!({"entry": r.entry, "model": r.model, "seed": r.seed, "best_epoch": r.best_epoch,
                 "capped": r.capped, "seconds": r.seconds, "seconds_per_epoch": r.seconds_per_epoch,
-                "valid_recall20": r.valid_r20, "cold_scale": r.cold_scale, "taste_share": r.taste_share, "test": metrics_json(&r.test),
+                "valid_recall20": r.valid_r20, "cold_scale": r.cold_scale, "taste_share": r.taste_share, "ego_share": r.ego_share, "test": metrics_json(&r.test),
                 "backbone_alone": r.backbone.as_ref().map(metrics_json), "valid_trials": r.valid_trials,
                 "frontier": r.frontier.iter().map(|(t, (s, a), m)| serde_json::json!({"tolerance": t,
                     "scale": s, "taste_share": a, "test": metrics_json(m)})).collect::<Vec<_>>()})

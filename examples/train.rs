@@ -179,6 +179,9 @@ struct RunResult {
     taste_share: f64,
     cold_trials: Vec<recgoat_core::model::ColdTrial>,
     content_trust: Vec<(String, f32)>,
+    /// The users' ego share chosen on validation, with the shares tried.
+    ego_share: f64,
+    ego_trials: Vec<(f64, f64)>,
 }
 
 /// Each preset's main defaults, for `--help`.
@@ -347,6 +350,16 @@ fn train_one(
             tried.join(", ")
         );
     }
+    let ego = &trainer.state().ego_trials;
+    if !ego.is_empty() {
+        let tried: Vec<String> = ego.iter().map(|(b, r)| format!("{b}: {r:.4}")).collect();
+        say!(
+            "{label}: users' ego share {} chosen on validation Recall@20 (each user's own ego term moved that \
+             far towards the one its items predict); tried {}",
+            trainer.state().ego_share,
+            tried.join(", ")
+        );
+    }
     let valid = trainer.evaluate(Split::Valid)?;
     let test = trainer.evaluate(Split::Test)?;
     trainer.export_embeddings(dir)?;
@@ -398,6 +411,8 @@ fn train_one(
         taste_share: st.taste_share,
         cold_trials: st.cold_trials.clone(),
         content_trust,
+        ego_share: st.ego_share,
+        ego_trials: st.ego_trials.clone(),
     })
 }
 
@@ -829,6 +844,7 @@ fn run(world: &World) -> Result<(), Error> {
                 "seconds_per_epoch": r.seconds_per_epoch, "valid": metrics_json(&r.valid),
                 "test": metrics_json(&r.test), "curve": r.curve, "cold_scale": r.cold_scale, "taste_share": r.taste_share,
                 "cold_trials": r.cold_trials, "content_trust": r.content_trust,
+                "ego_share": r.ego_share, "ego_trials": r.ego_trials,
                 "profile": r.profile.iter().map(|(n, s, f)| serde_json::json!({"stage": n, "seconds": s, "share": f})).collect::<Vec<_>>(),
             })
         })

@@ -429,7 +429,7 @@ impl ContentEncoder {
 
 /// What folding a user in from an item history needs ([`crate::model::RecGoat::fold_in_tables`]).
 #[derive(Debug, Clone, PartialEq)]
-struct FoldIn {
+pub(crate) struct FoldIn {
     /// Per item `f_i`.
     items: Array2<f32>,
     /// Per user its ego term.
@@ -452,6 +452,51 @@ impl FoldIn {
         }
         x
     }
+}
+
+/// The fold-in tables of a trainer's current parameters with their ego map, and each user's training items
+/// (sorted, distinct) that the map was fitted on; `None` for a model with a user-user branch. `items` are
+/// the trainer's final item vectors (the map's score-space weights).
+pub(crate) fn trainer_fold(
+    t: &crate::model::Trainer<'_>,
+    items: &Array2<f32>,
+) -> Result<Option<(FoldIn, Vec<Vec<u32>>)>> {
+    let model = t.model();
+    let cfg = model.config();
+    if cfg.user_user {
+        return Ok(None);
+    }
+    let mut seen = vec![Vec::new(); t.data.n_users];
+    for &(u, i) in &t.data.train {
+        seen[u].push(i as u32);
+    }
+    for s in &mut seen {
+        s.sort_unstable();
+        s.dedup();
+    }
+    let (item_rows, users) = model.fold_in_tables(t.params())?;
+    let mut fold = FoldIn {
+        items: item_rows,
+        users,
+        layers: cfg.lightgcn_layers,
+        ego: None,
+    };
+    fold.ego = ego_map(&fold, &seen, items)?;
+    Ok(Some((fold, seen)))
+}
+
+/// How far each trained user's ego term moves towards the one its training items predict, `x_u M - e_u`
+/// per user (0 for a user without training items); `None` without an ego map. A trained user's vector
+/// plus `b` times this is `x_u + (1 - b) e_u + b x_u M`: at `b = 1` the vector a new user with the same
+/// items gets.
+pub(crate) fn ego_shift(fold: &FoldIn, seen: &[Vec<u32>]) -> Option<Array2<f32>> {
+    let m = fold.ego.as_ref()?;
+    let mut shift = Array2::<f32>::zeros(fold.users.dim());
+    for (u, h) in seen.iter().enumerate().filter(|(_, h)| !h.is_empty()) {
+        let predicted = fold.propagated(h).dot(m);
+        shift.row_mut(u).assign(&(predicted - fold.users.row(u)));
+    }
+    Some(shift)
 }
 
 /// The ridge penalties [`ego_map`] chooses from, in multiples of the mean diagonal of `X^T X`.
@@ -618,15 +663,12 @@ impl Recommender {
         if model.content_on() && cfg.gat_layers == 0 {
             rec.encoder = Some(model.content_encoder(t.params())?);
         }
-        if !cfg.user_user {
-            let (items, users) = model.fold_in_tables(t.params())?;
-            let mut fold = FoldIn {
-                items,
-                users,
-                layers: cfg.lightgcn_layers,
-                ego: None,
-            };
-            fold.ego = ego_map(&fold, &rec.seen, &rec.items)?;
+        if let Some((mut fold, seen)) = trainer_fold(t, &rec.items)? {
+            // the users' vectors carry the ego share chosen on validation: so do their ego terms
+            let share = t.state().ego_share as f32;
+            if let (true, Some(shift)) = (share > 0.0, ego_shift(&fold, &seen)) {
+                fold.users.scaled_add(share, &shift);
+            }
             rec.fold = Some(fold);
         }
         Ok(rec)
@@ -1435,6 +1477,32 @@ mod tests {
             assert!(e.contains(what), "{e}");
         }
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// The ego shift moves a trained user's ego term to the one its items predict: a trained user plus its
+    /// whole shift is the new user with the same items; without a map there is no shift.
+    #[test]
+    fn the_ego_shift_leads_a_trained_user_to_the_new_user_with_its_items() {
+        let a = ndarray::array![[0.5f32, -0.2, 0.0], [0.1, 0.3, 0.0], [0.0, 0.4, -0.6]];
+        let (rec, _) = folded(&a, 0.5);
+        let fold = rec.fold.as_ref().unwrap();
+        let shift = ego_shift(fold, &rec.seen).expect("a map, so a shift");
+        let m = fold.ego.as_ref().unwrap();
+        let close = crate::testing::Tolerance::new(1e-5, 1e-6);
+        for u in [0, 17, 123] {
+            let h: Vec<usize> = rec.seen[u].iter().map(|&i| i as usize).collect();
+            let predicted = fold.propagated(&rec.seen[u]).dot(m);
+            let expected = &predicted - &fold.users.row(u);
+            close.assert_close(&format!("shift {u}"), &shift.row(u), &expected.view());
+            // the noisy ego term is not the predicted one: the shift moves it
+            assert!(expected.iter().any(|v| v.abs() > 1e-2), "user {u} moves");
+            let moved = &rec.users.row(u) + &shift.row(u);
+            let new = rec.fold_in(None, &h).unwrap();
+            close.assert_close(&format!("user {u} as new"), &moved.view(), &new.view());
+        }
+        let mut without = fold.clone();
+        without.ego = None;
+        assert!(ego_shift(&without, &rec.seen).is_none());
     }
 
     #[test]

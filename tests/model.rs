@@ -511,11 +511,12 @@ fn configs_without_the_newer_fields_still_read() {
         "content_ridge",
         "content_neighbours",
         "content_taste",
+        "ego_share",
     ] {
         assert!(obj.remove(k).is_some(), "{k} is a field");
     }
     let cfg: RecGoatConfig = serde_json::from_value(json).unwrap();
-    assert!(!cfg.content_ridge && !cfg.content_neighbours && !cfg.content_taste);
+    assert!(!cfg.content_ridge && !cfg.content_neighbours && !cfg.content_taste && !cfg.ego_share);
     assert_eq!(
         (
             cfg.item_graph_layers,
@@ -1099,4 +1100,59 @@ fn recgoat_without_features_is_the_backbone_with_the_user_item_term() {
             }
         }
     }
+}
+
+/// The users' ego share is the best of the shares tried on validation (the smallest of equals), the
+/// trainer's vectors carry it, and the recommender serves the same vectors: a known user's own items give
+/// back its served vector.
+#[test]
+fn the_ego_share_is_chosen_on_validation_and_served() {
+    let ds = clustered_groups(40);
+    let mut moved = false;
+    for base in [RecGoatConfig::lightgcn(), RecGoatConfig::recgoat()] {
+        let name = base.name.clone();
+        let cfg = RecGoatConfig {
+            epochs: 2,
+            ego_share: true,
+            ..small(base)
+        };
+        let mut t = Trainer::new(cfg, &ds, Backend::Cpu(Par::Seq)).unwrap();
+        t.fit(|_, _| {}).unwrap();
+        t.finish().unwrap();
+        let st = t.state();
+        let shares: Vec<f64> = st.ego_trials.iter().map(|t| t.0).collect();
+        assert_eq!(shares, EGO_SHARES.to_vec(), "{name}: every share tried");
+        let best = st.ego_trials.iter().map(|t| t.1).fold(f64::MIN, f64::max);
+        let first = st.ego_trials.iter().find(|t| t.1 == best).unwrap().0;
+        assert_eq!(
+            st.ego_share, first,
+            "{name}: the best, the smallest of equals"
+        );
+        let (users, _) = t.embeddings().unwrap();
+        let rec = recgoat_core::recommend::Recommender::from_trainer(&t).unwrap();
+        assert_eq!(
+            rec.user_vectors(),
+            users.view(),
+            "{name}: served as evaluated"
+        );
+        let close = Tolerance::new(1e-4, 1e-5);
+        for u in [0, 7, 59] {
+            let z = rec.fold_in(Some(u), &[]).unwrap();
+            close.assert_close(&format!("{name}: user {u}"), &z.view(), &users.row(u));
+        }
+        moved |= st.ego_share > 0.0;
+    }
+    // two epochs leave recgoat()'s ego terms worse than their prediction here: the path of a share above 0
+    // is the one checked
+    assert!(moved, "some preset moved its users' ego terms");
+    // off (as in lightgcn(), the standard LightGCN), nothing is tried and the users keep their ego terms
+    let mut t = Trainer::new(
+        small(RecGoatConfig::lightgcn()),
+        &ds,
+        Backend::Cpu(Par::Seq),
+    )
+    .unwrap();
+    t.fit(|_, _| {}).unwrap();
+    t.finish().unwrap();
+    assert!(t.state().ego_trials.is_empty() && t.state().ego_share == 0.0);
 }

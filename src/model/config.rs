@@ -269,6 +269,13 @@ pub struct RecGoatConfig {
     /// `recgoat()`; a configuration saved without the field reads it as off.
     #[serde(default)]
     pub content_taste: bool,
+    /// After training, choose on validation how far each trained user's ego term moves towards the one
+    /// its training items predict (the new users' ego map; [`crate::model::TrainState::ego_share`], of
+    /// [`crate::model::EGO_SHARES`]): on sparse data a user's own ego term, learned from a few
+    /// interactions, can rank worse than the prediction. On in `recgoat()`, off in the other presets
+    /// (`lightgcn()` stays the standard LightGCN); a configuration saved without the field reads it as off.
+    #[serde(default)]
+    pub ego_share: bool,
     /// Triples per batch.
     pub batch_size: usize,
     /// Optimiser steps per epoch. 0 (every preset): one step per batch, each with its own forward and
@@ -391,6 +398,7 @@ impl RecGoatConfig {
             content_ridge: true,
             content_neighbours: true,
             content_taste: true,
+            ego_share: true,
             batch_size: 2048,
             steps_per_epoch: 0,
             auto_schedule_from: default_auto_schedule_from(),
@@ -420,6 +428,7 @@ impl RecGoatConfig {
             fusion_normalize: true,
             weight_decay: 0.0,
             content_weight: 0.0,
+            ego_share: false,
             ..Self::recgoat()
         }
     }
@@ -453,6 +462,7 @@ impl RecGoatConfig {
             fusion_normalize: true,
             weight_decay: 0.0,
             content_weight: 0.0,
+            ego_share: false,
             ..Self::recgoat()
         }
     }
@@ -473,6 +483,7 @@ impl RecGoatConfig {
             content_max_rows: 0,
             content_rank_weight: 0.0,
             cl_modality_trust: false,
+            ego_share: false,
             ..Self::recgoat()
         }
     }

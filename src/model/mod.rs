@@ -23,5 +23,6 @@ pub use params::{Branch, Params};
 pub use profile::{Profile, Stage};
 pub use recgoat::{content_trust, Forward, LossParts, RecGoat};
 pub use train::{
-    choose_cold_scale, ColdTrial, EpochLog, Split, TrainState, Trainer, Validated, EVAL_KS,
+    choose_cold_scale, ColdTrial, EpochLog, Split, TrainState, Trainer, Validated, EGO_SHARES,
+    EVAL_KS,
 };

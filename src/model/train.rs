@@ -83,6 +83,16 @@ pub struct TrainState {
     /// [`crate::model::RecGoatConfig::cl_modality_trust`] (empty otherwise).
     #[serde(default)]
     pub modality_trust: Vec<f64>,
+    /// How far each trained user's ego term is moved towards the one its training items predict (the new
+    /// users' ego map, [`crate::recommend::Recommender::fold_in`]): a user's vector is
+    /// `x_u + (1 - b) e_u + b x_u M`. Chosen by [`Trainer::finish`] on validation of [`EGO_SHARES`] with
+    /// [`crate::model::RecGoatConfig::ego_share`] (0: each user keeps its own, as trained);
+    /// [`Trainer::embeddings`] applies it.
+    #[serde(default)]
+    pub ego_share: f64,
+    /// The shares [`Trainer::finish`] tried, with their validation Recall@20 (empty when it tried none).
+    #[serde(default)]
+    pub ego_trials: Vec<(f64, f64)>,
 }
 
 /// What [`Trainer::validate`] gives: the validation Recall@20 and NDCG@20 that select the epoch, the cold
@@ -159,9 +169,16 @@ impl Default for TrainState {
             cold_trials: Vec::new(),
             placed_at: 0,
             modality_trust: Vec::new(),
+            ego_share: 0.0,
+            ego_trials: Vec::new(),
         }
     }
 }
+
+/// The shares of the users' ego terms moved towards their prediction that [`Trainer::finish`] tries
+/// ([`TrainState::ego_share`]). On sparse data a user's own ego term, learned from a few interactions, can
+/// rank worse than the one its items predict; on dense data it ranks better and the share stays 0.
+pub const EGO_SHARES: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// The scales of the cold items' vectors [`Trainer::validate`] tries. Least squares shrinks the trusts
 /// towards 0 as the encoders' predictions get noisier, and a shrunk content vector rarely outscores a
@@ -658,7 +675,49 @@ impl<'d> Trainer<'d> {
             self.place_cold_items()?;
         }
         self.model.set_cold_scale(self.state.cold_scale)?;
-        self.model.set_taste_share(self.state.taste_share)
+        self.model.set_taste_share(self.state.taste_share)?;
+        self.choose_ego_share()
+    }
+
+    /// Chooses [`TrainState::ego_share`] of [`EGO_SHARES`] on the validation split, with the vectors the
+    /// model serves (the cold items placed): the share with the best Recall@20 over every held-out item,
+    /// the smallest of equals. 0 unless [`crate::model::RecGoatConfig::ego_share`], without a validation
+    /// split, with a user-user branch, or without an ego map (the users' items do not predict their ego
+    /// terms on held-out users).
+    fn choose_ego_share(&mut self) -> Result<()> {
+        self.state.ego_share = 0.0;
+        self.state.ego_trials.clear();
+        if !self.model.config().ego_share || self.data.valid.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (users, items) = self.model.embeddings(&self.params)?;
+        let Some(shift) = self.ego_shift(&items)? else {
+            return Ok(());
+        };
+        let par = self.model.backend().par();
+        let mut best = (f64::NEG_INFINITY, 0.0);
+        for share in EGO_SHARES {
+            let moved = &users + &(&shift * share as f32);
+            let vectors = (moved.view(), items.view());
+            let recall = split_in(&self.world, self.data, vectors, Split::Valid, par)?
+                .recall_ndcg(20)
+                .0;
+            self.state.ego_trials.push((share, recall));
+            if recall > best.0 {
+                best = (recall, share);
+            }
+        }
+        self.state.ego_share = best.1;
+        self.profile.record(Stage::Evaluation, t.elapsed());
+        Ok(())
+    }
+
+    /// [`crate::recommend::ego_shift`] of the current parameters (`items`: their final item vectors).
+    fn ego_shift(&self, items: &Array2<f32>) -> Result<Option<Array2<f32>>> {
+        let shift = crate::recommend::trainer_fold(self, items)
+            .map(|f| f.and_then(|(fold, seen)| crate::recommend::ego_shift(&fold, &seen)));
+        self.world.agree(shift)
     }
 
     /// Chooses the cold items' scale and taste share on the current parameters (the best epoch's, restored
@@ -832,12 +891,20 @@ impl<'d> Trainer<'d> {
         ((trials[k].scale, trials[k].share), trials)
     }
 
-    /// Final user and item vectors of the current parameters (evaluation mode, dropout off).
+    /// Final user and item vectors of the current parameters (evaluation mode, dropout off), the users' ego
+    /// terms moved by [`TrainState::ego_share`] (chosen by [`Trainer::finish`]).
     ///
     /// # Errors
     /// The model's forward errors.
     pub fn embeddings(&self) -> Result<(Array2<f32>, Array2<f32>)> {
-        self.model.embeddings(&self.params)
+        let (mut users, items) = self.model.embeddings(&self.params)?;
+        let share = self.state.ego_share;
+        if share > 0.0 {
+            if let Some(shift) = self.ego_shift(&items)? {
+                users.scaled_add(share as f32, &shift);
+            }
+        }
+        Ok((users, items))
     }
 
     /// Ranks all items for a split with the MMRec protocol (Recall / NDCG / Precision / Hit at 10, 20, 50),
