@@ -692,7 +692,8 @@ impl<'d> Trainer<'d> {
         }
         let t = Instant::now();
         let (users, items) = self.model.embeddings(&self.params)?;
-        let Some(shift) = self.ego_shift(&items)? else {
+        // every rank finishes: they agree on failures here
+        let Some(shift) = self.world.agree(self.ego_shift(&items))? else {
             return Ok(());
         };
         let par = self.model.backend().par();
@@ -713,11 +714,12 @@ impl<'d> Trainer<'d> {
         Ok(())
     }
 
-    /// [`crate::recommend::ego_shift`] of the current parameters (`items`: their final item vectors).
+    /// [`crate::recommend::ego_shift`] of the current parameters (`items`: their final item vectors). Local
+    /// to the rank, with no exchange: [`Trainer::embeddings`] runs on one rank alone where only the root
+    /// writes, and the parameters are the same on every rank.
     fn ego_shift(&self, items: &Array2<f32>) -> Result<Option<Array2<f32>>> {
-        let shift = crate::recommend::trainer_fold(self, items)
-            .map(|f| f.and_then(|(fold, seen)| crate::recommend::ego_shift(&fold, &seen)));
-        self.world.agree(shift)
+        let fold = crate::recommend::trainer_fold(self, items)?;
+        Ok(fold.and_then(|(fold, seen)| crate::recommend::ego_shift(&fold, &seen)))
     }
 
     /// Chooses the cold items' scale and taste share on the current parameters (the best epoch's, restored
