@@ -499,6 +499,15 @@ pub(crate) fn ego_shift(fold: &FoldIn, seen: &[Vec<u32>]) -> Option<Array2<f32>>
     Some(shift)
 }
 
+/// Moves each trained user's ego term `share` of the way to the one its items predict ([`ego_shift`]), in
+/// the users' vectors `users` and in the fold-in tables alike; nothing without an ego map.
+pub(crate) fn move_egos(fold: &mut FoldIn, seen: &[Vec<u32>], share: f32, users: &mut Array2<f32>) {
+    if let Some(shift) = ego_shift(fold, seen) {
+        users.scaled_add(share, &shift);
+        fold.users.scaled_add(share, &shift);
+    }
+}
+
 /// The ridge penalties [`ego_map`] chooses from, in multiples of the mean diagonal of `X^T X`.
 const EGO_PENALTIES: [f64; 4] = [1e-3, 1e-2, 1e-1, 1.0];
 
@@ -653,7 +662,8 @@ impl Recommender {
     /// The forward pass's errors.
     pub fn from_trainer(t: &crate::model::Trainer<'_>) -> Result<Self> {
         let model = t.model();
-        let (users, items) = t.embeddings()?;
+        // the fold-in tables' ego terms carry the users' ego share as the users' vectors do
+        let (users, items, fold) = t.served(true)?;
         let mut seen = vec![Vec::new(); users.nrows()];
         for &(u, i) in &t.data.train {
             seen[u].push(i);
@@ -663,14 +673,7 @@ impl Recommender {
         if model.content_on() && cfg.gat_layers == 0 {
             rec.encoder = Some(model.content_encoder(t.params())?);
         }
-        if let Some((mut fold, seen)) = trainer_fold(t, &rec.items)? {
-            // the users' vectors carry the ego share chosen on validation: so do their ego terms
-            let share = t.state().ego_share as f32;
-            if let (true, Some(shift)) = (share > 0.0, ego_shift(&fold, &seen)) {
-                fold.users.scaled_add(share, &shift);
-            }
-            rec.fold = Some(fold);
-        }
+        rec.fold = fold.map(|(fold, _)| fold);
         Ok(rec)
     }
 

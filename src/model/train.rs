@@ -95,6 +95,14 @@ pub struct TrainState {
     pub ego_trials: Vec<(f64, f64)>,
 }
 
+/// What [`Trainer::served`] gives: the user and item vectors, and the fold-in tables with each user's
+/// training items (sorted, distinct).
+pub(crate) type Served = (
+    Array2<f32>,
+    Array2<f32>,
+    Option<(crate::recommend::FoldIn, Vec<Vec<u32>>)>,
+);
+
 /// What [`Trainer::validate`] gives: the validation Recall@20 and NDCG@20 that select the epoch, the cold
 /// items' scale and taste share chosen, and every trial.
 pub type Validated = ((f64, f64), (f64, f64), Vec<ColdTrial>);
@@ -691,9 +699,10 @@ impl<'d> Trainer<'d> {
             return Ok(());
         }
         let t = Instant::now();
-        let (users, items) = self.model.embeddings(&self.params)?;
         // every rank finishes: they agree on failures here
-        let Some(shift) = self.world.agree(self.ego_shift(&items))? else {
+        let (users, items, fold) = self.world.agree(self.served(true))?;
+        let Some(shift) = fold.and_then(|(fold, seen)| crate::recommend::ego_shift(&fold, &seen))
+        else {
             return Ok(());
         };
         let par = self.model.backend().par();
@@ -714,12 +723,22 @@ impl<'d> Trainer<'d> {
         Ok(())
     }
 
-    /// [`crate::recommend::ego_shift`] of the current parameters (`items`: their final item vectors). Local
-    /// to the rank, with no exchange: [`Trainer::embeddings`] runs on one rank alone where only the root
-    /// writes, and the parameters are the same on every rank.
-    fn ego_shift(&self, items: &Array2<f32>) -> Result<Option<Array2<f32>>> {
-        let fold = crate::recommend::trainer_fold(self, items)?;
-        Ok(fold.and_then(|(fold, seen)| crate::recommend::ego_shift(&fold, &seen)))
+    /// The vectors the model serves, the users' ego terms moved by [`TrainState::ego_share`], and, when
+    /// `with_fold` or when the share needs them, the fold-in tables ([`crate::recommend::trainer_fold`]:
+    /// `None` with a user-user branch) with their ego terms moved by the same share: the one place the
+    /// share is applied. Local to the rank, with no exchange: [`Trainer::embeddings`] runs on one rank
+    /// alone where only the root writes, and the parameters are the same on every rank.
+    pub(crate) fn served(&self, with_fold: bool) -> Result<Served> {
+        let (mut users, items) = self.model.embeddings(&self.params)?;
+        let share = self.state.ego_share as f32;
+        let mut fold = match with_fold || share > 0.0 {
+            true => crate::recommend::trainer_fold(self, &items)?,
+            false => None,
+        };
+        if let Some((fold, seen)) = fold.as_mut().filter(|_| share > 0.0) {
+            crate::recommend::move_egos(fold, seen, share, &mut users);
+        }
+        Ok((users, items, fold))
     }
 
     /// Chooses the cold items' scale and taste share on the current parameters (the best epoch's, restored
@@ -899,14 +918,7 @@ impl<'d> Trainer<'d> {
     /// # Errors
     /// The model's forward errors.
     pub fn embeddings(&self) -> Result<(Array2<f32>, Array2<f32>)> {
-        let (mut users, items) = self.model.embeddings(&self.params)?;
-        let share = self.state.ego_share;
-        if share > 0.0 {
-            if let Some(shift) = self.ego_shift(&items)? {
-                users.scaled_add(share as f32, &shift);
-            }
-        }
-        Ok((users, items))
+        self.served(false).map(|(users, items, _)| (users, items))
     }
 
     /// Ranks all items for a split with the MMRec protocol (Recall / NDCG / Precision / Hit at 10, 20, 50),
